@@ -1,0 +1,136 @@
+// `deno task demo`: every role on this machine, in ./demo-data. Prints one
+// key=value line per endpoint and path, then how to write to the volume.
+// Ctrl-C stops everything cleanly.
+import { ensureSetup } from "../tests/lib/setup.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const data = `${root}demo-data`;
+const GiB = 1024 ** 3;
+
+async function sparse(path: string, size: number): Promise<void> {
+  const f = await Deno.open(path, { create: true, write: true });
+  if ((await f.stat()).size < size) await f.truncate(size);
+  f.close();
+}
+
+async function secret(path: string): Promise<void> {
+  try {
+    await Deno.stat(path);
+  } catch {
+    const b = crypto.getRandomValues(new Uint8Array(32));
+    await Deno.writeTextFile(path, btoa(String.fromCharCode(...b)) + "\n", { mode: 0o600 });
+  }
+}
+
+/** A role started by the demo: its log goes to demo-data/NAME.log and is watched for readiness. */
+class RoleChild {
+  readonly child: Deno.ChildProcess;
+  private lines: string[] = [];
+
+  constructor(readonly name: string, args: string[]) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${root}main.ts`, ...args],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    const file = await Deno.open(`${data}/${this.name}.log`, { create: true, append: true });
+    const dec = new TextDecoder();
+    for await (const chunk of this.child.stderr) {
+      await file.write(chunk);
+      this.lines.push(...dec.decode(chunk, { stream: true }).split("\n"));
+    }
+    file.close();
+  }
+
+  async ready(msg: string): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      for (const l of this.lines) {
+        if (!l.startsWith("{")) continue;
+        const r = JSON.parse(l);
+        if (r.msg === msg) return;
+        if (r.level === "error") throw new Error(`${this.name}: ${r.msg} ${r.error ?? ""}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`${this.name} did not start; see ${data}/${this.name}.log`);
+  }
+
+  async stop(): Promise<void> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch { /* exited */ }
+    await this.child.status;
+  }
+}
+
+await ensureSetup();
+await Deno.mkdir(data, { recursive: true });
+const lsp = `${data}/lsp-vol0.img`;
+await sparse(lsp, GiB);
+await secret(`${data}/agent.secret`);
+
+const gateway = new RoleChild("local-gateway", [
+  "--role",
+  "local-gateway",
+  "--data-dir",
+  `${data}/local-gateway`,
+  "--agent-listen",
+  "127.0.0.1:7800",
+  "--agent-secret",
+  `app1=${data}/agent.secret`,
+  "--http-listen",
+  "127.0.0.1:7880",
+  "--buffer-size",
+  "512M",
+]);
+await gateway.ready("local gateway ready");
+const agent = new RoleChild("agent", [
+  "--role",
+  "agent",
+  "--id",
+  "app1",
+  "--data-dir",
+  `${data}/agent`,
+  "--volume",
+  `vol0=${lsp}`,
+  "--gateway",
+  "127.0.0.1:7800",
+  "--secret-file",
+  `${data}/agent.secret`,
+  "--nbd-listen",
+  "127.0.0.1:10809",
+]);
+await agent.ready("agent ready");
+
+const socket = `${data}/agent/nbd.sock`;
+const lines = {
+  "nbd-uri": `nbd+unix:///vol0?socket=${socket}`,
+  "nbd-tcp-uri": "nbd://127.0.0.1:10809/vol0",
+  "lsp-image": lsp,
+  "lgp-image": `${data}/local-gateway/mirrors/app1/vol0.img`,
+  gateway: "127.0.0.1:7800",
+  "gateway-status": "http://127.0.0.1:7880/api/status",
+  "api-token-file": `${data}/local-gateway/api-token`,
+  logs: data,
+};
+for (const [k, v] of Object.entries(lines)) console.log(`${k}=${v}`);
+console.log(`
+Write to the protected volume, then compare the two images:
+  qemu-io -f raw '${lines["nbd-uri"]}' -c 'write -P 0xab 0 1M' -c flush
+  sha256sum ${lines["lsp-image"]} ${lines["lgp-image"]}
+Status (the API needs the token):
+  curl -H "Authorization: Bearer $(cat ${lines["api-token-file"]})" ${lines["gateway-status"]}
+Ctrl-C stops everything.`);
+
+await new Promise<void>((resolve) => {
+  Deno.addSignalListener("SIGINT", () => resolve());
+  Deno.addSignalListener("SIGTERM", () => resolve());
+});
+console.log("\nstopping…");
+for (const role of [agent, gateway]) await role.stop();
+console.log("stopped");

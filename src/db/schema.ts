@@ -1,0 +1,41 @@
+// The gateway's database schema (drizzle-orm over libsql). Migrations are generated
+// from this file with `deno task db:generate` into src/db/migrations and run at start.
+import { integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+
+/** Volumes known to this gateway: an agent's volume and its mirror image (the LGP). */
+export const volumes = sqliteTable("volumes", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  agent: text("agent").notNull(),
+  name: text("name").notNull(),
+  size: integer("size").notNull(),
+  mirrorPath: text("mirror_path").notNull(),
+  /** Highest sequence number durable in the journal. */
+  lastSeq: integer("last_seq").notNull().default(0),
+  /** Highest sequence number applied to the mirror and made durable there. */
+  appliedSeq: integer("applied_seq").notNull().default(0),
+  createdAt: integer("created_at").notNull(),
+}, (t) => [uniqueIndex("volumes_agent_name").on(t.agent, t.name)]);
+
+/** The journal ring's identity and positions (one row). */
+export const journalState = sqliteTable("journal_state", {
+  id: integer("id").primaryKey(),
+  ringId: text("ring_id").notNull(),
+  ringSize: integer("ring_size").notNull(),
+  /** Oldest position still held. */
+  tail: integer("tail").notNull(),
+  /** Position up to which records are durable and indexed. */
+  head: integer("head").notNull(),
+  /** Position up to which records are applied to the mirrors and synced. */
+  appliedPos: integer("applied_pos").notNull(),
+});
+
+/** One row per group commit: the journal's index of what the ring holds. */
+export const segments = sqliteTable("segments", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  startPos: integer("start_pos").notNull(),
+  endPos: integer("end_pos").notNull(),
+  records: integer("records").notNull(),
+  bytes: integer("bytes").notNull(),
+  firstTime: integer("first_time").notNull(),
+  lastTime: integer("last_time").notNull(),
+});

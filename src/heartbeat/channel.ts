@@ -1,0 +1,210 @@
+// The heartbeat channel over UDP, on its own socket so that a congested replication
+// TCP stream cannot hold heartbeats back. The sender numbers heartbeats by the slot
+// of its monotonic clock (seq k is sent at start + (k−1)·η), so a stalled event loop
+// shows up as missing numbers, which the detectors treat as losses, rather than as
+// a schedule that slides.
+import dgram from "node:dgram";
+import { isIPv6 } from "node:net";
+import { logger } from "../log.ts";
+import {
+  type DropReason,
+  encodeHeartbeat,
+  type HeartbeatStatus,
+  MIN_SECRET_BYTES,
+  openHeartbeat,
+  ReplayGuard,
+  type ReplayGuardOptions,
+} from "./codec.ts";
+
+const log = logger("heartbeat");
+
+function checkSecret(agentId: string, secret: Uint8Array): void {
+  if (secret.length < MIN_SECRET_BYTES) {
+    throw new RangeError(`heartbeat secret for ${agentId} must be at least ${MIN_SECRET_BYTES} bytes`);
+  }
+}
+
+function randomBoot(): bigint {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return new DataView(bytes.buffer).getBigUint64(0);
+}
+
+/** Calls `emit` at most once per second per key, passing how many calls it swallowed. */
+class RateLimitedLog {
+  private readonly last = new Map<string, { at: number; suppressed: number }>();
+  constructor(private readonly maxKeys = 4096) {}
+
+  note(key: string, now: number, emit: (suppressed: number) => void): void {
+    const seen = this.last.get(key);
+    if (seen && now - seen.at < 1000) {
+      seen.suppressed++;
+      return;
+    }
+    if (!seen && this.last.size >= this.maxKeys) {
+      for (const [k, v] of this.last) if (now - v.at >= 1000) this.last.delete(k);
+      if (this.last.size >= this.maxKeys) return; // a flood from many addresses: count only
+    }
+    emit(seen?.suppressed ?? 0);
+    this.last.set(key, { at: now, suppressed: 0 });
+  }
+}
+
+export interface HeartbeatSenderOptions {
+  host: string;
+  port: number;
+  agentId: string;
+  /** Shared with the receiver; never sent nor logged. */
+  secret: Uint8Array;
+  /** η, default 100 ms. */
+  intervalMs?: number;
+  /** The latest service check result; must return at once (the check runs elsewhere). */
+  getStatus: () => HeartbeatStatus;
+}
+
+export interface HeartbeatSender {
+  readonly boot: bigint;
+  close(): Promise<void>;
+}
+
+export function startHeartbeatSender(opts: HeartbeatSenderOptions): HeartbeatSender {
+  checkSecret(opts.agentId, opts.secret);
+  const eta = opts.intervalMs ?? 100;
+  if (!(eta > 0)) throw new RangeError("intervalMs must be positive");
+  const boot = randomBoot();
+  const socket = dgram.createSocket(isIPv6(opts.host) ? "udp6" : "udp4");
+  const errors = new RateLimitedLog();
+  const warn = (msg: string, err: unknown) =>
+    errors.note(
+      msg,
+      performance.now(),
+      (suppressed) => log.warn(msg, { err, target: `${opts.host}:${opts.port}`, suppressed }),
+    );
+  socket.on("error", (err) => warn("heartbeat socket error", err));
+
+  const start = performance.now();
+  let lastSeq = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let closed = false;
+
+  const status = (): HeartbeatStatus => {
+    try {
+      return opts.getStatus();
+    } catch (err) {
+      warn("heartbeat status check threw", err);
+      return { healthy: false, detail: `status check failed: ${err instanceof Error ? err.message : err}` };
+    }
+  };
+
+  const tick = () => {
+    if (closed) return;
+    const now = performance.now();
+    const seq = Math.max(lastSeq + 1, Math.floor((now - start) / eta) + 1);
+    lastSeq = seq;
+    const datagram = encodeHeartbeat(
+      { agentId: opts.agentId, boot, seq, sentAtMs: Date.now(), status: status() },
+      opts.secret,
+    );
+    socket.send(datagram, opts.port, opts.host, (err) => {
+      if (err) warn("heartbeat send failed", err);
+    });
+    timer = setTimeout(tick, Math.max(0, start + seq * eta - performance.now()));
+  };
+  tick();
+
+  return {
+    boot,
+    close: () => {
+      closed = true;
+      clearTimeout(timer);
+      return new Promise<void>((resolve) => socket.close(() => resolve()));
+    },
+  };
+}
+
+export interface HeartbeatMeta {
+  boot: bigint;
+  /** First heartbeat of a boot this receiver had not seen: the agent (re)started. */
+  newBoot: boolean;
+  /** Source address:port of the datagram. */
+  peer: string;
+}
+
+export interface HeartbeatReceiverOptions extends ReplayGuardOptions {
+  host: string;
+  /** 0 for an ephemeral port (see `port` on the result). */
+  port: number;
+  secrets: ReadonlyMap<string, Uint8Array>;
+  onHeartbeat(agentId: string, seq: number, status: HeartbeatStatus, now: number, meta: HeartbeatMeta): void;
+  /** The `now` handed to onHeartbeat; monotonic by default, as detectors need. */
+  clock?: () => number;
+}
+
+export interface ReceiverStats {
+  accepted: number;
+  dropped: Record<DropReason, number>;
+}
+
+export interface HeartbeatReceiver {
+  readonly port: number;
+  stats(): ReceiverStats;
+  close(): Promise<void>;
+}
+
+export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Promise<HeartbeatReceiver> {
+  for (const [agentId, secret] of opts.secrets) checkSecret(agentId, secret);
+  const clock = opts.clock ?? (() => performance.now());
+  const guard = new ReplayGuard({ maxBootSkewMs: opts.maxBootSkewMs, retiredBoots: opts.retiredBoots });
+  const stats: ReceiverStats = {
+    accepted: 0,
+    dropped: {
+      "oversized": 0,
+      "malformed": 0,
+      "unknown-agent": 0,
+      "bad-mac": 0,
+      "replay": 0,
+      "retired-boot": 0,
+      "stale-boot": 0,
+    },
+  };
+  const dropLog = new RateLimitedLog();
+  const socket = dgram.createSocket(isIPv6(opts.host) ? "udp6" : "udp4");
+  socket.on("error", (err) => log.error("heartbeat receiver socket error", { err }));
+
+  socket.on("message", (msg, rinfo) => {
+    const now = clock();
+    const peer = `${rinfo.address}:${rinfo.port}`;
+    const opened = openHeartbeat(msg, opts.secrets, guard, Date.now());
+    if (!opened.ok) {
+      stats.dropped[opened.reason]++;
+      dropLog.note(
+        peer,
+        now,
+        (suppressed) =>
+          log.warn("heartbeat dropped", { peer, reason: opened.reason, agentId: opened.agentId, suppressed }),
+      );
+      return;
+    }
+    stats.accepted++;
+    const hb = opened.heartbeat;
+    if (opened.newBoot) log.info("agent boot", { agentId: hb.agentId, boot: hb.boot, peer });
+    try {
+      opts.onHeartbeat(hb.agentId, hb.seq, hb.status, now, { boot: hb.boot, newBoot: opened.newBoot, peer });
+    } catch (err) {
+      log.error("onHeartbeat threw", { err, agentId: hb.agentId });
+    }
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    socket.once("error", reject);
+    socket.bind(opts.port, opts.host, () => {
+      socket.off("error", reject);
+      resolve();
+    });
+  });
+
+  return {
+    port: socket.address().port,
+    stats: () => structuredClone(stats),
+    close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+  };
+}

@@ -1,0 +1,525 @@
+// The local gateway's write cache: captured records are appended to the ring
+// buffer, made durable by group commit (one fdatasync of the ring, then one
+// libsql transaction indexing the batch), and read back in order by cursors (the
+// mirror applier now, one per remote site later). A record's space is reused only
+// when every cursor has released it; a full ring makes appenders wait
+// (backpressure), it never drops a record.
+import { eq, lte } from "drizzle-orm";
+import type { Db } from "../db/db.ts";
+import { journalState, segments, volumes } from "../db/schema.ts";
+import { logger } from "../log.ts";
+import { FLAG_FUA, Kind, type RecordHeader, restamp } from "../record/record.ts";
+import { Ring, type RingEntry } from "./ring.ts";
+
+const log = logger("journal");
+
+export interface JournalEntry extends RingEntry {
+  pos: number;
+  /** Position right after this entry. */
+  end: number;
+}
+
+export interface VolumeInfo {
+  id: number;
+  agent: string;
+  name: string;
+  size: number;
+  mirrorPath: string;
+  /** Highest sequence number appended (accepted). */
+  lastSeq: number;
+  /** Highest sequence number durable. */
+  durableSeq: number;
+  /** Whether the volume existed before this open (false: its mirror needs a full sync). */
+  known: boolean;
+}
+
+export interface JournalOptions {
+  /** Commit at the latest this long after a write, even without a barrier. */
+  commitDelayMs?: number;
+  /** Commit as soon as this many bytes wait. */
+  commitBytes?: number;
+  /** Keep at least the newest this-many bytes even when every cursor is past them. */
+  retainBytes?: number;
+  /** Recent entries kept in memory for cursors. */
+  cacheBytes?: number;
+}
+
+type DurableListener = (volume: number, seq: number) => void;
+
+export class Journal {
+  private head = 0;
+  private written = 0;
+  private durable = 0;
+  private tail = 0;
+  private cache: JournalEntry[] = [];
+  private cacheBytes = 0;
+  private toWrite: JournalEntry[] = [];
+  private writtenSeqs = new Map<number, number>();
+  private pendingSeqs = new Map<number, number>();
+  private writing = false;
+  private committing = false;
+  private barrier = false;
+  private commitTimer: ReturnType<typeof setTimeout> | undefined;
+  private spaceWaiters: (() => void)[] = [];
+  private dataWaiters: (() => void)[] = [];
+  private listeners = new Set<DurableListener>();
+  private cursors = new Map<string, Cursor>();
+  private vols = new Map<number, VolumeInfo>();
+  private closed = false;
+  private failure: Error | undefined;
+  private opts: Required<JournalOptions>;
+  private stateDirty = false;
+  private appliedPos = 0;
+
+  private constructor(readonly ring: Ring, private readonly db: Db, opts: JournalOptions) {
+    this.opts = {
+      commitDelayMs: opts.commitDelayMs ?? 20,
+      commitBytes: opts.commitBytes ?? 8 * 1024 * 1024,
+      retainBytes: opts.retainBytes ?? 0,
+      cacheBytes: opts.cacheBytes ?? 256 * 1024 * 1024,
+    };
+  }
+
+  /** Opens the journal: checks the ring belongs to this database, then recovers records written after the last index. */
+  static async open(db: Db, ringPath: string, ringSize: number, opts: JournalOptions = {}): Promise<Journal> {
+    const ring = Ring.open(ringPath, ringSize);
+    const j = new Journal(ring, db, opts);
+    try {
+      await j.load();
+    } catch (e) {
+      ring.close();
+      throw e;
+    }
+    return j;
+  }
+
+  private async load(): Promise<void> {
+    const [state] = await this.db.select().from(journalState).where(eq(journalState.id, 1));
+    if (!state) {
+      await this.db.insert(journalState).values({
+        id: 1,
+        ringId: this.ring.id,
+        ringSize: this.ring.dataSize,
+        tail: 0,
+        head: 0,
+        appliedPos: 0,
+      });
+    } else if (state.ringId !== this.ring.id || state.ringSize !== this.ring.dataSize) {
+      throw new Error(
+        `journal buffer ${this.ring.path} is not the one this database indexed (ring ${this.ring.id}, expected ${state.ringId}); ` +
+          "was the buffer device replaced?",
+      );
+    }
+    this.tail = state?.tail ?? 0;
+    this.head = this.written = this.durable = state?.head ?? 0;
+    for (const v of await this.db.select().from(volumes)) {
+      this.vols.set(v.id, {
+        id: v.id,
+        agent: v.agent,
+        name: v.name,
+        size: v.size,
+        mirrorPath: v.mirrorPath,
+        lastSeq: v.lastSeq,
+        durableSeq: v.lastSeq,
+        known: true,
+      });
+    }
+    await this.recover();
+  }
+
+  /** Re-indexes records that reached the ring after the last committed index (a crash between fdatasync and commit, or before). */
+  private async recover(): Promise<void> {
+    let pos = this.durable;
+    let count = 0;
+    const seqs = new Map<number, number>();
+    while (pos - this.tail < this.ring.dataSize) {
+      const e = await this.ring.readAt(pos);
+      if (!e) break;
+      if (e.header.kind !== Kind.Wrap) {
+        const v = this.vols.get(e.header.volume);
+        const expected = (seqs.get(e.header.volume) ?? v?.lastSeq ?? -1) + 1;
+        if (!v || e.header.seq !== expected) break;
+        seqs.set(e.header.volume, e.header.seq);
+        count++;
+      }
+      pos = this.ring.next(pos, e);
+    }
+    if (pos === this.durable) return;
+    this.head = this.written = pos;
+    for (const [id, seq] of seqs) this.writtenSeqs.set(id, seq);
+    for (const [id, seq] of seqs) this.vols.get(id)!.lastSeq = seq;
+    log.info("journal recovered records written before a crash", {
+      records: count,
+      from: this.durable,
+      to: pos,
+    });
+    await this.commit();
+  }
+
+  get positions(): { tail: number; durable: number; head: number; capacity: number } {
+    return { tail: this.tail, durable: this.durable, head: this.head, capacity: this.ring.dataSize };
+  }
+
+  get error(): Error | undefined {
+    return this.failure;
+  }
+
+  volumes(): VolumeInfo[] {
+    return [...this.vols.values()];
+  }
+
+  volume(id: number): VolumeInfo | undefined {
+    return this.vols.get(id);
+  }
+
+  /** Finds or registers a volume. A known volume whose size changed is refused. */
+  async registerVolume(agent: string, name: string, size: number, mirrorPath: string): Promise<VolumeInfo> {
+    for (const v of this.vols.values()) {
+      if (v.agent !== agent || v.name !== name) continue;
+      if (v.size !== size) {
+        throw new Error(
+          `volume ${agent}/${name} is ${size} bytes but the gateway's copy is ${v.size} bytes; ` +
+            "a protected volume cannot change size",
+        );
+      }
+      return v;
+    }
+    const [row] = await this.db.insert(volumes).values({
+      agent,
+      name,
+      size,
+      mirrorPath,
+      createdAt: Date.now(),
+    })
+      .returning();
+    const v: VolumeInfo = {
+      id: row.id,
+      agent,
+      name,
+      size,
+      mirrorPath,
+      lastSeq: 0,
+      durableSeq: 0,
+      known: false,
+    };
+    this.vols.set(v.id, v);
+    return v;
+  }
+
+  onDurable(fn: DurableListener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private fits(at: number, len: number): boolean {
+    return at + len - this.tail <= this.ring.dataSize;
+  }
+
+  /**
+   * Appends a record whose bytes (header + payload) were verified by the caller.
+   * Resolves once it is accepted; waits while the ring is full. The header's
+   * volume and position are restamped for the journal.
+   */
+  async append(volume: number, bytes: Uint8Array, header: RecordHeader): Promise<void> {
+    if (this.failure) throw this.failure;
+    const v = this.vols.get(volume);
+    if (!v) throw new Error(`append to unknown volume ${volume}`);
+    let place = this.ring.place(this.head, bytes.length);
+    // FIFO: an append never overtakes one that is waiting for space
+    while (this.spaceWaiters.length > 0 || !this.fits(place.at, bytes.length)) {
+      await new Promise<void>((r) => this.spaceWaiters.push(r));
+      if (this.failure) throw this.failure;
+      if (this.closed) throw new Error("journal closed");
+      place = this.ring.place(this.head, bytes.length);
+      if (this.fits(place.at, bytes.length)) break;
+    }
+    if (place.filler) this.push({ ...place.filler, header: wrapOf(place.filler.pos) }, place.at);
+    restamp(bytes, volume, place.at);
+    header.volume = volume;
+    header.pos = place.at;
+    this.push({ pos: place.at, bytes, header }, place.at + bytes.length);
+    v.lastSeq = header.seq;
+    this.pendingSeqs.set(volume, header.seq);
+    if (header.kind === Kind.Flush || (header.flags & FLAG_FUA)) this.barrier = true;
+    this.kickWriter();
+    // wake the next waiter: it may fit too
+    if (this.spaceWaiters.length > 0) this.spaceWaiters.shift()!();
+  }
+
+  private push(e: { pos: number; bytes: Uint8Array; header: RecordHeader }, end: number): void {
+    const entry: JournalEntry = { ...e, end };
+    this.cache.push(entry);
+    this.cacheBytes += e.bytes.length;
+    this.toWrite.push(entry);
+    this.head = end;
+  }
+
+  private kickWriter(): void {
+    if (!this.writing) this.writeLoop();
+  }
+
+  private async writeLoop(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.toWrite.length > 0 && !this.failure) {
+        const batch = this.toWrite;
+        this.toWrite = [];
+        const seqs = this.pendingSeqs;
+        this.pendingSeqs = new Map();
+        await this.ring.write(batch);
+        this.written = batch[batch.length - 1].end;
+        for (const [id, seq] of seqs) this.writtenSeqs.set(id, seq);
+        this.scheduleCommit();
+      }
+    } catch (e) {
+      this.fail(e as Error);
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private scheduleCommit(): void {
+    if (this.barrier || this.written - this.durable >= this.opts.commitBytes) {
+      this.barrier = false;
+      this.commit();
+      return;
+    }
+    if (!this.commitTimer) {
+      this.commitTimer = setTimeout(() => {
+        this.commitTimer = undefined;
+        this.commit();
+      }, this.opts.commitDelayMs);
+    }
+  }
+
+  /** Group commit: fdatasync the ring, then index everything written in one transaction. */
+  async commit(): Promise<void> {
+    if (this.committing || this.failure) return;
+    this.committing = true;
+    try {
+      while ((this.written > this.durable || this.stateDirty) && !this.failure) {
+        const target = this.written;
+        const seqs = this.writtenSeqs;
+        this.writtenSeqs = new Map();
+        this.stateDirty = false;
+        if (target > this.durable) await this.ring.sync();
+        const from = this.durable;
+        const batch = this.cache.filter((e) =>
+          e.pos >= from && e.pos < target && e.header.kind !== Kind.Wrap
+        );
+        await this.db.transaction(async (tx) => {
+          if (target > from) {
+            await tx.insert(segments).values({
+              startPos: from,
+              endPos: target,
+              records: batch.length,
+              bytes: target - from,
+              firstTime: batch[0]?.header.time ?? 0,
+              lastTime: batch[batch.length - 1]?.header.time ?? 0,
+            });
+          }
+          for (const [id, seq] of seqs) {
+            await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
+          }
+          await tx.update(journalState).set({ head: target, tail: this.tail, appliedPos: this.appliedPos })
+            .where(eq(journalState.id, 1));
+          await tx.delete(segments).where(lte(segments.endPos, this.tail));
+        });
+        this.durable = target;
+        for (const [id, seq] of seqs) {
+          const v = this.vols.get(id);
+          if (v) v.durableSeq = seq;
+          for (const l of this.listeners) l(id, seq);
+        }
+        this.wakeReaders();
+        if (this.barrier && this.written > this.durable) this.barrier = false;
+      }
+    } catch (e) {
+      this.fail(e as Error);
+    } finally {
+      this.committing = false;
+    }
+    // a barrier that arrived during the commit is served by the next one
+    if (this.written > this.durable && !this.failure) this.scheduleCommit();
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    log.error("journal failed; refusing further records", { error: e });
+    for (const w of this.spaceWaiters.splice(0)) w();
+    this.wakeReaders();
+  }
+
+  /** Wakes every waiting reader (they re-check whether to stop). */
+  wakeAll(): void {
+    this.wakeReaders();
+  }
+
+  private wakeReaders(): void {
+    for (const w of this.dataWaiters.splice(0)) w();
+  }
+
+  /** Opens (or reopens) a named cursor at pos; cursors hold the tail back. */
+  cursor(name: string, from: number, required = true): Cursor {
+    const c = new Cursor(this, name, Math.max(from, this.tail), required);
+    this.cursors.set(name, c);
+    return c;
+  }
+
+  dropCursor(name: string): void {
+    this.cursors.delete(name);
+    this.advanceTail();
+  }
+
+  /** Entries in [pos, durable), at most about maxBytes; waits for one when there is none. */
+  async readFrom(pos: number, maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
+    while (pos >= this.durable) {
+      if (this.failure) throw this.failure;
+      if (this.closed || signal?.aborted) return [];
+      await new Promise<void>((r) => this.dataWaiters.push(r));
+    }
+    // an abandoned read must not hand out entries: its caller would never apply them
+    if (signal?.aborted) return [];
+    const out: JournalEntry[] = [];
+    let bytes = 0;
+    const first = this.cache.length > 0 ? this.cache[0].pos : this.head;
+    if (pos >= first) {
+      let i = lowerBound(this.cache, pos);
+      for (; i < this.cache.length && bytes < maxBytes; i++) {
+        const e = this.cache[i];
+        if (e.pos >= this.durable) break;
+        out.push(e);
+        bytes += e.bytes.length;
+      }
+      return out;
+    }
+    // older than the memory cache: read from the ring
+    let p = pos;
+    while (p < this.durable && p < first && bytes < maxBytes) {
+      const e = await this.ring.readAt(p);
+      if (!e) throw new Error(`journal record at ${p} is unreadable or corrupt`);
+      const end = this.ring.next(p, e);
+      out.push({ ...e, pos: p, end });
+      bytes += e.bytes.length;
+      p = end;
+    }
+    return out;
+  }
+
+  /** Called by cursors when they release positions. */
+  advanceTail(): void {
+    let min = this.durable;
+    for (const c of this.cursors.values()) if (c.required) min = Math.min(min, c.released);
+    const candidate = Math.min(min, this.durable - this.opts.retainBytes);
+    if (candidate <= this.tail) return;
+    this.tail = candidate;
+    this.stateDirty = true;
+    this.trimCache();
+    for (const w of this.spaceWaiters.splice(0, 1)) w();
+    if (!this.committing && !this.commitTimer) {
+      this.commitTimer = setTimeout(() => {
+        this.commitTimer = undefined;
+        this.commit();
+      }, this.opts.commitDelayMs);
+    }
+  }
+
+  setAppliedPos(pos: number): void {
+    this.appliedPos = pos;
+    this.stateDirty = true;
+  }
+
+  async storedAppliedPos(): Promise<number> {
+    const [s] = await this.db.select().from(journalState).where(eq(journalState.id, 1));
+    this.appliedPos = Math.max(s?.appliedPos ?? 0, this.tail);
+    return this.appliedPos;
+  }
+
+  private trimCache(): void {
+    let drop = 0;
+    let minCursor = Infinity;
+    for (const c of this.cursors.values()) minCursor = Math.min(minCursor, c.position);
+    while (drop < this.cache.length) {
+      const e = this.cache[drop];
+      const released = e.end <= this.tail;
+      const overBudget = this.cacheBytes > this.opts.cacheBytes && e.end <= this.written &&
+        e.end <= minCursor;
+      if (!released && !overBudget) break;
+      this.cacheBytes -= e.bytes.length;
+      drop++;
+    }
+    if (drop > 0) this.cache.splice(0, drop);
+  }
+
+  /** Waits until everything appended so far is durable. */
+  async flushed(): Promise<void> {
+    const target = this.head;
+    this.barrier = true;
+    this.kickWriter();
+    this.scheduleCommit();
+    while (this.durable < target) {
+      if (this.failure) throw this.failure;
+      await new Promise<void>((r) => this.dataWaiters.push(r));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.failure) {
+      try {
+        await this.flushed();
+        await this.commit();
+      } catch { /* already logged */ }
+    }
+    this.closed = true;
+    clearTimeout(this.commitTimer);
+    this.wakeReaders();
+    for (const w of this.spaceWaiters.splice(0)) w();
+    this.ring.close();
+  }
+}
+
+/** A reader of the journal in order; what it releases may be freed. */
+export class Cursor {
+  released: number;
+  position: number;
+  constructor(private readonly j: Journal, readonly name: string, from: number, readonly required: boolean) {
+    this.released = from;
+    this.position = from;
+  }
+
+  /** The next entries (waits for at least one); advances the read position. */
+  async next(maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
+    const out = await this.j.readFrom(this.position, maxBytes, signal);
+    if (signal?.aborted) return [];
+    if (out.length > 0) this.position = out[out.length - 1].end;
+    return out;
+  }
+
+  /** Marks everything before pos as consumed. */
+  release(pos: number): void {
+    if (pos <= this.released) return;
+    this.released = pos;
+    this.j.advanceTail();
+  }
+
+  /** Rewinds to pos (a reconnecting reader resumes from what it acknowledged). */
+  rewind(pos: number): void {
+    this.position = Math.max(pos, this.released);
+  }
+}
+
+function lowerBound(a: JournalEntry[], pos: number): number {
+  let lo = 0, hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (a[mid].pos < pos) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function wrapOf(pos: number): RecordHeader {
+  return { kind: Kind.Wrap, flags: 0, volume: 0, length: 0, seq: 0, offset: 0, time: 0, pos };
+}

@@ -1,0 +1,149 @@
+// Applies journaled records, in journal order, to the gateway's own image of each
+// volume (the paper's LGP). Each volume's records in a batch go to its image with
+// one native call; images are fdatasync'd before the journal may free the records.
+import { logger } from "../log.ts";
+import type { BatchOp } from "../native/mod.ts";
+import * as native from "../native/mod.ts";
+import { FLAG_MAY_TRIM, HEADER_SIZE, Kind } from "../record/record.ts";
+import type { Cursor, Journal, JournalEntry, VolumeInfo } from "../journal/journal.ts";
+import { Volume } from "../volume/volume.ts";
+
+const log = logger("mirror");
+
+export interface MirrorApplierOptions {
+  /** fdatasync the images (and free journal space) after this many bytes. */
+  syncBytes?: number;
+  /** …or this long after the first unsynced write. */
+  syncIntervalMs?: number;
+}
+
+/** An operation for a volume image from a journal entry; undefined for barriers. */
+export function entryOp(e: JournalEntry): BatchOp | undefined {
+  const h = e.header;
+  switch (h.kind) {
+    case Kind.Write:
+      return { op: "write", buf: e.bytes.subarray(HEADER_SIZE, HEADER_SIZE + h.length), off: h.offset };
+    case Kind.Trim:
+      return { op: "trim", off: h.offset, len: h.length };
+    case Kind.Zero:
+      return { op: h.flags & FLAG_MAY_TRIM ? "zero-may-trim" : "zero", off: h.offset, len: h.length };
+    default:
+      return undefined;
+  }
+}
+
+export class MirrorApplier {
+  private images = new Map<number, Volume>();
+  private cursor!: Cursor;
+  private appliedSeq = new Map<number, number>();
+  private stopped = false;
+  private done: Promise<void> | undefined;
+  private signal = { aborted: false };
+  private readonly syncBytes: number;
+  private readonly syncIntervalMs: number;
+
+  constructor(private readonly journal: Journal, opts: MirrorApplierOptions = {}) {
+    this.syncBytes = opts.syncBytes ?? 64 * 1024 * 1024;
+    this.syncIntervalMs = opts.syncIntervalMs ?? 500;
+  }
+
+  /** Opens (creating sparse if needed) the image of a volume. */
+  prepare(v: VolumeInfo): void {
+    if (this.images.has(v.id)) return;
+    Deno.mkdirSync(v.mirrorPath.replace(/\/[^/]*$/, ""), { recursive: true });
+    const img = Volume.createSparse(v.mirrorPath, v.size);
+    if (img.size !== v.size) {
+      img.close();
+      throw new Error(`mirror image ${v.mirrorPath} is ${img.size} bytes, expected ${v.size}`);
+    }
+    this.images.set(v.id, img);
+  }
+
+  /** Highest sequence number applied to the volume's image (not necessarily synced yet). */
+  applied(volume: number): number {
+    return this.appliedSeq.get(volume) ?? this.journal.volume(volume)?.durableSeq ?? 0;
+  }
+
+  async start(): Promise<void> {
+    for (const v of this.journal.volumes()) this.prepare(v);
+    const from = await this.journal.storedAppliedPos();
+    this.cursor = this.journal.cursor("mirror", from);
+    this.done = this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    let unsynced = 0;
+    let firstUnsynced = 0;
+    const touched = new Set<number>();
+    let lastEnd = this.cursor.position;
+    while (!this.stopped) {
+      const waitMs = unsynced > 0 ? Math.max(1, firstUnsynced + this.syncIntervalMs - Date.now()) : 0;
+      const entries = await this.nextOrTimeout(waitMs);
+      if (this.stopped) break;
+      if (entries.length > 0) {
+        const byVolume = new Map<number, BatchOp[]>();
+        for (const e of entries) {
+          lastEnd = e.end;
+          if (e.header.kind !== Kind.Wrap) this.appliedSeq.set(e.header.volume, e.header.seq);
+          const op = entryOp(e);
+          if (!op) continue;
+          const list = byVolume.get(e.header.volume) ?? [];
+          list.push(op);
+          byVolume.set(e.header.volume, list);
+          unsynced += e.bytes.length;
+        }
+        if (unsynced > 0 && firstUnsynced === 0) firstUnsynced = Date.now();
+        await Promise.all([...byVolume].map(([id, ops]) => {
+          touched.add(id);
+          return native.applyBatch(this.image(id).fd, ops);
+        }));
+      }
+      const due = unsynced >= this.syncBytes ||
+        (unsynced > 0 && Date.now() - firstUnsynced >= this.syncIntervalMs) ||
+        (entries.length === 0 && unsynced === 0 && lastEnd > this.cursor.released);
+      if (due) {
+        await Promise.all([...touched].map((id) => native.fdatasync(this.image(id).fd)));
+        touched.clear();
+        unsynced = 0;
+        firstUnsynced = 0;
+        this.journal.setAppliedPos(lastEnd);
+        this.cursor.release(lastEnd);
+      }
+    }
+  }
+
+  private image(id: number): Volume {
+    let img = this.images.get(id);
+    if (!img) {
+      const v = this.journal.volume(id);
+      if (!v) throw new Error(`journal record for unknown volume ${id}`);
+      this.prepare(v);
+      img = this.images.get(id)!;
+    }
+    return img;
+  }
+
+  private async nextOrTimeout(waitMs: number): Promise<JournalEntry[]> {
+    if (waitMs <= 0) return await this.cursor.next(32 * 1024 * 1024, this.signal);
+    const abort = { aborted: false };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      this.cursor.next(32 * 1024 * 1024, abort),
+      new Promise<JournalEntry[]>((res) => timer = setTimeout(() => res([]), waitMs)),
+    ]);
+    clearTimeout(timer);
+    abort.aborted = true;
+    return r;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.signal.aborted = true;
+    this.journal.wakeAll();
+    await this.done?.catch((e) => log.error("mirror applier failed", { error: e }));
+    for (const img of this.images.values()) {
+      await native.fdatasync(img.fd).catch(() => {});
+      img.close();
+    }
+  }
+}

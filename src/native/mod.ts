@@ -1,0 +1,158 @@
+// The one binding to native/continuum.c. Disk calls are `nonblocking` (they run on
+// Deno's blocking thread pool) so the event loop never waits on a disk; hashing of
+// in-memory buffers is synchronous because it is faster than a thread hand-off.
+// Callers must not touch a buffer until the promise of the call using it settles.
+import { fileURLToPath as fromFileUrl } from "node:url";
+
+const symbols = {
+  cn_pread: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: true },
+  cn_pwrite: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: true },
+  cn_apply_batch: { parameters: ["i32", "buffer", "u32", "u32"], result: "i64", nonblocking: true },
+  cn_fdatasync: { parameters: ["i32"], result: "i64", nonblocking: true },
+  cn_punch_hole: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
+  cn_write_zeroes: { parameters: ["i32", "u64", "u64", "u32"], result: "i64", nonblocking: true },
+  cn_hash_range: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "i64", nonblocking: true },
+  cn_size: { parameters: ["i32"], result: "i64" },
+  cn_is_blockdev: { parameters: ["i32"], result: "i32" },
+  cn_xxh3_128: { parameters: ["buffer", "u64", "buffer"], result: "void" },
+} as const;
+
+type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];
+let lib: Lib | undefined;
+
+/** Where the library is loaded from: CONTINUUM_NATIVE_LIB, or the build output. */
+export function defaultLibraryPath(): string {
+  return Deno.env.get("CONTINUUM_NATIVE_LIB") ??
+    fromFileUrl(new URL("../../native/build/libcontinuum.so", import.meta.url));
+}
+
+/** Opens the native library; later calls are no-ops. */
+export function loadNative(path = defaultLibraryPath()): void {
+  if (lib) return;
+  try {
+    lib = Deno.dlopen(path, symbols).symbols;
+  } catch (e) {
+    throw new Error(
+      `cannot load the native library ${path}: ${
+        (e as Error).message
+      } (build it with: npx deno task build:native)`,
+    );
+  }
+}
+
+function native(): Lib {
+  if (!lib) loadNative();
+  return lib!;
+}
+
+const errnoNames: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  5: "EIO",
+  9: "EBADF",
+  12: "ENOMEM",
+  13: "EACCES",
+  22: "EINVAL",
+  27: "EFBIG",
+  28: "ENOSPC",
+  30: "EROFS",
+  95: "EOPNOTSUPP",
+  122: "EDQUOT",
+};
+
+/** A failed system call, with its errno and a readable name. */
+export class NativeError extends Error {
+  constructor(readonly op: string, readonly errno: number) {
+    super(`${op} failed: ${errnoNames[errno] ?? "errno " + errno}`);
+    this.name = "NativeError";
+  }
+  get code(): string {
+    return errnoNames[this.errno] ?? `E${this.errno}`;
+  }
+}
+
+function check(op: string, r: number | bigint): number {
+  const n = Number(r);
+  if (n < 0) throw new NativeError(op, -n);
+  return n;
+}
+
+/** Reads up to buf.length bytes at off; returns the count (short only at end of file). */
+export async function pread(fd: number, buf: Uint8Array, off: number): Promise<number> {
+  return check("pread", await native().cn_pread(fd, buf, BigInt(buf.length), BigInt(off)));
+}
+
+/** Writes all of buf at off. */
+export async function pwrite(fd: number, buf: Uint8Array, off: number): Promise<void> {
+  check("pwrite", await native().cn_pwrite(fd, buf, BigInt(buf.length), BigInt(off)));
+}
+
+/** One operation of a batch: write/read use buf; discard and zero use len. */
+export type BatchOp =
+  | { op: "write"; buf: Uint8Array; off: number }
+  | { op: "read"; buf: Uint8Array; off: number }
+  | { op: "trim" | "zero" | "zero-may-trim"; off: number; len: number };
+
+const opCode = { write: 0, trim: 1, zero: 2, "zero-may-trim": 3, read: 4 } as const;
+
+/**
+ * Runs every operation in order with one thread hand-off (so overlapping ones land
+ * in order), optionally followed by fdatasync. Reads past the end return zeroes.
+ */
+export async function applyBatch(fd: number, ops: readonly BatchOp[], sync = false): Promise<void> {
+  if (ops.length === 0) {
+    if (sync) await fdatasync(fd);
+    return;
+  }
+  const desc = new BigUint64Array(ops.length * 4);
+  for (let i = 0; i < ops.length; i++) {
+    const o = ops[i];
+    if (o.op === "write" || o.op === "read") {
+      desc[4 * i] = o.buf.length === 0 ? 0n : BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(o.buf)));
+      desc[4 * i + 1] = BigInt(o.buf.length);
+    } else {
+      desc[4 * i + 1] = BigInt(o.len);
+    }
+    desc[4 * i + 2] = BigInt(o.off);
+    desc[4 * i + 3] = BigInt(opCode[o.op]);
+  }
+  const r = await native().cn_apply_batch(fd, new Uint8Array(desc.buffer), ops.length, sync ? 1 : 0);
+  // `ops` stays referenced until here, so no buffer is collected while C uses it
+  check(ops.length > 0 ? "apply" : "sync", r);
+}
+
+export async function fdatasync(fd: number): Promise<void> {
+  check("fdatasync", await native().cn_fdatasync(fd));
+}
+
+/** Deallocates a range (reads return zeroes on files); a no-op where unsupported. */
+export async function punchHole(fd: number, off: number, len: number): Promise<void> {
+  check("punch hole", await native().cn_punch_hole(fd, BigInt(off), BigInt(len)));
+}
+
+/** Makes a range read as zeroes; mayTrim allows deallocating it. */
+export async function writeZeroes(fd: number, off: number, len: number, mayTrim: boolean): Promise<void> {
+  check("write zeroes", await native().cn_write_zeroes(fd, BigInt(off), BigInt(len), mayTrim ? 1 : 0));
+}
+
+/** Size in bytes of a regular file or block device. */
+export function fileSize(fd: number): number {
+  return check("size", native().cn_size(fd));
+}
+
+export function isBlockDevice(fd: number): boolean {
+  return native().cn_is_blockdev(fd) === 1;
+}
+
+/** XXH3-128 of a buffer (16 bytes, canonical big-endian). */
+export function xxh3(buf: Uint8Array, out: Uint8Array = new Uint8Array(16)): Uint8Array {
+  native().cn_xxh3_128(buf, BigInt(buf.length), out);
+  return out;
+}
+
+/** XXH3-128 of every `chunk` bytes of [off, off+len): 16 bytes a chunk, concatenated. */
+export async function hashRange(fd: number, off: number, len: number, chunk: number): Promise<Uint8Array> {
+  const out = new Uint8Array(Math.ceil(len / chunk) * 16);
+  check("hash", await native().cn_hash_range(fd, BigInt(off), BigInt(len), BigInt(chunk), out));
+  return out;
+}

@@ -1,0 +1,177 @@
+// The local gateway role: accepts agents, journals their records (write cache),
+// keeps its own mirror of every volume, and serves status over HTTP.
+import type { FlagSpec, Parsed } from "../cli/flags.ts";
+import { UsageError } from "../cli/flags.ts";
+import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
+import { logger } from "../log.ts";
+import { openDatabase } from "../db/db.ts";
+import { Journal } from "../journal/journal.ts";
+import { MirrorApplier } from "../mirror/applier.ts";
+import { GatewayListener } from "../link/gateway-listener.ts";
+import { type Address, parseAddress } from "../link/address.ts";
+import { readSecretFile } from "../wire/auth.ts";
+import { startStatusServer } from "../web/status-server.ts";
+import { loadOrCreateToken } from "../web/token.ts";
+
+const log = logger("local-gateway");
+
+export const localGatewayFlags: FlagSpec[] = [
+  { name: "id", type: "string", description: "name of this site", default: "local" },
+  {
+    name: "data-dir",
+    type: "string",
+    description: "state directory (database, journal, mirrors, API token)",
+    default: "/var/lib/continuum/gateway",
+    placeholder: "DIR",
+  },
+  {
+    name: "agent-listen",
+    type: "string",
+    multiple: true,
+    description: "where agents connect (HOST:PORT or unix:PATH)",
+    default: ["127.0.0.1:7800"],
+    placeholder: "ADDR",
+  },
+  {
+    name: "agent-secret",
+    type: "string",
+    multiple: true,
+    description: "an agent allowed to connect and the file holding its secret",
+    placeholder: "NAME=FILE",
+  },
+  {
+    name: "database",
+    type: "string",
+    description: "libsql database URL (file:PATH or libsql://…) [default: file:DATA-DIR/gateway.db]",
+    placeholder: "URL",
+  },
+  {
+    name: "database-token",
+    type: "string",
+    description: "auth token for a libsql server URL",
+    placeholder: "TOKEN",
+  },
+  {
+    name: "buffer",
+    type: "string",
+    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
+    placeholder: "PATH",
+  },
+  {
+    name: "buffer-size",
+    type: "size",
+    description: "journal buffer size when it is a file created here",
+    default: "1G",
+  },
+  {
+    name: "retain",
+    type: "size",
+    description: "journal bytes kept after every reader is done with them",
+    default: "0",
+  },
+  {
+    name: "commit-delay",
+    type: "duration",
+    description: "longest wait before an unforced group commit",
+    default: "20ms",
+  },
+  {
+    name: "mirror-dir",
+    type: "string",
+    description: "directory of the gateway's mirror images [default: DATA-DIR/mirrors]",
+    placeholder: "DIR",
+  },
+  {
+    name: "http-listen",
+    type: "string",
+    description: "HTTP API address (HOST:PORT, port 0 picks one)",
+    default: "127.0.0.1:7880",
+    placeholder: "ADDR",
+  },
+];
+
+export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
+  const dataDir = str(p, "data-dir");
+  ensurePrivateDir(dataDir);
+  const secrets = new Map<string, Uint8Array>();
+  for (const [agent, file] of pairs("agent-secret", p["agent-secret"])) {
+    secrets.set(agent, readSecretFile(file));
+  }
+  if (secrets.size === 0) log.warn("no --agent-secret given: no agent can connect");
+  const listen = list(p, "agent-listen").map((a) => parseAddress(a));
+  const http = parseAddress(str(p, "http-listen"));
+  if (http.transport !== "tcp") throw new UsageError("--http-listen must be HOST:PORT");
+  const mirrorDir = optStr(p, "mirror-dir") ?? `${dataDir}/mirrors`;
+
+  const { db, close: closeDb } = await openDatabase(
+    optStr(p, "database") ?? `file:${dataDir}/gateway.db`,
+    optStr(p, "database-token"),
+  );
+  const cleanups: (() => Promise<void> | void)[] = [closeDb];
+  const stop = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch (e) {
+        log.warn("error while stopping", { error: e });
+      }
+    }
+  };
+  try {
+    const journal = await Journal.open(
+      db,
+      optStr(p, "buffer") ?? `${dataDir}/journal.ring`,
+      num(p, "buffer-size"),
+      {
+        retainBytes: num(p, "retain"),
+        commitDelayMs: num(p, "commit-delay"),
+      },
+    );
+    cleanups.push(() => journal.close());
+    const mirror = new MirrorApplier(journal);
+    await mirror.start();
+    cleanups.push(() => mirror.stop());
+    const listener = await GatewayListener.listen({
+      listen,
+      journal,
+      secrets: () => secrets,
+      mirrorPath: (agent, volume) => `${mirrorDir}/${agent}/${volume}.img`,
+      onVolume: (v) => mirror.prepare(v),
+    });
+    cleanups.push(() => listener.close());
+    const token = loadOrCreateToken(`${dataDir}/api-token`);
+    const started = Date.now();
+    const server = startStatusServer({
+      listen: http as Address & { transport: "tcp" },
+      token,
+      status: () => ({
+        role: "local-gateway",
+        site: str(p, "id"),
+        uptimeMs: Date.now() - started,
+        agents: listener.connectedAgents(),
+        refused: Object.fromEntries(listener.refused),
+        journal: { ...journal.positions, used: journal.positions.head - journal.positions.tail },
+        volumes: journal.volumes().map((v) => ({
+          id: v.id,
+          agent: v.agent,
+          name: v.name,
+          size: v.size,
+          mirror: v.mirrorPath,
+          lastSeq: v.lastSeq,
+          durableSeq: v.durableSeq,
+          mirrorSeq: mirror.applied(v.id),
+        })),
+      }),
+    });
+    cleanups.push(() => server.close());
+    log.info("local gateway ready", {
+      agents: listener.describe(),
+      http: `http://${http.hostname}:${server.port}`,
+      journal: journal.ring.path,
+    });
+    return { stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}

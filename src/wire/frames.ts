@@ -1,0 +1,105 @@
+// Framing of the agent ↔ local gateway link: u32 length (of type + body), u8 type,
+// body. Control frames carry JSON; records and acknowledgements are binary.
+import { HEADER_SIZE } from "../record/record.ts";
+import { MAX_PAYLOAD } from "../nbd/protocol.ts";
+import type { ConnReader } from "../io/conn-reader.ts";
+
+export const enum FrameType {
+  Challenge = 1,
+  Hello = 2,
+  Welcome = 3,
+  Denied = 4,
+  Open = 5,
+  Opened = 6,
+  Record = 7,
+  Accepted = 8,
+  Durable = 9,
+  Error = 10,
+  Control = 11,
+}
+
+export const FRAME_HEADER = 5;
+/** Largest frame: a record of the largest NBD payload. */
+export const MAX_FRAME = 1 + HEADER_SIZE + MAX_PAYLOAD;
+/** Control frames are small; anything larger is refused before it is buffered. */
+export const MAX_CONTROL_FRAME = 1024 * 1024;
+
+export class FrameError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "FrameError";
+  }
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function jsonFrame(type: FrameType, value: unknown): Uint8Array {
+  const body = encoder.encode(JSON.stringify(value));
+  const b = new Uint8Array(FRAME_HEADER + body.length);
+  new DataView(b.buffer).setUint32(0, 1 + body.length);
+  b[4] = type;
+  b.set(body, FRAME_HEADER);
+  return b;
+}
+
+/** Writes a frame header into the 5 bytes before a body laid out at b[at+5..]. */
+export function writeFrameHeader(b: Uint8Array, at: number, type: FrameType, bodyLength: number): void {
+  new DataView(b.buffer, b.byteOffset + at, FRAME_HEADER).setUint32(0, 1 + bodyLength);
+  b[at + 4] = type;
+}
+
+/** Accepted / Durable: cumulative sequence number for one volume. */
+export function seqFrame(
+  type: FrameType.Accepted | FrameType.Durable,
+  volume: number,
+  seq: number,
+): Uint8Array {
+  const b = new Uint8Array(FRAME_HEADER + 12);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 13);
+  b[4] = type;
+  v.setUint32(5, volume);
+  v.setBigUint64(9, BigInt(seq));
+  return b;
+}
+
+export function decodeSeqFrame(body: Uint8Array): { volume: number; seq: number } {
+  if (body.length !== 12) throw new FrameError(`acknowledgement frame of ${body.length} bytes`);
+  const v = new DataView(body.buffer, body.byteOffset, 12);
+  return { volume: v.getUint32(0), seq: Number(v.getBigUint64(4)) };
+}
+
+export function decodeJson<T>(body: Uint8Array): T {
+  try {
+    return JSON.parse(decoder.decode(body)) as T;
+  } catch {
+    throw new FrameError("control frame is not valid JSON");
+  }
+}
+
+export interface Frame {
+  type: FrameType;
+  body: Uint8Array;
+}
+
+/**
+ * Reads one frame. Returns undefined at a clean end of stream between frames;
+ * throws FrameError on a malformed or oversized frame or a stream cut mid-frame.
+ * Record bodies get their own buffer (the journal keeps them); others are copies too.
+ */
+export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Frame | undefined> {
+  if (!await r.fill(FRAME_HEADER)) {
+    if (r.buffered > 0) throw new FrameError("stream ended inside a frame header");
+    return undefined;
+  }
+  const h = r.take(FRAME_HEADER);
+  const len = new DataView(h.buffer, h.byteOffset, 4).getUint32(0);
+  const type = h[4] as FrameType;
+  if (len < 1) throw new FrameError("empty frame");
+  const limit = type === FrameType.Record ? maxFrame : MAX_CONTROL_FRAME;
+  if (len > limit) throw new FrameError(`frame of ${len} bytes exceeds the ${limit}-byte limit`);
+  const body = await r.readExact(len - 1);
+  if (!body) throw new FrameError("stream ended inside a frame");
+  return { type, body };
+}

@@ -1,0 +1,345 @@
+// Starts Continuum roles as real processes for integration tests, with their own
+// temporary directories, and helpers to wait on them and compare images.
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+
+const root = new URL("../../", import.meta.url).pathname;
+export const mainTs = `${root}main.ts`;
+
+export async function tempDir(prefix: string): Promise<string> {
+  const base = `${root}test-output`;
+  await Deno.mkdir(base, { recursive: true });
+  return await Deno.makeTempDir({ dir: base, prefix: `${prefix}-` });
+}
+
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+export async function writeSecret(path: string): Promise<void> {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  await Deno.writeTextFile(path, btoa(String.fromCharCode(...bytes)) + "\n", { mode: 0o600 });
+}
+
+export class RoleProcess {
+  private child: Deno.ChildProcess;
+  private logText = "";
+  readonly exited: Promise<Deno.CommandStatus>;
+
+  constructor(readonly name: string, readonly args: string[], readonly logPath: string) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, ...args],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const file = Deno.openSync(logPath, { create: true, append: true });
+    const pump = async (s: ReadableStream<Uint8Array>) => {
+      const dec = new TextDecoder();
+      for await (const chunk of s) {
+        this.logText += dec.decode(chunk, { stream: true });
+        try {
+          file.writeSync(chunk);
+        } catch { /* closed */ }
+      }
+    };
+    const done = Promise.all([pump(this.child.stdout), pump(this.child.stderr)]);
+    this.exited = this.child.status.then(async (st) => {
+      await done;
+      file.close();
+      return st;
+    });
+  }
+
+  get log(): string {
+    return this.logText;
+  }
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  /** Log records (JSON lines) so far. */
+  records(): Record<string, unknown>[] {
+    return this.logText.split("\n").filter((l) => l.startsWith("{")).map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return {};
+      }
+    });
+  }
+
+  async waitForLog(msg: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    const r = await waitFor(
+      () => this.records().find((x) => x.msg === msg),
+      timeoutMs,
+      `${this.name}: log "${msg}"`,
+    );
+    return r!;
+  }
+
+  kill(signal: Deno.Signal = "SIGKILL"): void {
+    try {
+      this.child.kill(signal);
+    } catch { /* gone */ }
+  }
+
+  async stop(): Promise<Deno.CommandStatus> {
+    this.kill("SIGTERM");
+    const t = setTimeout(() => this.kill("SIGKILL"), 20_000);
+    const st = await this.exited;
+    clearTimeout(t);
+    return st;
+  }
+}
+
+/** Polls fn until it returns a truthy value; throws with `what` on timeout. */
+export async function waitFor<T>(
+  fn: () => T | Promise<T>,
+  timeoutMs: number,
+  what: string,
+  everyMs = 50,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v as NonNullable<T>;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`,
+  );
+}
+
+export function sha256File(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash("sha256");
+    createReadStream(path, { highWaterMark: 4 * 1024 * 1024 }).on("data", (d) => h.update(d)).on(
+      "end",
+      () => resolve(h.digest("hex")),
+    ).on("error", reject);
+  });
+}
+
+export async function run(
+  cmd: string,
+  args: string[],
+  opts: { allowFail?: boolean; stdin?: Uint8Array } = {},
+) {
+  const c = new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: opts.stdin ? "piped" : "null",
+  });
+  const child = c.spawn();
+  if (opts.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(opts.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  const text = {
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+    code: out.code,
+  };
+  if (!out.success && !opts.allowFail) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (${out.code}): ${text.stderr || text.stdout}`);
+  }
+  return text;
+}
+
+export interface GatewayOptions {
+  dir: string;
+  agents: Record<string, string>;
+  bufferSize?: string;
+  extra?: string[];
+}
+
+export class Gateway {
+  proc!: RoleProcess;
+  readonly socket: string;
+  httpPort = 0;
+  private tokenValue = "";
+
+  constructor(readonly o: GatewayOptions) {
+    this.socket = `${o.dir}/gw.sock`;
+  }
+
+  async start(): Promise<this> {
+    if (!this.httpPort) this.httpPort = freePort();
+    const args = [
+      "--role",
+      "local-gateway",
+      "--data-dir",
+      `${this.o.dir}/gateway`,
+      "--agent-listen",
+      `unix:${this.socket}`,
+      "--http-listen",
+      `127.0.0.1:${this.httpPort}`,
+      "--buffer-size",
+      this.o.bufferSize ?? "256M",
+      ...Object.entries(this.o.agents).flatMap(([a, f]) => ["--agent-secret", `${a}=${f}`]),
+      ...(this.o.extra ?? []),
+    ];
+    this.proc = new RoleProcess("gateway", args, `${this.o.dir}/gateway.log`);
+    await this.proc.waitForLog("local gateway ready");
+    this.tokenValue = (await Deno.readTextFile(`${this.o.dir}/gateway/api-token`)).trim();
+    return this;
+  }
+
+  get token(): string {
+    return this.tokenValue;
+  }
+
+  async status(): Promise<GatewayStatus> {
+    const r = await fetch(`http://127.0.0.1:${this.httpPort}/api/status`, {
+      headers: { authorization: `Bearer ${this.tokenValue}` },
+    });
+    if (!r.ok) throw new Error(`status ${r.status}`);
+    return await r.json();
+  }
+
+  mirrorPath(agent: string, volume: string): string {
+    return `${this.o.dir}/gateway/mirrors/${agent}/${volume}.img`;
+  }
+}
+
+export interface GatewayStatus {
+  agents: string[];
+  journal: { tail: number; durable: number; head: number; used: number; capacity: number };
+  volumes: { agent: string; name: string; lastSeq: number; durableSeq: number; mirrorSeq: number }[];
+  refused: Record<string, number>;
+}
+
+export interface AgentOptions {
+  dir: string;
+  id: string;
+  secretFile: string;
+  gatewaySocket: string;
+  volumes: Record<string, string>;
+  extra?: string[];
+  /** Directory name under dir (default agent-ID). */
+  home?: string;
+}
+
+export class Agent {
+  proc!: RoleProcess;
+  readonly socket: string;
+
+  constructor(readonly o: AgentOptions) {
+    this.socket = `${this.home}/nbd.sock`;
+  }
+
+  async start(waitReady = true): Promise<this> {
+    const args = [
+      "--role",
+      "agent",
+      "--id",
+      this.o.id,
+      "--data-dir",
+      this.home,
+      "--gateway",
+      `unix:${this.o.gatewaySocket}`,
+      "--secret-file",
+      this.o.secretFile,
+      "--nbd-listen",
+      "off",
+      ...Object.entries(this.o.volumes).flatMap(([n, p]) => ["--volume", `${n}=${p}`]),
+      ...(this.o.extra ?? []),
+    ];
+    this.proc = new RoleProcess(`agent ${this.o.id}`, args, `${this.home}.log`);
+    if (waitReady) await this.proc.waitForLog("agent ready");
+    return this;
+  }
+
+  get home(): string {
+    return `${this.o.dir}/${this.o.home ?? `agent-${this.o.id}`}`;
+  }
+
+  uri(volume: string): string {
+    return `nbd+unix:///${volume}?socket=${this.socket}`;
+  }
+}
+
+/** Creates a sparse image file of `size` bytes. */
+export async function sparseImage(path: string, size: number): Promise<string> {
+  const f = await Deno.open(path, { create: true, write: true });
+  await f.truncate(size);
+  f.close();
+  return path;
+}
+
+/** Waits until the gateway's mirror holds everything journaled for the volume and the agent sent everything. */
+export async function waitMirrorCaughtUp(
+  gw: Gateway,
+  agent: string,
+  volume: string,
+  timeoutMs = 60_000,
+): Promise<void> {
+  await waitFor(
+    async () => {
+      const s = await gw.status();
+      const v = s.volumes.find((x) => x.agent === agent && x.name === volume);
+      return v && v.mirrorSeq === v.lastSeq && v.durableSeq === v.lastSeq;
+    },
+    timeoutMs,
+    `mirror of ${agent}/${volume} to catch up`,
+  );
+}
+
+/** Waits until two files have equal contents (the copies converged). */
+export async function waitEqual(a: string, b: string, timeoutMs = 60_000): Promise<string> {
+  return await waitFor(
+    async () => {
+      const [x, y] = await Promise.all([sha256File(a), sha256File(b)]);
+      return x === y ? x : undefined;
+    },
+    timeoutMs,
+    `${a} and ${b} to become equal`,
+    300,
+  );
+}
+
+/** A two-role setup in one temp dir: one gateway, one agent with the given volumes. */
+export async function startPair(prefix: string, volumes: Record<string, number>, agentExtra: string[] = []) {
+  const dir = await tempDir(prefix);
+  const secret = `${dir}/agent.secret`;
+  await writeSecret(secret);
+  const gw = await new Gateway({ dir, agents: { a1: secret } }).start();
+  const paths: Record<string, string> = {};
+  for (const [name, size] of Object.entries(volumes)) {
+    paths[name] = await sparseImage(`${dir}/${name}.img`, size);
+  }
+  const agent = await new Agent({
+    dir,
+    id: "a1",
+    secretFile: secret,
+    gatewaySocket: gw.socket,
+    volumes: paths,
+    extra: agentExtra,
+  })
+    .start();
+  await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "agent to connect");
+  return {
+    dir,
+    secret,
+    gw,
+    agent,
+    paths,
+    async stop() {
+      await agent.proc.stop();
+      await gw.proc.stop();
+    },
+  };
+}
