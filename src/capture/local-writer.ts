@@ -2,6 +2,7 @@
 // enqueued: everything queued while one batch runs becomes the next batch, run
 // with one native call. One batch at a time keeps overlapping writes in order
 // without tracking ranges; a batch of many requests costs one thread hand-off.
+import { setImmediate } from "node:timers";
 import { applyBatch, type BatchOp, NativeError } from "../native/mod.ts";
 
 interface Item {
@@ -23,7 +24,11 @@ export class LocalWriter {
   run(op: BatchOp | undefined, sync = false): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ op, sync, resolve, reject });
-      if (!this.running) queueMicrotask(() => this.loop());
+      if (!this.running) {
+        // run after this turn of the event loop, so every request parsed in it is one batch
+        this.running = true;
+        setImmediate(() => this.loop());
+      }
     });
   }
 
@@ -37,8 +42,6 @@ export class LocalWriter {
   }
 
   private async loop(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
     while (this.queue.length > 0) {
       const batch = this.queue;
       this.queue = [];

@@ -477,7 +477,7 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
   /**
    * Clears dirty bits of chunks both sides now hold: everything that arrived before
    * the sweep started is released, on the local disk (fdatasync) and durable at
-   * the gateway; chunks touched since the sweep started stay marked.
+   * the gateway. Chunks touched during the previous interval or since stay marked.
    */
   private async sweep(): Promise<void> {
     if (
@@ -488,6 +488,9 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
     const epoch = this.linkEpoch;
     try {
       const arrival = this.arrivals;
+      // chunks written during the last interval stay marked: hot chunks would
+      // otherwise be cleared and re-marked (a fdatasync each) over and over
+      const recent = this.touched;
       this.touched = new Set();
       const deadline = Date.now() + 30_000;
       while (this.releasedArrival < arrival && this.queue.length > 0) {
@@ -503,7 +506,7 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
       if (
         epoch !== this.linkEpoch || this.dropped || this.resyncInFlight > 0 || this.resyncChunks.length > 0
       ) return;
-      const clear = this.o.dirty.setChunks().filter((c) => !this.touched.has(c));
+      const clear = this.o.dirty.setChunks().filter((c) => !this.touched.has(c) && !recent.has(c));
       this.o.dirty.clear(clear);
     } catch (e) {
       log.warn("dirty map sweep failed", { volume: this.name, error: e });

@@ -1,3 +1,5 @@
+import { setImmediate } from "node:timers";
+
 // Buffered reading from a stream connection: small headers come out of one
 // buffer; large payloads are read straight into their own allocation.
 export interface Readable {
@@ -101,7 +103,11 @@ export class ConnWriter {
     if (this.failed) return;
     this.queue.push(b);
     this.queuedBytes += b.length;
-    if (!this.pumping) this.pump();
+    if (!this.pumping) {
+      // start after this turn of the event loop, so everything sent during it goes out together
+      this.pumping = true;
+      setImmediate(() => this.pump());
+    }
   }
 
   /** Resolves when everything queued so far is written (or the connection failed). */
@@ -111,7 +117,6 @@ export class ConnWriter {
   }
 
   private async pump(): Promise<void> {
-    this.pumping = true;
     try {
       while (this.queue.length > 0) {
         let chunk = this.queue.shift()!;
