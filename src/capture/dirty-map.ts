@@ -66,6 +66,8 @@ export class DirtyMap {
       const file = new Uint8Array(HEADER + bytes);
       file.set(header);
       file.set(bits, HEADER);
+      // a map made for another volume may be longer: cut it, or it would never match again
+      await Deno.truncate(path, file.length);
       await native.pwrite(fd, file, 0);
       await native.fdatasync(fd);
     }

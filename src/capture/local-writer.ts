@@ -63,7 +63,7 @@ export class LocalWriter {
     for (const i of batch) {
       try {
         await applyBatch(this.fd, i.op ? [i.op] : [], i.sync || sync);
-        this.completed++;
+        if (i.op) this.completed++;
         i.resolve();
       } catch (e) {
         i.reject(e instanceof NativeError ? e : new Error(String(e)));

@@ -61,9 +61,13 @@ function convert(spec: FlagSpec, raw: unknown, origin: string): Value {
       break;
     case "size":
       value = typeof raw === "number" ? raw : parseSize(text);
+      if (!Number.isSafeInteger(value) || value < 0) {
+        throw new UsageError(`${where}: not a size in bytes: ${text}`);
+      }
       break;
     case "duration":
       value = typeof raw === "number" ? raw : parseDuration(text);
+      if (!Number.isFinite(value) || value < 0) throw new UsageError(`${where}: not a duration: ${text}`);
       break;
     default:
       value = text;

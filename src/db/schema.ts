@@ -1,6 +1,6 @@
 // The gateway's database schema (drizzle-orm over libsql). Migrations are generated
 // from this file with `deno task db:generate` into src/db/migrations and run at start.
-import { integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { integer, primaryKey, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 /** Volumes known to this gateway: an agent's volume and its mirror image (the LGP). */
 export const volumes = sqliteTable("volumes", {
@@ -13,6 +13,8 @@ export const volumes = sqliteTable("volumes", {
   lastSeq: integer("last_seq").notNull().default(0),
   /** Highest sequence number applied to the mirror and made durable there. */
   appliedSeq: integer("applied_seq").notNull().default(0),
+  /** The local image's state: empty, consistent, inconsistent (a synchronisation is running). */
+  state: text("state").notNull().default("empty"),
   createdAt: integer("created_at").notNull(),
 }, (t) => [uniqueIndex("volumes_agent_name").on(t.agent, t.name)]);
 
@@ -39,3 +41,21 @@ export const segments = sqliteTable("segments", {
   firstTime: integer("first_time").notNull(),
   lastTime: integer("last_time").notNull(),
 });
+
+/** Journal readers that hold records back (the mirror, each remote site, each standby server). */
+export const cursors = sqliteTable("cursors", {
+  name: text("name").primaryKey(),
+  /** Everything before this journal position is acknowledged by this reader. */
+  pos: integer("pos").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Per reader and volume: what the far side acknowledged and the state of its copy. */
+export const cursorVolumes = sqliteTable("cursor_volumes", {
+  cursor: text("cursor").notNull(),
+  volumeId: integer("volume_id").notNull(),
+  ackedSeq: integer("acked_seq").notNull(),
+  /** consistent, syncing, degraded */
+  state: text("state").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+}, (t) => [primaryKey({ columns: [t.cursor, t.volumeId] })]);

@@ -8,8 +8,9 @@ import { eq, lte } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { journalState, segments, volumes } from "../db/schema.ts";
 import { logger } from "../log.ts";
-import { FLAG_FUA, Kind, type RecordHeader, restamp } from "../record/record.ts";
+import { betweenSeqs, FLAG_FUA, Kind, type RecordHeader, restamp } from "../record/record.ts";
 import { Ring, type RingEntry } from "./ring.ts";
+import { admit, type SeqState } from "../record/sequence.ts";
 
 const log = logger("journal");
 
@@ -56,11 +57,16 @@ export class Journal {
   private toWrite: JournalEntry[] = [];
   private writtenSeqs = new Map<number, number>();
   private pendingSeqs = new Map<number, number>();
+  /** Records and capture-time range written since the last commit (for its index row). */
+  private writtenStats = emptyStats();
+  private pendingStats = emptyStats();
   private writing = false;
-  private committing = false;
-  private barrier = false;
+  private committing: Promise<void> | undefined;
+  /** A FLUSH/FUA barrier ends here: commit as soon as the ring holds it. */
+  private barrierAt = 0;
   private commitTimer: ReturnType<typeof setTimeout> | undefined;
-  private spaceWaiters: (() => void)[] = [];
+  /** Appends waiting for space, in arrival order; the first is placed as soon as it fits. */
+  private spaceQueue: { len: number; place: () => void; fail: (e: Error) => void }[] = [];
   private dataWaiters: (() => void)[] = [];
   private listeners = new Set<DurableListener>();
   private cursors = new Map<string, Cursor>();
@@ -131,23 +137,30 @@ export class Journal {
   private async recover(): Promise<void> {
     let pos = this.durable;
     let count = 0;
-    const seqs = new Map<number, number>();
+    const stats = emptyStats();
+    const states = new Map<number, SeqState>();
     while (pos - this.tail < this.ring.dataSize) {
       const e = await this.ring.readAt(pos);
       if (!e) break;
       if (e.header.kind !== Kind.Wrap) {
         const v = this.vols.get(e.header.volume);
-        const expected = (seqs.get(e.header.volume) ?? v?.lastSeq ?? -1) + 1;
-        if (!v || e.header.seq !== expected) break;
-        seqs.set(e.header.volume, e.header.seq);
+        if (!v) break;
+        let st = states.get(v.id);
+        if (!st) states.set(v.id, st = { lastSeq: v.lastSeq, rebase: false });
+        // anything but the next record in sequence is stale data from an earlier lap or a torn write
+        if (admit(st, e.header) !== "apply") break;
         count++;
+        addStats(stats, e.header.time);
       }
       pos = this.ring.next(pos, e);
     }
     if (pos === this.durable) return;
     this.head = this.written = pos;
-    for (const [id, seq] of seqs) this.writtenSeqs.set(id, seq);
-    for (const [id, seq] of seqs) this.vols.get(id)!.lastSeq = seq;
+    this.writtenStats = stats;
+    for (const [id, st] of states) {
+      this.writtenSeqs.set(id, st.lastSeq);
+      this.vols.get(id)!.lastSeq = st.lastSeq;
+    }
     log.info("journal recovered records written before a crash", {
       records: count,
       from: this.durable,
@@ -217,33 +230,55 @@ export class Journal {
 
   /**
    * Appends a record whose bytes (header + payload) were verified by the caller.
-   * Resolves once it is accepted; waits while the ring is full. The header's
-   * volume and position are restamped for the journal.
+   * Resolves once it is accepted; waits while the ring is full, behind earlier
+   * waiting appends (their order is the journal's order). The header's volume and
+   * position are restamped for the journal.
    */
-  async append(volume: number, bytes: Uint8Array, header: RecordHeader): Promise<void> {
-    if (this.failure) throw this.failure;
+  append(volume: number, bytes: Uint8Array, header: RecordHeader): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new Error("journal closed"));
     const v = this.vols.get(volume);
-    if (!v) throw new Error(`append to unknown volume ${volume}`);
-    let place = this.ring.place(this.head, bytes.length);
-    // FIFO: an append never overtakes one that is waiting for space
-    while (this.spaceWaiters.length > 0 || !this.fits(place.at, bytes.length)) {
-      await new Promise<void>((r) => this.spaceWaiters.push(r));
-      if (this.failure) throw this.failure;
-      if (this.closed) throw new Error("journal closed");
-      place = this.ring.place(this.head, bytes.length);
-      if (this.fits(place.at, bytes.length)) break;
+    if (!v) return Promise.reject(new Error(`append to unknown volume ${volume}`));
+    const place = () => this.place(v, bytes, header);
+    if (this.spaceQueue.length === 0 && this.fitsNext(bytes.length)) {
+      place();
+      return Promise.resolve();
     }
+    return new Promise<void>((resolve, reject) => {
+      this.spaceQueue.push({
+        len: bytes.length,
+        place: () => {
+          place();
+          resolve();
+        },
+        fail: reject,
+      });
+    });
+  }
+
+  private fitsNext(len: number): boolean {
+    return this.fits(this.ring.place(this.head, len).at, len);
+  }
+
+  /** Places waiting appends, in order, while they fit. */
+  private placeWaiting(): void {
+    while (this.spaceQueue.length > 0 && this.fitsNext(this.spaceQueue[0].len)) {
+      this.spaceQueue.shift()!.place();
+    }
+  }
+
+  private place(v: VolumeInfo, bytes: Uint8Array, header: RecordHeader): void {
+    const place = this.ring.place(this.head, bytes.length);
     if (place.filler) this.push({ ...place.filler, header: wrapOf(place.filler.pos) }, place.at);
-    restamp(bytes, volume, place.at);
-    header.volume = volume;
+    restamp(bytes, v.id, place.at);
+    header.volume = v.id;
     header.pos = place.at;
     this.push({ pos: place.at, bytes, header }, place.at + bytes.length);
-    v.lastSeq = header.seq;
-    this.pendingSeqs.set(volume, header.seq);
-    if (header.kind === Kind.Flush || (header.flags & FLAG_FUA)) this.barrier = true;
+    if (!betweenSeqs(header)) v.lastSeq = header.seq;
+    this.pendingSeqs.set(v.id, v.lastSeq);
+    addStats(this.pendingStats, header.time);
+    if (header.kind === Kind.Flush || (header.flags & FLAG_FUA)) this.barrierAt = this.head;
     this.kickWriter();
-    // wake the next waiter: it may fit too
-    if (this.spaceWaiters.length > 0) this.spaceWaiters.shift()!();
   }
 
   private push(e: { pos: number; bytes: Uint8Array; header: RecordHeader }, end: number): void {
@@ -266,9 +301,13 @@ export class Journal {
         this.toWrite = [];
         const seqs = this.pendingSeqs;
         this.pendingSeqs = new Map();
+        const stats = this.pendingStats;
+        this.pendingStats = emptyStats();
         await this.ring.write(batch);
         this.written = batch[batch.length - 1].end;
         for (const [id, seq] of seqs) this.writtenSeqs.set(id, seq);
+        mergeStats(this.writtenStats, stats);
+        if (this.cacheBytes > this.opts.cacheBytes) this.trimCache();
         this.scheduleCommit();
       }
     } catch (e) {
@@ -278,13 +317,16 @@ export class Journal {
     }
   }
 
+  /** Commits now when a barrier is written or enough bytes wait; otherwise after the commit delay. */
   private scheduleCommit(): void {
-    if (this.barrier || this.written - this.durable >= this.opts.commitBytes) {
-      this.barrier = false;
+    if (this.written <= this.durable && !this.stateDirty) return;
+    const urgent = (this.barrierAt > this.durable && this.written >= this.barrierAt) ||
+      this.written - this.durable >= this.opts.commitBytes;
+    if (urgent) {
+      clearTimeout(this.commitTimer);
+      this.commitTimer = undefined;
       this.commit();
-      return;
-    }
-    if (!this.commitTimer) {
+    } else if (!this.commitTimer) {
       this.commitTimer = setTimeout(() => {
         this.commitTimer = undefined;
         this.commit();
@@ -292,38 +334,48 @@ export class Journal {
     }
   }
 
-  /** Group commit: fdatasync the ring, then index everything written in one transaction. */
-  async commit(): Promise<void> {
-    if (this.committing || this.failure) return;
-    this.committing = true;
+  /** Group commit: fdatasync the ring, then index everything written in one transaction. Returns when no commit runs. */
+  commit(): Promise<void> {
+    if (this.failure) return Promise.resolve();
+    if (!this.committing) {
+      this.committing = this.commitLoop().finally(() => {
+        this.committing = undefined;
+        // what was written (or a barrier that arrived) during the commit is served next
+        if (!this.failure) this.scheduleCommit();
+      });
+    }
+    return this.committing;
+  }
+
+  private async commitLoop(): Promise<void> {
     try {
       while ((this.written > this.durable || this.stateDirty) && !this.failure) {
         const target = this.written;
         const seqs = this.writtenSeqs;
         this.writtenSeqs = new Map();
+        const stats = this.writtenStats;
+        this.writtenStats = emptyStats();
         this.stateDirty = false;
         if (target > this.durable) await this.ring.sync();
         const from = this.durable;
-        const batch = this.cache.filter((e) =>
-          e.pos >= from && e.pos < target && e.header.kind !== Kind.Wrap
-        );
+        const tail = this.tail;
         await this.db.transaction(async (tx) => {
           if (target > from) {
             await tx.insert(segments).values({
               startPos: from,
               endPos: target,
-              records: batch.length,
+              records: stats.records,
               bytes: target - from,
-              firstTime: batch[0]?.header.time ?? 0,
-              lastTime: batch[batch.length - 1]?.header.time ?? 0,
+              firstTime: stats.first,
+              lastTime: stats.last,
             });
           }
           for (const [id, seq] of seqs) {
             await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
           }
-          await tx.update(journalState).set({ head: target, tail: this.tail, appliedPos: this.appliedPos })
+          await tx.update(journalState).set({ head: target, tail, appliedPos: this.appliedPos })
             .where(eq(journalState.id, 1));
-          await tx.delete(segments).where(lte(segments.endPos, this.tail));
+          await tx.delete(segments).where(lte(segments.endPos, tail));
         });
         this.durable = target;
         for (const [id, seq] of seqs) {
@@ -332,22 +384,17 @@ export class Journal {
           for (const l of this.listeners) l(id, seq);
         }
         this.wakeReaders();
-        if (this.barrier && this.written > this.durable) this.barrier = false;
       }
     } catch (e) {
       this.fail(e as Error);
-    } finally {
-      this.committing = false;
     }
-    // a barrier that arrived during the commit is served by the next one
-    if (this.written > this.durable && !this.failure) this.scheduleCommit();
   }
 
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
     log.error("journal failed; refusing further records", { error: e });
-    for (const w of this.spaceWaiters.splice(0)) w();
+    for (const w of this.spaceQueue.splice(0)) w.fail(e);
     this.wakeReaders();
   }
 
@@ -416,13 +463,8 @@ export class Journal {
     this.tail = candidate;
     this.stateDirty = true;
     this.trimCache();
-    for (const w of this.spaceWaiters.splice(0, 1)) w();
-    if (!this.committing && !this.commitTimer) {
-      this.commitTimer = setTimeout(() => {
-        this.commitTimer = undefined;
-        this.commit();
-      }, this.opts.commitDelayMs);
-    }
+    this.placeWaiting();
+    this.scheduleCommit();
   }
 
   setAppliedPos(pos: number): void {
@@ -438,13 +480,11 @@ export class Journal {
 
   private trimCache(): void {
     let drop = 0;
-    let minCursor = Infinity;
-    for (const c of this.cursors.values()) minCursor = Math.min(minCursor, c.position);
     while (drop < this.cache.length) {
       const e = this.cache[drop];
       const released = e.end <= this.tail;
-      const overBudget = this.cacheBytes > this.opts.cacheBytes && e.end <= this.written &&
-        e.end <= minCursor;
+      // over budget, entries already in the ring may go: late readers read them from there
+      const overBudget = this.cacheBytes > this.opts.cacheBytes && e.end <= this.written;
       if (!released && !overBudget) break;
       this.cacheBytes -= e.bytes.length;
       drop++;
@@ -455,7 +495,7 @@ export class Journal {
   /** Waits until everything appended so far is durable. */
   async flushed(): Promise<void> {
     const target = this.head;
-    this.barrier = true;
+    if (target > this.barrierAt) this.barrierAt = target;
     this.kickWriter();
     this.scheduleCommit();
     while (this.durable < target) {
@@ -469,15 +509,40 @@ export class Journal {
     if (!this.failure) {
       try {
         await this.flushed();
-        await this.commit();
+        // state changes (tail, applied position) after the last commit, and any commit in flight
+        this.stateDirty = true;
+        while (this.committing || this.written > this.durable || this.stateDirty) await this.commit();
       } catch { /* already logged */ }
     }
     this.closed = true;
     clearTimeout(this.commitTimer);
     this.wakeReaders();
-    for (const w of this.spaceWaiters.splice(0)) w();
+    for (const w of this.spaceQueue.splice(0)) w.fail(new Error("journal closed"));
     this.ring.close();
   }
+}
+
+interface Stats {
+  records: number;
+  first: number;
+  last: number;
+}
+
+function emptyStats(): Stats {
+  return { records: 0, first: 0, last: 0 };
+}
+
+function addStats(s: Stats, time: number): void {
+  s.records++;
+  if (s.first === 0) s.first = time;
+  s.last = time;
+}
+
+function mergeStats(into: Stats, s: Stats): void {
+  if (s.records === 0) return;
+  into.records += s.records;
+  if (into.first === 0) into.first = s.first;
+  into.last = s.last;
 }
 
 /** A reader of the journal in order; what it releases may be freed. */

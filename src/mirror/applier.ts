@@ -4,7 +4,7 @@
 import { logger } from "../log.ts";
 import type { BatchOp } from "../native/mod.ts";
 import * as native from "../native/mod.ts";
-import { FLAG_MAY_TRIM, HEADER_SIZE, Kind } from "../record/record.ts";
+import { betweenSeqs, Kind, recordOp } from "../record/record.ts";
 import type { Cursor, Journal, JournalEntry, VolumeInfo } from "../journal/journal.ts";
 import { Volume } from "../volume/volume.ts";
 
@@ -15,21 +15,8 @@ export interface MirrorApplierOptions {
   syncBytes?: number;
   /** …or this long after the first unsynced write. */
   syncIntervalMs?: number;
-}
-
-/** An operation for a volume image from a journal entry; undefined for barriers. */
-export function entryOp(e: JournalEntry): BatchOp | undefined {
-  const h = e.header;
-  switch (h.kind) {
-    case Kind.Write:
-      return { op: "write", buf: e.bytes.subarray(HEADER_SIZE, HEADER_SIZE + h.length), off: h.offset };
-    case Kind.Trim:
-      return { op: "trim", off: h.offset, len: h.length };
-    case Kind.Zero:
-      return { op: h.flags & FLAG_MAY_TRIM ? "zero-may-trim" : "zero", off: h.offset, len: h.length };
-    default:
-      return undefined;
-  }
+  /** Synchronisation markers, reported once the image holding them is synced. */
+  onMarker?: (volume: number, kind: Kind.SyncBegin | Kind.SyncEnd) => void;
 }
 
 export class MirrorApplier {
@@ -41,10 +28,27 @@ export class MirrorApplier {
   private signal = { aborted: false };
   private readonly syncBytes: number;
   private readonly syncIntervalMs: number;
+  /** Journal position through which every record is written to its image (not necessarily synced). */
+  appliedPos = 0;
 
-  constructor(private readonly journal: Journal, opts: MirrorApplierOptions = {}) {
+  constructor(private readonly journal: Journal, private readonly opts: MirrorApplierOptions = {}) {
     this.syncBytes = opts.syncBytes ?? 64 * 1024 * 1024;
     this.syncIntervalMs = opts.syncIntervalMs ?? 500;
+  }
+
+  /** Journal position through which images are synced (records before it may be freed). */
+  get syncedPos(): number {
+    return this.cursor.released;
+  }
+
+  imageFd(volume: number): number {
+    return this.image(volume).fd;
+  }
+
+  /** Waits until every record durable in the journal now is written to the images. */
+  async caughtUp(): Promise<void> {
+    const target = this.journal.positions.durable;
+    while (this.appliedPos < target && !this.stopped) await new Promise((r) => setTimeout(r, 5));
   }
 
   /** Opens (creating sparse if needed) the image of a volume. */
@@ -68,6 +72,7 @@ export class MirrorApplier {
     for (const v of this.journal.volumes()) this.prepare(v);
     const from = await this.journal.storedAppliedPos();
     this.cursor = this.journal.cursor("mirror", from);
+    this.appliedPos = this.cursor.position;
     this.done = this.loop();
   }
 
@@ -76,6 +81,7 @@ export class MirrorApplier {
     let firstUnsynced = 0;
     const touched = new Set<number>();
     let lastEnd = this.cursor.position;
+    let markers: { volume: number; kind: Kind.SyncBegin | Kind.SyncEnd }[] = [];
     while (!this.stopped) {
       const waitMs = unsynced > 0 ? Math.max(1, firstUnsynced + this.syncIntervalMs - Date.now()) : 0;
       const entries = await this.nextOrTimeout(waitMs);
@@ -84,8 +90,13 @@ export class MirrorApplier {
         const byVolume = new Map<number, BatchOp[]>();
         for (const e of entries) {
           lastEnd = e.end;
-          if (e.header.kind !== Kind.Wrap) this.appliedSeq.set(e.header.volume, e.header.seq);
-          const op = entryOp(e);
+          if (e.header.kind !== Kind.Wrap && !betweenSeqs(e.header)) {
+            this.appliedSeq.set(e.header.volume, e.header.seq);
+          }
+          if (e.header.kind === Kind.SyncBegin || e.header.kind === Kind.SyncEnd) {
+            markers.push({ volume: e.header.volume, kind: e.header.kind });
+          }
+          const op = recordOp(e.header, e.bytes);
           if (!op) continue;
           const list = byVolume.get(e.header.volume) ?? [];
           list.push(op);
@@ -97,6 +108,7 @@ export class MirrorApplier {
           touched.add(id);
           return native.applyBatch(this.image(id).fd, ops);
         }));
+        this.appliedPos = lastEnd;
       }
       const due = unsynced >= this.syncBytes ||
         (unsynced > 0 && Date.now() - firstUnsynced >= this.syncIntervalMs) ||
@@ -108,6 +120,8 @@ export class MirrorApplier {
         firstUnsynced = 0;
         this.journal.setAppliedPos(lastEnd);
         this.cursor.release(lastEnd);
+        for (const m of markers) this.opts.onMarker?.(m.volume, m.kind);
+        markers = [];
       }
     }
   }

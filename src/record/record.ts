@@ -2,7 +2,7 @@
 // is stored in the journal. A fixed 72-byte header followed by the payload (for
 // WRITE only). The header carries its own checksum and the payload's XXH3-128, so
 // a flipped bit anywhere is detected before a record is applied.
-import { xxh3 } from "../native/mod.ts";
+import { type BatchOp, xxh3 } from "../native/mod.ts";
 
 export const RECORD_MAGIC = 0x434e5231; // "CNR1"
 export const HEADER_SIZE = 72;
@@ -15,11 +15,25 @@ export const enum Kind {
   Flush = 4,
   /** Fills the rest of the journal ring before it wraps (journal only). */
   Wrap = 5,
+  /** A replica starts a differential synchronisation: inconsistent until SyncEnd. */
+  SyncBegin = 6,
+  /** The synchronisation that began is complete: the replica is consistent from here. */
+  SyncEnd = 7,
 }
 
 export const FLAG_FUA = 1;
 /** WRITE_ZEROES without NBD_CMD_FLAG_NO_HOLE: the range may be deallocated. */
 export const FLAG_MAY_TRIM = 2;
+/**
+ * A chunk copied by a synchronisation, not a captured write. It carries the
+ * sequence number of the last record before it in the stream (it adds no new one).
+ */
+export const FLAG_SYNC = 4;
+
+/** True for records that sit between sequence numbers (sync chunks and markers). */
+export function betweenSeqs(h: { kind: Kind; flags: number }): boolean {
+  return (h.flags & FLAG_SYNC) !== 0 || h.kind === Kind.SyncBegin || h.kind === Kind.SyncEnd;
+}
 
 export interface RecordHeader {
   kind: Kind;
@@ -105,7 +119,7 @@ export function decodeHeader(b: Uint8Array, maxLength: number): RecordHeader {
   if (v.getUint32(O_MAGIC) !== RECORD_MAGIC) throw new RecordError("bad record magic");
   if (v.getBigUint64(O_HSUM) !== headerSum(b)) throw new RecordError("record header checksum mismatch");
   const kind = v.getUint8(O_KIND) as Kind;
-  if (kind < Kind.Write || kind > Kind.Wrap) throw new RecordError(`unknown record kind ${kind}`);
+  if (kind < Kind.Write || kind > Kind.SyncEnd) throw new RecordError(`unknown record kind ${kind}`);
   const h: RecordHeader = {
     kind,
     flags: v.getUint8(O_FLAGS),
@@ -136,4 +150,18 @@ export function payloadIntact(b: Uint8Array, h: RecordHeader): boolean {
 /** The payload's checksum as stored in the header (16 bytes, a view). */
 export function payloadSum(b: Uint8Array): Uint8Array {
   return b.subarray(O_SUM, O_SUM + 16);
+}
+
+/** The operation that applies a record to an image; undefined for barriers and markers. */
+export function recordOp(h: RecordHeader, bytes: Uint8Array): BatchOp | undefined {
+  switch (h.kind) {
+    case Kind.Write:
+      return { op: "write", buf: bytes.subarray(HEADER_SIZE, HEADER_SIZE + h.length), off: h.offset };
+    case Kind.Trim:
+      return { op: "trim", off: h.offset, len: h.length };
+    case Kind.Zero:
+      return { op: h.flags & FLAG_MAY_TRIM ? "zero-may-trim" : "zero", off: h.offset, len: h.length };
+    default:
+      return undefined;
+  }
 }

@@ -16,6 +16,14 @@ export const enum FrameType {
   Durable = 9,
   Error = 10,
   Control = 11,
+  // between sites (local gateway → remote gateway), and gateway → standby agent
+  SiteHello = 20,
+  SiteWelcome = 21,
+  HashRequest = 22,
+  Hashes = 23,
+  SyncDone = 24,
+  Ping = 25,
+  Pong = 26,
 }
 
 export const FRAME_HEADER = 5;
@@ -23,6 +31,8 @@ export const FRAME_HEADER = 5;
 export const MAX_FRAME = 1 + HEADER_SIZE + MAX_PAYLOAD;
 /** Control frames are small; anything larger is refused before it is buffered. */
 export const MAX_CONTROL_FRAME = 1024 * 1024;
+/** 16 bytes per chunk: 64 MiB covers 4 Mi chunks (4 TiB at 1 MiB chunks). */
+export const MAX_HASHES_FRAME = 64 * 1024 * 1024 + 17;
 
 export class FrameError extends Error {
   constructor(message: string) {
@@ -70,6 +80,47 @@ export function decodeSeqFrame(body: Uint8Array): { volume: number; seq: number 
   return { volume: v.getUint32(0), seq: Number(v.getBigUint64(4)) };
 }
 
+/** Chunk hashes of a replica: volume, chunk size, the sequence number they reflect, then 16 bytes a chunk. */
+export function hashesFrame(volume: number, chunkSize: number, seq: number, hashes: Uint8Array): Uint8Array {
+  const b = new Uint8Array(FRAME_HEADER + 16 + hashes.length);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 1 + 16 + hashes.length);
+  b[4] = FrameType.Hashes;
+  v.setUint32(5, volume);
+  v.setUint32(9, chunkSize);
+  v.setBigUint64(13, BigInt(seq));
+  b.set(hashes, FRAME_HEADER + 16);
+  return b;
+}
+
+export function decodeHashes(
+  body: Uint8Array,
+): { volume: number; chunkSize: number; seq: number; hashes: Uint8Array } {
+  if (body.length < 16 || (body.length - 16) % 16 !== 0) throw new FrameError("malformed hashes frame");
+  const v = new DataView(body.buffer, body.byteOffset, 16);
+  return {
+    volume: v.getUint32(0),
+    chunkSize: v.getUint32(4),
+    seq: Number(v.getBigUint64(8)),
+    hashes: body.subarray(16),
+  };
+}
+
+/** Ping / Pong: a timestamp echoed back, for round-trip time. */
+export function timeFrame(type: FrameType.Ping | FrameType.Pong, t: number): Uint8Array {
+  const b = new Uint8Array(FRAME_HEADER + 8);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 9);
+  b[4] = type;
+  v.setFloat64(5, t);
+  return b;
+}
+
+export function decodeTime(body: Uint8Array): number {
+  if (body.length !== 8) throw new FrameError("malformed ping frame");
+  return new DataView(body.buffer, body.byteOffset, 8).getFloat64(0);
+}
+
 export function decodeJson<T>(body: Uint8Array): T {
   try {
     return JSON.parse(decoder.decode(body)) as T;
@@ -97,7 +148,12 @@ export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Fr
   const len = new DataView(h.buffer, h.byteOffset, 4).getUint32(0);
   const type = h[4] as FrameType;
   if (len < 1) throw new FrameError("empty frame");
-  const limit = type === FrameType.Record ? maxFrame : MAX_CONTROL_FRAME;
+  // hashes of a large volume are big too: 16 bytes per chunk
+  const limit = type === FrameType.Record
+    ? maxFrame
+    : type === FrameType.Hashes
+    ? MAX_HASHES_FRAME
+    : MAX_CONTROL_FRAME;
   if (len > limit) throw new FrameError(`frame of ${len} bytes exceeds the ${limit}-byte limit`);
   const body = await r.readExact(len - 1);
   if (!body) throw new FrameError("stream ended inside a frame");
