@@ -6,6 +6,8 @@ import { type Level, logger, setLogLevel } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { agentFlags, runAgent } from "../roles/agent.ts";
 import { localGatewayFlags, runLocalGateway } from "../roles/local-gateway.ts";
+import { remoteGatewayFlags, runRemoteGateway } from "../roles/remote-gateway.ts";
+import { keygenUsage, runKeygen } from "../transport/keygen-cli.ts";
 
 interface RoleDef {
   summary: string;
@@ -24,6 +26,11 @@ export const roles: Record<string, RoleDef> = {
     flags: localGatewayFlags,
     run: runLocalGateway,
   },
+  "remote-gateway": {
+    summary: "receive a site's stream, replay it onto the replicas and standby servers, acknowledge",
+    flags: remoteGatewayFlags,
+    run: runRemoteGateway,
+  },
 };
 
 const generalHelp = () =>
@@ -32,6 +39,7 @@ const generalHelp = () =>
 Usage:
   continuum --role ROLE [flags]     run a role (ROLE: ${Object.keys(roles).join(", ")})
   continuum --role ROLE --help      the role's flags with their defaults
+  continuum keygen --dir DIR        make this site's key pair and print its fingerprint
   continuum --version
 
 Roles:
@@ -59,6 +67,14 @@ export async function main(args: string[]): Promise<number> {
   try {
     if (args.length === 1 && (args[0] === "--version" || args[0] === "version")) {
       console.log(`continuum ${VERSION}`);
+      return 0;
+    }
+    if (args[0] === "keygen") {
+      if (args.includes("--help")) {
+        console.log(keygenUsage);
+        return 0;
+      }
+      await runKeygen(args.slice(1));
       return 0;
     }
     const role = roleOf(args);

@@ -62,3 +62,17 @@ export async function openDatabase(url: string, authToken?: string): Promise<Ope
   await migrate(db, { migrationsFolder });
   return { db, close: () => client.close(), version: newestKnown };
 }
+
+const writeQueues = new WeakMap<Db, Promise<unknown>>();
+
+/**
+ * Runs database writes of one process one at a time. libsql opens a connection
+ * per transaction for a local file, and two at once collide (SQLITE_BUSY); the
+ * journal's commits and the replication positions share one database.
+ */
+export function serialized<T>(db: Db, fn: () => Promise<T>): Promise<T> {
+  const prev = writeQueues.get(db) ?? Promise.resolve();
+  const next = prev.catch(() => {}).then(fn);
+  writeQueues.set(db, next);
+  return next;
+}

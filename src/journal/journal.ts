@@ -5,7 +5,7 @@
 // when every cursor has released it; a full ring makes appenders wait
 // (backpressure), it never drops a record.
 import { eq, lte } from "drizzle-orm";
-import type { Db } from "../db/db.ts";
+import { type Db, serialized } from "../db/db.ts";
 import { journalState, segments, volumes } from "../db/schema.ts";
 import { logger } from "../log.ts";
 import { betweenSeqs, FLAG_FUA, Kind, type RecordHeader, restamp } from "../record/record.ts";
@@ -177,6 +177,11 @@ export class Journal {
     return this.failure;
   }
 
+  /** The database holding the journal's index (readers' positions are stored beside it). */
+  get database(): Db {
+    return this.db;
+  }
+
   volumes(): VolumeInfo[] {
     return [...this.vols.values()];
   }
@@ -197,14 +202,11 @@ export class Journal {
       }
       return v;
     }
-    const [row] = await this.db.insert(volumes).values({
-      agent,
-      name,
-      size,
-      mirrorPath,
-      createdAt: Date.now(),
-    })
-      .returning();
+    const [row] = await serialized(
+      this.db,
+      () =>
+        this.db.insert(volumes).values({ agent, name, size, mirrorPath, createdAt: Date.now() }).returning(),
+    );
     const v: VolumeInfo = {
       id: row.id,
       agent,
@@ -359,24 +361,25 @@ export class Journal {
         if (target > this.durable) await this.ring.sync();
         const from = this.durable;
         const tail = this.tail;
-        await this.db.transaction(async (tx) => {
-          if (target > from) {
-            await tx.insert(segments).values({
-              startPos: from,
-              endPos: target,
-              records: stats.records,
-              bytes: target - from,
-              firstTime: stats.first,
-              lastTime: stats.last,
-            });
-          }
-          for (const [id, seq] of seqs) {
-            await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
-          }
-          await tx.update(journalState).set({ head: target, tail, appliedPos: this.appliedPos })
-            .where(eq(journalState.id, 1));
-          await tx.delete(segments).where(lte(segments.endPos, tail));
-        });
+        await serialized(this.db, () =>
+          this.db.transaction(async (tx) => {
+            if (target > from) {
+              await tx.insert(segments).values({
+                startPos: from,
+                endPos: target,
+                records: stats.records,
+                bytes: target - from,
+                firstTime: stats.first,
+                lastTime: stats.last,
+              });
+            }
+            for (const [id, seq] of seqs) {
+              await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
+            }
+            await tx.update(journalState).set({ head: target, tail, appliedPos: this.appliedPos })
+              .where(eq(journalState.id, 1));
+            await tx.delete(segments).where(lte(segments.endPos, tail));
+          }));
         this.durable = target;
         for (const [id, seq] of seqs) {
           const v = this.vols.get(id);

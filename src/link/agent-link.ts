@@ -5,7 +5,7 @@ import { logger } from "../log.ts";
 import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
 import { type Address, connectTo, formatAddress } from "./address.ts";
 import { agentProof, b64, gatewayProof, nonce, sameBytes } from "../wire/auth.ts";
-import { decodeJson, decodeSeqFrame, FrameType, jsonFrame, readFrame } from "../wire/frames.ts";
+import { decodeJson, decodeSeqFrame, type Frame, FrameType, jsonFrame, readFrame } from "../wire/frames.ts";
 
 const log = logger("link");
 
@@ -14,6 +14,8 @@ export interface OpenedInfo {
   lastSeq: number;
   /** False when the gateway had never seen the volume: it needs a full copy. */
   known: boolean;
+  /** The gateway's id of the volume (records streamed to a standby name it). */
+  journalId: number;
 }
 
 /** A volume carried by the link. */
@@ -21,6 +23,8 @@ export interface LinkVolume {
   readonly linkId: number;
   readonly name: string;
   readonly size: number;
+  /** Extra fields of the Open message (a standby copy reports its position and state). */
+  openFields?(): Record<string, unknown>;
   onOpened(info: OpenedInfo): void;
   onRefused(message: string): void;
   onLinkDown(): void;
@@ -34,6 +38,10 @@ export interface AgentLinkOptions {
   secret: Uint8Array;
   /** Extra control messages from the gateway (the control plane). */
   onControl?: (msg: unknown) => void;
+  /** Frames the link does not handle itself (the replication stream to a standby), in order. */
+  onFrame?: (f: Frame) => Promise<void> | void;
+  /** Called after every (re)connection, once the volumes' Open messages are sent. */
+  onConnected?: () => void;
   handshakeTimeoutMs?: number;
 }
 
@@ -61,9 +69,7 @@ export class AgentLink {
 
   register(v: LinkVolume): void {
     this.volumes.set(v.linkId, v);
-    if (this.connected) {
-      this.writer!.send(jsonFrame(FrameType.Open, { id: v.linkId, name: v.name, size: v.size }));
-    }
+    if (this.connected) this.writer!.send(openFrame(v));
   }
 
   unregister(linkId: number): void {
@@ -128,9 +134,8 @@ export class AgentLink {
       this.connectedSince = Date.now();
       this.lastError = "";
       log.info("connected to gateway", { gateway: formatAddress(this.opts.gateway), agent: this.opts.agent });
-      for (const v of this.volumes.values()) {
-        writer.send(jsonFrame(FrameType.Open, { id: v.linkId, name: v.name, size: v.size }));
-      }
+      for (const v of this.volumes.values()) writer.send(openFrame(v));
+      this.opts.onConnected?.();
       while (!this.closed) {
         const f = await readFrame(reader);
         if (!f) throw new Error("gateway closed the connection");
@@ -146,11 +151,19 @@ export class AgentLink {
             break;
           }
           case FrameType.Opened: {
-            const m = decodeJson<{ id: number; lastSeq?: number; known?: boolean; error?: string }>(f.body);
+            const m = decodeJson<
+              { id: number; lastSeq?: number; known?: boolean; journalId?: number; error?: string }
+            >(
+              f.body,
+            );
             const v = this.volumes.get(m.id);
             if (!v) break;
             if (m.error) v.onRefused(m.error);
-            else v.onOpened({ lastSeq: Number(m.lastSeq ?? 0), known: m.known === true });
+            else {v.onOpened({
+                lastSeq: Number(m.lastSeq ?? 0),
+                known: m.known === true,
+                journalId: Number(m.journalId ?? -1),
+              });}
             break;
           }
           case FrameType.Control:
@@ -161,7 +174,8 @@ export class AgentLink {
               `gateway reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
             );
           default:
-            throw new Error(`unexpected frame type ${f.type} from gateway`);
+            if (!this.opts.onFrame) throw new Error(`unexpected frame type ${f.type} from gateway`);
+            await this.opts.onFrame(f);
         }
       }
     } finally {
@@ -232,4 +246,8 @@ export class AgentLink {
       this.conn?.close();
     } catch { /* closed */ }
   }
+}
+
+function openFrame(v: LinkVolume): Uint8Array {
+  return jsonFrame(FrameType.Open, { id: v.linkId, name: v.name, size: v.size, ...v.openFields?.() });
 }

@@ -8,6 +8,7 @@ import { type Address, formatAddress, listenOn } from "./address.ts";
 import { agentProof, b64, gatewayProof, nonce, sameBytes } from "../wire/auth.ts";
 import {
   decodeJson,
+  type Frame,
   FRAME_HEADER,
   FrameError,
   FrameType,
@@ -31,7 +32,20 @@ export interface GatewayListenerOptions {
   /** Called once a volume is open (the mirror applier prepares its image). */
   onVolume?: (v: VolumeInfo) => Promise<void> | void;
   onControl?: (agent: string, msg: unknown, reply: (m: unknown) => void) => void;
+  /** Standby servers (at a remote site): they receive the stream instead of sending one. */
+  standby?: StandbyHandler;
   handshakeTimeoutMs?: number;
+}
+
+/** What a remote gateway does with standby agents. */
+export interface StandbyHandler {
+  /** A standby volume was announced; resolves with the journal's id for it. */
+  open(agent: string, m: { name: string; size: number; lastSeq: number; state: string }): Promise<number>;
+  /** Every volume is announced: start streaming to the agent. */
+  ready(agent: string, channel: { send(b: Uint8Array): void; readonly pending: number }): void;
+  /** Acknowledgements, hashes and pongs from the agent. */
+  frame(agent: string, f: Frame): void;
+  closed(agent: string): void;
 }
 
 interface Session {
@@ -141,7 +155,10 @@ export class GatewayListener {
       }
     } finally {
       await writer.drained();
-      if (session && this.sessions.get(session.agent) === session) this.sessions.delete(session.agent);
+      if (session && this.sessions.get(session.agent) === session) {
+        this.sessions.delete(session.agent);
+        this.o.standby?.closed(session.agent);
+      }
       try {
         conn.close();
       } catch { /* closed */ }
@@ -234,22 +251,35 @@ export class GatewayListener {
           break;
         }
         case FrameType.Open:
-          await this.open(s, decodeJson<{ id?: unknown; name?: unknown; size?: unknown }>(f.body));
+          await this.open(s, decodeJson<OpenMessage>(f.body));
           break;
-        case FrameType.Control:
-          this.o.onControl?.(
-            s.agent,
-            decodeJson<unknown>(f.body),
-            (m) => s.writer.send(jsonFrame(FrameType.Control, m)),
-          );
+        case FrameType.Accepted:
+        case FrameType.Hashes:
+        case FrameType.Pong:
+          if (!this.o.standby) throw new FrameError(`unexpected frame type ${f.type} from agent`);
+          this.o.standby.frame(s.agent, f);
           break;
+        case FrameType.Control: {
+          const m = decodeJson<{ type?: string }>(f.body);
+          if (m?.type === "standby-ready" && this.o.standby) {
+            this.o.standby.ready(s.agent, {
+              send: (b) => s.writer.send(b),
+              get pending() {
+                return s.writer.pending;
+              },
+            });
+          } else {
+            this.o.onControl?.(s.agent, m, (r) => s.writer.send(jsonFrame(FrameType.Control, r)));
+          }
+          break;
+        }
         default:
           throw new FrameError(`unexpected frame type ${f.type} from agent`);
       }
     }
   }
 
-  private async open(s: Session, m: { id?: unknown; name?: unknown; size?: unknown }): Promise<void> {
+  private async open(s: Session, m: OpenMessage): Promise<void> {
     const id = Number(m.id);
     const name = typeof m.name === "string" ? m.name : "";
     const size = Number(m.size);
@@ -259,6 +289,10 @@ export class GatewayListener {
       s.writer.send(jsonFrame(FrameType.Opened, { id, error: "malformed volume description" }));
       return;
     }
+    if (m.standby === true) {
+      await this.openStandby(s, id, name, size, m);
+      return;
+    }
     try {
       const v = await this.o.journal.registerVolume(s.agent, name, size, this.o.mirrorPath(s.agent, name));
       await this.o.onVolume?.(v);
@@ -266,10 +300,35 @@ export class GatewayListener {
       s.byJournalId.set(v.id, id);
       const known = v.known;
       v.known = true;
-      s.writer.send(jsonFrame(FrameType.Opened, { id, lastSeq: v.lastSeq, known }));
+      s.writer.send(jsonFrame(FrameType.Opened, { id, lastSeq: v.lastSeq, known, journalId: v.id }));
       log.info("volume opened", { agent: s.agent, volume: name, lastSeq: v.lastSeq, known });
     } catch (e) {
       log.error("volume refused", { agent: s.agent, volume: name, error: e });
+      s.writer.send(jsonFrame(FrameType.Opened, { id, error: (e as Error).message }));
+    }
+  }
+
+  private async openStandby(
+    s: Session,
+    id: number,
+    name: string,
+    size: number,
+    m: OpenMessage,
+  ): Promise<void> {
+    if (!this.o.standby) {
+      s.writer.send(jsonFrame(FrameType.Opened, { id, error: "this gateway does not feed standby servers" }));
+      return;
+    }
+    try {
+      const journalId = await this.o.standby.open(s.agent, {
+        name,
+        size,
+        lastSeq: Number(m.lastSeq) || 0,
+        state: String(m.state ?? "empty"),
+      });
+      s.writer.send(jsonFrame(FrameType.Opened, { id, journalId }));
+    } catch (e) {
+      log.error("standby volume refused", { agent: s.agent, volume: name, error: e });
       s.writer.send(jsonFrame(FrameType.Opened, { id, error: (e as Error).message }));
     }
   }
@@ -299,4 +358,13 @@ export class GatewayListener {
   describe(): string[] {
     return this.addresses.map(formatAddress);
   }
+}
+
+interface OpenMessage {
+  id?: unknown;
+  name?: unknown;
+  size?: unknown;
+  standby?: unknown;
+  lastSeq?: unknown;
+  state?: unknown;
 }

@@ -10,7 +10,11 @@ import { type GatewayLossPolicy, ProtectedVolume } from "../capture/protected-vo
 import { AgentLink } from "../link/agent-link.ts";
 import { parseAddress } from "../link/address.ts";
 import { readSecretFile } from "../wire/auth.ts";
-import { NbdServer } from "../nbd/server.ts";
+import { type NbdExport, NbdServer } from "../nbd/server.ts";
+import { readOnlyExport } from "../nbd/read-only-export.ts";
+import { StandbyApplier, StandbyVolume } from "../replication/standby.ts";
+import type { LinkVolume } from "../link/agent-link.ts";
+import { decodeJson, decodeTime, FrameType, timeFrame } from "../wire/frames.ts";
 
 const log = logger("agent");
 
@@ -81,6 +85,12 @@ export const agentFlags: FlagSpec[] = [
     default: "1M",
   },
   {
+    name: "standby",
+    type: "boolean",
+    description: "this server is a standby at a remote site: apply the replicated stream, refuse NBD writes",
+    default: false,
+  },
+  {
     name: "max-unconfirmed",
     type: "size",
     description: "records kept for resending until the gateway confirms them durable",
@@ -102,6 +112,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   if (chunk < 4096 || chunk % 4096 !== 0) throw new UsageError("--dirty-chunk must be a multiple of 4096");
   ensurePrivateDir(dataDir);
 
+  if (p["standby"] === true) return await runStandby(p, id, secret, volumesArg, dataDir);
   const link = new AgentLink({ gateway: parseAddress(str(p, "gateway")), agent: id, secret });
   const exports: ProtectedVolume[] = [];
   const opened: Volume[] = [];
@@ -128,22 +139,11 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
       link.register(pv);
     }
     link.start();
-    const socket = optStr(p, "nbd-socket") ?? `${dataDir}/nbd.sock`;
-    const tcp = str(p, "nbd-listen");
-    const tcpAddr = tcp === "off" ? undefined : parseAddress(tcp);
-    if (tcpAddr && tcpAddr.transport !== "tcp") throw new UsageError("--nbd-listen must be HOST:PORT or off");
-    const server = await NbdServer.listen({
-      unixPath: socket === "off" ? undefined : socket,
-      tcp: tcpAddr?.transport === "tcp" ? { hostname: tcpAddr.hostname, port: tcpAddr.port } : undefined,
-      exports: () => exports,
-    });
+    const server = await serveNbd(p, dataDir, () => exports);
     log.info("agent ready", {
       agent: id,
       volumes: exports.map((e) => e.name),
-      nbdSocket: socket === "off" ? null : socket,
-      nbdTcp: server.tcpPort !== undefined && tcpAddr?.transport === "tcp"
-        ? `${tcpAddr.hostname}:${server.tcpPort}`
-        : null,
+      nbdTcpPort: server.tcpPort ?? null,
     });
     return {
       stop: async () => {
@@ -160,4 +160,105 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
     for (const v of opened) v.close();
     throw e;
   }
+}
+
+/** Starts the NBD server on the configured socket and/or TCP address. */
+async function serveNbd(p: Parsed, dataDir: string, exports: () => NbdExport[]): Promise<NbdServer> {
+  const socket = optStr(p, "nbd-socket") ?? `${dataDir}/nbd.sock`;
+  const tcp = str(p, "nbd-listen");
+  const tcpAddr = tcp === "off" ? undefined : parseAddress(tcp);
+  if (tcpAddr && tcpAddr.transport !== "tcp") throw new UsageError("--nbd-listen must be HOST:PORT or off");
+  return await NbdServer.listen({
+    unixPath: socket === "off" ? undefined : socket,
+    tcp: tcpAddr?.transport === "tcp" ? { hostname: tcpAddr.hostname, port: tcpAddr.port } : undefined,
+    exports,
+  });
+}
+
+/**
+ * A standby server: its volumes are copies kept by its site's gateway. They are
+ * exported read-only; the gateway's stream is applied to them in order.
+ */
+async function runStandby(
+  p: Parsed,
+  id: string,
+  secret: Uint8Array,
+  volumesArg: Map<string, string>,
+  dataDir: string,
+): Promise<RoleHandle> {
+  ensurePrivateDir(dataDir);
+  const opened: Volume[] = [];
+  const copies: StandbyVolume[] = [];
+  try {
+    for (const [name, path] of volumesArg) {
+      const volume = Volume.open(path);
+      opened.push(volume);
+      copies.push(await StandbyVolume.open(name, volume, dataDir));
+    }
+  } catch (e) {
+    for (const v of opened) v.close();
+    throw e;
+  }
+  let link: AgentLink;
+  const applier = new StandbyApplier(copies, (b) => link.send(b));
+  let announced = 0;
+  link = new AgentLink({
+    gateway: parseAddress(str(p, "gateway")),
+    agent: id,
+    secret,
+    onConnected: () => {
+      announced = 0;
+      applier.reset();
+    },
+    onFrame: async (f) => {
+      switch (f.type) {
+        case FrameType.Record:
+          await applier.record(f.body);
+          break;
+        case FrameType.HashRequest: {
+          const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
+          link.send(await applier.hashes(Number(q.volume), Number(q.chunkSize)));
+          break;
+        }
+        case FrameType.Ping:
+          link.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
+          break;
+        default:
+          throw new Error(`unexpected frame type ${f.type} from gateway`);
+      }
+    },
+  });
+  copies.forEach((c, i) => {
+    const lv: LinkVolume = {
+      linkId: i,
+      name: c.name,
+      size: c.volume.size,
+      openFields: () => ({ standby: true, lastSeq: c.seq.lastSeq, state: c.state }),
+      onOpened: (info) => {
+        applier.opened(c.name, info.journalId);
+        // every volume is known to the gateway: it may start streaming
+        if (++announced === copies.length) link.sendControl({ type: "standby-ready" });
+      },
+      onRefused: (message) =>
+        log.error("gateway refused the standby volume", { volume: c.name, reason: message }),
+      onLinkDown: () => {},
+      onAccepted: () => {},
+      onDurable: () => {},
+    };
+    link.register(lv);
+  });
+  link.start();
+  const server = await serveNbd(
+    p,
+    dataDir,
+    () => copies.map((c) => readOnlyExport(c.name, c.volume, "standby")),
+  );
+  log.info("agent ready", { agent: id, standby: true, volumes: copies.map((c) => c.name) });
+  return {
+    stop: async () => {
+      await server.close();
+      await link.close();
+      for (const v of opened) v.close();
+    },
+  };
 }

@@ -12,6 +12,10 @@ import { type Address, parseAddress } from "../link/address.ts";
 import { readSecretFile } from "../wire/auth.ts";
 import { startStatusServer } from "../web/status-server.ts";
 import { loadOrCreateToken } from "../web/token.ts";
+import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
+import { CursorStore } from "../replication/cursor-store.ts";
+import { Sender } from "../replication/sender.ts";
+import { SiteClient } from "../replication/site-link.ts";
 
 const log = logger("local-gateway");
 
@@ -76,6 +80,39 @@ export const localGatewayFlags: FlagSpec[] = [
     default: "20ms",
   },
   {
+    name: "remote",
+    type: "string",
+    multiple: true,
+    description: "a remote site to replicate to",
+    placeholder: "NAME=HOST:PORT",
+  },
+  {
+    name: "remote-fingerprint",
+    type: "string",
+    multiple: true,
+    description: "the pinned key fingerprint of a remote site (from its `continuum keygen`)",
+    placeholder: "NAME=FINGERPRINT",
+  },
+  {
+    name: "key-dir",
+    type: "string",
+    description:
+      "this site's key pair for remote sites (made by `continuum keygen`) [default: DATA-DIR/keys]",
+    placeholder: "DIR",
+  },
+  {
+    name: "window",
+    type: "size",
+    description: "bytes in flight to one remote site before waiting for acknowledgements",
+    default: "64M",
+  },
+  {
+    name: "sync-chunk",
+    type: "size",
+    description: "chunk size of the differential synchronisation of a replica",
+    default: "1M",
+  },
+  {
     name: "mirror-dir",
     type: "string",
     description: "directory of the gateway's mirror images [default: DATA-DIR/mirrors]",
@@ -129,14 +166,26 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     );
     cleanups.push(() => journal.close());
     const mirror = new MirrorApplier(journal);
+    // senders are opened before the mirror applier moves: their stored positions hold the journal
+    const remotes = await openRemotes(p, dataDir, journal, mirror);
     await mirror.start();
     cleanups.push(() => mirror.stop());
+    for (const r of remotes) {
+      r.client.start();
+      cleanups.push(() => r.client.close());
+    }
     const listener = await GatewayListener.listen({
       listen,
       journal,
       secrets: () => secrets,
       mirrorPath: (agent, volume) => `${mirrorDir}/${agent}/${volume}.img`,
-      onVolume: (v) => mirror.prepare(v),
+      onVolume: (v) => {
+        mirror.prepare(v);
+        for (const r of remotes) {
+          r.sender.volumeAdded(v);
+          r.client.reannounce();
+        }
+      },
     });
     cleanups.push(() => listener.close());
     const token = loadOrCreateToken(`${dataDir}/api-token`);
@@ -161,6 +210,11 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           durableSeq: v.durableSeq,
           mirrorSeq: mirror.applied(v.id),
         })),
+        sites: remotes.map((r) => ({
+          site: r.site,
+          lastError: r.client.lastError || null,
+          ...r.sender.status(),
+        })),
       }),
     });
     cleanups.push(() => server.close());
@@ -174,4 +228,59 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     await stop();
     throw e;
   }
+}
+
+interface Remote {
+  site: string;
+  sender: Sender;
+  client: SiteClient;
+}
+
+/** One sender (journal reader) and one TLS client per --remote site. */
+async function openRemotes(
+  p: Parsed,
+  dataDir: string,
+  journal: Journal,
+  mirror: MirrorApplier,
+): Promise<Remote[]> {
+  const addrs = pairs("remote", p["remote"]);
+  if (addrs.size === 0) return [];
+  const fps = pairs("remote-fingerprint", p["remote-fingerprint"]);
+  const identity = await loadIdentity(optStr(p, "key-dir") ?? `${dataDir}/keys`);
+  const store = new CursorStore(journal.database);
+  const out: Remote[] = [];
+  for (const [site, addr] of addrs) {
+    const fp = fps.get(site);
+    if (!fp) {
+      throw new UsageError(`--remote ${site}: no --remote-fingerprint ${site}=… given (pin the site's key)`);
+    }
+    const a = parseAddress(addr);
+    if (a.transport !== "tcp") throw new UsageError(`--remote ${site} must be HOST:PORT`);
+    const sender = await Sender.open({
+      name: `site:${site}`,
+      journal,
+      store,
+      source: { imageFd: (id) => mirror.imageFd(id), appliedPos: () => mirror.appliedPos },
+      carries: () => true,
+      windowBytes: num(p, "window"),
+      syncChunk: num(p, "sync-chunk"),
+    });
+    const client = new SiteClient({
+      site,
+      hostname: a.hostname,
+      port: a.port,
+      fingerprint: parseFingerprint(fp),
+      identity,
+      localSite: str(p, "id"),
+      sender,
+      volumes: () => journal.volumes(),
+    });
+    out.push({ site, sender, client });
+  }
+  for (const site of pairs("remote-fingerprint", p["remote-fingerprint"]).keys()) {
+    if (!addrs.has(site)) {
+      throw new UsageError(`--remote-fingerprint ${site}: no --remote ${site}=HOST:PORT given`);
+    }
+  }
+  return out;
 }

@@ -343,3 +343,234 @@ export async function startPair(prefix: string, volumes: Record<string, number>,
     },
   };
 }
+
+/** Runs `continuum keygen` into dir; returns the fingerprint. */
+export async function keygen(dir: string, name: string): Promise<string> {
+  const r = await run(Deno.execPath(), ["run", "-A", mainTs, "keygen", "--dir", dir, "--name", name]);
+  const m = /^fingerprint=(\S+)$/m.exec(r.stdout);
+  if (!m) throw new Error(`keygen printed no fingerprint: ${r.stdout}`);
+  return m[1];
+}
+
+export interface RemoteOptions {
+  dir: string;
+  site: string;
+  trust: Record<string, string>;
+  standbySecrets: Record<string, string>;
+  ackAfter?: "rgp" | "rsp";
+  extra?: string[];
+}
+
+export class RemoteGateway {
+  proc!: RoleProcess;
+  readonly home: string;
+  readonly agentSocket: string;
+  readonly keyDir: string;
+  port = 0;
+  httpPort = 0;
+  fingerprint = "";
+  private tokenValue = "";
+
+  constructor(readonly o: RemoteOptions) {
+    this.home = `${o.dir}/${o.site}`;
+    this.agentSocket = `${o.dir}/${o.site}.sock`;
+    this.keyDir = `${o.dir}/${o.site}-keys`;
+  }
+
+  async init(): Promise<this> {
+    this.fingerprint = await keygen(this.keyDir, this.o.site);
+    this.port = freePort();
+    this.httpPort = freePort();
+    return this;
+  }
+
+  async start(): Promise<this> {
+    const args = [
+      "--role",
+      "remote-gateway",
+      "--id",
+      this.o.site,
+      "--data-dir",
+      this.home,
+      "--key-dir",
+      this.keyDir,
+      "--listen",
+      `127.0.0.1:${this.port}`,
+      "--agent-listen",
+      `unix:${this.agentSocket}`,
+      "--http-listen",
+      `127.0.0.1:${this.httpPort}`,
+      "--buffer-size",
+      "256M",
+      "--ack-after",
+      this.o.ackAfter ?? "rsp",
+      ...Object.entries(this.o.trust).flatMap(([n, fp]) => ["--trust", `${n}=${fp}`]),
+      ...Object.entries(this.o.standbySecrets).flatMap(([a, f]) => ["--agent-secret", `${a}=${f}`]),
+      ...(this.o.extra ?? []),
+    ];
+    this.proc = new RoleProcess(`remote ${this.o.site}`, args, `${this.home}.log`);
+    await this.proc.waitForLog("remote gateway ready");
+    this.tokenValue = (await Deno.readTextFile(`${this.home}/api-token`)).trim();
+    return this;
+  }
+
+  async status(): Promise<RemoteStatus> {
+    const r = await fetch(`http://127.0.0.1:${this.httpPort}/api/status`, {
+      headers: { authorization: `Bearer ${this.tokenValue}` },
+    });
+    if (!r.ok) throw new Error(`status ${r.status}`);
+    return await r.json();
+  }
+
+  replicaPath(agent: string, volume: string): string {
+    return `${this.home}/replicas/${agent}/${volume}.img`;
+  }
+}
+
+export interface RemoteStatus {
+  sites: string[];
+  standbyAgents: string[];
+  replicas: { agent: string; name: string; state: string; lastSeq: number; appliedSeq: number }[];
+  journal: { used: number };
+}
+
+export interface SiteStatus {
+  site: string;
+  connected: boolean;
+  lagBytes: number;
+  lagSeconds: number;
+  volumes: {
+    name: string;
+    state: string;
+    ackedSeq: number;
+    lagRecords: number;
+    syncCompared: number;
+    syncMoved: number;
+  }[];
+}
+
+/**
+ * A whole topology on loopback: one local gateway with one agent, and remote
+ * sites each with a remote gateway and a standby agent.
+ */
+export async function startTopology(prefix: string, opts: {
+  size: number;
+  sites: string[];
+  gatewayExtra?: string[];
+  remoteExtra?: string[];
+  ackAfter?: "rgp" | "rsp";
+  /** Run before the roles start (fill images, place old copies). */
+  prepare?: (dir: string, paths: { lsp: string; rsp: Record<string, string> }) => Promise<void>;
+}) {
+  const dir = await tempDir(prefix);
+  const secret = `${dir}/agent.secret`;
+  await writeSecret(secret);
+  const localKeys = `${dir}/local-keys`;
+  const localFp = await keygen(localKeys, "local");
+  const lsp = await sparseImage(`${dir}/lsp.img`, opts.size);
+  const rsp: Record<string, string> = {};
+  const remotes: Record<string, RemoteGateway> = {};
+  for (const site of opts.sites) {
+    rsp[site] = await sparseImage(`${dir}/rsp-${site}.img`, opts.size);
+    await writeSecret(`${dir}/standby-${site}.secret`);
+    remotes[site] = await new RemoteGateway({
+      dir,
+      site,
+      trust: { local: localFp },
+      standbySecrets: { a1: `${dir}/standby-${site}.secret` },
+      ackAfter: opts.ackAfter,
+      extra: opts.remoteExtra,
+    }).init();
+  }
+  await opts.prepare?.(dir, { lsp, rsp });
+  for (const r of Object.values(remotes)) await r.start();
+  const standbys: Record<string, Agent> = {};
+  for (const site of opts.sites) {
+    standbys[site] = await new Agent({
+      dir,
+      id: "a1",
+      secretFile: `${dir}/standby-${site}.secret`,
+      gatewaySocket: remotes[site].agentSocket,
+      volumes: { vol0: rsp[site] },
+      extra: ["--standby"],
+      home: `standby-${site}`,
+    }).start();
+  }
+  const gw = await new Gateway({
+    dir,
+    agents: { a1: secret },
+    extra: [
+      "--key-dir",
+      localKeys,
+      ...opts.sites.flatMap((s) => [
+        "--remote",
+        `${s}=127.0.0.1:${remotes[s].port}`,
+        "--remote-fingerprint",
+        `${s}=${remotes[s].fingerprint}`,
+      ]),
+      ...(opts.gatewayExtra ?? []),
+    ],
+  }).start();
+  const agent = await new Agent({
+    dir,
+    id: "a1",
+    secretFile: secret,
+    gatewaySocket: gw.socket,
+    volumes: { vol0: lsp },
+  })
+    .start();
+  await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "agent to connect");
+  const t = {
+    dir,
+    gw,
+    agent,
+    remotes,
+    standbys,
+    lsp,
+    rsp,
+    localFp,
+    async sites(): Promise<SiteStatus[]> {
+      return ((await gw.status()) as unknown as { sites: SiteStatus[] }).sites;
+    },
+    /** Waits until every site acknowledged everything and the local journal is empty. */
+    async caughtUp(timeoutMs = 120_000): Promise<void> {
+      await waitMirrorCaughtUp(gw, "a1", "vol0", timeoutMs);
+      await waitFor(
+        async () => {
+          const s = await gw.status();
+          const sites = (s as unknown as { sites: SiteStatus[] }).sites;
+          const v = s.volumes.find((x) => x.name === "vol0")!;
+          return sites.every((x) =>
+            x.connected && x.volumes.every((vv) => vv.state === "consistent" && vv.ackedSeq === v.lastSeq)
+          );
+        },
+        timeoutMs,
+        "every site to acknowledge everything",
+        200,
+      );
+    },
+    /** Every copy of vol0, by name. */
+    copies(): Record<string, string> {
+      const out: Record<string, string> = { lsp, lgp: gw.mirrorPath("a1", "vol0") };
+      for (const s of opts.sites) {
+        out[`rgp-${s}`] = remotes[s].replicaPath("a1", "vol0");
+        out[`rsp-${s}`] = rsp[s];
+      }
+      return out;
+    },
+    async stop() {
+      await agent.proc.stop();
+      await gw.proc.stop();
+      for (const s of Object.values(standbys)) await s.proc.stop();
+      for (const r of Object.values(remotes)) await r.proc.stop();
+    },
+  };
+  return t;
+}
+
+/** sha256 of every file, by key. */
+export async function hashAll(files: Record<string, string>): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const [k, p] of Object.entries(files)) out[k] = await sha256File(p);
+  return out;
+}

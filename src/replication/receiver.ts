@@ -1,0 +1,138 @@
+// The remote gateway's side of a site stream: verifies each record, drops what it
+// already holds, appends the rest to its own journal (from which its replica and
+// its standby server are fed), and acknowledges by count once a record is durable
+// and applied where --ack-after says.
+import { decodeHeader, Kind, payloadIntact, RecordError } from "../record/record.ts";
+import { admit, type SeqState } from "../record/sequence.ts";
+import { MAX_PAYLOAD } from "../nbd/protocol.ts";
+import type { Journal, VolumeInfo } from "../journal/journal.ts";
+import { FrameType, seqFrame } from "../wire/frames.ts";
+
+export interface SiteVolume {
+  id: number;
+  agent: string;
+  name: string;
+  size: number;
+}
+
+export interface ReceiverOptions {
+  journal: Journal;
+  /** Registers (or finds) a volume the site announced. */
+  register: (agent: string, name: string, size: number) => Promise<VolumeInfo>;
+  /** The replica's state as reported to the sender. */
+  copyState: (v: VolumeInfo) => "empty" | "consistent" | "inconsistent";
+  /** Records a state change of the replica (SyncBegin journaled: inconsistent; first record: consistent). */
+  setState: (v: VolumeInfo, state: "consistent" | "inconsistent") => void;
+  /** Journal position through which the replica images are synced. */
+  replicaPos: () => number;
+  /** Journal position through which the standby server of an agent has applied, or undefined if none waits. */
+  standbyPos: (agent: string) => number | undefined;
+  send: (frame: Uint8Array) => void;
+}
+
+interface Pending {
+  no: number;
+  end: number;
+  agent: string;
+}
+
+export class Receiver {
+  private map = new Map<number, VolumeInfo>();
+  private seqs = new Map<number, SeqState>();
+  private received = 0;
+  private ackedNo = 0;
+  private pending: Pending[] = [];
+  private timer: ReturnType<typeof setInterval>;
+  private unlisten: () => void;
+  /** Records dropped because the replica already held them (after a reconnect). */
+  duplicates = 0;
+
+  constructor(private readonly o: ReceiverOptions) {
+    this.timer = setInterval(() => this.ack(), 5);
+    this.unlisten = o.journal.onDurable(() => this.ack());
+  }
+
+  /** Registers the announced volumes and describes the local copies: what the sender resumes from. */
+  async hello(volumes: SiteVolume[]): Promise<{ id: number; lastSeq: number; state: string }[]> {
+    const out = [];
+    for (const sv of volumes) {
+      const v = await this.o.register(sv.agent, sv.name, sv.size);
+      this.map.set(sv.id, v);
+      this.seqs.set(v.id, { lastSeq: v.lastSeq, rebase: false });
+      out.push({ id: sv.id, lastSeq: v.lastSeq, state: this.o.copyState(v) });
+    }
+    return out;
+  }
+
+  /** The journal volume behind a sender's volume id. */
+  volume(senderId: number): VolumeInfo | undefined {
+    return this.map.get(senderId);
+  }
+
+  /** Verifies and journals one record; a corrupt or out-of-order record throws (the stream is reset). */
+  async record(body: Uint8Array): Promise<void> {
+    const h = decodeHeader(body, MAX_PAYLOAD);
+    if (!payloadIntact(body, h)) throw new RecordError(`record ${h.seq}: payload checksum mismatch`);
+    const v = this.map.get(h.volume);
+    if (!v) throw new RecordError(`record for volume ${h.volume}, which the site did not announce`);
+    if (h.kind === Kind.Wrap) throw new RecordError("wrap records do not travel");
+    if (
+      h.kind !== Kind.Flush && h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd &&
+      h.offset + h.length > v.size
+    ) {
+      throw new RecordError(`record ${h.seq} of ${v.name} reaches past the end of the volume`);
+    }
+    const st = this.seqs.get(v.id)!;
+    const verdict = admit(st, h);
+    const no = ++this.received;
+    if (verdict === "gap") {
+      throw new RecordError(`record ${h.seq} of ${v.agent}/${v.name} out of sequence (have ${st.lastSeq})`);
+    }
+    if (verdict === "skip") {
+      this.duplicates++;
+      this.pending.push({ no, end: -1, agent: v.agent });
+      return;
+    }
+    if (h.kind === Kind.SyncBegin) this.o.setState(v, "inconsistent");
+    await this.o.journal.append(v.id, body, h);
+    if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
+      this.o.setState(v, "consistent");
+    }
+    this.pending.push({ no, end: h.pos + body.length, agent: v.agent });
+  }
+
+  /** Acknowledges every record now durable in the journal and applied where required. */
+  private ack(): void {
+    if (this.pending.length === 0) return;
+    const durable = this.o.journal.positions.durable;
+    const replica = this.o.replicaPos();
+    let last = this.ackedNo;
+    while (this.pending.length > 0) {
+      const p = this.pending[0];
+      if (p.end >= 0) {
+        const standby = this.o.standbyPos(p.agent);
+        if (p.end > durable || p.end > replica || (standby !== undefined && p.end > standby)) break;
+      }
+      last = p.no;
+      this.pending.shift();
+    }
+    if (last > this.ackedNo) {
+      this.ackedNo = last;
+      this.o.send(seqFrame(FrameType.Accepted, 0, last));
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.unlisten();
+  }
+
+  status() {
+    return {
+      received: this.received,
+      acked: this.ackedNo,
+      duplicates: this.duplicates,
+      waiting: this.pending.length,
+    };
+  }
+}

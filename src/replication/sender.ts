@@ -1,0 +1,506 @@
+// Streams a journal, in order, to one peer: a remote site (from the local
+// gateway) or a standby server (from a remote gateway). A bounded window of bytes
+// is in flight; the peer acknowledges by count of records handled, and the
+// journal may free a record once the peer acknowledged it. Volumes whose far copy
+// is unknown, interrupted or behind the journal are brought level by a
+// differential synchronisation (chunk hashes) interleaved with the live stream.
+import { logger } from "../log.ts";
+import * as native from "../native/mod.ts";
+import { encodeRecord, FLAG_MAY_TRIM, FLAG_SYNC, Kind, type RecordHeader } from "../record/record.ts";
+import type { Cursor, Journal, JournalEntry, VolumeInfo } from "../journal/journal.ts";
+import { FRAME_HEADER, FrameType, jsonFrame, timeFrame, writeFrameHeader } from "../wire/frames.ts";
+import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
+
+const log = logger("sender");
+
+/** The image a synchronisation reads from (the gateway's own copy) and how far it has applied the journal. */
+export interface SyncSource {
+  imageFd(volumeId: number): number;
+  appliedPos(): number;
+}
+
+/** What the peer says of its copy of a volume when a session starts. */
+export interface PeerReport {
+  lastSeq: number;
+  state: "empty" | "consistent" | "inconsistent";
+}
+
+export interface SenderOptions {
+  /** Journal cursor name, e.g. site:dr1 or standby:app1. */
+  name: string;
+  journal: Journal;
+  store: CursorStore;
+  source: SyncSource;
+  /** Which volumes this peer receives. */
+  carries: (v: VolumeInfo) => boolean;
+  windowBytes?: number;
+  syncChunk?: number;
+  /** Whether this reader holds journal space (default true). An optional one that falls behind is resynchronised. */
+  required?: boolean;
+}
+
+export interface VolState extends StoredVolume {
+  /** Bytes compared and moved by synchronisations (since start). */
+  compared: number;
+  moved: number;
+  /** Capture time of the last acknowledged record. */
+  ackedTime: number;
+}
+
+/** A peer connection's way to send frames. */
+export interface Channel {
+  send(frame: Uint8Array): void;
+  /** Bytes queued but not yet written to the socket. */
+  readonly pending: number;
+}
+
+export class Sender {
+  private cursor!: Cursor;
+  private readonly vols = new Map<number, VolState>();
+  private session: Session | undefined;
+  private saving = false;
+  private saveAgain = false;
+  readonly windowBytes: number;
+  readonly syncChunk: number;
+  /** Bytes acknowledged since start, for throughput. */
+  ackedBytes = 0;
+  rttMs: number | undefined;
+
+  private constructor(readonly o: SenderOptions) {
+    this.windowBytes = o.windowBytes ?? 64 * 1024 * 1024;
+    this.syncChunk = o.syncChunk ?? 1024 * 1024;
+  }
+
+  /** Loads the stored position (a new peer starts at the journal's head) and registers the cursor. */
+  static async open(o: SenderOptions): Promise<Sender> {
+    const s = new Sender(o);
+    const stored = await o.store.load(o.name);
+    let from = stored?.pos ?? o.journal.positions.durable;
+    // records this peer never acknowledged were freed (the journal was reset): everything must be synchronised
+    const lost = from < o.journal.positions.tail;
+    if (lost) from = o.journal.positions.tail;
+    for (const v of o.journal.volumes()) {
+      if (!o.carries(v)) continue;
+      const sv = stored?.volumes.get(v.id);
+      // a volume never streamed to this peer needs a synchronisation first
+      const state: CopyState = !sv || lost ? "degraded" : sv.state;
+      s.vols.set(v.id, { ackedSeq: sv?.ackedSeq ?? 0, state, compared: 0, moved: 0, ackedTime: Date.now() });
+    }
+    s.cursor = o.journal.cursor(o.name, from, o.required ?? true);
+    return s;
+  }
+
+  get name(): string {
+    return this.o.name;
+  }
+
+  get journal(): Journal {
+    return this.o.journal;
+  }
+
+  get source(): SyncSource {
+    return this.o.source;
+  }
+
+  get theCursor(): Cursor {
+    return this.cursor;
+  }
+
+  /** A volume registered after this peer was configured: its whole history is in the journal. */
+  volumeAdded(v: VolumeInfo): void {
+    if (!this.o.carries(v) || this.vols.has(v.id)) return;
+    this.vols.set(v.id, { ackedSeq: 0, state: "consistent", compared: 0, moved: 0, ackedTime: Date.now() });
+    this.save();
+  }
+
+  volume(id: number): VolState | undefined {
+    return this.vols.get(id);
+  }
+
+  volumeIds(): number[] {
+    return [...this.vols.keys()];
+  }
+
+  /** Starts a session over a fresh connection, replacing any previous one. */
+  attach(channel: Channel, reports: Map<number, PeerReport>): Session {
+    this.session?.stop();
+    if (this.cursor.released < this.o.journal.positions.tail) {
+      // an optional reader was overtaken: what it missed is gone, its copies are resynchronised
+      for (const v of this.vols.values()) v.state = "degraded";
+      this.cursor.release(this.o.journal.positions.tail);
+    }
+    this.cursor.rewind(this.cursor.released);
+    const s = new Session(this, channel, reports);
+    this.session = s;
+    return s;
+  }
+
+  detach(s: Session): void {
+    s.stop();
+    if (this.session === s) this.session = undefined;
+  }
+
+  /** Persists the position and volume states (coalesced: one write at a time). */
+  save(): void {
+    if (this.saving) {
+      this.saveAgain = true;
+      return;
+    }
+    this.saving = true;
+    const snapshot = new Map([...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state }]));
+    this.o.store.save(this.o.name, this.cursor.released, snapshot).catch((e) =>
+      log.error("cannot persist replication position", { peer: this.o.name, error: e })
+    ).finally(() => {
+      this.saving = false;
+      if (this.saveAgain) {
+        this.saveAgain = false;
+        this.save();
+      }
+    });
+  }
+
+  status() {
+    const j = this.o.journal;
+    const s = this.session;
+    const behind = this.cursor.released < j.positions.durable;
+    let oldest = Date.now();
+    for (const v of this.vols.values()) oldest = Math.min(oldest, v.ackedTime);
+    return {
+      peer: this.o.name,
+      connected: s !== undefined && !s.stopped,
+      lagBytes: Math.max(0, j.positions.durable - this.cursor.released),
+      lagSeconds: behind ? (Date.now() - (s?.oldestUnackedTime() ?? oldest)) / 1000 : 0,
+      inFlightBytes: s?.inFlightBytes ?? 0,
+      rttMs: this.rttMs ?? null,
+      ackedBytes: this.ackedBytes,
+      volumes: [...this.vols].map(([id, v]) => {
+        const info = j.volume(id);
+        return {
+          id,
+          agent: info?.agent,
+          name: info?.name,
+          state: v.state,
+          ackedSeq: v.ackedSeq,
+          lagRecords: Math.max(0, (info?.durableSeq ?? 0) - v.ackedSeq),
+          syncCompared: v.compared,
+          syncMoved: v.moved,
+          sync: s?.syncProgress(id) ?? null,
+        };
+      }),
+    };
+  }
+}
+
+interface InFlight {
+  /** Count of records sent in this session, this one included. */
+  no: number;
+  /** Journal position covered once this record is acknowledged. */
+  end: number;
+  volume: number;
+  /** Sequence number this record brings the peer to (0: none). */
+  seq: number;
+  bytes: number;
+  time: number;
+  syncEnd: boolean;
+}
+
+interface SyncJob {
+  volume: number;
+  chunkSize: number;
+  hashes?: Uint8Array;
+  chunks: number;
+  next: number;
+  began: boolean;
+}
+
+/** One connection's worth of streaming. */
+export class Session {
+  stopped = false;
+  inFlightBytes = 0;
+  private sent = 0;
+  private acked = 0;
+  private fifo: InFlight[] = [];
+  /** Journal position through which entries have been read (sent or skipped). */
+  private frontier: number;
+  /** Sequence number of the last captured write sent per volume (undefined: none yet after a SyncBegin). */
+  private lastSent = new Map<number, number | undefined>();
+  private peerLast = new Map<number, number>();
+  private syncs = new Map<number, SyncJob>();
+  private hashWaiters = new Map<number, (h: Uint8Array | undefined) => void>();
+  private wake: (() => void) | undefined;
+  private readonly signal = { aborted: false };
+  readonly done: Promise<void>;
+
+  constructor(private readonly s: Sender, private readonly ch: Channel, reports: Map<number, PeerReport>) {
+    this.frontier = s.theCursor.released;
+    this.done = this.run(reports).catch((e) => {
+      if (!this.stopped) log.warn("replication session failed", { peer: s.name, error: e });
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.signal.aborted = true;
+    this.s.journal.wakeAll();
+    this.wake?.();
+    for (const w of this.hashWaiters.values()) w(undefined);
+  }
+
+  oldestUnackedTime(): number | undefined {
+    return this.fifo.find((f) => f.seq > 0)?.time;
+  }
+
+  syncProgress(volume: number): { chunks: number; done: number } | null {
+    const j = this.syncs.get(volume);
+    return j ? { chunks: j.chunks, done: j.next } : null;
+  }
+
+  /** The peer handled this session's records up to count `no` (cumulative, in order, durably). */
+  onAck(no: number): void {
+    if (no <= this.acked || no > this.sent) return;
+    this.acked = no;
+    let release = -1;
+    while (this.fifo.length > 0 && this.fifo[0].no <= no) {
+      const f = this.fifo.shift()!;
+      this.inFlightBytes -= f.bytes;
+      this.s.ackedBytes += f.bytes;
+      release = f.end;
+      const v = this.s.volume(f.volume);
+      if (!v) continue;
+      if (f.seq > 0) {
+        v.ackedSeq = f.seq;
+        v.ackedTime = f.time;
+      }
+      if (f.syncEnd) {
+        v.state = "consistent";
+        log.info("replica synchronised", {
+          peer: this.s.name,
+          volume: f.volume,
+          compared: v.compared,
+          moved: v.moved,
+        });
+      }
+    }
+    // entries read after the last record sent (skipped ones) are covered too
+    if (this.fifo.length === 0) release = this.frontier;
+    if (release >= 0) this.s.theCursor.release(release);
+    this.s.save();
+    this.wake?.();
+  }
+
+  onHashes(volume: number, hashes: Uint8Array): void {
+    this.hashWaiters.get(volume)?.(hashes);
+  }
+
+  onPong(sentAt: number): void {
+    this.s.rttMs = Date.now() - sentAt;
+  }
+
+  private needsSync(id: number, r: PeerReport | undefined): boolean {
+    const v = this.s.volume(id)!;
+    const info = this.s.journal.volume(id)!;
+    return v.state !== "consistent" || !r || r.state === "inconsistent" ||
+      r.lastSeq < v.ackedSeq || // the peer lost records it had acknowledged
+      r.lastSeq > info.lastSeq; // the peer holds a history this journal does not
+  }
+
+  private async run(reports: Map<number, PeerReport>): Promise<void> {
+    for (const id of this.s.volumeIds()) {
+      const r = reports.get(id);
+      this.peerLast.set(id, r?.lastSeq ?? 0);
+      this.lastSent.set(id, r?.lastSeq ?? 0);
+      if (this.needsSync(id, r)) {
+        this.syncs.set(id, { volume: id, chunkSize: this.s.syncChunk, chunks: 0, next: 0, began: false });
+      }
+    }
+    await this.requestHashes();
+    const ping = setInterval(() => this.ch.send(timeFrame(FrameType.Ping, Date.now())), 1000);
+    try {
+      await this.stream();
+    } finally {
+      clearInterval(ping);
+    }
+  }
+
+  /** Gets the chunk hashes of every copy to synchronise before any record is sent, so they describe a fixed state. */
+  private async requestHashes(): Promise<void> {
+    for (const job of this.syncs.values()) {
+      const size = this.s.journal.volume(job.volume)!.size;
+      job.chunks = Math.ceil(size / job.chunkSize);
+      const answer = new Promise<Uint8Array | undefined>((r) => this.hashWaiters.set(job.volume, r));
+      this.ch.send(jsonFrame(FrameType.HashRequest, { volume: job.volume, chunkSize: job.chunkSize }));
+      const hashes = await answer;
+      this.hashWaiters.delete(job.volume);
+      if (this.stopped) return;
+      // a copy of another size (or none) answers with hashes that do not fit: every chunk is copied
+      job.hashes = hashes && hashes.length === job.chunks * 16 ? hashes : undefined;
+      this.s.volume(job.volume)!.state = "syncing";
+      log.info("synchronising a replica", { peer: this.s.name, volume: job.volume, chunks: job.chunks });
+    }
+  }
+
+  private push(bytes: Uint8Array, volume: number, seq: number, time: number, syncEnd = false): void {
+    const head = new Uint8Array(FRAME_HEADER);
+    writeFrameHeader(head, 0, FrameType.Record, bytes.length);
+    this.ch.send(head);
+    this.ch.send(bytes);
+    this.sent++;
+    this.fifo.push({ no: this.sent, end: this.frontier, volume, seq, bytes: bytes.length, time, syncEnd });
+    this.inFlightBytes += bytes.length;
+  }
+
+  private async windowOpen(): Promise<void> {
+    while (
+      !this.stopped && (this.inFlightBytes >= this.s.windowBytes || this.ch.pending > this.s.windowBytes)
+    ) {
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 100);
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private async stream(): Promise<void> {
+    const cursor = this.s.theCursor;
+    while (!this.stopped) {
+      await this.windowOpen();
+      if (this.stopped) return;
+      const entries = this.syncs.size > 0
+        ? await this.nextOrIdle(cursor)
+        : await cursor.next(4 << 20, this.signal);
+      for (const e of entries) this.forward(e);
+      if (this.syncs.size > 0) await this.syncStep(entries.length === 0);
+    }
+  }
+
+  /** With a synchronisation running, waits for records only briefly: idle time goes to copying chunks. */
+  private async nextOrIdle(cursor: Cursor): Promise<JournalEntry[]> {
+    const abort = { aborted: false };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      cursor.next(4 << 20, abort),
+      new Promise<JournalEntry[]>((res) => timer = setTimeout(() => res([]), 5)),
+    ]);
+    clearTimeout(timer);
+    abort.aborted = true;
+    return r;
+  }
+
+  private forward(e: JournalEntry): void {
+    const h = e.header;
+    this.frontier = e.end;
+    const carried = h.kind !== Kind.Wrap && this.s.volume(h.volume) !== undefined;
+    const sync = this.syncs.get(h.volume);
+    const between = h.kind === Kind.SyncBegin || h.kind === Kind.SyncEnd || (h.flags & FLAG_SYNC) !== 0;
+    // the peer already holds captured writes up to what it reported (unless it is being synchronised)
+    const held = !sync && !between && h.seq <= (this.peerLast.get(h.volume) ?? 0);
+    if (!carried || held) {
+      // nothing to send; its space is freed with the record sent before it (or now)
+      const last = this.fifo[this.fifo.length - 1];
+      if (last) last.end = this.frontier;
+      else this.s.theCursor.release(this.frontier);
+      return;
+    }
+    if (sync && !sync.began) this.beginSync(sync);
+    if (h.kind === Kind.SyncBegin) this.lastSent.set(h.volume, undefined);
+    else if (!between) this.lastSent.set(h.volume, h.seq);
+    this.push(e.bytes, h.volume, between ? 0 : h.seq, h.time, h.kind === Kind.SyncEnd);
+  }
+
+  /** SyncBegin rebases the peer's sequence: it takes the next captured write whatever its number. */
+  private beginSync(job: SyncJob): void {
+    job.began = true;
+    this.lastSent.set(job.volume, undefined);
+    this.push(syncRecord(Kind.SyncBegin, job.volume, 0, 0, 0), job.volume, 0, Date.now());
+  }
+
+  /**
+   * Copies some chunks of each copy being synchronised. A chunk is read from the
+   * local image only once the image has applied everything sent so far: the
+   * records that follow it in the stream are then never older than its content.
+   */
+  private async syncStep(idle: boolean): Promise<void> {
+    const budget = idle ? 16 << 20 : 2 << 20;
+    let spent = 0;
+    for (const job of [...this.syncs.values()]) {
+      if (!job.began) this.beginSync(job);
+      while (job.next < job.chunks && spent < budget && !this.stopped) {
+        if (this.s.source.appliedPos() < this.frontier) {
+          if (idle) await new Promise((r) => setTimeout(r, 2));
+          return;
+        }
+        await this.windowOpen();
+        if (this.stopped) return;
+        spent += await this.copyChunk(job);
+      }
+      if (this.stopped) return;
+      if (job.next >= job.chunks) {
+        this.push(
+          syncRecord(Kind.SyncEnd, job.volume, this.lastSent.get(job.volume) ?? 0, 0, 0),
+          job.volume,
+          0,
+          Date.now(),
+          true,
+        );
+        this.syncs.delete(job.volume);
+      }
+    }
+  }
+
+  private async copyChunk(job: SyncJob): Promise<number> {
+    const info = this.s.journal.volume(job.volume)!;
+    const v = this.s.volume(job.volume)!;
+    const i = job.next++;
+    const off = i * job.chunkSize;
+    const len = Math.min(job.chunkSize, info.size - off);
+    // 8-aligned for the word-wise zero check
+    const buf = new Uint8Array(len);
+    const got = await native.pread(this.s.source.imageFd(job.volume), buf, off);
+    if (got < len) buf.fill(0, got);
+    v.compared += len;
+    if (job.hashes) {
+      const mine = native.xxh3(buf);
+      const theirs = job.hashes.subarray(16 * i, 16 * i + 16);
+      if (mine.every((b, k) => b === theirs[k])) return len;
+    }
+    const zero = isZero(buf);
+    const seq = this.lastSent.get(job.volume) ?? 0;
+    this.push(
+      syncRecord(zero ? Kind.Zero : Kind.Write, job.volume, seq, off, len, zero ? undefined : buf),
+      job.volume,
+      0,
+      Date.now(),
+    );
+    v.moved += zero ? 0 : len;
+    return len;
+  }
+}
+
+function syncRecord(
+  kind: Kind,
+  volume: number,
+  seq: number,
+  offset: number,
+  length: number,
+  payload?: Uint8Array,
+) {
+  const h: RecordHeader = {
+    kind,
+    flags: FLAG_SYNC | (kind === Kind.Zero ? FLAG_MAY_TRIM : 0),
+    volume,
+    length,
+    seq,
+    offset,
+    time: Date.now(),
+    pos: 0,
+  };
+  return encodeRecord(h, kind === Kind.Write ? payload : undefined);
+}
+
+function isZero(b: Uint8Array): boolean {
+  const w = new BigUint64Array(b.buffer, b.byteOffset, b.length >> 3);
+  for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
+  for (let i = w.length * 8; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}

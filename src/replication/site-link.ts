@@ -1,0 +1,291 @@
+// The connection between a local gateway and a remote site: TLS with both ends
+// pinned (src/transport/), then SiteHello / SiteWelcome and the record stream.
+// The local side reconnects with backoff; the remote side serves one session per
+// site at a time (a reconnecting site replaces its stale session).
+import { logger } from "../log.ts";
+import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
+import { StreamConn } from "../link/stream-conn.ts";
+import type { Identity } from "../transport/identity.ts";
+import {
+  type AuthenticatedConn,
+  connectSecure,
+  listenSecure,
+  type SecureListener,
+} from "../transport/secure.ts";
+import type { VolumeInfo } from "../journal/journal.ts";
+import {
+  decodeHashes,
+  decodeJson,
+  decodeSeqFrame,
+  decodeTime,
+  FrameError,
+  FrameType,
+  jsonFrame,
+  readFrame,
+  timeFrame,
+} from "../wire/frames.ts";
+import type { PeerReport, Sender, Session } from "./sender.ts";
+import type { Receiver, SiteVolume } from "./receiver.ts";
+import { RecordError } from "../record/record.ts";
+
+const log = logger("site-link");
+
+export interface SiteClientOptions {
+  /** The remote site's name and address. */
+  site: string;
+  hostname: string;
+  port: number;
+  fingerprint: string;
+  identity: Identity;
+  /** This (local) site's name. */
+  localSite: string;
+  sender: Sender;
+  volumes: () => VolumeInfo[];
+}
+
+/** The local gateway's connection to one remote site. */
+export class SiteClient {
+  private closed = false;
+  private conn: StreamConn | undefined;
+  private session: Session | undefined;
+  private backoffMs = 200;
+  private wake: (() => void) | undefined;
+  private reannouncing = false;
+  connected = false;
+  lastError = "";
+
+  constructor(private readonly o: SiteClientOptions) {}
+
+  start(): void {
+    this.loop();
+  }
+
+  /** The set of volumes changed: start a new session announcing it. */
+  reannounce(): void {
+    if (!this.conn) return;
+    log.info("new volume: restarting the site session to announce it", { site: this.o.site });
+    this.reannouncing = true;
+    this.conn.close();
+    this.wake?.();
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closed) {
+      try {
+        await this.run();
+        this.backoffMs = 200;
+      } catch (e) {
+        const msg = (e as Error).message;
+        if (this.reannouncing) this.backoffMs = 0;
+        else {
+          if (msg !== this.lastError) log.warn("site link failed", { site: this.o.site, error: msg });
+          this.lastError = msg;
+        }
+        this.reannouncing = false;
+      }
+      if (this.closed) break;
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, this.backoffMs);
+        this.wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      this.wake = undefined;
+      this.backoffMs = Math.min(Math.max(this.backoffMs * 2, 200), 5000);
+    }
+  }
+
+  private async run(): Promise<void> {
+    const auth = await connectSecure({
+      hostname: this.o.hostname,
+      port: this.o.port,
+      identity: this.o.identity,
+      expectedFingerprint: this.o.fingerprint,
+      peerName: this.o.site,
+    });
+    const conn = new StreamConn(auth.conn);
+    this.conn = conn;
+    const reader = new ConnReader(conn, 1 << 20);
+    const writer = new ConnWriter(conn, 256 * 1024);
+    try {
+      const vols = this.o.volumes();
+      writer.send(jsonFrame(FrameType.SiteHello, {
+        v: 1,
+        site: this.o.localSite,
+        volumes: vols.map((v) => ({ id: v.id, agent: v.agent, name: v.name, size: v.size })),
+      }));
+      const w = await readFrame(reader);
+      if (!w || w.type !== FrameType.SiteWelcome) throw new Error("the remote site did not answer the hello");
+      const welcome = decodeJson<
+        { site?: string; volumes?: { id: number; lastSeq: number; state: string }[] }
+      >(w.body);
+      const reports = new Map<number, PeerReport>();
+      for (const r of welcome.volumes ?? []) {
+        const state = r.state === "consistent" || r.state === "inconsistent" ? r.state : "empty";
+        reports.set(Number(r.id), { lastSeq: Number(r.lastSeq) || 0, state });
+      }
+      this.connected = true;
+      this.lastError = "";
+      log.info("site connected", { site: this.o.site, remote: auth.conn.remoteAddr });
+      const session = this.o.sender.attach({
+        send: (b) => writer.send(b),
+        get pending() {
+          return writer.pending;
+        },
+      }, reports);
+      this.session = session;
+      while (!this.closed) {
+        const f = await readFrame(reader);
+        if (!f) throw new Error("the remote site closed the connection");
+        if (writer.error) throw writer.error;
+        switch (f.type) {
+          case FrameType.Accepted:
+            session.onAck(decodeSeqFrame(f.body).seq);
+            break;
+          case FrameType.Hashes: {
+            const h = decodeHashes(f.body);
+            session.onHashes(h.volume, h.hashes);
+            break;
+          }
+          case FrameType.Pong:
+            session.onPong(decodeTime(f.body));
+            break;
+          case FrameType.Error:
+            throw new Error(
+              `remote site reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
+            );
+          default:
+            throw new FrameError(`unexpected frame ${f.type} from the remote site`);
+        }
+      }
+    } finally {
+      if (this.session) this.o.sender.detach(this.session);
+      this.session = undefined;
+      if (this.connected && !this.reannouncing) log.warn("site disconnected", { site: this.o.site });
+      this.connected = false;
+      conn.close();
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    this.conn?.close();
+    this.wake?.();
+  }
+}
+
+export interface SiteServerOptions {
+  hostname: string;
+  port: number;
+  identity: Identity;
+  /** Fingerprint → name of the local sites allowed to stream here. */
+  trusted: ReadonlyMap<string, string>;
+  /** This (remote) site's name. */
+  site: string;
+  newReceiver: (send: (frame: Uint8Array) => void) => Receiver;
+  /** Chunk hashes of a replica (the journal volume), taken once everything received is applied. */
+  hashes: (v: VolumeInfo, chunkSize: number) => Promise<Uint8Array>;
+  onRejected?: (remote: string, reason: string) => void;
+}
+
+/** The remote gateway's listener for site streams. */
+export class SiteServer {
+  private listener!: SecureListener;
+  private sessions = new Map<string, { conn: StreamConn; receiver: Receiver }>();
+  private closed = false;
+  port = 0;
+
+  constructor(private readonly o: SiteServerOptions) {}
+
+  async start(): Promise<void> {
+    this.listener = await listenSecure({
+      hostname: this.o.hostname,
+      port: this.o.port,
+      identity: this.o.identity,
+      trustedPeers: this.o.trusted,
+      onPeerRejected: (r) => this.o.onRejected?.(r.remote, r.reason),
+    });
+    this.port = this.listener.addr.port;
+    (async () => {
+      for await (const c of this.listener) this.serve(c);
+    })();
+  }
+
+  connectedSites(): string[] {
+    return [...this.sessions.keys()];
+  }
+
+  receiverStatus() {
+    return Object.fromEntries([...this.sessions].map(([k, s]) => [k, s.receiver.status()]));
+  }
+
+  private async serve(c: AuthenticatedConn): Promise<void> {
+    const conn = new StreamConn(c.conn);
+    const reader = new ConnReader(conn, 1 << 20);
+    const writer = new ConnWriter(conn);
+    const receiver = this.o.newReceiver((b) => writer.send(b));
+    const old = this.sessions.get(c.peer);
+    if (old) old.conn.close();
+    this.sessions.set(c.peer, { conn, receiver });
+    try {
+      const hello = await readFrame(reader);
+      if (!hello || hello.type !== FrameType.SiteHello) throw new FrameError("expected a site hello");
+      const m = decodeJson<{ volumes?: SiteVolume[] }>(hello.body);
+      const vols = (m.volumes ?? []).filter((v) =>
+        Number.isInteger(v.id) && typeof v.agent === "string" && typeof v.name === "string" &&
+        Number.isSafeInteger(v.size) &&
+        /^[A-Za-z0-9._-]{1,64}$/.test(v.name) && /^[A-Za-z0-9._-]{1,128}$/.test(v.agent)
+      );
+      const welcome = await receiver.hello(vols);
+      writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
+      log.info("site stream started", { site: c.peer, volumes: vols.length });
+      while (!this.closed) {
+        const f = await readFrame(reader);
+        if (!f) break;
+        switch (f.type) {
+          case FrameType.Record:
+            await receiver.record(f.body);
+            break;
+          case FrameType.HashRequest: {
+            const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
+            const v = receiver.volume(Number(q.volume));
+            const chunk = Number(q.chunkSize);
+            if (!v || !Number.isInteger(chunk) || chunk < 4096 || chunk > 64 << 20) {
+              throw new FrameError("bad hash request");
+            }
+            const hashes = await this.o.hashes(v, chunk);
+            writer.send(hashesFrameFor(Number(q.volume), chunk, v.lastSeq, hashes));
+            break;
+          }
+          case FrameType.Ping:
+            writer.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
+            break;
+          default:
+            throw new FrameError(`unexpected frame ${f.type} from site ${c.peer}`);
+        }
+      }
+    } catch (e) {
+      if (!this.closed) {
+        const msg = (e as Error).message;
+        log.warn("site stream dropped", { site: c.peer, error: msg });
+        if (e instanceof FrameError || e instanceof RecordError) {
+          writer.send(jsonFrame(FrameType.Error, { message: msg }));
+        }
+      }
+    } finally {
+      await writer.drained();
+      receiver.close();
+      if (this.sessions.get(c.peer)?.conn === conn) this.sessions.delete(c.peer);
+      conn.close();
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    this.listener?.close();
+    for (const s of this.sessions.values()) s.conn.close();
+  }
+}
+
+import { hashesFrame as hashesFrameFor } from "../wire/frames.ts";

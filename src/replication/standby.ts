@@ -1,0 +1,185 @@
+// A standby server's copy of a volume (the paper's RSP): while standby, the agent
+// applies the records its site's gateway streams to it, in order, and
+// acknowledges them once they are on stable storage. Its position and state are
+// kept in a small file so a restart resumes where the disk is.
+import { logger } from "../log.ts";
+import * as native from "../native/mod.ts";
+import type { BatchOp } from "../native/mod.ts";
+import { decodeHeader, Kind, payloadIntact, RecordError, recordOp } from "../record/record.ts";
+import { admit, type SeqState } from "../record/sequence.ts";
+import { MAX_PAYLOAD } from "../nbd/protocol.ts";
+import { LocalWriter } from "../capture/local-writer.ts";
+import type { Volume } from "../volume/volume.ts";
+import { FrameType, hashesFrame, seqFrame } from "../wire/frames.ts";
+import { setImmediate } from "node:timers";
+
+const log = logger("standby");
+
+export type StandbyState = "empty" | "consistent" | "inconsistent";
+
+interface Persisted {
+  lastSeq: number;
+  state: StandbyState;
+}
+
+export class StandbyVolume {
+  readonly local: LocalWriter;
+  seq: SeqState;
+  state: StandbyState;
+  /** The gateway's journal id of this volume (records name it). */
+  journalId = -1;
+
+  private constructor(
+    readonly name: string,
+    readonly volume: Volume,
+    private readonly file: string,
+    p: Persisted,
+  ) {
+    this.local = new LocalWriter(volume.fd);
+    this.seq = { lastSeq: p.lastSeq, rebase: false };
+    this.state = p.state;
+  }
+
+  static async open(name: string, volume: Volume, dataDir: string): Promise<StandbyVolume> {
+    const file = `${dataDir}/${name}.standby.json`;
+    let p: Persisted = { lastSeq: 0, state: "empty" };
+    try {
+      const raw = JSON.parse(await Deno.readTextFile(file));
+      if (Number.isSafeInteger(raw.lastSeq) && ["empty", "consistent", "inconsistent"].includes(raw.state)) {
+        p = raw;
+      }
+    } catch {
+      // no file: a copy never replicated into, or whose progress is unknown (reported as is)
+    }
+    return new StandbyVolume(name, volume, file, p);
+  }
+
+  /** Writes position and state (after the data they describe is synced). */
+  async persist(): Promise<void> {
+    const tmp = `${this.file}.tmp`;
+    await Deno.writeTextFile(tmp, JSON.stringify({ lastSeq: this.seq.lastSeq, state: this.state }), {
+      mode: 0o600,
+    });
+    const f = await Deno.open(tmp, { write: true });
+    await f.syncData();
+    f.close();
+    await Deno.rename(tmp, this.file);
+  }
+}
+
+/** Applies a gateway's stream to the standby volumes and answers its hash requests. */
+export class StandbyApplier {
+  private byJournalId = new Map<number, StandbyVolume>();
+  private received = 0;
+  private queued: { v: StandbyVolume; op?: BatchOp }[] = [];
+  private running = false;
+  private acked = 0;
+  private failed: Error | undefined;
+
+  constructor(readonly volumes: StandbyVolume[], private readonly send: (frame: Uint8Array) => void) {}
+
+  /** The gateway named its journal id for one of our volumes. */
+  opened(name: string, journalId: number): void {
+    const v = this.volumes.find((x) => x.name === name);
+    if (!v) return;
+    v.journalId = journalId;
+    this.byJournalId.set(journalId, v);
+  }
+
+  /** A new connection: counts start over. */
+  reset(): void {
+    this.received = 0;
+    this.acked = 0;
+    this.queued = [];
+    this.failed = undefined;
+  }
+
+  async record(body: Uint8Array): Promise<void> {
+    if (this.failed) throw this.failed;
+    const h = decodeHeader(body, MAX_PAYLOAD);
+    if (!payloadIntact(body, h)) throw new RecordError(`record ${h.seq}: payload checksum mismatch`);
+    const v = this.byJournalId.get(h.volume);
+    if (!v) throw new RecordError(`record for volume ${h.volume}, which this standby does not hold`);
+    if (
+      h.kind !== Kind.Flush && h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd &&
+      h.offset + h.length > v.volume.size
+    ) {
+      throw new RecordError(`record ${h.seq} reaches past the end of ${v.name}`);
+    }
+    const verdict = admit(v.seq, h);
+    if (verdict === "gap") {
+      throw new RecordError(`record ${h.seq} of ${v.name} out of sequence (have ${v.seq.lastSeq})`);
+    }
+    if (verdict === "skip") {
+      this.enqueue(v);
+    } else if (h.kind === Kind.SyncBegin) {
+      // inconsistent must be on disk before any chunk of the synchronisation lands
+      await this.drain();
+      v.state = "inconsistent";
+      await v.persist();
+      this.enqueue(v);
+    } else if (h.kind === Kind.SyncEnd) {
+      await this.drain();
+      v.state = "consistent";
+      await v.persist();
+      this.enqueue(v);
+    } else {
+      if (v.state === "empty") v.state = "consistent";
+      this.enqueue(v, recordOp(h, body));
+    }
+  }
+
+  private enqueue(v: StandbyVolume, op?: BatchOp): void {
+    this.received++;
+    this.queued.push({ v, op });
+    this.kick();
+  }
+
+  private kick(): void {
+    if (!this.running) {
+      this.running = true;
+      setImmediate(() => this.loop());
+    }
+  }
+
+  /** Applies what is queued: one batch per volume, fdatasync, persist, then acknowledge by count. */
+  private async loop(): Promise<void> {
+    try {
+      while (this.queued.length > 0 && !this.failed) {
+        const batch = this.queued;
+        this.queued = [];
+        const target = this.received;
+        const touched = new Set<StandbyVolume>();
+        for (const q of batch) {
+          touched.add(q.v);
+          if (q.op) q.v.local.run(q.op);
+        }
+        await Promise.all([...touched].map((v) => v.local.sync()));
+        await Promise.all([...touched].map((v) => v.persist()));
+        this.acked = target;
+        this.send(seqFrame(FrameType.Accepted, 0, target));
+      }
+    } catch (e) {
+      this.failed = e as Error;
+      log.error("standby volume write failed", { error: e });
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async drain(): Promise<void> {
+    while (this.running || this.queued.length > 0) {
+      if (!this.running) this.kick();
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  /** Hashes a volume for a differential synchronisation, once everything received is applied. */
+  async hashes(journalId: number, chunkSize: number): Promise<Uint8Array> {
+    const v = this.byJournalId.get(journalId);
+    await this.drain();
+    if (!v || chunkSize < 4096) return hashesFrame(journalId, chunkSize, 0, new Uint8Array(0));
+    const h = await native.hashRange(v.volume.fd, 0, v.volume.size, chunkSize);
+    return hashesFrame(journalId, chunkSize, v.seq.lastSeq, h);
+  }
+}

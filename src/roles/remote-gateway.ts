@@ -1,0 +1,326 @@
+// The remote gateway role (a disaster-recovery site): receives site streams over
+// pinned TLS, journals them, replays them onto its replica images (the paper's
+// RGP) and onto the standby servers of this site (RSP), and acknowledges.
+import { eq } from "drizzle-orm";
+import type { FlagSpec, Parsed } from "../cli/flags.ts";
+import { UsageError } from "../cli/flags.ts";
+import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
+import { logger } from "../log.ts";
+import { openDatabase, serialized } from "../db/db.ts";
+import { volumes as volumesTable } from "../db/schema.ts";
+import { Journal, type VolumeInfo } from "../journal/journal.ts";
+import { MirrorApplier } from "../mirror/applier.ts";
+import { GatewayListener, type StandbyHandler } from "../link/gateway-listener.ts";
+import { type Address, parseAddress } from "../link/address.ts";
+import { readSecretFile } from "../wire/auth.ts";
+import { startStatusServer } from "../web/status-server.ts";
+import { loadOrCreateToken } from "../web/token.ts";
+import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
+import { Receiver } from "../replication/receiver.ts";
+import { SiteServer } from "../replication/site-link.ts";
+import { CursorStore } from "../replication/cursor-store.ts";
+import { type PeerReport, Sender, type Session } from "../replication/sender.ts";
+import * as native from "../native/mod.ts";
+import { Kind } from "../record/record.ts";
+import { decodeHashes, decodeSeqFrame, decodeTime, FrameType } from "../wire/frames.ts";
+
+const log = logger("remote-gateway");
+
+export const remoteGatewayFlags: FlagSpec[] = [
+  { name: "id", type: "string", description: "name of this site", default: "dr" },
+  {
+    name: "data-dir",
+    type: "string",
+    description: "state directory (database, journal, replicas, keys, API token)",
+    default: "/var/lib/continuum/remote",
+    placeholder: "DIR",
+  },
+  {
+    name: "listen",
+    type: "string",
+    description: "where local gateways connect (TLS)",
+    default: "127.0.0.1:7900",
+    placeholder: "ADDR",
+  },
+  {
+    name: "key-dir",
+    type: "string",
+    description: "this site's key pair (made by `continuum keygen`) [default: DATA-DIR/keys]",
+    placeholder: "DIR",
+  },
+  {
+    name: "trust",
+    type: "string",
+    multiple: true,
+    description: "a local site allowed to stream here, pinned by its fingerprint",
+    placeholder: "NAME=FINGERPRINT",
+  },
+  {
+    name: "agent-listen",
+    type: "string",
+    multiple: true,
+    description: "where this site's standby agents connect",
+    default: ["127.0.0.1:7801"],
+    placeholder: "ADDR",
+  },
+  {
+    name: "agent-secret",
+    type: "string",
+    multiple: true,
+    description: "a standby agent allowed to connect and the file holding its secret",
+    placeholder: "NAME=FILE",
+  },
+  {
+    name: "ack-after",
+    type: "string",
+    description: "acknowledge a record once applied to the replica (rgp) or also to the standby server (rsp)",
+    choices: ["rgp", "rsp"],
+    default: "rsp",
+  },
+  {
+    name: "database",
+    type: "string",
+    description: "libsql database URL [default: file:DATA-DIR/gateway.db]",
+    placeholder: "URL",
+  },
+  {
+    name: "database-token",
+    type: "string",
+    description: "auth token for a libsql server URL",
+    placeholder: "TOKEN",
+  },
+  {
+    name: "buffer",
+    type: "string",
+    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
+    placeholder: "PATH",
+  },
+  {
+    name: "buffer-size",
+    type: "size",
+    description: "journal buffer size when it is a file created here",
+    default: "1G",
+  },
+  {
+    name: "commit-delay",
+    type: "duration",
+    description: "longest wait before an unforced group commit",
+    default: "20ms",
+  },
+  {
+    name: "replica-dir",
+    type: "string",
+    description: "directory of the replica images [default: DATA-DIR/replicas]",
+    placeholder: "DIR",
+  },
+  {
+    name: "sync-chunk",
+    type: "size",
+    description: "chunk size when a standby copy is synchronised",
+    default: "1M",
+  },
+  {
+    name: "http-listen",
+    type: "string",
+    description: "HTTP API address (HOST:PORT, port 0 picks one)",
+    default: "127.0.0.1:7881",
+    placeholder: "ADDR",
+  },
+];
+
+export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
+  const dataDir = str(p, "data-dir");
+  ensurePrivateDir(dataDir);
+  const site = str(p, "id");
+  const identity = await loadIdentity(optStr(p, "key-dir") ?? `${dataDir}/keys`);
+  const trusted = new Map<string, string>();
+  for (const [name, fp] of pairs("trust", p["trust"])) trusted.set(parseFingerprint(fp), name);
+  if (trusted.size === 0) log.warn("no --trust given: no local site can stream here");
+  const secrets = new Map<string, Uint8Array>();
+  for (const [agent, file] of pairs("agent-secret", p["agent-secret"])) {
+    secrets.set(agent, readSecretFile(file));
+  }
+  const listen = parseAddress(str(p, "listen"));
+  if (listen.transport !== "tcp") throw new UsageError("--listen must be HOST:PORT");
+  const http = parseAddress(str(p, "http-listen"));
+  if (http.transport !== "tcp") throw new UsageError("--http-listen must be HOST:PORT");
+  const ackAfter = str(p, "ack-after") as "rgp" | "rsp";
+  const replicaDir = optStr(p, "replica-dir") ?? `${dataDir}/replicas`;
+
+  const { db, close: closeDb } = await openDatabase(
+    optStr(p, "database") ?? `file:${dataDir}/gateway.db`,
+    optStr(p, "database-token"),
+  );
+  const cleanups: (() => Promise<void> | void)[] = [closeDb];
+  const stop = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch (e) {
+        log.warn("error while stopping", { error: e });
+      }
+    }
+  };
+  try {
+    const journal = await Journal.open(
+      db,
+      optStr(p, "buffer") ?? `${dataDir}/journal.ring`,
+      num(p, "buffer-size"),
+      {
+        commitDelayMs: num(p, "commit-delay"),
+      },
+    );
+    cleanups.push(() => journal.close());
+
+    // replica states (empty, consistent, inconsistent), persisted with the volume
+    const states = new Map<number, string>();
+    for (const row of await db.select().from(volumesTable)) states.set(row.id, row.state);
+    const setState = (id: number, state: string) => {
+      if (states.get(id) === state) return;
+      states.set(id, state);
+      serialized(db, () => db.update(volumesTable).set({ state }).where(eq(volumesTable.id, id))).catch((e) =>
+        log.error("cannot record replica state", { volume: id, error: e })
+      );
+      log.info("replica state", { volume: id, state });
+    };
+
+    const store = new CursorStore(db);
+    const applier = new MirrorApplier(journal, {
+      onMarker: (volume, kind) => {
+        if (kind === Kind.SyncEnd) setState(volume, "consistent");
+      },
+    });
+    // standby feeders are opened before the replica applier starts, so their positions hold the journal
+    const feeders = new Map<string, Sender>();
+    for (const agent of secrets.keys()) {
+      feeders.set(
+        agent,
+        await Sender.open({
+          name: `standby:${agent}`,
+          journal,
+          store,
+          source: { imageFd: (id) => applier.imageFd(id), appliedPos: () => applier.appliedPos },
+          carries: (v) => v.agent === agent,
+          required: ackAfter === "rsp",
+          syncChunk: num(p, "sync-chunk"),
+        }),
+      );
+    }
+    await applier.start();
+    cleanups.push(() => applier.stop());
+
+    const register = async (agent: string, name: string, size: number): Promise<VolumeInfo> => {
+      const v = await journal.registerVolume(agent, name, size, `${replicaDir}/${agent}/${name}.img`);
+      applier.prepare(v);
+      if (!states.has(v.id)) states.set(v.id, "empty");
+      for (const f of feeders.values()) f.volumeAdded(v);
+      return v;
+    };
+
+    const sessions = new Map<string, Session>();
+    const reports = new Map<string, Map<number, PeerReport>>();
+    const standby: StandbyHandler = {
+      open: async (agent, m) => {
+        const v = await register(agent, m.name, m.size);
+        const state = m.state === "consistent" || m.state === "inconsistent" ? m.state : "empty";
+        if (!reports.has(agent)) reports.set(agent, new Map());
+        reports.get(agent)!.set(v.id, { lastSeq: m.lastSeq, state });
+        return v.id;
+      },
+      ready: (agent, channel) => {
+        const f = feeders.get(agent);
+        if (!f) return;
+        sessions.set(agent, f.attach(channel, reports.get(agent) ?? new Map()));
+        log.info("standby server attached", { agent });
+      },
+      frame: (agent, f) => {
+        const s = sessions.get(agent);
+        if (!s) return;
+        if (f.type === FrameType.Accepted) s.onAck(decodeSeqFrame(f.body).seq);
+        else if (f.type === FrameType.Hashes) {
+          const h = decodeHashes(f.body);
+          s.onHashes(h.volume, h.hashes);
+        } else if (f.type === FrameType.Pong) s.onPong(decodeTime(f.body));
+      },
+      closed: (agent) => {
+        const s = sessions.get(agent);
+        if (s) feeders.get(agent)?.detach(s);
+        sessions.delete(agent);
+        reports.delete(agent);
+      },
+    };
+    const agents = await GatewayListener.listen({
+      listen: list(p, "agent-listen").map((a) => parseAddress(a)),
+      journal,
+      secrets: () => secrets,
+      mirrorPath: (agent, volume) => `${replicaDir}/${agent}/${volume}.img`,
+      standby,
+    });
+    cleanups.push(() => agents.close());
+
+    const sites = new SiteServer({
+      hostname: listen.hostname,
+      port: listen.port,
+      identity,
+      trusted,
+      site,
+      newReceiver: (send) =>
+        new Receiver({
+          journal,
+          register,
+          copyState: (v) => (states.get(v.id) ?? "empty") as "empty" | "consistent" | "inconsistent",
+          setState: (v, s) => setState(v.id, s),
+          replicaPos: () => applier.syncedPos,
+          standbyPos: (agent) => ackAfter === "rsp" ? feeders.get(agent)?.theCursor.released : undefined,
+          send,
+        }),
+      hashes: async (v, chunk) => {
+        await applier.caughtUp();
+        return await native.hashRange(applier.imageFd(v.id), 0, v.size, chunk);
+      },
+    });
+    await sites.start();
+    cleanups.push(() => sites.close());
+
+    const token = loadOrCreateToken(`${dataDir}/api-token`);
+    const started = Date.now();
+    const server = startStatusServer({
+      listen: http as Address & { transport: "tcp" },
+      token,
+      status: () => ({
+        role: "remote-gateway",
+        site,
+        uptimeMs: Date.now() - started,
+        ackAfter,
+        fingerprint: identity.fingerprint,
+        sites: sites.connectedSites(),
+        streams: sites.receiverStatus(),
+        standbyAgents: agents.connectedAgents(),
+        journal: { ...journal.positions, used: journal.positions.head - journal.positions.tail },
+        replicas: journal.volumes().map((v) => ({
+          id: v.id,
+          agent: v.agent,
+          name: v.name,
+          size: v.size,
+          image: v.mirrorPath,
+          state: states.get(v.id) ?? "empty",
+          lastSeq: v.lastSeq,
+          appliedSeq: applier.applied(v.id),
+        })),
+        standby: [...feeders.values()].map((f) => f.status()),
+      }),
+    });
+    cleanups.push(() => server.close());
+    log.info("remote gateway ready", {
+      site,
+      listen: `${listen.hostname}:${sites.port}`,
+      fingerprint: identity.fingerprint,
+      agents: agents.describe(),
+      http: `http://${http.hostname}:${server.port}`,
+    });
+    return { stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
