@@ -199,10 +199,9 @@ async function runStandby(
     for (const v of opened) v.close();
     throw e;
   }
-  let link: AgentLink;
   const applier = new StandbyApplier(copies, (b) => link.send(b));
   let announced = 0;
-  link = new AgentLink({
+  const link: AgentLink = new AgentLink({
     gateway: parseAddress(str(p, "gateway")),
     agent: id,
     secret,
