@@ -40,6 +40,8 @@ export interface ProtectedVolumeOptions {
   /** How often chunks known to be equal on both sides are cleared from the dirty map. */
   sweepIntervalMs?: number;
   readOnly?: () => string | undefined;
+  /** The gateway refused the volume after it had accepted it once: the agent cannot go on serving it. */
+  onFatal?: (e: Error) => void;
 }
 
 interface Op {
@@ -97,6 +99,17 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
   private timers: ReturnType<typeof setInterval>[] = [];
   private closed = false;
   private readonly maxUnconfirmed: number;
+  private answered = false;
+  private answer!: (e?: Error) => void;
+  /** Settles with the gateway's first answer to this volume: accepted, or refused (rejects). */
+  readonly opened = new Promise<void>((resolve, reject) => {
+    this.answer = (e) => {
+      if (this.answered) return;
+      this.answered = true;
+      if (e) reject(e);
+      else resolve();
+    };
+  });
 
   constructor(private readonly o: ProtectedVolumeOptions) {
     this.name = o.name;
@@ -368,6 +381,7 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
   // ---- gateway link side ----
 
   onOpened(info: OpenedInfo): void {
+    this.answer();
     this.linkEpoch++;
     const covered = this.unconfirmed.length > 0 && this.unconfirmed[0].seq <= info.lastSeq + 1 &&
       this.unconfirmed[this.unconfirmed.length - 1].seq === this.seq;
@@ -405,6 +419,9 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
   onRefused(message: string): void {
     log.error("gateway refused the volume", { volume: this.name, reason: message });
     this.state = "down";
+    const e = new Error(`gateway refused volume ${this.name}: ${message}`);
+    if (this.answered) this.o.onFatal?.(e);
+    this.answer(e);
   }
 
   onLinkDown(): void {

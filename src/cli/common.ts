@@ -73,4 +73,6 @@ export function ensurePrivateDir(path: string): void {
 /** What a running role gives back to main: a way to stop it cleanly. */
 export interface RoleHandle {
   stop(): Promise<void>;
+  /** Rejects when the role cannot go on (e.g. its gateway refused a volume); main then stops it and exits 1. */
+  fatal?: Promise<never>;
 }

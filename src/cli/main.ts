@@ -2,6 +2,7 @@
 // `--version`, `--help`. Usage errors print one clear line and exit with code 2.
 import { type FlagSpec, helpText, type Parsed, parseFlags, readConfigFile, UsageError } from "./flags.ts";
 import { commonFlags, type RoleHandle } from "./common.ts";
+import { notifyReady, notifyStopping } from "./notify.ts";
 import { type Level, logger, setLogLevel } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { agentFlags, runAgent } from "../roles/agent.ts";
@@ -98,9 +99,17 @@ export async function main(args: string[]): Promise<number> {
     const parsed = parseFlags(specs, args, configPath ? readConfigFile(configPath) : {});
     setLogLevel(parsed["log-level"] as Level);
     const handle = await def.run(parsed);
-    await waitForSignal();
-    logger("main").info("stopping", { role });
+    notifyReady(`${role} serving`);
+    const ends: Promise<Error | undefined>[] = [waitForSignal().then(() => undefined)];
+    if (handle.fatal) ends.push(handle.fatal.catch((e: Error) => e));
+    const fatal = await Promise.race(ends);
+    logger("main").info("stopping", { role, reason: fatal?.message ?? "signal" });
+    notifyStopping();
     await handle.stop();
+    if (fatal) {
+      console.error(`continuum: ${fatal.message}`);
+      return 1;
+    }
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {

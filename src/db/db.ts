@@ -5,12 +5,13 @@ import { createClient } from "@libsql/client";
 import { drizzle, type LibSQLDatabase } from "drizzle-orm/libsql";
 import { migrate } from "drizzle-orm/libsql/migrator";
 import { readMigrationFiles } from "drizzle-orm/migrator";
-import { fileURLToPath } from "node:url";
+import { migrationsDir } from "../assets/assets.ts";
 import * as schema from "./schema.ts";
 
 export type Db = LibSQLDatabase<typeof schema>;
 
-export const migrationsFolder = fileURLToPath(new URL("./migrations", import.meta.url));
+// src/db/migrations, read from the executable's embedded copy when compiled
+export const migrationsFolder = migrationsDir();
 
 export interface OpenedDb {
   db: Db;
@@ -37,10 +38,11 @@ export async function openDatabase(url: string, authToken?: string): Promise<Ope
   }
   const client = createClient({ url: fileUrl ?? url, authToken });
   if (fileUrl) {
+    // wait for a lock rather than fail, from the very first statement
+    await client.execute("PRAGMA busy_timeout = 5000");
     await client.execute("PRAGMA journal_mode = WAL");
     // the journal ring's fdatasync is the durability point; the index may trail it
     await client.execute("PRAGMA synchronous = NORMAL");
-    await client.execute("PRAGMA busy_timeout = 5000");
   }
   const db = drizzle(client, { schema });
   const known = readMigrationFiles({ migrationsFolder });

@@ -18,6 +18,8 @@ export interface JournalEntry extends RingEntry {
   pos: number;
   /** Position right after this entry. */
   end: number;
+  /** When it entered this journal (ms); absent for entries read back from the ring. */
+  at?: number;
 }
 
 export interface VolumeInfo {
@@ -69,6 +71,9 @@ export class Journal {
   private spaceQueue: { len: number; place: () => void; fail: (e: Error) => void }[] = [];
   private dataWaiters: (() => void)[] = [];
   private listeners = new Set<DurableListener>();
+  private pressureListeners = new Set<(tail: number) => void>();
+  private lastPressure = 0;
+  private pressureTimer: ReturnType<typeof setInterval> | undefined;
   private cursors = new Map<string, Cursor>();
   private vols = new Map<number, VolumeInfo>();
   private closed = false;
@@ -226,6 +231,19 @@ export class Journal {
     return () => this.listeners.delete(fn);
   }
 
+  /** Called (at most every 100 ms) while appends wait for space: a reader may choose to give way. */
+  onPressure(fn: (blockingTail: number) => void): () => void {
+    this.pressureListeners.add(fn);
+    return () => this.pressureListeners.delete(fn);
+  }
+
+  private signalPressure(): void {
+    const now = Date.now();
+    if (now - this.lastPressure < 100) return;
+    this.lastPressure = now;
+    for (const l of this.pressureListeners) l(this.tail);
+  }
+
   private fits(at: number, len: number): boolean {
     return at + len - this.tail <= this.ring.dataSize;
   }
@@ -246,6 +264,9 @@ export class Journal {
       place();
       return Promise.resolve();
     }
+    this.signalPressure();
+    // keep asking while appends wait: a reader may become able to give way later
+    this.pressureTimer ??= setInterval(() => this.signalPressure(), 100);
     return new Promise<void>((resolve, reject) => {
       this.spaceQueue.push({
         len: bytes.length,
@@ -267,6 +288,10 @@ export class Journal {
     while (this.spaceQueue.length > 0 && this.fitsNext(this.spaceQueue[0].len)) {
       this.spaceQueue.shift()!.place();
     }
+    if (this.spaceQueue.length === 0 && this.pressureTimer) {
+      clearInterval(this.pressureTimer);
+      this.pressureTimer = undefined;
+    }
   }
 
   private place(v: VolumeInfo, bytes: Uint8Array, header: RecordHeader): void {
@@ -284,7 +309,7 @@ export class Journal {
   }
 
   private push(e: { pos: number; bytes: Uint8Array; header: RecordHeader }, end: number): void {
-    const entry: JournalEntry = { ...e, end };
+    const entry: JournalEntry = { ...e, end, at: Date.now() };
     this.cache.push(entry);
     this.cacheBytes += e.bytes.length;
     this.toWrite.push(entry);
@@ -397,6 +422,7 @@ export class Journal {
     if (this.failure) return;
     this.failure = e;
     log.error("journal failed; refusing further records", { error: e });
+    clearInterval(this.pressureTimer);
     for (const w of this.spaceQueue.splice(0)) w.fail(e);
     this.wakeReaders();
   }
@@ -519,6 +545,7 @@ export class Journal {
     }
     this.closed = true;
     clearTimeout(this.commitTimer);
+    clearInterval(this.pressureTimer);
     this.wakeReaders();
     for (const w of this.spaceQueue.splice(0)) w.fail(new Error("journal closed"));
     this.ring.close();

@@ -83,7 +83,12 @@ export class MirrorApplier {
     let lastEnd = this.cursor.position;
     let markers: { volume: number; kind: Kind.SyncBegin | Kind.SyncEnd }[] = [];
     while (!this.stopped) {
-      const waitMs = unsynced > 0 ? Math.max(1, firstUnsynced + this.syncIntervalMs - Date.now()) : 0;
+      // unsynced writes wait for the interval; entries that wrote nothing (barriers, markers) are released at once
+      const waitMs = unsynced > 0
+        ? Math.max(1, firstUnsynced + this.syncIntervalMs - Date.now())
+        : lastEnd > this.cursor.released
+        ? 1
+        : 0;
       const entries = await this.nextOrTimeout(waitMs);
       if (this.stopped) break;
       if (entries.length > 0) {

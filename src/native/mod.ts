@@ -2,7 +2,7 @@
 // Deno's blocking thread pool) so the event loop never waits on a disk; hashing of
 // in-memory buffers is synchronous because it is faster than a thread hand-off.
 // Callers must not touch a buffer until the promise of the call using it settles.
-import { fileURLToPath as fromFileUrl } from "node:url";
+import { nativeLibrarySource, openNativeLibrary } from "../assets/assets.ts";
 
 const symbols = {
   cn_pread: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: true },
@@ -20,24 +20,18 @@ const symbols = {
 type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];
 let lib: Lib | undefined;
 
-/** Where the library is loaded from: CONTINUUM_NATIVE_LIB, or the build output. */
+/**
+ * Where the library is loaded from: CONTINUUM_NATIVE_LIB, else the build output (under
+ * `deno run`) or the copy embedded in the executable (see src/assets/assets.ts).
+ */
 export function defaultLibraryPath(): string {
-  return Deno.env.get("CONTINUUM_NATIVE_LIB") ??
-    fromFileUrl(new URL("../../native/build/libcontinuum.so", import.meta.url));
+  return Deno.env.get("CONTINUUM_NATIVE_LIB") ?? nativeLibrarySource();
 }
 
-/** Opens the native library; later calls are no-ops. */
-export function loadNative(path = defaultLibraryPath()): void {
+/** Opens the native library (`path`, CONTINUUM_NATIVE_LIB, or the default); later calls are no-ops. */
+export function loadNative(path?: string): void {
   if (lib) return;
-  try {
-    lib = Deno.dlopen(path, symbols).symbols;
-  } catch (e) {
-    throw new Error(
-      `cannot load the native library ${path}: ${
-        (e as Error).message
-      } (build it with: npx deno task build:native)`,
-    );
-  }
+  lib = openNativeLibrary(symbols, path ?? Deno.env.get("CONTINUUM_NATIVE_LIB")).symbols;
 }
 
 function native(): Lib {

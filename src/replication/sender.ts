@@ -10,6 +10,7 @@ import { encodeRecord, FLAG_MAY_TRIM, FLAG_SYNC, Kind, type RecordHeader } from 
 import type { Cursor, Journal, JournalEntry, VolumeInfo } from "../journal/journal.ts";
 import { FRAME_HEADER, FrameType, jsonFrame, timeFrame, writeFrameHeader } from "../wire/frames.ts";
 import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
+import { DirtyMap } from "../capture/dirty-map.ts";
 
 const log = logger("sender");
 
@@ -37,6 +38,16 @@ export interface SenderOptions {
   syncChunk?: number;
   /** Whether this reader holds journal space (default true). An optional one that falls behind is resynchronised. */
   required?: boolean;
+  /** Bytes per second at most (0: no limit). */
+  bandwidth?: number;
+  /**
+   * When the journal is full because of this peer: `block` (the writers wait) or
+   * `pull-ahead` (give up the journal for this peer, remember the chunks it misses
+   * in a bitmap and copy them when it is back). pull-ahead needs stateDir.
+   */
+  congestion?: "block" | "pull-ahead";
+  /** Where this peer's bitmaps of missed chunks are kept. */
+  stateDir?: string;
 }
 
 export interface VolState extends StoredVolume {
@@ -65,6 +76,10 @@ export class Sender {
   /** Bytes acknowledged since start, for throughput. */
   ackedBytes = 0;
   rttMs: number | undefined;
+  /** Set by the connection owner: drop the connection so a new session starts. */
+  onReset: (() => void) | undefined;
+  private readonly missed = new Map<number, DirtyMap>();
+  private pulling = false;
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 64 * 1024 * 1024;
@@ -87,7 +102,88 @@ export class Sender {
       s.vols.set(v.id, { ackedSeq: sv?.ackedSeq ?? 0, state, compared: 0, moved: 0, ackedTime: Date.now() });
     }
     s.cursor = o.journal.cursor(o.name, from, o.required ?? true);
+    if (o.stateDir) {
+      for (const [id, v] of s.vols) {
+        const path = s.missedPath(id);
+        if (v.state === "degraded" && await exists(path)) s.missed.set(id, await s.openMissed(id));
+      }
+    }
+    if (o.congestion === "pull-ahead") {
+      if (!o.stateDir) throw new Error("pull-ahead needs a state directory");
+      o.journal.onPressure((tail) => {
+        if (s.cursor.released <= tail && !s.pulling) s.pullAhead();
+      });
+    }
     return s;
+  }
+
+  private missedPath(volume: number): string {
+    return `${this.o.stateDir}/${this.o.name.replace(/[^A-Za-z0-9._-]/g, "_")}-${volume}.missed`;
+  }
+
+  private async openMissed(volume: number): Promise<DirtyMap> {
+    const info = this.o.journal.volume(volume)!;
+    const m = await DirtyMap.open(this.missedPath(volume), info.size, this.syncChunk);
+    // a map created now starts all-set ("nothing known"); pull-ahead marks exactly what it skips
+    if (m.fresh) {
+      m.clear(m.setChunks());
+      await m.settle();
+    }
+    return m;
+  }
+
+  /** Chunks of a volume a pull-ahead skipped, if a bitmap is kept for it. */
+  missedChunks(volume: number): DirtyMap | undefined {
+    return this.missed.get(volume);
+  }
+
+  /**
+   * The journal is full and this peer holds its tail: stop holding it. Every record
+   * it will not get marks its chunks in the volume's bitmap; the copies become
+   * degraded and the bitmap's chunks are copied at the next session.
+   */
+  private async pullAhead(): Promise<void> {
+    this.pulling = true;
+    try {
+      this.session?.stop();
+      const j = this.o.journal;
+      const to = j.positions.durable;
+      let pos = this.cursor.released;
+      let skipped = 0;
+      while (pos < to) {
+        const entries = await j.readFrom(pos, 16 << 20);
+        if (entries.length === 0) break;
+        for (const e of entries) {
+          pos = e.end;
+          if (e.end > to) break;
+          const h = e.header;
+          const v = this.vols.get(h.volume);
+          if (
+            !v || h.kind === Kind.Wrap || h.kind === Kind.Flush || h.kind === Kind.SyncBegin ||
+            h.kind === Kind.SyncEnd
+          ) {
+            continue;
+          }
+          let m = this.missed.get(h.volume);
+          if (!m) this.missed.set(h.volume, m = await this.openMissed(h.volume));
+          await m.mark(h.offset, h.length);
+          v.state = "degraded";
+          skipped++;
+        }
+      }
+      this.cursor.release(Math.min(pos, to));
+      this.cursor.rewind(this.cursor.released);
+      log.warn("a remote site is too slow for the journal: pulling ahead, its copy is degraded", {
+        peer: this.o.name,
+        skippedRecords: skipped,
+      });
+      this.save();
+      this.onReset?.();
+    } catch (e) {
+      log.error("pull-ahead failed", { peer: this.o.name, error: e });
+    } finally {
+      this.pulling = false;
+    }
   }
 
   get name(): string {
@@ -201,7 +297,8 @@ interface InFlight {
   seq: number;
   bytes: number;
   time: number;
-  syncEnd: boolean;
+  /** A SyncEnd marker: once acknowledged the copy is consistent; these chunks are no longer missed ("all": every one). */
+  syncEnd?: number[] | "all";
 }
 
 interface SyncJob {
@@ -211,6 +308,8 @@ interface SyncJob {
   chunks: number;
   next: number;
   began: boolean;
+  /** Only these chunks (those a pull-ahead skipped), copied without comparing hashes. */
+  only?: number[];
 }
 
 /** One connection's worth of streaming. */
@@ -229,6 +328,8 @@ export class Session {
   private hashWaiters = new Map<number, (h: Uint8Array | undefined) => void>();
   private wake: (() => void) | undefined;
   private readonly signal = { aborted: false };
+  private tokens = 0;
+  private refilled = Date.now();
   readonly done: Promise<void>;
 
   constructor(private readonly s: Sender, private readonly ch: Channel, reports: Map<number, PeerReport>) {
@@ -273,6 +374,8 @@ export class Session {
       }
       if (f.syncEnd) {
         v.state = "consistent";
+        const m = this.s.missedChunks(f.volume);
+        m?.clear(f.syncEnd === "all" ? m.setChunks() : f.syncEnd);
         log.info("replica synchronised", {
           peer: this.s.name,
           volume: f.volume,
@@ -310,7 +413,20 @@ export class Session {
       this.peerLast.set(id, r?.lastSeq ?? 0);
       this.lastSent.set(id, r?.lastSeq ?? 0);
       if (this.needsSync(id, r)) {
-        this.syncs.set(id, { volume: id, chunkSize: this.s.syncChunk, chunks: 0, next: 0, began: false });
+        const v = this.s.volume(id)!;
+        const missed = this.s.missedChunks(id);
+        // a copy that only missed what a pull-ahead skipped gets just those chunks
+        const onlyMissed = missed !== undefined && v.state === "degraded" && r !== undefined &&
+          r.state !== "inconsistent" && r.lastSeq >= v.ackedSeq &&
+          r.lastSeq <= this.s.journal.volume(id)!.lastSeq;
+        this.syncs.set(id, {
+          volume: id,
+          chunkSize: this.s.syncChunk,
+          chunks: 0,
+          next: 0,
+          began: false,
+          only: onlyMissed ? missed.setChunks() : undefined,
+        });
       }
     }
     await this.requestHashes();
@@ -327,6 +443,16 @@ export class Session {
     for (const job of this.syncs.values()) {
       const size = this.s.journal.volume(job.volume)!.size;
       job.chunks = Math.ceil(size / job.chunkSize);
+      if (job.only) {
+        job.chunks = job.only.length;
+        this.s.volume(job.volume)!.state = "syncing";
+        log.info("copying the chunks a replica missed", {
+          peer: this.s.name,
+          volume: job.volume,
+          chunks: job.chunks,
+        });
+        continue;
+      }
       const answer = new Promise<Uint8Array | undefined>((r) => this.hashWaiters.set(job.volume, r));
       this.ch.send(jsonFrame(FrameType.HashRequest, { volume: job.volume, chunkSize: job.chunkSize }));
       const hashes = await answer;
@@ -339,7 +465,13 @@ export class Session {
     }
   }
 
-  private push(bytes: Uint8Array, volume: number, seq: number, time: number, syncEnd = false): void {
+  private push(
+    bytes: Uint8Array,
+    volume: number,
+    seq: number,
+    time: number,
+    syncEnd?: number[] | "all",
+  ): void {
     const head = new Uint8Array(FRAME_HEADER);
     writeFrameHeader(head, 0, FrameType.Record, bytes.length);
     this.ch.send(head);
@@ -347,6 +479,7 @@ export class Session {
     this.sent++;
     this.fifo.push({ no: this.sent, end: this.frontier, volume, seq, bytes: bytes.length, time, syncEnd });
     this.inFlightBytes += bytes.length;
+    if (this.s.o.bandwidth) this.tokens -= bytes.length;
   }
 
   private async windowOpen(): Promise<void> {
@@ -358,6 +491,15 @@ export class Session {
         setTimeout(r, 100);
       });
       this.wake = undefined;
+    }
+    const rate = this.s.o.bandwidth ?? 0;
+    while (rate > 0 && !this.stopped) {
+      // token bucket: refill at the rate, at most one second's worth banked
+      const now = Date.now();
+      this.tokens = Math.min(rate, this.tokens + (now - this.refilled) * rate / 1000);
+      this.refilled = now;
+      if (this.tokens >= 0) break;
+      await new Promise((r) => setTimeout(r, Math.min(200, Math.ceil(-this.tokens / rate * 1000))));
     }
   }
 
@@ -405,7 +547,9 @@ export class Session {
     if (sync && !sync.began) this.beginSync(sync);
     if (h.kind === Kind.SyncBegin) this.lastSent.set(h.volume, undefined);
     else if (!between) this.lastSent.set(h.volume, h.seq);
-    this.push(e.bytes, h.volume, between ? 0 : h.seq, h.time, h.kind === Kind.SyncEnd);
+    // a SyncEnd passed on from upstream says nothing about this peer's own synchronisation;
+    // lag is measured from when a record entered this journal (waiting before that is not this peer's lag)
+    this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time);
   }
 
   /** SyncBegin rebases the peer's sequence: it takes the next captured write whatever its number. */
@@ -436,12 +580,13 @@ export class Session {
       }
       if (this.stopped) return;
       if (job.next >= job.chunks) {
+        const seq = this.lastSent.get(job.volume) ?? 0;
         this.push(
-          syncRecord(Kind.SyncEnd, job.volume, this.lastSent.get(job.volume) ?? 0, 0, 0),
+          syncRecord(Kind.SyncEnd, job.volume, seq, 0, 0),
           job.volume,
           0,
           Date.now(),
-          true,
+          job.only ?? "all",
         );
         this.syncs.delete(job.volume);
       }
@@ -451,7 +596,7 @@ export class Session {
   private async copyChunk(job: SyncJob): Promise<number> {
     const info = this.s.journal.volume(job.volume)!;
     const v = this.s.volume(job.volume)!;
-    const i = job.next++;
+    const i = job.only ? job.only[job.next++] : job.next++;
     const off = i * job.chunkSize;
     const len = Math.min(job.chunkSize, info.size - off);
     // 8-aligned for the word-wise zero check
@@ -503,4 +648,13 @@ function isZero(b: Uint8Array): boolean {
   for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
   for (let i = w.length * 8; i < b.length; i++) if (b[i] !== 0) return false;
   return true;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -41,6 +41,8 @@ export interface SiteClientOptions {
   localSite: string;
   sender: Sender;
   volumes: () => VolumeInfo[];
+  /** With no frame from the site for this long (it answers pings every second), the link is dropped and remade. */
+  idleTimeoutMs?: number;
 }
 
 /** The local gateway's connection to one remote site. */
@@ -106,8 +108,16 @@ export class SiteClient {
     });
     const conn = new StreamConn(auth.conn);
     this.conn = conn;
+    this.o.sender.onReset = () => conn.close();
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn, 256 * 1024);
+    let lastFrame = Date.now();
+    const idle = setInterval(() => {
+      if (Date.now() - lastFrame > (this.o.idleTimeoutMs ?? 10_000)) {
+        log.warn("no answer from the remote site: reconnecting", { site: this.o.site });
+        conn.close();
+      }
+    }, 1000);
     try {
       const vols = this.o.volumes();
       writer.send(jsonFrame(FrameType.SiteHello, {
@@ -139,6 +149,7 @@ export class SiteClient {
         const f = await readFrame(reader);
         if (!f) throw new Error("the remote site closed the connection");
         if (writer.error) throw writer.error;
+        lastFrame = Date.now();
         switch (f.type) {
           case FrameType.Accepted:
             session.onAck(decodeSeqFrame(f.body).seq);
@@ -160,6 +171,7 @@ export class SiteClient {
         }
       }
     } finally {
+      clearInterval(idle);
       if (this.session) this.o.sender.detach(this.session);
       this.session = undefined;
       if (this.connected && !this.reannouncing) log.warn("site disconnected", { site: this.o.site });

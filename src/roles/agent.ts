@@ -114,6 +114,9 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
 
   if (p["standby"] === true) return await runStandby(p, id, secret, volumesArg, dataDir);
   const link = new AgentLink({ gateway: parseAddress(str(p, "gateway")), agent: id, secret });
+  let fail!: (e: Error) => void;
+  const fatal = new Promise<never>((_, reject) => fail = reject);
+  fatal.catch(() => {}); // observed by main
   const exports: ProtectedVolume[] = [];
   const opened: Volume[] = [];
   const maps: DirtyMap[] = [];
@@ -134,11 +137,16 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
         onGatewayLoss: str(p, "on-gateway-loss") as GatewayLossPolicy,
         gatewayTimeoutMs: num(p, "gateway-timeout"),
         maxUnconfirmedBytes: num(p, "max-unconfirmed"),
+        onFatal: (e) => fail(e),
       });
+      pv.opened.catch(() => {}); // awaited below
       exports.push(pv);
       link.register(pv);
     }
     link.start();
+    // a gateway that answers refuses misconfigured volumes (e.g. a changed size) now, not after
+    // clients wrote to them; an unreachable gateway is the business of --on-gateway-loss
+    await Promise.race([Promise.all(exports.map((e) => e.opened)), new Promise((r) => setTimeout(r, 5000))]);
     const server = await serveNbd(p, dataDir, () => exports);
     log.info("agent ready", {
       agent: id,
@@ -146,6 +154,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
       nbdTcpPort: server.tcpPort ?? null,
     });
     return {
+      fatal,
       stop: async () => {
         await server.close();
         await Promise.all(exports.map((e) => e.close()));

@@ -1,7 +1,7 @@
 // The local gateway role: accepts agents, journals their records (write cache),
 // keeps its own mirror of every volume, and serves status over HTTP.
 import type { FlagSpec, Parsed } from "../cli/flags.ts";
-import { UsageError } from "../cli/flags.ts";
+import { parseSize, UsageError } from "../cli/flags.ts";
 import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
 import { openDatabase } from "../db/db.ts";
@@ -99,6 +99,21 @@ export const localGatewayFlags: FlagSpec[] = [
     description:
       "this site's key pair for remote sites (made by `continuum keygen`) [default: DATA-DIR/keys]",
     placeholder: "DIR",
+  },
+  {
+    name: "remote-bandwidth",
+    type: "string",
+    multiple: true,
+    description: "most bytes per second to a remote site (e.g. 50M)",
+    placeholder: "NAME=RATE",
+  },
+  {
+    name: "congestion",
+    type: "string",
+    description:
+      "when a slow site fills the journal: block the writers, or pull ahead (track its missed chunks, copy them later)",
+    choices: ["block", "pull-ahead"],
+    default: "block",
   },
   {
     name: "window",
@@ -248,6 +263,13 @@ async function openRemotes(
   const fps = pairs("remote-fingerprint", p["remote-fingerprint"]);
   const identity = await loadIdentity(optStr(p, "key-dir") ?? `${dataDir}/keys`);
   const store = new CursorStore(journal.database);
+  const bandwidth = pairs("remote-bandwidth", p["remote-bandwidth"]);
+  for (const site of bandwidth.keys()) {
+    if (!addrs.has(site)) {
+      throw new UsageError(`--remote-bandwidth ${site}: no --remote ${site}=HOST:PORT given`);
+    }
+  }
+  ensurePrivateDir(`${dataDir}/sites`);
   const out: Remote[] = [];
   for (const [site, addr] of addrs) {
     const fp = fps.get(site);
@@ -264,6 +286,9 @@ async function openRemotes(
       carries: () => true,
       windowBytes: num(p, "window"),
       syncChunk: num(p, "sync-chunk"),
+      bandwidth: bandwidth.has(site) ? parseSize(bandwidth.get(site)!) : 0,
+      congestion: str(p, "congestion") as "block" | "pull-ahead",
+      stateDir: `${dataDir}/sites`,
     });
     const client = new SiteClient({
       site,

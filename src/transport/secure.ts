@@ -15,6 +15,7 @@
 //
 // node:tls rather than Deno.listenTls/connectTls: only node:tls lets the server ask
 // for a client certificate and shows each side what its peer presented.
+import type { AddressInfo } from "node:net";
 import tls, { type TLSSocket } from "node:tls";
 import { logger } from "../log.ts";
 import type { Bytes } from "./der.ts";
@@ -70,6 +71,7 @@ export interface PeerRejection {
 }
 
 export interface ListenSecureOptions {
+  /** Address to listen on; all interfaces when omitted. */
   hostname?: string;
   port: number;
   identity: Identity;
@@ -151,28 +153,6 @@ async function proofValid(spki: Bytes, proof: Bytes, message: Bytes): Promise<bo
   }
 }
 
-/** Exactly n bytes from a socket not yet handed to the application; the rest stays buffered. */
-function readExactly(sock: TLSSocket, n: number): Promise<Bytes> {
-  return new Promise((resolve, reject) => {
-    const finish = (err?: Error, bytes?: Bytes) => {
-      sock.off("readable", attempt);
-      sock.off("close", closed);
-      if (err) reject(err);
-      else resolve(bytes!);
-    };
-    const attempt = () => {
-      const chunk: Uint8Array | null = sock.read(n);
-      if (chunk === null) return;
-      if (chunk.length !== n) finish(new Error("connection closed"));
-      else finish(undefined, new Uint8Array(chunk));
-    };
-    const closed = () => finish(new Error("connection closed"));
-    sock.on("readable", attempt);
-    sock.once("close", closed);
-    attempt();
-  });
-}
-
 // ---- streams ----
 
 function remoteOf(sock: TLSSocket): string {
@@ -180,37 +160,102 @@ function remoteOf(sock: TLSSocket): string {
   return `${host.includes(":") ? `[${host}]` : host}:${sock.remotePort ?? 0}`;
 }
 
+/**
+ * What a socket receives after its TLS handshake: first taken a few bytes at a time
+ * by the authentication, then handed over as a ReadableStream. One "data" listener
+ * from the start, so the socket never has to be paused while authenticating.
+ */
+class Inbound {
+  #sock: TLSSocket;
+  #early: Uint8Array[] = [];
+  #earlyBytes = 0;
+  #ended = false;
+  #closed = false;
+  #wake: (() => void) | undefined;
+  #controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+
+  /** limit: bytes a peer may send before the application takes over; more closes the connection. */
+  constructor(sock: TLSSocket, limit: number) {
+    this.#sock = sock;
+    sock.on("data", (chunk: Uint8Array) => {
+      if (this.#controller) {
+        this.#controller.enqueue(chunk);
+        if ((this.#controller.desiredSize ?? 0) <= 0) sock.pause();
+        return;
+      }
+      this.#early.push(chunk);
+      this.#earlyBytes += chunk.length;
+      if (this.#earlyBytes > limit) sock.destroy();
+      this.#notify();
+    });
+    sock.once("end", () => {
+      this.#ended = true;
+      this.#controller?.close();
+      this.#notify();
+    });
+    sock.once("close", () => {
+      this.#closed = true;
+      if (!this.#ended) this.#controller?.error(new Error(`connection to ${remoteOf(sock)} closed`));
+      this.#notify();
+    });
+  }
+
+  #notify() {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+
+  /** Exactly n bytes, or an error once the peer has closed without sending them. */
+  async take(n: number): Promise<Bytes> {
+    while (this.#earlyBytes < n) {
+      if (this.#ended || this.#closed) throw new Error("connection closed");
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    const out = new Uint8Array(n);
+    for (let at = 0; at < n;) {
+      const head = this.#early[0];
+      const used = Math.min(head.length, n - at);
+      out.set(head.subarray(0, used), at);
+      at += used;
+      if (used === head.length) this.#early.shift();
+      else this.#early[0] = head.subarray(used);
+    }
+    this.#earlyBytes -= n;
+    return out;
+  }
+
+  /** The rest of the byte stream, starting with anything received early. */
+  stream(): ReadableStream<Uint8Array> {
+    const sock = this.#sock;
+    return new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        for (const chunk of this.#early.splice(0)) controller.enqueue(chunk);
+        this.#earlyBytes = 0;
+        if (this.#ended) controller.close();
+        else if (this.#closed) controller.error(new Error(`connection to ${remoteOf(sock)} closed`));
+        else this.#controller = controller;
+      },
+      pull() {
+        if (sock.isPaused()) sock.resume();
+      },
+      cancel() {
+        sock.destroy();
+      },
+    }, new ByteLengthQueuingStrategy({ highWaterMark: READ_QUEUE_BYTES }));
+  }
+}
+
 // Web streams over the socket. Node's Duplex.toWeb is not used: in Deno 2.9 closing
 // its writable while the readable is still open fails with an AbortError.
-function wrap(sock: TLSSocket, remoteAddr: string): SecureConn {
+function toConn(sock: TLSSocket, inbound: Inbound, remoteAddr: string): SecureConn {
   const closedEarly = () => new Error(`connection to ${remoteAddr} closed`);
   sock.setNoDelay(true);
-  const readable = new ReadableStream<Uint8Array>({
-    start(controller) {
-      let ended = false;
-      sock.on("data", (chunk: Uint8Array) => {
-        controller.enqueue(chunk);
-        if ((controller.desiredSize ?? 0) <= 0) sock.pause();
-      });
-      sock.once("end", () => {
-        ended = true;
-        controller.close();
-      });
-      sock.once("close", () => {
-        if (!ended) controller.error(closedEarly());
-      });
-    },
-    pull() {
-      sock.resume();
-    },
-    cancel() {
-      sock.destroy();
-    },
-  }, new ByteLengthQueuingStrategy({ highWaterMark: READ_QUEUE_BYTES }));
   const writable = new WritableStream<Uint8Array>({
     write(chunk) {
       if (sock.destroyed) throw closedEarly();
-      if (sock.write(chunk)) return;
+      // a copy: the socket may hold on to it after this write resolves, and callers reuse buffers
+      if (sock.write(chunk.slice())) return;
       return new Promise<void>((resolve, reject) => {
         const settle = (err?: Error) => {
           sock.off("drain", onDrain);
@@ -233,10 +278,17 @@ function wrap(sock: TLSSocket, remoteAddr: string): SecureConn {
       sock.destroy();
     },
   });
-  return { readable, writable, remoteAddr, close: () => sock.destroy() };
+  return { readable: inbound.stream(), writable, remoteAddr, close: () => sock.destroy() };
 }
 
 // ---- server ----
+
+/** Why the server turned a client away, with what the client presented. */
+class Rejection extends Error {
+  constructor(readonly fingerprint: string | undefined, reason: string) {
+    super(reason);
+  }
+}
 
 export async function listenSecure(opts: ListenSecureOptions): Promise<SecureListener> {
   for (const fp of opts.trustedPeers.keys()) {
@@ -264,7 +316,11 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
   };
 
   // Runs once the TLS handshake is done; nothing the client sends is read but its proof.
-  const authenticate = async (sock: TLSSocket, remote: string): Promise<AuthenticatedConn> => {
+  const authenticate = async (
+    sock: TLSSocket,
+    remote: string,
+    inbound: Inbound,
+  ): Promise<AuthenticatedConn> => {
     let presented: Presented | undefined;
     try {
       presented = presentedCertificate(sock);
@@ -276,7 +332,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     const peer = opts.trustedPeers.get(fp);
     if (peer === undefined) throw new Rejection(fp, "fingerprint not trusted");
     const binding = channelBinding(sock, "server");
-    const proof = await readExactly(sock, PROOF_BYTES).catch(() => {
+    const proof = await inbound.take(PROOF_BYTES).catch(() => {
       throw new Rejection(fp, "closed before proving its key");
     });
     if (!await proofValid(presented.spki, proof, proofMessage("client", binding, fp, ownFp))) {
@@ -284,7 +340,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     }
     sock.write(await makeProof(signingKey, proofMessage("server", binding, fp, ownFp)));
     log.info("peer authenticated", { remote, peer, fingerprint: fp });
-    return { conn: wrap(sock, remote), peer, fingerprint: fp };
+    return { conn: toConn(sock, inbound, remote), peer, fingerprint: fp };
   };
 
   const server = tls.createServer({
@@ -309,7 +365,8 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
       settled = true;
       reject(sock, remote, undefined, `no key possession proof within ${timeoutMs} ms`);
     }, timeoutMs);
-    authenticate(sock, remote).then(
+    // the client's proof is all it may send before it has the server's
+    authenticate(sock, remote, new Inbound(sock, PROOF_BYTES)).then(
       (item) => {
         if (settled) return item.conn.close();
         settled = true;
@@ -328,16 +385,14 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
 
   await new Promise<void>((resolve, fail) => {
     server.once("error", fail);
-    server.listen(opts.port, opts.hostname ?? "0.0.0.0", () => {
+    server.listen(opts.port, opts.hostname, () => {
       server.off("error", fail);
       resolve();
     });
   });
   server.on("error", (e: Error) => log.error("listener error", { error: e }));
-  const address = server.address();
-  const addr = typeof address === "object" && address
-    ? { hostname: address.address, port: address.port }
-    : { hostname: opts.hostname ?? "0.0.0.0", port: opts.port };
+  const { address, port } = server.address() as AddressInfo;
+  const addr = { hostname: address, port };
   log.info("listening", { ...addr, fingerprint: ownFp });
 
   return {
@@ -361,13 +416,6 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
       };
     },
   };
-}
-
-/** Why the server turned a client away, with what the client presented. */
-class Rejection extends Error {
-  constructor(readonly fingerprint: string | undefined, reason: string) {
-    super(reason);
-  }
 }
 
 // ---- client ----
@@ -398,14 +446,14 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
     throw new Error(message);
   };
   const handshake = async (): Promise<AuthenticatedConn> => {
-    await new Promise<void>((resolve, reject) => {
+    const inbound = await new Promise<Inbound>((resolve, reject) => {
       const onClose = () => reject(new Error("connection closed during the TLS handshake"));
       sock.once("error", reject);
       sock.once("close", onClose);
       sock.once("secureConnect", () => {
         sock.off("error", reject);
         sock.off("close", onClose);
-        resolve();
+        resolve(new Inbound(sock, READ_QUEUE_BYTES));
       });
     }).catch((e: Error) => fail(`cannot connect to ${where}: ${e.message}`));
 
@@ -426,7 +474,7 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
     }
     const binding = channelBinding(sock, "client");
     sock.write(await makeProof(signingKey, proofMessage("client", binding, ownFp, expected)));
-    const proof = await readExactly(sock, PROOF_BYTES).catch(() =>
+    const proof = await inbound.take(PROOF_BYTES).catch(() =>
       fail(`server at ${where} refused us (is ${ownFp} among its trusted peers?)`)
     );
     if (!await proofValid(presented.spki, proof, proofMessage("server", binding, ownFp, expected))) {
@@ -439,7 +487,7 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
     }
     const peer = opts.peerName ?? certificateCommonName(presented.der) ?? where;
     log.info("connected to peer", { remote: where, peer, fingerprint: expected });
-    return { conn: wrap(sock, remoteOf(sock)), peer, fingerprint: expected };
+    return { conn: toConn(sock, inbound, remoteOf(sock)), peer, fingerprint: expected };
   };
 
   const timeout = new Promise<never>((_, reject) => {

@@ -35,11 +35,15 @@ export function startStatusServer(o: StatusServerOptions): StatusServer {
     log.error("request failed", { path: c.req.path, error: e });
     return c.json({ error: e.message }, 500);
   });
-  const server = Deno.serve({
-    hostname: o.listen.hostname,
-    port: o.listen.port,
-    onListen: () => {},
-  }, app.fetch);
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({ hostname: o.listen.hostname, port: o.listen.port, onListen: () => {} }, app.fetch);
+  } catch (e) {
+    const why = e instanceof Deno.errors.AddrInUse
+      ? "address in use (another Continuum running?)"
+      : (e as Error).message;
+    throw new Error(`cannot listen on ${o.listen.hostname}:${o.listen.port} for HTTP: ${why}`);
+  }
   return {
     port: server.addr.port,
     close: () => server.shutdown(),

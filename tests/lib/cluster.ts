@@ -2,6 +2,7 @@
 // temporary directories, and helpers to wait on them and compare images.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
+import { Proxy } from "./proxy.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 export const mainTs = `${root}main.ts`;
@@ -461,6 +462,8 @@ export async function startTopology(prefix: string, opts: {
   ackAfter?: "rgp" | "rsp";
   /** Run before the roles start (fill images, place old copies). */
   prepare?: (dir: string, paths: { lsp: string; rsp: Record<string, string> }) => Promise<void>;
+  /** Sites whose link from the local gateway goes through a test proxy (cut, heal, corrupt). */
+  proxied?: string[];
 }) {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
@@ -496,6 +499,10 @@ export async function startTopology(prefix: string, opts: {
       home: `standby-${site}`,
     }).start();
   }
+  const proxies: Record<string, Proxy> = {};
+  for (const s of opts.proxied ?? []) {
+    proxies[s] = new Proxy({ hostname: "127.0.0.1", port: remotes[s].port });
+  }
   const gw = await new Gateway({
     dir,
     agents: { a1: secret },
@@ -504,7 +511,7 @@ export async function startTopology(prefix: string, opts: {
       localKeys,
       ...opts.sites.flatMap((s) => [
         "--remote",
-        `${s}=127.0.0.1:${remotes[s].port}`,
+        `${s}=127.0.0.1:${proxies[s]?.port ?? remotes[s].port}`,
         "--remote-fingerprint",
         `${s}=${remotes[s].fingerprint}`,
       ]),
@@ -526,6 +533,7 @@ export async function startTopology(prefix: string, opts: {
     agent,
     remotes,
     standbys,
+    proxies,
     lsp,
     rsp,
     localFp,
@@ -559,6 +567,7 @@ export async function startTopology(prefix: string, opts: {
       return out;
     },
     async stop() {
+      for (const p of Object.values(proxies)) p.close();
       await agent.proc.stop();
       await gw.proc.stop();
       for (const s of Object.values(standbys)) await s.proc.stop();

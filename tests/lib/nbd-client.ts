@@ -65,6 +65,7 @@ export class NbdClient {
   >();
   private readLoop: Promise<void> | undefined;
   private disconnecting = false;
+  private writes: Promise<void> = Promise.resolve();
   closedError: Error | undefined;
 
   private constructor(readonly conn: Deno.Conn) {
@@ -75,9 +76,14 @@ export class NbdClient {
     return new NbdClient(await Deno.connect({ transport: "unix", path: socket }));
   }
 
-  async writeAll(b: Uint8Array): Promise<void> {
-    let at = 0;
-    while (at < b.length) at += await this.conn.write(b.subarray(at));
+  /** Writes b after everything written before it (concurrent writes would interleave on the socket). */
+  writeAll(b: Uint8Array): Promise<void> {
+    const w = this.writes.then(async () => {
+      let at = 0;
+      while (at < b.length) at += await this.conn.write(b.subarray(at));
+    });
+    this.writes = w.catch(() => {});
+    return w;
   }
 
   /** Reads the server greeting and sends the client flags. */

@@ -1,0 +1,127 @@
+// A TCP proxy for tests: forwards a port to another; `cut()` stops forwarding
+// in both directions (the peers see silence, as with a firewall DROP) and
+// `heal()` resumes; `corrupt` flips a bit in forwarded data.
+export class Proxy {
+  private listener: Deno.Listener;
+  private conns = new Set<Deno.Conn>();
+  private paused = false;
+  private resume: (() => void)[] = [];
+  /**
+   * Flip one bit in the payload of the next record frame (Continuum framing: u32
+   * length, u8 type 7, 72-byte record header, payload) going client → server.
+   */
+  corruptRecord = false;
+  corrupted = 0;
+  // framing state of the client → server stream
+  private head = new Uint8Array(5);
+  private headFill = 0;
+  private left = 0;
+  private inRecordPayloadAt = -1;
+  readonly port: number;
+
+  constructor(
+    private readonly target: { hostname: string; port: number } | { path: string },
+    listen?: { path: string },
+  ) {
+    this.listener = listen
+      ? Deno.listen({ transport: "unix", path: listen.path })
+      : Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.port = listen ? 0 : (this.listener.addr as Deno.NetAddr).port;
+    this.accept();
+  }
+
+  private async accept(): Promise<void> {
+    for await (const c of this.listener) {
+      this.conns.add(c);
+      (async () => {
+        let up: Deno.Conn;
+        try {
+          up = "path" in this.target
+            ? await Deno.connect({ transport: "unix", path: this.target.path })
+            : await Deno.connect(this.target);
+        } catch {
+          c.close();
+          return;
+        }
+        this.conns.add(up);
+        await Promise.allSettled([this.pump(c, up, true), this.pump(up, c, false)]);
+        for (const x of [c, up]) {
+          this.conns.delete(x);
+          try {
+            x.close();
+          } catch { /* closed */ }
+        }
+      })();
+    }
+  }
+
+  private async pump(from: Deno.Conn, to: Deno.Conn, forward: boolean): Promise<void> {
+    const buf = new Uint8Array(64 * 1024);
+    try {
+      while (true) {
+        while (this.paused) await new Promise<void>((r) => this.resume.push(r));
+        const n = await from.read(buf);
+        if (n === null) break;
+        while (this.paused) await new Promise<void>((r) => this.resume.push(r));
+        const chunk = buf.slice(0, n);
+        if (forward) this.track(chunk);
+        let at = 0;
+        while (at < n) at += await to.write(chunk.subarray(at));
+      }
+    } catch { /* either side closed */ }
+    try {
+      to.close();
+    } catch { /* closed */ }
+  }
+
+  /** Follows frame boundaries; flips a payload bit of the first record frame once armed. */
+  private track(chunk: Uint8Array): void {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.left === 0) {
+        this.head[this.headFill++] = chunk[i++];
+        if (this.headFill < 5) continue;
+        this.headFill = 0;
+        this.left = new DataView(this.head.buffer).getUint32(0) - 1;
+        // 72-byte record header, then 100 bytes into the payload
+        this.inRecordPayloadAt = this.head[4] === 7 && this.left > 72 + 200 ? 72 + 100 : -1;
+        continue;
+      }
+      const take = Math.min(this.left, chunk.length - i);
+      const offsetInBody = this.bodyLength() - this.left;
+      const target = this.inRecordPayloadAt;
+      if (this.corruptRecord && target >= offsetInBody && target < offsetInBody + take) {
+        chunk[i + (target - offsetInBody)] ^= 0x10;
+        this.corruptRecord = false;
+        this.corrupted++;
+      }
+      this.left -= take;
+      i += take;
+    }
+  }
+
+  private bodyLength(): number {
+    return new DataView(this.head.buffer).getUint32(0) - 1;
+  }
+
+  cut(): void {
+    this.paused = true;
+  }
+
+  heal(): void {
+    this.paused = false;
+    for (const r of this.resume.splice(0)) r();
+  }
+
+  close(): void {
+    this.heal();
+    try {
+      this.listener.close();
+    } catch { /* closed */ }
+    for (const c of this.conns) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+  }
+}
