@@ -68,17 +68,97 @@ class RoleChild {
   }
 }
 
+/** Runs `continuum keygen` once per site (kept across demo runs); returns the fingerprint. */
+async function siteKey(dir: string, name: string): Promise<string> {
+  let exists = false;
+  try {
+    await Deno.stat(`${dir}/key.pem`);
+    exists = true;
+  } catch { /* first run */ }
+  const args = [
+    "run",
+    "-A",
+    `${root}main.ts`,
+    "keygen",
+    ...(exists ? ["--show"] : ["--name", name]),
+    "--dir",
+    dir,
+  ];
+  const out = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" }).output();
+  const m = /^fingerprint=(\S+)$/m.exec(new TextDecoder().decode(out.stdout));
+  if (!m) throw new Error(`keygen for ${name} failed: ${new TextDecoder().decode(out.stderr)}`);
+  return m[1];
+}
+
 await ensureSetup();
 await Deno.mkdir(data, { recursive: true });
 const lsp = `${data}/lsp-vol0.img`;
 await sparse(lsp, GiB);
 await secret(`${data}/agent.secret`);
+const localFp = await siteKey(`${data}/keys-local`, "local");
+const sites = [];
+for (const s of [{ name: "dr1", port: 7901, http: 7881 }, { name: "dr2", port: 7902, http: 7882 }]) {
+  sites.push({ ...s, fp: await siteKey(`${data}/keys-${s.name}`, s.name) });
+}
+const roles: RoleChild[] = [];
+const rsp: Record<string, string> = {};
+
+for (const site of sites) {
+  await secret(`${data}/standby-${site.name}.secret`);
+  const remote = new RoleChild(`remote-gateway-${site.name}`, [
+    "--role",
+    "remote-gateway",
+    "--id",
+    site.name,
+    "--data-dir",
+    `${data}/remote-${site.name}`,
+    "--key-dir",
+    `${data}/keys-${site.name}`,
+    "--listen",
+    `127.0.0.1:${site.port}`,
+    "--trust",
+    `local=${localFp}`,
+    "--agent-listen",
+    `unix:${data}/remote-${site.name}.sock`,
+    "--agent-secret",
+    `app1=${data}/standby-${site.name}.secret`,
+    "--http-listen",
+    `127.0.0.1:${site.http}`,
+    "--buffer-size",
+    "512M",
+  ]);
+  roles.push(remote);
+  await remote.ready("remote gateway ready");
+  rsp[site.name] = `${data}/rsp-${site.name}-vol0.img`;
+  await sparse(rsp[site.name], GiB);
+  const standby = new RoleChild(`standby-agent-${site.name}`, [
+    "--role",
+    "agent",
+    "--standby",
+    "--id",
+    "app1",
+    "--data-dir",
+    `${data}/standby-${site.name}`,
+    "--volume",
+    `vol0=${rsp[site.name]}`,
+    "--gateway",
+    `unix:${data}/remote-${site.name}.sock`,
+    "--secret-file",
+    `${data}/standby-${site.name}.secret`,
+    "--nbd-listen",
+    "off",
+  ]);
+  roles.push(standby);
+  await standby.ready("agent ready");
+}
 
 const gateway = new RoleChild("local-gateway", [
   "--role",
   "local-gateway",
   "--data-dir",
   `${data}/local-gateway`,
+  "--key-dir",
+  `${data}/keys-local`,
   "--agent-listen",
   "127.0.0.1:7800",
   "--agent-secret",
@@ -87,7 +167,14 @@ const gateway = new RoleChild("local-gateway", [
   "127.0.0.1:7880",
   "--buffer-size",
   "512M",
+  ...sites.flatMap((s) => [
+    "--remote",
+    `${s.name}=127.0.0.1:${s.port}`,
+    "--remote-fingerprint",
+    `${s.name}=${s.fp}`,
+  ]),
 ]);
+roles.push(gateway);
 await gateway.ready("local gateway ready");
 const agent = new RoleChild("agent", [
   "--role",
@@ -105,10 +192,11 @@ const agent = new RoleChild("agent", [
   "--nbd-listen",
   "127.0.0.1:10809",
 ]);
+roles.push(agent);
 await agent.ready("agent ready");
 
 const socket = `${data}/agent/nbd.sock`;
-const lines = {
+const lines: Record<string, string> = {
   "nbd-uri": `nbd+unix:///vol0?socket=${socket}`,
   "nbd-tcp-uri": "nbd://127.0.0.1:10809/vol0",
   "lsp-image": lsp,
@@ -116,13 +204,24 @@ const lines = {
   gateway: "127.0.0.1:7800",
   "gateway-status": "http://127.0.0.1:7880/api/status",
   "api-token-file": `${data}/local-gateway/api-token`,
-  logs: data,
 };
+for (const s of sites) {
+  lines[`rgp-image.${s.name}`] = `${data}/remote-${s.name}/replicas/app1/vol0.img`;
+  lines[`rsp-image.${s.name}`] = rsp[s.name];
+  lines[`remote-status.${s.name}`] = `http://127.0.0.1:${s.http}/api/status`;
+}
+lines.logs = data;
 for (const [k, v] of Object.entries(lines)) console.log(`${k}=${v}`);
+const images = [
+  "lsp-image",
+  "lgp-image",
+  ...sites.flatMap((s) => [`rgp-image.${s.name}`, `rsp-image.${s.name}`]),
+]
+  .map((k) => lines[k]).join(" ");
 console.log(`
-Write to the protected volume, then compare the two images:
+Write to the protected volume, then compare every copy:
   qemu-io -f raw '${lines["nbd-uri"]}' -c 'write -P 0xab 0 1M' -c flush
-  sha256sum ${lines["lsp-image"]} ${lines["lgp-image"]}
+  sha256sum ${images}
 Status (the API needs the token):
   curl -H "Authorization: Bearer $(cat ${lines["api-token-file"]})" ${lines["gateway-status"]}
 Ctrl-C stops everything.`);
@@ -132,5 +231,5 @@ await new Promise<void>((resolve) => {
   Deno.addSignalListener("SIGTERM", () => resolve());
 });
 console.log("\nstopping…");
-for (const role of [agent, gateway]) await role.stop();
+for (const role of roles.reverse()) await role.stop();
 console.log("stopped");

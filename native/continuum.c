@@ -52,6 +52,20 @@ static int is_blockdev(int fd) {
   return fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
 }
 
+// Reserves the blocks of [off, off+len) so later writes there cannot fail for
+// lack of space (the journal ring is preallocated this way).
+EXPORT int64_t cn_allocate(int fd, uint64_t off, uint64_t len) {
+  int r = posix_fallocate(fd, (off_t)off, (off_t)len);
+  return r == 0 ? 0 : -r;
+}
+
+// Drops clean cached pages of a range read once (resynchronisation, hashing), so
+// it neither evicts useful pages nor leaves large folios that slow small writes.
+EXPORT int64_t cn_drop_cache(int fd, uint64_t off, uint64_t len) {
+  int r = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+  return r == 0 ? 0 : -r;
+}
+
 EXPORT int64_t cn_size(int fd) {
   struct stat st;
   if (fstat(fd, &st) < 0) return -errno;
@@ -164,6 +178,7 @@ EXPORT int64_t cn_hash_range(int fd, uint64_t off, uint64_t len, uint64_t chunk,
     }
     if ((uint64_t)r < n) memset(buf + r, 0, n - (uint64_t)r); // past the end reads as zeroes
     put_hash(buf, n, out + 16 * count);
+    posix_fadvise(fd, (off_t)(off + pos), (off_t)n, POSIX_FADV_DONTNEED);
   }
   free(buf);
   return count;

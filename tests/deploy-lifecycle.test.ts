@@ -288,6 +288,8 @@ t("misconfiguration: a port already in use", async () => {
       `${dir}/gateway-2`,
       "--agent-listen",
       `127.0.0.1:${port}`,
+      "--heartbeat-listen",
+      `127.0.0.1:${freePort()}`,
       "--http-listen",
       `127.0.0.1:${freePort()}`,
       "--buffer-size",
@@ -300,7 +302,7 @@ t("misconfiguration: a port already in use", async () => {
       second.message,
       `continuum: cannot listen on 127.0.0.1:${port}: address in use (another Continuum running?)`,
     );
-    // the HTTP port too (the message does not name the address yet)
+    // the HTTP port too
     const third = await startExpectingExit("gateway-3", dir, [
       "--role",
       "local-gateway",
@@ -308,13 +310,18 @@ t("misconfiguration: a port already in use", async () => {
       `${dir}/gateway-3`,
       "--agent-listen",
       `unix:${dir}/gw3.sock`,
+      "--heartbeat-listen",
+      `127.0.0.1:${freePort()}`,
       "--http-listen",
       `127.0.0.1:${first.httpPort}`,
       "--buffer-size",
       "256M",
     ]);
     assert.is(third.code, 1, third.log);
-    assert.match(third.message, /in use/i);
+    assert.is(
+      third.message,
+      `continuum: cannot listen on 127.0.0.1:${first.httpPort} for HTTP: address in use (another Continuum running?)`,
+    );
   } finally {
     await first.proc.stop();
   }

@@ -291,8 +291,15 @@ tr("mutually pinned sites exchange data both ways", async () => {
   assert.is(client.peer, "site-a");
   assert.is(client.fingerprint, siteA.fingerprint);
 
-  await writeAndClose(client.conn.writable, "replicated writes from b");
-  assert.is(await readAll(side.conn.readable), "replicated writes from b");
+  // one buffer, refilled after each write resolves, as a frame writer would
+  const w = client.conn.writable.getWriter();
+  const buf = new Uint8Array(5);
+  for (const word of ["write", "again"]) {
+    enc.encodeInto(word, buf);
+    await w.write(buf);
+  }
+  await w.close();
+  assert.is(await readAll(side.conn.readable), "writeagain");
   await writeAndClose(side.conn.writable, "acks from a");
   assert.is(await readAll(client.conn.readable), "acks from a");
   server.listener.close();

@@ -456,16 +456,16 @@ ring("Ring.open refuses a buffer below the minimum and foreign content; keeps it
   try {
     let err: Error | undefined;
     try {
-      Ring.open(`${dir}/small`, RING_SIZE - 64 * 1024 - 1);
+      await Ring.open(`${dir}/small`, RING_SIZE - 64 * 1024 - 1);
     } catch (e) {
       err = e as Error;
     }
     assert.match(err?.message ?? "", /at least/);
-    const r = Ring.open(`${dir}/ok`, RING_SIZE);
+    const r = await Ring.open(`${dir}/ok`, RING_SIZE);
     const id = r.id;
     assert.is(r.dataSize, RING_SIZE - DATA_START);
     r.close();
-    const r2 = Ring.open(`${dir}/ok`, RING_SIZE);
+    const r2 = await Ring.open(`${dir}/ok`, RING_SIZE);
     assert.is(r2.id, id, "the superblock names the ring");
     r2.close();
     // a file of the right size holding something else
@@ -474,7 +474,7 @@ ring("Ring.open refuses a buffer below the minimum and foreign content; keeps it
     Deno.truncateSync(foreign, RING_SIZE);
     let err2: Error | undefined;
     try {
-      Ring.open(foreign, RING_SIZE);
+      await Ring.open(foreign, RING_SIZE);
     } catch (e) {
       err2 = e as Error;
     }
@@ -492,7 +492,7 @@ ring(
   "place: records never straddle the end of a lap; a Wrap filler fills gaps of a header or more",
   async () => {
     const dir = await tempDir();
-    const r = Ring.open(`${dir}/r`, RING_SIZE);
+    const r = await Ring.open(`${dir}/r`, RING_SIZE);
     try {
       const D = r.dataSize;
       assert.equal(r.place(0, 1000), { at: 0 });
@@ -804,7 +804,7 @@ async function writeBehindIndex(
   recs: Rec[],
   sums: Map<number, string>,
 ): Promise<number[]> {
-  const r = Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
+  const r = await Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
   const positions: number[] = [];
   try {
     let pos = head;
@@ -940,7 +940,7 @@ recovery("recovery stops at a damaged header, a sequence gap, a stale lap or an 
   const sums = new Map<number, string>();
   try {
     const { id, head, dataSize } = await prepared(dir, 3, sums);
-    const r = Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
+    const r = await Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
     const x = rec(4, 10);
     x.header.volume = id;
     x.header.pos = head + dataSize; // same physical place, next lap

@@ -9,7 +9,7 @@
 // `track` mode) the chunks that may differ are known and are resent from the
 // local disk on the next connection.
 import { logger } from "../log.ts";
-import type { BatchOp } from "../native/mod.ts";
+import { type BatchOp, dropCache } from "../native/mod.ts";
 import { EIO, EPERM } from "../nbd/protocol.ts";
 import { NbdError, type NbdExport, WRITE_HEADROOM } from "../nbd/server.ts";
 import { FLAG_FUA, FLAG_MAY_TRIM, HEADER_SIZE, Kind, writeHeader } from "../record/record.ts";
@@ -337,6 +337,8 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
     op.released = true;
     op.data = new Uint8Array(WRITE_HEADROOM + op.length).subarray(WRITE_HEADROOM);
     this.local.run({ op: "read", buf: op.data, off: op.offset }).then(() => {
+      // read once: its pages would only crowd the cache (and slow small writes there)
+      dropCache(this.o.volume.fd, op.offset, op.length).catch(() => {});
       if (isZero(op.data!)) {
         op.kind = Kind.Zero;
         op.flags = FLAG_MAY_TRIM;

@@ -9,6 +9,7 @@ import { agentFlags, runAgent } from "../roles/agent.ts";
 import { localGatewayFlags, runLocalGateway } from "../roles/local-gateway.ts";
 import { remoteGatewayFlags, runRemoteGateway } from "../roles/remote-gateway.ts";
 import { keygenUsage, runKeygen } from "../transport/keygen-cli.ts";
+import { runCtl } from "./ctl.ts";
 
 interface RoleDef {
   summary: string;
@@ -41,6 +42,7 @@ Usage:
   continuum --role ROLE [flags]     run a role (ROLE: ${Object.keys(roles).join(", ")})
   continuum --role ROLE --help      the role's flags with their defaults
   continuum keygen --dir DIR        make this site's key pair and print its fingerprint
+  continuum ctl COMMAND             operator commands against a gateway (ctl --help)
   continuum --version
 
 Roles:
@@ -70,6 +72,7 @@ export async function main(args: string[]): Promise<number> {
       console.log(`continuum ${VERSION}`);
       return 0;
     }
+    if (args[0] === "ctl") return await runCtl(args.slice(1));
     if (args[0] === "keygen") {
       if (args.includes("--help")) {
         console.log(keygenUsage);

@@ -59,3 +59,36 @@ export const cursorVolumes = sqliteTable("cursor_volumes", {
   state: text("state").notNull(),
   updatedAt: integer("updated_at").notNull(),
 }, (t) => [primaryKey({ columns: [t.cursor, t.volumeId] })]);
+
+/** Every state change of detectors, switches and tasks, with its cause and the values behind it. */
+export const auditLog = sqliteTable("audit_log", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  time: integer("time").notNull(),
+  /** What it concerns: an agent, a service, a site. */
+  subject: text("subject").notNull(),
+  kind: text("kind").notNull(),
+  fromState: text("from_state"),
+  toState: text("to_state"),
+  cause: text("cause").notNull(),
+  /** JSON of the values that led to it. */
+  detail: text("detail").notNull(),
+});
+
+/** Protected services and where their traffic goes: the recorded state the DNAT rules are reconciled to. */
+export const services = sqliteTable("services", {
+  name: text("name").primaryKey(),
+  /** protected, failing-over, failed-over */
+  state: text("state").notNull(),
+  /** The remote site serving it while failed over. */
+  site: text("site"),
+  /** JSON of the switch rule while failed over (null: no rule). */
+  rule: text("rule"),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Agents' volumes that must not accept writes (their service runs elsewhere). */
+export const fences = sqliteTable("fences", {
+  agent: text("agent").primaryKey(),
+  reason: text("reason").notNull(),
+  since: integer("since").notNull(),
+});

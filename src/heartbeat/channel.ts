@@ -195,9 +195,13 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
   });
 
   await new Promise<void>((resolve, reject) => {
-    socket.once("error", reject);
+    const fail = (err: Error & { code?: string }) => {
+      const why = err.code === "EADDRINUSE" ? "address in use (another Continuum running?)" : err.message;
+      reject(new Error(`cannot listen for heartbeats on ${opts.host}:${opts.port}: ${why}`));
+    };
+    socket.once("error", fail);
     socket.bind(opts.port, opts.host, () => {
-      socket.off("error", reject);
+      socket.off("error", fail);
       resolve();
     });
   });

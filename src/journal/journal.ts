@@ -84,8 +84,8 @@ export class Journal {
 
   private constructor(readonly ring: Ring, private readonly db: Db, opts: JournalOptions) {
     this.opts = {
-      commitDelayMs: opts.commitDelayMs ?? 20,
-      commitBytes: opts.commitBytes ?? 8 * 1024 * 1024,
+      commitDelayMs: opts.commitDelayMs ?? 100,
+      commitBytes: opts.commitBytes ?? 32 * 1024 * 1024,
       retainBytes: opts.retainBytes ?? 0,
       cacheBytes: opts.cacheBytes ?? 256 * 1024 * 1024,
     };
@@ -93,7 +93,7 @@ export class Journal {
 
   /** Opens the journal: checks the ring belongs to this database, then recovers records written after the last index. */
   static async open(db: Db, ringPath: string, ringSize: number, opts: JournalOptions = {}): Promise<Journal> {
-    const ring = Ring.open(ringPath, ringSize);
+    const ring = await Ring.open(ringPath, ringSize);
     const j = new Journal(ring, db, opts);
     try {
       await j.load();

@@ -43,7 +43,7 @@ export class Ring {
    * A block device is used whole. The superblock names the ring; the database
    * records that name so a swapped buffer device is detected.
    */
-  static open(path: string, size: number): Ring {
+  static async open(path: string, size: number): Promise<Ring> {
     let fd: number;
     let created = false;
     try {
@@ -56,10 +56,21 @@ export class Ring {
       created = true;
     }
     const blockDevice = native.isBlockDevice(fd);
-    if (created) {
-      const f = Deno.openSync(path, { read: true, write: true });
-      f.truncateSync(size);
-      f.close();
+    const minimum = DATA_START + 2 * (HEADER_SIZE + MAX_PAYLOAD);
+    if (created && size < minimum) {
+      closeSync(fd);
+      Deno.removeSync(path);
+      throw new Error(`journal buffer ${path} of ${size} bytes is too small: it needs at least ${minimum}`);
+    }
+    if (created && !blockDevice) {
+      // preallocated: a full disk shows now, never as a failed journal write later
+      try {
+        await native.allocate(fd, 0, size);
+      } catch (e) {
+        closeSync(fd);
+        Deno.removeSync(path);
+        throw new Error(`journal buffer ${path}: cannot reserve ${size} bytes (${(e as Error).message})`);
+      }
     }
     const total = native.fileSize(fd);
     if (total < DATA_START + 2 * (HEADER_SIZE + MAX_PAYLOAD)) {

@@ -34,6 +34,10 @@ export interface GatewayListenerOptions {
   onControl?: (agent: string, msg: unknown, reply: (m: unknown) => void) => void;
   /** Standby servers (at a remote site): they receive the stream instead of sending one. */
   standby?: StandbyHandler;
+  /** An agent authenticated (its fence state, for instance, is told again). */
+  onAgent?: (agent: string) => void;
+  /** Why an agent may not write now (its service runs at another site), if so: its records are refused. */
+  fenced?: (agent: string) => string | undefined;
   handshakeTimeoutMs?: number;
 }
 
@@ -142,6 +146,7 @@ export class GatewayListener {
       session = { agent, peer, conn, writer, volumes: new Map(), byJournalId: new Map() };
       this.sessions.set(agent, session);
       log.info("agent connected", { agent, peer });
+      this.o.onAgent?.(agent);
       await this.frames(session, reader);
     } catch (e) {
       if (
@@ -232,6 +237,8 @@ export class GatewayListener {
       if (!f) return;
       switch (f.type) {
         case FrameType.Record: {
+          const fence = this.o.fenced?.(s.agent);
+          if (fence) throw new RecordError(`agent ${s.agent} is fenced (${fence}): its writes are refused`);
           const h = decodeHeader(f.body, MAX_PAYLOAD);
           const v = s.volumes.get(h.volume);
           if (!v) throw new RecordError(`record for volume ${h.volume}, which this connection did not open`);

@@ -33,7 +33,7 @@ export class MirrorApplier {
 
   constructor(private readonly journal: Journal, private readonly opts: MirrorApplierOptions = {}) {
     this.syncBytes = opts.syncBytes ?? 64 * 1024 * 1024;
-    this.syncIntervalMs = opts.syncIntervalMs ?? 500;
+    this.syncIntervalMs = opts.syncIntervalMs ?? 1000;
   }
 
   /** Journal position through which images are synced (records before it may be freed). */

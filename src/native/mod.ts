@@ -12,6 +12,8 @@ const symbols = {
   cn_punch_hole: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
   cn_write_zeroes: { parameters: ["i32", "u64", "u64", "u32"], result: "i64", nonblocking: true },
   cn_hash_range: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "i64", nonblocking: true },
+  cn_allocate: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
+  cn_drop_cache: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
   cn_size: { parameters: ["i32"], result: "i64" },
   cn_is_blockdev: { parameters: ["i32"], result: "i32" },
   cn_xxh3_128: { parameters: ["buffer", "u64", "buffer"], result: "void" },
@@ -127,6 +129,16 @@ export async function punchHole(fd: number, off: number, len: number): Promise<v
 /** Makes a range read as zeroes; mayTrim allows deallocating it. */
 export async function writeZeroes(fd: number, off: number, len: number, mayTrim: boolean): Promise<void> {
   check("write zeroes", await native().cn_write_zeroes(fd, BigInt(off), BigInt(len), mayTrim ? 1 : 0));
+}
+
+/** Reserves the blocks of a range of a file (posix_fallocate). */
+export async function allocate(fd: number, off: number, len: number): Promise<void> {
+  check("allocate", await native().cn_allocate(fd, BigInt(off), BigInt(len)));
+}
+
+/** Drops the clean cached pages of a range read once. */
+export async function dropCache(fd: number, off: number, len: number): Promise<void> {
+  check("fadvise", await native().cn_drop_cache(fd, BigInt(off), BigInt(len)));
 }
 
 /** Size in bytes of a regular file or block device. */

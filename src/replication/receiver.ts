@@ -27,6 +27,8 @@ export interface ReceiverOptions {
   replicaPos: () => number;
   /** Journal position through which the standby server of an agent has applied, or undefined if none waits. */
   standbyPos: (agent: string) => number | undefined;
+  /** The agent's standby was promoted: its copies take no more records from the site. */
+  promoted: (agent: string) => boolean;
   send: (frame: Uint8Array) => void;
 }
 
@@ -83,7 +85,8 @@ export class Receiver {
       throw new RecordError(`record ${h.seq} of ${v.name} reaches past the end of the volume`);
     }
     const st = this.seqs.get(v.id)!;
-    const verdict = admit(st, h);
+    // a promoted copy is the primary now: what the old primary's site still sends is dropped
+    const verdict = this.o.promoted(v.agent) ? "skip" : admit(st, h);
     const no = ++this.received;
     if (verdict === "gap") {
       throw new RecordError(`record ${h.seq} of ${v.agent}/${v.name} out of sequence (have ${st.lastSeq})`);

@@ -53,6 +53,9 @@ export class SiteClient {
   private backoffMs = 200;
   private wake: (() => void) | undefined;
   private reannouncing = false;
+  private writer: ConnWriter | undefined;
+  private requests = new Map<number, (reply: Record<string, unknown>) => void>();
+  private nextRequest = 1;
   connected = false;
   lastError = "";
 
@@ -111,6 +114,7 @@ export class SiteClient {
     this.o.sender.onReset = () => conn.close();
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn, 256 * 1024);
+    this.writer = writer;
     let lastFrame = Date.now();
     const idle = setInterval(() => {
       if (Date.now() - lastFrame > (this.o.idleTimeoutMs ?? 10_000)) {
@@ -162,6 +166,13 @@ export class SiteClient {
           case FrameType.Pong:
             session.onPong(decodeTime(f.body));
             break;
+          case FrameType.Control: {
+            const m = decodeJson<Record<string, unknown>>(f.body);
+            const done = this.requests.get(Number(m.id));
+            this.requests.delete(Number(m.id));
+            done?.(m);
+            break;
+          }
           case FrameType.Error:
             throw new Error(
               `remote site reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
@@ -172,12 +183,35 @@ export class SiteClient {
       }
     } finally {
       clearInterval(idle);
+      this.writer = undefined;
+      for (const done of this.requests.values()) {
+        done({ ok: false, error: "the connection to the site was lost" });
+      }
+      this.requests.clear();
       if (this.session) this.o.sender.detach(this.session);
       this.session = undefined;
       if (this.connected && !this.reannouncing) log.warn("site disconnected", { site: this.o.site });
       this.connected = false;
       conn.close();
     }
+  }
+
+  /** Sends a control request to the site and waits for its answer. */
+  request(msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
+    const w = this.writer;
+    if (!w || !this.connected) return Promise.reject(new Error(`site ${this.o.site} is not connected`));
+    const id = this.nextRequest++;
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.requests.delete(id);
+        reject(new Error(`site ${this.o.site} did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.requests.set(id, (m) => {
+        clearTimeout(t);
+        resolve(m);
+      });
+      w.send(jsonFrame(FrameType.Control, { ...msg, id }));
+    });
   }
 
   close(): void {
@@ -198,6 +232,8 @@ export interface SiteServerOptions {
   newReceiver: (send: (frame: Uint8Array) => void) => Receiver;
   /** Chunk hashes of a replica (the journal volume), taken once everything received is applied. */
   hashes: (v: VolumeInfo, chunkSize: number) => Promise<Uint8Array>;
+  /** Control requests from a local site (promotion); the answer is sent back with the request's id. */
+  onControl?: (site: string, msg: Record<string, unknown>) => Promise<Record<string, unknown>>;
   onRejected?: (remote: string, reason: string) => void;
 }
 
@@ -273,6 +309,17 @@ export class SiteServer {
           case FrameType.Ping:
             writer.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
             break;
+          case FrameType.Control: {
+            const m = decodeJson<Record<string, unknown>>(f.body);
+            const answer = this.o.onControl
+              ? this.o.onControl(c.peer, m)
+              : Promise.resolve({ ok: false, error: "unsupported" });
+            // answered when ready: the record stream goes on meanwhile
+            answer.catch((e) => ({ ok: false, error: (e as Error).message })).then((r) =>
+              writer.send(jsonFrame(FrameType.Control, { ...r, id: m.id }))
+            );
+            break;
+          }
           default:
             throw new FrameError(`unexpected frame ${f.type} from site ${c.peer}`);
         }

@@ -75,6 +75,7 @@ export class StandbyApplier {
   private running = false;
   private acked = 0;
   private failed: Error | undefined;
+  private frozen = false;
 
   constructor(readonly volumes: StandbyVolume[], private readonly send: (frame: Uint8Array) => void) {}
 
@@ -94,7 +95,14 @@ export class StandbyApplier {
     this.failed = undefined;
   }
 
+  /** Stops applying (the copy is promoted): what was received is applied, later records are ignored. */
+  async freeze(): Promise<void> {
+    this.frozen = true;
+    await this.drain();
+  }
+
   async record(body: Uint8Array): Promise<void> {
+    if (this.frozen) return;
     if (this.failed) throw this.failed;
     const h = decodeHeader(body, MAX_PAYLOAD);
     if (!payloadIntact(body, h)) throw new RecordError(`record ${h.seq}: payload checksum mismatch`);

@@ -15,6 +15,9 @@ import { readOnlyExport } from "../nbd/read-only-export.ts";
 import { StandbyApplier, StandbyVolume } from "../replication/standby.ts";
 import type { LinkVolume } from "../link/agent-link.ts";
 import { decodeJson, decodeTime, FrameType, timeFrame } from "../wire/frames.ts";
+import { AgentState } from "../capture/agent-state.ts";
+import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
+import { startHeartbeatSender } from "../heartbeat/channel.ts";
 
 const log = logger("agent");
 
@@ -91,12 +94,59 @@ export const agentFlags: FlagSpec[] = [
     default: false,
   },
   {
+    name: "on-promote",
+    type: "string",
+    description:
+      "standby: command run (sh -c) when this server is promoted, e.g. mount and start the service",
+    placeholder: "COMMAND",
+  },
+  {
+    name: "service-check",
+    type: "string",
+    description: "how to check the service: tcp:HOST:PORT, http(s)://URL or exec:COMMAND",
+    placeholder: "CHECK",
+  },
+  {
+    name: "service-check-interval",
+    type: "duration",
+    description: "how often the service is checked",
+    default: "200ms",
+  },
+  {
+    name: "service-check-failures",
+    type: "number",
+    description: "failed checks in a row before the service counts as failed",
+    default: 3,
+  },
+  {
+    name: "heartbeat-to",
+    type: "string",
+    description: "where heartbeats go (UDP HOST:PORT) [default: the gateway's host, port 7810]",
+    placeholder: "ADDR",
+  },
+  {
+    name: "heartbeat-interval",
+    type: "duration",
+    description: "heartbeat period η",
+    default: "100ms",
+  },
+  {
     name: "max-unconfirmed",
     type: "size",
     description: "records kept for resending until the gateway confirms them durable",
     default: "256M",
   },
 ];
+
+interface Common {
+  p: Parsed;
+  id: string;
+  secret: Uint8Array;
+  dataDir: string;
+  state: AgentState;
+  volumes: Map<string, Volume>;
+  monitor: ServiceMonitor | undefined;
+}
 
 export async function runAgent(p: Parsed): Promise<RoleHandle> {
   const dataDir = str(p, "data-dir");
@@ -110,65 +160,66 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   const secret = readSecretFile(secretFile);
   const chunk = num(p, "dirty-chunk");
   if (chunk < 4096 || chunk % 4096 !== 0) throw new UsageError("--dirty-chunk must be a multiple of 4096");
+  const check = optStr(p, "service-check");
+  const spec = check ? parseCheck(check) : undefined;
   ensurePrivateDir(dataDir);
-
-  if (p["standby"] === true) return await runStandby(p, id, secret, volumesArg, dataDir);
-  const link = new AgentLink({ gateway: parseAddress(str(p, "gateway")), agent: id, secret });
-  let fail!: (e: Error) => void;
-  const fatal = new Promise<never>((_, reject) => fail = reject);
-  fatal.catch(() => {}); // observed by main
-  const exports: ProtectedVolume[] = [];
-  const opened: Volume[] = [];
-  const maps: DirtyMap[] = [];
+  const volumes = new Map<string, Volume>();
   try {
-    let linkId = 0;
     for (const [name, path] of volumesArg) {
       const volume = Volume.open(path);
-      opened.push(volume);
+      volumes.set(name, volume);
       if (volume.size === 0) throw new Error(`volume ${name} (${path}) is empty`);
-      const dirty = await DirtyMap.open(`${dataDir}/${name}.dirty`, volume.size, chunk);
-      maps.push(dirty);
-      const pv = new ProtectedVolume({
-        name,
-        volume,
-        dirty,
-        link,
-        linkId: linkId++,
-        onGatewayLoss: str(p, "on-gateway-loss") as GatewayLossPolicy,
-        gatewayTimeoutMs: num(p, "gateway-timeout"),
-        maxUnconfirmedBytes: num(p, "max-unconfirmed"),
-        onFatal: (e) => fail(e),
-      });
-      pv.opened.catch(() => {}); // awaited below
-      exports.push(pv);
-      link.register(pv);
     }
-    link.start();
-    // a gateway that answers refuses misconfigured volumes (e.g. a changed size) now, not after
-    // clients wrote to them; an unreachable gateway is the business of --on-gateway-loss
-    await Promise.race([Promise.all(exports.map((e) => e.opened)), new Promise((r) => setTimeout(r, 5000))]);
-    const server = await serveNbd(p, dataDir, () => exports);
-    log.info("agent ready", {
-      agent: id,
-      volumes: exports.map((e) => e.name),
-      nbdTcpPort: server.tcpPort ?? null,
-    });
-    return {
-      fatal,
-      stop: async () => {
-        await server.close();
-        await Promise.all(exports.map((e) => e.close()));
-        await link.close();
-        for (const m of maps) m.close();
-        for (const v of opened) v.close();
-      },
-    };
   } catch (e) {
-    await link.close();
-    for (const m of maps) m.close();
-    for (const v of opened) v.close();
+    for (const v of volumes.values()) v.close();
     throw e;
   }
+  const monitor = spec
+    ? new ServiceMonitor({
+      spec,
+      intervalMs: num(p, "service-check-interval"),
+      failures: num(p, "service-check-failures"),
+    })
+    : undefined;
+  const c: Common = { p, id, secret, dataDir, state: await AgentState.load(dataDir), volumes, monitor };
+  const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
+  monitor?.start();
+  const heartbeats = startHeartbeats(c);
+  return {
+    fatal: role.fatal,
+    stop: async () => {
+      monitor?.stop();
+      await heartbeats?.close();
+      await role.stop();
+      for (const v of volumes.values()) v.close();
+    },
+  };
+}
+
+/** Heartbeats to the gateway's failure detector, carrying the service verdict. */
+function startHeartbeats(c: Common) {
+  const explicit = optStr(c.p, "heartbeat-to");
+  const gw = parseAddress(str(c.p, "gateway"));
+  const target = explicit
+    ? parseAddress(explicit)
+    : gw.transport === "tcp"
+    ? { ...gw, port: 7810 }
+    : undefined;
+  if (!target || target.transport !== "tcp") {
+    if (explicit) throw new UsageError("--heartbeat-to must be HOST:PORT");
+    return undefined;
+  }
+  return startHeartbeatSender({
+    host: target.hostname,
+    port: target.port,
+    agentId: c.id,
+    secret: c.secret,
+    intervalMs: num(c.p, "heartbeat-interval"),
+    getStatus: () => ({
+      healthy: c.monitor?.healthy ?? true,
+      detail: c.monitor?.detail ?? "no service check",
+    }),
+  });
 }
 
 /** Starts the NBD server on the configured socket and/or TCP address. */
@@ -184,41 +235,146 @@ async function serveNbd(p: Parsed, dataDir: string, exports: () => NbdExport[]):
   });
 }
 
+/** Handles the gateway's fence / unfence orders; true when the message was one. */
+function fenceOrder(c: Common, msg: unknown): boolean {
+  const m = msg as { type?: string; reason?: string };
+  if (m?.type === "fence") c.state.fence(String(m.reason ?? "fenced by the gateway"));
+  else if (m?.type === "unfence") c.state.unfence();
+  else return false;
+  return true;
+}
+
 /**
- * A standby server: its volumes are copies kept by its site's gateway. They are
- * exported read-only; the gateway's stream is applied to them in order.
+ * Wraps each volume in a ProtectedVolume on the link: every write is captured.
+ * Waits (bounded) for the gateway to accept the volumes, so a refusal (e.g. a
+ * changed size) stops the agent at start instead of after clients wrote.
  */
-async function runStandby(
-  p: Parsed,
-  id: string,
-  secret: Uint8Array,
-  volumesArg: Map<string, string>,
-  dataDir: string,
-): Promise<RoleHandle> {
-  ensurePrivateDir(dataDir);
-  const opened: Volume[] = [];
-  const copies: StandbyVolume[] = [];
+async function protect(c: Common, link: AgentLink, linkBase: number, onFatal: (e: Error) => void) {
+  const maps: DirtyMap[] = [];
+  const exports: ProtectedVolume[] = [];
+  let linkId = linkBase;
+  for (const [name, volume] of c.volumes) {
+    const dirty = await DirtyMap.open(`${c.dataDir}/${name}.dirty`, volume.size, num(c.p, "dirty-chunk"));
+    maps.push(dirty);
+    const pv = new ProtectedVolume({
+      name,
+      volume,
+      dirty,
+      link,
+      linkId: linkId++,
+      onGatewayLoss: str(c.p, "on-gateway-loss") as GatewayLossPolicy,
+      gatewayTimeoutMs: num(c.p, "gateway-timeout"),
+      maxUnconfirmedBytes: num(c.p, "max-unconfirmed"),
+      readOnly: () => c.state.fenced,
+      onFatal,
+    });
+    pv.opened.catch(() => {}); // awaited below
+    exports.push(pv);
+    link.register(pv);
+  }
+  return {
+    exports,
+    ready: () =>
+      Promise.race([Promise.all(exports.map((e) => e.opened)), new Promise((r) => setTimeout(r, 5000))]),
+    close: async () => {
+      await Promise.all(exports.map((e) => e.close()));
+      for (const m of maps) m.close();
+    },
+  };
+}
+
+async function runPrimary(c: Common): Promise<RoleHandle> {
+  let fail!: (e: Error) => void;
+  const fatal = new Promise<never>((_, reject) => fail = reject);
+  fatal.catch(() => {}); // observed by main
+  const link = new AgentLink({
+    gateway: parseAddress(str(c.p, "gateway")),
+    agent: c.id,
+    secret: c.secret,
+    onControl: (m) => fenceOrder(c, m),
+  });
+  const prot = await protect(c, link, 0, (e) => fail(e));
   try {
-    for (const [name, path] of volumesArg) {
-      const volume = Volume.open(path);
-      opened.push(volume);
-      copies.push(await StandbyVolume.open(name, volume, dataDir));
-    }
+    link.start();
+    await prot.ready();
+    const server = await serveNbd(c.p, c.dataDir, () => prot.exports);
+    log.info("agent ready", {
+      agent: c.id,
+      volumes: prot.exports.map((e) => e.name),
+      fenced: c.state.fenced ?? null,
+    });
+    return {
+      fatal,
+      stop: async () => {
+        await server.close();
+        await prot.close();
+        await link.close();
+      },
+    };
   } catch (e) {
-    for (const v of opened) v.close();
+    await link.close();
+    await prot.close();
     throw e;
   }
+}
+
+/**
+ * A standby server: its volumes are copies kept by its site's gateway. They are
+ * exported read-only and the gateway's stream is applied to them in order, until
+ * the gateway orders a promotion: then they are protected volumes like a
+ * primary's (captured, journaled by this site's gateway) and the service starts.
+ */
+async function runStandby(c: Common): Promise<RoleHandle> {
+  const copies: StandbyVolume[] = [];
+  for (const [name, volume] of c.volumes) copies.push(await StandbyVolume.open(name, volume, c.dataDir));
   const applier = new StandbyApplier(copies, (b) => link.send(b));
   let announced = 0;
+  let exports: NbdExport[] = copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
+  let primary: Awaited<ReturnType<typeof protect>> | undefined;
+  let fail!: (e: Error) => void;
+  const fatal = new Promise<never>((_, reject) => fail = reject);
+  fatal.catch(() => {});
+
+  const promote = async (): Promise<void> => {
+    if (primary) return;
+    log.warn("promotion: this standby takes over the service");
+    await applier.freeze();
+    await c.state.promote();
+    copies.forEach((_, i) => link.unregister(i));
+    primary = await protect(c, link, copies.length, (e) => fail(e));
+    exports = primary.exports;
+    await primary.ready();
+    const hook = optStr(c.p, "on-promote");
+    if (hook) {
+      const out = await new Deno.Command("sh", { args: ["-c", hook], stdout: "inherit", stderr: "inherit" })
+        .output();
+      if (!out.success) throw new Error(`--on-promote exited with code ${out.code}`);
+    }
+    await c.monitor?.waitHealthy(30_000);
+    log.warn("promoted: serving the volumes read-write", { volumes: copies.map((s) => s.name) });
+  };
+
   const link: AgentLink = new AgentLink({
-    gateway: parseAddress(str(p, "gateway")),
-    agent: id,
-    secret,
+    gateway: parseAddress(str(c.p, "gateway")),
+    agent: c.id,
+    secret: c.secret,
     onConnected: () => {
       announced = 0;
       applier.reset();
     },
+    onControl: (m) => {
+      const msg = m as { type?: string; id?: number };
+      if (msg?.type !== "promote") return void fenceOrder(c, m);
+      promote().then(
+        () => link.sendControl({ type: "promoted", id: msg.id, ok: true }),
+        (e) => {
+          log.error("promotion failed", { error: e });
+          link.sendControl({ type: "promoted", id: msg.id, ok: false, error: (e as Error).message });
+        },
+      );
+    },
     onFrame: async (f) => {
+      if (primary) return; // promoted: the stream to the standby copy is over
       switch (f.type) {
         case FrameType.Record:
           await applier.record(f.body);
@@ -236,19 +392,19 @@ async function runStandby(
       }
     },
   });
-  copies.forEach((c, i) => {
+  copies.forEach((s, i) => {
     const lv: LinkVolume = {
       linkId: i,
-      name: c.name,
-      size: c.volume.size,
-      openFields: () => ({ standby: true, lastSeq: c.seq.lastSeq, state: c.state }),
+      name: s.name,
+      size: s.volume.size,
+      openFields: () => ({ standby: true, lastSeq: s.seq.lastSeq, state: s.state }),
       onOpened: (info) => {
-        applier.opened(c.name, info.journalId);
+        applier.opened(s.name, info.journalId);
         // every volume is known to the gateway: it may start streaming
         if (++announced === copies.length) link.sendControl({ type: "standby-ready" });
       },
       onRefused: (message) =>
-        log.error("gateway refused the standby volume", { volume: c.name, reason: message }),
+        log.error("gateway refused the standby volume", { volume: s.name, reason: message }),
       onLinkDown: () => {},
       onAccepted: () => {},
       onDurable: () => {},
@@ -256,17 +412,14 @@ async function runStandby(
     link.register(lv);
   });
   link.start();
-  const server = await serveNbd(
-    p,
-    dataDir,
-    () => copies.map((c) => readOnlyExport(c.name, c.volume, "standby")),
-  );
-  log.info("agent ready", { agent: id, standby: true, volumes: copies.map((c) => c.name) });
+  const server = await serveNbd(c.p, c.dataDir, () => exports);
+  log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });
   return {
+    fatal,
     stop: async () => {
       await server.close();
+      await primary?.close();
       await link.close();
-      for (const v of opened) v.close();
     },
   };
 }

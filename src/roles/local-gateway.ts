@@ -13,6 +13,14 @@ import { readSecretFile } from "../wire/auth.ts";
 import { startStatusServer } from "../web/status-server.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
+import { Audit } from "../audit/audit.ts";
+import { FailoverController } from "../failover/controller.ts";
+import { Liveness } from "../failover/liveness.ts";
+import { parseService } from "../failover/service-spec.ts";
+import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
+import { failoverRoutes } from "../web/failover-routes.ts";
+import { services as servicesTable } from "../db/schema.ts";
+import type { Db } from "../db/db.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
 import { Sender } from "../replication/sender.ts";
 import { SiteClient } from "../replication/site-link.ts";
@@ -77,7 +85,7 @@ export const localGatewayFlags: FlagSpec[] = [
     name: "commit-delay",
     type: "duration",
     description: "longest wait before an unforced group commit",
-    default: "20ms",
+    default: "100ms",
   },
   {
     name: "remote",
@@ -127,6 +135,53 @@ export const localGatewayFlags: FlagSpec[] = [
     description: "chunk size of the differential synchronisation of a replica",
     default: "1M",
   },
+  {
+    name: "service",
+    type: "string",
+    multiple: true,
+    description: "a protected service and where it fails over to",
+    placeholder: "NAME=agent:A,address:IP:PORT,site:S,target:IP:PORT[,protocol:udp]",
+  },
+  {
+    name: "auto-failover",
+    type: "boolean",
+    description: "fail services over by themselves on FAILURE (otherwise only `continuum ctl failover`)",
+    default: true,
+  },
+  {
+    name: "heartbeat-listen",
+    type: "string",
+    description: "UDP address for agents' heartbeats",
+    default: "127.0.0.1:7810",
+    placeholder: "ADDR",
+  },
+  {
+    name: "detector",
+    type: "string",
+    description: "failure detector: Chen–Toueg–Aguilera freshness points, or φ accrual",
+    choices: ["chen", "phi"],
+    default: "chen",
+  },
+  {
+    name: "heartbeat-interval",
+    type: "duration",
+    description: "the agents' heartbeat period η",
+    default: "100ms",
+  },
+  {
+    name: "detector-alpha",
+    type: "duration",
+    description: "safety margin α after the expected arrival (chen)",
+    default: "200ms",
+  },
+  {
+    name: "detector-window",
+    type: "number",
+    description: "heartbeats the estimate averages (n)",
+    default: 100,
+  },
+  { name: "phi-suspect", type: "number", description: "φ at which an agent is suspected (phi)", default: 5 },
+  { name: "phi-failure", type: "number", description: "φ at which an agent has failed (phi)", default: 12 },
   {
     name: "mirror-dir",
     type: "string",
@@ -189,11 +244,84 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       r.client.start();
       cleanups.push(() => r.client.close());
     }
+    const audit = new Audit(db);
+    const configs = [...pairs("service", p["service"])].map(([name, spec]) => {
+      try {
+        return parseService(name, spec);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    });
+    for (const c of configs) {
+      if (!remotes.some((r) => r.site === c.site)) {
+        throw new UsageError(`--service ${c.name}: no --remote ${c.site} given`);
+      }
+      if (!secrets.has(c.agent)) {
+        throw new UsageError(`--service ${c.name}: no --agent-secret ${c.agent} given`);
+      }
+    }
+    // fencing goes through the listener once it exists (the controller starts first to reconcile rules)
+    const agentsIn: { listener?: GatewayListener } = {};
+    const controller = new FailoverController({
+      db,
+      audit,
+      services: configs,
+      promote: async (site, agent) => {
+        const r = remotes.find((x) => x.site === site)!;
+        const answer = await r.client.request({ type: "promote", agent }, 90_000);
+        if (answer.ok !== true) {
+          throw new Error(`site ${site} could not promote ${agent}: ${answer.error ?? "no reason given"}`);
+        }
+      },
+      fence: (agent, reason) => agentsIn.listener?.sendControl(agent, { type: "fence", reason }),
+      unfence: (agent) => agentsIn.listener?.sendControl(agent, { type: "unfence" }),
+      // called on failback, once the detectors below exist
+      unhealthy: (agent) => liveness.unhealthy(agent),
+      manageRules: configs.length > 0 || (await hasRecordedRules(db)),
+    });
+    await controller.start();
+    const liveness = new Liveness({
+      settings: {
+        mode: str(p, "detector") as "chen" | "phi",
+        etaMs: num(p, "heartbeat-interval"),
+        alphaMs: num(p, "detector-alpha"),
+        window: num(p, "detector-window"),
+        phiSuspect: num(p, "phi-suspect"),
+        phiFailure: num(p, "phi-failure"),
+      },
+      audit,
+      onFailure: (agent, cause, detail) => {
+        if (p["auto-failover"] !== true) return;
+        for (const name of controller.servicesOf(agent)) {
+          const why = cause === "host"
+            ? `agent ${agent} failed (no heartbeats)`
+            : `service of ${agent} failed its checks`;
+          controller.failover(name, why, detail).catch((e) =>
+            log.error("automatic failover failed", { service: name, error: e })
+          );
+        }
+      },
+    });
+    cleanups.push(() => liveness.close());
+    const hb = parseAddress(str(p, "heartbeat-listen"));
+    if (hb.transport !== "tcp") throw new UsageError("--heartbeat-listen must be HOST:PORT");
+    const heartbeats = await startHeartbeatReceiver({
+      host: hb.hostname,
+      port: hb.port,
+      secrets,
+      onHeartbeat: (agent, seq, status, now, meta) => liveness.heartbeat(agent, seq, status, now, meta),
+    });
+    cleanups.push(() => heartbeats.close());
     const listener = await GatewayListener.listen({
       listen,
       journal,
       secrets: () => secrets,
       mirrorPath: (agent, volume) => `${mirrorDir}/${agent}/${volume}.img`,
+      onAgent: (agent) => {
+        const reason = controller.isFenced(agent);
+        if (reason) agentsIn.listener?.sendControl(agent, { type: "fence", reason });
+      },
+      fenced: (agent) => controller.isFenced(agent),
       onVolume: (v) => {
         mirror.prepare(v);
         for (const r of remotes) {
@@ -202,6 +330,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         }
       },
     });
+    agentsIn.listener = listener;
     cleanups.push(() => listener.close());
     const token = loadOrCreateToken(`${dataDir}/api-token`);
     const started = Date.now();
@@ -214,6 +343,9 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         uptimeMs: Date.now() - started,
         agents: listener.connectedAgents(),
         refused: Object.fromEntries(listener.refused),
+        liveness: liveness.status(),
+        heartbeats: heartbeats.stats(),
+        services: controller.status(),
         journal: { ...journal.positions, used: journal.positions.head - journal.positions.tail },
         volumes: journal.volumes().map((v) => ({
           id: v.id,
@@ -231,10 +363,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           ...r.sender.status(),
         })),
       }),
+      routes: (app) => failoverRoutes(app, controller, audit),
     });
     cleanups.push(() => server.close());
     log.info("local gateway ready", {
       agents: listener.describe(),
+      heartbeats: `${hb.hostname}:${heartbeats.port}`,
       http: `http://${http.hostname}:${server.port}`,
       journal: journal.ring.path,
     });
@@ -308,4 +442,9 @@ async function openRemotes(
     }
   }
   return out;
+}
+
+/** Whether a previous run left switch rules recorded (they must be reconciled even with no --service now). */
+async function hasRecordedRules(db: Db): Promise<boolean> {
+  return (await db.select().from(servicesTable)).some((r) => r.rule !== null);
 }

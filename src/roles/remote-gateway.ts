@@ -105,7 +105,7 @@ export const remoteGatewayFlags: FlagSpec[] = [
     name: "commit-delay",
     type: "duration",
     description: "longest wait before an unforced group commit",
-    default: "20ms",
+    default: "100ms",
   },
   {
     name: "replica-dir",
@@ -191,8 +191,14 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       },
     });
     // standby feeders are opened before the replica applier starts, so their positions hold the journal
+    const promoted = new Set(
+      [...states].filter(([, s]) => s === "promoted").map(([id]) => journal.volume(id)?.agent).filter((a) =>
+        a !== undefined
+      ),
+    );
     const feeders = new Map<string, Sender>();
     for (const agent of secrets.keys()) {
+      if (promoted.has(agent)) continue;
       feeders.set(
         agent,
         await Sender.open({
@@ -249,13 +255,54 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         reports.delete(agent);
       },
     };
+    const answers = new Map<number, (m: { ok?: boolean; error?: string }) => void>();
+    let nextAsk = 1;
     const agents = await GatewayListener.listen({
       listen: list(p, "agent-listen").map((a) => parseAddress(a)),
       journal,
       secrets: () => secrets,
       mirrorPath: (agent, volume) => `${replicaDir}/${agent}/${volume}.img`,
+      onVolume: (v) => applier.prepare(v),
       standby,
+      onControl: (_agent, msg) => {
+        const m = msg as { type?: string; id?: number; ok?: boolean; error?: string };
+        if (m?.type === "promoted") answers.get(Number(m.id))?.(m);
+      },
     });
+
+    /**
+     * Promotes the standby of an agent: this site stops taking the old primary's
+     * records for it, the standby feeder's claim on the journal ends, and the
+     * standby agent runs its promotion (its service must answer its check).
+     */
+    const promote = async (agent: string): Promise<Record<string, unknown>> => {
+      if (!agents.connectedAgents().includes(agent)) {
+        return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+      }
+      promoted.add(agent);
+      for (const v of journal.volumes()) if (v.agent === agent) setState(v.id, "promoted");
+      const f = feeders.get(agent);
+      if (f) {
+        const s = sessions.get(agent);
+        if (s) f.detach(s);
+        journal.dropCursor(f.name);
+        await store.remove(f.name);
+        feeders.delete(agent);
+      }
+      const id = nextAsk++;
+      const answer = new Promise<{ ok?: boolean; error?: string }>((resolve) => {
+        answers.set(id, resolve);
+        setTimeout(
+          () => resolve({ ok: false, error: "the standby agent did not finish promoting within 60 s" }),
+          60_000,
+        );
+      });
+      agents.sendControl(agent, { type: "promote", id });
+      const r = await answer;
+      answers.delete(id);
+      log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
+      return { ok: r.ok === true, error: r.error };
+    };
     cleanups.push(() => agents.close());
 
     const sites = new SiteServer({
@@ -272,11 +319,16 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           setState: (v, s) => setState(v.id, s),
           replicaPos: () => applier.syncedPos,
           standbyPos: (agent) => ackAfter === "rsp" ? feeders.get(agent)?.theCursor.released : undefined,
+          promoted: (agent) => promoted.has(agent),
           send,
         }),
       hashes: async (v, chunk) => {
         await applier.caughtUp();
         return await native.hashRange(applier.imageFd(v.id), 0, v.size, chunk);
+      },
+      onControl: (_site, m) => {
+        if (m.type === "promote" && typeof m.agent === "string") return promote(m.agent);
+        return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
     });
     await sites.start();
@@ -308,6 +360,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           appliedSeq: applier.applied(v.id),
         })),
         standby: [...feeders.values()].map((f) => f.status()),
+        promoted: [...promoted],
       }),
     });
     cleanups.push(() => server.close());

@@ -46,8 +46,9 @@ const READ_QUEUE_BYTES = 32 << 20;
 export interface SecureConn {
   readonly readable: ReadableStream<Uint8Array>;
   /**
-   * Closing the writer ends this direction cleanly (TLS close_notify, then FIN); the
-   * other direction stays open until the peer ends it too.
+   * A chunk's buffer may be reused once its write has resolved. Closing the writer ends
+   * this direction cleanly (TLS close_notify, then FIN); the other direction stays
+   * open until the peer ends it too.
    */
   readonly writable: WritableStream<Uint8Array>;
   /** "address:port" of the peer. */

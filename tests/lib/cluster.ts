@@ -30,9 +30,17 @@ export class RoleProcess {
   private logText = "";
   readonly exited: Promise<Deno.CommandStatus>;
 
-  constructor(readonly name: string, readonly args: string[], readonly logPath: string) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", mainTs, ...args],
+  /** Runs `deno run -A main.ts ARGS` (or, with `script`, that file), inside a network namespace if given. */
+  constructor(
+    readonly name: string,
+    readonly args: string[],
+    readonly logPath: string,
+    opts: { netns?: string; script?: string } = {},
+  ) {
+    const deno = [Deno.execPath(), "run", "-A", opts.script ?? mainTs, ...args];
+    const argv = opts.netns ? ["ip", "netns", "exec", opts.netns, ...deno] : deno;
+    this.child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
       stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
@@ -190,6 +198,9 @@ export class Gateway {
       `127.0.0.1:${this.httpPort}`,
       "--buffer-size",
       this.o.bufferSize ?? "256M",
+      // tests run several gateways on one machine: each takes a free heartbeat port
+      "--heartbeat-listen",
+      "127.0.0.1:0",
       ...Object.entries(this.o.agents).flatMap(([a, f]) => ["--agent-secret", `${a}=${f}`]),
       ...(this.o.extra ?? []),
     ];

@@ -1,0 +1,20 @@
+// `deno task bench [NAME…]`: runs the named benchmarks (all by default) one after
+// the other; each prints its table and rewrites its section of docs/benchmarks.md.
+import { ensureSetup } from "../tests/lib/setup.ts";
+
+const all = ["capture", "replication", "detector-qos"];
+const names = Deno.args.length > 0 ? Deno.args : all;
+await ensureSetup();
+for (const n of names) {
+  if (!all.includes(n)) {
+    console.error(`unknown benchmark "${n}" (one of ${all.join(", ")})`);
+    Deno.exit(2);
+  }
+  console.log(`\n=== bench ${n}`);
+  const st = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`./${n}.ts`, import.meta.url).pathname],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn().status;
+  if (!st.success) Deno.exit(1);
+}

@@ -1,0 +1,253 @@
+// The service switch: on FAILURE of a protected service's server (never on
+// SUSPECT alone) the chosen remote site promotes its standby, then a DNAT rule
+// sends the service's traffic there; the old primary is fenced (read-only) so
+// the two sites never both accept writes. `failback` removes the rule. The
+// recorded state (services table) is what the rules are reconciled to at start,
+// and it is written before the rules change, so a crash never leaves a rule the
+// state does not name.
+import { eq } from "drizzle-orm";
+import { type Db, serialized } from "../db/db.ts";
+import { fences, services } from "../db/schema.ts";
+import type { Audit } from "../audit/audit.ts";
+import { logger } from "../log.ts";
+import { applySwitches, type SwitchOptions } from "../switch/iptables.ts";
+import { reconcile } from "../switch/reconcile.ts";
+import { type Switch, validateSwitch } from "../switch/rules.ts";
+
+const log = logger("failover");
+
+export interface ServiceConfig {
+  name: string;
+  /** The agent whose server runs the service. */
+  agent: string;
+  protocol: "tcp" | "udp";
+  /** The service address clients use (held by this gateway). */
+  service: { address: string; port: number };
+  /** The remote site that takes over, and where its backup server answers. */
+  site: string;
+  target: { address: string; port: number };
+}
+
+export type ServiceState = "protected" | "failing-over" | "failed-over";
+
+export interface ControllerOptions {
+  db: Db;
+  audit: Audit;
+  services: ServiceConfig[];
+  /** Asks the site to promote its standby of the agent; resolves once its service is healthy there. */
+  promote: (site: string, agent: string) => Promise<void>;
+  /** Makes the agent's volumes read-only (told now if connected, and at every connection). */
+  fence: (agent: string, reason: string) => void;
+  unfence: (agent: string) => void;
+  /** Why the agent's side is not healthy (not trusted, or its service failing), or undefined when it is. */
+  unhealthy: (agent: string) => string | undefined;
+  switchOptions?: SwitchOptions;
+  /** Whether the DNAT rules are managed at all (tests without root turn it off). */
+  manageRules: boolean;
+}
+
+interface Entry {
+  config: ServiceConfig;
+  state: ServiceState;
+  rule: Switch | null;
+  since: number;
+}
+
+export class FailoverController {
+  private entries = new Map<string, Entry>();
+  private fenced = new Map<string, string>();
+  private busy = new Set<string>();
+
+  constructor(private readonly o: ControllerOptions) {}
+
+  /** Loads the recorded state and makes the rules match it exactly. */
+  async start(): Promise<void> {
+    const rows = new Map((await this.o.db.select().from(services)).map((r) => [r.name, r]));
+    for (const c of this.o.services) {
+      const row = rows.get(c.name);
+      const rule = row?.rule ? validateSwitch(JSON.parse(row.rule)) : null;
+      this.entries.set(c.name, {
+        config: c,
+        state: (row?.state as ServiceState) ?? "protected",
+        rule,
+        since: row?.updatedAt ?? Date.now(),
+      });
+    }
+    for (const f of await this.o.db.select().from(fences)) this.fenced.set(f.agent, f.reason);
+    for (const [agent, reason] of this.fenced) this.o.fence(agent, reason);
+    if (this.o.manageRules) {
+      const summary = await reconcile(this.desired(), this.o.switchOptions);
+      if (summary.added.length || summary.removed.length) {
+        await this.o.audit.record({
+          subject: "switch",
+          kind: "reconcile",
+          cause: "rules made to match the recorded state at start",
+          detail: { added: summary.added, removed: summary.removed },
+        });
+      }
+    }
+    // a switch interrupted by a crash: its rule is in place only if the promotion had completed
+    for (const e of this.entries.values()) {
+      if (e.state === "failing-over") {
+        log.warn("a failover was interrupted by a restart; run failover again or fail back", {
+          service: e.config.name,
+        });
+      }
+    }
+  }
+
+  private desired(): Switch[] {
+    return [...this.entries.values()].flatMap((e) => e.rule ? [e.rule] : []);
+  }
+
+  /** Services whose server is this agent. */
+  servicesOf(agent: string): string[] {
+    return [...this.entries.values()].filter((e) => e.config.agent === agent).map((e) => e.config.name);
+  }
+
+  isFenced(agent: string): string | undefined {
+    return this.fenced.get(agent);
+  }
+
+  private async persist(e: Entry): Promise<void> {
+    const row = {
+      state: e.state,
+      site: e.state === "protected" ? null : e.config.site,
+      rule: e.rule ? JSON.stringify(e.rule) : null,
+    };
+    e.since = Date.now();
+    await serialized(
+      this.o.db,
+      () =>
+        this.o.db.insert(services).values({ name: e.config.name, ...row, updatedAt: e.since })
+          .onConflictDoUpdate({ target: services.name, set: { ...row, updatedAt: e.since } }),
+    );
+  }
+
+  private async setFence(agent: string, reason: string | undefined): Promise<void> {
+    if (reason) {
+      this.fenced.set(agent, reason);
+      await serialized(
+        this.o.db,
+        () =>
+          this.o.db.insert(fences).values({ agent, reason, since: Date.now() }).onConflictDoUpdate({
+            target: fences.agent,
+            set: { reason },
+          }),
+      );
+      this.o.fence(agent, reason);
+    } else {
+      this.fenced.delete(agent);
+      await serialized(this.o.db, () => this.o.db.delete(fences).where(eq(fences.agent, agent)));
+      this.o.unfence(agent);
+    }
+  }
+
+  /** Moves a service to its remote site: promote, fence the old primary, then redirect traffic. */
+  async failover(name: string, cause: string, detail: Record<string, unknown> = {}): Promise<void> {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`no protected service "${name}"`);
+    if (e.state === "failed-over") return;
+    if (this.busy.has(name)) return;
+    this.busy.add(name);
+    const started = Date.now();
+    try {
+      const c = e.config;
+      await this.o.audit.record({
+        subject: `service:${name}`,
+        kind: "switch",
+        from: e.state,
+        to: "failing-over",
+        cause,
+        detail,
+      });
+      e.state = "failing-over";
+      await this.persist(e);
+      // the old primary must not take writes from now on, whatever happens next
+      await this.setFence(c.agent, `service ${name} failed over to ${c.site}`);
+      await this.o.promote(c.site, c.agent);
+      const rule: Switch = { id: name, protocol: c.protocol, service: c.service, target: c.target };
+      validateSwitch(rule);
+      e.rule = rule;
+      e.state = "failed-over";
+      await this.persist(e); // recorded before the rule exists: a crash now is repaired at start
+      if (this.o.manageRules) await applySwitches(this.desired(), this.o.switchOptions);
+      await this.o.audit.record({
+        subject: `service:${name}`,
+        kind: "switch",
+        from: "failing-over",
+        to: "failed-over",
+        cause:
+          `traffic for ${c.service.address}:${c.service.port} goes to ${c.site} (${c.target.address}:${c.target.port})`,
+        detail: { tookMs: Date.now() - started },
+      });
+    } catch (err) {
+      await this.o.audit.record({
+        subject: `service:${name}`,
+        kind: "switch",
+        from: "failing-over",
+        to: e.state,
+        cause: `failover failed: ${(err as Error).message}`,
+      });
+      throw err;
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  /** Lifts the fence of an agent once recovery made its volumes current again. */
+  async unfence(agent: string, cause: string): Promise<void> {
+    if (!this.fenced.has(agent)) return;
+    await this.setFence(agent, undefined);
+    await this.o.audit.record({
+      subject: `agent:${agent}`,
+      kind: "fence",
+      from: "fenced",
+      to: "writable",
+      cause,
+    });
+  }
+
+  /** Sends traffic back to the local service; the old primary stays read-only until recovery. */
+  async failback(name: string, cause = "operator"): Promise<void> {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`no protected service "${name}"`);
+    if (e.state === "protected" && !e.rule) return;
+    if (this.busy.has(name)) throw new Error(`service ${name} is being switched; try again`);
+    const why = this.o.unhealthy(e.config.agent);
+    if (why) throw new Error(`the local side of ${name} is not healthy yet (${why}); fail back once it is`);
+    this.busy.add(name);
+    const from = e.state;
+    try {
+      e.rule = null;
+      e.state = "protected";
+      await this.persist(e); // recorded first: a crash before the rule is gone is repaired at start
+      if (this.o.manageRules) await applySwitches(this.desired(), this.o.switchOptions);
+    } finally {
+      this.busy.delete(name);
+    }
+    // the old primary stays fenced until recovery brings its data back (unfence)
+    await this.o.audit.record({
+      subject: `service:${name}`,
+      kind: "switch",
+      from,
+      to: "protected",
+      cause:
+        `failback (${cause}): traffic for ${e.config.service.address}:${e.config.service.port} goes to the local server again`,
+    });
+  }
+
+  status() {
+    return [...this.entries.values()].map((e) => ({
+      name: e.config.name,
+      agent: e.config.agent,
+      state: e.state,
+      site: e.config.site,
+      service: `${e.config.service.address}:${e.config.service.port}`,
+      target: `${e.config.target.address}:${e.config.target.port}`,
+      rule: e.rule !== null,
+      since: e.since,
+      fenced: this.fenced.get(e.config.agent) ?? null,
+    }));
+  }
+}

@@ -1,0 +1,166 @@
+// The local gateway's view of each agent's health: a failure detector over its
+// heartbeats (Chen–Toueg–Aguilera, or φ accrual) plus the service verdict the
+// heartbeats carry. FAILURE of the host, or a failed service, is reported once;
+// SUSPECT alone never is. Every transition goes to the audit log.
+import { ChenDetector } from "../detector/chen.ts";
+import { PhiDetector } from "../detector/phi.ts";
+import type { Detector, DetectorState, Transition } from "../detector/types.ts";
+import type { HeartbeatMeta } from "../heartbeat/channel.ts";
+import type { HeartbeatStatus } from "../heartbeat/codec.ts";
+import type { Audit } from "../audit/audit.ts";
+
+export interface DetectorSettings {
+  mode: "chen" | "phi";
+  /** η: the agents' heartbeat period. */
+  etaMs: number;
+  /** α (Chen mode). */
+  alphaMs: number;
+  /** n: arrivals averaged (Chen) or intervals kept (φ). */
+  window: number;
+  phiSuspect: number;
+  phiFailure: number;
+}
+
+interface Watched {
+  detector: Detector;
+  state: DetectorState;
+  serviceHealthy: boolean;
+  detail: string;
+  lastSeq: number;
+  lastHeartbeat: number;
+  /** A failure was reported and not yet followed by recovery. */
+  reported: boolean;
+}
+
+export type FailureCause = "host" | "service";
+
+export interface LivenessOptions {
+  settings: DetectorSettings;
+  audit: Audit;
+  /** An agent's host stopped (FAILURE) or its service failed. */
+  onFailure: (agent: string, cause: FailureCause, detail: Record<string, unknown>) => void;
+  clock?: () => number;
+}
+
+export class Liveness {
+  private agents = new Map<string, Watched>();
+  private timer: ReturnType<typeof setInterval>;
+  private readonly clock: () => number;
+
+  constructor(private readonly o: LivenessOptions) {
+    this.clock = o.clock ?? (() => performance.now());
+    // detectors hold no timers of their own: polling at a fraction of η bounds the reaction delay
+    this.timer = setInterval(() => this.tick(), Math.max(5, Math.floor(o.settings.etaMs / 10)));
+  }
+
+  private newDetector(now: number): Detector {
+    const s = this.o.settings;
+    return s.mode === "chen"
+      ? new ChenDetector({ etaMs: s.etaMs, alphaMs: s.alphaMs, window: s.window, startMs: now })
+      : new PhiDetector({
+        etaMs: s.etaMs,
+        startMs: now,
+        window: s.window,
+        suspectPhi: s.phiSuspect,
+        failurePhi: s.phiFailure,
+      });
+  }
+
+  /** Feeds one authenticated heartbeat (from the receiver). */
+  heartbeat(agent: string, seq: number, status: HeartbeatStatus, now: number, meta: HeartbeatMeta): void {
+    let w = this.agents.get(agent);
+    if (!w) {
+      // watched from the first heartbeat: an agent never heard from is unknown, not failed
+      w = {
+        detector: this.newDetector(now),
+        state: "TRUST",
+        serviceHealthy: true,
+        detail: "",
+        lastSeq: 0,
+        lastHeartbeat: now,
+        reported: false,
+      };
+      this.agents.set(agent, w);
+      this.o.audit.record({
+        subject: `agent:${agent}`,
+        kind: "detector",
+        to: "TRUST",
+        cause: "first heartbeat",
+      });
+    } else if (meta.newBoot) {
+      w.detector.restart(now);
+    }
+    w.detector.heartbeat(seq, now);
+    w.lastSeq = seq;
+    w.lastHeartbeat = now;
+    w.detail = status.detail;
+    this.record(agent, w, w.detector.poll(now));
+    if (status.healthy !== w.serviceHealthy) {
+      w.serviceHealthy = status.healthy;
+      this.o.audit.record({
+        subject: `agent:${agent}`,
+        kind: "service",
+        from: status.healthy ? "failed" : "healthy",
+        to: status.healthy ? "healthy" : "failed",
+        cause: status.healthy ? "the agent's service check passes again" : "the agent's service check failed",
+        detail: { seq, check: status.detail },
+      });
+      if (!status.healthy) this.fail(agent, w, "service", { seq, check: status.detail });
+    }
+    if (w.state === "TRUST" && w.serviceHealthy) w.reported = false;
+  }
+
+  private tick(): void {
+    const now = this.clock();
+    for (const [agent, w] of this.agents) this.record(agent, w, w.detector.poll(now));
+  }
+
+  private record(agent: string, w: Watched, ts: Transition[]): void {
+    for (const t of ts) {
+      w.state = t.to;
+      this.o.audit.record({
+        subject: `agent:${agent}`,
+        kind: "detector",
+        from: t.from,
+        to: t.to,
+        cause: t.to === "TRUST" ? "heartbeat arrived" : "no heartbeat by the freshness point",
+        detail: { at: Math.round(t.at), lastSeq: t.lastSeq, lastArrivalMs: t.lastArrivalMs, ...t.evidence },
+      });
+      if (t.to === "FAILURE") {
+        this.fail(agent, w, "host", { lastSeq: t.lastSeq, lastArrivalMs: t.lastArrivalMs, ...t.evidence });
+      }
+    }
+  }
+
+  private fail(agent: string, w: Watched, cause: FailureCause, detail: Record<string, unknown>): void {
+    if (w.reported) return;
+    w.reported = true;
+    this.o.onFailure(agent, cause, detail);
+  }
+
+  /** Why an agent cannot be relied on now, or undefined when it is trusted and its service healthy. */
+  unhealthy(agent: string): string | undefined {
+    const w = this.agents.get(agent);
+    if (!w) return `no heartbeat from ${agent} yet`;
+    const state = w.detector.state(this.clock());
+    if (state !== "TRUST") return `${agent} is ${state}`;
+    if (!w.serviceHealthy) return `the service of ${agent} fails its checks: ${w.detail}`;
+    return undefined;
+  }
+
+  status() {
+    const now = this.clock();
+    return [...this.agents].map(([agent, w]) => ({
+      agent,
+      state: w.detector.state(now),
+      serviceHealthy: w.serviceHealthy,
+      serviceDetail: w.detail,
+      lastSeq: w.lastSeq,
+      sinceLastHeartbeatMs: Math.round(now - w.lastHeartbeat),
+    }));
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}

@@ -1,0 +1,129 @@
+// The agent's service status monitor: a check run every period (tcp:HOST:PORT,
+// http(s)://URL, exec:COMMAND); the service counts as failed after k failures in
+// a row, healthy again after one success. Its verdict rides on the heartbeats.
+import { logger } from "../log.ts";
+
+const log = logger("service-check");
+
+export type CheckSpec =
+  | { kind: "tcp"; hostname: string; port: number }
+  | { kind: "http"; url: string }
+  | { kind: "exec"; command: string };
+
+/** Parses `tcp:HOST:PORT`, `http://…`, `https://…` or `exec:COMMAND`. */
+export function parseCheck(text: string): CheckSpec {
+  if (text.startsWith("tcp:")) {
+    const m = /^tcp:(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+    if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) {
+      throw new Error(`service check "${text}": expected tcp:HOST:PORT`);
+    }
+    return { kind: "tcp", hostname: m[1] ?? m[2], port: Number(m[3]) };
+  }
+  if (text.startsWith("http://") || text.startsWith("https://")) {
+    try {
+      new URL(text);
+    } catch {
+      throw new Error(`service check "${text}": not a URL`);
+    }
+    return { kind: "http", url: text };
+  }
+  if (text.startsWith("exec:") && text.length > 5) return { kind: "exec", command: text.slice(5) };
+  throw new Error(`service check "${text}": use tcp:HOST:PORT, http(s)://URL or exec:COMMAND`);
+}
+
+/** Runs one check; resolves with undefined when healthy, else why not. */
+export async function runCheck(spec: CheckSpec, timeoutMs: number): Promise<string | undefined> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    switch (spec.kind) {
+      case "tcp": {
+        const conn = await Promise.race([
+          Deno.connect({ hostname: spec.hostname, port: spec.port }),
+          new Promise<never>((_, reject) =>
+            signal.addEventListener("abort", () => reject(new Error("timed out")))
+          ),
+        ]);
+        conn.close();
+        return undefined;
+      }
+      case "http": {
+        const r = await fetch(spec.url, { signal });
+        await r.body?.cancel();
+        return r.status < 400 ? undefined : `HTTP ${r.status}`;
+      }
+      case "exec": {
+        const out = await new Deno.Command("sh", {
+          args: ["-c", spec.command],
+          stdout: "null",
+          stderr: "null",
+          signal,
+        })
+          .output();
+        return out.success ? undefined : `exit code ${out.code}`;
+      }
+    }
+  } catch (e) {
+    return signal.aborted ? `no answer within ${timeoutMs} ms` : (e as Error).message;
+  }
+}
+
+export interface MonitorOptions {
+  spec: CheckSpec;
+  intervalMs: number;
+  /** Failures in a row before the service counts as failed. */
+  failures: number;
+  timeoutMs?: number;
+}
+
+/** Runs the check periodically and keeps the current verdict. */
+export class ServiceMonitor {
+  private consecutive = 0;
+  private last = "not checked yet";
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private stopped = false;
+  healthy = true;
+
+  constructor(private readonly o: MonitorOptions) {}
+
+  start(): void {
+    this.tick();
+  }
+
+  private async tick(): Promise<void> {
+    if (this.stopped) return;
+    const why = await runCheck(this.o.spec, this.o.timeoutMs ?? Math.max(100, this.o.intervalMs));
+    if (why === undefined) {
+      if (!this.healthy) log.info("service healthy again");
+      this.consecutive = 0;
+      this.healthy = true;
+      this.last = "ok";
+    } else {
+      this.consecutive++;
+      this.last = why;
+      if (this.healthy && this.consecutive >= this.o.failures) {
+        this.healthy = false;
+        log.warn("service failed", { checks: this.consecutive, reason: why });
+      }
+    }
+    if (!this.stopped) this.timer = setTimeout(() => this.tick(), this.o.intervalMs);
+  }
+
+  /** Resolves once the service is healthy (checked now and then), or rejects after timeoutMs. */
+  async waitHealthy(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (await runCheck(this.o.spec, 1000) === undefined) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`service not healthy within ${timeoutMs} ms: ${this.last}`);
+  }
+
+  get detail(): string {
+    return this.healthy ? this.last : `failed: ${this.last}`;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+}
