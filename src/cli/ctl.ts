@@ -8,6 +8,13 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   failover SERVICE        move SERVICE to its remote site now
   failback SERVICE        send SERVICE's traffic back to the local server
   audit [--limit N]       the newest audit log entries
+  candidates VOLUME [--seq N | --time ISO] [--strategy fast|full]
+                          recovery sources of VOLUME (AGENT/NAME), assessed, and the policy's choice
+  recover VOLUME --source lgp|rgp@SITE|rsp@SITE [--strategy fast|full] [--target lsp|lgp] [--force] [--at WHEN]
+  recover VOLUME --policy [--seq N | --time ISO] [--strategy fast|full] [--at WHEN]
+                          rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled)
+  recoveries              recoveries: running, scheduled, finished
+  cancel ID               cancel a running or scheduled recovery
 The API token is read from --token-file (default /var/lib/continuum/gateway/api-token)
 or the CONTINUUM_TOKEN environment variable; --api defaults to http://127.0.0.1:7880.`;
 
@@ -20,6 +27,14 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         api: { type: "string", default: "http://127.0.0.1:7880" },
         "token-file": { type: "string", default: "/var/lib/continuum/gateway/api-token" },
         limit: { type: "string" },
+        source: { type: "string" },
+        strategy: { type: "string", default: "fast" },
+        target: { type: "string", default: "lsp" },
+        policy: { type: "boolean", default: false },
+        force: { type: "boolean", default: false },
+        seq: { type: "string" },
+        time: { type: "string" },
+        at: { type: "string" },
         help: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -46,7 +61,19 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
     if (!arg) throw new UsageError(`ctl ${cmd}: ${what} is required\n\n${ctlUsage}`);
     return encodeURIComponent(arg);
   };
-  let method = "GET", path: string;
+  let method = "GET", path: string, body: unknown;
+  const when = (text: string | undefined, what: string): number | undefined => {
+    if (!text) return undefined;
+    const t = text.startsWith("+") ? Date.now() + Number(text.slice(1)) * 1000 : Date.parse(text);
+    if (!Number.isFinite(t)) {
+      throw new UsageError(`ctl ${cmd}: ${what} "${text}" is not a time (ISO 8601 or +SECONDS)`);
+    }
+    return t;
+  };
+  const point = () => ({
+    seq: values.seq !== undefined ? Number(values.seq) : undefined,
+    time: when(values.time, "--time"),
+  });
   switch (cmd) {
     case "status":
       path = "/api/status";
@@ -56,6 +83,37 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       break;
     case "audit":
       path = `/api/audit?limit=${Number(values.limit ?? 50) || 50}`;
+      break;
+    case "candidates": {
+      const p = point();
+      const q = new URLSearchParams({ volume: arg ?? "", strategy: values.strategy ?? "fast" });
+      if (p.seq !== undefined) q.set("seq", String(p.seq));
+      if (p.time !== undefined) q.set("time", String(p.time));
+      need("VOLUME");
+      path = `/api/recovery-candidates?${q}`;
+      break;
+    }
+    case "recover":
+      need("VOLUME");
+      method = "POST";
+      path = "/api/recoveries";
+      body = {
+        volume: arg,
+        mode: values.policy ? "policy" : "manual",
+        strategy: values.strategy,
+        target: values.target,
+        source: values.policy ? undefined : values.source,
+        point: values.policy ? point() : undefined,
+        force: values.force,
+        at: when(values.at, "--at"),
+      };
+      break;
+    case "recoveries":
+      path = "/api/recoveries";
+      break;
+    case "cancel":
+      method = "DELETE";
+      path = `/api/recoveries/${need("ID")}`;
       break;
     case "failover":
     case "failback":
@@ -67,12 +125,16 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
   }
   let r: Response;
   try {
-    r = await fetch(new URL(path, values.api), { method, headers: { authorization: `Bearer ${token}` } });
+    r = await fetch(new URL(path, values.api), {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
   } catch (e) {
     print(`continuum ctl: cannot reach ${values.api}: ${(e as Error).message}`);
     return 1;
   }
-  const body = await r.text();
-  print(body);
+  const answer = await r.text();
+  print(answer);
   return r.ok ? 0 : 1;
 }

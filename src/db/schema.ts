@@ -57,6 +57,8 @@ export const cursorVolumes = sqliteTable("cursor_volumes", {
   ackedSeq: integer("acked_seq").notNull(),
   /** consistent, syncing, degraded */
   state: text("state").notNull(),
+  /** Records of the volume up to this sequence number are void (undone by a recovery) and never sent. */
+  voidUpTo: integer("void_up_to").notNull().default(0),
   updatedAt: integer("updated_at").notNull(),
 }, (t) => [primaryKey({ columns: [t.cursor, t.volumeId] })]);
 
@@ -91,4 +93,33 @@ export const fences = sqliteTable("fences", {
   agent: text("agent").primaryKey(),
   reason: text("reason").notNull(),
   since: integer("since").notNull(),
+});
+
+/** Data recoveries: running, scheduled, finished; the checkpoint lets an interrupted one resume. */
+export const recoveries = sqliteTable("recoveries", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  /** agent/name of the volume. */
+  volume: text("volume").notNull(),
+  /** JSON { kind: lgp|rgp|rsp, site? } */
+  source: text("source").notNull(),
+  /** lsp (the agent's volume) or lgp (this gateway's mirror) */
+  target: text("target").notNull(),
+  strategy: text("strategy").notNull(),
+  mode: text("mode").notNull(),
+  chunkSize: integer("chunk_size").notNull(),
+  /** scheduled, running, done, failed, cancelled */
+  status: text("status").notNull(),
+  scheduledAt: integer("scheduled_at"),
+  /** First chunk not yet done. */
+  checkpoint: integer("checkpoint").notNull().default(0),
+  chunks: integer("chunks").notNull().default(0),
+  bytesCompared: integer("bytes_compared").notNull().default(0),
+  bytesMoved: integer("bytes_moved").notNull().default(0),
+  createdAt: integer("created_at").notNull(),
+  startedAt: integer("started_at"),
+  finishedAt: integer("finished_at"),
+  error: text("error"),
+  /** Why this source (policy mode). */
+  explanation: text("explanation"),
+  force: integer("force").notNull().default(0),
 });

@@ -195,6 +195,18 @@ export class FailoverController {
     }
   }
 
+  /** Fences an agent (a recovery rebuilds its volumes; nobody may write them meanwhile). */
+  async fence(agent: string, reason: string): Promise<void> {
+    await this.setFence(agent, reason);
+    await this.o.audit.record({
+      subject: `agent:${agent}`,
+      kind: "fence",
+      from: "writable",
+      to: "fenced",
+      cause: reason,
+    });
+  }
+
   /** Lifts the fence of an agent once recovery made its volumes current again. */
   async unfence(agent: string, cause: string): Promise<void> {
     if (!this.fenced.has(agent)) return;

@@ -6,8 +6,10 @@ import { logger } from "../log.ts";
 import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
 import { type Address, formatAddress, listenOn } from "./address.ts";
 import { agentProof, b64, gatewayProof, nonce, sameBytes } from "../wire/auth.ts";
+import { ChunkLink, type ChunkReply } from "../recovery/chunk-ops.ts";
 import {
   decodeJson,
+  decodeMixed,
   type Frame,
   FRAME_HEADER,
   FrameError,
@@ -53,6 +55,7 @@ export interface StandbyHandler {
 }
 
 interface Session {
+  chunks: ChunkLink;
   agent: string;
   peer: string;
   conn: Deno.Conn;
@@ -95,6 +98,11 @@ export class GatewayListener {
     }
     for (const l of g.listeners) g.accept(l);
     return g;
+  }
+
+  /** Chunk operations on an agent's volumes (recovery), if it is connected. */
+  chunks(agent: string): ChunkLink | undefined {
+    return this.sessions.get(agent)?.chunks;
   }
 
   connectedAgents(): string[] {
@@ -143,7 +151,16 @@ export class GatewayListener {
           old.conn.close();
         } catch { /* closed */ }
       }
-      session = { agent, peer, conn, writer, volumes: new Map(), byJournalId: new Map() };
+      const w = writer;
+      session = {
+        agent,
+        peer,
+        conn,
+        writer,
+        volumes: new Map(),
+        byJournalId: new Map(),
+        chunks: new ChunkLink((b) => (w.send(b), !w.error)),
+      };
       this.sessions.set(agent, session);
       log.info("agent connected", { agent, peer });
       this.o.onAgent?.(agent);
@@ -160,6 +177,7 @@ export class GatewayListener {
       }
     } finally {
       await writer.drained();
+      session?.chunks.fail(new Error(`agent ${session.agent} disconnected`));
       if (session && this.sessions.get(session.agent) === session) {
         this.sessions.delete(session.agent);
         this.o.standby?.closed(session.agent);
@@ -260,6 +278,11 @@ export class GatewayListener {
         case FrameType.Open:
           await this.open(s, decodeJson<OpenMessage>(f.body));
           break;
+        case FrameType.ChunkReply: {
+          const m = decodeMixed<ChunkReply>(f.body);
+          s.chunks.answer(m.header, m.payload);
+          break;
+        }
         case FrameType.Accepted:
         case FrameType.Hashes:
         case FrameType.Pong:

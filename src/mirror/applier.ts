@@ -23,6 +23,7 @@ export class MirrorApplier {
   private images = new Map<number, Volume>();
   private cursor!: Cursor;
   private appliedSeq = new Map<number, number>();
+  private appliedTime = new Map<number, number>();
   private stopped = false;
   private done: Promise<void> | undefined;
   private signal = { aborted: false };
@@ -63,6 +64,11 @@ export class MirrorApplier {
     this.images.set(v.id, img);
   }
 
+  /** Capture time of the newest record applied to the volume's image (0: none since start). */
+  appliedAt(volume: number): number {
+    return this.appliedTime.get(volume) ?? 0;
+  }
+
   /** Highest sequence number applied to the volume's image (not necessarily synced yet). */
   applied(volume: number): number {
     return this.appliedSeq.get(volume) ?? this.journal.volume(volume)?.durableSeq ?? 0;
@@ -97,6 +103,7 @@ export class MirrorApplier {
           lastEnd = e.end;
           if (e.header.kind !== Kind.Wrap && !betweenSeqs(e.header)) {
             this.appliedSeq.set(e.header.volume, e.header.seq);
+            this.appliedTime.set(e.header.volume, e.header.time);
           }
           if (e.header.kind === Kind.SyncBegin || e.header.kind === Kind.SyncEnd) {
             markers.push({ volume: e.header.volume, kind: e.header.kind });

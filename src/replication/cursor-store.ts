@@ -9,6 +9,8 @@ export type CopyState = "consistent" | "syncing" | "degraded";
 export interface StoredVolume {
   ackedSeq: number;
   state: CopyState;
+  /** Records up to this sequence number are void (a recovery undid them): never sent. */
+  voidUpTo: number;
 }
 
 export interface StoredCursor {
@@ -25,7 +27,11 @@ export class CursorStore {
     const rows = await this.db.select().from(cursorVolumes).where(eq(cursorVolumes.cursor, name));
     return {
       pos: c.pos,
-      volumes: new Map(rows.map((r) => [r.volumeId, { ackedSeq: r.ackedSeq, state: r.state as CopyState }])),
+      volumes: new Map(
+        rows.map((
+          r,
+        ) => [r.volumeId, { ackedSeq: r.ackedSeq, state: r.state as CopyState, voidUpTo: r.voidUpTo }]),
+      ),
     };
   }
 
@@ -36,17 +42,9 @@ export class CursorStore {
         await tx.insert(cursors).values({ name, pos, updatedAt: now })
           .onConflictDoUpdate({ target: cursors.name, set: { pos, updatedAt: now } });
         for (const [volumeId, v] of volumes) {
-          await tx.insert(cursorVolumes).values({
-            cursor: name,
-            volumeId,
-            ackedSeq: v.ackedSeq,
-            state: v.state,
-            updatedAt: now,
-          })
-            .onConflictDoUpdate({
-              target: [cursorVolumes.cursor, cursorVolumes.volumeId],
-              set: { ackedSeq: v.ackedSeq, state: v.state, updatedAt: now },
-            });
+          const row = { ackedSeq: v.ackedSeq, state: v.state, voidUpTo: v.voidUpTo, updatedAt: now };
+          await tx.insert(cursorVolumes).values({ cursor: name, volumeId, ...row })
+            .onConflictDoUpdate({ target: [cursorVolumes.cursor, cursorVolumes.volumeId], set: row });
         }
       }));
   }

@@ -99,7 +99,14 @@ export class Sender {
       const sv = stored?.volumes.get(v.id);
       // a volume never streamed to this peer needs a synchronisation first
       const state: CopyState = !sv || lost ? "degraded" : sv.state;
-      s.vols.set(v.id, { ackedSeq: sv?.ackedSeq ?? 0, state, compared: 0, moved: 0, ackedTime: Date.now() });
+      s.vols.set(v.id, {
+        ackedSeq: sv?.ackedSeq ?? 0,
+        state,
+        voidUpTo: sv?.voidUpTo ?? 0,
+        compared: 0,
+        moved: 0,
+        ackedTime: Date.now(),
+      });
     }
     s.cursor = o.journal.cursor(o.name, from, o.required ?? true);
     if (o.stateDir) {
@@ -130,6 +137,21 @@ export class Sender {
       await m.settle();
     }
     return m;
+  }
+
+  /**
+   * A recovery replaced the volume's content (from another copy): the records of it
+   * still in the journal are void and never sent, and the peer's copy is brought
+   * level by a synchronisation (which also rebases its sequence).
+   */
+  resetVolume(id: number): void {
+    const v = this.vols.get(id);
+    const info = this.o.journal.volume(id);
+    if (!v || !info) return;
+    v.voidUpTo = info.lastSeq;
+    v.state = "degraded";
+    this.save();
+    this.onReset?.();
   }
 
   /** Chunks of a volume a pull-ahead skipped, if a bitmap is kept for it. */
@@ -205,7 +227,14 @@ export class Sender {
   /** A volume registered after this peer was configured: its whole history is in the journal. */
   volumeAdded(v: VolumeInfo): void {
     if (!this.o.carries(v) || this.vols.has(v.id)) return;
-    this.vols.set(v.id, { ackedSeq: 0, state: "consistent", compared: 0, moved: 0, ackedTime: Date.now() });
+    this.vols.set(v.id, {
+      ackedSeq: 0,
+      state: "consistent",
+      voidUpTo: 0,
+      compared: 0,
+      moved: 0,
+      ackedTime: Date.now(),
+    });
     this.save();
   }
 
@@ -243,7 +272,9 @@ export class Sender {
       return;
     }
     this.saving = true;
-    const snapshot = new Map([...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state }]));
+    const snapshot = new Map(
+      [...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state, voidUpTo: v.voidUpTo }]),
+    );
     this.o.store.save(this.o.name, this.cursor.released, snapshot).catch((e) =>
       log.error("cannot persist replication position", { peer: this.o.name, error: e })
     ).finally(() => {
@@ -536,7 +567,10 @@ export class Session {
     const sync = this.syncs.get(h.volume);
     const between = h.kind === Kind.SyncBegin || h.kind === Kind.SyncEnd || (h.flags & FLAG_SYNC) !== 0;
     // the peer already holds captured writes up to what it reported (unless it is being synchronised)
-    const held = !sync && !between && h.seq <= (this.peerLast.get(h.volume) ?? 0);
+    const held = !between && (
+      h.seq <= (this.s.volume(h.volume)?.voidUpTo ?? 0) ||
+      (!sync && h.seq <= (this.peerLast.get(h.volume) ?? 0))
+    );
     if (!carried || held) {
       // nothing to send; its space is freed with the record sent before it (or now)
       const last = this.fifo[this.fifo.length - 1];

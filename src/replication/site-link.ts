@@ -13,14 +13,17 @@ import {
   type SecureListener,
 } from "../transport/secure.ts";
 import type { VolumeInfo } from "../journal/journal.ts";
+import { ChunkLink, type ChunkReply, type ChunkRequest } from "../recovery/chunk-ops.ts";
 import {
   decodeHashes,
   decodeJson,
+  decodeMixed,
   decodeSeqFrame,
   decodeTime,
   FrameError,
   FrameType,
   jsonFrame,
+  mixedFrame,
   readFrame,
   timeFrame,
 } from "../wire/frames.ts";
@@ -56,6 +59,12 @@ export class SiteClient {
   private writer: ConnWriter | undefined;
   private requests = new Map<number, (reply: Record<string, unknown>) => void>();
   private nextRequest = 1;
+  /** Chunk operations on the site's copies (recovery). */
+  readonly chunks = new ChunkLink((b) => {
+    if (!this.writer || !this.connected) return false;
+    this.writer.send(b);
+    return true;
+  });
   connected = false;
   lastError = "";
 
@@ -166,6 +175,11 @@ export class SiteClient {
           case FrameType.Pong:
             session.onPong(decodeTime(f.body));
             break;
+          case FrameType.ChunkReply: {
+            const m = decodeMixed<ChunkReply>(f.body);
+            this.chunks.answer(m.header, m.payload);
+            break;
+          }
           case FrameType.Control: {
             const m = decodeJson<Record<string, unknown>>(f.body);
             const done = this.requests.get(Number(m.id));
@@ -184,6 +198,7 @@ export class SiteClient {
     } finally {
       clearInterval(idle);
       this.writer = undefined;
+      this.chunks.fail(new Error(`the connection to site ${this.o.site} was lost`));
       for (const done of this.requests.values()) {
         done({ ok: false, error: "the connection to the site was lost" });
       }
@@ -234,6 +249,8 @@ export interface SiteServerOptions {
   hashes: (v: VolumeInfo, chunkSize: number) => Promise<Uint8Array>;
   /** Control requests from a local site (promotion); the answer is sent back with the request's id. */
   onControl?: (site: string, msg: Record<string, unknown>) => Promise<Record<string, unknown>>;
+  /** Chunk operations on this site's copies (a recovery at the local site reads them); resolves with the reply frame. */
+  onChunkOp?: (req: ChunkRequest, payload: Uint8Array) => Promise<Uint8Array>;
   onRejected?: (remote: string, reason: string) => void;
 }
 
@@ -309,6 +326,24 @@ export class SiteServer {
           case FrameType.Ping:
             writer.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
             break;
+          case FrameType.ChunkOp: {
+            const m = decodeMixed<ChunkRequest>(f.body);
+            const reply = this.o.onChunkOp ? this.o.onChunkOp(m.header, m.payload) : Promise.resolve(
+              mixedFrame(FrameType.ChunkReply, { id: m.header.id, ok: false, error: "unsupported" }),
+            );
+            reply.then(
+              (b) => writer.send(b),
+              (e) =>
+                writer.send(
+                  mixedFrame(FrameType.ChunkReply, {
+                    id: m.header.id,
+                    ok: false,
+                    error: (e as Error).message,
+                  }),
+                ),
+            );
+            break;
+          }
           case FrameType.Control: {
             const m = decodeJson<Record<string, unknown>>(f.body);
             const answer = this.o.onControl

@@ -14,7 +14,16 @@ import { type NbdExport, NbdServer } from "../nbd/server.ts";
 import { readOnlyExport } from "../nbd/read-only-export.ts";
 import { StandbyApplier, StandbyVolume } from "../replication/standby.ts";
 import type { LinkVolume } from "../link/agent-link.ts";
-import { decodeJson, decodeTime, FrameType, timeFrame } from "../wire/frames.ts";
+import {
+  decodeJson,
+  decodeMixed,
+  decodeTime,
+  type Frame,
+  FrameType,
+  mixedFrame,
+  timeFrame,
+} from "../wire/frames.ts";
+import { type ChunkRequest, FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { AgentState } from "../capture/agent-state.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatSender } from "../heartbeat/channel.ts";
@@ -235,6 +244,29 @@ async function serveNbd(p: Parsed, dataDir: string, exports: () => NbdExport[]):
   });
 }
 
+/**
+ * Serves a recovery's chunk operations on this agent's volumes. Writes are only
+ * taken while the agent is fenced: a recovery rebuilds a volume no client writes.
+ */
+async function chunkOp(c: Common, link: AgentLink, f: Frame, writable: boolean): Promise<void> {
+  if (f.type !== FrameType.ChunkOp) throw new Error(`unexpected frame type ${f.type} from gateway`);
+  const { header, payload } = decodeMixed<ChunkRequest>(f.body);
+  const [, name] = String(header.volume).split("/");
+  const volume = c.volumes.get(name);
+  if (header.op === "write" && !c.state.fenced) {
+    link.send(
+      mixedFrame(FrameType.ChunkReply, {
+        id: header.id,
+        ok: false,
+        error: "recovery writes need the volume fenced",
+      }),
+    );
+    return;
+  }
+  const store = volume ? new FileChunks(volume.fd, volume.size, writable) : undefined;
+  link.send(await serveChunkOp(store, header, payload));
+}
+
 /** Handles the gateway's fence / unfence orders; true when the message was one. */
 function fenceOrder(c: Common, msg: unknown): boolean {
   const m = msg as { type?: string; reason?: string };
@@ -287,11 +319,12 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
   let fail!: (e: Error) => void;
   const fatal = new Promise<never>((_, reject) => fail = reject);
   fatal.catch(() => {}); // observed by main
-  const link = new AgentLink({
+  const link: AgentLink = new AgentLink({
     gateway: parseAddress(str(c.p, "gateway")),
     agent: c.id,
     secret: c.secret,
     onControl: (m) => fenceOrder(c, m),
+    onFrame: (f) => chunkOp(c, link, f, true),
   });
   const prot = await protect(c, link, 0, (e) => fail(e));
   try {
@@ -374,6 +407,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       );
     },
     onFrame: async (f) => {
+      if (f.type === FrameType.ChunkOp) return chunkOp(c, link, f, false);
       if (primary) return; // promoted: the stream to the standby copy is over
       switch (f.type) {
         case FrameType.Record:

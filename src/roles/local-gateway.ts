@@ -19,6 +19,12 @@ import { Liveness } from "../failover/liveness.ts";
 import { parseService } from "../failover/service-spec.ts";
 import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
 import { failoverRoutes } from "../web/failover-routes.ts";
+import { recoveryRoutes } from "../web/recovery-routes.ts";
+import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
+import { FileChunks } from "../recovery/chunk-ops.ts";
+import { volumes as volumesTable } from "../db/schema.ts";
+import { eq } from "drizzle-orm";
+import { serialized } from "../db/db.ts";
 import { services as servicesTable } from "../db/schema.ts";
 import type { Db } from "../db/db.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
@@ -332,6 +338,9 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     });
     agentsIn.listener = listener;
     cleanups.push(() => listener.close());
+    const recovery = await openRecovery(db, journal, audit, mirror, remotes, controller, listener);
+    await recovery.start();
+    cleanups.push(() => recovery.stop());
     const token = loadOrCreateToken(`${dataDir}/api-token`);
     const started = Date.now();
     const server = startStatusServer({
@@ -363,7 +372,10 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           ...r.sender.status(),
         })),
       }),
-      routes: (app) => failoverRoutes(app, controller, audit),
+      routes: (app) => {
+        failoverRoutes(app, controller, audit);
+        recoveryRoutes(app, recovery);
+      },
     });
     cleanups.push(() => server.close());
     log.info("local gateway ready", {
@@ -383,6 +395,10 @@ interface Remote {
   site: string;
   sender: Sender;
   client: SiteClient;
+  /** Configured bandwidth limit (bytes/s), 0 if none. */
+  bandwidth: number;
+  /** Highest acknowledged throughput seen in one second (bytes/s). */
+  peakBps: number;
 }
 
 /** One sender (journal reader) and one TLS client per --remote site. */
@@ -434,7 +450,20 @@ async function openRemotes(
       sender,
       volumes: () => journal.volumes(),
     });
-    out.push({ site, sender, client });
+    const r: Remote = {
+      site,
+      sender,
+      client,
+      bandwidth: bandwidth.has(site) ? parseSize(bandwidth.get(site)!) : 0,
+      peakBps: 0,
+    };
+    let last = 0;
+    const sampler = setInterval(() => {
+      r.peakBps = Math.max(r.peakBps * 0.999, sender.ackedBytes - last);
+      last = sender.ackedBytes;
+    }, 1000);
+    Deno.unrefTimer(sampler); // a measurement never keeps the process alive
+    out.push(r);
   }
   for (const site of pairs("remote-fingerprint", p["remote-fingerprint"]).keys()) {
     if (!addrs.has(site)) {
@@ -447,4 +476,79 @@ async function openRemotes(
 /** Whether a previous run left switch rules recorded (they must be reconciled even with no --service now). */
 async function hasRecordedRules(db: Db): Promise<boolean> {
   return (await db.select().from(servicesTable)).some((r) => r.rule !== null);
+}
+
+/** Recovery of this site's copies (the agents' volumes and the mirror) from any copy. */
+async function openRecovery(
+  db: Db,
+  journal: Journal,
+  audit: Audit,
+  mirror: MirrorApplier,
+  remotes: Remote[],
+  controller: FailoverController,
+  listener: GatewayListener,
+): Promise<RecoveryService> {
+  // a mirror left inconsistent by an interrupted recovery stays so across restarts
+  const mirrorStates = new Map<number, string>();
+  for (const row of await db.select().from(volumesTable)) {
+    if (row.state === "inconsistent") mirrorStates.set(row.id, row.state);
+  }
+  return new RecoveryService({
+    db,
+    journal,
+    audit,
+    store: (v, kind, site, writable) => {
+      const key = `${v.agent}/${v.name}`;
+      if (kind === "lgp") return new FileChunks(mirror.imageFd(v.id), v.size, writable === true);
+      if (kind === "lsp") return listener.chunks(v.agent)?.store(key, "lsp");
+      const r = remotes.find((x) => x.site === site);
+      return r?.client.connected ? r.client.chunks.store(key, kind) : undefined;
+    },
+    copies: async (v) => {
+      const out: { ref: SourceRef; info: CopyInfo | undefined }[] = [{
+        ref: { kind: "lgp" },
+        info: {
+          state: mirrorStates.get(v.id) ?? "consistent",
+          lastSeq: mirror.applied(v.id),
+          lastTime: mirror.appliedAt(v.id),
+        },
+      }];
+      for (const r of remotes) {
+        const answer = r.client.connected
+          ? await r.client.request({ type: "copies", volume: `${v.agent}/${v.name}` }, 10_000).catch(() =>
+            undefined
+          )
+          : undefined;
+        const ok = answer?.ok === true;
+        out.push({ ref: { kind: "rgp", site: r.site }, info: ok ? answer!.rgp as CopyInfo : undefined });
+        out.push({
+          ref: { kind: "rsp", site: r.site },
+          info: ok && answer!.rsp ? answer!.rsp as CopyInfo : undefined,
+        });
+      }
+      return out;
+    },
+    throughput: (ref) => {
+      if (ref.kind === "lgp") return 1e9;
+      const r = remotes.find((x) => x.site === ref.site);
+      const measured = r?.peakBps || 100e6;
+      return r?.bandwidth ? Math.min(r.bandwidth, measured) : measured;
+    },
+    mirrorCaughtUp: () => mirror.caughtUp(),
+    fence: (agent, reason) => controller.fence(agent, reason),
+    unfence: (agent, cause) => controller.unfence(agent, cause),
+    isFenced: (agent) => controller.isFenced(agent),
+    contentReplaced: (v) => {
+      for (const r of remotes) r.sender.resetVolume(v.id);
+    },
+    mirrorState: (v, state) => {
+      if (state) {
+        mirrorStates.set(v.id, state);
+        serialized(db, () => db.update(volumesTable).set({ state }).where(eq(volumesTable.id, v.id))).catch(
+          () => {},
+        );
+      }
+      return mirrorStates.get(v.id) ?? "consistent";
+    },
+  });
 }

@@ -22,7 +22,8 @@ import { CursorStore } from "../replication/cursor-store.ts";
 import { type PeerReport, Sender, type Session } from "../replication/sender.ts";
 import * as native from "../native/mod.ts";
 import { Kind } from "../record/record.ts";
-import { decodeHashes, decodeSeqFrame, decodeTime, FrameType } from "../wire/frames.ts";
+import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
+import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 
 const log = logger("remote-gateway");
 
@@ -326,11 +327,73 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         await applier.caughtUp();
         return await native.hashRange(applier.imageFd(v.id), 0, v.size, chunk);
       },
+      onChunkOp: async (req, payload) => {
+        const [agent, name] = String(req.volume).split("/");
+        const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
+        if (!v) {
+          return mixedFrame(FrameType.ChunkReply, {
+            id: req.id,
+            ok: false,
+            error: `no volume ${req.volume} here`,
+          });
+        }
+        if (req.kind === "rsp") {
+          // the standby's copy is on its own server: relay the operation to its agent
+          const link = agents.chunks(agent);
+          if (!link) {
+            return mixedFrame(FrameType.ChunkReply, {
+              id: req.id,
+              ok: false,
+              error: `standby ${agent} not connected`,
+            });
+          }
+          try {
+            const r = await link.call({ ...req }, payload);
+            return mixedFrame(FrameType.ChunkReply, { ...r.header, id: req.id }, r.payload);
+          } catch (e) {
+            return mixedFrame(FrameType.ChunkReply, { id: req.id, ok: false, error: (e as Error).message });
+          }
+        }
+        if (req.kind !== "rgp") {
+          return mixedFrame(FrameType.ChunkReply, {
+            id: req.id,
+            ok: false,
+            error: `no ${req.kind} copy here`,
+          });
+        }
+        return await serveChunkOp(new FileChunks(applier.imageFd(v.id), v.size, false), req, payload);
+      },
       onControl: (_site, m) => {
         if (m.type === "promote" && typeof m.agent === "string") return promote(m.agent);
+        if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
     });
+    /** What this site's copies of a volume hold: its replica (RGP) and its standby's (RSP). */
+    const copies = (key: string): Record<string, unknown> => {
+      const [agent, name] = key.split("/");
+      const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
+      if (!v) return { ok: false, error: `no volume ${key} here` };
+      const state = states.get(v.id) ?? "empty";
+      const rgp = {
+        state: state === "empty" ? "consistent" : state,
+        lastSeq: applier.applied(v.id),
+        lastTime: applier.appliedAt(v.id),
+      };
+      const f = feeders.get(agent);
+      const fv = f?.volume(v.id);
+      const standbyUp = agents.connectedAgents().includes(agent);
+      const rsp = promoted.has(agent)
+        ? {
+          state: standbyUp ? "consistent" : "unreachable",
+          lastSeq: v.lastSeq,
+          lastTime: applier.appliedAt(v.id),
+        }
+        : fv && standbyUp
+        ? { state: fv.state, lastSeq: fv.ackedSeq, lastTime: fv.ackedTime }
+        : null;
+      return { ok: true, rgp, rsp };
+    };
     await sites.start();
     cleanups.push(() => sites.close());
 

@@ -24,6 +24,9 @@ export const enum FrameType {
   SyncDone = 24,
   Ping = 25,
   Pong = 26,
+  // data recovery: chunk operations on a volume copy, and their answers
+  ChunkOp = 30,
+  ChunkReply = 31,
 }
 
 export const FRAME_HEADER = 5;
@@ -121,6 +124,27 @@ export function decodeTime(body: Uint8Array): number {
   return new DataView(body.buffer, body.byteOffset, 8).getFloat64(0);
 }
 
+/** A frame carrying a JSON header and a binary payload: u32 JSON length, JSON, payload. */
+export function mixedFrame(type: FrameType, header: unknown, payload?: Uint8Array): Uint8Array {
+  const json = encoder.encode(JSON.stringify(header));
+  const plen = payload?.length ?? 0;
+  const b = new Uint8Array(FRAME_HEADER + 4 + json.length + plen);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 1 + 4 + json.length + plen);
+  b[4] = type;
+  v.setUint32(5, json.length);
+  b.set(json, FRAME_HEADER + 4);
+  if (payload) b.set(payload, FRAME_HEADER + 4 + json.length);
+  return b;
+}
+
+export function decodeMixed<T>(body: Uint8Array): { header: T; payload: Uint8Array } {
+  if (body.length < 4) throw new FrameError("truncated frame");
+  const n = new DataView(body.buffer, body.byteOffset, 4).getUint32(0);
+  if (4 + n > body.length) throw new FrameError("frame header longer than the frame");
+  return { header: decodeJson<T>(body.subarray(4, 4 + n)), payload: body.subarray(4 + n) };
+}
+
 export function decodeJson<T>(body: Uint8Array): T {
   try {
     return JSON.parse(decoder.decode(body)) as T;
@@ -149,7 +173,7 @@ export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Fr
   const type = h[4] as FrameType;
   if (len < 1) throw new FrameError("empty frame");
   // hashes of a large volume are big too: 16 bytes per chunk
-  const limit = type === FrameType.Record
+  const limit = type === FrameType.Record || type === FrameType.ChunkOp || type === FrameType.ChunkReply
     ? maxFrame
     : type === FrameType.Hashes
     ? MAX_HASHES_FRAME

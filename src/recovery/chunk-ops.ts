@@ -1,0 +1,199 @@
+// Chunk operations on one copy of a volume, the building blocks of data recovery:
+// hash a run of chunks, read a chunk, write a chunk, sync. A holder of a copy (an
+// agent for its disk, a gateway for its mirror or replica, a standby agent) serves
+// them; the recovery orchestrator asks for them, locally or over a link.
+import * as native from "../native/mod.ts";
+import { FrameError, FrameType, mixedFrame } from "../wire/frames.ts";
+
+export type CopyKind = "lsp" | "lgp" | "rgp" | "rsp";
+
+export interface ChunkRequest {
+  id: number;
+  op: "hashes" | "read" | "write" | "sync" | "describe";
+  /** agent/name of the volume. */
+  volume: string;
+  kind: CopyKind;
+  chunkSize: number;
+  /** First chunk (hashes) or the chunk (read, write). */
+  index?: number;
+  count?: number;
+}
+
+export interface ChunkReply {
+  id: number;
+  ok: boolean;
+  error?: string;
+  /** describe: the copy's size. */
+  size?: number;
+}
+
+/** The operations a copy offers; implemented over a local file, or over a link. */
+export interface ChunkStore {
+  size(): Promise<number>;
+  /** XXH3-128 of chunks index..index+count-1 (16 bytes each). */
+  hashes(chunkSize: number, index: number, count: number): Promise<Uint8Array>;
+  read(chunkSize: number, index: number): Promise<Uint8Array>;
+  write(chunkSize: number, index: number, data: Uint8Array): Promise<void>;
+  sync(): Promise<void>;
+}
+
+const MAX_CHUNK = 16 * 1024 * 1024;
+
+function checkRange(size: number, chunkSize: number, index: number, count = 1): void {
+  if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK) {
+    throw new FrameError(`chunk size ${chunkSize} out of range`);
+  }
+  const chunks = Math.ceil(size / chunkSize);
+  if (
+    !Number.isInteger(index) || !Number.isInteger(count) || index < 0 || count < 1 || index + count > chunks
+  ) {
+    throw new FrameError(`chunks ${index}..${index + count - 1} are outside the volume (${chunks} chunks)`);
+  }
+}
+
+/** A copy held in a local file or device. */
+export class FileChunks implements ChunkStore {
+  constructor(
+    private readonly fd: number,
+    private readonly bytes: number,
+    private readonly writable: boolean,
+  ) {}
+
+  size(): Promise<number> {
+    return Promise.resolve(this.bytes);
+  }
+
+  async hashes(chunkSize: number, index: number, count: number): Promise<Uint8Array> {
+    checkRange(this.bytes, chunkSize, index, count);
+    const off = index * chunkSize;
+    return await native.hashRange(this.fd, off, Math.min(count * chunkSize, this.bytes - off), chunkSize);
+  }
+
+  async read(chunkSize: number, index: number): Promise<Uint8Array> {
+    checkRange(this.bytes, chunkSize, index);
+    const off = index * chunkSize;
+    const buf = new Uint8Array(Math.min(chunkSize, this.bytes - off));
+    const n = await native.pread(this.fd, buf, off);
+    if (n < buf.length) buf.fill(0, n);
+    return buf;
+  }
+
+  async write(chunkSize: number, index: number, data: Uint8Array): Promise<void> {
+    if (!this.writable) throw new Error("this copy is not a recovery target");
+    checkRange(this.bytes, chunkSize, index);
+    const off = index * chunkSize;
+    if (data.length !== Math.min(chunkSize, this.bytes - off)) {
+      throw new FrameError("chunk of the wrong length");
+    }
+    await native.pwrite(this.fd, data, off);
+  }
+
+  sync(): Promise<void> {
+    return native.fdatasync(this.fd);
+  }
+}
+
+/** Serves one chunk request on a store; returns the reply frame. */
+export async function serveChunkOp(
+  store: ChunkStore | undefined,
+  req: ChunkRequest,
+  payload: Uint8Array,
+): Promise<Uint8Array> {
+  const reply = (r: Omit<ChunkReply, "id">, data?: Uint8Array) =>
+    mixedFrame(FrameType.ChunkReply, { id: req.id, ...r }, data);
+  if (!store) return reply({ ok: false, error: `no ${req.kind} copy of ${req.volume} here` });
+  try {
+    switch (req.op) {
+      case "describe":
+        return reply({ ok: true, size: await store.size() });
+      case "hashes":
+        return reply({ ok: true }, await store.hashes(req.chunkSize, req.index ?? 0, req.count ?? 1));
+      case "read":
+        return reply({ ok: true }, await store.read(req.chunkSize, req.index ?? 0));
+      case "write":
+        await store.write(req.chunkSize, req.index ?? 0, payload);
+        return reply({ ok: true });
+      case "sync":
+        await store.sync();
+        return reply({ ok: true });
+      default:
+        return reply({ ok: false, error: `unknown chunk operation "${String(req.op)}"` });
+    }
+  } catch (e) {
+    return reply({ ok: false, error: (e as Error).message });
+  }
+}
+
+/**
+ * Chunk requests over one link: they go out as ChunkOp frames, answers come back
+ * as ChunkReply frames matched by id (the link's reader calls `answer`).
+ */
+export class ChunkLink {
+  private nextId = 1;
+  private waiting = new Map<
+    number,
+    { resolve: (r: { header: ChunkReply; payload: Uint8Array }) => void; reject: (e: Error) => void }
+  >();
+
+  constructor(private readonly send: (frame: Uint8Array) => boolean, private readonly timeoutMs = 120_000) {}
+
+  answer(header: ChunkReply, payload: Uint8Array): void {
+    const w = this.waiting.get(header.id);
+    this.waiting.delete(header.id);
+    w?.resolve({ header, payload });
+  }
+
+  /** The link dropped: every request in flight fails. */
+  fail(e: Error): void {
+    for (const w of this.waiting.values()) w.reject(e);
+    this.waiting.clear();
+  }
+
+  async call(
+    req: Omit<ChunkRequest, "id">,
+    data?: Uint8Array,
+  ): Promise<{ header: ChunkReply; payload: Uint8Array }> {
+    const id = this.nextId++;
+    const p = new Promise<{ header: ChunkReply; payload: Uint8Array }>((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(
+          new Error(
+            `no answer to ${req.op} on the ${req.kind} copy of ${req.volume} within ${this.timeoutMs} ms`,
+          ),
+        );
+      }, this.timeoutMs);
+      this.waiting.set(id, {
+        resolve: (r) => {
+          clearTimeout(t);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
+      });
+    });
+    if (!this.send(mixedFrame(FrameType.ChunkOp, { ...req, id }, data))) {
+      this.waiting.delete(id);
+      throw new Error(`the link to the ${req.kind} copy of ${req.volume} is down`);
+    }
+    const r = await p;
+    if (!r.header.ok) throw new Error(`${req.kind} copy of ${req.volume}: ${r.header.error ?? "failed"}`);
+    return r;
+  }
+
+  /** A copy reached through this link. */
+  store(volume: string, kind: CopyKind): ChunkStore {
+    const call = (req: Omit<ChunkRequest, "id" | "volume" | "kind">, data?: Uint8Array) =>
+      this.call({ ...req, volume, kind }, data);
+    return {
+      size: async () => Number((await call({ op: "describe", chunkSize: 4096 })).header.size),
+      hashes: async (chunkSize, index, count) =>
+        (await call({ op: "hashes", chunkSize, index, count })).payload,
+      read: async (chunkSize, index) => (await call({ op: "read", chunkSize, index })).payload,
+      write: async (chunkSize, index, data) => void await call({ op: "write", chunkSize, index }, data),
+      sync: async () => void await call({ op: "sync", chunkSize: 4096 }),
+    };
+  }
+}

@@ -1,0 +1,443 @@
+// Data recovery on the local gateway: runs, schedules and resumes recoveries of a
+// volume's copies (the agent's disk, or this gateway's mirror) from a chosen
+// source, and chooses the source in policy mode: every candidate with its state,
+// the last sequence number it holds, its age at the disaster point and the
+// estimated cost; the valid one of lowest cost wins, with the reason written down.
+import { and, eq, inArray } from "drizzle-orm";
+import { type Db, serialized } from "../db/db.ts";
+import { recoveries } from "../db/schema.ts";
+import type { Audit } from "../audit/audit.ts";
+import { logger } from "../log.ts";
+import type { Journal, VolumeInfo } from "../journal/journal.ts";
+import type { ChunkStore, CopyKind } from "./chunk-ops.ts";
+import { type Progress, recover, type Strategy } from "./engine.ts";
+
+const log = logger("recovery");
+
+export interface SourceRef {
+  kind: "lgp" | "rgp" | "rsp";
+  site?: string;
+}
+
+/** What a holder says of its copy. */
+export interface CopyInfo {
+  state: string;
+  lastSeq: number;
+  /** Capture time of the newest record the copy holds (ms), 0 if unknown. */
+  lastTime: number;
+}
+
+export interface Candidate {
+  source: string;
+  kind: SourceRef["kind"];
+  site: string | null;
+  state: string;
+  lastSeq: number;
+  lastTime: number;
+  /** Newer (+) or older (−) than the disaster point, in records and ms. */
+  ageSeq: number | null;
+  ageMs: number | null;
+  bytesToMove: number;
+  throughputBps: number;
+  costSeconds: number;
+  valid: boolean;
+  reason: string;
+}
+
+export interface RecoveryRequest {
+  /** agent/name */
+  volume: string;
+  mode: "manual" | "policy";
+  strategy: Strategy;
+  source?: SourceRef;
+  /** Policy mode: the disaster point, a sequence number or a time (ms since the epoch). */
+  point?: { seq?: number; time?: number };
+  target?: "lsp" | "lgp";
+  chunkSize?: number;
+  force?: boolean;
+  /** Run at this time (ms since the epoch) instead of now. */
+  at?: number;
+}
+
+export interface RecoveryDeps {
+  db: Db;
+  journal: Journal;
+  audit: Audit;
+  /** A copy's chunk store, or undefined when it cannot be reached now. */
+  store: (volume: VolumeInfo, kind: CopyKind, site?: string, writable?: boolean) => ChunkStore | undefined;
+  /** What each reachable copy of the volume holds (the local mirror and every site's copies). */
+  copies: (volume: VolumeInfo) => Promise<{ ref: SourceRef; info: CopyInfo | undefined }[]>;
+  /** Bytes per second a source's data can travel to this site. */
+  throughput: (ref: SourceRef) => number;
+  /** Waits until this gateway's mirror holds everything journaled (so its copy is complete). */
+  mirrorCaughtUp: () => Promise<void>;
+  fence: (agent: string, reason: string) => Promise<void>;
+  unfence: (agent: string, cause: string) => Promise<void>;
+  isFenced: (agent: string) => string | undefined;
+  /** Sources other than the mirror replaced the volume: senders void its old records and resynchronise. */
+  contentReplaced: (volume: VolumeInfo) => void;
+  /** Local mirror state (consistent / inconsistent). */
+  mirrorState: (volume: VolumeInfo, state?: "consistent" | "inconsistent") => string;
+  progress?: (id: number, p: Progress) => void;
+}
+
+const HASH_RATE = 1e9; // bytes per second both ends can hash (measured here: see docs/benchmarks.md)
+
+export function describeSource(r: SourceRef): string {
+  return r.kind === "lgp" ? "lgp" : `${r.kind}@${r.site}`;
+}
+
+export function parseSource(text: string): SourceRef {
+  if (text === "lgp") return { kind: "lgp" };
+  const m = /^(rgp|rsp)@([A-Za-z0-9._-]{1,64})$/.exec(text);
+  if (!m) throw new Error(`source "${text}": use lgp, rgp@SITE or rsp@SITE`);
+  return { kind: m[1] as "rgp" | "rsp", site: m[2] };
+}
+
+export class RecoveryService {
+  private running = new Map<number, { signal: { aborted: boolean }; progress?: Progress }>();
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(private readonly d: RecoveryDeps) {}
+
+  /** Resumes recoveries interrupted by a stop, and starts the scheduler. */
+  async start(): Promise<void> {
+    const rows = await this.d.db.select().from(recoveries).where(eq(recoveries.status, "running"));
+    for (const r of rows) {
+      log.warn("resuming an interrupted recovery from its checkpoint", {
+        id: r.id,
+        volume: r.volume,
+        chunk: r.checkpoint,
+      });
+      this.launch(r.id);
+    }
+    this.timer = setInterval(() => this.due(), 1000);
+    await this.due();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    for (const r of this.running.values()) r.signal.aborted = true;
+  }
+
+  private volume(key: string): VolumeInfo {
+    const [agent, name] = key.split("/");
+    const v = this.d.journal.volumes().find((x) => x.agent === agent && x.name === name);
+    if (!v) throw new RecoveryError(404, `no volume "${key}" (use AGENT/NAME)`);
+    return v;
+  }
+
+  /** Every candidate source, assessed against the disaster point, and the choice. */
+  async candidates(
+    volumeKey: string,
+    point: RecoveryRequest["point"] = {},
+    strategy: Strategy = "fast",
+    target: "lsp" | "lgp" = "lsp",
+  ) {
+    const v = this.volume(volumeKey);
+    const targetStore = this.d.store(v, target, undefined, true);
+    const out: Candidate[] = [];
+    for (const { ref, info } of await this.d.copies(v)) {
+      if (target === "lgp" && ref.kind === "lgp") continue;
+      const c: Candidate = {
+        source: describeSource(ref),
+        kind: ref.kind,
+        site: ref.site ?? null,
+        state: info?.state ?? "unreachable",
+        lastSeq: info?.lastSeq ?? 0,
+        lastTime: info?.lastTime ?? 0,
+        ageSeq: point.seq !== undefined && info ? info.lastSeq - point.seq : null,
+        ageMs: point.time !== undefined && info?.lastTime ? info.lastTime - point.time : null,
+        bytesToMove: v.size,
+        throughputBps: this.d.throughput(ref),
+        costSeconds: 0,
+        valid: false,
+        reason: "",
+      };
+      if (!info) c.reason = "unreachable";
+      else if (info.state !== "consistent") c.reason = `its copy is ${info.state}`;
+      else if (point.seq !== undefined && info.lastSeq < point.seq) {
+        c.reason = `holds records up to ${info.lastSeq}, before the disaster point ${point.seq}`;
+      } else if (point.time !== undefined && info.lastTime < point.time) {
+        c.reason = `its newest record is ${
+          Math.round((point.time - info.lastTime) / 1000)
+        } s before the disaster point`;
+      } else c.valid = true;
+      if (c.valid && strategy === "fast" && targetStore) {
+        const source = this.d.store(v, ref.kind, ref.site);
+        if (source) c.bytesToMove = await estimateDifference(source, targetStore, v.size).catch(() => v.size);
+      }
+      c.costSeconds = c.bytesToMove / c.throughputBps + (strategy === "fast" ? v.size / HASH_RATE : 0);
+      if (c.valid) c.reason = `valid: about ${mib(c.bytesToMove)} to move at ${mib(c.throughputBps)}/s`;
+      out.push(c);
+    }
+    const valid = out.filter((c) => c.valid).sort((a, b) =>
+      a.costSeconds - b.costSeconds || rank(a.kind) - rank(b.kind)
+    );
+    const chosen = valid[0];
+    const refused = out.filter((c) => !c.valid).map((c) => `${c.source}: ${c.reason}`);
+    const explanation = chosen
+      ? `${chosen.source} chosen: ${chosen.state}, holds records up to ${chosen.lastSeq}` +
+        (point.seq !== undefined ? ` (disaster point ${point.seq})` : "") +
+        `, estimated ${chosen.costSeconds.toFixed(1)} s (${mib(chosen.bytesToMove)} at ${
+          mib(chosen.throughputBps)
+        }/s)` +
+        (valid.length > 1 ? `, the cheapest of ${valid.length} valid sources` : ", the only valid source") +
+        (refused.length ? `; refused: ${refused.join("; ")}` : "")
+      : `no valid source: ${refused.join("; ")}`;
+    return { candidates: out, chosen: chosen?.source ?? null, explanation };
+  }
+
+  /** Starts (or schedules) a recovery; returns its id. Refusals are RecoveryErrors with an HTTP status. */
+  async request(req: RecoveryRequest): Promise<{ id: number; source: string; explanation: string | null }> {
+    const v = this.volume(req.volume);
+    const target = req.target ?? "lsp";
+    let source: SourceRef;
+    let explanation: string | null = null;
+    if (req.mode === "policy") {
+      const c = await this.candidates(req.volume, req.point ?? {}, req.strategy, target);
+      if (!c.chosen) throw new RecoveryError(409, c.explanation);
+      source = parseSource(c.chosen);
+      explanation = c.explanation;
+    } else {
+      if (!req.source) throw new RecoveryError(400, "manual mode needs a source (lgp, rgp@SITE or rsp@SITE)");
+      source = req.source;
+      if (target === "lgp" && source.kind === "lgp") {
+        throw new RecoveryError(400, "the mirror cannot be its own source");
+      }
+      const info = (await this.d.copies(v)).find((c) => describeSource(c.ref) === describeSource(source))
+        ?.info;
+      if (!info) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
+      if (info.state !== "consistent" && !req.force) {
+        throw new RecoveryError(
+          409,
+          `source ${describeSource(source)} is ${info.state}: recovering from it needs force`,
+        );
+      }
+    }
+    if (this.busy(req.volume)) throw new RecoveryError(409, `a recovery of ${req.volume} is already running`);
+    const [row] = await serialized(this.d.db, () =>
+      this.d.db.insert(recoveries).values({
+        volume: req.volume,
+        source: JSON.stringify(source),
+        target,
+        strategy: req.strategy,
+        mode: req.mode,
+        chunkSize: req.chunkSize ?? 1024 * 1024,
+        status: req.at ? "scheduled" : "running",
+        scheduledAt: req.at ?? null,
+        createdAt: Date.now(),
+        explanation,
+        force: req.force ? 1 : 0,
+      }).returning());
+    await this.d.audit.record({
+      subject: `volume:${req.volume}`,
+      kind: "recovery",
+      to: req.at ? "scheduled" : "running",
+      cause: `${req.strategy} recovery of the ${target} from ${describeSource(source)}` +
+        (req.at ? ` scheduled for ${new Date(req.at).toISOString()}` : ""),
+      detail: { id: row.id, mode: req.mode, explanation },
+    });
+    if (!req.at) this.launch(row.id);
+    return { id: row.id, source: describeSource(source), explanation };
+  }
+
+  private busy(volume: string): boolean {
+    return [...this.running.keys()].some((id) => this.volumeOf.get(id) === volume);
+  }
+  private volumeOf = new Map<number, string>();
+
+  async cancel(id: number): Promise<void> {
+    const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
+    if (!r) throw new RecoveryError(404, `no recovery ${id}`);
+    if (r.status !== "scheduled" && r.status !== "running") {
+      throw new RecoveryError(409, `recovery ${id} is ${r.status}`);
+    }
+    const live = this.running.get(id);
+    if (live) live.signal.aborted = true;
+    await this.finish(id, "cancelled", "cancelled by the operator");
+  }
+
+  async list() {
+    const rows = await this.d.db.select().from(recoveries);
+    return rows.map((r) => ({
+      ...r,
+      source: JSON.parse(r.source),
+      progress: this.running.get(r.id)?.progress ?? null,
+    }));
+  }
+
+  private async due(): Promise<void> {
+    const now = Date.now();
+    const rows = await this.d.db.select().from(recoveries).where(eq(recoveries.status, "scheduled"));
+    for (const r of rows) {
+      if ((r.scheduledAt ?? 0) > now || this.running.has(r.id)) continue;
+      await serialized(this.d.db, () =>
+        this.d.db.update(recoveries).set({ status: "running" }).where(
+          and(eq(recoveries.id, r.id), eq(recoveries.status, "scheduled")),
+        ));
+      log.info("starting a scheduled recovery", {
+        id: r.id,
+        volume: r.volume,
+        late: now - (r.scheduledAt ?? now),
+      });
+      this.launch(r.id);
+    }
+  }
+
+  private launch(id: number): void {
+    const signal = { aborted: false };
+    this.running.set(id, { signal });
+    this.run(id, signal).catch(async (e) => {
+      log.error("recovery failed", { id, error: e });
+      await this.finish(id, signal.aborted ? "cancelled" : "failed", (e as Error).message);
+    }).finally(() => {
+      this.running.delete(id);
+      this.volumeOf.delete(id);
+    });
+  }
+
+  private async finish(id: number, status: string, error: string | null): Promise<void> {
+    await serialized(
+      this.d.db,
+      () =>
+        this.d.db.update(recoveries).set({ status, error, finishedAt: Date.now() }).where(
+          and(eq(recoveries.id, id), inArray(recoveries.status, ["running", "scheduled"])),
+        ),
+    );
+    const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
+    if (r) {
+      await this.d.audit.record({
+        subject: `volume:${r.volume}`,
+        kind: "recovery",
+        to: status,
+        cause: error ?? status,
+        detail: { id },
+      });
+    }
+  }
+
+  private async run(id: number, signal: { aborted: boolean }): Promise<void> {
+    const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
+    if (!r) return;
+    this.volumeOf.set(id, r.volume);
+    const v = this.volume(r.volume);
+    const source = JSON.parse(r.source) as SourceRef;
+    const target = r.target as "lsp" | "lgp";
+    const sourceStore = this.d.store(v, source.kind, source.site);
+    if (!sourceStore) throw new Error(`source ${describeSource(source)} is unreachable`);
+    const targetStore = this.d.store(v, target, undefined, true);
+    if (!targetStore) {
+      throw new Error(`the ${target} copy of ${r.volume} is unreachable (is its agent connected?)`);
+    }
+    // the volume takes no writes while its copies are rebuilt
+    const wasFenced = this.d.isFenced(v.agent);
+    if (!wasFenced) await this.d.fence(v.agent, `recovering ${r.volume}`);
+    await this.d.mirrorCaughtUp();
+    if (target === "lgp") this.d.mirrorState(v, "inconsistent");
+    await serialized(
+      this.d.db,
+      () =>
+        this.d.db.update(recoveries).set({ startedAt: r.startedAt ?? Date.now() }).where(
+          eq(recoveries.id, id),
+        ),
+    );
+    const run = (to: ChunkStore, from: number, compared: number, moved: number, persist: boolean) =>
+      recover({
+        source: sourceStore,
+        target: to,
+        strategy: r.strategy as Strategy,
+        chunkSize: r.chunkSize,
+        from,
+        bytesCompared: compared,
+        bytesMoved: moved,
+        signal,
+        checkpoint: persist
+          ? (next, c, m) =>
+            serialized(this.d.db, () =>
+              this.d.db.update(recoveries).set({
+                checkpoint: next,
+                bytesCompared: c,
+                bytesMoved: m,
+                chunks: Math.ceil(v.size / r.chunkSize),
+              })
+                .where(eq(recoveries.id, id))).then(() => {})
+          : undefined,
+        progress: (p) => {
+          const live = this.running.get(id);
+          if (live) {
+            live.progress = p;
+          }
+          this.d.progress?.(id, p);
+        },
+      });
+    const outcome = await run(targetStore, r.checkpoint, r.bytesCompared, r.bytesMoved, true);
+    if (target === "lsp" && source.kind !== "lgp") {
+      // the mirror follows the volume: it takes the same content, then the sites resynchronise
+      const lgp = this.d.store(v, "lgp", undefined, true)!;
+      this.d.mirrorState(v, "inconsistent");
+      await run(lgp, 0, 0, 0, false);
+    }
+    if (target === "lgp" || source.kind !== "lgp") {
+      this.d.mirrorState(v, "consistent");
+      this.d.contentReplaced(v);
+    }
+    await serialized(this.d.db, () =>
+      this.d.db.update(recoveries).set({
+        status: "done",
+        finishedAt: Date.now(),
+        checkpoint: outcome.chunks,
+        chunks: outcome.chunks,
+        bytesCompared: outcome.bytesCompared,
+        bytesMoved: outcome.bytesMoved,
+      }).where(eq(recoveries.id, id)));
+    await this.d.audit.record({
+      subject: `volume:${r.volume}`,
+      kind: "recovery",
+      from: "running",
+      to: "done",
+      cause: `${r.strategy} recovery of the ${target} from ${describeSource(source)} verified`,
+      detail: {
+        id,
+        bytesCompared: outcome.bytesCompared,
+        bytesMoved: outcome.bytesMoved,
+        seconds: outcome.seconds,
+      },
+    });
+    if (!wasFenced) await this.d.unfence(v.agent, `recovery of ${r.volume} done`);
+    log.info("recovery done", {
+      id,
+      volume: r.volume,
+      moved: outcome.bytesMoved,
+      compared: outcome.bytesCompared,
+    });
+  }
+}
+
+export class RecoveryError extends Error {
+  constructor(readonly status: 400 | 404 | 409, message: string) {
+    super(message);
+  }
+}
+
+/** Estimates the bytes a fast recovery would move by comparing a sample of chunks. */
+async function estimateDifference(source: ChunkStore, target: ChunkStore, size: number): Promise<number> {
+  const cs = 1024 * 1024;
+  const chunks = Math.ceil(size / cs);
+  const samples = Math.min(32, chunks);
+  let differ = 0;
+  for (let s = 0; s < samples; s++) {
+    const i = Math.floor(s * chunks / samples);
+    const [a, b] = await Promise.all([source.hashes(cs, i, 1), target.hashes(cs, i, 1)]);
+    if (a.some((x, k) => x !== b[k])) differ++;
+  }
+  return Math.round(size * differ / samples);
+}
+
+function rank(kind: SourceRef["kind"]): number {
+  return kind === "lgp" ? 0 : kind === "rgp" ? 1 : 2;
+}
+
+function mib(n: number): string {
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}

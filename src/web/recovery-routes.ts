@@ -1,0 +1,76 @@
+// API routes for data recovery: candidates (policy), start or schedule, list, cancel.
+import type { Hono } from "hono";
+import { z } from "zod";
+import { parseSource, type RecoveryError, type RecoveryService } from "../recovery/service.ts";
+
+const body = z.object({
+  volume: z.string().regex(/^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/, "volume must be AGENT/NAME"),
+  mode: z.enum(["manual", "policy"]),
+  strategy: z.enum(["full", "fast"]).default("fast"),
+  source: z.string().regex(/^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/, "use lgp, rgp@SITE or rsp@SITE")
+    .optional(),
+  target: z.enum(["lsp", "lgp"]).default("lsp"),
+  point: z.object({
+    seq: z.number().int().nonnegative().optional(),
+    time: z.number().int().positive().optional(),
+  })
+    .optional(),
+  chunkSize: z.number().int().min(4096).max(16 * 1024 * 1024).refine(
+    (n) => (n & (n - 1)) === 0,
+    "a power of two",
+  )
+    .optional(),
+  force: z.boolean().default(false),
+  at: z.number().int().positive().optional(),
+}).strict();
+
+function problem(e: unknown): { status: 400 | 404 | 409 | 500; message: string } {
+  const status = (e as RecoveryError).status;
+  return { status: status ?? 500, message: (e as Error).message };
+}
+
+export function recoveryRoutes(app: Hono, service: RecoveryService): void {
+  app.get("/api/recoveries", async (c) => c.json(await service.list()));
+  app.get("/api/recovery-candidates", async (c) => {
+    const volume = c.req.query("volume") ?? "";
+    const seq = c.req.query("seq"), time = c.req.query("time");
+    const strategy = c.req.query("strategy") === "full" ? "full" : "fast";
+    try {
+      const point = { seq: seq ? Number(seq) : undefined, time: time ? Number(time) : undefined };
+      return c.json(await service.candidates(volume, point, strategy));
+    } catch (e) {
+      const p = problem(e);
+      return c.json({ error: p.message }, p.status);
+    }
+  });
+  app.post("/api/recoveries", async (c) => {
+    let raw: unknown;
+    try {
+      raw = await c.req.json();
+    } catch {
+      return c.json({ error: "the body must be JSON" }, 400);
+    }
+    const parsed = body.safeParse(raw);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      return c.json({ error: `${issue.path.join(".") || "body"}: ${issue.message}` }, 400);
+    }
+    const b = parsed.data;
+    try {
+      const r = await service.request({ ...b, source: b.source ? parseSource(b.source) : undefined });
+      return c.json(r, 202);
+    } catch (e) {
+      const p = problem(e);
+      return c.json({ error: p.message }, p.status);
+    }
+  });
+  app.delete("/api/recoveries/:id", async (c) => {
+    try {
+      await service.cancel(Number(c.req.param("id")));
+      return c.json({ ok: true });
+    } catch (e) {
+      const p = problem(e);
+      return c.json({ error: p.message }, p.status);
+    }
+  });
+}
