@@ -81,6 +81,7 @@ export interface RecoveryDeps {
   progress?: (id: number, p: Progress) => void;
 }
 
+const DEFAULT_CHUNK = 1024 * 1024;
 const HASH_RATE = 1e9; // bytes per second both ends can hash (measured here: see docs/benchmarks.md)
 
 export function describeSource(r: SourceRef): string {
@@ -167,7 +168,9 @@ export class RecoveryService {
         const source = this.d.store(v, ref.kind, ref.site);
         if (source) c.bytesToMove = await estimateDifference(source, targetStore, v.size).catch(() => v.size);
       }
-      c.costSeconds = c.bytesToMove / c.throughputBps + (strategy === "fast" ? v.size / HASH_RATE : 0);
+      // fast recovery also hashes both ends and ships one 16-byte hash per chunk over the link
+      const hashSeconds = v.size / HASH_RATE + Math.ceil(v.size / DEFAULT_CHUNK) * 16 / c.throughputBps;
+      c.costSeconds = c.bytesToMove / c.throughputBps + (strategy === "fast" ? hashSeconds : 0);
       if (c.valid) c.reason = `valid: about ${mib(c.bytesToMove)} to move at ${mib(c.throughputBps)}/s`;
       out.push(c);
     }
@@ -223,7 +226,7 @@ export class RecoveryService {
         target,
         strategy: req.strategy,
         mode: req.mode,
-        chunkSize: req.chunkSize ?? 1024 * 1024,
+        chunkSize: req.chunkSize ?? DEFAULT_CHUNK,
         status: req.at ? "scheduled" : "running",
         scheduledAt: req.at ?? null,
         createdAt: Date.now(),
@@ -324,15 +327,39 @@ export class RecoveryService {
     const v = this.volume(r.volume);
     const source = JSON.parse(r.source) as SourceRef;
     const target = r.target as "lsp" | "lgp";
-    const sourceStore = this.d.store(v, source.kind, source.site);
+    // after a gateway restart the agents and sites reconnect within seconds: wait for them
+    const sourceStore = await reachable(() => this.d.store(v, source.kind, source.site), signal);
     if (!sourceStore) throw new Error(`source ${describeSource(source)} is unreachable`);
-    const targetStore = this.d.store(v, target, undefined, true);
+    const targetStore = await reachable(() => this.d.store(v, target, undefined, true), signal);
     if (!targetStore) {
       throw new Error(`the ${target} copy of ${r.volume} is unreachable (is its agent connected?)`);
     }
     // the volume takes no writes while its copies are rebuilt
     const wasFenced = this.d.isFenced(v.agent);
     if (!wasFenced) await this.d.fence(v.agent, `recovering ${r.volume}`);
+    try {
+      await this.rebuild(id, r, v, source, sourceStore, target, targetStore, signal);
+    } catch (e) {
+      // a mirror rebuild that stops leaves the volume itself intact: it takes writes again;
+      // a volume rebuild that stops leaves it half-written, so it stays fenced
+      if (!wasFenced && target === "lgp") {
+        await this.d.unfence(v.agent, `recovery of the mirror of ${r.volume} stopped`);
+      }
+      throw e;
+    }
+    if (!wasFenced) await this.d.unfence(v.agent, `recovery of ${r.volume} done`);
+  }
+
+  private async rebuild(
+    id: number,
+    r: typeof recoveries.$inferSelect,
+    v: VolumeInfo,
+    source: SourceRef,
+    sourceStore: ChunkStore,
+    target: "lsp" | "lgp",
+    targetStore: ChunkStore,
+    signal: { aborted: boolean },
+  ): Promise<void> {
     await this.d.mirrorCaughtUp();
     if (target === "lgp") this.d.mirrorState(v, "inconsistent");
     await serialized(
@@ -404,7 +431,6 @@ export class RecoveryService {
         seconds: outcome.seconds,
       },
     });
-    if (!wasFenced) await this.d.unfence(v.agent, `recovery of ${r.volume} done`);
     log.info("recovery done", {
       id,
       volume: r.volume,
@@ -440,4 +466,19 @@ function rank(kind: SourceRef["kind"]): number {
 
 function mib(n: number): string {
   return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+const REACH_WAIT_MS = 60_000;
+
+/** Polls for a store until it appears, the recovery is cancelled, or a minute passes. */
+async function reachable(
+  get: () => ChunkStore | undefined,
+  signal: { aborted: boolean },
+): Promise<ChunkStore | undefined> {
+  const deadline = Date.now() + REACH_WAIT_MS;
+  for (;;) {
+    const s = get();
+    if (s || signal.aborted || Date.now() > deadline) return s;
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
