@@ -144,7 +144,7 @@ t(
       );
 
       // failback is refused while the local side is unhealthy, accepted once it is healthy again
-      const early = await fetch("http://10.77.9.1:7880/api/services/web/failback", {
+      const early = await fetch("http://10.77.9.1:7880/api/services/web/failback?traffic-only=1", {
         method: "POST",
         headers: { authorization: `Bearer ${lab.token}` },
       });
@@ -162,7 +162,7 @@ t(
         15_000,
         "the local side to be healthy",
       );
-      await lab.api("/api/services/web/failback", "POST");
+      await lab.api("/api/services/web/failback?traffic-only=1", "POST");
       assert.not.match(await lab.natRules(), /continuum:web/, "failback removed the rule");
       const before = poller.answers().length;
       await waitFor(

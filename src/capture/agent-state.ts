@@ -62,4 +62,10 @@ export class AgentState {
     this.s.promoted = { since: Date.now() };
     await this.save();
   }
+
+  /** Back to standby: the service returned to the primary site. */
+  async demote(): Promise<void> {
+    delete this.s.promoted;
+    await this.save();
+  }
 }

@@ -6,7 +6,9 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   status                  the gateway's status (JSON)
   services                protected services and their state
   failover SERVICE        move SERVICE to its remote site now
-  failback SERVICE        send SERVICE's traffic back to the local server
+  failback SERVICE [--traffic-only]
+                          bring SERVICE's data back from its site, then its traffic (waits until
+                          done; --traffic-only: only remove the switch rule)
   audit [--limit N]       the newest audit log entries
   candidates VOLUME [--seq N | --time ISO] [--strategy fast|full]
                           recovery sources of VOLUME (AGENT/NAME), assessed, and the policy's choice
@@ -32,6 +34,7 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         target: { type: "string", default: "lsp" },
         policy: { type: "boolean", default: false },
         force: { type: "boolean", default: false },
+        "traffic-only": { type: "boolean", default: false },
         seq: { type: "string" },
         time: { type: "string" },
         at: { type: "string" },
@@ -116,9 +119,14 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       path = `/api/recoveries/${need("ID")}`;
       break;
     case "failover":
+      method = "POST";
+      path = `/api/services/${need("SERVICE")}/failover`;
+      break;
     case "failback":
       method = "POST";
-      path = `/api/services/${need("SERVICE")}/${cmd}`;
+      path = `/api/services/${need("SERVICE")}/failback?${
+        values["traffic-only"] ? "traffic-only=1" : "wait=1"
+      }`;
       break;
     default:
       throw new UsageError(`ctl: unknown command "${cmd}"\n\n${ctlUsage}`);

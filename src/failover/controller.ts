@@ -57,6 +57,8 @@ export class FailoverController {
   private entries = new Map<string, Entry>();
   private fenced = new Map<string, string>();
   private busy = new Set<string>();
+  /** A data failback's current phase, per service. */
+  private phases = new Map<string, string>();
 
   constructor(private readonly o: ControllerOptions) {}
 
@@ -103,6 +105,17 @@ export class FailoverController {
   /** Services whose server is this agent. */
   servicesOf(agent: string): string[] {
     return [...this.entries.values()].filter((e) => e.config.agent === agent).map((e) => e.config.name);
+  }
+
+  /** A service's agent, site and whether it runs at the site now. */
+  describe(name: string): { agent: string; site: string; failedOver: boolean } | undefined {
+    const e = this.entries.get(name);
+    return e && { agent: e.config.agent, site: e.config.site, failedOver: e.state === "failed-over" };
+  }
+
+  setPhase(name: string, phase: string | undefined): void {
+    if (phase) this.phases.set(name, phase);
+    else this.phases.delete(name);
   }
 
   isFenced(agent: string): string | undefined {
@@ -260,6 +273,7 @@ export class FailoverController {
       rule: e.rule !== null,
       since: e.since,
       fenced: this.fenced.get(e.config.agent) ?? null,
+      failback: this.phases.get(e.config.name) ?? null,
     }));
   }
 }

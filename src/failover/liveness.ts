@@ -139,6 +139,14 @@ export class Liveness {
   }
 
   /** Why an agent cannot be relied on now, or undefined when it is trusted and its service healthy. */
+  /** Why the agent's host is not trusted (no heartbeat, SUSPECT, FAILURE), or undefined. */
+  hostUntrusted(agent: string): string | undefined {
+    const w = this.agents.get(agent);
+    if (!w) return `no heartbeat from ${agent} yet`;
+    const state = w.detector.state(this.clock());
+    return state === "TRUST" ? undefined : `${agent} is ${state}`;
+  }
+
   unhealthy(agent: string): string | undefined {
     const w = this.agents.get(agent);
     if (!w) return `no heartbeat from ${agent} yet`;

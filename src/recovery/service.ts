@@ -245,6 +245,39 @@ export class RecoveryService {
     return { id: row.id, source: describeSource(source), explanation };
   }
 
+  /**
+   * Failback's online pass: copies what differs from a source into the volume and
+   * the mirror while the source still changes (its service runs), so the final,
+   * verified recovery after the source froze moves only the last difference.
+   * Not verified, not recorded: the copies stay fenced and inconsistent meanwhile.
+   */
+  async precopy(volumeKey: string, source: SourceRef, chunkSize = DEFAULT_CHUNK) {
+    const v = this.volume(volumeKey);
+    if (this.busy(volumeKey)) throw new RecoveryError(409, `a recovery of ${volumeKey} is already running`);
+    const from = this.d.store(v, source.kind, source.site);
+    if (!from) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
+    let moved = 0, compared = 0;
+    for (const target of ["lsp", "lgp"] as const) {
+      const to = this.d.store(v, target, undefined, true);
+      if (!to) throw new RecoveryError(409, `the ${target} copy of ${volumeKey} is unreachable`);
+      if (target === "lgp") this.d.mirrorState(v, "inconsistent");
+      const o = await recover({ source: from, target: to, strategy: "fast", chunkSize, verify: false });
+      moved += o.bytesMoved;
+      compared += o.bytesCompared;
+    }
+    return { bytesMoved: moved, bytesCompared: compared };
+  }
+
+  /** Resolves with a recovery's final row once it is done, failed or cancelled. */
+  async settled(id: number): Promise<typeof recoveries.$inferSelect> {
+    for (;;) {
+      const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
+      if (!r) throw new RecoveryError(404, `no recovery ${id}`);
+      if (!["running", "scheduled"].includes(r.status) && !this.running.has(id)) return r;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+
   private busy(volume: string): boolean {
     return [...this.running.keys()].some((id) => this.volumeOf.get(id) === volume);
   }

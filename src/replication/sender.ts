@@ -444,6 +444,9 @@ export class Session {
       this.peerLast.set(id, r?.lastSeq ?? 0);
       this.lastSent.set(id, r?.lastSeq ?? 0);
       if (this.needsSync(id, r)) {
+        // after the sync the peer holds this journal's history, whatever it reported before
+        // (a promoted copy numbers its own writes): nothing may be skipped as "held" then
+        this.peerLast.set(id, 0);
         const v = this.s.volume(id)!;
         const missed = this.s.missedChunks(id);
         // a copy that only missed what a pull-ahead skipped gets just those chunks
@@ -615,10 +618,13 @@ export class Session {
       if (this.stopped) return;
       if (job.next >= job.chunks) {
         const seq = this.lastSent.get(job.volume) ?? 0;
+        // once acknowledged, the copy holds every record up to the last one sent and, through
+        // the chunks, every record the reset voided (never sent, so never acknowledged one by one)
+        const covered = Math.max(seq, this.s.volume(job.volume)?.voidUpTo ?? 0);
         this.push(
           syncRecord(Kind.SyncEnd, job.volume, seq, 0, 0),
           job.volume,
-          0,
+          covered,
           Date.now(),
           job.only ?? "all",
         );

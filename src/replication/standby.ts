@@ -101,6 +101,12 @@ export class StandbyApplier {
     await this.drain();
   }
 
+  /** Applies again (the copy is a standby again after a demotion). */
+  thaw(): void {
+    this.frozen = false;
+    this.reset();
+  }
+
   async record(body: Uint8Array): Promise<void> {
     if (this.frozen) return;
     if (this.failed) throw this.failed;

@@ -110,6 +110,20 @@ export const agentFlags: FlagSpec[] = [
     placeholder: "COMMAND",
   },
   {
+    name: "on-demote",
+    type: "string",
+    description:
+      "standby: command run (sh -c) when the service goes back to the primary site, before the volumes turn read-only, e.g. stop the service and unmount",
+    placeholder: "COMMAND",
+  },
+  {
+    name: "on-unfence",
+    type: "string",
+    description:
+      "command run (sh -c) when the gateway lifts this server's fence after recovery or failback, e.g. mount and start the service",
+    placeholder: "COMMAND",
+  },
+  {
     name: "service-check",
     type: "string",
     description: "how to check the service: tcp:HOST:PORT, http(s)://URL or exec:COMMAND",
@@ -271,9 +285,22 @@ async function chunkOp(c: Common, link: AgentLink, f: Frame, writable: boolean):
 function fenceOrder(c: Common, msg: unknown): boolean {
   const m = msg as { type?: string; reason?: string };
   if (m?.type === "fence") c.state.fence(String(m.reason ?? "fenced by the gateway"));
-  else if (m?.type === "unfence") c.state.unfence();
-  else return false;
+  else if (m?.type === "unfence") {
+    const wasFenced = c.state.fenced !== undefined;
+    c.state.unfence().then(() => wasFenced ? runHook(c, "on-unfence") : undefined).catch((e) =>
+      log.error("--on-unfence failed", { error: e })
+    );
+  } else return false;
   return true;
+}
+
+/** Runs an operator's hook command (sh -c); throws when it exits non-zero. */
+async function runHook(c: Common, flag: "on-promote" | "on-demote" | "on-unfence"): Promise<void> {
+  const hook = optStr(c.p, flag);
+  if (!hook) return;
+  const out = await new Deno.Command("sh", { args: ["-c", hook], stdout: "inherit", stderr: "inherit" })
+    .output();
+  if (!out.success) throw new Error(`--${flag} exited with code ${out.code}`);
 }
 
 /**
@@ -377,14 +404,41 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     primary = await protect(c, link, copies.length, (e) => fail(e));
     exports = primary.exports;
     await primary.ready();
-    const hook = optStr(c.p, "on-promote");
-    if (hook) {
-      const out = await new Deno.Command("sh", { args: ["-c", hook], stdout: "inherit", stderr: "inherit" })
-        .output();
-      if (!out.success) throw new Error(`--on-promote exited with code ${out.code}`);
-    }
+    await runHook(c, "on-promote");
     await c.monitor?.waitHealthy(30_000);
     log.warn("promoted: serving the volumes read-write", { volumes: copies.map((s) => s.name) });
+  };
+
+  /**
+   * The service goes back to the primary site: stop it here (--on-demote), wait
+   * until the gateway holds every write made here, then be a standby again. The
+   * copies are reported inconsistent, so the gateway's feeder compares them
+   * (by hash: nothing moves when they are equal) before streaming again.
+   */
+  const demote = async (): Promise<void> => {
+    if (!primary) return;
+    log.warn("demotion: the service goes back to the primary site");
+    await runHook(c, "on-demote");
+    exports = copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
+    // every write made here must be durable at the gateway before the copies change hands
+    const deadline = Date.now() + 10_000;
+    while (primary.exports.some((e) => !e.quiescent) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const stuck = primary.exports.filter((e) => !e.quiescent).map((e) => e.name);
+    if (stuck.length) throw new Error(`writes to ${stuck.join(", ")} not confirmed by the gateway`);
+    await primary.close();
+    primary = undefined;
+    await c.state.demote();
+    for (const s of copies) {
+      s.seq = { lastSeq: 0, rebase: false };
+      s.state = "inconsistent";
+      await s.persist();
+    }
+    applier.thaw();
+    announced = 0;
+    copies.forEach((s, i) => link.register(standbyLinkVolume(s, i)));
+    log.warn("demoted: standby again, volumes read-only", { volumes: copies.map((s) => s.name) });
   };
 
   const link: AgentLink = new AgentLink({
@@ -397,12 +451,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     },
     onControl: (m) => {
       const msg = m as { type?: string; id?: number };
-      if (msg?.type !== "promote") return void fenceOrder(c, m);
-      promote().then(
-        () => link.sendControl({ type: "promoted", id: msg.id, ok: true }),
+      const act = msg?.type === "promote" ? promote : msg?.type === "demote" ? demote : undefined;
+      if (!act) return void fenceOrder(c, m);
+      const answer = msg.type === "promote" ? "promoted" : "demoted";
+      act().then(
+        () => link.sendControl({ type: answer, id: msg.id, ok: true }),
         (e) => {
-          log.error("promotion failed", { error: e });
-          link.sendControl({ type: "promoted", id: msg.id, ok: false, error: (e as Error).message });
+          log.error(`${msg.type} failed`, { error: e });
+          link.sendControl({ type: answer, id: msg.id, ok: false, error: (e as Error).message });
         },
       );
     },
@@ -426,25 +482,23 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       }
     },
   });
-  copies.forEach((s, i) => {
-    const lv: LinkVolume = {
-      linkId: i,
-      name: s.name,
-      size: s.volume.size,
-      openFields: () => ({ standby: true, lastSeq: s.seq.lastSeq, state: s.state }),
-      onOpened: (info) => {
-        applier.opened(s.name, info.journalId);
-        // every volume is known to the gateway: it may start streaming
-        if (++announced === copies.length) link.sendControl({ type: "standby-ready" });
-      },
-      onRefused: (message) =>
-        log.error("gateway refused the standby volume", { volume: s.name, reason: message }),
-      onLinkDown: () => {},
-      onAccepted: () => {},
-      onDurable: () => {},
-    };
-    link.register(lv);
+  const standbyLinkVolume = (s: StandbyVolume, i: number): LinkVolume => ({
+    linkId: i,
+    name: s.name,
+    size: s.volume.size,
+    openFields: () => ({ standby: true, lastSeq: s.seq.lastSeq, state: s.state }),
+    onOpened: (info) => {
+      applier.opened(s.name, info.journalId);
+      // every volume is known to the gateway: it may start streaming
+      if (++announced === copies.length) link.sendControl({ type: "standby-ready" });
+    },
+    onRefused: (message) =>
+      log.error("gateway refused the standby volume", { volume: s.name, reason: message }),
+    onLinkDown: () => {},
+    onAccepted: () => {},
+    onDurable: () => {},
   });
+  copies.forEach((s, i) => link.register(standbyLinkVolume(s, i)));
   link.start();
   const server = await serveNbd(c.p, c.dataDir, () => exports);
   log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });

@@ -26,6 +26,7 @@ import { volumes as volumesTable } from "../db/schema.ts";
 import { eq } from "drizzle-orm";
 import { serialized } from "../db/db.ts";
 import { services as servicesTable } from "../db/schema.ts";
+import { failback, type FailbackDeps } from "../failover/failback.ts";
 import type { Db } from "../db/db.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
 import { Sender } from "../replication/sender.ts";
@@ -341,6 +342,42 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     const recovery = await openRecovery(db, journal, audit, mirror, remotes, controller, listener);
     await recovery.start();
     cleanups.push(() => recovery.stop());
+    const failbackDeps: FailbackDeps = {
+      service: (name) => controller.describe(name),
+      volumes: (agent) =>
+        journal.volumes().filter((v) => v.agent === agent).map((v) => `${v.agent}/${v.name}`),
+      hostUnready: (agent) =>
+        listener.connectedAgents().includes(agent)
+          ? liveness.hostUntrusted(agent)
+          : `agent ${agent} is not connected`,
+      serviceUnhealthy: (agent) => liveness.unhealthy(agent),
+      onlineCopy: (volume, site) => recovery.precopy(volume, { kind: "rgp", site }),
+      demote: async (site, agent) => {
+        const r = remotes.find((x) => x.site === site)!;
+        const answer = await r.client.request({ type: "demote", agent }, 90_000);
+        if (answer.ok !== true) {
+          throw new Error(`site ${site} could not demote ${agent}: ${answer.error ?? "no reason given"}`);
+        }
+      },
+      finalCopy: async (volume, site) => {
+        const { id } = await recovery.request({
+          volume,
+          mode: "manual",
+          strategy: "fast",
+          source: { kind: "rgp", site },
+          target: "lsp",
+        });
+        const r = await recovery.settled(id);
+        if (r.status !== "done") {
+          throw new Error(`the final recovery of ${volume} is ${r.status}: ${r.error}`);
+        }
+        return { bytesMoved: r.bytesMoved };
+      },
+      unfence: (agent, cause) => controller.unfence(agent, cause),
+      switchBack: (name) => controller.failback(name, "failback with data"),
+      record: (e) => audit.record(e),
+      onPhase: (name, phase) => controller.setPhase(name, phase),
+    };
     const token = loadOrCreateToken(`${dataDir}/api-token`);
     const started = Date.now();
     const server = startStatusServer({
@@ -373,7 +410,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
       }),
       routes: (app) => {
-        failoverRoutes(app, controller, audit);
+        failoverRoutes(app, controller, audit, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
       },
     });

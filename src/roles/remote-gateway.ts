@@ -198,8 +198,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       ),
     );
     const feeders = new Map<string, Sender>();
-    for (const agent of secrets.keys()) {
-      if (promoted.has(agent)) continue;
+    const openFeeder = async (agent: string) =>
       feeders.set(
         agent,
         await Sender.open({
@@ -212,7 +211,16 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           syncChunk: num(p, "sync-chunk"),
         }),
       );
-    }
+    const closeFeeder = async (agent: string) => {
+      const f = feeders.get(agent);
+      if (!f) return;
+      const s = sessions.get(agent);
+      if (s) f.detach(s);
+      journal.dropCursor(f.name);
+      await store.remove(f.name);
+      feeders.delete(agent);
+    };
+    for (const agent of secrets.keys()) if (!promoted.has(agent)) await openFeeder(agent);
     await applier.start();
     cleanups.push(() => applier.stop());
 
@@ -267,7 +275,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       standby,
       onControl: (_agent, msg) => {
         const m = msg as { type?: string; id?: number; ok?: boolean; error?: string };
-        if (m?.type === "promoted") answers.get(Number(m.id))?.(m);
+        if (m?.type === "promoted" || m?.type === "demoted") answers.get(Number(m.id))?.(m);
       },
     });
 
@@ -282,27 +290,57 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       }
       promoted.add(agent);
       for (const v of journal.volumes()) if (v.agent === agent) setState(v.id, "promoted");
-      const f = feeders.get(agent);
-      if (f) {
-        const s = sessions.get(agent);
-        if (s) f.detach(s);
-        journal.dropCursor(f.name);
-        await store.remove(f.name);
-        feeders.delete(agent);
-      }
+      await closeFeeder(agent);
+      const r = await ask(agent, "promote");
+      log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
+      return { ok: r.ok === true, error: r.error };
+    };
+
+    /** Sends an order to a standby agent and waits (bounded) for its answer. */
+    const ask = async (agent: string, type: "promote" | "demote") => {
       const id = nextAsk++;
       const answer = new Promise<{ ok?: boolean; error?: string }>((resolve) => {
         answers.set(id, resolve);
         setTimeout(
-          () => resolve({ ok: false, error: "the standby agent did not finish promoting within 60 s" }),
+          () => resolve({ ok: false, error: `the agent did not finish its ${type} within 60 s` }),
           60_000,
         );
       });
-      agents.sendControl(agent, { type: "promote", id });
+      agents.sendControl(agent, { type, id });
       const r = await answer;
       answers.delete(id);
-      log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
-      return { ok: r.ok === true, error: r.error };
+      return r;
+    };
+
+    /**
+     * Failback, at this site: the promoted agent stops its service and becomes a
+     * standby again once this gateway holds all it wrote; the replica then holds
+     * the service's final data (the local site copies it back from here), and the
+     * local site's stream is taken again.
+     */
+    const demote = async (agent: string): Promise<Record<string, unknown>> => {
+      if (!promoted.has(agent)) return { ok: true, note: "not promoted here" };
+      if (!agents.connectedAgents().includes(agent)) {
+        return { ok: false, error: `agent ${agent} is not connected to site ${site}` };
+      }
+      // the feeder exists before the agent re-registers as a standby, so it attaches to it
+      await openFeeder(agent);
+      const r = await ask(agent, "demote");
+      if (!r.ok) {
+        await closeFeeder(agent); // a feeder without its standby would hold the journal
+        log.error("demotion failed", { agent, error: r.error });
+        return { ok: false, error: r.error };
+      }
+      await applier.caughtUp();
+      promoted.delete(agent);
+      const held: Record<string, number> = {};
+      for (const v of journal.volumes()) {
+        if (v.agent !== agent) continue;
+        setState(v.id, "consistent");
+        held[v.name] = applier.applied(v.id);
+      }
+      log.warn("standby demoted: the service went back to the primary site", { agent, held });
+      return { ok: true, held };
     };
     cleanups.push(() => agents.close());
 
@@ -365,6 +403,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       },
       onControl: (_site, m) => {
         if (m.type === "promote" && typeof m.agent === "string") return promote(m.agent);
+        if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
@@ -376,7 +415,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       if (!v) return { ok: false, error: `no volume ${key} here` };
       const state = states.get(v.id) ?? "empty";
       const rgp = {
-        state: state === "empty" ? "consistent" : state,
+        // a promoted copy takes the service's own writes: it is the newest consistent copy
+        state: state === "empty" || state === "promoted" ? "consistent" : state,
         lastSeq: applier.applied(v.id),
         lastTime: applier.appliedAt(v.id),
       };

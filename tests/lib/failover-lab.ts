@@ -8,9 +8,49 @@
 // DNAT rule of the operator's); Continuum's own chain comes first and, after a
 // failover, sends it to the remote site instead.
 import { exec, inNs, mustExec, NetLab } from "./netns.ts";
+import type { FailbackReport } from "../../src/failover/failback.ts";
 import { keygen, RoleProcess, sparseImage, tempDir, waitFor, writeSecret } from "./cluster.ts";
 
 const lib = new URL("./", import.meta.url).pathname;
+
+/** Writes `text` into block 0 of export vol0 at an NBD socket (what the lab's service answers with). */
+export async function writeServiceText(socket: string, text: string): Promise<void> {
+  const block = new Uint8Array(4096);
+  block.set(new TextEncoder().encode(text));
+  const file = `${socket}.block`;
+  await Deno.writeFile(file, block);
+  await mustExec([
+    "qemu-io",
+    "-f",
+    "raw",
+    `nbd+unix:///vol0?socket=${socket}`,
+    "-c",
+    `write -s ${file} 0 4096`,
+  ]);
+}
+
+/** A lab whose test process died without stopping it holds the addresses: remove it. */
+async function removeStaleLabs(): Promise<void> {
+  const alive = (pid: number) => {
+    try {
+      Deno.kill(pid, "SIGCONT");
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const links = (await exec(["ip", "-br", "link"])).stdout ?? "";
+  for (const m of links.matchAll(/^m(\d+)@/gm)) {
+    if (!alive(Number(m[1]))) await exec(["ip", "link", "del", `m${m[1]}`]).catch(() => {});
+  }
+  const spaces = (await exec(["ip", "netns", "list"])).stdout ?? "";
+  for (const m of spaces.matchAll(/^(cf(\d+)-\w+)/gm)) {
+    if (alive(Number(m[2]))) continue;
+    const pids = ((await exec(["ip", "netns", "pids", m[1]])).stdout ?? "").split(/\s+/).filter(Boolean);
+    for (const pid of pids) Deno.kill(Number(pid), "SIGKILL");
+    await exec(["ip", "netns", "del", m[1]]).catch(() => {});
+  }
+}
 export const SERVICE_HOST = "10.77.1.1";
 export const SERVICE_PORT = 80;
 const MiB = 1024 * 1024;
@@ -20,6 +60,10 @@ export interface LabOptions {
   gatewayExtra?: string[];
   /** Heartbeats go through a jitter relay (mean, spread in ms) in the gw namespace. */
   jitter?: { meanMs: number; spreadMs: number };
+  /** Size of the protected volume (default 16 MiB). */
+  sizeMiB?: number;
+  /** The app's service is started by the agent's --on-unfence hook (failback), not by the lab. */
+  serviceOnUnfence?: boolean;
 }
 
 export class FailoverLab {
@@ -38,6 +82,7 @@ export class FailoverLab {
   private gatewayArgs: string[] = [];
 
   async start(o: LabOptions = {}): Promise<this> {
+    await removeStaleLabs();
     this.dir = await tempDir("failover");
     const n = this.net;
     for (const t of ["client", "gw", "app", "remote"] as const) this.ns[t] = await n.addNs(t);
@@ -116,8 +161,8 @@ export class FailoverLab {
     await writeSecret(`${d}/standby.secret`);
     const localFp = await keygen(`${d}/local-keys`, "local");
     const remoteFp = await keygen(`${d}/remote-keys`, "dr1");
-    this.lsp = await sparseImage(`${d}/lsp.img`, 16 * MiB);
-    this.rsp = await sparseImage(`${d}/rsp.img`, 16 * MiB);
+    this.lsp = await sparseImage(`${d}/lsp.img`, (o.sizeMiB ?? 16) * MiB);
+    this.rsp = await sparseImage(`${d}/rsp.img`, (o.sizeMiB ?? 16) * MiB);
     await Deno.writeTextFile(
       `${d}/serve.sh`,
       [
@@ -125,6 +170,23 @@ export class FailoverLab {
         "# the promotion hook: start the service on the standby's (now writable) volume, in the background",
         `nohup ${Deno.execPath()} run -A ${lib}volume-service.ts 10.77.3.2 8080 ${d}/standby/nbd.sock vol0 dr1 > ${d}/remote-service.log 2>&1 &`,
         `echo $! > ${d}/remote-service.pid`,
+      ].join("\n") + "\n",
+      { mode: 0o755 },
+    );
+    await Deno.writeTextFile(
+      `${d}/unserve.sh`,
+      ["#!/bin/sh", "# the demotion hook: stop the service", `kill $(cat ${d}/remote-service.pid)`].join(
+        "\n",
+      ) + "\n",
+      { mode: 0o755 },
+    );
+    await Deno.writeTextFile(
+      `${d}/serve-local.sh`,
+      [
+        "#!/bin/sh",
+        "# the unfence hook: start the service on the recovered volume, in the background",
+        `nohup ${Deno.execPath()} run -A ${lib}volume-service.ts 10.77.2.2 8080 ${d}/agent/nbd.sock vol0 local > ${d}/app-service-hook.log 2>&1 &`,
+        `echo $! > ${d}/app-service.pid`,
       ].join("\n") + "\n",
       { mode: 0o755 },
     );
@@ -177,6 +239,8 @@ export class FailoverLab {
         "off",
         "--on-promote",
         `${d}/serve.sh`,
+        "--on-demote",
+        `${d}/unserve.sh`,
         "--service-check",
         "http://10.77.3.2:8080/",
         "--heartbeat-to",
@@ -255,6 +319,7 @@ export class FailoverLab {
         `10.77.2.1:${heartbeatPort}`,
         "--service-check",
         "http://10.77.2.2:8080/",
+        ...(o.serviceOnUnfence ? ["--on-unfence", `${d}/serve-local.sh`] : []),
       ],
       `${d}/agent.log`,
       { netns: this.ns.app },
@@ -298,6 +363,15 @@ export class FailoverLab {
     return body;
   }
 
+  /** Runs the service's failback with its data and waits for the gateway's answer. */
+  async failback(): Promise<{ status: number; body: Record<string, unknown> & { report?: FailbackReport } }> {
+    const r = await fetch("http://10.77.9.1:7880/api/services/web/failback?wait=1", {
+      method: "POST",
+      headers: { authorization: `Bearer ${this.token}` },
+    });
+    return { status: r.status, body: await r.json() };
+  }
+
   async serviceState(): Promise<string> {
     const s = await this.api("/api/services") as { name: string; state: string }[];
     return s.find((x) => x.name === "web")!.state;
@@ -312,10 +386,12 @@ export class FailoverLab {
     for (const p of [this.appService, this.agent, this.gateway, this.standby, this.remote, ...this.extra]) {
       if (p) await p.stop().catch(() => {});
     }
-    try {
-      const pid = Number((await Deno.readTextFile(`${this.dir}/remote-service.pid`)).trim());
-      if (pid > 0) Deno.kill(pid, "SIGTERM");
-    } catch { /* the remote service never started */ }
+    for (const f of ["remote-service.pid", "app-service.pid"]) {
+      try {
+        const pid = Number((await Deno.readTextFile(`${this.dir}/${f}`)).trim());
+        if (pid > 0) Deno.kill(pid, "SIGTERM");
+      } catch { /* never started, or stopped already */ }
+    }
     await this.net.destroy();
     await exec(["ip", "link", "del", `m${Deno.pid % 100000}`]).catch(() => {});
   }
@@ -372,9 +448,9 @@ while (true) {
     return this.proc.log.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
   }
 
-  /** The gap between the last good answer from `from` and the first good answer from `to`. */
-  outage(from: string, to: string): { lastFrom: number; firstTo: number; ms: number } | undefined {
-    const a = this.answers();
+  /** The gap between the last good answer from `from` and the first good answer from `to` (after `after`). */
+  outage(from: string, to: string, after = 0): { lastFrom: number; firstTo: number; ms: number } | undefined {
+    const a = this.answers().filter((x) => x.t >= after);
     const firstTo = a.find((x) => x.ok && x.body.startsWith(`${to}:`));
     if (!firstTo) return undefined;
     const lastFrom = [...a].reverse().find((x) => x.ok && x.body.startsWith(`${from}:`) && x.t < firstTo.t);

@@ -1,0 +1,140 @@
+// Failback with its data, end to end in network namespaces: the service failed
+// over and took writes at the remote site; failback copies them back while the
+// remote keeps serving, then a short switch window freezes the remote, moves the
+// last difference, starts the local service (--on-unfence) and removes the DNAT
+// rule. The client sees the remote's data served locally, the outage of the
+// window is measured, and replication runs forward again.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { need } from "./lib/env.ts";
+import { FailoverLab, Poller, writeServiceText } from "./lib/failover-lab.ts";
+import { run, waitFor } from "./lib/cluster.ts";
+
+const t = suite("failback");
+const prereq = { root: true, tools: ["ip", "iptables", "iptables-save", "qemu-io"] };
+const MiB = 1024 * 1024;
+
+async function sha256(path: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+interface SiteVolume {
+  ackedSeq: number;
+  state: string;
+}
+
+async function forwardCaughtUp(lab: FailoverLab): Promise<void> {
+  let last = "";
+  await waitFor(
+    async () => {
+      const s = await lab.api("/api/status") as {
+        volumes: { lastSeq: number }[];
+        sites: { volumes: SiteVolume[] }[];
+      };
+      const v = s.sites[0]?.volumes[0];
+      last = `volume ${JSON.stringify(s.volumes[0])}, site ${JSON.stringify(v)}`;
+      return v?.state === "consistent" && v.ackedSeq === s.volumes[0].lastSeq;
+    },
+    60_000,
+    "the remote site to hold everything",
+    200,
+  ).catch((e) => {
+    throw new Error(`${(e as Error).message}: ${last}`);
+  });
+}
+
+t(
+  "failback brings the remote's writes home, switches back within seconds, and replicates forward again",
+  async () => {
+    if (!need("failback in namespaces", prereq)) return;
+    const lab = await new FailoverLab().start({ sizeMiB: 256, serviceOnUnfence: true });
+    const poller = new Poller(lab);
+    const agentSock = `${lab.dir}/agent/nbd.sock`, standbySock = `${lab.dir}/standby/nbd.sock`;
+    try {
+      await writeServiceText(agentSock, "written before the failure");
+      await run("qemu-io", [
+        "-f",
+        "raw",
+        `nbd+unix:///vol0?socket=${agentSock}`,
+        "-c",
+        "write -P 0x11 8M 64M",
+      ]);
+      await forwardCaughtUp(lab);
+
+      await lab.appService!.stop();
+      await waitFor(() => lab.serviceState().then((s) => s === "failed-over"), 30_000, "failover", 100);
+      // the service runs at dr1 and writes there: new text, and 16 MiB of new data
+      await writeServiceText(standbySock, "written at dr1 during the failover");
+      await run("qemu-io", [
+        "-f",
+        "raw",
+        `nbd+unix:///vol0?socket=${standbySock}`,
+        "-c",
+        "write -P 0x22 100M 16M",
+      ]);
+      await waitFor(
+        () => poller.answers().some((a) => a.ok && a.body === "dr1: written at dr1 during the failover"),
+        20_000,
+        "the remote service to answer with its own write",
+      );
+
+      const started = Date.now();
+      const { status, body } = await lab.failback();
+      assert.is(status, 200, JSON.stringify(body));
+      const report = body.report!;
+      console.log(
+        `\n  online pass moved ${(report.onlineBytes / MiB).toFixed(1)} MiB, final pass ${
+          (report.finalBytes / MiB).toFixed(1)
+        } MiB, switch window ${report.windowMs} ms`,
+      );
+      assert.ok(report.onlineBytes >= 16 * MiB, "the online pass moved the remote's writes");
+      assert.ok(
+        report.finalBytes <= 2 * MiB,
+        `the window moved only the last difference (${report.finalBytes})`,
+      );
+      assert.not.match(await lab.natRules(), /continuum:web/, "the rule is gone");
+      const svc = (await lab.api("/api/services") as { name: string; state: string; fenced: string | null }[])
+        .find((s) => s.name === "web")!;
+      assert.is(svc.state, "protected");
+      assert.is(svc.fenced, null, "the local server takes writes again");
+
+      await waitFor(
+        () => poller.outage("dr1", "local", started),
+        15_000,
+        "the client to be served locally",
+      );
+      const o = poller.outage("dr1", "local", started)!;
+      console.log(`  outage seen by the client (failback): ${o.ms} ms`);
+      assert.ok(o.ms < 5000, `outage under 5 s (${o.ms} ms)`);
+      const first = poller.answers().find((a) => a.t >= o.firstTo && a.body.startsWith("local:"))!;
+      assert.is(
+        first.body,
+        "local: written at dr1 during the failover",
+        "the local service has the remote's data",
+      );
+
+      // forward replication: the standby is a standby again and receives local writes
+      await forwardCaughtUp(lab);
+      assert.is(await sha256(lab.lsp), await sha256(lab.rsp), "volume and standby are equal");
+      await writeServiceText(agentSock, "written after the failback");
+      await forwardCaughtUp(lab);
+      await waitFor(
+        async () => {
+          const b = await Deno.readFile(lab.rsp).then((d) => d.subarray(0, 26));
+          return new TextDecoder().decode(b) === "written after the failback";
+        },
+        30_000,
+        "the standby to receive the new write",
+      );
+      const kinds = (await lab.api("/api/audit?limit=1000") as { kind: string; toState: string }[])
+        .filter((e) => e.kind === "failback").map((e) => e.toState);
+      assert.ok(kinds.includes("online-copy") && kinds.includes("done"), "failback is in the audit log");
+    } finally {
+      await poller.stop();
+      await lab.stop();
+    }
+  },
+);
+
+t.run();
