@@ -123,3 +123,90 @@ export const recoveries = sqliteTable("recoveries", {
   explanation: text("explanation"),
   force: integer("force").notNull().default(0),
 });
+
+// ------------------------------------------------------------------ protection tasks (src/tasks/)
+
+/** Centers: the local (production) center and the remote (recovery) centers. */
+export const sites = sqliteTable("sites", {
+  name: text("name").primaryKey(),
+  /** local or remote */
+  role: text("role").notNull(),
+  description: text("description").notNull().default(""),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Machines of a center: application servers (agents) and gateways. */
+export const hosts = sqliteTable("hosts", {
+  name: text("name").primaryKey(),
+  site: text("site").notNull(),
+  /** application or gateway */
+  role: text("role").notNull(),
+  address: text("address"),
+  /** The agent id an application host runs (null: its name). */
+  agent: text("agent"),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Partitions (the API's "volumes"): a device of a host and its size. */
+export const partitions = sqliteTable("partitions", {
+  name: text("name").primaryKey(),
+  host: text("host").notNull(),
+  device: text("device").notNull(),
+  size: integer("size").notNull(),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+}, (t) => [uniqueIndex("partitions_host_device").on(t.host, t.device)]);
+
+/** Protection tasks T = (G, M, R, S): group, mirror and recovery strategies as JSON, and the state. */
+export const tasks = sqliteTable("tasks", {
+  name: text("name").primaryKey(),
+  description: text("description").notNull().default(""),
+  /** JSON of the group G */
+  groupJson: text("group_json").notNull(),
+  /** JSON of the mirror strategy M */
+  mirrorJson: text("mirror_json").notNull(),
+  /** JSON of the recovery strategy R */
+  recoveryJson: text("recovery_json").notNull(),
+  /** The local gateway's protected service switched by this task's failover, if any. */
+  service: text("service"),
+  state: text("state").notNull(),
+  stateSince: integer("state_since").notNull(),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+// ------------------------------------------------------------------ web access (src/web/)
+
+/** People who log in to the web UI and API: a scrypt hash (with its salt and parameters) and a role. */
+export const users = sqliteTable("users", {
+  name: text("name").primaryKey(),
+  /** admin (may change things) or viewer (read-only) */
+  role: text("role").notNull(),
+  /** scrypt$N$r$p$SALT$HASH (base64) */
+  passwordHash: text("password_hash").notNull(),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Login sessions; the id is only stored as its SHA-256. */
+export const sessions = sqliteTable("sessions", {
+  idHash: text("id_hash").primaryKey(),
+  user: text("user").notNull(),
+  /** The session's anti-CSRF token (sent back in X-CSRF-Token). */
+  csrf: text("csrf").notNull(),
+  createdAt: integer("created_at").notNull(),
+  lastSeen: integer("last_seen").notNull(),
+  expiresAt: integer("expires_at").notNull(),
+});
+
+/** API tokens for automation; only their SHA-256 is stored. */
+export const apiTokens = sqliteTable("api_tokens", {
+  name: text("name").primaryKey(),
+  tokenHash: text("token_hash").notNull(),
+  /** admin or viewer */
+  role: text("role").notNull(),
+  createdAt: integer("created_at").notNull(),
+  lastUsed: integer("last_used"),
+}, (t) => [uniqueIndex("api_tokens_hash").on(t.tokenHash)]);

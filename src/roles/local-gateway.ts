@@ -10,7 +10,9 @@ import { MirrorApplier } from "../mirror/applier.ts";
 import { GatewayListener } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
 import { readSecretFile } from "../wire/auth.ts";
-import { startStatusServer } from "../web/status-server.ts";
+import { startWebServer } from "../web/web-server.ts";
+import { gatewayActions } from "../tasks/gateway-actions.ts";
+import { TaskStore } from "../tasks/store.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
 import { Audit } from "../audit/audit.ts";
@@ -202,6 +204,33 @@ export const localGatewayFlags: FlagSpec[] = [
     default: "127.0.0.1:7880",
     placeholder: "ADDR",
   },
+  {
+    name: "tls-cert",
+    type: "string",
+    description: "certificate chain (PEM) for HTTPS on --http-listen (with --tls-key)",
+    placeholder: "FILE",
+  },
+  {
+    name: "tls-key",
+    type: "string",
+    description: "private key (PEM, mode 0600) of --tls-cert",
+    placeholder: "FILE",
+  },
+  {
+    name: "device-prefix",
+    type: "string",
+    multiple: true,
+    description: "a directory the web UI's volumes may name devices in (the allowed device list)",
+    default: ["/dev/"],
+    placeholder: "DIR",
+  },
+  {
+    name: "admin-password-file",
+    type: "string",
+    description:
+      "first start only: create the web user admin with this file's password (mode 0600); without it a one-time setup link is printed",
+    placeholder: "FILE",
+  },
 ];
 
 export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
@@ -380,9 +409,38 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     };
     const token = loadOrCreateToken(`${dataDir}/api-token`);
     const started = Date.now();
-    const server = startStatusServer({
+    const tlsCert = optStr(p, "tls-cert"), tlsKey = optStr(p, "tls-key");
+    if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+      throw new UsageError("--tls-cert and --tls-key go together");
+    }
+    const prefixes = list(p, "device-prefix");
+    for (const d of prefixes) {
+      if (!d.startsWith("/") || d.split("/").includes("..")) {
+        throw new UsageError(`--device-prefix ${d}: must be an absolute directory without '..'`);
+      }
+    }
+    const store = new TaskStore(db, prefixes);
+    const server = await startWebServer({
       listen: http as Address & { transport: "tcp" },
-      token,
+      tls: tlsCert && tlsKey ? { certFile: tlsCert, keyFile: tlsKey } : undefined,
+      db,
+      audit,
+      fileToken: token,
+      adminPasswordFile: optStr(p, "admin-password-file"),
+      store,
+      actions: gatewayActions({
+        store,
+        recovery,
+        services: {
+          status: () => controller.status(),
+          failover: (name, cause) => controller.failover(name, cause),
+          failback: (name) => failback(failbackDeps, name),
+        },
+        volumes: () => journal.volumes(),
+        sites: () => remotes.map((r) => r.site),
+      }),
+      followTasks: true,
+      recoveries: () => recovery.list(),
       status: () => ({
         role: "local-gateway",
         site: str(p, "id"),
@@ -410,7 +468,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
       }),
       routes: (app) => {
-        failoverRoutes(app, controller, audit, (name) => failback(failbackDeps, name));
+        failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
       },
     });
@@ -418,7 +476,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     log.info("local gateway ready", {
       agents: listener.describe(),
       heartbeats: `${hb.hostname}:${heartbeats.port}`,
-      http: `http://${http.hostname}:${server.port}`,
+      http: server.url,
       journal: journal.ring.path,
     });
     return { stop };

@@ -1,6 +1,6 @@
-// API routes for the service switch: operator failover and failback, and the audit log.
+// API routes for the service switch: operator failover and failback (the audit log is the web
+// server's GET /api/audit).
 import type { Hono } from "hono";
-import type { Audit } from "../audit/audit.ts";
 import type { FailoverController } from "../failover/controller.ts";
 import { FailbackError, type FailbackReport } from "../failover/failback.ts";
 import { logger } from "../log.ts";
@@ -10,14 +10,9 @@ const log = logger("http");
 export function failoverRoutes(
   app: Hono,
   controller: FailoverController,
-  audit: Audit,
   dataFailback: (name: string) => Promise<FailbackReport>,
 ): void {
   app.get("/api/services", (c) => c.json(controller.status()));
-  app.get("/api/audit", async (c) => {
-    const limit = Math.min(1000, Math.max(1, Number(c.req.query("limit") ?? 200) || 200));
-    return c.json(await audit.recent(limit));
-  });
   app.post("/api/services/:name/failover", async (c) => {
     const name = c.req.param("name");
     if (!controller.status().some((s) => s.name === name)) {

@@ -80,8 +80,12 @@ export class FailoverLab {
   lsp = "";
   rsp = "";
   private gatewayArgs: string[] = [];
+  private lock: Deno.FsFile | undefined;
 
   async start(o: LabOptions = {}): Promise<this> {
+    // labs share fixed addresses (the management link on the host): one at a time per machine
+    this.lock = await Deno.open("/tmp/continuum-failover-lab.lock", { create: true, write: true });
+    await this.lock.lock(true);
     await removeStaleLabs();
     this.dir = await tempDir("failover");
     const n = this.net;
@@ -394,6 +398,7 @@ export class FailoverLab {
     }
     await this.net.destroy();
     await exec(["ip", "link", "del", `m${Deno.pid % 100000}`]).catch(() => {});
+    this.lock?.close(); // releases the lock
   }
 }
 

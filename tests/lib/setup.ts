@@ -1,7 +1,8 @@
 // Set-up shared by `deno task test` and `deno task demo`: the Debian packages the
-// tests use (installed when running as root, otherwise the one apt-get line to run)
-// and the native library.
+// tests use (installed when running as root, otherwise the one apt-get line to run),
+// the native library and the web UI bundle.
 import { buildNative } from "../../native/build.ts";
+import { bundleUi } from "../../src/web/ui-bundle.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 
@@ -44,7 +45,26 @@ export async function ensureDebianPackages(): Promise<void> {
   }
 }
 
+/** Newest modification time (ms) of the files under `dir`, 0 when there are none. */
+async function newest(dir: string): Promise<number> {
+  let t = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const p = `${dir}/${e.name}`;
+    t = Math.max(t, e.isDirectory ? await newest(p) : (await Deno.stat(p)).mtime?.getTime() ?? 0);
+  }
+  return t;
+}
+
+/** Bundles the web UI (dist/ui/app.js) when it is missing or older than a file of ui/. */
+export async function ensureUiBundle(): Promise<void> {
+  const built = await Deno.stat(`${root}dist/ui/app.js`).then((s) => s.mtime?.getTime() ?? 0, () => 0);
+  if (built > await newest(`${root}ui`)) return;
+  const r = await bundleUi();
+  console.log(`setup: bundled the web UI (${r.bytes} bytes)`);
+}
+
 export async function ensureSetup(): Promise<void> {
   await ensureDebianPackages();
   await buildNative();
+  await ensureUiBundle();
 }

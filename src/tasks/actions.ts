@@ -1,0 +1,185 @@
+// What the operator's task actions do, behind the API: an injected TaskActions. The web layer
+// validates each request body (the schemas below) and the state machine, calls the action, and
+// only then records the transition. gatewayActions (gateway-actions.ts) is the local gateway's
+// implementation; tests inject their own.
+import { z } from "zod";
+import { must, nameSchema, SOURCE_RE, type Task, type TaskEvent } from "./model.ts";
+
+/** An action refused or failed, with the HTTP status the API answers. */
+export class ActionError extends Error {
+  constructor(message: string, readonly status: 400 | 404 | 409 | 500 | 501 | 503 = 409) {
+    super(message);
+    this.name = "ActionError";
+  }
+}
+
+const source = z.string({ error: must("a string") }).regex(SOURCE_RE, "use lgp, rgp@SITE or rsp@SITE");
+const reason = z.string({ error: must("a string") }).max(200, "must be at most 200 characters");
+
+/** A recovery point: a sequence number of the LSP, or a time (ms since the epoch); neither: the newest. */
+export const pointSchema = z.object({
+  seq: z.number({ error: must("a sequence number") }).int("must be a whole number").nonnegative(
+    "must not be negative",
+  )
+    .optional(),
+  time: z.number({ error: must("a time in ms since the epoch") }).int("must be a whole number")
+    .positive("must be positive").optional(),
+}).strict().refine((p) => p.seq === undefined || p.time === undefined, "give seq or time, not both");
+export type RecoveryPoint = z.infer<typeof pointSchema>;
+
+export const emptySchema = z.object({}).strict();
+
+export const pauseSchema = z.object({ reason: reason.optional() }).strict();
+export type PauseRequest = z.infer<typeof pauseSchema>;
+
+export const failoverTestSchema = z.object({
+  /** The remote center to test (default: the task's first). */
+  site: nameSchema.optional(),
+  /** How long the test copy stays up before it is discarded. */
+  durationSeconds: z.number({ error: must("a number of seconds") }).int("must be a whole number")
+    .min(60, "must be at least 60 s").max(86400, "must be at most 86400 s (one day)").default(600),
+}).strict();
+export type FailoverTestRequest = z.infer<typeof failoverTestSchema>;
+
+export const failoverSchema = z.object({
+  /** The remote center to serve from (default: the policy's or the task's first). */
+  site: nameSchema.optional(),
+  reason: reason.default("operator request"),
+}).strict();
+export type FailoverRequest = z.infer<typeof failoverSchema>;
+
+export const failbackSchema = z.object({
+  /** Where the local copies are rebuilt from (default: the copy of the center that served). */
+  source: source.optional(),
+  strategy: z.enum(["full", "fast"], { error: must('"full" or "fast"') }).default("fast"),
+}).strict();
+export type FailbackRequest = z.infer<typeof failbackSchema>;
+
+export const recoverSchema = z.object({
+  mode: z.enum(["manual", "policy"], { error: must('"manual" or "policy"') }),
+  strategy: z.enum(["full", "fast"], { error: must('"full" or "fast"') }).default("fast"),
+  /** Manual mode: the copy to recover from. */
+  source: source.optional(),
+  /** Which local copy is rebuilt: the application server's (lsp) or the gateway's mirror (lgp). */
+  target: z.enum(["lsp", "lgp"], { error: must('"lsp" or "lgp"') }).default("lsp"),
+  /** Policy mode: the disaster point. */
+  point: pointSchema.optional(),
+  /** Recover even from a copy the policy finds invalid (older than the point, inconsistent). */
+  force: z.boolean({ error: must("true or false") }).default(false),
+}).strict().superRefine((r, ctx) => {
+  if (r.mode === "manual" && !r.source) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["source"],
+      message: "is required in manual mode (lgp, rgp@SITE or rsp@SITE)",
+    });
+  }
+  if (r.mode === "policy" && r.source) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["source"],
+      message: "is chosen by the policy: leave it out in policy mode",
+    });
+  }
+});
+export type RecoverRequest = z.infer<typeof recoverSchema>;
+
+export const scheduleSchema = z.object({
+  /** What runs at `at`. */
+  action: z.enum(["recover", "failover-test"], { error: must('"recover" or "failover-test"') }),
+  /** When: ms since the epoch, in the future. */
+  at: z.number({ error: must("a time in ms since the epoch") }).int("must be a whole number")
+    .refine((t) => t > Date.now(), "must be in the future"),
+  recover: recoverSchema.optional(),
+  failoverTest: failoverTestSchema.optional(),
+}).strict().superRefine((s, ctx) => {
+  if (s.action === "recover" && !s.recover) {
+    ctx.addIssue({ code: "custom", path: ["recover"], message: "is required when the action is recover" });
+  }
+  if (s.action !== "recover" && s.recover) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["recover"],
+      message: "is only allowed when the action is recover",
+    });
+  }
+  if (s.action !== "failover-test" && s.failoverTest) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["failoverTest"],
+      message: "is only allowed when the action is failover-test",
+    });
+  }
+});
+export type ScheduleRequest = z.infer<typeof scheduleSchema>;
+
+export interface Schedule {
+  id: string;
+  task: string;
+  action: "recover" | "failover-test";
+  at: number;
+  status: string;
+}
+
+/** One source a recovery could copy from, assessed (the shape the recovery page shows). */
+export interface RecoveryCandidate {
+  /** lgp, rgp@SITE, rsp@SITE */
+  source: string;
+  kind: "lgp" | "rgp" | "rsp";
+  site: string | null;
+  state: string;
+  lastSeq: number;
+  /** Capture time of the newest record it holds (ms), 0 if unknown. */
+  lastTime: number;
+  /** Newer (+) or older (−) than the recovery point, in ms; null without a time point. */
+  ageMs: number | null;
+  bytesToMove: number;
+  throughputBps: number;
+  costSeconds: number;
+  valid: boolean;
+  reason: string;
+}
+
+export interface CandidateList {
+  candidates: RecoveryCandidate[];
+  /** The source the policy chooses, null when no candidate is valid. */
+  chosen: string | null;
+  explanation: string;
+}
+
+/** What an action reports; `then` are further events to record once it is done (e.g. failed-back). */
+export interface ActionResult {
+  message?: string;
+  then?: TaskEvent[];
+  detail?: Record<string, unknown>;
+}
+
+/**
+ * The task actions. Each receives the task as stored (its state is the one before the action)
+ * and the validated request; it throws an ActionError to refuse (status and message go to the
+ * caller). The API records the state machine's transition only when it resolves.
+ */
+export interface TaskActions {
+  /** configured → syncing: configure the agents and gateways, begin the first synchronisation. */
+  start(task: Task): Promise<ActionResult | void>;
+  /** → paused: stop replicating (the remote copies stay consistent, older). */
+  pause(task: Task, req: PauseRequest): Promise<ActionResult | void>;
+  /** paused → syncing */
+  resume(task: Task): Promise<ActionResult | void>;
+  /** protected → testing: bring a remote copy up beside the running service. */
+  failoverTest(task: Task, req: FailoverTestRequest): Promise<ActionResult | void>;
+  /** testing → protected: discard the test copy. */
+  endFailoverTest(task: Task): Promise<ActionResult | void>;
+  /** → failed-over: the service moves to a remote center. */
+  failover(task: Task, req: FailoverRequest): Promise<ActionResult | void>;
+  /** failed-over → failing-back: rebuild the local copies, then move the service back. */
+  failback(task: Task, req: FailbackRequest): Promise<ActionResult | void>;
+  /** The sources a recovery to `point` could use, assessed, and the policy's choice. */
+  recoveryCandidates(task: Task, point: RecoveryPoint, strategy: "full" | "fast"): Promise<CandidateList>;
+  /** → recovering: rebuild a local copy from a source. */
+  recover(task: Task, req: RecoverRequest): Promise<ActionResult | void>;
+  /** Runs an action later; no state change now. */
+  schedule(task: Task, req: ScheduleRequest): Promise<Schedule>;
+  listSchedules(task: Task): Promise<Schedule[]>;
+  cancelSchedule(task: Task, id: string): Promise<void>;
+}

@@ -1,0 +1,346 @@
+// The local gateway's task actions and the status-driven part of the state machine.
+//
+// A task is bound to what the gateway runs through its LSP: the host's agent id (its `agent`,
+// else its name) and the LSP volume's name are the agent's `--volume NAME=…`, so the task's
+// journal volume is AGENT/NAME; its remote centers are the gateway's `--remote` sites. Without a
+// control plane (assignments pushed over the agents' and sites' links, not built yet) the roles
+// are started with flags, and a task adopts what they run:
+//   start         checks that the agent announced the volume, with the LSP's size, and that every
+//                 remote center is a --remote of this gateway; then the task follows the copies,
+//   failover,     switch the task's protected service (--service) with the FailoverController,
+//   failback
+//   recover       runs a recovery of the volume with the RecoveryService (policy or manual),
+//   candidates    the policy's assessment of every copy,
+//   schedule      a recovery at a later time (the RecoveryService's scheduler).
+// Pause, resume and failover tests need the control plane (they change what the senders and the
+// standby agents do) and are refused with 501 and a message saying so.
+//
+// taskEvent() turns the gateway's status into the events the control plane would send: synced
+// when every remote copy of the volume is consistent over a connected link, degrade when one is
+// not, recovered / recovery-failed when the task's recovery ends.
+import { ActionError, type Schedule, type TaskActions } from "./actions.ts";
+import type { Task, TaskEvent } from "./model.ts";
+import type { TaskStore } from "./store.ts";
+
+/** The parts of the RecoveryService the actions use. */
+export interface RecoveryApi {
+  candidates(
+    volume: string,
+    point: { seq?: number; time?: number },
+    strategy: "full" | "fast",
+  ): Promise<{ candidates: unknown[]; chosen: string | null; explanation: string }>;
+  request(req: {
+    volume: string;
+    mode: "manual" | "policy";
+    strategy: "full" | "fast";
+    source?: { kind: "lgp" | "rgp" | "rsp"; site?: string };
+    point?: { seq?: number; time?: number };
+    target?: "lsp" | "lgp";
+    force?: boolean;
+    at?: number;
+  }): Promise<{ id: number; source: string; explanation: string | null }>;
+  list(): Promise<RecoveryRow[]>;
+  cancel(id: number): Promise<void>;
+}
+
+export interface RecoveryRow {
+  id: number;
+  volume: string;
+  status: string;
+  scheduledAt?: number | null;
+  createdAt: number;
+  finishedAt?: number | null;
+  error?: string | null;
+}
+
+/** The service switch: the FailoverController's failover, and the failback that brings the data back. */
+export interface ServiceSwitch {
+  status(): { name: string; state: string; site: string }[];
+  failover(name: string, cause: string): Promise<void>;
+  /** Resolves when the service runs locally again (its data brought back first). */
+  failback(name: string): Promise<unknown>;
+}
+
+export interface GatewayActionDeps {
+  store: TaskStore;
+  recovery: RecoveryApi;
+  services: ServiceSwitch;
+  /** The volumes the agents announced (the journal's). */
+  volumes: () => { agent: string; name: string; size: number }[];
+  /** The gateway's --remote sites. */
+  sites: () => string[];
+}
+
+/** AGENT/NAME of the task's LSP volume. */
+export async function volumeKey(store: TaskStore, task: Task): Promise<string> {
+  const lsp = task.group.local.lsp;
+  const host = await store.getHost(lsp.host);
+  const vol = (await store.listVolumes()).find((v) => v.host === lsp.host && v.device === lsp.device);
+  if (!vol) throw new ActionError(`task "${task.name}": no volume registered at ${lsp.host}:${lsp.device}`);
+  return `${host.agent ?? host.name}/${vol.name}`;
+}
+
+function needsControlPlane(what: string): never {
+  throw new ActionError(
+    `${what} needs the control plane, which pushes assignments to the agents and remote gateways; ` +
+      "this gateway runs what its roles were started with (flags), so it cannot do this yet",
+    501,
+  );
+}
+
+/** A RecoveryService refusal (it carries an HTTP status) as an ActionError. */
+async function recovering<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    const status = (e as { status?: unknown }).status;
+    if (status === 400 || status === 404 || status === 409) {
+      throw new ActionError((e as Error).message, status);
+    }
+    throw e;
+  }
+}
+
+function parseSource(text: string): { kind: "lgp" | "rgp" | "rsp"; site?: string } {
+  if (text === "lgp") return { kind: "lgp" };
+  const [kind, site] = text.split("@");
+  return { kind: kind as "rgp" | "rsp", site };
+}
+
+export function gatewayActions(d: GatewayActionDeps): TaskActions {
+  const key = (t: Task) => volumeKey(d.store, t);
+  const service = (task: Task) => {
+    if (!task.service) {
+      throw new ActionError(
+        `task "${task.name}" names no protected service (service): there is nothing to switch`,
+        409,
+      );
+    }
+    const s = d.services.status().find((x) => x.name === task.service);
+    if (!s) {
+      throw new ActionError(
+        `task "${task.name}" names service "${task.service}", which this gateway does not protect (--service)`,
+        409,
+      );
+    }
+    return s;
+  };
+  const schedules = async (task: Task): Promise<Schedule[]> => {
+    const k = await key(task);
+    return (await d.recovery.list()).filter((r) => r.volume === k && r.status === "scheduled").map((r) => ({
+      id: String(r.id),
+      task: task.name,
+      action: "recover" as const,
+      at: r.scheduledAt ?? 0,
+      status: r.status,
+    }));
+  };
+  return {
+    start: async (task) => {
+      const k = await key(task);
+      const [agent, name] = k.split("/");
+      const live = d.volumes().find((v) => v.agent === agent && v.name === name);
+      if (!live) {
+        throw new ActionError(
+          `agent ${agent} has not announced volume ${name}: start it with --volume ${name}=${task.group.local.lsp.device}`,
+          409,
+        );
+      }
+      const lsp = (await d.store.listVolumes()).find((v) =>
+        v.host === task.group.local.lsp.host && v.device === task.group.local.lsp.device
+      );
+      if (lsp && lsp.size !== live.size) {
+        throw new ActionError(
+          `volume ${k} has ${live.size} bytes at the agent, the task's LSP ${lsp.size}: correct the volume`,
+          409,
+        );
+      }
+      const sites = d.sites();
+      const missing = task.group.remotes.map((r) => r.site).filter((s) => !sites.includes(s));
+      if (missing.length) {
+        throw new ActionError(
+          `this gateway does not replicate to ${missing.join(", ")} (no --remote ${missing[0]}=…)`,
+          409,
+        );
+      }
+      return { message: `following ${k} at ${task.group.remotes.map((r) => r.site).join(", ")}` };
+    },
+    pause: () => needsControlPlane("pausing replication"),
+    resume: () => needsControlPlane("resuming replication"),
+    failoverTest: () => needsControlPlane("a failover test"),
+    endFailoverTest: () => needsControlPlane("ending a failover test"),
+    failover: async (task, req) => {
+      const s = service(task);
+      if (req.site && req.site !== s.site) {
+        throw new ActionError(`service "${s.name}" fails over to site "${s.site}", not "${req.site}"`, 400);
+      }
+      await d.services.failover(s.name, `${req.reason} (task ${task.name})`);
+      return {
+        message: `service ${s.name} now runs at site ${s.site}`,
+        detail: { service: s.name, site: s.site },
+      };
+    },
+    failback: async (task) => {
+      const s = service(task);
+      const run = d.services.failback(s.name);
+      // refusals found before anything moved are answered now; a long one ends in the background
+      const early = await Promise.race([
+        run.then(() => "done" as const, (e: Error) => e),
+        new Promise<"running">((r) => setTimeout(() => r("running"), 500)),
+      ]);
+      if (early instanceof Error) throw new ActionError(early.message, 409);
+      if (early === "done") {
+        return {
+          message: `service ${s.name} runs locally again`,
+          then: ["failed-back"],
+          detail: { service: s.name },
+        };
+      }
+      run.then(
+        () => settle(d.store, task.name, "failed-back", `failback of service ${s.name} done`),
+        (e: Error) =>
+          settle(d.store, task.name, "failback-failed", `failback of service ${s.name} failed: ${e.message}`),
+      );
+      return { message: `failback of service ${s.name} started: the local copies are brought back first` };
+    },
+    recoveryCandidates: async (task, point, strategy) => {
+      const k = await key(task);
+      return await recovering(() => d.recovery.candidates(k, point, strategy)) as Awaited<
+        ReturnType<TaskActions["recoveryCandidates"]>
+      >;
+    },
+    recover: async (task, req) => {
+      const volume = await key(task);
+      const r = await recovering(() =>
+        d.recovery.request({
+          volume,
+          mode: req.mode,
+          strategy: req.strategy,
+          source: req.source ? parseSource(req.source) : undefined,
+          point: req.point,
+          target: req.target,
+          force: req.force,
+        })
+      );
+      return {
+        message: `recovery ${r.id} of the ${req.target} from ${r.source}`,
+        detail: { recovery: r.id, source: r.source, explanation: r.explanation },
+      };
+    },
+    schedule: async (task, req) => {
+      if (req.action !== "recover" || !req.recover) needsControlPlane("scheduling a failover test");
+      const rec = req.recover;
+      const volume = await key(task);
+      const r = await recovering(() =>
+        d.recovery.request({
+          volume,
+          mode: rec.mode,
+          strategy: rec.strategy,
+          source: rec.source ? parseSource(rec.source) : undefined,
+          point: rec.point,
+          target: rec.target,
+          force: rec.force,
+          at: req.at,
+        })
+      );
+      return { id: String(r.id), task: task.name, action: "recover", at: req.at, status: "scheduled" };
+    },
+    listSchedules: schedules,
+    cancelSchedule: async (task, id) => {
+      if (!(await schedules(task)).some((s) => s.id === id)) {
+        throw new ActionError(`task "${task.name}" has no scheduled recovery ${id}`, 404);
+      }
+      await recovering(() => d.recovery.cancel(Number(id)));
+    },
+  };
+}
+
+/**
+ * Records the end of a background failback once the task is failing-back (the API records that
+ * transition right after the action returns).
+ */
+async function settle(store: TaskStore, name: string, event: TaskEvent, cause: string): Promise<void> {
+  for (let i = 0; i < 40; i++) {
+    const task = await store.getTask(name).catch(() => undefined);
+    if (!task) return;
+    if (task.state === "failing-back") {
+      await store.applyEvent(name, event, cause, "failing-back").catch(() => {});
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** The parts of the gateway's status taskEvent looks at. */
+export interface TaskStatusView {
+  sites?: {
+    site: string;
+    connected?: boolean;
+    volumes?: { agent?: string; name?: string; state: string }[];
+  }[];
+}
+
+/**
+ * The event the status implies for a task (bound to volume `key`), or undefined: what the
+ * control plane would report. `recoveries` are the gateway's, newest last.
+ */
+export function taskEvent(
+  task: Task,
+  key: string,
+  status: TaskStatusView,
+  recoveries: RecoveryRow[],
+): { event: TaskEvent; cause: string } | undefined {
+  const [agent, name] = key.split("/");
+  const copies = task.group.remotes.map((r) => {
+    const site = status.sites?.find((s) => s.site === r.site);
+    const v = site?.volumes?.find((x) => x.agent === agent && x.name === name);
+    return { site: r.site, connected: site?.connected === true, state: v?.state ?? "unknown" };
+  });
+  const bad = copies.filter((c) => !c.connected || c.state !== "consistent");
+  const describe = (c: typeof copies[number]) =>
+    `${c.site}: ${c.connected ? `copy ${c.state}` : "link down"}`;
+  switch (task.state) {
+    case "syncing":
+    case "degraded":
+      if (bad.length === 0) return { event: "synced", cause: `every remote copy of ${key} is consistent` };
+      if (task.state === "syncing" && bad.some((c) => !c.connected)) {
+        return { event: "degrade", cause: bad.map(describe).join(", ") };
+      }
+      return undefined;
+    case "protected":
+      return bad.length ? { event: "degrade", cause: bad.map(describe).join(", ") } : undefined;
+    case "recovering": {
+      const mine = recoveries.filter((r) => r.volume === key && r.createdAt >= task.stateSince - 5_000);
+      const last = mine[mine.length - 1];
+      if (!last) return undefined;
+      if (last.status === "done") return { event: "recovered", cause: `recovery ${last.id} of ${key} done` };
+      if (last.status === "failed" || last.status === "cancelled") {
+        return {
+          event: "recovery-failed",
+          cause: `recovery ${last.id} of ${key} ${last.status}${last.error ? `: ${last.error}` : ""}`,
+        };
+      }
+      return undefined;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Applies taskEvent to every task (called with each status snapshot). Errors of one task (its
+ * host deleted meanwhile, a concurrent change) are skipped: the next snapshot tries again.
+ */
+export async function followTasks(
+  store: TaskStore,
+  status: TaskStatusView,
+  recoveries: RecoveryRow[],
+): Promise<void> {
+  for (const task of await store.listTasks()) {
+    if (!["syncing", "degraded", "protected", "recovering"].includes(task.state)) continue;
+    try {
+      const e = taskEvent(task, await volumeKey(store, task), status, recoveries);
+      if (e) await store.applyEvent(task.name, e.event, e.cause, task.state);
+    } catch { /* next snapshot */ }
+  }
+}
