@@ -152,7 +152,19 @@ for (const site of sites) {
   await standby.ready("agent ready");
 }
 
+// the web UI's first user: a random password kept in the demo's data (reused by later runs,
+// whose database already holds the user)
+const passwordFile = `${data}/admin-password`;
+try {
+  await Deno.stat(passwordFile);
+} catch {
+  const pw = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+  await Deno.writeTextFile(passwordFile, `${pw}\n`, { mode: 0o600 });
+}
 const gateway = new RoleChild("local-gateway", [
+  "--admin-password-file",
+  passwordFile,
   "--role",
   "local-gateway",
   "--data-dir",
@@ -203,6 +215,9 @@ const lines: Record<string, string> = {
   "lgp-image": `${data}/local-gateway/mirrors/app1/vol0.img`,
   gateway: "127.0.0.1:7800",
   "gateway-status": "http://127.0.0.1:7880/api/status",
+  "web-url": "http://127.0.0.1:7880/",
+  "web-login": "admin",
+  "web-password": (await Deno.readTextFile(passwordFile)).trim(),
   "api-token-file": `${data}/local-gateway/api-token`,
 };
 for (const s of sites) {
