@@ -64,6 +64,10 @@ t(
 
       await lab.appService!.stop();
       await waitFor(() => lab.serviceState().then((s) => s === "failed-over"), 30_000, "failover", 100);
+      assert.match(lab.standby.log, /"copiesEqual":true/, "the standby was level with the replica");
+      assert.not.match(lab.standby.log, /full synchronisation/, "so its promoted volume resent nothing");
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.not.match(lab.agent.log, /writes are refused/, "the fenced old primary sends nothing");
       // the service runs at dr1 and writes there: new text, and 16 MiB of new data
       await writeServiceText(standbySock, "written at dr1 during the failover");
       await run("qemu-io", [

@@ -371,6 +371,8 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
 
   /** In block mode, requests waiting for an absent gateway fail after the timeout (they are still sent later). */
   private expire(): void {
+    // a resync held back by a fence goes on once the fence is lifted
+    if (this.state === "synced" && this.resyncChunks.length > 0 && this.queue.length === 0) this.pump();
     if (this.o.onGatewayLoss !== "block" || this.state === "synced") return;
     const now = Date.now();
     for (const op of this.pending) {
@@ -481,6 +483,9 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
   }
 
   private feedResync(): void {
+    // a fenced volume sends nothing (the gateway refuses its records): its dirty chunks wait
+    // until the fence is lifted, when recovery has made the copies current again
+    if (this.readOnly) return;
     while (this.state === "synced" && this.resyncChunks.length > 0 && this.resyncInFlight < 4) {
       const c = this.resyncChunks.shift()!;
       const offset = c * this.o.dirty.chunkSize;

@@ -308,12 +308,24 @@ async function runHook(c: Common, flag: "on-promote" | "on-demote" | "on-unfence
  * Waits (bounded) for the gateway to accept the volumes, so a refusal (e.g. a
  * changed size) stops the agent at start instead of after clients wrote.
  */
-async function protect(c: Common, link: AgentLink, linkBase: number, onFatal: (e: Error) => void) {
+async function protect(
+  c: Common,
+  link: AgentLink,
+  linkBase: number,
+  onFatal: (e: Error) => void,
+  /** At a promotion: whether the gateway's copy is known to equal this one (nothing to resend) or not. */
+  promotedCopy?: "equal" | "unknown",
+) {
   const maps: DirtyMap[] = [];
   const exports: ProtectedVolume[] = [];
   let linkId = linkBase;
   for (const [name, volume] of c.volumes) {
     const dirty = await DirtyMap.open(`${c.dataDir}/${name}.dirty`, volume.size, num(c.p, "dirty-chunk"));
+    // a map left from an earlier promotion says nothing about the copies now
+    if (promotedCopy === "equal") {
+      dirty.clear(dirty.setChunks());
+      await dirty.settle();
+    } else if (promotedCopy === "unknown") await dirty.markAll();
     maps.push(dirty);
     const pv = new ProtectedVolume({
       name,
@@ -395,13 +407,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
   const fatal = new Promise<never>((_, reject) => fail = reject);
   fatal.catch(() => {});
 
-  const promote = async (): Promise<void> => {
+  /** `equal`: the gateway's replica holds exactly what this copy holds (it waited for this standby). */
+  const promote = async (equal: boolean): Promise<void> => {
     if (primary) return;
-    log.warn("promotion: this standby takes over the service");
+    log.warn("promotion: this standby takes over the service", { copiesEqual: equal });
     await applier.freeze();
     await c.state.promote();
     copies.forEach((_, i) => link.unregister(i));
-    primary = await protect(c, link, copies.length, (e) => fail(e));
+    primary = await protect(c, link, copies.length, (e) => fail(e), equal ? "equal" : "unknown");
     exports = primary.exports;
     await primary.ready();
     await runHook(c, "on-promote");
@@ -450,8 +463,12 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       applier.reset();
     },
     onControl: (m) => {
-      const msg = m as { type?: string; id?: number };
-      const act = msg?.type === "promote" ? promote : msg?.type === "demote" ? demote : undefined;
+      const msg = m as { type?: string; id?: number; equal?: boolean };
+      const act = msg?.type === "promote"
+        ? () => promote(msg.equal === true)
+        : msg?.type === "demote"
+        ? demote
+        : undefined;
       if (!act) return void fenceOrder(c, m);
       const answer = msg.type === "promote" ? "promoted" : "demoted";
       act().then(

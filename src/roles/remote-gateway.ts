@@ -290,14 +290,37 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       }
       promoted.add(agent);
       for (const v of journal.volumes()) if (v.agent === agent) setState(v.id, "promoted");
+      // the standby applies what the replica holds first: then both copies are equal and the
+      // promoted volume needs no resynchronisation into this site's journal
+      const equal = await standbyLevel(agent, 30_000);
       await closeFeeder(agent);
-      const r = await ask(agent, "promote");
+      if (equal) { for (const v of journal.volumes()) if (v.agent === agent) v.known = true; }
+      const r = await ask(agent, "promote", { equal });
       log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
       return { ok: r.ok === true, error: r.error };
     };
 
+    /** Whether the standby of an agent applied everything the replica did (waits up to `ms`). */
+    const standbyLevel = async (agent: string, ms: number): Promise<boolean> => {
+      const f = feeders.get(agent);
+      if (!f || !sessions.has(agent)) return false;
+      await applier.caughtUp();
+      const vols = journal.volumes().filter((v) => v.agent === agent);
+      const deadline = Date.now() + ms;
+      while (Date.now() < deadline) {
+        const level = f.theCursor.released >= journal.positions.durable &&
+          vols.every((v) => f.volume(v.id)?.state === "consistent");
+        if (level) return true;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      log.warn("the standby did not catch up with the replica: its promoted volumes are resynchronised", {
+        agent,
+      });
+      return false;
+    };
+
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
-    const ask = async (agent: string, type: "promote" | "demote") => {
+    const ask = async (agent: string, type: "promote" | "demote", extra: Record<string, unknown> = {}) => {
       const id = nextAsk++;
       const answer = new Promise<{ ok?: boolean; error?: string }>((resolve) => {
         answers.set(id, resolve);
@@ -306,7 +329,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           60_000,
         );
       });
-      agents.sendControl(agent, { type, id });
+      agents.sendControl(agent, { type, id, ...extra });
       const r = await answer;
       answers.delete(id);
       return r;
