@@ -48,7 +48,12 @@ t(
   "failback brings the remote's writes home, switches back within seconds, and replicates forward again",
   async () => {
     if (!need("failback in namespaces", prereq)) return;
-    const lab = await new FailoverLab().start({ sizeMiB: 256, serviceOnUnfence: true });
+    // a wide detector margin: this test is about failback, and a loaded machine must not fail over early
+    const lab = await new FailoverLab().start({
+      sizeMiB: 256,
+      serviceOnUnfence: true,
+      gatewayExtra: ["--detector-alpha", "1s"],
+    });
     const poller = new Poller(lab);
     const agentSock = `${lab.dir}/agent/nbd.sock`, standbySock = `${lab.dir}/standby/nbd.sock`;
     try {

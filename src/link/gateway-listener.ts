@@ -331,6 +331,13 @@ export class GatewayListener {
       const known = v.known;
       v.known = true;
       s.writer.send(jsonFrame(FrameType.Opened, { id, lastSeq: v.lastSeq, known, journalId: v.id }));
+      // Acknowledge again what the journal already holds: the Accepted / Durable frames
+      // of records that arrived just before a previous connection dropped went nowhere,
+      // and a reconnecting agent that has nothing to resend would otherwise wait for
+      // them until its next write (a FLUSH in flight hung forever; found by
+      // tests/security-replay.test.ts, "regression: a FLUSH in flight when the link drops").
+      if (known && v.lastSeq > 0) s.writer.send(seqFrame(FrameType.Accepted, id, v.lastSeq));
+      if (known && v.durableSeq > 0) s.writer.send(seqFrame(FrameType.Durable, id, v.durableSeq));
       log.info("volume opened", { agent: s.agent, volume: name, lastSeq: v.lastSeq, known });
     } catch (e) {
       log.error("volume refused", { agent: s.agent, volume: name, error: e });

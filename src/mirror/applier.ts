@@ -15,6 +15,12 @@ export interface MirrorApplierOptions {
   syncBytes?: number;
   /** …or this long after the first unsynced write. */
   syncIntervalMs?: number;
+  /**
+   * …or as soon as no record arrived for this long. For a copy whose sync somebody
+   * waits for (a remote site acknowledges only synced records, and the local site's
+   * window waits for those acknowledgements); unset, only size and interval count.
+   */
+  idleSyncMs?: number;
   /** Synchronisation markers, reported once the image holding them is synced. */
   onMarker?: (volume: number, kind: Kind.SyncBegin | Kind.SyncEnd) => void;
 }
@@ -55,7 +61,7 @@ export class MirrorApplier {
   /** Opens (creating sparse if needed) the image of a volume. */
   prepare(v: VolumeInfo): void {
     if (this.images.has(v.id)) return;
-    Deno.mkdirSync(v.mirrorPath.replace(/\/[^/]*$/, ""), { recursive: true });
+    Deno.mkdirSync(v.mirrorPath.replace(/\/[^/]*$/, ""), { recursive: true, mode: 0o700 }); // owner-only, as the image
     const img = Volume.createSparse(v.mirrorPath, v.size);
     if (img.size !== v.size) {
       img.close();
@@ -91,7 +97,10 @@ export class MirrorApplier {
     while (!this.stopped) {
       // unsynced writes wait for the interval; entries that wrote nothing (barriers, markers) are released at once
       const waitMs = unsynced > 0
-        ? Math.max(1, firstUnsynced + this.syncIntervalMs - Date.now())
+        ? Math.max(
+          1,
+          Math.min(this.opts.idleSyncMs ?? Infinity, firstUnsynced + this.syncIntervalMs - Date.now()),
+        )
         : lastEnd > this.cursor.released
         ? 1
         : 0;
@@ -124,6 +133,7 @@ export class MirrorApplier {
       }
       const due = unsynced >= this.syncBytes ||
         (unsynced > 0 && Date.now() - firstUnsynced >= this.syncIntervalMs) ||
+        (unsynced > 0 && entries.length === 0 && this.opts.idleSyncMs !== undefined) ||
         (entries.length === 0 && unsynced === 0 && lastEnd > this.cursor.released);
       if (due) {
         await Promise.all([...touched].map((id) => native.fdatasync(this.image(id).fd)));
@@ -134,6 +144,27 @@ export class MirrorApplier {
         this.cursor.release(lastEnd);
         for (const m of markers) this.opts.onMarker?.(m.volume, m.kind);
         markers = [];
+      }
+    }
+  }
+
+  /**
+   * A full disk under an image (ENOSPC, EDQUOT) is waited out, not fatal: the batch is
+   * applied again (writes, zeroes and trims at fixed offsets are idempotent) until space
+   * is freed. Before, the rejection of this loop was unhandled and took the whole gateway
+   * down (found by the fault runner, tests/faults/; regression: tests/unit-mirror-full.test.ts).
+   * Meanwhile the journal keeps the records and its backpressure slows the writers.
+   */
+  private async applyRetrying(id: number, ops: BatchOp[]): Promise<void> {
+    for (let wait = 50, warned = false;; wait = Math.min(wait * 2, 1000)) {
+      try {
+        return await native.applyBatch(this.image(id).fd, ops);
+      } catch (e) {
+        const full = e instanceof native.NativeError && (e.code === "ENOSPC" || e.code === "EDQUOT");
+        if (!full || this.stopped) throw e;
+        if (!warned) log.warn("image disk full: waiting for space", { volume: id, error: e.message });
+        warned = true;
+        await new Promise((r) => setTimeout(r, wait));
       }
     }
   }

@@ -96,6 +96,14 @@ const opCode = { write: 0, trim: 1, zero: 2, "zero-may-trim": 3, read: 4 } as co
  * in order), optionally followed by fdatasync. Reads past the end return zeroes.
  */
 export async function applyBatch(fd: number, ops: readonly BatchOp[], sync = false): Promise<void> {
+  // A zero-length discard or zeroing is a no-op (NBD allows a zero-length TRIM /
+  // WRITE_ZEROES), but fallocate() refuses len 0 with EINVAL, which took the whole
+  // gateway down from its mirror applier (found by tests/fuzz-nbd.test.ts,
+  // "regression: a zero-length TRIM"). Such operations are dropped here, for every
+  // copy (local disk, mirror, replica, standby).
+  if (ops.some((o) => o.op !== "write" && o.op !== "read" && o.len === 0)) {
+    ops = ops.filter((o) => o.op === "write" || o.op === "read" || o.len !== 0);
+  }
   if (ops.length === 0) {
     if (sync) await fdatasync(fd);
     return;
@@ -123,6 +131,7 @@ export async function fdatasync(fd: number): Promise<void> {
 
 /** Deallocates a range (reads return zeroes on files); a no-op where unsupported. */
 export async function punchHole(fd: number, off: number, len: number): Promise<void> {
+  if (len === 0) return; // fallocate() refuses len 0 (see applyBatch)
   check("punch hole", await native().cn_punch_hole(fd, BigInt(off), BigInt(len)));
 }
 

@@ -138,10 +138,17 @@ export function decodeHeader(b: Uint8Array, maxLength: number): RecordHeader {
 
 const sumScratch = new Uint8Array(16);
 
-/** True when the payload at b[72..72+len) matches the header's checksum. */
+/**
+ * True when b is exactly one record: the header and a payload of the header's length
+ * whose checksum matches. Trailing bytes make it false: the journal stores all the
+ * bytes it is given but walks the ring by the header's length, so a record with junk
+ * after it (e.g. a TRIM frame carrying a body) left bytes that a ring walk (recovery
+ * after a restart, a cursor reading behind its cache) lands in and stops at (found by
+ * tests/fuzz-replication.test.ts, "regression: a record with bytes after it").
+ */
 export function payloadIntact(b: Uint8Array, h: RecordHeader): boolean {
   const plen = payloadLength(h);
-  if (b.length < HEADER_SIZE + plen) return false;
+  if (b.length !== HEADER_SIZE + plen) return false;
   xxh3(b.subarray(HEADER_SIZE, HEADER_SIZE + plen), sumScratch);
   for (let i = 0; i < 16; i++) if (sumScratch[i] !== b[O_SUM + i]) return false;
   return true;

@@ -187,6 +187,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
 
     const store = new CursorStore(db);
     const applier = new MirrorApplier(journal, {
+      // the local site's acknowledgements wait for the replica's sync: sync when the stream pauses
+      idleSyncMs: 2,
       onMarker: (volume, kind) => {
         if (kind === Kind.SyncEnd) setState(volume, "consistent");
       },

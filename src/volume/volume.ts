@@ -29,7 +29,10 @@ export class Volume {
 
   /** Creates (or extends) a sparse regular file of `size` bytes and opens it. */
   static createSparse(path: string, size: number): Volume {
-    const fd = openSync(path, "a+");
+    // owner-only: a mirror or replica image is a full copy of the protected data, and
+    // --mirror-dir / --replica-dir may lie outside the 0700 data directory (was 0644;
+    // tests/security-files.test.ts checks it)
+    const fd = openSync(path, "a+", 0o600);
     closeSync(fd);
     const file = Deno.openSync(path, { read: true, write: true });
     if (file.statSync().size < size) file.truncateSync(size);
