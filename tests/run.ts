@@ -28,16 +28,35 @@ function summary(text: string): { total: number; passed: number } | undefined {
   return total && passed ? { total: Number(total[1]), passed: Number(passed[1]) } : undefined;
 }
 
+/** Removes the big files (images, journal rings) a passing test left; logs and screenshots stay. */
+async function shrink(dir: string): Promise<void> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = `${dir}/${e.name}`;
+    if (e.isDirectory) await shrink(p);
+    else if (e.isFile && (await Deno.stat(p)).size >= 4 << 20) await Deno.remove(p).catch(() => {});
+  }
+}
+
 async function runFile(file: string): Promise<Outcome> {
   const rel = file.slice(root.length);
   console.log(`\n=== ${rel}`);
   const started = performance.now();
+  // each file's roles work under a directory of its own, so what it leaves can be cleaned up
+  const outDir = `${Deno.env.get("TEST_OUTPUT_DIR") ?? `${root}test-output`}/${
+    rel.replace(/^tests\//, "").replace(/\.test\.ts$/, "").replaceAll("/", "-")
+  }-${Deno.pid}`;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", file],
     cwd: root,
     stdout: "piped",
     stderr: "inherit",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", TEST_OUTPUT_DIR: outDir },
   }).spawn();
   const timer = setTimeout(() => {
     console.log(`!!! ${rel}: no result after ${fileTimeoutMs / 1000}s, killed`);
@@ -66,6 +85,7 @@ async function runFile(file: string): Promise<Outcome> {
     failed = 1;
   }
   console.log(`--- ${rel}: ${s.passed} passed, ${failed} failed (${secs}s)`);
+  if (failed === 0) await shrink(outDir);
   return { passed: s.passed, failed };
 }
 
