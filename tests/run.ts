@@ -5,7 +5,7 @@
 import { ensureSetup } from "./lib/setup.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const fileTimeoutMs = Number(Deno.env.get("TEST_FILE_TIMEOUT_MS") ?? 15 * 60_000);
+const fileTimeoutMs = Number(Deno.env.get("TEST_FILE_TIMEOUT_MS") ?? 8 * 60_000);
 
 async function findTests(dir: string): Promise<string[]> {
   const out: string[] = [];

@@ -144,7 +144,9 @@ t(
       // a write: the lag to dr1 rises on the task page, then falls to nothing, without a reload
       const lag = page.locator('[data-testid="lag-dr1"]');
       await lag.getByText("0 B", { exact: true }).waitFor({ timeout: 30_000 });
-      await run("qemu-io", ["-f", "raw", topo.agent.uri("vol0"), "-c", "write -P 0x44 4M 8M", "-c", "flush"]);
+      // 1 MiB writes: the link's 2 MB/s limit paces them (one large write would pass in one burst)
+      const writes = Array.from({ length: 8 }, (_, i) => ["-c", `write -P 0x44 ${4 + i}M 1M`]).flat();
+      await run("qemu-io", ["-f", "raw", topo.agent.uri("vol0"), ...writes, "-c", "flush"]);
       await waitFor(
         async () => /MiB|KiB/.test(await lag.textContent() ?? ""),
         20_000,

@@ -15,6 +15,11 @@ export const volumes = sqliteTable("volumes", {
   appliedSeq: integer("applied_seq").notNull().default(0),
   /** The local image's state: empty, consistent, inconsistent (a synchronisation is running). */
   state: text("state").notNull().default("empty"),
+  /**
+   * 1 while no remote site receives the volume (its task is paused or deleted): the senders
+   * skip its records; its images stay as they are.
+   */
+  retired: integer("retired").notNull().default(0),
   createdAt: integer("created_at").notNull(),
 }, (t) => [uniqueIndex("volumes_agent_name").on(t.agent, t.name)]);
 

@@ -34,6 +34,11 @@ export interface VolumeInfo {
   durableSeq: number;
   /** Whether the volume existed before this open (false: its mirror needs a full sync). */
   known: boolean;
+  /**
+   * No remote site receives it (its task is paused or deleted); the mirror still applies its
+   * records. Optional: a volume described elsewhere (a receiver's, a test's) is carried.
+   */
+  retired?: boolean;
 }
 
 export interface JournalOptions {
@@ -133,6 +138,7 @@ export class Journal {
         lastSeq: v.lastSeq,
         durableSeq: v.lastSeq,
         known: true,
+        retired: v.retired !== 0,
       });
     }
     await this.recover();
@@ -221,9 +227,24 @@ export class Journal {
       lastSeq: 0,
       durableSeq: 0,
       known: false,
+      retired: false,
     };
     this.vols.set(v.id, v);
     return v;
+  }
+
+  /**
+   * Marks a volume retired (no remote site receives it) or carried again, persistently. Nothing
+   * is deleted: its records stay until every reader released them, its images stay in place.
+   */
+  async retire(id: number, retired: boolean): Promise<void> {
+    const v = this.vols.get(id);
+    if (!v || v.retired === retired) return;
+    await serialized(
+      this.db,
+      () => this.db.update(volumes).set({ retired: retired ? 1 : 0 }).where(eq(volumes.id, id)),
+    );
+    v.retired = retired;
   }
 
   onDurable(fn: DurableListener): () => void {

@@ -52,6 +52,8 @@ export class AgentLink {
   private closed = false;
   private connected = false;
   private backoffMs = 100;
+  /** Set by reconnect(): the connection is ended on purpose and made again at once. */
+  private restarting = false;
   private wake: (() => void) | undefined;
   /** Why the last attempt failed, for status. */
   lastError = "";
@@ -103,6 +105,11 @@ export class AgentLink {
         await this.session();
         this.backoffMs = 100;
       } catch (e) {
+        if (this.restarting && !this.closed) {
+          this.restarting = false;
+          log.info("reconnecting to the gateway", { gateway: formatAddress(this.opts.gateway) });
+          continue;
+        }
         const msg = (e as Error).message;
         if (msg !== this.lastError) {
           log.warn("gateway link failed", { gateway: formatAddress(this.opts.gateway), error: msg });
@@ -236,6 +243,19 @@ export class AgentLink {
     if (!sameBytes(theirs, gatewayProof(this.opts.secret, this.opts.agent, gwNonce, mine))) {
       throw new Error("gateway failed to prove it holds this agent's secret: not sending it any data");
     }
+  }
+
+  /**
+   * Ends the connection once what is queued is sent, and connects again at once: the gateway
+   * then sees every volume announced anew (a standby's new set of copies starts a new stream).
+   */
+  async reconnect(): Promise<void> {
+    if (!this.conn || !this.connected) return;
+    await this.writer?.drained();
+    this.restarting = true;
+    try {
+      this.conn.close();
+    } catch { /* closed */ }
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,7 @@ import {
   decodeRequest,
   EIO,
   ENOSPC,
+  ESHUTDOWN,
   type ExportInfo,
   IHAVEOPT,
   MAX_OPTION_LENGTH,
@@ -31,6 +32,9 @@ import {
 } from "./protocol.ts";
 
 const log = logger("nbd");
+
+/** How long a client of a withdrawn export gets ESHUTDOWN answers before its connection closes. */
+const WITHDRAW_GRACE_MS = 2000;
 
 /** Free bytes before every WRITE payload buffer (8-aligned payload). */
 export const WRITE_HEADROOM = 80;
@@ -70,6 +74,8 @@ export class NbdServer {
   private listeners: Deno.Listener[] = [];
   private conns = new Set<Deno.Conn>();
   private sessions = new Set<Promise<void>>();
+  /** Sessions in transmission by export name: how to stop each reading, and its end. */
+  private attached = new Map<string, Set<{ stop: () => void; done: Promise<void> }>>();
   private closing = false;
   private stop!: () => void;
   /** Settles when the server closes: sessions stop reading new requests. */
@@ -141,6 +147,18 @@ export class NbdServer {
     }
   }
 
+  /**
+   * An export is withdrawn (no longer in the exports list): on its connections the requests in
+   * flight are answered, later ones get ESHUTDOWN (the spec's "server shutting down", so a
+   * client disconnects cleanly), and each connection closes once its client disconnects or
+   * after a short grace. Resolves once they are closed.
+   */
+  async detach(name: string): Promise<void> {
+    const sessions = [...this.attached.get(name) ?? []];
+    for (const s of sessions) s.stop();
+    await Promise.all(sessions.map((s) => s.done));
+  }
+
   private peerName(conn: Deno.Conn): string {
     const a = conn.remoteAddr;
     return a.transport === "tcp" ? `${a.hostname}:${a.port}` : "unix";
@@ -169,7 +187,18 @@ export class NbdServer {
       const exp = this.opts.exports().find((e) => e.name === selected.name);
       if (!exp) return;
       log.debug("NBD client attached", { peer, export: exp.name });
-      await this.transmission(exp, reader, writer, peer);
+      let stop!: () => void;
+      const detached = new Promise<false>((r) => stop = () => r(false));
+      const done = this.transmission(exp, reader, writer, peer, detached);
+      const entry = { stop, done: done.catch(() => {}) };
+      const set = this.attached.get(exp.name) ?? new Set();
+      this.attached.set(exp.name, set.add(entry));
+      try {
+        await done;
+      } finally {
+        set.delete(entry);
+        if (set.size === 0 && this.attached.get(exp.name) === set) this.attached.delete(exp.name);
+      }
     } catch (e) {
       if (!this.closing && !(e instanceof Deno.errors.BadResource)) {
         log.warn("NBD connection failed", { peer, error: e });
@@ -221,7 +250,13 @@ export class NbdServer {
     }
   }
 
-  private async transmission(exp: NbdExport, r: ConnReader, w: ConnWriter, peer: string): Promise<void> {
+  private async transmission(
+    exp: NbdExport,
+    r: ConnReader,
+    w: ConnWriter,
+    peer: string,
+    detached: Promise<false>,
+  ): Promise<void> {
     const maxInFlight = this.opts.maxInFlight ?? 128;
     const maxBytes = this.opts.maxInFlightBytes ?? 128 * 1024 * 1024;
     let inFlight = 0, inFlightBytes = 0;
@@ -260,12 +295,24 @@ export class NbdServer {
       return b;
     };
 
+    // a request header being read survives the export's withdrawal: it is answered ESHUTDOWN
+    let header: Promise<boolean> | undefined;
+    let grace: Promise<false> | undefined;
+    let graceTimer: ReturnType<typeof setTimeout> | undefined;
+    const withdrawn = detached.then(() => "withdrawn" as const);
     while (!w.error) {
       while (inFlight >= maxInFlight || inFlightBytes >= maxBytes) {
         await new Promise<void>((res) => wake = res);
         wake = undefined;
       }
-      if (!await Promise.race([r.fill(REQUEST_SIZE), this.stopped])) break;
+      header ??= r.fill(REQUEST_SIZE);
+      const got = await Promise.race([header, this.stopped, grace ?? withdrawn]);
+      if (got === "withdrawn") {
+        grace = new Promise<false>((res) => graceTimer = setTimeout(() => res(false), WITHDRAW_GRACE_MS));
+        continue;
+      }
+      if (!got) break;
+      header = undefined;
       const raw = r.take(REQUEST_SIZE);
       const req = decodeRequest(raw);
       if (!req) {
@@ -273,6 +320,11 @@ export class NbdServer {
         break;
       }
       if (req.type === CMD_DISC) break;
+      if (grace) {
+        if (req.type === CMD_WRITE && !await r.discard(req.length)) break;
+        replyError(req.handle, ESHUTDOWN);
+        continue;
+      }
       const err = validateRequest(req, exp.size, exp.readOnly);
       const what = commandName(req.type);
       if (req.type === CMD_WRITE) {
@@ -346,6 +398,7 @@ export class NbdServer {
         }
       }
     }
+    clearTimeout(graceTimer);
     // NBD_CMD_DISC or end of stream: finish what is in flight before closing
     await Promise.all(pending);
     await w.drained();

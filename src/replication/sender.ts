@@ -238,6 +238,40 @@ export class Sender {
     this.save();
   }
 
+  /**
+   * The volume is no longer sent to this peer (its task was paused or deleted): its records are
+   * skipped from now on and the peer's copy stays as it is. The session restarts without it.
+   */
+  volumeRetired(id: number): void {
+    if (!this.vols.delete(id)) return;
+    this.session?.drop(id);
+    this.missed.get(id)?.close();
+    this.missed.delete(id);
+    this.save();
+    this.onReset?.();
+  }
+
+  /**
+   * A retired volume is sent again: the peer's copy missed the records in between, so it is
+   * brought level by a synchronisation. `imageSeq`: the highest sequence number the source
+   * image has applied; those records are in every chunk the synchronisation reads, so they are
+   * void for this peer (never sent, acknowledged with the synchronisation's end), the later
+   * ones are sent as usual.
+   */
+  volumeResumed(v: VolumeInfo, imageSeq: number): void {
+    if (!this.o.carries(v) || this.vols.has(v.id)) return;
+    this.vols.set(v.id, {
+      ackedSeq: 0,
+      state: "degraded",
+      voidUpTo: imageSeq,
+      compared: 0,
+      moved: 0,
+      ackedTime: Date.now(),
+    });
+    this.save();
+    this.onReset?.();
+  }
+
   volume(id: number): VolState | undefined {
     return this.vols.get(id);
   }
@@ -382,6 +416,12 @@ export class Session {
     return this.fifo.find((f) => f.seq > 0)?.time;
   }
 
+  /** The volume is no longer carried: its synchronisation, if one runs, ends here. */
+  drop(volume: number): void {
+    this.syncs.delete(volume);
+    this.hashWaiters.get(volume)?.(undefined);
+  }
+
   syncProgress(volume: number): { chunks: number; done: number } | null {
     const j = this.syncs.get(volume);
     return j ? { chunks: j.chunks, done: j.next } : null;
@@ -492,6 +532,7 @@ export class Session {
       const hashes = await answer;
       this.hashWaiters.delete(job.volume);
       if (this.stopped) return;
+      if (!this.syncs.has(job.volume)) continue; // dropped meanwhile
       // a copy of another size (or none) answers with hashes that do not fit: every chunk is copied
       job.hashes = hashes && hashes.length === job.chunks * 16 ? hashes : undefined;
       this.s.volume(job.volume)!.state = "syncing";
@@ -526,6 +567,11 @@ export class Session {
       });
       this.wake = undefined;
     }
+    await this.tokensLeft();
+  }
+
+  /** With a bandwidth limit: waits until the token bucket is not in debt. */
+  private async tokensLeft(): Promise<void> {
     const rate = this.s.o.bandwidth ?? 0;
     while (rate > 0 && !this.stopped) {
       // token bucket: refill at the rate, at most one second's worth banked
@@ -545,7 +591,12 @@ export class Session {
       const entries = this.syncs.size > 0
         ? await this.nextOrIdle(cursor)
         : await cursor.next(4 << 20, this.signal);
-      for (const e of entries) this.forward(e);
+      for (const e of entries) {
+        // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)
+        if (this.s.o.bandwidth) await this.tokensLeft();
+        if (this.stopped) return;
+        this.forward(e);
+      }
       if (this.syncs.size > 0) await this.syncStep(entries.length === 0);
     }
   }
@@ -606,17 +657,18 @@ export class Session {
     let spent = 0;
     for (const job of [...this.syncs.values()]) {
       if (!job.began) this.beginSync(job);
-      while (job.next < job.chunks && spent < budget && !this.stopped) {
+      while (job.next < job.chunks && spent < budget && !this.stopped && this.syncs.has(job.volume)) {
         if (this.s.source.appliedPos() < this.frontier) {
           if (idle) await new Promise((r) => setTimeout(r, 2));
           return;
         }
         await this.windowOpen();
         if (this.stopped) return;
+        if (!this.syncs.has(job.volume)) break;
         spent += await this.copyChunk(job);
       }
       if (this.stopped) return;
-      if (job.next >= job.chunks) {
+      if (job.next >= job.chunks && this.syncs.has(job.volume)) {
         const seq = this.lastSent.get(job.volume) ?? 0;
         // once acknowledged, the copy holds every record up to the last one sent and, through
         // the chunks, every record the reset voided (never sent, so never acknowledged one by one)

@@ -87,6 +87,11 @@ export class StandbyApplier {
     this.byJournalId.set(journalId, v);
   }
 
+  /** A copy is no longer held (unassigned): records naming it are refused from now on. */
+  forget(v: StandbyVolume): void {
+    if (this.byJournalId.get(v.journalId) === v) this.byJournalId.delete(v.journalId);
+  }
+
   /** A new connection: counts start over. */
   reset(): void {
     this.received = 0;

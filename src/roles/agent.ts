@@ -25,6 +25,7 @@ import {
 } from "../wire/frames.ts";
 import { type ChunkRequest, FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { AgentState } from "../capture/agent-state.ts";
+import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatSender } from "../heartbeat/channel.ts";
 
@@ -41,7 +42,8 @@ export const agentFlags: FlagSpec[] = [
     name: "volume",
     type: "string",
     multiple: true,
-    description: "a protected volume: export name and file or block device",
+    description:
+      "a protected volume: export name and file or block device (without it the gateway assigns them)",
     placeholder: "NAME=PATH",
   },
   {
@@ -167,7 +169,10 @@ interface Common {
   secret: Uint8Array;
   dataDir: string;
   state: AgentState;
+  /** Every volume served now: the --volume ones and the gateway's assignments. */
   volumes: Map<string, Volume>;
+  /** The names given by --volume: they win over an assignment of the same name. */
+  flagNames: Set<string>;
   monitor: ServiceMonitor | undefined;
 }
 
@@ -175,7 +180,6 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   const dataDir = str(p, "data-dir");
   const id = str(p, "id");
   const volumesArg = pairs("volume", p["volume"]);
-  if (volumesArg.size === 0) throw new UsageError("at least one --volume NAME=PATH is required");
   const secretFile = optStr(p, "secret-file");
   if (!secretFile) {
     throw new UsageError("--secret-file is required (the agent's secret shared with the gateway)");
@@ -204,7 +208,16 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
       failures: num(p, "service-check-failures"),
     })
     : undefined;
-  const c: Common = { p, id, secret, dataDir, state: await AgentState.load(dataDir), volumes, monitor };
+  const c: Common = {
+    p,
+    id,
+    secret,
+    dataDir,
+    state: await AgentState.load(dataDir),
+    volumes,
+    flagNames: new Set(volumesArg.keys()),
+    monitor,
+  };
   const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
   monitor?.start();
   const heartbeats = startHeartbeats(c);
@@ -327,21 +340,7 @@ async function protect(
       await dirty.settle();
     } else if (promotedCopy === "unknown") await dirty.markAll();
     maps.push(dirty);
-    const pv = new ProtectedVolume({
-      name,
-      volume,
-      dirty,
-      link,
-      linkId: linkId++,
-      onGatewayLoss: str(c.p, "on-gateway-loss") as GatewayLossPolicy,
-      gatewayTimeoutMs: num(c.p, "gateway-timeout"),
-      maxUnconfirmedBytes: num(c.p, "max-unconfirmed"),
-      readOnly: () => c.state.fenced,
-      onFatal,
-    });
-    pv.opened.catch(() => {}); // awaited below
-    exports.push(pv);
-    link.register(pv);
+    exports.push(protectVolume(c, link, name, volume, dirty, linkId++, onFatal));
   }
   return {
     exports,
@@ -354,6 +353,210 @@ async function protect(
   };
 }
 
+/** One volume wrapped in a ProtectedVolume and registered on the link (its opening is awaited by the caller). */
+function protectVolume(
+  c: Common,
+  link: AgentLink,
+  name: string,
+  volume: Volume,
+  dirty: DirtyMap,
+  linkId: number,
+  onFatal: (e: Error) => void,
+): ProtectedVolume {
+  const pv = new ProtectedVolume({
+    name,
+    volume,
+    dirty,
+    link,
+    linkId,
+    onGatewayLoss: str(c.p, "on-gateway-loss") as GatewayLossPolicy,
+    gatewayTimeoutMs: num(c.p, "gateway-timeout"),
+    maxUnconfirmedBytes: num(c.p, "max-unconfirmed"),
+    readOnly: () => c.state.fenced,
+    onFatal,
+  });
+  pv.opened.catch(() => {}); // awaited by the caller
+  link.register(pv);
+  return pv;
+}
+
+/** A volume served because the gateway assigned it. */
+interface Served {
+  a: Assignment;
+  volume: Volume;
+  dirty: DirtyMap;
+  pv: ProtectedVolume;
+}
+
+/**
+ * The volumes the gateway assigns over the link (the control plane): `assign` opens and
+ * exports them, `unassign` stops exporting and closes them, data left in place. Orders run
+ * one at a time and each is answered (`assigned` / `unassigned`, with the error if it
+ * failed); a bad assignment is refused, never fatal. The list is remembered in the data
+ * directory, so a restart without the gateway serves the same volumes.
+ */
+class AssignedVolumes {
+  private served = new Map<string, Served>();
+  private queue: Promise<void> = Promise.resolve();
+  /** Set once the NBD server runs: withdrawn exports' clients are detached through it. */
+  server: NbdServer | undefined;
+
+  constructor(
+    private readonly c: Common,
+    private readonly link: AgentLink,
+    private readonly file: AssignmentFile,
+    private nextLinkId: number,
+    private readonly onFatal: (e: Error) => void,
+  ) {}
+
+  exports(): ProtectedVolume[] {
+    return [...this.served.values()].map((s) => s.pv);
+  }
+
+  /** Tells the gateway what is remembered, so it can withdraw what it no longer assigns. */
+  report(): void {
+    this.link.sendControl({ type: "assignments", names: this.file.all().map((a) => a.name) });
+  }
+
+  /** Serves the remembered assignments at start (a --volume of the same name wins). */
+  async restore(): Promise<void> {
+    const opened: Promise<void>[] = [];
+    for (const a of this.file.all()) {
+      if (this.c.flagNames.has(a.name)) {
+        log.warn("--volume overrides the gateway's assignment of the same name", { volume: a.name });
+        continue;
+      }
+      try {
+        const s = await this.open(a, false);
+        opened.push(s.pv.opened.catch((e) => {
+          log.error("the gateway refused a remembered volume; not serving it", { volume: a.name, error: e });
+          return this.close(a.name, 0);
+        }));
+      } catch (e) {
+        log.error("cannot serve a remembered assignment", { volume: a.name, path: a.path, error: e });
+      }
+    }
+    // bounded like the --volume ones: an absent gateway does not hold the start
+    await Promise.race([Promise.all(opened), new Promise((r) => setTimeout(r, 5000))]);
+  }
+
+  /** The gateway's assign / unassign orders; false when the message is neither. */
+  control(m: unknown): boolean {
+    const msg = m as { type?: string; id?: unknown; volumes?: unknown; name?: unknown };
+    if (msg?.type === "assign") this.serial(() => this.assign(msg.id, msg.volumes));
+    else if (msg?.type === "unassign") this.serial(() => this.unassign(msg.id, msg.name));
+    else return false;
+    return true;
+  }
+
+  private serial(fn: () => Promise<void>): void {
+    this.queue = this.queue.then(fn).catch((e) => log.error("control order failed", { error: e }));
+  }
+
+  private async assign(id: unknown, volumes: unknown): Promise<void> {
+    const results: { name: string | null; ok: boolean; error?: string }[] = [];
+    if (!Array.isArray(volumes)) {
+      results.push({ name: null, ok: false, error: "assign needs a list of volumes" });
+    } else {
+      for (const raw of volumes) {
+        const a = parseAssignment(raw);
+        if (typeof a === "string") {
+          log.error("assignment refused", { reason: a });
+          results.push({ name: (raw as { name?: string })?.name ?? null, ok: false, error: a });
+          continue;
+        }
+        try {
+          await this.assignOne(a);
+          results.push({ name: a.name, ok: true });
+        } catch (e) {
+          log.error("assignment failed", { volume: a.name, path: a.path, error: e });
+          results.push({ name: a.name, ok: false, error: (e as Error).message });
+        }
+      }
+    }
+    this.link.sendControl({ type: "assigned", id, results });
+  }
+
+  private async assignOne(a: Assignment): Promise<void> {
+    if (this.c.flagNames.has(a.name)) {
+      const v = this.c.volumes.get(a.name)!;
+      if (v.path === a.path && v.size === a.size) return;
+      throw new Error(`volume ${a.name} is given by --volume on this agent (${v.path}), which wins`);
+    }
+    const cur = this.served.get(a.name);
+    if (cur && cur.a.path === a.path && cur.a.size === a.size) return;
+    if (cur) await this.close(a.name);
+    const s = await this.open(a, cur !== undefined);
+    const timeout = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`the gateway did not accept volume ${a.name} within 10 s`)), 10_000)
+    );
+    try {
+      await Promise.race([s.pv.opened, timeout]);
+    } catch (e) {
+      await this.close(a.name, 0);
+      throw e;
+    }
+    await this.file.set(a);
+    log.info("volume assigned: exporting it", { volume: a.name, path: a.path, size: a.size });
+  }
+
+  private async unassign(id: unknown, name: unknown): Promise<void> {
+    const answer = (ok: boolean, error?: string) =>
+      this.link.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
+    if (typeof name !== "string") return void answer(false, "unassign needs a volume name");
+    if (this.c.flagNames.has(name)) {
+      return void answer(false, `volume ${name} is given by --volume on this agent, which wins`);
+    }
+    await this.close(name);
+    await this.file.delete(name);
+    log.info("volume unassigned: no longer exported, its data left in place", { volume: name });
+    answer(true);
+  }
+
+  /** Opens the device, checks its size and starts capturing it. `changed`: it replaces another device. */
+  private async open(a: Assignment, changed: boolean): Promise<Served> {
+    const volume = Volume.open(a.path);
+    let dirty: DirtyMap;
+    try {
+      if (volume.size !== a.size) {
+        throw new Error(`${a.path} is ${volume.size} bytes, the assignment of ${a.name} says ${a.size}`);
+      }
+      dirty = await DirtyMap.open(`${this.c.dataDir}/${a.name}.dirty`, a.size, num(this.c.p, "dirty-chunk"));
+    } catch (e) {
+      volume.close();
+      throw e;
+    }
+    // another device under the same name: nothing is known of what the gateway holds of it
+    if (changed) await dirty.markAll();
+    const pv = protectVolume(this.c, this.link, a.name, volume, dirty, this.nextLinkId++, this.onFatal);
+    const s = { a, volume, dirty, pv };
+    this.served.set(a.name, s);
+    this.c.volumes.set(a.name, volume);
+    return s;
+  }
+
+  /**
+   * Stops serving a volume: it leaves the exports list, its NBD clients are detached (their
+   * requests in flight answered), the gateway confirms its pending records (bounded by
+   * `waitMs`), and the device is closed as it is.
+   */
+  async close(name: string, waitMs = 10_000): Promise<void> {
+    const s = this.served.get(name);
+    if (!s) return;
+    this.served.delete(name);
+    await this.server?.detach(name);
+    await s.pv.close(waitMs);
+    s.dirty.close();
+    s.volume.close();
+    if (this.c.volumes.get(name) === s.volume) this.c.volumes.delete(name);
+  }
+
+  async closeAll(): Promise<void> {
+    await this.queue;
+    for (const name of [...this.served.keys()]) await this.close(name);
+  }
+}
+
 async function runPrimary(c: Common): Promise<RoleHandle> {
   let fail!: (e: Error) => void;
   const fatal = new Promise<never>((_, reject) => fail = reject);
@@ -362,29 +565,43 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
     gateway: parseAddress(str(c.p, "gateway")),
     agent: c.id,
     secret: c.secret,
-    onControl: (m) => fenceOrder(c, m),
+    onControl: (m) => {
+      if (!fenceOrder(c, m)) assigned.control(m);
+    },
     onFrame: (f) => chunkOp(c, link, f, true),
+    onConnected: () => assigned.report(),
   });
   const prot = await protect(c, link, 0, (e) => fail(e));
+  const assigned = new AssignedVolumes(
+    c,
+    link,
+    await AssignmentFile.load(c.dataDir),
+    prot.exports.length,
+    (e) => fail(e),
+  );
   try {
     link.start();
     await prot.ready();
-    const server = await serveNbd(c.p, c.dataDir, () => prot.exports);
+    await assigned.restore();
+    const server = await serveNbd(c.p, c.dataDir, () => [...prot.exports, ...assigned.exports()]);
+    assigned.server = server;
     log.info("agent ready", {
       agent: c.id,
-      volumes: prot.exports.map((e) => e.name),
+      volumes: [...prot.exports, ...assigned.exports()].map((e) => e.name),
       fenced: c.state.fenced ?? null,
     });
     return {
       fatal,
       stop: async () => {
         await server.close();
+        await assigned.closeAll();
         await prot.close();
         await link.close();
       },
     };
   } catch (e) {
     await link.close();
+    await assigned.closeAll();
     await prot.close();
     throw e;
   }
@@ -398,11 +615,54 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
  */
 async function runStandby(c: Common): Promise<RoleHandle> {
   const copies: StandbyVolume[] = [];
+  const file = await AssignmentFile.load(c.dataDir);
+  /**
+   * Opens an assigned copy. `fresh`: assigned just now, so nothing is known of what the device
+   * holds: it is reported inconsistent and the gateway compares it by hash before streaming.
+   */
+  const openCopy = async (a: Assignment, fresh: boolean): Promise<StandbyVolume> => {
+    const volume = Volume.open(a.path);
+    try {
+      if (volume.size !== a.size) {
+        throw new Error(`${a.path} is ${volume.size} bytes, the assignment of ${a.name} says ${a.size}`);
+      }
+      const s = await StandbyVolume.open(a.name, volume, c.dataDir);
+      if (fresh) {
+        s.seq = { lastSeq: 0, rebase: false };
+        s.state = "inconsistent";
+        await s.persist();
+      }
+      c.volumes.set(a.name, volume);
+      return s;
+    } catch (e) {
+      volume.close();
+      throw e;
+    }
+  };
   for (const [name, volume] of c.volumes) copies.push(await StandbyVolume.open(name, volume, c.dataDir));
+  for (const a of file.all()) {
+    if (c.flagNames.has(a.name)) continue; // --volume wins
+    try {
+      copies.push(await openCopy(a, false));
+    } catch (e) {
+      log.error("cannot serve a remembered standby assignment", { volume: a.name, path: a.path, error: e });
+    }
+  }
   const applier = new StandbyApplier(copies, (b) => link.send(b));
   let announced = 0;
-  let exports: NbdExport[] = copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
+  /** Set while the link is restarted for a new set of copies: the old connection starts no stream. */
+  let reconnecting = false;
+  const standbyExports = () => copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
+  let exports: () => NbdExport[] = standbyExports;
   let primary: Awaited<ReturnType<typeof protect>> | undefined;
+  /** The link id each copy is announced under (fresh ones after a change: ids are never reused). */
+  const linkIds = new Map<StandbyVolume, number>();
+  let nextLinkId = 0;
+  const announce = (s: StandbyVolume) => {
+    const id = nextLinkId++;
+    linkIds.set(s, id);
+    link.register(standbyLinkVolume(s, id));
+  };
   let fail!: (e: Error) => void;
   const fatal = new Promise<never>((_, reject) => fail = reject);
   fatal.catch(() => {});
@@ -413,9 +673,11 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     log.warn("promotion: this standby takes over the service", { copiesEqual: equal });
     await applier.freeze();
     await c.state.promote();
-    copies.forEach((_, i) => link.unregister(i));
-    primary = await protect(c, link, copies.length, (e) => fail(e), equal ? "equal" : "unknown");
-    exports = primary.exports;
+    for (const s of copies) link.unregister(linkIds.get(s)!);
+    primary = await protect(c, link, nextLinkId, (e) => fail(e), equal ? "equal" : "unknown");
+    nextLinkId += primary.exports.length;
+    const promoted = primary;
+    exports = () => promoted.exports;
     await primary.ready();
     await runHook(c, "on-promote");
     await c.monitor?.waitHealthy(30_000);
@@ -432,7 +694,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     if (!primary) return;
     log.warn("demotion: the service goes back to the primary site");
     await runHook(c, "on-demote");
-    exports = copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
+    exports = standbyExports;
     // every write made here must be durable at the gateway before the copies change hands
     const deadline = Date.now() + 10_000;
     while (primary.exports.some((e) => !e.quiescent) && Date.now() < deadline) {
@@ -450,7 +712,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     }
     applier.thaw();
     announced = 0;
-    copies.forEach((s, i) => link.register(standbyLinkVolume(s, i)));
+    copies.forEach(announce);
     log.warn("demoted: standby again, volumes read-only", { volumes: copies.map((s) => s.name) });
   };
 
@@ -460,10 +722,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     secret: c.secret,
     onConnected: () => {
       announced = 0;
+      reconnecting = false;
       applier.reset();
+      for (const w of reconnected.splice(0)) w();
     },
     onControl: (m) => {
-      const msg = m as { type?: string; id?: number; equal?: boolean };
+      const msg = m as { type?: string; id?: number; equal?: boolean; volumes?: unknown; name?: unknown };
+      if (msg?.type === "assign") return void serial(() => assignCopies(msg.id, msg.volumes));
+      if (msg?.type === "unassign") return void serial(() => unassignCopy(msg.id, msg.name));
       const act = msg?.type === "promote"
         ? () => promote(msg.equal === true)
         : msg?.type === "demote"
@@ -507,7 +773,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     onOpened: (info) => {
       applier.opened(s.name, info.journalId);
       // every volume is known to the gateway: it may start streaming
-      if (++announced === copies.length) link.sendControl({ type: "standby-ready" });
+      if (++announced === copies.length && !reconnecting) link.sendControl({ type: "standby-ready" });
     },
     onRefused: (message) =>
       log.error("gateway refused the standby volume", { volume: s.name, reason: message }),
@@ -515,9 +781,94 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     onAccepted: () => {},
     onDurable: () => {},
   });
-  copies.forEach((s, i) => link.register(standbyLinkVolume(s, i)));
+
+  // The gateway's assignments of standby copies (relayed by this site's gateway from the local
+  // site's control plane), one at a time, each answered. A new or removed copy restarts the
+  // link: the gateway then announces the new set and compares a new copy by hash. The answer
+  // goes out on the new connection, so the gateway's next order cannot reach the closing one.
+  let queue: Promise<void> = Promise.resolve();
+  const reconnected: (() => void)[] = [];
+  const restartLink = async () => {
+    const up = new Promise<void>((r) => {
+      reconnected.push(r);
+      setTimeout(r, 10_000);
+    });
+    await link.reconnect();
+    await up;
+  };
+  const serial = (fn: () => Promise<void>) => {
+    queue = queue.then(fn).catch((e) => log.error("control order failed", { error: e }));
+  };
+  const assignCopies = async (id: unknown, volumes: unknown): Promise<void> => {
+    const results: { name: string | null; ok: boolean; error?: string }[] = [];
+    let added = false;
+    for (const raw of Array.isArray(volumes) ? volumes : [null]) {
+      const a = parseAssignment(raw);
+      const name = typeof a === "string" ? (raw as { name?: string } | null)?.name ?? null : a.name;
+      try {
+        if (typeof a === "string") throw new Error(a);
+        if (primary) throw new Error(`this standby is promoted: ${a.name} serves the service`);
+        const cur = c.volumes.get(a.name);
+        const copy = copies.find((s) => s.name === a.name);
+        if (c.flagNames.has(a.name) || copy) {
+          if (cur!.size !== a.size) {
+            throw new Error(`standby copy ${a.name} is ${cur!.size} bytes, the assignment says ${a.size}`);
+          }
+          if (cur!.path !== a.path) {
+            throw new Error(`standby copy ${a.name} is ${cur!.path} here: unassign it before moving it`);
+          }
+        } else {
+          const s = await openCopy(a, true);
+          copies.push(s);
+          reconnecting = true;
+          announce(s);
+          await file.set(a);
+          added = true;
+          log.info("standby copy assigned", { volume: a.name, path: a.path, size: a.size });
+        }
+        results.push({ name, ok: true });
+      } catch (e) {
+        log.error("standby assignment failed", { volume: name, error: e });
+        results.push({ name, ok: false, error: (e as Error).message });
+      }
+    }
+    if (added) await restartLink();
+    link.sendControl({ type: "assigned", id, results });
+  };
+  const unassignCopy = async (id: unknown, name: unknown): Promise<void> => {
+    const answer = (ok: boolean, error?: string) =>
+      link.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
+    if (typeof name !== "string") return void answer(false, "unassign needs a volume name");
+    if (c.flagNames.has(name)) {
+      return void answer(false, `volume ${name} is given by --volume here, which wins`);
+    }
+    if (primary) return void answer(false, `this standby is promoted: ${name} serves the service`);
+    const s = copies.find((x) => x.name === name);
+    if (s) {
+      reconnecting = true;
+      link.unregister(linkIds.get(s)!);
+      linkIds.delete(s);
+      // what was received is applied before the copy is closed; the stream restarts below
+      await applier.freeze();
+      copies.splice(copies.indexOf(s), 1);
+      applier.forget(s);
+      await nbd.server?.detach(name);
+      await s.local.sync();
+      s.volume.close();
+      c.volumes.delete(name);
+      applier.thaw();
+    }
+    await file.delete(name);
+    log.info("standby copy unassigned: its data left in place", { volume: name });
+    if (s) await restartLink();
+    answer(true);
+  };
+  const nbd: { server?: NbdServer } = {};
+
+  copies.forEach(announce);
   link.start();
-  const server = await serveNbd(c.p, c.dataDir, () => exports);
+  const server = await serveNbd(c.p, c.dataDir, () => exports());
+  nbd.server = server;
   log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });
   return {
     fatal,

@@ -13,6 +13,7 @@ import { readSecretFile } from "../wire/auth.ts";
 import { startWebServer } from "../web/web-server.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
+import { ControlPlane } from "../tasks/control-plane.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
 import { Audit } from "../audit/audit.ts";
@@ -348,6 +349,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onHeartbeat: (agent, seq, status, now, meta) => liveness.heartbeat(agent, seq, status, now, meta),
     });
     cleanups.push(() => heartbeats.close());
+    // the control plane needs the task store, which comes with the web server below
+    const plane: { cp?: ControlPlane } = {};
     const listener = await GatewayListener.listen({
       listen,
       journal,
@@ -356,7 +359,11 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onAgent: (agent) => {
         const reason = controller.isFenced(agent);
         if (reason) agentsIn.listener?.sendControl(agent, { type: "fence", reason });
+        plane.cp?.onAgent(agent).catch((e) =>
+          log.error("cannot send an agent its assignments", { agent, error: e })
+        );
       },
+      onControl: (agent, msg) => plane.cp?.onControl(agent, msg),
       fenced: (agent) => controller.isFenced(agent),
       onVolume: (v) => {
         mirror.prepare(v);
@@ -420,6 +427,35 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       }
     }
     const store = new TaskStore(db, prefixes);
+    const control = new ControlPlane({
+      store,
+      send: (agent, msg) => listener.sendControl(agent, msg),
+      retire: async (agent, name, retired) => {
+        const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
+        if (!v) return; // never opened: nothing of it is journaled or sent
+        await journal.retire(v.id, retired);
+        // the records durable now are in the mirror image once it caught up: a resumed site's
+        // synchronisation reads its chunks from there
+        const imageSeq = v.durableSeq;
+        if (!retired) await mirror.caughtUp();
+        for (const r of remotes) {
+          if (retired) r.sender.volumeRetired(v.id);
+          else r.sender.volumeResumed(v, imageSeq);
+        }
+      },
+      siteRequest: (site, msg) => {
+        const r = remotes.find((x) => x.site === site);
+        if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
+        return r.client.request(msg, 60_000);
+      },
+    });
+    plane.cp = control;
+    // agents that connected before the store existed get their assignments now
+    for (const agent of listener.connectedAgents()) {
+      control.onAgent(agent).catch((e) =>
+        log.error("cannot send an agent its assignments", { agent, error: e })
+      );
+    }
     const server = await startWebServer({
       listen: http as Address & { transport: "tcp" },
       tls: tlsCert && tlsKey ? { certFile: tlsCert, keyFile: tlsKey } : undefined,
@@ -438,6 +474,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         },
         volumes: () => journal.volumes(),
         sites: () => remotes.map((r) => r.site),
+        control,
       }),
       followTasks: true,
       recoveries: () => recovery.list(),
@@ -450,6 +487,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         liveness: liveness.status(),
         heartbeats: heartbeats.stats(),
         services: controller.status(),
+        assignments: control.status(),
         journal: { ...journal.positions, used: journal.positions.head - journal.positions.tail },
         volumes: journal.volumes().map((v) => ({
           id: v.id,
@@ -528,7 +566,8 @@ async function openRemotes(
       journal,
       store,
       source: { imageFd: (id) => mirror.imageFd(id), appliedPos: () => mirror.appliedPos },
-      carries: () => true,
+      // a retired volume (its task paused or deleted) is not sent
+      carries: (v) => !v.retired,
       windowBytes: num(p, "window"),
       syncChunk: num(p, "sync-chunk"),
       bandwidth: bandwidth.has(site) ? parseSize(bandwidth.get(site)!) : 0,

@@ -208,7 +208,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           journal,
           store,
           source: { imageFd: (id) => applier.imageFd(id), appliedPos: () => applier.appliedPos },
-          carries: (v) => v.agent === agent,
+          // a retired volume (its standby copy unassigned) is not fed
+          carries: (v) => v.agent === agent && !v.retired,
           required: ackAfter === "rsp",
           syncChunk: num(p, "sync-chunk"),
         }),
@@ -266,7 +267,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         reports.delete(agent);
       },
     };
-    const answers = new Map<number, (m: { ok?: boolean; error?: string }) => void>();
+    const answers = new Map<number, (m: StandbyAnswer) => void>();
     let nextAsk = 1;
     const agents = await GatewayListener.listen({
       listen: list(p, "agent-listen").map((a) => parseAddress(a)),
@@ -277,7 +278,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       standby,
       onControl: (_agent, msg) => {
         const m = msg as { type?: string; id?: number; ok?: boolean; error?: string };
-        if (m?.type === "promoted" || m?.type === "demoted") answers.get(Number(m.id))?.(m);
+        const answer = ["promoted", "demoted", "assigned", "unassigned"].includes(String(m?.type));
+        if (answer) answers.get(Number(m.id))?.(m);
       },
     });
 
@@ -322,9 +324,13 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
 
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
-    const ask = async (agent: string, type: "promote" | "demote", extra: Record<string, unknown> = {}) => {
+    const ask = async (
+      agent: string,
+      type: "promote" | "demote" | "assign" | "unassign",
+      extra: Record<string, unknown> = {},
+    ) => {
       const id = nextAsk++;
-      const answer = new Promise<{ ok?: boolean; error?: string }>((resolve) => {
+      const answer = new Promise<StandbyAnswer>((resolve) => {
         answers.set(id, resolve);
         setTimeout(
           () => resolve({ ok: false, error: `the agent did not finish its ${type} within 60 s` }),
@@ -430,9 +436,77 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         if (m.type === "promote" && typeof m.agent === "string") return promote(m.agent);
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
+        if (m.type === "assign-standby" && typeof m.agent === "string" && Array.isArray(m.volumes)) {
+          return assignStandby(m.agent, m.volumes);
+        }
+        if (m.type === "unassign-standby" && typeof m.agent === "string" && typeof m.name === "string") {
+          return unassignStandby(m.agent, m.name);
+        }
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
     });
+    /** Whether a standby agent is connected, waiting a little: it reconnects after each change of its copies. */
+    const standbyConnected = async (agent: string): Promise<boolean> => {
+      const deadline = Date.now() + 5000;
+      while (!agents.connectedAgents().includes(agent)) {
+        if (Date.now() > deadline) return false;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return true;
+    };
+
+    /** Stops (true) or resumes (false) feeding a volume of an agent to its standby. */
+    const feedStandby = async (agent: string, name: string, retired: boolean): Promise<void> => {
+      const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
+      if (!v || (v.retired ?? false) === retired) return;
+      await journal.retire(v.id, retired);
+      const f = feeders.get(agent);
+      if (retired) f?.volumeRetired(v.id);
+      else {
+        // the records durable now are in the replica once it caught up: a synchronisation reads there
+        const imageSeq = v.durableSeq;
+        await applier.caughtUp();
+        f?.volumeResumed(v, imageSeq);
+      }
+    };
+
+    /**
+     * The local site's control plane assigns standby copies (RSP) to the standby agent of the
+     * protected agent: relayed to it, answered with its results. A copy assigned again after an
+     * unassignment is fed again (it is compared by hash first).
+     */
+    const assignStandby = async (agent: string, volumes: unknown[]): Promise<Record<string, unknown>> => {
+      if (!await standbyConnected(agent)) {
+        return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+      }
+      const names = volumes.map((v) => String((v as { name?: unknown })?.name));
+      for (const n of names) await feedStandby(agent, n, false);
+      const r = await ask(agent, "assign", { volumes });
+      const failed = (r.results ?? []).filter((x) => x.ok !== true);
+      if (r.ok === false || failed.length) {
+        // what the standby does not hold must not be fed to it
+        for (const x of failed) if (x.name) await feedStandby(agent, x.name, true);
+        return {
+          ok: false,
+          error: r.error ??
+            failed.map((x) => `standby agent ${agent} cannot hold ${x.name}: ${x.error}`).join("; "),
+        };
+      }
+      return { ok: true };
+    };
+
+    /** The task is deleted: the standby stops receiving the volume and forgets its copy (data left). */
+    const unassignStandby = async (agent: string, name: string): Promise<Record<string, unknown>> => {
+      await feedStandby(agent, name, true);
+      if (!await standbyConnected(agent)) {
+        return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+      }
+      const r = await ask(agent, "unassign", { name });
+      // a copy the standby keeps (its --volume) is fed as before
+      if (r.ok !== true) await feedStandby(agent, name, false);
+      return { ok: r.ok === true, error: r.error };
+    };
+
     /** What this site's copies of a volume hold: its replica (RGP) and its standby's (RSP). */
     const copies = (key: string): Record<string, unknown> => {
       const [agent, name] = key.split("/");
@@ -504,4 +578,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     await stop();
     throw e;
   }
+}
+
+/** A standby agent's answer to an order (assign answers with a result per volume). */
+interface StandbyAnswer {
+  ok?: boolean;
+  error?: string;
+  results?: { name?: string; ok?: boolean; error?: string }[];
 }

@@ -178,6 +178,11 @@ export interface TaskActions {
   recoveryCandidates(task: Task, point: RecoveryPoint, strategy: "full" | "fast"): Promise<CandidateList>;
   /** → recovering: rebuild a local copy from a source. */
   recover(task: Task, req: RecoverRequest): Promise<ActionResult | void>;
+  /**
+   * The task was deleted (it was configured or paused): undo what start did. Optional: an
+   * implementation that starts nothing has nothing to undo.
+   */
+  remove?(task: Task): Promise<void>;
   /** Runs an action later; no state change now. */
   schedule(task: Task, req: ScheduleRequest): Promise<Schedule>;
   listSchedules(task: Task): Promise<Schedule[]>;

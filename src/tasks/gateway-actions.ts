@@ -1,19 +1,23 @@
 // The local gateway's task actions and the status-driven part of the state machine.
 //
 // A task is bound to what the gateway runs through its LSP: the host's agent id (its `agent`,
-// else its name) and the LSP volume's name are the agent's `--volume NAME=…`, so the task's
-// journal volume is AGENT/NAME; its remote centers are the gateway's `--remote` sites. Without a
-// control plane (assignments pushed over the agents' and sites' links, not built yet) the roles
-// are started with flags, and a task adopts what they run:
-//   start         checks that the agent announced the volume, with the LSP's size, and that every
-//                 remote center is a --remote of this gateway; then the task follows the copies,
+// else its name) and the LSP volume's name, so the task's journal volume is AGENT/NAME; its
+// remote centers are the gateway's `--remote` sites. The control plane (control-plane.ts)
+// assigns the LSP to the agent over its link; an agent started with `--volume NAME=…` of the
+// same device already serves it (flags win):
+//   start         checks that every remote center is a --remote of this gateway, assigns the LSP
+//                 to its agent (refused with the agent's reason if it cannot serve it), checks
+//                 the announced size; then the task follows the copies,
+//   pause,        the remote sites stop (resume: start again) receiving the volume; the agent
+//   resume        keeps exporting it,
+//   remove        (task deleted) the sites stop receiving it, the agent stops exporting it,
 //   failover,     switch the task's protected service (--service) with the FailoverController,
 //   failback
 //   recover       runs a recovery of the volume with the RecoveryService (policy or manual),
 //   candidates    the policy's assessment of every copy,
 //   schedule      a recovery at a later time (the RecoveryService's scheduler).
-// Pause, resume and failover tests need the control plane (they change what the senders and the
-// standby agents do) and are refused with 501 and a message saying so.
+// Failover tests (a standby copy brought up beside the running service) are not built: they are
+// refused with 501 and a message saying so.
 //
 // taskEvent() turns the gateway's status into the events the control plane would send: synced
 // when every remote copy of the volume is consistent over a connected link, degrade when one is
@@ -21,6 +25,7 @@
 import { ActionError, type Schedule, type TaskActions } from "./actions.ts";
 import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
+import type { ControlPlane } from "./control-plane.ts";
 
 /** The parts of the RecoveryService the actions use. */
 export interface RecoveryApi {
@@ -69,6 +74,7 @@ export interface GatewayActionDeps {
   volumes: () => { agent: string; name: string; size: number }[];
   /** The gateway's --remote sites. */
   sites: () => string[];
+  control: Pick<ControlPlane, "start" | "pause" | "resume" | "remove">;
 }
 
 /** AGENT/NAME of the task's LSP volume. */
@@ -80,10 +86,9 @@ export async function volumeKey(store: TaskStore, task: Task): Promise<string> {
   return `${host.agent ?? host.name}/${vol.name}`;
 }
 
-function needsControlPlane(what: string): never {
+function notBuilt(what: string): never {
   throw new ActionError(
-    `${what} needs the control plane, which pushes assignments to the agents and remote gateways; ` +
-      "this gateway runs what its roles were started with (flags), so it cannot do this yet",
+    `${what} is not built yet: it needs a standby copy brought up beside the running service`,
     501,
   );
 }
@@ -139,12 +144,28 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
     start: async (task) => {
       const k = await key(task);
       const [agent, name] = k.split("/");
-      const live = d.volumes().find((v) => v.agent === agent && v.name === name);
-      if (!live) {
+      const sites = d.sites();
+      const missing = task.group.remotes.map((r) => r.site).filter((s) => !sites.includes(s));
+      if (missing.length) {
         throw new ActionError(
-          `agent ${agent} has not announced volume ${name}: start it with --volume ${name}=${task.group.local.lsp.device}`,
+          `this gateway does not replicate to ${missing.join(", ")} (no --remote ${missing[0]}=…)`,
           409,
         );
+      }
+      let connected: boolean;
+      try {
+        ({ connected } = await d.control.start(task));
+      } catch (e) {
+        throw new ActionError((e as Error).message, 409);
+      }
+      const live = d.volumes().find((v) => v.agent === agent && v.name === name);
+      if (!live) {
+        if (!connected) {
+          return {
+            message: `agent ${agent} is not connected: ${k} is assigned to it when it connects`,
+          };
+        }
+        throw new ActionError(`agent ${agent} accepted volume ${name} but has not announced it`, 409);
       }
       const lsp = (await d.store.listVolumes()).find((v) =>
         v.host === task.group.local.lsp.host && v.device === task.group.local.lsp.device
@@ -155,20 +176,19 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
           409,
         );
       }
-      const sites = d.sites();
-      const missing = task.group.remotes.map((r) => r.site).filter((s) => !sites.includes(s));
-      if (missing.length) {
-        throw new ActionError(
-          `this gateway does not replicate to ${missing.join(", ")} (no --remote ${missing[0]}=…)`,
-          409,
-        );
-      }
       return { message: `following ${k} at ${task.group.remotes.map((r) => r.site).join(", ")}` };
     },
-    pause: () => needsControlPlane("pausing replication"),
-    resume: () => needsControlPlane("resuming replication"),
-    failoverTest: () => needsControlPlane("a failover test"),
-    endFailoverTest: () => needsControlPlane("ending a failover test"),
+    pause: async (task) => {
+      await d.control.pause(task);
+      return { message: `the remote sites no longer receive ${await key(task)}; the agent still exports it` };
+    },
+    resume: async (task) => {
+      await d.control.resume(task);
+      return { message: `the remote sites receive ${await key(task)} again (synchronised first)` };
+    },
+    remove: (task) => d.control.remove(task),
+    failoverTest: () => notBuilt("a failover test"),
+    endFailoverTest: () => notBuilt("ending a failover test"),
     failover: async (task, req) => {
       const s = service(task);
       if (req.site && req.site !== s.site) {
@@ -228,7 +248,7 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       };
     },
     schedule: async (task, req) => {
-      if (req.action !== "recover" || !req.recover) needsControlPlane("scheduling a failover test");
+      if (req.action !== "recover" || !req.recover) notBuilt("scheduling a failover test");
       const rec = req.recover;
       const volume = await key(task);
       const r = await recovering(() =>

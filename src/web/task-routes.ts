@@ -186,7 +186,10 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
   });
   app.delete("/api/tasks/:name", async (c) => {
     const name = param(c, "task");
+    const task = await store.getTask(name);
     await store.deleteTask(name);
+    // after the store accepted the deletion (only configured or paused tasks): undo the start
+    await d.actions.remove?.(task);
     await record(`task:${name}`, "task", `task ${name} deleted by ${who(c)}`);
     return c.json({ ok: true });
   });

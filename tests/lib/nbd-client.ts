@@ -67,6 +67,7 @@ export class NbdClient {
   private disconnecting = false;
   private writes: Promise<void> = Promise.resolve();
   closedError: Error | undefined;
+  private ended: Error | undefined;
 
   private constructor(readonly conn: Deno.Conn) {
     this.reader = new ConnReader(conn);
@@ -149,6 +150,7 @@ export class NbdClient {
         w.resolve(w.len > 0 ? (await this.reader.readExact(w.len))! : new Uint8Array(0));
       }
     } catch (e) {
+      this.ended = e as Error;
       if (!this.disconnecting) this.closedError = e as Error;
       for (const w of this.waiting.values()) w.reject(e as Error);
       this.waiting.clear();
@@ -157,6 +159,8 @@ export class NbdClient {
 
   /** Sends a request (with payload for writes) and resolves with the reply data. */
   request(r: Omit<Request, "handle">, payload?: Uint8Array, replyLen = 0): Promise<Uint8Array> {
+    // no reply can come once the reply loop ended: a request then would wait forever
+    if (this.ended) return Promise.reject(this.ended);
     const handle = this.nextHandle++;
     const p = new Promise<Uint8Array>((resolve, reject) =>
       this.waiting.set(handle, { len: replyLen, resolve, reject })

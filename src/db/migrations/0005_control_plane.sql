@@ -1,0 +1,1 @@
+ALTER TABLE `volumes` ADD `retired` integer DEFAULT 0 NOT NULL;

@@ -1,0 +1,406 @@
+// The control plane: an agent started with only its identity gets its volume from a task
+// created and started through the API, exports it, and the write reaches the mirror and the
+// remote replica; deleting the task withdraws the export and the replication and leaves every
+// image as it is; the agent remembers its assignments across a restart without the gateway;
+// a bad assignment is a clear refusal, never a crash. Plus the pure reconciliation logic.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import {
+  Agent,
+  Gateway,
+  hashAll,
+  keygen,
+  RemoteGateway,
+  run,
+  type SiteStatus,
+  sparseImage,
+  tempDir,
+  waitFor,
+  waitMirrorCaughtUp,
+  writeSecret,
+} from "./lib/cluster.ts";
+import { need } from "./lib/env.ts";
+import { WebClient } from "./lib/browser.ts";
+import { desiredFor, lspAssignment, reconcile, rspAssignments } from "../src/tasks/control-plane.ts";
+import { parseAssignment } from "../src/capture/assignments.ts";
+import type { Host, Task, Volume } from "../src/tasks/model.ts";
+
+const t = suite("control-plane");
+const MiB = 1024 * 1024;
+
+// ------------------------------------------------------------------ pure logic
+
+const hosts: Host[] = [
+  { name: "app1", site: "prod", role: "application", agent: "a1" },
+  { name: "app2", site: "prod", role: "application" },
+];
+const volumes: Volume[] = [
+  { name: "vol0", host: "app1", device: "/dev/sdb", size: 4096 },
+  { name: "vol1", host: "app2", device: "/dev/sdc", size: 8192 },
+];
+function task(name: string, host: string, device: string, state: Task["state"]): Task {
+  const ref = { host: "gw", device: "/dev/x" };
+  return {
+    name,
+    description: "",
+    group: {
+      local: { site: "prod", lsp: { host, device }, lgp: ref, buffer: ref },
+      remotes: [{ site: "dr1", rgp: ref, rsp: ref }],
+    },
+    mirror: { ackPoint: "lgp", congestion: "block", bandwidthLimit: 0, compression: false },
+    recovery: { strategy: "fast", mode: "policy" },
+    state,
+    stateSince: 0,
+    createdAt: 0,
+    updatedAt: 0,
+  };
+}
+
+t("a task's LSP is assigned to its host's agent (the host's agent id, else its name)", () => {
+  assert.equal(lspAssignment(task("t", "app1", "/dev/sdb", "syncing"), hosts, volumes), {
+    task: "t",
+    agent: "a1",
+    volume: { name: "vol0", path: "/dev/sdb", size: 4096 },
+  });
+  const a = lspAssignment(task("t", "app2", "/dev/sdc", "syncing"), hosts, volumes);
+  assert.is(typeof a !== "string" && a.agent, "app2");
+  assert.match(
+    lspAssignment(task("t", "nope", "/dev/sdb", "syncing"), hosts, volumes) as string,
+    /unknown host/,
+  );
+  assert.match(
+    lspAssignment(task("t", "app1", "/dev/sdz", "syncing"), hosts, volumes) as string,
+    /no volume registered at app1:\/dev\/sdz/,
+  );
+});
+
+t("an agent serves the LSPs of the started tasks only", () => {
+  const tasks = [
+    task("new", "app1", "/dev/sdb", "configured"),
+    task("other", "app2", "/dev/sdc", "protected"),
+  ];
+  assert.equal(desiredFor("a1", tasks, hosts, volumes), [], "a configured task assigns nothing");
+  tasks[0].state = "paused";
+  assert.equal(desiredFor("a1", tasks, hosts, volumes), [{ name: "vol0", path: "/dev/sdb", size: 4096 }]);
+  assert.equal(desiredFor("app2", tasks, hosts, volumes).map((a) => a.name), ["vol1"]);
+  assert.equal(desiredFor("a9", tasks, hosts, volumes), []);
+});
+
+t("a task's RSP is the standby copy of the LSP's agent, under the LSP volume's name", () => {
+  const t1 = task("t", "app1", "/dev/sdb", "configured");
+  t1.group.remotes = [{
+    site: "dr1",
+    rgp: { host: "rgw", device: "/dev/r" },
+    rsp: { host: "sb", device: "/dev/sdd" },
+  }];
+  const vols = [...volumes, { name: "rsp0", host: "sb", device: "/dev/sdd", size: 4096 }];
+  assert.equal(rspAssignments(t1, hosts, vols), [
+    { site: "dr1", agent: "a1", volume: { name: "vol0", path: "/dev/sdd", size: 4096 } },
+  ]);
+  assert.match(rspAssignments(t1, hosts, volumes) as string, /no volume registered at sb:\/dev\/sdd/);
+});
+
+t("reconcile: assign what is desired, unassign what is remembered and no longer desired", () => {
+  const want = [{ name: "vol0", path: "/dev/sdb", size: 4096 }];
+  assert.equal(reconcile(want, []), { assign: want, unassign: [] });
+  assert.equal(reconcile(want, ["vol0"]), { assign: want, unassign: [] });
+  assert.equal(reconcile(want, ["old", "vol0", "gone", "old"]), { assign: want, unassign: ["gone", "old"] });
+  assert.equal(reconcile([], ["x"]), { assign: [], unassign: ["x"] });
+});
+
+t("an assignment is checked before the agent touches anything", () => {
+  assert.equal(parseAssignment({ name: "v", path: "/dev/sdb", size: 512 }), {
+    name: "v",
+    path: "/dev/sdb",
+    size: 512,
+  });
+  assert.match(parseAssignment(null) as string, /must be an object/);
+  assert.match(parseAssignment({ name: "../x", path: "/a", size: 1 }) as string, /name/);
+  assert.match(parseAssignment({ name: "v", path: "rel/x", size: 1 }) as string, /absolute/);
+  assert.match(parseAssignment({ name: "v", path: "/a/../b", size: 1 }) as string, /'\.\.'/);
+  assert.match(parseAssignment({ name: "v", path: "/a", size: 0 }) as string, /size/);
+  assert.match(parseAssignment({ name: "v", path: "/a", size: "1" }) as string, /size/);
+});
+
+// ------------------------------------------------------------------ real processes
+
+interface TaskJson {
+  state: string;
+}
+
+t("a task created through the API drives an agent started with only its identity", async () => {
+  if (!need("control plane with real processes", { tools: ["qemu-io"] })) return;
+  const SIZE = 16 * MiB;
+  const dir = await tempDir("control-plane");
+  const secret = `${dir}/agent.secret`;
+  await writeSecret(secret);
+  const localFp = await keygen(`${dir}/local-keys`, "local");
+  const lsp = await sparseImage(`${dir}/lsp.img`, SIZE);
+  const rsp = await sparseImage(`${dir}/rsp-dr1.img`, SIZE);
+  await writeSecret(`${dir}/standby-dr1.secret`);
+  const remote = await new RemoteGateway({
+    dir,
+    site: "dr1",
+    trust: { local: localFp },
+    standbySecrets: { a1: `${dir}/standby-dr1.secret` },
+    // small journals: the test writes a few MiB, and test machines share their disk
+    extra: ["--buffer-size", "80M"],
+  }).init();
+  await remote.start();
+  // the standby has no --volume either: its copy (RSP) is assigned through the remote gateway
+  const standby = await new Agent({
+    dir,
+    id: "a1",
+    secretFile: `${dir}/standby-dr1.secret`,
+    gatewaySocket: remote.agentSocket,
+    volumes: {},
+    extra: ["--standby"],
+    home: "standby-dr1",
+  }).start();
+  const gw = await new Gateway({
+    dir,
+    agents: { a1: secret },
+    bufferSize: "80M",
+    extra: [
+      "--key-dir",
+      `${dir}/local-keys`,
+      "--remote",
+      `dr1=127.0.0.1:${remote.port}`,
+      "--remote-fingerprint",
+      `dr1=${remote.fingerprint}`,
+      "--device-prefix",
+      dir,
+    ],
+  }).start();
+  const agent = await new Agent({ dir, id: "a1", secretFile: secret, gatewaySocket: gw.socket, volumes: {} })
+    .start();
+  try {
+    await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "the agent to connect");
+    assert.is((await gw.status()).volumes.length, 0, "the agent serves nothing before a task starts");
+
+    const c = new WebClient(`http://127.0.0.1:${gw.httpPort}`, { token: gw.token });
+    await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
+    await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
+    await c.expect(201, "POST", "/api/hosts", {
+      name: "app1",
+      site: "prod",
+      role: "application",
+      agent: "a1",
+    });
+    await c.expect(201, "POST", "/api/hosts", { name: "lgw", site: "prod", role: "gateway" });
+    await c.expect(201, "POST", "/api/hosts", { name: "rgw", site: "dr1", role: "gateway" });
+    await c.expect(201, "POST", "/api/hosts", { name: "standby", site: "dr1", role: "application" });
+    /**
+     * A task whose LSP is `lspPath` and RSP `rspPath`, both registered with SIZE; the other
+     * partitions are records only (the gateways keep their own images).
+     */
+    const createTask = async (name: string, lspPath: string, rspPath: string, lspName = `${name}-lsp`) => {
+      const dev = (p: string) => `${dir}/${name}-${p}.img`;
+      const parts: [string, string, string, number][] = [
+        [lspName, "app1", lspPath, SIZE],
+        [`${name}-lgp`, "lgw", dev("lgp"), SIZE],
+        [`${name}-buf`, "lgw", dev("buf"), 256 * MiB],
+        [`${name}-rgp`, "rgw", dev("rgp"), SIZE],
+        [`${name}-rsp`, "standby", rspPath, SIZE],
+      ];
+      for (const [n, host, device, sz] of parts) {
+        await c.expect(201, "POST", "/api/volumes", { name: n, host, device, size: sz });
+      }
+      await c.expect(201, "POST", "/api/tasks", {
+        name,
+        group: {
+          local: {
+            site: "prod",
+            lsp: { host: "app1", device: lspPath },
+            lgp: { host: "lgw", device: dev("lgp") },
+            buffer: { host: "lgw", device: dev("buf") },
+          },
+          remotes: [{
+            site: "dr1",
+            rgp: { host: "rgw", device: dev("rgp") },
+            rsp: { host: "standby", device: rspPath },
+          }],
+        },
+      });
+    };
+
+    // bad assignments: refused with the agent's reason, the task stays configured, the agents live
+    await createTask("norsp", await sparseImage(`${dir}/norsp-lsp.img`, SIZE), `${dir}/no-such-rsp.img`);
+    const norsp = await c.req("POST", "/api/tasks/norsp/actions/start", {});
+    assert.is(norsp.status, 409, norsp.text);
+    assert.match(
+      (norsp.body as { error: string }).error,
+      /site dr1 cannot assign the standby copy \(RSP\): standby agent a1 cannot hold norsp-lsp: volume .*no-such-rsp\.img does not exist/,
+    );
+    await createTask(
+      "missing",
+      `${dir}/no-such-device.img`,
+      await sparseImage(`${dir}/missing-rsp.img`, SIZE),
+    );
+    const missing = await c.req("POST", "/api/tasks/missing/actions/start", {});
+    assert.is(missing.status, 409, missing.text);
+    assert.match(
+      (missing.body as { error: string }).error,
+      /agent a1 cannot serve volume missing-lsp: volume .*no-such-device\.img does not exist/,
+    );
+    await sparseImage(`${dir}/small.img`, MiB);
+    await createTask("small", `${dir}/small.img`, await sparseImage(`${dir}/small-rsp.img`, SIZE));
+    const small = await c.req("POST", "/api/tasks/small/actions/start", {});
+    assert.is(small.status, 409, small.text);
+    assert.match(
+      (small.body as { error: string }).error,
+      new RegExp(`small\\.img is ${MiB} bytes, the assignment of small-lsp says ${SIZE}`),
+    );
+    assert.is((await c.expect(200, "GET", "/api/tasks/small") as TaskJson).state, "configured");
+    const status = await c.expect(200, "GET", "/api/status") as {
+      agents: string[];
+      assignments: { task: string; state: string; error?: string }[];
+    };
+    assert.ok(status.agents.includes("a1"), "the agent survived the bad assignments");
+    assert.equal(
+      status.assignments.filter((a) => a.state === "failed").map((a) => a.task).sort(),
+      ["missing", "norsp", "small"],
+    );
+    const standbyRemembers = async () => {
+      const text = await Deno.readTextFile(`${standby.home}/assignments.json`).catch(() => '{"volumes":[]}');
+      return (JSON.parse(text) as { volumes: { name: string }[] }).volumes.map((v) => v.name);
+    };
+    assert.equal(await standbyRemembers(), [], "the standby copies of the refused tasks were unassigned");
+    assert.match(status.assignments.find((a) => a.task === "small")!.error!, /bytes/);
+
+    // the good task: the agent exports vol0 and the standby holds its copy, the write reaches
+    // the mirror, the replica and the standby
+    await createTask("db", lsp, rsp, "vol0");
+    const started = await c.expect(200, "POST", "/api/tasks/db/actions/start") as {
+      to: string;
+      message: string;
+    };
+    assert.is(started.to, "syncing");
+    assert.is(started.message, "following a1/vol0 at dr1");
+    await waitFor(
+      async () => (await c.expect(200, "GET", "/api/tasks/db") as TaskJson).state === "protected",
+      60_000,
+      "the task to be protected",
+      250,
+    );
+    await run("qemu-io", ["-f", "raw", agent.uri("vol0"), "-c", "write -P 0x6b 0 4M", "-c", "flush"]);
+    const copies = {
+      lsp,
+      lgp: gw.mirrorPath("a1", "vol0"),
+      rgp: remote.replicaPath("a1", "vol0"),
+      rsp,
+    };
+    const sites = async () => ((await gw.status()) as unknown as { sites: SiteStatus[] }).sites;
+    const siteCaughtUp = async (what: string) => {
+      await waitMirrorCaughtUp(gw, "a1", "vol0");
+      await waitFor(
+        async () => {
+          const lastSeq = (await gw.status()).volumes.find((v) => v.name === "vol0")!.lastSeq;
+          return (await sites()).every((s) =>
+            s.connected &&
+            s.volumes.some((v) => v.name === "vol0" && v.state === "consistent" && v.ackedSeq === lastSeq)
+          );
+        },
+        60_000,
+        what,
+        200,
+      );
+    };
+    const allEqual = async () => {
+      const h = await hashAll(copies);
+      assert.is(h.lgp, h.lsp, "the mirror equals the LSP");
+      assert.is(h.rgp, h.lsp, "the remote replica equals the LSP");
+      assert.is(h.rsp, h.lsp, "the standby's copy equals the LSP");
+      return h;
+    };
+    await siteCaughtUp("the site to acknowledge the write");
+    const first = await allEqual();
+
+    // pause: the agent still exports the volume, the site no longer receives it; resume: the
+    // site's copy is synchronised and follows again
+    await c.expect(200, "POST", "/api/tasks/db/actions/pause", {});
+    await waitFor(
+      async () => (await sites()).every((s) => s.connected && !s.volumes.some((v) => v.name === "vol0")),
+      20_000,
+      "the site's sender to stop carrying the paused volume",
+    );
+    await run("qemu-io", ["-f", "raw", agent.uri("vol0"), "-c", "write -P 0x3c 4M 2M", "-c", "flush"]);
+    await waitMirrorCaughtUp(gw, "a1", "vol0");
+    const paused = await hashAll(copies);
+    assert.is(paused.lgp, paused.lsp, "the mirror follows a paused task");
+    assert.is(paused.rgp, first.rgp, "the replica of a paused task stays as it was");
+    assert.not.equal(paused.lsp, first.lsp);
+    const resumed = await c.expect(200, "POST", "/api/tasks/db/actions/resume", {}) as { to: string };
+    assert.is(resumed.to, "syncing");
+    await waitFor(
+      async () => (await c.expect(200, "GET", "/api/tasks/db") as TaskJson).state === "protected",
+      60_000,
+      "the resumed task to be protected",
+      250,
+    );
+    await siteCaughtUp("the site to catch up after the resume");
+    const hashes = await allEqual();
+
+    // the agent remembers its assignment: restarted while the gateway is down, it serves vol0
+    await gw.proc.stop();
+    await agent.proc.stop();
+    await agent.start();
+    const read = await run("qemu-io", ["-r", "-f", "raw", agent.uri("vol0"), "-c", "read -P 0x6b 0 4M"]);
+    assert.match(read.stdout, /read 4194304\/4194304 bytes/);
+    await gw.start();
+    await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 30_000, "the agent to reconnect");
+    await waitFor(
+      async () => (await gw.status()).volumes.some((v) => v.name === "vol0"),
+      20_000,
+      "the remembered volume to be announced again",
+    );
+
+    // pause, then delete: the export and the replication stop, every image stays as it is; a
+    // client connected meanwhile gets its request in flight answered, then errors
+    await c.expect(200, "POST", "/api/tasks/db/actions/pause", {});
+    const attached = run("qemu-io", [
+      "-r",
+      "-f",
+      "raw",
+      agent.uri("vol0"),
+      "-c",
+      "read -P 0x6b 0 64k",
+      "-c",
+      "sleep 1500",
+      "-c",
+      "read 0 64k",
+    ], { allowFail: true });
+    await new Promise((r) => setTimeout(r, 700));
+    await c.expect(200, "DELETE", "/api/tasks/db");
+    const during = await attached;
+    assert.match(during.stdout, /read 65536\/65536 bytes/, "the read before the deletion");
+    assert.match(during.stdout + during.stderr, /read failed/, "the read after it");
+    await waitFor(
+      async () => (await sites()).every((s) => !s.volumes.some((v) => v.name === "vol0")),
+      20_000,
+      "the site's sender to stop carrying the volume",
+    );
+    const gone = await run("qemu-io", ["-r", "-f", "raw", agent.uri("vol0"), "-c", "read 0 4k"], {
+      allowFail: true,
+    });
+    assert.ok(gone.code !== 0, "the export is gone");
+    const remembered = JSON.parse(await Deno.readTextFile(`${agent.home}/assignments.json`)) as {
+      volumes: { name: string }[];
+    };
+    assert.equal(remembered.volumes, [], "the agent forgot the assignment");
+    assert.equal(await standbyRemembers(), [], "the standby forgot its copy");
+    assert.equal(await hashAll(copies), hashes, "every copy's data stays in place");
+    assert.ok(
+      agent.proc.records().some((r) =>
+        r.msg === "volume unassigned: no longer exported, its data left in place"
+      ),
+    );
+  } finally {
+    await agent.proc.stop();
+    await gw.proc.stop().catch(() => {});
+    await standby.proc.stop();
+    await remote.proc.stop();
+  }
+});
+
+t.run();
