@@ -59,11 +59,11 @@ export async function fio(uri: string, job: string[], seconds: number): Promise<
   return { iops: w.iops, mbps: w.bw_bytes / 1e6 };
 }
 
-/** Replaces the section `name` of docs/benchmarks.md (between its markers), creating what is missing. */
-export async function writeSection(name: string, markdown: string): Promise<void> {
+/** Replaces the section `name` of docs/benchmarks.md (or `path`) between its markers, creating what is missing. */
+export async function writeSection(name: string, markdown: string, path = docPath): Promise<void> {
   let doc: string;
   try {
-    doc = await Deno.readTextFile(docPath);
+    doc = await Deno.readTextFile(path);
   } catch {
     doc =
       "# Benchmarks\n\nEach section is rewritten by the benchmark named in it (`deno task bench NAME`). The machines here\n" +
@@ -76,8 +76,8 @@ export async function writeSection(name: string, markdown: string): Promise<void
   doc = i >= 0 && j > i
     ? doc.slice(0, i) + block + doc.slice(j + end.length)
     : `${doc.trimEnd()}\n\n${block}\n`;
-  await Deno.writeTextFile(docPath, doc);
-  await new Deno.Command(Deno.execPath(), { args: ["fmt", docPath], stdout: "null", stderr: "null" })
+  await Deno.writeTextFile(path, doc);
+  await new Deno.Command(Deno.execPath(), { args: ["fmt", path], stdout: "null", stderr: "null" })
     .output();
 }
 

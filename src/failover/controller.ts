@@ -266,7 +266,10 @@ export class FailoverController {
     return [...this.entries.values()].map((e) => ({
       name: e.config.name,
       agent: e.config.agent,
-      state: e.state,
+      // failed-over is recorded before the rule is applied (crash repair), but the API must not
+      // announce the switch until traffic really moved: while it is applied it is still failing-over
+      // (found by the fault runner, tests/faults/; regression: tests/unit-failover-state.test.ts)
+      state: this.busy.has(e.config.name) && e.state === "failed-over" ? "failing-over" : e.state,
       site: e.config.site,
       service: `${e.config.service.address}:${e.config.service.port}`,
       target: `${e.config.target.address}:${e.config.target.port}`,

@@ -127,7 +127,7 @@ export class MirrorApplier {
         if (unsynced > 0 && firstUnsynced === 0) firstUnsynced = Date.now();
         await Promise.all([...byVolume].map(([id, ops]) => {
           touched.add(id);
-          return native.applyBatch(this.image(id).fd, ops);
+          return this.applyRetrying(id, ops);
         }));
         this.appliedPos = lastEnd;
       }

@@ -191,8 +191,18 @@ class Inbound {
     });
     sock.once("end", () => {
       this.#ended = true;
-      this.#controller?.close();
+      if (!this.#closed) this.#controller?.close();
       this.#notify();
+    });
+    // Deno's node:tls reports a record that fails to decrypt (a corrupted or forged frame) with
+    // "error" and no "close": the stream then waited forever, and the link stalled until the
+    // peer's idle timeout (10 s). Found by the fault runner (tests/faults/); regression:
+    // tests/transport-corrupt.test.ts.
+    sock.once("error", (e: Error) => {
+      if (!this.#ended && !this.#closed) this.#controller?.error(e);
+      this.#closed = true;
+      this.#notify();
+      sock.destroy();
     });
     sock.once("close", () => {
       this.#closed = true;

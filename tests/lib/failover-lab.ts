@@ -59,7 +59,13 @@ export interface LabOptions {
   /** Extra flags for the local gateway. */
   gatewayExtra?: string[];
   /** Heartbeats go through a jitter relay (mean, spread in ms) in the gw namespace. */
-  jitter?: { meanMs: number; spreadMs: number };
+  jitter?: {
+    meanMs: number;
+    spreadMs: number;
+    /** Another relay script taking the same arguments plus `control` (the fault runner's udp-netem.ts). */
+    script?: string;
+    control?: string;
+  };
   /** Size of the protected volume (default 16 MiB). */
   sizeMiB?: number;
   /** The app's service is started by the agent's --on-unfence hook (failback), not by the lab. */
@@ -267,9 +273,10 @@ export class FailoverLab {
           "7810",
           String(o.jitter.meanMs),
           String(o.jitter.spreadMs),
+          ...(o.jitter.control ? [o.jitter.control] : []),
         ],
         `${d}/jitter.log`,
-        { netns: this.ns.gw, script: `${lib}udp-jitter.ts` },
+        { netns: this.ns.gw, script: o.jitter.script ?? `${lib}udp-jitter.ts` },
       );
       await waitFor(() => relay.log.includes("ready"), 10_000, "the jitter relay");
       this.extra.push(relay);

@@ -12,6 +12,14 @@ export class Proxy {
    */
   corruptRecord = false;
   corrupted = 0;
+  /**
+   * Flip one bit in each of the next N chunks going client → server, wherever the bytes are
+   * (for a TLS stream, whose framing the proxy cannot see).
+   */
+  flipChunks = 0;
+  /** Delay added to every forwarded chunk (ms), plus a uniform random jitter; order is kept (TCP). */
+  delayMs = 0;
+  jitterMs = 0;
   // framing state of the client → server stream
   private head = new Uint8Array(5);
   private headFill = 0;
@@ -57,6 +65,9 @@ export class Proxy {
 
   private async pump(from: Deno.Conn, to: Deno.Conn, forward: boolean): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
+    let delayed: Promise<void> = Promise.resolve();
+    let due = 0;
+    let backlog = 0;
     try {
       while (true) {
         while (this.paused) await new Promise<void>((r) => this.resume.push(r));
@@ -65,9 +76,31 @@ export class Proxy {
         while (this.paused) await new Promise<void>((r) => this.resume.push(r));
         const chunk = buf.slice(0, n);
         if (forward) this.track(chunk);
+        if (forward && this.flipChunks > 0 && n >= 64) {
+          this.flipChunks--;
+          chunk[Math.floor(Math.random() * n)] ^= 1 << Math.floor(Math.random() * 8);
+          this.corrupted++;
+        }
+        if (this.delayMs > 0 || this.jitterMs > 0 || backlog > 0) {
+          // later chunks never overtake earlier ones: each is due no earlier than the one before
+          due = Math.max(due, performance.now() + this.delayMs + Math.random() * this.jitterMs);
+          const at = due;
+          delayed = delayed.then(async () => {
+            const wait = at - performance.now();
+            if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+            let w = 0;
+            while (w < chunk.length) w += await to.write(chunk.subarray(w));
+          });
+          backlog++;
+          delayed.then(() => backlog--, () => backlog--);
+          // bounded: a slow link is slow, it does not buffer without limit
+          while (backlog > 64) await delayed;
+          continue;
+        }
         let at = 0;
         while (at < n) at += await to.write(chunk.subarray(at));
       }
+      await delayed;
     } catch { /* either side closed */ }
     try {
       to.close();
