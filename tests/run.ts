@@ -43,14 +43,18 @@ async function shrink(dir: string): Promise<void> {
   }
 }
 
+let fileIndex = 0;
+
 async function runFile(file: string): Promise<Outcome> {
   const rel = file.slice(root.length);
   console.log(`\n=== ${rel}`);
   const started = performance.now();
-  // each file's roles work under a directory of its own, so what it leaves can be cleaned up
-  const outDir = `${Deno.env.get("TEST_OUTPUT_DIR") ?? `${root}test-output`}/${
-    rel.replace(/^tests\//, "").replace(/\.test\.ts$/, "").replaceAll("/", "-")
-  }-${Deno.pid}`;
+  // each file's roles work under a directory of its own, so what it leaves can be cleaned up;
+  // its name is short because Unix socket paths below it must stay under 108 bytes
+  const outDir = `${Deno.env.get("TEST_OUTPUT_DIR") ?? `${root}test-output`}/${Deno.pid.toString(36)}${
+    (fileIndex++).toString(36)
+  }`;
+  console.log(`(output: ${outDir.slice(root.length)})`);
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", file],
     cwd: root,
