@@ -23,6 +23,7 @@ interface Probe {
   loaded: { path: string; origin: string };
   migrationsFolder: string;
   ui: string | null;
+  uiBytes: number | null;
   embedded: boolean;
   version: number | null;
 }
@@ -31,6 +32,7 @@ const probeCode = `
 import { loadNative, xxh3 } from "${root}src/native/mod.ts";
 import { isEmbedded, nativeLibraryLoaded, uiDir } from "${root}src/assets/assets.ts";
 import { migrationsFolder, openDatabase } from "${root}src/db/db.ts";
+import { readBundle } from "${root}src/web/ui-static.ts";
 loadNative();
 const hash = [...xxh3(new TextEncoder().encode("abc"))].map((b) => b.toString(16).padStart(2, "0")).join("");
 let version = null;
@@ -42,6 +44,7 @@ if (db) {
 }
 console.log(JSON.stringify({
   hash, loaded: nativeLibraryLoaded(), migrationsFolder, ui: uiDir() ?? null, embedded: isEmbedded(), version,
+  uiBytes: (await readBundle())?.length ?? null,
 }));
 `;
 
@@ -70,10 +73,8 @@ async function bundle(name: string): Promise<{ dir: string; bundle: string; rt: 
   const dir = await tempDir(name);
   const b = `${dir}/bundle`;
   const copied = copyAssets(b);
-  assert.ok(copied.includes(assetPaths.nativeLibrary) && copied.includes(assetPaths.migrations));
-  // stands in for the UI bundle until the UI exists
-  await Deno.mkdir(`${b}/${assetPaths.ui}`, { recursive: true });
-  await Deno.writeTextFile(`${b}/${assetPaths.ui}/app.js`, "console.log('ui');\n");
+  // the test setup builds the UI bundle, so all three are embedded as compile.ts embeds them
+  assert.equal(copied.sort(), [assetPaths.ui, assetPaths.migrations, assetPaths.nativeLibrary].sort());
   return { dir, bundle: b, rt: `${dir}/run/continuum` };
 }
 
@@ -104,6 +105,11 @@ t(
     assert.is(p.migrationsFolder, `${b.bundle}/${assetPaths.migrations}`, "migrations read from the bundle");
     assert.is(p.version, newestMigration, "a fresh database got every migration from the bundle");
     assert.is(p.ui, `${b.bundle}/${assetPaths.ui}`, "the UI bundle is found");
+    assert.is(
+      p.uiBytes,
+      Deno.statSync(`${root}${assetPaths.ui}/app.js`).size,
+      "and the web server serves it",
+    );
     assert.equal([...Deno.readDirSync(b.rt)].map((e) => e.name), [p.loaded.path.slice(b.rt.length + 1)]);
 
     // a second start reuses the file: written once
