@@ -150,7 +150,8 @@ async function bundleUi(): Promise<void> {
 }
 
 async function compile(output: string): Promise<void> {
-  const includes = assetsToEmbed().flatMap((p) => ["--include", p]);
+  // the heartbeat Worker is loaded by URL at run time: it must be in the executable too
+  const includes = [...assetsToEmbed(), "src/heartbeat/sender-worker.ts"].flatMap((p) => ["--include", p]);
   const args = ["compile", "-A", ...includes, ...devPackageExcludes(), "--output", output, "main.ts"];
   console.log(`deno ${args.join(" ")}`);
   const r = await run(deno, args);

@@ -212,3 +212,68 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
     close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
   };
 }
+
+/**
+ * Sends heartbeats from a Worker of their own (src/heartbeat/sender-worker.ts), so
+ * that a busy event loop here cannot delay them; this thread posts the status every
+ * η. If the Worker cannot start, heartbeats are sent from this thread instead.
+ */
+export function startHeartbeatThread(
+  opts: HeartbeatSenderOptions & { stallMs?: number },
+): { close(): Promise<void> } {
+  checkSecret(opts.agentId, opts.secret);
+  const eta = opts.intervalMs ?? 100;
+  let inThread: HeartbeatSender | undefined;
+  let worker: Worker | undefined;
+  const fallBack = (why: unknown) => {
+    log.warn("heartbeat thread unavailable: sending heartbeats from the main thread", { error: why });
+    worker?.terminate();
+    worker = undefined;
+    inThread ??= startHeartbeatSender(opts);
+  };
+  try {
+    worker = new Worker(new URL("./sender-worker.ts", import.meta.url).href, { type: "module" });
+    worker.onerror = (e) => {
+      e.preventDefault();
+      fallBack(e.message);
+    };
+    worker.postMessage({
+      type: "start",
+      host: opts.host,
+      port: opts.port,
+      agentId: opts.agentId,
+      secret: opts.secret,
+      intervalMs: eta,
+      stallMs: opts.stallMs ?? 5000,
+      status: opts.getStatus(),
+    });
+  } catch (e) {
+    fallBack(e);
+  }
+  const poster = setInterval(() => {
+    try {
+      worker?.postMessage({ type: "status", status: opts.getStatus() });
+    } catch (e) {
+      fallBack(e);
+    }
+  }, eta);
+  return {
+    close: async () => {
+      clearInterval(poster);
+      if (inThread) await inThread.close();
+      const w = worker;
+      if (!w) return;
+      await new Promise<void>((resolve) => {
+        const done = setTimeout(resolve, 1000);
+        w.onmessage = (e) => {
+          if ((e.data as { type?: string })?.type === "closed") {
+            clearTimeout(done);
+            resolve();
+          }
+        };
+        w.postMessage({ type: "close" });
+      });
+      w.terminate();
+    },
+  };
+}

@@ -27,7 +27,7 @@ import { type ChunkRequest, FileChunks, serveChunkOp } from "../recovery/chunk-o
 import { AgentState } from "../capture/agent-state.ts";
 import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
-import { startHeartbeatSender } from "../heartbeat/channel.ts";
+import { startHeartbeatThread } from "../heartbeat/channel.ts";
 
 const log = logger("agent");
 
@@ -245,7 +245,7 @@ function startHeartbeats(c: Common) {
     if (explicit) throw new UsageError("--heartbeat-to must be HOST:PORT");
     return undefined;
   }
-  return startHeartbeatSender({
+  return startHeartbeatThread({
     host: target.hostname,
     port: target.port,
     agentId: c.id,
