@@ -208,8 +208,13 @@ export class RecoveryService {
       if (target === "lgp" && source.kind === "lgp") {
         throw new RecoveryError(400, "the mirror cannot be its own source");
       }
-      const info = (await this.d.copies(v)).find((c) => describeSource(c.ref) === describeSource(source))
-        ?.info;
+      // a site link that is reconnecting answers within seconds: give it that long
+      let info: CopyInfo | undefined;
+      for (const deadline = Date.now() + 10_000;;) {
+        info = (await this.d.copies(v)).find((c) => describeSource(c.ref) === describeSource(source))?.info;
+        if (info || Date.now() > deadline) break;
+        await new Promise((r) => setTimeout(r, 500));
+      }
       if (!info) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
       if (info.state !== "consistent" && !req.force) {
         throw new RecoveryError(
