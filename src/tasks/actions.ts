@@ -4,6 +4,7 @@
 // implementation; tests inject their own.
 import { z } from "zod";
 import { must, nameSchema, SOURCE_RE, type Task, type TaskEvent } from "./model.ts";
+import type { Candidate } from "../recovery/service.ts";
 
 /** An action refused or failed, with the HTTP status the API answers. */
 export class ActionError extends Error {
@@ -121,27 +122,11 @@ export interface Schedule {
   status: string;
 }
 
-/** One source a recovery could copy from, assessed (the shape the recovery page shows). */
-export interface RecoveryCandidate {
-  /** lgp, rgp@SITE, rsp@SITE */
-  source: string;
-  kind: "lgp" | "rgp" | "rsp";
-  site: string | null;
-  state: string;
-  lastSeq: number;
-  /** Capture time of the newest record it holds (ms), 0 if unknown. */
-  lastTime: number;
-  /** Newer (+) or older (−) than the recovery point, in ms; null without a time point. */
-  ageMs: number | null;
-  bytesToMove: number;
-  throughputBps: number;
-  costSeconds: number;
-  valid: boolean;
-  reason: string;
-}
+/** One source a recovery could copy from, assessed by the recovery service (the recovery page shows it). */
+export type { Candidate as RecoveryCandidate } from "../recovery/service.ts";
 
 export interface CandidateList {
-  candidates: RecoveryCandidate[];
+  candidates: Candidate[];
   /** The source the policy chooses, null when no candidate is valid. */
   chosen: string | null;
   explanation: string;

@@ -22,7 +22,7 @@
 // taskEvent() turns the gateway's status into the events the control plane would send: synced
 // when every remote copy of the volume is consistent over a connected link, degrade when one is
 // not, recovered / recovery-failed when the task's recovery ends.
-import { ActionError, type Schedule, type TaskActions } from "./actions.ts";
+import { ActionError, type CandidateList, type Schedule, type TaskActions } from "./actions.ts";
 import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
@@ -33,7 +33,7 @@ export interface RecoveryApi {
     volume: string,
     point: { seq?: number; time?: number },
     strategy: "full" | "fast",
-  ): Promise<{ candidates: unknown[]; chosen: string | null; explanation: string }>;
+  ): Promise<CandidateList>;
   request(req: {
     volume: string;
     mode: "manual" | "policy";
@@ -225,9 +225,7 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
     },
     recoveryCandidates: async (task, point, strategy) => {
       const k = await key(task);
-      return await recovering(() => d.recovery.candidates(k, point, strategy)) as Awaited<
-        ReturnType<TaskActions["recoveryCandidates"]>
-      >;
+      return await recovering(() => d.recovery.candidates(k, point, strategy));
     },
     recover: async (task, req) => {
       const volume = await key(task);
