@@ -22,7 +22,13 @@
 // taskEvent() turns the gateway's status into the events the control plane would send: synced
 // when every remote copy of the volume is consistent over a connected link, degrade when one is
 // not, recovered / recovery-failed when the task's recovery ends.
-import { ActionError, type CandidateList, type Schedule, type TaskActions } from "./actions.ts";
+import {
+  ActionError,
+  type CandidateList,
+  type RecoverRequest,
+  type Schedule,
+  type TaskActions,
+} from "./actions.ts";
 import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
@@ -94,6 +100,20 @@ function notBuilt(what: string): never {
 }
 
 /** A RecoveryService refusal (it carries an HTTP status) as an ActionError. */
+/** A recovery request for the recovery service, from a task's validated request (`at`: scheduled). */
+function recoveryRequest(volume: string, rec: RecoverRequest, at?: number) {
+  return {
+    volume,
+    mode: rec.mode,
+    strategy: rec.strategy,
+    source: rec.source ? parseSource(rec.source) : undefined,
+    point: rec.point,
+    target: rec.target,
+    force: rec.force,
+    at,
+  };
+}
+
 async function recovering<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -114,6 +134,8 @@ function parseSource(text: string): { kind: "lgp" | "rgp" | "rsp"; site?: string
 
 export function gatewayActions(d: GatewayActionDeps): TaskActions {
   const key = (t: Task) => volumeKey(d.store, t);
+  const requestRecovery = (volume: string, rec: RecoverRequest, at?: number) =>
+    recovering(() => d.recovery.request(recoveryRequest(volume, rec, at)));
   const service = (task: Task) => {
     if (!task.service) {
       throw new ActionError(
@@ -228,18 +250,7 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       return await recovering(() => d.recovery.candidates(k, point, strategy));
     },
     recover: async (task, req) => {
-      const volume = await key(task);
-      const r = await recovering(() =>
-        d.recovery.request({
-          volume,
-          mode: req.mode,
-          strategy: req.strategy,
-          source: req.source ? parseSource(req.source) : undefined,
-          point: req.point,
-          target: req.target,
-          force: req.force,
-        })
-      );
+      const r = await requestRecovery(await key(task), req);
       return {
         message: `recovery ${r.id} of the ${req.target} from ${r.source}`,
         detail: { recovery: r.id, source: r.source, explanation: r.explanation },
@@ -247,20 +258,7 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
     },
     schedule: async (task, req) => {
       if (req.action !== "recover" || !req.recover) notBuilt("scheduling a failover test");
-      const rec = req.recover;
-      const volume = await key(task);
-      const r = await recovering(() =>
-        d.recovery.request({
-          volume,
-          mode: rec.mode,
-          strategy: rec.strategy,
-          source: rec.source ? parseSource(rec.source) : undefined,
-          point: rec.point,
-          target: rec.target,
-          force: rec.force,
-          at: req.at,
-        })
-      );
+      const r = await requestRecovery(await key(task), req.recover, req.at);
       return { id: String(r.id), task: task.name, action: "recover", at: req.at, status: "scheduled" };
     },
     listSchedules: schedules,
