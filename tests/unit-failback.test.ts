@@ -89,4 +89,13 @@ t("a local service that never turns healthy keeps the traffic at the site", asyn
   }
 });
 
+t("the running phase is set at once, so a second request meanwhile is refused as running", async () => {
+  const phases: (string | undefined)[] = [];
+  const { d } = fake({ onPhase: (_n, p) => phases.push(p) });
+  const run = failback(d, "web");
+  assert.equal(phases, ["online-copy"], "set before the first await");
+  await run;
+  assert.is(phases[phases.length - 1], undefined, "cleared at the end");
+});
+
 t.run();

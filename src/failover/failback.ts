@@ -62,6 +62,8 @@ export async function failback(d: FailbackDeps, name: string): Promise<FailbackR
   const sleep = d.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const phase = (p: FailbackPhase | undefined) => d.onPhase?.(name, p);
   const subject = `service:${name}`;
+  // the phase is set before the first await: a second request meanwhile is refused as running
+  phase("online-copy");
   try {
     await d.record({
       subject,
@@ -69,7 +71,6 @@ export async function failback(d: FailbackDeps, name: string): Promise<FailbackR
       to: "online-copy",
       cause: `failback from ${s.site} started`,
     });
-    phase("online-copy");
     let onlineBytes = 0;
     for (const v of volumes) onlineBytes += (await d.onlineCopy(v, s.site)).bytesMoved;
     log.info("online pass done", { service: name, moved: onlineBytes });
