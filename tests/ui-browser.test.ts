@@ -1,7 +1,8 @@
 // The web UI in headless Chromium (Debian's, driven by playwright-core) against a real
 // topology (local gateway, agent, remote site): log in, the dashboard shows the agent, the
 // volume and the site and follows writes without a reload, a task is created in the wizard and
-// started from its page until it is protected, and a viewer gets no change buttons. Screenshots
+// started from its page until it is protected, a failover test is run and ended from the page,
+// and a viewer gets no change buttons. Screenshots
 // go to the test's directory; the pages must log no console error.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -14,7 +15,7 @@ const MiB = 1024 * 1024;
 const VIEWER = { name: "watcher", password: "viewer password 12345" };
 
 t(
-  "log in, watch the dashboard live, create and start a task in the wizard; a viewer cannot act",
+  "log in, watch the dashboard live, create and start a task in the wizard, recover, run a failover test; a viewer cannot act",
   async () => {
     if (!haveChromium("web UI in a browser") || !need("web UI in a browser", { tools: ["qemu-io"] })) return;
     const out = await tempDir("ui-browser");
@@ -178,6 +179,29 @@ t(
       );
       await page.locator('.badge[data-state="protected"]').first().waitFor({ timeout: 20_000 });
       await page.getByText(/recovering → syncing \(recovery \d+ of a1\/vol0 done\)/).first().waitFor();
+
+      // ---------------------------------------------------------------- run a failover test and see the states change
+      await page.locator('[data-action="failover-test"]').click();
+      await page.locator("dialog").getByRole("button", { name: "Failover test" }).click();
+      await page.locator('.badge[data-state="testing"]').first().waitFor({ timeout: 30_000 });
+      const exported = page.locator('[data-testid="test-export"]');
+      await exported.waitFor({ timeout: 20_000 });
+      const uri = (await exported.textContent()) ?? "";
+      assert.match(uri, /^nbd:\/\/127\.0\.0\.1:\d+\/test-a1-vol0$/);
+      assert.is(await page.locator('[data-testid="test-site"]').textContent(), "dr1");
+      // the copy the page names is there, at the remote site
+      const read = await run("qemu-io", ["-r", "-f", "raw", uri, "-c", "read -P 0x44 4M 1M"]);
+      assert.match(read.stdout, /read 1048576\/1048576 bytes/);
+      await page.screenshot({ path: `${out}/failover-test.png`, fullPage: true });
+      await page.locator('[data-action="end-test"]').click();
+      await page.locator("dialog").getByRole("button", { name: "End test" }).click();
+      await page.locator('.badge[data-state="protected"]').first().waitFor({ timeout: 30_000 });
+      await page.locator('[data-testid="failover-test"]').waitFor({ state: "detached", timeout: 20_000 });
+      await page.getByText(/testing → protected/).first().waitFor();
+      assert.is(
+        (await api.expect(200, "GET", "/api/tasks/db") as { state: string }).state,
+        "protected",
+      );
 
       // ---------------------------------------------------------------- a viewer
       const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });

@@ -55,7 +55,19 @@ export interface Status {
     mirrorSeq?: number;
   }[];
   sites?: SiteStatus[];
+  /** Running failover tests: a task's writable copy at a remote site. */
+  tests?: FailoverTest[];
   rates?: { sites: Record<string, { bps: number }> };
+}
+
+export interface FailoverTest {
+  task: string;
+  site: string;
+  volume: string;
+  seq: number;
+  export: string;
+  started: number;
+  expires: number;
 }
 
 export interface LiveEvent {

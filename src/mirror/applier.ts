@@ -33,6 +33,10 @@ export class MirrorApplier {
   private stopped = false;
   private done: Promise<void> | undefined;
   private signal = { aborted: false };
+  /** A hold in progress (see hold): the loop applies nothing until it settles. */
+  private holding: Promise<void> | undefined;
+  /** The batch being applied, if any. */
+  private applying: Promise<unknown> = Promise.resolve();
   private readonly syncBytes: number;
   private readonly syncIntervalMs: number;
   /** Journal position through which every record is written to its image (not necessarily synced). */
@@ -56,6 +60,24 @@ export class MirrorApplier {
   async caughtUp(): Promise<void> {
     const target = this.journal.positions.durable;
     while (this.appliedPos < target && !this.stopped) await new Promise((r) => setTimeout(r, 5));
+  }
+
+  /**
+   * Runs fn while no record is applied to any image (a batch being applied finishes first):
+   * the images stay exactly at applied() meanwhile (a failover test copies a replica so).
+   * Records keep arriving in the journal and are applied after fn.
+   */
+  async hold<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.holding) await this.holding;
+    let release!: () => void;
+    this.holding = new Promise((r) => release = r);
+    try {
+      await this.applying.catch(() => {});
+      return await fn();
+    } finally {
+      this.holding = undefined;
+      release();
+    }
   }
 
   /** Opens (creating sparse if needed) the image of a volume. */
@@ -107,6 +129,9 @@ export class MirrorApplier {
       const entries = await this.nextOrTimeout(waitMs);
       if (this.stopped) break;
       if (entries.length > 0) {
+        while (this.holding) await this.holding;
+        // from here to the assignment of `applying` nothing awaits: a hold sees the whole batch
+        // (its sequence numbers and its writes) or none of it
         const byVolume = new Map<number, BatchOp[]>();
         for (const e of entries) {
           lastEnd = e.end;
@@ -125,10 +150,11 @@ export class MirrorApplier {
           unsynced += e.bytes.length;
         }
         if (unsynced > 0 && firstUnsynced === 0) firstUnsynced = Date.now();
-        await Promise.all([...byVolume].map(([id, ops]) => {
+        this.applying = Promise.all([...byVolume].map(([id, ops]) => {
           touched.add(id);
           return this.applyRetrying(id, ops);
         }));
+        await this.applying;
         this.appliedPos = lastEnd;
       }
       const due = unsynced >= this.syncBytes ||

@@ -14,6 +14,7 @@ import { startWebServer } from "../web/web-server.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane } from "../tasks/control-plane.ts";
+import { FailoverTests } from "../tasks/failover-tests.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
 import { Audit } from "../audit/audit.ts";
@@ -427,6 +428,11 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       }
     }
     const store = new TaskStore(db, prefixes);
+    const siteRequest = (site: string, msg: Record<string, unknown>, timeoutMs: number) => {
+      const r = remotes.find((x) => x.site === site);
+      if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
+      return r.client.request(msg, timeoutMs);
+    };
     const control = new ControlPlane({
       store,
       send: (agent, msg) => listener.sendControl(agent, msg),
@@ -443,13 +449,17 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           else r.sender.volumeResumed(v, imageSeq);
         }
       },
-      siteRequest: (site, msg) => {
-        const r = remotes.find((x) => x.site === site);
-        if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
-        return r.client.request(msg, 60_000);
-      },
+      siteRequest: (site, msg) => siteRequest(site, msg, 60_000),
     });
     plane.cp = control;
+    const tests = new FailoverTests({ store, request: siteRequest });
+    cleanups.push(() => tests.close());
+    const siteStatus = () =>
+      remotes.map((r) => ({
+        site: r.site,
+        lastError: r.client.lastError || null,
+        ...r.sender.status(),
+      }));
     // agents that connected before the store existed get their assignments now
     for (const agent of listener.connectedAgents()) {
       control.onAgent(agent).catch((e) =>
@@ -475,6 +485,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         volumes: () => journal.volumes(),
         sites: () => remotes.map((r) => r.site),
         control,
+        tests,
+        copies: () => ({ sites: siteStatus() }),
       }),
       followTasks: true,
       recoveries: () => recovery.list(),
@@ -499,11 +511,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           durableSeq: v.durableSeq,
           mirrorSeq: mirror.applied(v.id),
         })),
-        sites: remotes.map((r) => ({
-          site: r.site,
-          lastError: r.client.lastError || null,
-          ...r.sender.status(),
-        })),
+        sites: siteStatus(),
+        tests: tests.list(),
       }),
       routes: (app) => {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
@@ -511,6 +520,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       },
     });
     cleanups.push(() => server.close());
+    // after the web server: the tests a previous run left end through its audit and events
+    await tests.start();
     log.info("local gateway ready", {
       agents: listener.describe(),
       heartbeats: `${hb.hostname}:${heartbeats.port}`,

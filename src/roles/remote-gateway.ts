@@ -24,6 +24,7 @@ import * as native from "../native/mod.ts";
 import { Kind } from "../record/record.ts";
 import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
+import { TestCopies } from "../failover/test-copies.ts";
 
 const log = logger("remote-gateway");
 
@@ -127,6 +128,14 @@ export const remoteGatewayFlags: FlagSpec[] = [
     default: "127.0.0.1:7881",
     placeholder: "ADDR",
   },
+  {
+    name: "test-listen",
+    type: "string",
+    description:
+      "where failover test copies are exported over NBD while a test runs (HOST:PORT, port 0 picks one, or unix:PATH)",
+    default: "127.0.0.1:0",
+    placeholder: "ADDR",
+  },
 ];
 
 export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
@@ -146,6 +155,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
   const http = parseAddress(str(p, "http-listen"));
   if (http.transport !== "tcp") throw new UsageError("--http-listen must be HOST:PORT");
   const ackAfter = str(p, "ack-after") as "rgp" | "rsp";
+  const testListen = parseAddress(str(p, "test-listen"));
   const replicaDir = optStr(p, "replica-dir") ?? `${dataDir}/replicas`;
 
   const { db, close: closeDb } = await openDatabase(
@@ -375,6 +385,33 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
     cleanups.push(() => agents.close());
 
+    const tests = await TestCopies.open({
+      dir: `${dataDir}/tests`,
+      listen: testListen,
+      snapshot: async (key, into) => {
+        const [agent, name] = key.split("/");
+        const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
+        if (!v) throw new Error(`site ${site} holds no replica of ${key}`);
+        if (promoted.has(agent)) {
+          throw new Error(
+            `the service of ${agent} runs at site ${site} (promoted): there is nothing to test`,
+          );
+        }
+        // the replica stays at one sequence while it is copied: the copy is that consistent prefix
+        return await applier.hold(async () => {
+          const state = states.get(v.id) ?? "empty";
+          if (state !== "consistent") {
+            throw new Error(
+              `the replica of ${key} at site ${site} is ${state}: a test needs a consistent copy`,
+            );
+          }
+          await copyImage(v.mirrorPath, into);
+          return { seq: applier.applied(v.id), size: v.size };
+        });
+      },
+    });
+    cleanups.push(() => tests.close());
+
     const sites = new SiteServer({
       hostname: listen.hostname,
       port: listen.port,
@@ -432,8 +469,25 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         }
         return await serveChunkOp(new FileChunks(applier.imageFd(v.id), v.size, false), req, payload);
       },
-      onControl: (_site, m) => {
-        if (m.type === "promote" && typeof m.agent === "string") return promote(m.agent);
+      onControl: (from, m) => {
+        if (m.type === "promote" && typeof m.agent === "string") {
+          const agent = m.agent;
+          return tests.stopAgent(agent, "a real failover promotes its standby").then(() => promote(agent));
+        }
+        if (m.type === "test-start") {
+          return tests.start(from, m).then((test) => ({ ok: true, test }));
+        }
+        if (m.type === "test-renew" && typeof m.test === "string") {
+          const test = tests.renew(from, m.test);
+          return Promise.resolve(test ? { ok: true, test } : { ok: false, error: `no test ${m.test} here` });
+        }
+        if (m.type === "test-stop") {
+          const which = {
+            id: typeof m.test === "string" ? m.test : undefined,
+            task: typeof m.task === "string" ? m.task : undefined,
+          };
+          return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
+        }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
         if (m.type === "assign-standby" && typeof m.agent === "string" && Array.isArray(m.volumes)) {
@@ -563,6 +617,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         })),
         standby: [...feeders.values()].map((f) => f.status()),
         promoted: [...promoted],
+        tests: tests.list(),
       }),
     });
     cleanups.push(() => server.close());
@@ -577,6 +632,23 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
   } catch (e) {
     await stop();
     throw e;
+  }
+}
+
+/**
+ * Copies a replica image for a failover test: a reflink where the filesystem shares blocks
+ * (XFS, btrfs: instant), else a copy of the allocated data only (holes stay holes).
+ */
+async function copyImage(from: string, to: string): Promise<void> {
+  const out = await new Deno.Command("cp", {
+    args: ["--reflink=auto", "--sparse=always", "--", from, to],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(
+      `cannot copy the replica: ${new TextDecoder().decode(out.stderr).trim() || `cp ${out.code}`}`,
+    );
   }
 }
 

@@ -15,9 +15,11 @@
 //   failback
 //   recover       runs a recovery of the volume with the RecoveryService (policy or manual),
 //   candidates    the policy's assessment of every copy,
-//   schedule      a recovery at a later time (the RecoveryService's scheduler).
-// Failover tests (a standby copy brought up beside the running service) are not built: they are
-// refused with 501 and a message saying so.
+//   schedule      a recovery at a later time (the RecoveryService's scheduler),
+//   failover-test a remote site (the request's, else the first with a consistent copy over a
+//                 connected link) exports a writable copy of its replica (FailoverTests,
+//                 failover-tests.ts) while the service, the stream and the switch stay as they
+//                 are; end-test (test-done) discards it, and so does a real failover.
 //
 // taskEvent() turns the gateway's status into the events the control plane would send: synced
 // when every remote copy of the volume is consistent over a connected link, degrade when one is
@@ -32,6 +34,7 @@ import {
 import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
+import type { FailoverTests } from "./failover-tests.ts";
 
 /** The parts of the RecoveryService the actions use. */
 export interface RecoveryApi {
@@ -81,6 +84,9 @@ export interface GatewayActionDeps {
   /** The gateway's --remote sites. */
   sites: () => string[];
   control: Pick<ControlPlane, "start" | "pause" | "resume" | "remove">;
+  tests: Pick<FailoverTests, "begin" | "end">;
+  /** The remote sites' links and copies (the gateway's status). */
+  copies: () => TaskStatusView;
 }
 
 /** AGENT/NAME of the task's LSP volume. */
@@ -92,14 +98,39 @@ export async function volumeKey(store: TaskStore, task: Task): Promise<string> {
   return `${host.agent ?? host.name}/${vol.name}`;
 }
 
-function notBuilt(what: string): never {
+/**
+ * The remote center a failover test of task (volume `key`) uses: the requested one, which must
+ * be one of the task's, else the first whose copy is consistent over a connected link.
+ */
+export function testSite(task: Task, key: string, status: TaskStatusView, requested?: string): string {
+  const remotes = task.group.remotes.map((r) => r.site);
+  if (requested !== undefined) {
+    if (!remotes.includes(requested)) {
+      throw new ActionError(
+        `site "${requested}" is not a remote center of task "${task.name}" (its remote centers: ${
+          remotes.join(", ")
+        })`,
+        400,
+      );
+    }
+    return requested;
+  }
+  const [agent, name] = key.split("/");
+  const why: string[] = [];
+  for (const site of remotes) {
+    const s = status.sites?.find((x) => x.site === site);
+    const state = s?.volumes?.find((v) => v.agent === agent && v.name === name)?.state ?? "unknown";
+    if (s?.connected && state === "consistent") return site;
+    why.push(`${site}: ${s?.connected ? `copy ${state}` : "link down"}`);
+  }
   throw new ActionError(
-    `${what} is not built yet: it needs a standby copy brought up beside the running service`,
-    501,
+    `no remote center of task "${task.name}" has a consistent copy of ${key} over a connected link (${
+      why.join(", ")
+    })`,
+    409,
   );
 }
 
-/** A RecoveryService refusal (it carries an HTTP status) as an ActionError. */
 /** A recovery request for the recovery service, from a task's validated request (`at`: scheduled). */
 function recoveryRequest(volume: string, rec: RecoverRequest, at?: number) {
   return {
@@ -209,13 +240,36 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       return { message: `the remote sites receive ${await key(task)} again (synchronised first)` };
     },
     remove: (task) => d.control.remove(task),
-    failoverTest: () => notBuilt("a failover test"),
-    endFailoverTest: () => notBuilt("ending a failover test"),
+    failoverTest: async (task, req) => {
+      const k = await key(task);
+      const site = testSite(task, k, d.copies(), req.site);
+      if (!d.sites().includes(site)) {
+        throw new ActionError(`this gateway does not replicate to ${site} (no --remote ${site}=…)`, 409);
+      }
+      const t = await d.tests.begin(task.name, k, site, req.durationSeconds).catch((e: Error) => {
+        throw new ActionError(`cannot start a failover test of ${k}: ${e.message}`, 409);
+      });
+      return {
+        message: `a copy of ${k} at site ${site} (sequence ${t.seq}) is exported at ${t.export}; ` +
+          "the service and the replication go on here",
+        detail: { test: t },
+      };
+    },
+    endFailoverTest: async (task) => {
+      const t = await d.tests.end(task.name);
+      return {
+        message: t
+          ? `the test copy at site ${t.site} is discarded`
+          : "no test copy was running (the gateway restarted meanwhile)",
+      };
+    },
     failover: async (task, req) => {
       const s = service(task);
       if (req.site && req.site !== s.site) {
         throw new ActionError(`service "${s.name}" fails over to site "${s.site}", not "${req.site}"`, 400);
       }
+      // a real failover ends a test: its copy is discarded before the standby is promoted
+      if (task.state === "testing") await d.tests.end(task.name);
       await d.services.failover(s.name, `${req.reason} (task ${task.name})`);
       return {
         message: `service ${s.name} now runs at site ${s.site}`,
@@ -257,7 +311,12 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       };
     },
     schedule: async (task, req) => {
-      if (req.action !== "recover" || !req.recover) notBuilt("scheduling a failover test");
+      if (req.action !== "recover" || !req.recover) {
+        throw new ActionError(
+          "scheduling a failover test is not built: run it with the failover-test action",
+          501,
+        );
+      }
       const r = await requestRecovery(await key(task), req.recover, req.at);
       return { id: String(r.id), task: task.name, action: "recover", at: req.at, status: "scheduled" };
     },

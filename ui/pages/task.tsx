@@ -42,9 +42,15 @@ const ACTIONS: ActionDef[] = [
     action: "failover-test",
     event: "failover-test",
     label: "Failover test",
-    explain: "Brings a remote copy up beside the running service; the service is not moved.",
+    explain: "Exports a writable copy of a remote center's replica there, to start the service on it and " +
+      "check it; the running service, the replication and the replica are not touched.",
   },
-  { action: "end-test", event: "test-done", label: "End test", explain: "Discards the test copy." },
+  {
+    action: "end-test",
+    event: "test-done",
+    label: "End test",
+    explain: "Discards the test copy at the remote center; what was written to it is lost.",
+  },
   {
     action: "failover",
     event: "failover",
@@ -277,6 +283,38 @@ function LivePanel({ task }: { task: TaskView }) {
   );
 }
 
+/** The task's running failover test (from the live status): where its copy is and until when. */
+function TestPanel({ task }: { task: TaskView }) {
+  const test = status.value?.tests?.find((x) => x.task === task.name);
+  if (!test && task.state !== "testing") return null;
+  return (
+    <section class="panel" aria-labelledby="h-test" data-testid="failover-test">
+      <h2 id="h-test">Failover test</h2>
+      {!test ? <Loading what="the test's copy" /> : (
+        <>
+          <p class="small">
+            A writable copy of the replica runs at site{" "}
+            <strong>{test.site}</strong>. Start the service on it there to check it; the production service
+            and the replication are not touched. End the test to discard the copy.
+          </p>
+          <dl class="kv">
+            <dt>Remote center</dt>
+            <dd data-testid="test-site">{test.site}</dd>
+            <dt>Copy of</dt>
+            <dd class="mono">{test.volume}, sequence {test.seq}</dd>
+            <dt>NBD export</dt>
+            <dd class="mono" data-testid="test-export">{test.export}</dd>
+            <dt>Started</dt>
+            <dd>{dateTime(test.started)}</dd>
+            <dt>Discarded at the latest</dt>
+            <dd>{dateTime(test.expires)}</dd>
+          </dl>
+        </>
+      )}
+    </section>
+  );
+}
+
 function EventLog({ subjects }: { subjects: Set<string> }) {
   const [all, setAll] = useState(false);
   const list = events.value.filter((e) =>
@@ -438,6 +476,7 @@ export function TaskPage({ name }: { name: string }) {
           })()}
         </p>
       </section>
+      <TestPanel task={t} />
       <LivePanel task={t} />
       <div class="grid">
         <section class="panel" aria-labelledby="h-group">
