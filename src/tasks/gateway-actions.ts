@@ -145,6 +145,7 @@ function recoveryRequest(volume: string, rec: RecoverRequest, at?: number) {
   };
 }
 
+/** A RecoveryService refusal (it carries an HTTP status) as an ActionError. */
 async function recovering<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();

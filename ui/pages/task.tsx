@@ -1,6 +1,6 @@
-// A task's page: its state and the actions the state machine allows (each confirmed), live lag
-// and throughput per remote center with a chart, the group, the strategies, schedules, and
-// the task's events and audit log.
+// A task's page: its state and the actions the state machine allows (each confirmed), its running
+// failover test, live lag and throughput per remote center with a chart, the group, the
+// strategies, schedules, and the task's events and audit log.
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { del, isAdmin, post } from "../api.ts";
 import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, useResource } from "../components.tsx";
