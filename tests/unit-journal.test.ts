@@ -528,6 +528,58 @@ ring(
   },
 );
 
+ring(
+  "readRun reads consecutive records with one read, stops at a Wrap, a limit and a damaged record",
+  async () => {
+    const dir = await tempDir();
+    const r = await Ring.open(`${dir}/r`, RING_SIZE);
+    try {
+      const D = r.dataSize;
+      // five records ending 3000 bytes before the lap's end, then a Wrap filler
+      const sizes = [1000, 70_000, 5, 300_000, 4096];
+      const total = sizes.reduce((a, n) => a + HEADER_SIZE + n, 0);
+      let pos = D - 3000 - total;
+      const start = pos, written: Uint8Array[] = [];
+      for (const [i, n] of sizes.entries()) {
+        const e = rec(i + 1, n);
+        e.header.pos = pos;
+        const bytes = encodeRecord(e.header, payloadFor(i + 1, n));
+        await r.write([{ pos, bytes }]);
+        written.push(bytes);
+        pos += bytes.length;
+      }
+      const filler = r.place(pos, 5000).filler!;
+      await r.write([filler]);
+      const run = await r.readRun(start, 10 * D, 64 * MiB);
+      assert.equal(run.map((x) => x.entry.header.seq), [1, 2, 3, 4, 5, 0], "the records, then the Wrap");
+      assert.is(run.at(-1)!.entry.header.kind, Kind.Wrap);
+      for (const [i, b] of written.entries()) assert.equal(run[i].entry.bytes, b, `record ${i + 1} intact`);
+      const limited = await r.readRun(start, run[2].pos, 64 * MiB);
+      assert.is(limited.length, 2, "nothing at or past the limit");
+      const small = await r.readRun(start, 10 * D, 50_000);
+      assert.is(small.length, 1, "only whole records within maxBytes");
+      const big = await r.readRun(run[1].pos, 10 * D, 100);
+      assert.equal(big.map((x) => x.entry.header.seq), [2], "a record larger than maxBytes is read alone");
+      // a flipped payload byte in the fourth record: the run ends before it, and a run from it finds nothing
+      const f = await Deno.open(`${dir}/r`, { read: true, write: true });
+      const at = DATA_START + (run[3].pos % D) + HEADER_SIZE + 1234;
+      const b = new Uint8Array(1);
+      await f.seek(at, Deno.SeekMode.Start);
+      await f.read(b);
+      b[0] ^= 1;
+      await f.seek(at, Deno.SeekMode.Start);
+      await f.write(b);
+      f.close();
+      const damaged = await r.readRun(start, 10 * D, 64 * MiB);
+      assert.equal(damaged.map((x) => x.entry.header.seq), [1, 2, 3]);
+      assert.equal(await r.readRun(run[3].pos, 10 * D, 64 * MiB), []);
+    } finally {
+      r.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 // ---------------------------------------------------------------------------
 const laps = suite("wrap-around");
 

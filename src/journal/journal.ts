@@ -494,12 +494,14 @@ export class Journal {
     // older than the memory cache: read from the ring
     let p = pos;
     while (p < this.durable && p < first && bytes < maxBytes) {
-      const e = await this.ring.readAt(p);
-      if (!e) throw new Error(`journal record at ${p} is unreadable or corrupt`);
-      const end = this.ring.next(p, e);
-      out.push({ ...e, pos: p, end });
-      bytes += e.bytes.length;
-      p = end;
+      const run = await this.ring.readRun(p, Math.min(this.durable, first), maxBytes - bytes);
+      if (run.length === 0) throw new Error(`journal record at ${p} is unreadable or corrupt`);
+      for (const { entry } of run) {
+        const end = this.ring.next(p, entry);
+        out.push({ ...entry, pos: p, end });
+        bytes += entry.bytes.length;
+        p = end;
+      }
     }
     return out;
   }

@@ -26,6 +26,12 @@ export interface PeerReport {
   state: "empty" | "consistent" | "inconsistent";
 }
 
+/**
+ * Bytes queued in memory for the socket at most: the window bounds what the peer has not
+ * acknowledged (held by the journal, not by memory); this bounds what waits for the wire.
+ */
+const QUEUE_BYTES = 16 << 20;
+
 export interface SenderOptions {
   /** Journal cursor name, e.g. site:dr1 or standby:app1. */
   name: string;
@@ -82,7 +88,7 @@ export class Sender {
   private pulling = false;
 
   private constructor(readonly o: SenderOptions) {
-    this.windowBytes = o.windowBytes ?? 64 * 1024 * 1024;
+    this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
     this.syncChunk = o.syncChunk ?? 1024 * 1024;
   }
 
@@ -559,7 +565,9 @@ export class Session {
 
   private async windowOpen(): Promise<void> {
     while (
-      !this.stopped && (this.inFlightBytes >= this.s.windowBytes || this.ch.pending > this.s.windowBytes)
+      !this.stopped &&
+      (this.inFlightBytes >= this.s.windowBytes ||
+        this.ch.pending > Math.min(this.s.windowBytes, QUEUE_BYTES))
     ) {
       await new Promise<void>((r) => {
         this.wake = r;

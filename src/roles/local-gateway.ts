@@ -138,7 +138,7 @@ export const localGatewayFlags: FlagSpec[] = [
     name: "window",
     type: "size",
     description: "bytes in flight to one remote site before waiting for acknowledgements",
-    default: "64M",
+    default: "256M",
   },
   {
     name: "sync-chunk",

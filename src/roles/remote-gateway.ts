@@ -179,6 +179,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       num(p, "buffer-size"),
       {
         commitDelayMs: num(p, "commit-delay"),
+        // the replica applies only durable records: small commits keep it (and the acks) moving
+        commitBytes: 8 << 20,
       },
     );
     cleanups.push(() => journal.close());
@@ -199,6 +201,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     const applier = new MirrorApplier(journal, {
       // the local site's acknowledgements wait for the replica's sync: sync when the stream pauses
       idleSyncMs: 2,
+      // well below the sender's window, so acknowledgements flow while the window is still open
+      syncBytes: 16 << 20,
       onMarker: (volume, kind) => {
         if (kind === Kind.SyncEnd) setState(volume, "consistent");
       },
