@@ -58,6 +58,7 @@ import {
 import { MAX_PAYLOAD } from "../src/nbd/protocol.ts";
 import { setLogLevel } from "../src/log.ts";
 import { Receiver } from "../src/replication/receiver.ts";
+import { deflateRecord, inflateRecord } from "../src/record/deflate.ts";
 import type { Journal, VolumeInfo } from "../src/journal/journal.ts";
 
 setLogLevel("warn"); // the site sessions below would log each connection
@@ -419,6 +420,69 @@ rx(
     }
   },
 );
+
+rx(
+  "compressed records: a mutated frame body inflates to the original record or is refused with a RecordError",
+  () => {
+    let refused = 0;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 512, max: 64 * KiB }),
+        fc.uint8Array({ minLength: 1, maxLength: 64 }),
+        fc.array(mutationArb(24), { minLength: 1, maxLength: 3 }),
+        (length, pattern, ms) => {
+          // a repeated pattern compresses: the sender would send it deflated
+          const payload = new Uint8Array(length).map((_, i) => pattern[i % pattern.length]);
+          const orig = encodeRecord(
+            { kind: Kind.Write, flags: 0, volume: 0, length, seq: 1, offset: 0, time: 1, pos: 0 },
+            payload,
+          );
+          const body = deflateRecord(orig);
+          assert.ok(body && body.length < orig.length, "a compressible record is sent deflated");
+          assert.equal(
+            inflateRecord(body.slice(), MAX_PAYLOAD),
+            orig,
+            "an intact body inflates to the record",
+          );
+          const bad = applyMutations(body, ms);
+          let out: Uint8Array;
+          try {
+            out = inflateRecord(bad, MAX_PAYLOAD);
+          } catch (e) {
+            if (!(e instanceof RecordError)) throw new Error(`inflateRecord threw ${String(e)}`);
+            refused++;
+            return;
+          }
+          // what inflates is then checked as any record: only the original passes its checksums
+          const h = decodeHeader(out, MAX_PAYLOAD);
+          if (payloadIntact(out, h)) assert.equal(out, orig, "a mutated body passed as another record");
+        },
+      ),
+      fcParams(PURE_RUNS),
+    );
+    assert.ok(refused > 0, "some mutated bodies were refused");
+  },
+);
+
+rx("compressed records: incompressible or small payloads travel as they are", () => {
+  const random = crypto.getRandomValues(new Uint8Array(8 * KiB));
+  const h = {
+    kind: Kind.Write,
+    flags: 0,
+    volume: 0,
+    length: random.length,
+    seq: 1,
+    offset: 0,
+    time: 1,
+    pos: 0,
+  };
+  assert.is(deflateRecord(encodeRecord(h, random)), undefined);
+  assert.is(deflateRecord(encodeRecord({ ...h, length: 100 }, new Uint8Array(100))), undefined);
+  assert.is(deflateRecord(encodeRecord({ ...h, kind: Kind.Zero, length: 1 << 20 })), undefined);
+  // a body that declares a small or non-write record is refused before inflating anything
+  const small = encodeRecord({ ...h, length: 100 }, new Uint8Array(100));
+  assert.throws(() => inflateRecord(small, MAX_PAYLOAD), (e: Error) => e instanceof RecordError);
+});
 
 rx.run();
 
