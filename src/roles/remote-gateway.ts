@@ -561,7 +561,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         if (bad) return { ok: false, error: `standbys: agent ${agent}: ${bad}` };
         plan.set(agent, parsed as Assignment[]);
       }
-      const touched = new Set([...(plans.get(from)?.keys() ?? []), ...plan.keys()]);
+      // connected standbys too: what they remember may be no task's any more
+      const touched = new Set([...(plans.get(from)?.keys() ?? []), ...plan.keys(), ...remembered.keys()]);
       const before = new Map([...touched].map((a) => [a, JSON.stringify(desiredOf(a))]));
       const first = !plans.has(from);
       plans.set(from, plan);
