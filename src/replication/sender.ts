@@ -131,10 +131,19 @@ export class Sender {
     if (o.congestion) {
       if (!o.stateDir) throw new Error("pull-ahead needs a state directory");
       o.journal.onPressure((tail) => {
-        if (s.cursor.released <= tail && !s.pulling) s.pullAhead();
+        if (s.cursor.released <= tail && !s.pulling && s.mayPullAhead()) s.pullAhead();
       });
     }
     return s;
+  }
+
+  /** Whether a volume this peer receives pulls ahead (otherwise the journal is not even read). */
+  private mayPullAhead(): boolean {
+    for (const id of this.vols.keys()) {
+      const v = this.o.journal.volume(id);
+      if (v && this.o.congestion?.(v) === "pull-ahead") return true;
+    }
+    return false;
   }
 
   private missedPath(volume: number): string {

@@ -11,10 +11,17 @@
 // agent from the moment it is started until it is deleted. Pausing keeps the assignment (the
 // service keeps running) but retires the volume from the senders; resuming carries it again.
 //
-// Each remote center's RSP is assigned through that site's link before the LSP (so the standby
-// holds its copy before the stream reaches the site): {type: "assign-standby", agent, volumes}
-// and, on deletion, {type: "unassign-standby", agent, name}; the remote gateway relays them to the
-// standby agent of the protected agent (same agent id, the copy under the LSP volume's name).
+// Each remote center's RSPs are desired state, per site: {type: "standbys", agents: {AGENT:
+// [{name, path, size}]}} is the whole set the site's standby agents must hold (the standby agent
+// of the protected agent holds the copy under the LSP volume's name). It is sent when the tasks
+// change, whenever the site's link comes up, and again while the site's answer (each copy
+// assigned, pending or failed, with the reason) leaves a copy pending, and every few seconds for
+// the status; the site reconciles its standby agents with it (src/roles/remote-gateway.ts). A
+// start sends it before assigning the LSP, so the standby holds its copy before the stream
+// reaches the site, and is refused when a standby refuses its copy.
+//
+// The tasks' mirror strategies (M) are read at every refresh too and handed to the gateway
+// (applyMirror) when they change: see mirrorPlan.
 import { logger } from "../log.ts";
 import type { Assignment } from "../capture/assignments.ts";
 import type { Host, Mirror, Task, Volume } from "./model.ts";
