@@ -710,11 +710,8 @@ pressure(
       assert.not.ok(await settlesWithin(waiting, 100), "over its bound, the append waits");
       assert.ok(pressured.length > 0, "the readers are told (a pull-ahead site may give way)");
       // another volume is not held up by it
-      await within(
-        gw.j.append(b.id, rec(1, 64 * 1024).bytes, rec(1, 64 * 1024).header),
-        1000,
-        "other volume",
-      );
+      const other = rec(1, 64 * 1024);
+      await within(gw.j.append(b.id, other.bytes, other.header), 1000, "another volume's append");
       assert.is(gw.j.heldBytes(b.id), len);
       // the mirror releases the first record: the tail passes it, one more fits, in order
       await gw.j.flushed();
