@@ -30,6 +30,7 @@ import { Gateway, keygen, RemoteGateway, tempDir, waitFor, writeSecret } from ".
 import { connectSecure } from "../src/transport/secure.ts";
 import { type Identity, loadIdentity } from "../src/transport/identity.ts";
 import { ConnReader } from "../src/io/conn-reader.ts";
+import { StreamConn } from "../src/link/stream-conn.ts";
 import {
   decodeHashes,
   decodeJson,
@@ -911,6 +912,62 @@ siteLive.after(async () => {
   await remote?.proc.stop();
   await dropBulk(siteDir);
 });
+
+/** Control requests over a site session as the trusted local site (no volumes); their answers in order. */
+async function siteRequests(msgs: Record<string, unknown>[]): Promise<Record<string, unknown>[]> {
+  const auth = await connectSecure({
+    hostname: "127.0.0.1",
+    port: remote.port,
+    identity: localIdentity,
+    expectedFingerprint: remote.fingerprint,
+    peerName: "s1",
+  });
+  const conn = new StreamConn(auth.conn);
+  const reader = new ConnReader(conn);
+  const timer = setTimeout(() => conn.close(), 15_000);
+  try {
+    await conn.write(jsonFrame(FrameType.SiteHello, { v: 1, site: "local", volumes: [] }));
+    assert.is((await readFrame(reader))?.type, FrameType.SiteWelcome);
+    const out = [];
+    for (const [i, m] of msgs.entries()) {
+      await conn.write(jsonFrame(FrameType.Control, { ...m, id: i + 1 }));
+      let f = await readFrame(reader);
+      while (f && f.type !== FrameType.Control) f = await readFrame(reader);
+      out.push(decodeJson<Record<string, unknown>>(f!.body));
+    }
+    return out;
+  } finally {
+    clearTimeout(timer);
+    auth.conn.close();
+  }
+}
+
+siteLive(
+  "a malformed desired state of standby copies is refused with the reason; the remote lives",
+  async () => {
+    const [notObject, badList, badPath, fine] = await siteRequests([
+      { type: "standbys", agents: ["a1"] },
+      { type: "standbys", agents: { a1: "vol0" } },
+      { type: "standbys", agents: { a1: [{ name: "vol0", path: "../x", size: 4096 }] } },
+      { type: "standbys", agents: { a1: [{ name: "vol0", path: "/dev/sdb", size: 4096 }] } },
+    ]);
+    assert.equal(notObject, {
+      ok: false,
+      error: "standbys: agents must be an object {AGENT: [assignment]}",
+      id: 1,
+    });
+    assert.match(String(badList.error), /standbys: agent a1: an assignment must be an object/);
+    assert.match(
+      String(badPath.error),
+      /standbys: agent a1: assignment vol0: path "\.\.\/x" must be absolute/,
+    );
+    // a standby agent not connected: its copy is pending, with the reason
+    assert.equal(fine.agents, {
+      a1: [{ name: "vol0", state: "pending", error: "standby agent a1 is not connected to site s1" }],
+    });
+    assert.not.ok(remoteDied, "the remote gateway lives");
+  },
+);
 
 siteLive(
   "mutated and hostile record frames over TLS: only valid records are journaled, duplicates are dropped; the remote lives",

@@ -393,6 +393,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         held[v.name] = applier.applied(v.id);
       }
       log.warn("standby demoted: the service went back to the primary site", { agent, held });
+      reconcileStandby(agent);
       return { ok: true, held };
     };
     cleanups.push(() => agents.close());
@@ -509,8 +510,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       const desired = desiredOf(agent);
       const states = new Map<string, { state: CopyAssignState; error?: string }>();
       const mem = remembered.get(agent);
-      if (!mem || !agents.connectedAgents().includes(agent)) {
-        const error = `standby agent ${agent} is not connected to site ${site}`;
+      // a promoted standby serves the service: its copies are left as they are until its demotion
+      if (!mem || !agents.connectedAgents().includes(agent) || promoted.has(agent)) {
+        const error = promoted.has(agent)
+          ? `standby agent ${agent} is promoted at site ${site}: it serves the service`
+          : `standby agent ${agent} is not connected to site ${site}`;
         for (const a of desired) states.set(a.name, { state: "pending", error });
         copyStates.set(agent, states);
         return;
