@@ -28,6 +28,7 @@ import {
   parseStandbyReport,
   reconcile,
   rspAssignments,
+  siteLimit,
   standbysFor,
 } from "../src/tasks/control-plane.ts";
 import { DesiredState } from "../src/tasks/desired-state.ts";
@@ -157,6 +158,13 @@ t("the tasks' mirror strategies: per volume, and the bandwidth of each site's se
   assert.equal(mirrorPlan([t1, { ...t2, state: "paused" }], hosts, volumes).siteBandwidth, { dr1: 1000 });
   const none = mirrorPlan([{ ...t1, state: "configured" }], hosts, volumes);
   assert.equal(none, { volumes: {}, siteBandwidth: {} }, "a site without a task keeps its flag");
+  // the link's cap (--remote-bandwidth) and the tasks' allowance: the stricter one holds
+  assert.is(siteLimit(0, undefined), 0);
+  assert.is(siteLimit(2000, undefined), 2000, "no task: the flag");
+  assert.is(siteLimit(2000, 0), 2000, "tasks without a limit: the flag");
+  assert.is(siteLimit(0, 1500), 1500, "no flag: the tasks'");
+  assert.is(siteLimit(2000, 1500), 1500);
+  assert.is(siteLimit(1000, 1500), 1000);
 });
 
 t("desired state per peer: sent on change and on (re)connection, repeated until settled", () => {

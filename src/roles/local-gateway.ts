@@ -13,7 +13,7 @@ import { readSecretFile } from "../wire/auth.ts";
 import { startWebServer } from "../web/web-server.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
-import { ControlPlane, type MirrorPlan } from "../tasks/control-plane.ts";
+import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
 import type { Mirror } from "../tasks/model.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
@@ -464,7 +464,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         strategy.plan = plan;
         for (const v of journal.volumes()) journal.setBound(v.id, policyOf(v)?.bufferBound);
         for (const r of remotes) {
-          r.sender.setBandwidth(plan.siteBandwidth[r.site] ?? r.bandwidth);
+          r.sender.setBandwidth(siteLimit(r.bandwidth, plan.siteBandwidth[r.site]));
           // acknowledgement points travel in the hello: a new session announces them
           if (ackChanged) r.client.reannounce();
         }
@@ -556,7 +556,7 @@ interface Remote {
   site: string;
   sender: Sender;
   client: SiteClient;
-  /** The --remote-bandwidth limit (bytes/s), 0 if none: the sender's unless tasks replicate to the site. */
+  /** The --remote-bandwidth limit (bytes/s), 0 if none: a cap on what the site's tasks allow. */
   bandwidth: number;
   /** Highest acknowledged throughput seen in one second (bytes/s). */
   peakBps: number;
@@ -618,10 +618,11 @@ async function openRemotes(
       localSite: str(p, "id"),
       sender,
       volumes: () => journal.volumes(),
-      // lgp and rgp: the site acknowledges once its replica holds a record; rsp: also its standby
+      // rgp: the site acknowledges once its replica holds a record; rsp: also its standby; lgp
+      // (the site is asynchronous to the writers either way) leaves it to the site's --ack-after
       ackPoint: (v) => {
         const a = tasks.policyOf(v)?.ackPoint;
-        return a === undefined ? undefined : a === "rsp" ? "rsp" : "rgp";
+        return a === "rgp" || a === "rsp" ? a : undefined;
       },
       onLink: (up) => tasks.onLink(site, up),
     });

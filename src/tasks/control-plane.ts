@@ -118,12 +118,20 @@ export interface MirrorPlan {
   /** AGENT/NAME of each started task's LSP volume → its M. */
   volumes: Record<string, Mirror>;
   /**
-   * Per remote site some carried task replicates to: its sender's bandwidth limit (bytes/s, 0:
-   * none). One sender streams a site's volumes in one ordered stream, so the limit is the site's:
-   * the sum of its tasks' limits, none as soon as one task has none. Sites without a task keep
-   * --remote-bandwidth.
+   * Per remote site some carried task replicates to: the bandwidth its tasks allow (bytes/s, 0:
+   * no limit). One sender streams a site's volumes in one ordered stream, so the limit is the
+   * site's: the sum of its tasks' limits, none as soon as one task has none (see siteLimit).
    */
   siteBandwidth: Record<string, number>;
+}
+
+/**
+ * A site sender's bandwidth limit: the stricter of the link's (--remote-bandwidth, a cap set
+ * for the link) and what the site's tasks allow; 0 on either side is no limit from that side.
+ */
+export function siteLimit(flag: number, tasks: number | undefined): number {
+  if (!tasks) return flag;
+  return flag === 0 ? tasks : Math.min(flag, tasks);
 }
 
 export function mirrorPlan(
