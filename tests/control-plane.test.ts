@@ -21,7 +21,17 @@ import {
 } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { WebClient } from "./lib/browser.ts";
-import { desiredFor, lspAssignment, reconcile, rspAssignments } from "../src/tasks/control-plane.ts";
+import {
+  desiredFor,
+  lspAssignment,
+  mirrorPlan,
+  parseStandbyReport,
+  reconcile,
+  rspAssignments,
+  siteLimit,
+  standbysFor,
+} from "../src/tasks/control-plane.ts";
+import { DesiredState } from "../src/tasks/desired-state.ts";
 import { parseAssignment } from "../src/capture/assignments.ts";
 import type { Host, Task, Volume } from "../src/tasks/model.ts";
 
@@ -106,6 +116,108 @@ t("reconcile: assign what is desired, unassign what is remembered and no longer 
   assert.equal(reconcile(want, ["vol0"]), { assign: want, unassign: [] });
   assert.equal(reconcile(want, ["old", "vol0", "gone", "old"]), { assign: want, unassign: ["gone", "old"] });
   assert.equal(reconcile([], ["x"]), { assign: [], unassign: ["x"] });
+});
+
+t("a site's standby agents hold the RSPs of the started tasks, per agent", () => {
+  const rsp = { host: "sb", device: "/dev/sdd" };
+  const t1 = task("t1", "app1", "/dev/sdb", "protected");
+  const t2 = task("t2", "app2", "/dev/sdc", "configured");
+  t1.group.remotes = [{ site: "dr1", rgp: rsp, rsp }, { site: "dr2", rgp: rsp, rsp }];
+  t2.group.remotes = [{ site: "dr1", rgp: rsp, rsp: { host: "sb", device: "/dev/sde" } }];
+  const r1 = { name: "r1", host: "sb", device: "/dev/sdd", size: 4096 };
+  const vols = [...volumes, r1, { name: "r2", host: "sb", device: "/dev/sde", size: 8192 }];
+  const a1 = [{ name: "vol0", path: "/dev/sdd", size: 4096 }];
+  assert.equal(standbysFor("dr1", [t1, t2], hosts, vols), { a1 });
+  assert.equal(standbysFor("dr2", [t1, t2], hosts, vols), { a1 });
+  assert.equal(standbysFor("dr9", [t1, t2], hosts, vols), {});
+  // a task being started counts before the store records it
+  assert.equal(standbysFor("dr1", [t1, t2], hosts, vols, () => true), {
+    a1,
+    app2: [{ name: "vol1", path: "/dev/sde", size: 8192 }],
+  });
+  // a task whose RSP is not registered is left out (its start is refused with the reason)
+  assert.equal(standbysFor("dr1", [t1, t2], hosts, [...volumes, r1], () => true), { a1 });
+});
+
+t("the tasks' mirror strategies: per volume, and the bandwidth of each site's sender", () => {
+  const m = (bandwidthLimit: number, more: Partial<Task["mirror"]> = {}): Task["mirror"] => ({
+    ackPoint: "rsp",
+    congestion: "pull-ahead",
+    bandwidthLimit,
+    compression: true,
+    ...more,
+  });
+  const t1 = { ...task("t1", "app1", "/dev/sdb", "protected"), mirror: m(1000, { bufferBound: 1 << 20 }) };
+  const t2 = { ...task("t2", "app2", "/dev/sdc", "degraded"), mirror: m(500) };
+  assert.equal(mirrorPlan([t1, t2], hosts, volumes), {
+    volumes: { "a1/vol0": t1.mirror, "app2/vol1": t2.mirror },
+    siteBandwidth: { dr1: 1500 },
+  });
+  // one task without a limit lifts the site's; a paused task is not carried; a configured one has none
+  assert.equal(mirrorPlan([t1, { ...t2, mirror: m(0) }], hosts, volumes).siteBandwidth, { dr1: 0 });
+  assert.equal(mirrorPlan([t1, { ...t2, state: "paused" }], hosts, volumes).siteBandwidth, { dr1: 1000 });
+  const none = mirrorPlan([{ ...t1, state: "configured" }], hosts, volumes);
+  assert.equal(none, { volumes: {}, siteBandwidth: {} }, "a site without a task keeps its flag");
+  // the link's cap (--remote-bandwidth) and the tasks' allowance: the stricter one holds
+  assert.is(siteLimit(0, undefined), 0);
+  assert.is(siteLimit(2000, undefined), 2000, "no task: the flag");
+  assert.is(siteLimit(2000, 0), 2000, "tasks without a limit: the flag");
+  assert.is(siteLimit(0, 1500), 1500, "no flag: the tasks'");
+  assert.is(siteLimit(2000, 1500), 1500);
+  assert.is(siteLimit(1000, 1500), 1000);
+});
+
+t("desired state per peer: sent on change and on (re)connection, repeated until settled", () => {
+  const d = new DesiredState<string[]>(100, 1000);
+  assert.equal(d.due(0), [], "nothing desired yet");
+  d.set("dr1", ["vol0"]);
+  assert.equal(d.due(0), [], "not connected: nothing is sent");
+  d.connected("dr1", true);
+  assert.equal(d.due(0), [{ peer: "dr1", desired: ["vol0"], version: 1 }]);
+  d.sent("dr1");
+  assert.equal(d.due(0), [], "a send in flight is not repeated");
+  assert.not.ok(d.set("dr1", ["vol0"]), "the same state is no new version");
+  d.acked("dr1", 1, false, 10);
+  assert.equal(d.due(50), [], "pending at the peer: asked again after retryMs");
+  assert.is(d.due(110).length, 1);
+  d.sent("dr1");
+  d.acked("dr1", 1, true, 120);
+  assert.equal(d.due(500), [], "settled: refreshed after refreshMs only");
+  assert.is(d.due(1120).length, 1);
+  assert.ok(d.set("dr1", []), "a change");
+  assert.equal(d.due(130), [{ peer: "dr1", desired: [], version: 2 }], "a change is due at once");
+  d.sent("dr1");
+  d.set("dr1", ["vol1"]);
+  d.acked("dr1", 2, true, 140);
+  assert.equal(
+    d.due(140),
+    [{ peer: "dr1", desired: ["vol1"], version: 3 }],
+    "a superseded answer does not count",
+  );
+  d.sent("dr1");
+  d.failed("dr1", 150);
+  assert.equal(d.due(200), [], "a failed send waits retryMs");
+  assert.is(d.due(250).length, 1);
+  d.connected("dr1", false);
+  assert.equal(d.due(5000), [], "a peer away gets nothing");
+  d.connected("dr1", true);
+  assert.equal(
+    d.due(5000),
+    [{ peer: "dr1", desired: ["vol1"], version: 3 }],
+    "everything again on reconnection",
+  );
+});
+
+t("a site's report of its standby copies is checked", () => {
+  assert.equal(parseStandbyReport({ a1: [{ name: "vol0", state: "failed", error: "no device" }] }), {
+    a1: [{ name: "vol0", state: "failed", error: "no device" }],
+  });
+  assert.equal(parseStandbyReport({}), {});
+  for (
+    const bad of [null, [], { a1: {} }, { a1: [{ name: 1, state: "assigned" }] }, { a1: [{ name: "v" }] }]
+  ) {
+    assert.is(parseStandbyReport(bad), undefined, JSON.stringify(bad));
+  }
 });
 
 t("an assignment is checked before the agent touches anything", () => {

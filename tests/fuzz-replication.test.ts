@@ -30,6 +30,7 @@ import { Gateway, keygen, RemoteGateway, tempDir, waitFor, writeSecret } from ".
 import { connectSecure } from "../src/transport/secure.ts";
 import { type Identity, loadIdentity } from "../src/transport/identity.ts";
 import { ConnReader } from "../src/io/conn-reader.ts";
+import { StreamConn } from "../src/link/stream-conn.ts";
 import {
   decodeHashes,
   decodeJson,
@@ -58,6 +59,7 @@ import {
 import { MAX_PAYLOAD } from "../src/nbd/protocol.ts";
 import { setLogLevel } from "../src/log.ts";
 import { Receiver } from "../src/replication/receiver.ts";
+import { deflateRecord, inflateRecord } from "../src/record/deflate.ts";
 import type { Journal, VolumeInfo } from "../src/journal/journal.ts";
 
 setLogLevel("warn"); // the site sessions below would log each connection
@@ -419,6 +421,69 @@ rx(
     }
   },
 );
+
+rx(
+  "compressed records: a mutated frame body inflates to the original record or is refused with a RecordError",
+  () => {
+    let refused = 0;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 512, max: 64 * KiB }),
+        fc.uint8Array({ minLength: 1, maxLength: 64 }),
+        fc.array(mutationArb(24), { minLength: 1, maxLength: 3 }),
+        (length, pattern, ms) => {
+          // a repeated pattern compresses: the sender would send it deflated
+          const payload = new Uint8Array(length).map((_, i) => pattern[i % pattern.length]);
+          const orig = encodeRecord(
+            { kind: Kind.Write, flags: 0, volume: 0, length, seq: 1, offset: 0, time: 1, pos: 0 },
+            payload,
+          );
+          const body = deflateRecord(orig);
+          assert.ok(body && body.length < orig.length, "a compressible record is sent deflated");
+          assert.equal(
+            inflateRecord(body.slice(), MAX_PAYLOAD),
+            orig,
+            "an intact body inflates to the record",
+          );
+          const bad = applyMutations(body, ms);
+          let out: Uint8Array;
+          try {
+            out = inflateRecord(bad, MAX_PAYLOAD);
+          } catch (e) {
+            if (!(e instanceof RecordError)) throw new Error(`inflateRecord threw ${String(e)}`);
+            refused++;
+            return;
+          }
+          // what inflates is then checked as any record: only the original passes its checksums
+          const h = decodeHeader(out, MAX_PAYLOAD);
+          if (payloadIntact(out, h)) assert.equal(out, orig, "a mutated body passed as another record");
+        },
+      ),
+      fcParams(PURE_RUNS),
+    );
+    assert.ok(refused > 0, "some mutated bodies were refused");
+  },
+);
+
+rx("compressed records: incompressible or small payloads travel as they are", () => {
+  const random = crypto.getRandomValues(new Uint8Array(8 * KiB));
+  const h = {
+    kind: Kind.Write,
+    flags: 0,
+    volume: 0,
+    length: random.length,
+    seq: 1,
+    offset: 0,
+    time: 1,
+    pos: 0,
+  };
+  assert.is(deflateRecord(encodeRecord(h, random)), undefined);
+  assert.is(deflateRecord(encodeRecord({ ...h, length: 100 }, new Uint8Array(100))), undefined);
+  assert.is(deflateRecord(encodeRecord({ ...h, kind: Kind.Zero, length: 1 << 20 })), undefined);
+  // a body that declares a small or non-write record is refused before inflating anything
+  const small = encodeRecord({ ...h, length: 100 }, new Uint8Array(100));
+  assert.throws(() => inflateRecord(small, MAX_PAYLOAD), (e: Error) => e instanceof RecordError);
+});
 
 rx.run();
 
@@ -847,6 +912,62 @@ siteLive.after(async () => {
   await remote?.proc.stop();
   await dropBulk(siteDir);
 });
+
+/** Control requests over a site session as the trusted local site (no volumes); their answers in order. */
+async function siteRequests(msgs: Record<string, unknown>[]): Promise<Record<string, unknown>[]> {
+  const auth = await connectSecure({
+    hostname: "127.0.0.1",
+    port: remote.port,
+    identity: localIdentity,
+    expectedFingerprint: remote.fingerprint,
+    peerName: "s1",
+  });
+  const conn = new StreamConn(auth.conn);
+  const reader = new ConnReader(conn);
+  const timer = setTimeout(() => conn.close(), 15_000);
+  try {
+    await conn.write(jsonFrame(FrameType.SiteHello, { v: 1, site: "local", volumes: [] }));
+    assert.is((await readFrame(reader))?.type, FrameType.SiteWelcome);
+    const out = [];
+    for (const [i, m] of msgs.entries()) {
+      await conn.write(jsonFrame(FrameType.Control, { ...m, id: i + 1 }));
+      let f = await readFrame(reader);
+      while (f && f.type !== FrameType.Control) f = await readFrame(reader);
+      out.push(decodeJson<Record<string, unknown>>(f!.body));
+    }
+    return out;
+  } finally {
+    clearTimeout(timer);
+    auth.conn.close();
+  }
+}
+
+siteLive(
+  "a malformed desired state of standby copies is refused with the reason; the remote lives",
+  async () => {
+    const [notObject, badList, badPath, fine] = await siteRequests([
+      { type: "standbys", agents: ["a1"] },
+      { type: "standbys", agents: { a1: "vol0" } },
+      { type: "standbys", agents: { a1: [{ name: "vol0", path: "../x", size: 4096 }] } },
+      { type: "standbys", agents: { a1: [{ name: "vol0", path: "/dev/sdb", size: 4096 }] } },
+    ]);
+    assert.equal(notObject, {
+      ok: false,
+      error: "standbys: agents must be an object {AGENT: [assignment]}",
+      id: 1,
+    });
+    assert.match(String(badList.error), /standbys: agent a1: an assignment must be an object/);
+    assert.match(
+      String(badPath.error),
+      /standbys: agent a1: assignment vol0: path "\.\.\/x" must be absolute/,
+    );
+    // a standby agent not connected: its copy is pending, with the reason
+    assert.equal(fine.agents, {
+      a1: [{ name: "vol0", state: "pending", error: "standby agent a1 is not connected to site s1" }],
+    });
+    assert.not.ok(remoteDied, "the remote gateway lives");
+  },
+);
 
 siteLive(
   "mutated and hostile record frames over TLS: only valid records are journaled, duplicates are dropped; the remote lives",

@@ -739,6 +739,56 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
   }
 });
 
+pressure(
+  "a volume over its bound waits while another volume goes on; the tail passing frees it",
+  async () => {
+    const dir = await tempDir();
+    const gw = await openGw(dir);
+    const sums = new Map<number, string>();
+    try {
+      const a = await gw.j.registerVolume("a", "bounded", 1024 ** 3, "/m");
+      const b = await gw.j.registerVolume("a", "free", 1024 ** 3, "/m2");
+      const c = gw.j.cursor("mirror", 0);
+      const pressured: number[] = [];
+      gw.j.onPressure((tail) => pressured.push(tail));
+      const len = HEADER_SIZE + 64 * 1024;
+      gw.j.setBound(a.id, 2 * len);
+      await appendAll(gw.j, a.id, [rec(1, 64 * 1024), rec(2, 64 * 1024)], sums);
+      assert.is(gw.j.heldBytes(a.id), 2 * len);
+      const third = rec(3, 64 * 1024);
+      const fourth = rec(4, 64 * 1024);
+      const waiting = gw.j.append(a.id, third.bytes, third.header);
+      const behind = gw.j.append(a.id, fourth.bytes, fourth.header);
+      assert.not.ok(await settlesWithin(waiting, 100), "over its bound, the append waits");
+      assert.ok(pressured.length > 0, "the readers are told (a pull-ahead site may give way)");
+      // another volume is not held up by it
+      const other = rec(1, 64 * 1024);
+      await within(gw.j.append(b.id, other.bytes, other.header), 1000, "another volume's append");
+      assert.is(gw.j.heldBytes(b.id), len);
+      // the mirror releases the first record: the tail passes it, one more fits, in order
+      await gw.j.flushed();
+      const first = await c.next(1);
+      c.release(first[0].end);
+      await within(waiting, 1000, "the append once the tail passed a record");
+      assert.not.ok(await settlesWithin(behind, 100), "the next one still waits: the bound is full again");
+      // raising the bound lets it go at once
+      gw.j.setBound(a.id, undefined);
+      await within(behind, 1000, "the append once the bound is lifted");
+      assert.is(gw.j.heldBytes(a.id), 3 * len);
+      await gw.j.flushed();
+      const { entries } = await readUpToDurable(gw.j, c);
+      assert.equal(
+        entries.map((e) => `${e.header.volume === a.id ? "a" : "b"}${e.header.seq}`),
+        ["a2", "b1", "a3", "a4"],
+        "each volume's records stay in order",
+      );
+    } finally {
+      await gw.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 pressure("a non-required cursor does not hold space; dropping a required one frees it", async () => {
   const dir = await tempDir();
   const gw = await openGw(dir);

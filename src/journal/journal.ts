@@ -39,6 +39,11 @@ export interface VolumeInfo {
    * records. Optional: a volume described elsewhere (a receiver's, a test's) is carried.
    */
   retired?: boolean;
+  /**
+   * Most bytes of the journal this volume's records may occupy (its task's buffer bound); its
+   * appends wait beyond it, as for a full ring. Undefined: the ring is the only bound.
+   */
+  bound?: number;
 }
 
 export interface JournalOptions {
@@ -72,8 +77,13 @@ export class Journal {
   /** A FLUSH/FUA barrier ends here: commit as soon as the ring holds it. */
   private barrierAt = 0;
   private commitTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Appends waiting for space, in arrival order; the first is placed as soon as it fits. */
-  private spaceQueue: { len: number; place: () => void; fail: (e: Error) => void }[] = [];
+  /**
+   * Appends waiting for space, in arrival order: placed in that order as the ring frees, except
+   * that a volume over its bound waits (with its later appends) while the others go on.
+   */
+  private spaceQueue: { volume: VolumeInfo; len: number; place: () => void; fail: (e: Error) => void }[] = [];
+  /** Per volume, its records in the journal (end positions and sizes, oldest first) since this open. */
+  private held = new Map<number, { ends: number[]; sizes: number[]; first: number; bytes: number }>();
   private dataWaiters: (() => void)[] = [];
   private listeners = new Set<DurableListener>();
   private pressureListeners = new Set<(tail: number) => void>();
@@ -281,15 +291,13 @@ export class Journal {
     const v = this.vols.get(volume);
     if (!v) return Promise.reject(new Error(`append to unknown volume ${volume}`));
     const place = () => this.place(v, bytes, header);
-    if (this.spaceQueue.length === 0 && this.fitsNext(bytes.length)) {
+    if (this.spaceQueue.length === 0 && this.fitsNext(bytes.length) && this.withinBound(v, bytes.length)) {
       place();
       return Promise.resolve();
     }
-    this.signalPressure();
-    // keep asking while appends wait: a reader may become able to give way later
-    this.pressureTimer ??= setInterval(() => this.signalPressure(), 100);
-    return new Promise<void>((resolve, reject) => {
+    const placed = new Promise<void>((resolve, reject) => {
       this.spaceQueue.push({
+        volume: v,
         len: bytes.length,
         place: () => {
           place();
@@ -298,16 +306,72 @@ export class Journal {
         fail: reject,
       });
     });
+    // behind another volume's wait only, it is placed now
+    this.placeWaiting();
+    if (this.spaceQueue.length > 0) {
+      this.signalPressure();
+      // keep asking while appends wait: a reader may become able to give way later
+      this.pressureTimer ??= setInterval(() => this.signalPressure(), 100);
+    }
+    return placed;
+  }
+
+  /** Whether a volume may take `len` more bytes under its bound (one record always fits an empty one). */
+  private withinBound(v: VolumeInfo, len: number): boolean {
+    const held = this.heldBytes(v.id);
+    return v.bound === undefined || held === 0 || held + len <= v.bound;
+  }
+
+  /** Bytes of a volume's records in the journal (those appended since this open). */
+  heldBytes(volume: number): number {
+    return this.held.get(volume)?.bytes ?? 0;
+  }
+
+  /** Sets a volume's bound (undefined: none); appends waiting for it go on if they fit now. */
+  setBound(volume: number, bytes: number | undefined): void {
+    const v = this.vols.get(volume);
+    if (!v || v.bound === bytes) return;
+    v.bound = bytes;
+    this.placeWaiting();
+  }
+
+  private hold(volume: number, end: number, len: number): void {
+    let q = this.held.get(volume);
+    if (!q) this.held.set(volume, q = { ends: [], sizes: [], first: 0, bytes: 0 });
+    q.ends.push(end);
+    q.sizes.push(len);
+    q.bytes += len;
+  }
+
+  /** Forgets the records the tail passed. */
+  private releaseHeld(): void {
+    for (const q of this.held.values()) {
+      while (q.first < q.ends.length && q.ends[q.first] <= this.tail) q.bytes -= q.sizes[q.first++];
+      if (q.first > 4096 && q.first * 2 > q.ends.length) {
+        q.ends = q.ends.slice(q.first);
+        q.sizes = q.sizes.slice(q.first);
+        q.first = 0;
+      }
+    }
   }
 
   private fitsNext(len: number): boolean {
     return this.fits(this.ring.place(this.head, len).at, len);
   }
 
-  /** Places waiting appends, in order, while they fit. */
+  /** Places waiting appends, in order, while they fit (a volume over its bound is passed by). */
   private placeWaiting(): void {
-    while (this.spaceQueue.length > 0 && this.fitsNext(this.spaceQueue[0].len)) {
-      this.spaceQueue.shift()!.place();
+    const over = new Set<VolumeInfo>();
+    for (let i = 0; i < this.spaceQueue.length;) {
+      const w = this.spaceQueue[i];
+      if (over.has(w.volume) || !this.withinBound(w.volume, w.len)) {
+        over.add(w.volume);
+        i++;
+        continue;
+      }
+      if (!this.fitsNext(w.len)) break;
+      this.spaceQueue.splice(i, 1);
+      w.place();
     }
     if (this.spaceQueue.length === 0 && this.pressureTimer) {
       clearInterval(this.pressureTimer);
@@ -322,6 +386,7 @@ export class Journal {
     header.volume = v.id;
     header.pos = place.at;
     this.push({ pos: place.at, bytes, header }, place.at + bytes.length);
+    this.hold(v.id, place.at + bytes.length, bytes.length);
     if (!betweenSeqs(header)) v.lastSeq = header.seq;
     this.pendingSeqs.set(v.id, v.lastSeq);
     addStats(this.pendingStats, header.time);
@@ -514,6 +579,7 @@ export class Journal {
     if (candidate <= this.tail) return;
     this.tail = candidate;
     this.stateDirty = true;
+    this.releaseHeld();
     this.trimCache();
     this.placeWaiting();
     this.scheduleCommit();
@@ -602,7 +668,8 @@ function mergeStats(into: Stats, s: Stats): void {
 export class Cursor {
   released: number;
   position: number;
-  constructor(private readonly j: Journal, readonly name: string, from: number, readonly required: boolean) {
+  /** Whether it holds journal space (an optional reader that falls behind loses its place). */
+  constructor(private readonly j: Journal, readonly name: string, from: number, public required: boolean) {
     this.released = from;
     this.position = from;
   }

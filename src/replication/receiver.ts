@@ -8,11 +8,16 @@ import { MAX_PAYLOAD } from "../nbd/protocol.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import { FrameType, seqFrame } from "../wire/frames.ts";
 
+/** Where the site acknowledges a volume's records: applied to the replica, or also by the standby. */
+export type AckPoint = "rgp" | "rsp";
+
 export interface SiteVolume {
   id: number;
   agent: string;
   name: string;
   size: number;
+  /** The volume's acknowledgement point (its task's); absent: the site's --ack-after. */
+  ack?: AckPoint;
 }
 
 export interface ReceiverOptions {
@@ -25,8 +30,13 @@ export interface ReceiverOptions {
   setState: (v: VolumeInfo, state: "consistent" | "inconsistent") => void;
   /** Journal position through which the replica images are synced. */
   replicaPos: () => number;
-  /** Journal position through which the standby server of an agent has applied, or undefined if none waits. */
-  standbyPos: (agent: string) => number | undefined;
+  /**
+   * Journal position through which the standby server of an agent has applied, or undefined if
+   * the acknowledgement does not wait for it (`ack`: the volume's acknowledgement point).
+   */
+  standbyPos: (agent: string, ack: AckPoint | undefined) => number | undefined;
+  /** The volumes of a hello, with their acknowledgement points. */
+  onHello?: (volumes: { v: VolumeInfo; ack?: AckPoint }[]) => void;
   /** The agent's standby was promoted: its copies take no more records from the site. */
   promoted: (agent: string) => boolean;
   send: (frame: Uint8Array) => void;
@@ -36,10 +46,12 @@ interface Pending {
   no: number;
   end: number;
   agent: string;
+  ack?: AckPoint;
 }
 
 export class Receiver {
   private map = new Map<number, VolumeInfo>();
+  private acks = new Map<number, AckPoint | undefined>();
   private seqs = new Map<number, SeqState>();
   private received = 0;
   private ackedNo = 0;
@@ -57,12 +69,16 @@ export class Receiver {
   /** Registers the announced volumes and describes the local copies: what the sender resumes from. */
   async hello(volumes: SiteVolume[]): Promise<{ id: number; lastSeq: number; state: string }[]> {
     const out = [];
+    const points = [];
     for (const sv of volumes) {
       const v = await this.o.register(sv.agent, sv.name, sv.size);
       this.map.set(sv.id, v);
+      this.acks.set(v.id, sv.ack);
+      points.push({ v, ack: sv.ack });
       this.seqs.set(v.id, { lastSeq: v.lastSeq, rebase: false });
       out.push({ id: sv.id, lastSeq: v.lastSeq, state: this.o.copyState(v) });
     }
+    this.o.onHello?.(points);
     return out;
   }
 
@@ -93,7 +109,7 @@ export class Receiver {
     }
     if (verdict === "skip") {
       this.duplicates++;
-      this.pending.push({ no, end: -1, agent: v.agent });
+      this.pending.push({ no, end: -1, agent: v.agent, ack: this.acks.get(v.id) });
       return;
     }
     if (h.kind === Kind.SyncBegin) this.o.setState(v, "inconsistent");
@@ -101,7 +117,7 @@ export class Receiver {
     if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
       this.o.setState(v, "consistent");
     }
-    this.pending.push({ no, end: h.pos + body.length, agent: v.agent });
+    this.pending.push({ no, end: h.pos + body.length, agent: v.agent, ack: this.acks.get(v.id) });
   }
 
   /** Acknowledges every record now durable in the journal and applied where required. */
@@ -113,7 +129,7 @@ export class Receiver {
     while (this.pending.length > 0) {
       const p = this.pending[0];
       if (p.end >= 0) {
-        const standby = this.o.standbyPos(p.agent);
+        const standby = this.o.standbyPos(p.agent, p.ack);
         if (p.end > durable || p.end > replica || (standby !== undefined && p.end > standby)) break;
       }
       last = p.no;

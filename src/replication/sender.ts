@@ -11,6 +11,7 @@ import type { Cursor, Journal, JournalEntry, VolumeInfo } from "../journal/journ
 import { FRAME_HEADER, FrameType, jsonFrame, timeFrame, writeFrameHeader } from "../wire/frames.ts";
 import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
 import { DirtyMap } from "../capture/dirty-map.ts";
+import { deflateRecord } from "../record/deflate.ts";
 
 const log = logger("sender");
 
@@ -44,14 +45,16 @@ export interface SenderOptions {
   syncChunk?: number;
   /** Whether this reader holds journal space (default true). An optional one that falls behind is resynchronised. */
   required?: boolean;
-  /** Bytes per second at most (0: no limit). */
+  /** Bytes per second at most (0: no limit); changed with setBandwidth. */
   bandwidth?: number;
   /**
-   * When the journal is full because of this peer: `block` (the writers wait) or
-   * `pull-ahead` (give up the journal for this peer, remember the chunks it misses
-   * in a bitmap and copy them when it is back). pull-ahead needs stateDir.
+   * Per volume, when the journal is full because of this peer: `block` (the writers wait) or
+   * `pull-ahead` (give up the journal for this peer, remember the chunks it misses in a bitmap
+   * and copy them when it is back). Read at each pressure; pull-ahead needs stateDir.
    */
-  congestion?: "block" | "pull-ahead";
+  congestion?: (v: VolumeInfo) => "block" | "pull-ahead";
+  /** Whether the records of a volume travel compressed (where that saves bytes); read per record. */
+  compress?: (volume: number) => boolean;
   /** Where this peer's bitmaps of missed chunks are kept. */
   stateDir?: string;
 }
@@ -86,10 +89,20 @@ export class Sender {
   onReset: (() => void) | undefined;
   private readonly missed = new Map<number, DirtyMap>();
   private pulling = false;
+  /** Bytes per second at most (0: no limit). */
+  bandwidth: number;
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
     this.syncChunk = o.syncChunk ?? 1024 * 1024;
+    this.bandwidth = o.bandwidth ?? 0;
+  }
+
+  /** A new bandwidth limit, in force from the next record sent. */
+  setBandwidth(bytesPerSecond: number): void {
+    if (bytesPerSecond === this.bandwidth) return;
+    log.info("bandwidth limit changed", { peer: this.o.name, bytesPerSecond });
+    this.bandwidth = bytesPerSecond;
   }
 
   /** Loads the stored position (a new peer starts at the journal's head) and registers the cursor. */
@@ -121,13 +134,22 @@ export class Sender {
         if (v.state === "degraded" && await exists(path)) s.missed.set(id, await s.openMissed(id));
       }
     }
-    if (o.congestion === "pull-ahead") {
+    if (o.congestion) {
       if (!o.stateDir) throw new Error("pull-ahead needs a state directory");
       o.journal.onPressure((tail) => {
-        if (s.cursor.released <= tail && !s.pulling) s.pullAhead();
+        if (s.cursor.released <= tail && !s.pulling && s.mayPullAhead()) s.pullAhead();
       });
     }
     return s;
+  }
+
+  /** Whether a volume this peer receives pulls ahead (otherwise the journal is not even read). */
+  private mayPullAhead(): boolean {
+    for (const id of this.vols.keys()) {
+      const v = this.o.journal.volume(id);
+      if (v && this.o.congestion?.(v) === "pull-ahead") return true;
+    }
+    return false;
   }
 
   private missedPath(volume: number): string {
@@ -166,32 +188,36 @@ export class Sender {
   }
 
   /**
-   * The journal is full and this peer holds its tail: stop holding it. Every record
-   * it will not get marks its chunks in the volume's bitmap; the copies become
-   * degraded and the bitmap's chunks are copied at the next session.
+   * The journal is full and this peer holds its tail: stop holding it for the volumes that
+   * pull ahead. Every record of theirs it will not get marks its chunks in the volume's bitmap;
+   * their copies become degraded and the bitmap's chunks are copied at the next session. The
+   * first record of a volume that blocks stops the skipping: the peer holds the journal there.
    */
   private async pullAhead(): Promise<void> {
     this.pulling = true;
     try {
-      this.session?.stop();
       const j = this.o.journal;
       const to = j.positions.durable;
-      let pos = this.cursor.released;
+      const from = this.cursor.released;
+      let pos = from;
       let skipped = 0;
-      while (pos < to) {
+      scan: while (pos < to) {
         const entries = await j.readFrom(pos, 16 << 20);
         if (entries.length === 0) break;
         for (const e of entries) {
-          pos = e.end;
-          if (e.end > to) break;
+          if (e.end > to) break scan;
           const h = e.header;
           const v = this.vols.get(h.volume);
+          const info = h.kind === Kind.Wrap ? undefined : j.volume(h.volume);
+          if (v && info && this.o.congestion?.(info) !== "pull-ahead") break scan;
+          pos = e.end;
           if (
             !v || h.kind === Kind.Wrap || h.kind === Kind.Flush || h.kind === Kind.SyncBegin ||
             h.kind === Kind.SyncEnd
           ) {
             continue;
           }
+          if (skipped === 0) this.session?.stop();
           let m = this.missed.get(h.volume);
           if (!m) this.missed.set(h.volume, m = await this.openMissed(h.volume));
           await m.mark(h.offset, h.length);
@@ -199,7 +225,8 @@ export class Sender {
           skipped++;
         }
       }
-      this.cursor.release(Math.min(pos, to));
+      if (skipped === 0) return; // the tail is a blocking volume's (or nothing to skip): wait
+      this.cursor.release(pos);
       this.cursor.rewind(this.cursor.released);
       log.warn("a remote site is too slow for the journal: pulling ahead, its copy is degraded", {
         peer: this.o.name,
@@ -340,6 +367,7 @@ export class Sender {
       inFlightBytes: s?.inFlightBytes ?? 0,
       rttMs: this.rttMs ?? null,
       ackedBytes: this.ackedBytes,
+      bandwidth: this.bandwidth,
       volumes: [...this.vols].map(([id, v]) => {
         const info = j.volume(id);
         return {
@@ -553,14 +581,17 @@ export class Session {
     time: number,
     syncEnd?: number[] | "all",
   ): void {
+    // window, bandwidth and throughput count the bytes on the wire
+    const deflated = this.s.o.compress?.(volume) ? deflateRecord(bytes) : undefined;
+    const body = deflated ?? bytes;
     const head = new Uint8Array(FRAME_HEADER);
-    writeFrameHeader(head, 0, FrameType.Record, bytes.length);
+    writeFrameHeader(head, 0, deflated ? FrameType.RecordDeflated : FrameType.Record, body.length);
     this.ch.send(head);
-    this.ch.send(bytes);
+    this.ch.send(body);
     this.sent++;
-    this.fifo.push({ no: this.sent, end: this.frontier, volume, seq, bytes: bytes.length, time, syncEnd });
-    this.inFlightBytes += bytes.length;
-    if (this.s.o.bandwidth) this.tokens -= bytes.length;
+    this.fifo.push({ no: this.sent, end: this.frontier, volume, seq, bytes: body.length, time, syncEnd });
+    this.inFlightBytes += body.length;
+    if (this.s.bandwidth) this.tokens -= body.length;
   }
 
   private async windowOpen(): Promise<void> {
@@ -580,7 +611,7 @@ export class Session {
 
   /** With a bandwidth limit: waits until the token bucket is not in debt. */
   private async tokensLeft(): Promise<void> {
-    const rate = this.s.o.bandwidth ?? 0;
+    const rate = this.s.bandwidth;
     while (rate > 0 && !this.stopped) {
       // token bucket: refill at the rate, at most one second's worth banked
       const now = Date.now();
@@ -601,7 +632,7 @@ export class Session {
         : await cursor.next(4 << 20, this.signal);
       for (const e of entries) {
         // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)
-        if (this.s.o.bandwidth) await this.tokensLeft();
+        if (this.s.bandwidth) await this.tokensLeft();
         if (this.stopped) return;
         this.forward(e);
       }

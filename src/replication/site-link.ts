@@ -28,8 +28,10 @@ import {
   timeFrame,
 } from "../wire/frames.ts";
 import type { PeerReport, Sender, Session } from "./sender.ts";
-import type { Receiver, SiteVolume } from "./receiver.ts";
+import type { AckPoint, Receiver, SiteVolume } from "./receiver.ts";
 import { RecordError } from "../record/record.ts";
+import { inflateRecord } from "../record/deflate.ts";
+import { MAX_PAYLOAD } from "../nbd/protocol.ts";
 
 const log = logger("site-link");
 
@@ -46,6 +48,10 @@ export interface SiteClientOptions {
   volumes: () => VolumeInfo[];
   /** With no frame from the site for this long (it answers pings every second), the link is dropped and remade. */
   idleTimeoutMs?: number;
+  /** A volume's acknowledgement point at the site (its task's), announced in the hello; undefined: the site's --ack-after. */
+  ackPoint?: (v: VolumeInfo) => AckPoint | undefined;
+  /** The link came up (after the hello) or went down. */
+  onLink?: (up: boolean) => void;
 }
 
 /** The local gateway's connection to one remote site. */
@@ -136,7 +142,13 @@ export class SiteClient {
       writer.send(jsonFrame(FrameType.SiteHello, {
         v: 1,
         site: this.o.localSite,
-        volumes: vols.map((v) => ({ id: v.id, agent: v.agent, name: v.name, size: v.size })),
+        volumes: vols.map((v) => ({
+          id: v.id,
+          agent: v.agent,
+          name: v.name,
+          size: v.size,
+          ...(this.o.ackPoint?.(v) ? { ack: this.o.ackPoint(v) } : {}),
+        })),
       }));
       const w = await readFrame(reader);
       if (!w || w.type !== FrameType.SiteWelcome) throw new Error("the remote site did not answer the hello");
@@ -151,6 +163,7 @@ export class SiteClient {
       this.connected = true;
       this.lastError = "";
       log.info("site connected", { site: this.o.site, remote: auth.conn.remoteAddr });
+      this.o.onLink?.(true);
       const session = this.o.sender.attach({
         send: (b) => writer.send(b),
         get pending() {
@@ -206,6 +219,7 @@ export class SiteClient {
       if (this.session) this.o.sender.detach(this.session);
       this.session = undefined;
       if (this.connected && !this.reannouncing) log.warn("site disconnected", { site: this.o.site });
+      if (this.connected) this.o.onLink?.(false);
       this.connected = false;
       conn.close();
     }
@@ -301,7 +315,7 @@ export class SiteServer {
         Number.isInteger(v.id) && typeof v.agent === "string" && typeof v.name === "string" &&
         Number.isSafeInteger(v.size) &&
         /^[A-Za-z0-9._-]{1,64}$/.test(v.name) && /^[A-Za-z0-9._-]{1,128}$/.test(v.agent)
-      );
+      ).map((v) => ({ ...v, ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined }));
       const welcome = await receiver.hello(vols);
       writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
       log.info("site stream started", { site: c.peer, volumes: vols.length });
@@ -311,6 +325,9 @@ export class SiteServer {
         switch (f.type) {
           case FrameType.Record:
             await receiver.record(f.body);
+            break;
+          case FrameType.RecordDeflated:
+            await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
             break;
           case FrameType.HashRequest: {
             const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);

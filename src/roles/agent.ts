@@ -724,6 +724,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       announced = 0;
       reconnecting = false;
       applier.reset();
+      // the gateway reconciles the copies it is told of with what its local sites ask for
+      link.sendControl({ type: "assignments", names: file.all().map((a) => a.name) });
       for (const w of reconnected.splice(0)) w();
     },
     onControl: (m) => {

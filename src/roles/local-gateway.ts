@@ -5,7 +5,7 @@ import { parseSize, UsageError } from "../cli/flags.ts";
 import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
 import { openDatabase } from "../db/db.ts";
-import { Journal } from "../journal/journal.ts";
+import { Journal, type VolumeInfo } from "../journal/journal.ts";
 import { MirrorApplier } from "../mirror/applier.ts";
 import { GatewayListener } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
@@ -13,8 +13,9 @@ import { readSecretFile } from "../wire/auth.ts";
 import { startWebServer } from "../web/web-server.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
-import { ControlPlane } from "../tasks/control-plane.ts";
+import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
 import { FailoverTests } from "../tasks/failover-tests.ts";
+import type { Mirror } from "../tasks/model.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
 import { Audit } from "../audit/audit.ts";
@@ -274,8 +275,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     );
     cleanups.push(() => journal.close());
     const mirror = new MirrorApplier(journal);
+    // the tasks' mirror strategies (M), per AGENT/NAME: they win over the flags for their volumes
+    const strategy: { plan: MirrorPlan; cp?: ControlPlane } = { plan: { volumes: {}, siteBandwidth: {} } };
+    const policyOf = (v: VolumeInfo): Mirror | undefined => strategy.plan.volumes[`${v.agent}/${v.name}`];
     // senders are opened before the mirror applier moves: their stored positions hold the journal
-    const remotes = await openRemotes(p, dataDir, journal, mirror);
+    const remotes = await openRemotes(p, dataDir, journal, mirror, {
+      policyOf,
+      onLink: (site, up) => strategy.cp?.onSite(site, up),
+    });
     await mirror.start();
     cleanups.push(() => mirror.stop());
     for (const r of remotes) {
@@ -368,6 +375,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       fenced: (agent) => controller.isFenced(agent),
       onVolume: (v) => {
         mirror.prepare(v);
+        journal.setBound(v.id, policyOf(v)?.bufferBound);
         for (const r of remotes) {
           r.sender.volumeAdded(v);
           r.client.reannounce();
@@ -450,8 +458,26 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         }
       },
       siteRequest: (site, msg) => siteRequest(site, msg, 60_000),
+      sites: () => remotes.map((r) => r.site),
+      applyMirror: (plan) => {
+        const acks = (pl: MirrorPlan) =>
+          JSON.stringify(journal.volumes().map((v) => pl.volumes[`${v.agent}/${v.name}`]?.ackPoint));
+        const ackChanged = acks(plan) !== acks(strategy.plan);
+        strategy.plan = plan;
+        for (const v of journal.volumes()) journal.setBound(v.id, policyOf(v)?.bufferBound);
+        for (const r of remotes) {
+          r.sender.setBandwidth(siteLimit(r.bandwidth, plan.siteBandwidth[r.site]));
+          // acknowledgement points travel in the hello: a new session announces them
+          if (ackChanged) r.client.reannounce();
+        }
+        log.info("mirror strategies applied", { volumes: Object.keys(plan.volumes).length });
+      },
     });
     plane.cp = control;
+    strategy.cp = control;
+    control.run();
+    cleanups.push(() => control.close());
+    for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
     cleanups.push(() => tests.close());
     const siteStatus = () =>
@@ -510,6 +536,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           lastSeq: v.lastSeq,
           durableSeq: v.durableSeq,
           mirrorSeq: mirror.applied(v.id),
+          journalBytes: journal.heldBytes(v.id),
+          bound: v.bound ?? null,
         })),
         sites: siteStatus(),
         tests: tests.list(),
@@ -539,7 +567,7 @@ interface Remote {
   site: string;
   sender: Sender;
   client: SiteClient;
-  /** Configured bandwidth limit (bytes/s), 0 if none. */
+  /** The --remote-bandwidth limit (bytes/s), 0 if none: a cap on what the site's tasks allow. */
   bandwidth: number;
   /** Highest acknowledged throughput seen in one second (bytes/s). */
   peakBps: number;
@@ -551,6 +579,7 @@ async function openRemotes(
   dataDir: string,
   journal: Journal,
   mirror: MirrorApplier,
+  tasks: { policyOf: (v: VolumeInfo) => Mirror | undefined; onLink: (site: string, up: boolean) => void },
 ): Promise<Remote[]> {
   const addrs = pairs("remote", p["remote"]);
   if (addrs.size === 0) return [];
@@ -564,6 +593,7 @@ async function openRemotes(
     }
   }
   ensurePrivateDir(`${dataDir}/sites`);
+  const congestion = str(p, "congestion") as "block" | "pull-ahead";
   const out: Remote[] = [];
   for (const [site, addr] of addrs) {
     const fp = fps.get(site);
@@ -582,7 +612,12 @@ async function openRemotes(
       windowBytes: num(p, "window"),
       syncChunk: num(p, "sync-chunk"),
       bandwidth: bandwidth.has(site) ? parseSize(bandwidth.get(site)!) : 0,
-      congestion: str(p, "congestion") as "block" | "pull-ahead",
+      // a task's strategy for its volume, else --congestion
+      congestion: (v) => tasks.policyOf(v)?.congestion ?? congestion,
+      compress: (id) => {
+        const v = journal.volume(id);
+        return v !== undefined && tasks.policyOf(v)?.compression === true;
+      },
       stateDir: `${dataDir}/sites`,
     });
     const client = new SiteClient({
@@ -594,6 +629,13 @@ async function openRemotes(
       localSite: str(p, "id"),
       sender,
       volumes: () => journal.volumes(),
+      // rgp: the site acknowledges once its replica holds a record; rsp: also its standby; lgp
+      // (the site is asynchronous to the writers either way) leaves it to the site's --ack-after
+      ackPoint: (v) => {
+        const a = tasks.policyOf(v)?.ackPoint;
+        return a === "rgp" || a === "rsp" ? a : undefined;
+      },
+      onLink: (up) => tasks.onLink(site, up),
     });
     const r: Remote = {
       site,
@@ -677,7 +719,7 @@ async function openRecovery(
       if (ref.kind === "lgp") return 1e9;
       const r = remotes.find((x) => x.site === ref.site);
       const measured = r?.peakBps || 100e6;
-      return r?.bandwidth ? Math.min(r.bandwidth, measured) : measured;
+      return r?.sender.bandwidth ? Math.min(r.sender.bandwidth, measured) : measured;
     },
     mirrorCaughtUp: () => mirror.caughtUp(),
     fence: (agent, reason) => controller.fence(agent, reason),

@@ -16,7 +16,7 @@ import { readSecretFile } from "../wire/auth.ts";
 import { startStatusServer } from "../web/status-server.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
-import { Receiver } from "../replication/receiver.ts";
+import { type AckPoint, Receiver } from "../replication/receiver.ts";
 import { SiteServer } from "../replication/site-link.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
 import { type PeerReport, Sender, type Session } from "../replication/sender.ts";
@@ -25,6 +25,8 @@ import { Kind } from "../record/record.ts";
 import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
+import { type Assignment, parseAssignment } from "../capture/assignments.ts";
+import { reconcile } from "../tasks/control-plane.ts";
 
 const log = logger("remote-gateway");
 
@@ -214,6 +216,17 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       ),
     );
     const feeders = new Map<string, Sender>();
+    /** Each volume's acknowledgement point, as its local site announced it (its task's). */
+    const ackOf = new Map<number, AckPoint | undefined>();
+    /**
+     * A standby's feeder holds journal space when the site's acknowledgement waits for it (a
+     * volume of it acknowledged at rsp): an optional one that falls behind is resynchronised.
+     */
+    const feederRequired = (agent: string) => {
+      const mine = journal.volumes().filter((v) => v.agent === agent);
+      if (mine.length === 0) return ackAfter === "rsp";
+      return mine.some((v) => (ackOf.get(v.id) ?? ackAfter) === "rsp");
+    };
     const openFeeder = async (agent: string) =>
       feeders.set(
         agent,
@@ -224,7 +237,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           source: { imageFd: (id) => applier.imageFd(id), appliedPos: () => applier.appliedPos },
           // a retired volume (its standby copy unassigned) is not fed
           carries: (v) => v.agent === agent && !v.retired,
-          required: ackAfter === "rsp",
+          required: feederRequired(agent),
           syncChunk: num(p, "sync-chunk"),
         }),
       );
@@ -275,6 +288,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         } else if (f.type === FrameType.Pong) s.onPong(decodeTime(f.body));
       },
       closed: (agent) => {
+        remembered.delete(agent);
+        const error = `standby agent ${agent} is not connected to site ${site}`;
+        for (const x of copyStates.get(agent)?.values() ?? []) Object.assign(x, { state: "pending", error });
         const s = sessions.get(agent);
         if (s) feeders.get(agent)?.detach(s);
         sessions.delete(agent);
@@ -290,8 +306,14 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       mirrorPath: (agent, volume) => `${replicaDir}/${agent}/${volume}.img`,
       onVolume: (v) => applier.prepare(v),
       standby,
-      onControl: (_agent, msg) => {
-        const m = msg as { type?: string; id?: number; ok?: boolean; error?: string };
+      onControl: (agent, msg) => {
+        const m = msg as { type?: string; id?: number; ok?: boolean; error?: string; names?: unknown };
+        if (m?.type === "assignments" && Array.isArray(m.names)) {
+          // a standby agent connected and says what it remembers: reconcile it
+          remembered.set(agent, new Set(m.names.filter((n): n is string => typeof n === "string")));
+          reconcileStandby(agent);
+          return;
+        }
         const answer = ["promoted", "demoted", "assigned", "unassigned"].includes(String(m?.type));
         if (answer) answers.get(Number(m.id))?.(m);
       },
@@ -385,6 +407,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         held[v.name] = applier.applied(v.id);
       }
       log.warn("standby demoted: the service went back to the primary site", { agent, held });
+      reconcileStandby(agent);
       return { ok: true, held };
     };
     cleanups.push(() => agents.close());
@@ -429,7 +452,13 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           copyState: (v) => (states.get(v.id) ?? "empty") as "empty" | "consistent" | "inconsistent",
           setState: (v, s) => setState(v.id, s),
           replicaPos: () => applier.syncedPos,
-          standbyPos: (agent) => ackAfter === "rsp" ? feeders.get(agent)?.theCursor.released : undefined,
+          standbyPos: (agent, ack) =>
+            (ack ?? ackAfter) === "rsp" ? feeders.get(agent)?.theCursor.released : undefined,
+          onHello: (points) => {
+            for (const { v, ack } of points) ackOf.set(v.id, ack);
+            for (const [agent, f] of feeders) f.theCursor.required = feederRequired(agent);
+            journal.advanceTail();
+          },
           promoted: (agent) => promoted.has(agent),
           send,
         }),
@@ -494,25 +523,10 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
-        if (m.type === "assign-standby" && typeof m.agent === "string" && Array.isArray(m.volumes)) {
-          return assignStandby(m.agent, m.volumes);
-        }
-        if (m.type === "unassign-standby" && typeof m.agent === "string" && typeof m.name === "string") {
-          return unassignStandby(m.agent, m.name);
-        }
+        if (m.type === "standbys") return standbysWanted(from, m.agents);
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
     });
-    /** Whether a standby agent is connected, waiting a little: it reconnects after each change of its copies. */
-    const standbyConnected = async (agent: string): Promise<boolean> => {
-      const deadline = Date.now() + 5000;
-      while (!agents.connectedAgents().includes(agent)) {
-        if (Date.now() > deadline) return false;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      return true;
-    };
-
     /** Stops (true) or resumes (false) feeding a volume of an agent to its standby. */
     const feedStandby = async (agent: string, name: string, retired: boolean): Promise<void> => {
       const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
@@ -528,41 +542,106 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       }
     };
 
-    /**
-     * The local site's control plane assigns standby copies (RSP) to the standby agent of the
-     * protected agent: relayed to it, answered with its results. A copy assigned again after an
-     * unassignment is fed again (it is compared by hash first).
-     */
-    const assignStandby = async (agent: string, volumes: unknown[]): Promise<Record<string, unknown>> => {
-      if (!await standbyConnected(agent)) {
-        return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+    // The local sites' control planes say which standby copies (RSP) each standby agent must
+    // hold: their whole desired state, sent on every (re)connection and change. This site
+    // reconciles each standby agent with it whenever it changes and whenever the agent connects
+    // (it then reports the copies it remembers): missing copies are assigned (and fed), copies no
+    // local site asks for are unassigned (and no longer fed), the agent's data left in place.
+    const plans = new Map<string, Map<string, Assignment[]>>();
+    const remembered = new Map<string, Set<string>>();
+    const copyStates = new Map<string, Map<string, { state: CopyAssignState; error?: string }>>();
+    const reconciling = new Map<string, Promise<void>>();
+    const desiredOf = (agent: string): Assignment[] => {
+      const out = new Map<string, Assignment>();
+      for (const p of plans.values()) for (const a of p.get(agent) ?? []) out.set(a.name, a);
+      return [...out.values()];
+    };
+    /** Reconciles one standby agent (one run at a time per agent, each after the previous). */
+    const reconcileStandby = (agent: string): Promise<void> => {
+      const run = (reconciling.get(agent) ?? Promise.resolve()).then(() => reconcileOnce(agent)).catch((e) =>
+        log.error("cannot reconcile a standby agent's copies", { agent, error: e })
+      );
+      reconciling.set(agent, run);
+      return run;
+    };
+    const reconcileOnce = async (agent: string): Promise<void> => {
+      const desired = desiredOf(agent);
+      const states = new Map<string, { state: CopyAssignState; error?: string }>();
+      const mem = remembered.get(agent);
+      // a promoted standby serves the service: its copies are left as they are until its demotion
+      if (!mem || !agents.connectedAgents().includes(agent) || promoted.has(agent)) {
+        const error = promoted.has(agent)
+          ? `standby agent ${agent} is promoted at site ${site}: it serves the service`
+          : `standby agent ${agent} is not connected to site ${site}`;
+        for (const a of desired) states.set(a.name, { state: "pending", error });
+        copyStates.set(agent, states);
+        return;
       }
-      const names = volumes.map((v) => String((v as { name?: unknown })?.name));
-      for (const n of names) await feedStandby(agent, n, false);
-      const r = await ask(agent, "assign", { volumes });
-      const failed = (r.results ?? []).filter((x) => x.ok !== true);
-      if (r.ok === false || failed.length) {
-        // what the standby does not hold must not be fed to it
-        for (const x of failed) if (x.name) await feedStandby(agent, x.name, true);
-        return {
-          ok: false,
-          error: r.error ??
-            failed.map((x) => `standby agent ${agent} cannot hold ${x.name}: ${x.error}`).join("; "),
-        };
+      // a copy is withdrawn only once every local site said what it wants (after a restart here)
+      const everyone = [...new Set(trusted.values())].every((s) => plans.has(s));
+      for (const name of everyone ? reconcile(desired, [...mem]).unassign : []) {
+        await feedStandby(agent, name, true);
+        const r = await ask(agent, "unassign", { name });
+        if (r.ok === true) remembered.get(agent)?.delete(name);
+        else {
+          // a copy the standby keeps (its --volume) is fed as before
+          await feedStandby(agent, name, false);
+          log.warn("the standby keeps a copy no task asks for", { agent, volume: name, error: r.error });
+        }
       }
-      return { ok: true };
+      if (desired.length) {
+        for (const a of desired) await feedStandby(agent, a.name, false);
+        const r = await ask(agent, "assign", { volumes: desired });
+        for (const a of desired) {
+          const x = (r.results ?? []).find((y) => y.name === a.name);
+          if (x?.ok === true) {
+            remembered.get(agent)?.add(a.name);
+            states.set(a.name, { state: "assigned" });
+          } else {
+            // what the standby does not hold must not be fed to it
+            await feedStandby(agent, a.name, true);
+            const error = x?.error ?? r.error ?? "no answer";
+            states.set(a.name, {
+              state: x ? "failed" : "pending",
+              error: x ? `standby agent ${agent} cannot hold ${a.name}: ${error}` : error,
+            });
+          }
+        }
+      }
+      copyStates.set(agent, states);
     };
 
-    /** The task is deleted: the standby stops receiving the volume and forgets its copy (data left). */
-    const unassignStandby = async (agent: string, name: string): Promise<Record<string, unknown>> => {
-      await feedStandby(agent, name, true);
-      if (!await standbyConnected(agent)) {
-        return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+    /** A local site's desired standby copies: reconciled now, answered with each copy's state. */
+    const standbysWanted = async (from: string, raw: unknown): Promise<Record<string, unknown>> => {
+      if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
+        return { ok: false, error: "standbys: agents must be an object {AGENT: [assignment]}" };
       }
-      const r = await ask(agent, "unassign", { name });
-      // a copy the standby keeps (its --volume) is fed as before
-      if (r.ok !== true) await feedStandby(agent, name, false);
-      return { ok: r.ok === true, error: r.error };
+      const plan = new Map<string, Assignment[]>();
+      for (const [agent, list] of Object.entries(raw as Record<string, unknown>)) {
+        const parsed = (Array.isArray(list) ? list : [null]).map(parseAssignment);
+        const bad = parsed.find((a): a is string => typeof a === "string");
+        if (bad) return { ok: false, error: `standbys: agent ${agent}: ${bad}` };
+        plan.set(agent, parsed as Assignment[]);
+      }
+      // connected standbys too: what they remember may be no task's any more
+      const touched = new Set([...(plans.get(from)?.keys() ?? []), ...plan.keys(), ...remembered.keys()]);
+      const before = new Map([...touched].map((a) => [a, JSON.stringify(desiredOf(a))]));
+      const first = !plans.has(from);
+      plans.set(from, plan);
+      // the same state again (the local site refreshing its status) costs no order
+      const todo = [...touched].filter((a) =>
+        first || before.get(a) !== JSON.stringify(desiredOf(a)) || !copyStates.has(a) ||
+        [...copyStates.get(a)!.values()].some((x) => x.state !== "assigned")
+      );
+      await Promise.all(todo.map(reconcileStandby));
+      const out: Record<string, { name: string; state: CopyAssignState; error?: string }[]> = {};
+      for (const [agent, list] of plan) {
+        out[agent] = list.map((a) => ({
+          name: a.name,
+          ...(copyStates.get(agent)?.get(a.name) ?? { state: "pending" }),
+        }));
+      }
+      return { ok: true, agents: out };
     };
 
     /** What this site's copies of a volume hold: its replica (RGP) and its standby's (RSP). */
@@ -616,6 +695,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           size: v.size,
           image: v.mirrorPath,
           state: states.get(v.id) ?? "empty",
+          ack: ackOf.get(v.id) ?? ackAfter,
           lastSeq: v.lastSeq,
           appliedSeq: applier.applied(v.id),
         })),
@@ -655,6 +735,9 @@ async function copyImage(from: string, to: string): Promise<void> {
     );
   }
 }
+
+/** Where a desired standby copy stands. */
+type CopyAssignState = "pending" | "assigned" | "failed";
 
 /** A standby agent's answer to an order (assign answers with a result per volume). */
 interface StandbyAnswer {

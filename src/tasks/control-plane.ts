@@ -11,13 +11,21 @@
 // agent from the moment it is started until it is deleted. Pausing keeps the assignment (the
 // service keeps running) but retires the volume from the senders; resuming carries it again.
 //
-// Each remote center's RSP is assigned through that site's link before the LSP (so the standby
-// holds its copy before the stream reaches the site): {type: "assign-standby", agent, volumes}
-// and, on deletion, {type: "unassign-standby", agent, name}; the remote gateway relays them to the
-// standby agent of the protected agent (same agent id, the copy under the LSP volume's name).
+// Each remote center's RSPs are desired state, per site: {type: "standbys", agents: {AGENT:
+// [{name, path, size}]}} is the whole set the site's standby agents must hold (the standby agent
+// of the protected agent holds the copy under the LSP volume's name). It is sent when the tasks
+// change, whenever the site's link comes up, and again while the site's answer (each copy
+// assigned, pending or failed, with the reason) leaves a copy pending, and every few seconds for
+// the status; the site reconciles its standby agents with it (src/roles/remote-gateway.ts). A
+// start sends it before assigning the LSP, so the standby holds its copy before the stream
+// reaches the site, and is refused when a standby refuses its copy.
+//
+// The tasks' mirror strategies (M) are read at every refresh too and handed to the gateway
+// (applyMirror) when they change: see mirrorPlan.
 import { logger } from "../log.ts";
 import type { Assignment } from "../capture/assignments.ts";
-import type { Host, Task, Volume } from "./model.ts";
+import type { Host, Mirror, Task, Volume } from "./model.ts";
+import { DesiredState } from "./desired-state.ts";
 import type { TaskStore } from "./store.ts";
 
 const log = logger("control-plane");
@@ -71,14 +79,81 @@ export function assigned(task: Task): boolean {
 }
 
 /** What one agent must serve: the assignments of every started task whose LSP host runs it. */
-export function desiredFor(agent: string, tasks: Task[], hosts: Host[], volumes: Volume[]): Assignment[] {
+export function desiredFor(
+  agent: string,
+  tasks: Task[],
+  hosts: Host[],
+  volumes: Volume[],
+  active: (t: Task) => boolean = assigned,
+): Assignment[] {
   const out: Assignment[] = [];
   for (const t of tasks) {
-    if (!assigned(t)) continue;
+    if (!active(t)) continue;
     const a = lspAssignment(t, hosts, volumes);
     if (typeof a !== "string" && a.agent === agent) out.push(a.volume);
   }
   return out;
+}
+
+/** What one remote site's standby agents must hold: per agent, the RSPs of the started tasks. */
+export function standbysFor(
+  site: string,
+  tasks: Task[],
+  hosts: Host[],
+  volumes: Volume[],
+  active: (t: Task) => boolean = assigned,
+): Record<string, Assignment[]> {
+  const out: Record<string, Assignment[]> = {};
+  for (const t of tasks) {
+    if (!active(t)) continue;
+    const rsps = rspAssignments(t, hosts, volumes);
+    if (typeof rsps === "string") continue;
+    for (const r of rsps) if (r.site === site) (out[r.agent] ??= []).push(r.volume);
+  }
+  return out;
+}
+
+/** What the tasks' mirror strategies (M) ask of the gateway. */
+export interface MirrorPlan {
+  /** AGENT/NAME of each started task's LSP volume → its M. */
+  volumes: Record<string, Mirror>;
+  /**
+   * Per remote site some carried task replicates to: the bandwidth its tasks allow (bytes/s, 0:
+   * no limit). One sender streams a site's volumes in one ordered stream, so the limit is the
+   * site's: the sum of its tasks' limits, none as soon as one task has none (see siteLimit).
+   */
+  siteBandwidth: Record<string, number>;
+}
+
+/**
+ * A site sender's bandwidth limit: the stricter of the link's (--remote-bandwidth, a cap set
+ * for the link) and what the site's tasks allow; 0 on either side is no limit from that side.
+ */
+export function siteLimit(flag: number, tasks: number | undefined): number {
+  if (!tasks) return flag;
+  return flag === 0 ? tasks : Math.min(flag, tasks);
+}
+
+export function mirrorPlan(
+  tasks: Task[],
+  hosts: Host[],
+  volumes: Volume[],
+  active: (t: Task) => boolean = assigned,
+): MirrorPlan {
+  const plan: MirrorPlan = { volumes: {}, siteBandwidth: {} };
+  for (const t of tasks) {
+    if (!active(t)) continue;
+    const a = lspAssignment(t, hosts, volumes);
+    if (typeof a === "string") continue;
+    plan.volumes[`${a.agent}/${a.volume.name}`] = t.mirror;
+    if (t.state === "paused") continue; // not carried: its limit does not count
+    for (const r of t.group.remotes) {
+      const now = plan.siteBandwidth[r.site];
+      const mine = t.mirror.bandwidthLimit;
+      plan.siteBandwidth[r.site] = now === undefined ? mine : now === 0 || mine === 0 ? 0 : now + mine;
+    }
+  }
+  return plan;
 }
 
 /**
@@ -94,9 +169,38 @@ export function reconcile(
   return { assign: desired, unassign: [...new Set(remembered)].filter((n) => !want.has(n)).sort() };
 }
 
-/** The state of one task's assignment, for status and errors. */
+/** A site's answer to its desired standby copies: per agent, each copy's state. */
+export type StandbyReport = Record<
+  string,
+  { name: string; state: AssignmentState["state"]; error?: string }[]
+>;
+
+/** Checks a site's answer; undefined when it is not one. */
+export function parseStandbyReport(raw: unknown): StandbyReport | undefined {
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return undefined;
+  const out: StandbyReport = {};
+  for (const [agent, list] of Object.entries(raw as Record<string, unknown>)) {
+    if (!Array.isArray(list)) return undefined;
+    out[agent] = [];
+    for (const x of list as Record<string, unknown>[]) {
+      const state = x?.state;
+      if (
+        typeof x?.name !== "string" || (state !== "pending" && state !== "assigned" && state !== "failed")
+      ) {
+        return undefined;
+      }
+      out[agent].push({ name: x.name, state, ...(typeof x.error === "string" ? { error: x.error } : {}) });
+    }
+  }
+  return out;
+}
+
+/** The state of one task's assignment (its LSP at its agent, or an RSP at a remote site), for status and errors. */
 export interface AssignmentState {
   task: string;
+  kind: "lsp" | "rsp";
+  /** The remote site of an RSP. */
+  site?: string;
   agent: string;
   volume: string;
   state: "pending" | "assigned" | "failed";
@@ -112,7 +216,13 @@ export interface ControlPlaneDeps {
   retire: (agent: string, name: string, retired: boolean) => Promise<void>;
   /** A control request to a remote site (its answer); rejects when the site is not connected. */
   siteRequest: (site: string, msg: Record<string, unknown>) => Promise<Answer>;
+  /** The remote sites this gateway replicates to (--remote). */
+  sites: () => string[];
+  /** Applies the tasks' mirror strategies (called at the first refresh and whenever they change). */
+  applyMirror?: (plan: MirrorPlan) => void | Promise<void>;
   answerTimeoutMs?: number;
+  /** How often the tasks are read and the desired state reconciled (ms). */
+  refreshMs?: number;
 }
 
 type Answer = Record<string, unknown>;
@@ -121,29 +231,148 @@ export class ControlPlane {
   private answers = new Map<number, (m: Answer) => void>();
   private nextId = 1;
   private states = new Map<string, AssignmentState>();
+  /** Each remote site's desired standby copies (per agent), re-sent until the site answered. */
+  private plans: DesiredState<Record<string, Assignment[]>>;
+  /** The last answer of each site: per agent, the state of each copy. */
+  private reports = new Map<string, { report: StandbyReport; at: number }>();
+  private rsps: { task: string; site: string; agent: string; volume: string }[] = [];
+  /** Tasks being started: their copies are desired before the store records the start. */
+  private starting = new Set<string>();
+  private pushing = new Map<string, Promise<void>>();
+  private mirrorText = "";
+  private refreshing: Promise<void> | undefined;
+  private again = false;
+  private timer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly d: ControlPlaneDeps) {}
+  constructor(private readonly d: ControlPlaneDeps) {
+    // pending copies are asked about every 2 s, settled ones every 5 s (status)
+    this.plans = new DesiredState(2000, 5000);
+  }
 
-  /** Every task's assignment state (status, and the reason a start was refused). */
+  /** Starts the reconciliation loop (the tasks are read again every refreshMs). */
+  run(): void {
+    this.timer ??= setInterval(() => this.refresh(), this.d.refreshMs ?? 1000);
+    this.refresh();
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private active = (t: Task) => {
+    if (t.state !== "configured") this.starting.delete(t.name);
+    return assigned(t) || this.starting.has(t.name);
+  };
+
+  /**
+   * Reads the tasks and reconciles: the mirror strategies are applied when they changed, each
+   * site's desired standby copies are updated and sent where due. Never runs twice at once (a
+   * call meanwhile runs once more after it).
+   */
+  refresh(): Promise<void> {
+    if (this.refreshing) {
+      this.again = true;
+      return this.refreshing;
+    }
+    this.refreshing = (async () => {
+      do {
+        this.again = false;
+        await this.reconcileOnce().catch((e) => log.error("cannot reconcile the tasks", { error: e }));
+      } while (this.again);
+    })().finally(() => this.refreshing = undefined);
+    return this.refreshing;
+  }
+
+  private async reconcileOnce(): Promise<void> {
+    const { tasks, hosts, volumes } = await this.inventory();
+    const plan = mirrorPlan(tasks, hosts, volumes, this.active);
+    const text = JSON.stringify(plan);
+    if (text !== this.mirrorText && this.d.applyMirror) {
+      await this.d.applyMirror(plan);
+      this.mirrorText = text;
+    }
+    const rsps = [];
+    for (const t of tasks) {
+      if (!this.active(t)) continue;
+      const list = rspAssignments(t, hosts, volumes);
+      if (typeof list === "string") continue;
+      for (const r of list) rsps.push({ task: t.name, site: r.site, agent: r.agent, volume: r.volume.name });
+    }
+    this.rsps = rsps;
+    for (const site of this.d.sites()) {
+      this.plans.set(site, standbysFor(site, tasks, hosts, volumes, this.active));
+    }
+    for (const due of this.plans.due(Date.now())) this.push(due.peer);
+  }
+
+  /** A remote site's link came up (its desired standby copies are sent again) or went down. */
+  onSite(site: string, up: boolean): void {
+    this.plans.connected(site, up);
+    if (up) this.refresh();
+  }
+
+  /** Sends a site its desired standby copies (after any send in flight); resolves with its answer recorded. */
+  private push(site: string): Promise<void> {
+    const run = (this.pushing.get(site) ?? Promise.resolve()).then(async () => {
+      const current = this.plans.get(site);
+      if (!current) return;
+      const { desired, version } = current;
+      this.plans.sent(site);
+      const answer: Answer = await this.d.siteRequest(site, { type: "standbys", agents: desired }).catch((
+        e,
+      ) => ({ ok: false, error: (e as Error).message }));
+      const report = answer.ok === true ? parseStandbyReport(answer.agents) : undefined;
+      if (!report) {
+        this.plans.failed(site, Date.now());
+        const error = String(answer.error ?? "the site's answer is not a report of its standby copies");
+        this.reports.set(site, { report: pendingAll(desired, error), at: Date.now() });
+        return;
+      }
+      this.reports.set(site, { report, at: Date.now() });
+      const settled = Object.values(report).every((l) => l.every((x) => x.state !== "pending"));
+      this.plans.acked(site, version, settled, Date.now());
+    });
+    this.pushing.set(site, run);
+    return run;
+  }
+
+  /** Every task's assignment states: its LSP, and its RSP at each remote site. */
   status(): AssignmentState[] {
-    return [...this.states.values()];
+    const out = [...this.states.values()];
+    for (const r of this.rsps) {
+      const rep = this.reports.get(r.site);
+      const mine = rep?.report[r.agent]?.find((x) => x.name === r.volume);
+      out.push({
+        task: r.task,
+        kind: "rsp",
+        site: r.site,
+        agent: r.agent,
+        volume: r.volume,
+        state: mine?.state ?? "pending",
+        ...(mine?.error ? { error: mine.error } : {}),
+        since: rep?.at ?? 0,
+      });
+    }
+    return out;
   }
 
   /** An agent connected: send it what the tasks ask of it (its report of what it remembers follows). */
   async onAgent(agent: string): Promise<void> {
     const { tasks, hosts, volumes } = await this.inventory();
     for (const t of tasks) {
-      const a = assigned(t) ? lspAssignment(t, hosts, volumes) : undefined;
+      const a = this.active(t) ? lspAssignment(t, hosts, volumes) : undefined;
       if (!a || typeof a === "string" || a.agent !== agent || this.states.has(t.name)) continue;
       this.states.set(t.name, {
         task: t.name,
+        kind: "lsp",
         agent,
         volume: a.volume.name,
         state: "pending",
         since: Date.now(),
       });
     }
-    const want = desiredFor(agent, tasks, hosts, volumes);
+    const want = desiredFor(agent, tasks, hosts, volumes, this.active);
     // a refusal is recorded in the task's assignment state (status) by assign()
     if (want.length) {
       await this.assign(agent, want).catch((e) => log.error("assignment failed", { agent, error: e }));
@@ -167,7 +396,7 @@ export class ControlPlane {
 
   private async withdrawExtra(agent: string, remembered: string[]): Promise<void> {
     const { tasks, hosts, volumes } = await this.inventory();
-    const plan = reconcile(desiredFor(agent, tasks, hosts, volumes), remembered);
+    const plan = reconcile(desiredFor(agent, tasks, hosts, volumes, this.active), remembered);
     for (const name of plan.unassign) {
       log.info("withdrawing a volume no task assigns any more", { agent, volume: name });
       await this.unassign(agent, name).catch((e) => log.warn("unassign failed", { agent, error: e }));
@@ -175,23 +404,26 @@ export class ControlPlane {
   }
 
   /**
-   * Assigns a task's LSP to its agent and waits for the answer; throws with the agent's reason
-   * when it cannot serve it. `connected` is false when the agent is away: it gets the
-   * assignment when it connects.
+   * Assigns a task's copies: each remote site's RSP first (so the standby holds its copy before
+   * the stream reaches the site), then the LSP to its agent; waits for the answers and throws
+   * with the reason when a copy is refused. A site or agent away gets its part when it is back
+   * (`connected` is false when the agent is away).
    */
   async start(task: Task): Promise<{ assignment: LspAssignment; connected: boolean }> {
     const a = await this.lsp(task);
-    const key = `${a.agent}/${a.volume.name}`;
     const state: AssignmentState = {
       task: task.name,
+      kind: "lsp",
       agent: a.agent,
       volume: a.volume.name,
       state: "pending",
       since: Date.now(),
     };
     this.states.set(task.name, state);
+    this.starting.add(task.name);
+    const sites = task.group.remotes.map((r) => r.site);
     try {
-      await this.assignStandbys(task);
+      await this.standbysRefused(task, sites);
       const connected = await this.assign(a.agent, [a.volume]);
       if (connected) state.state = "assigned";
       await this.d.retire(a.agent, a.volume.name, false);
@@ -199,11 +431,38 @@ export class ControlPlane {
     } catch (e) {
       state.state = "failed";
       state.error = (e as Error).message;
-      log.error("assignment failed", { task: task.name, volume: key, error: state.error });
-      // the task stays configured: its standby copies (those assigned) are not kept either
-      await this.unassignStandbys(task);
+      log.error("assignment failed", {
+        task: task.name,
+        volume: `${a.agent}/${a.volume.name}`,
+        error: state.error,
+      });
+      // the task stays configured: the standby copies assigned meanwhile are withdrawn
+      this.starting.delete(task.name);
+      await this.syncSites(sites);
       throw e;
     }
+  }
+
+  /** Sends the task's sites their desired copies now; throws when one refused the task's RSP. */
+  private async standbysRefused(task: Task, sites: string[]): Promise<void> {
+    const { hosts, volumes } = await this.hostsAndVolumes();
+    const rsps = rspAssignments(task, hosts, volumes);
+    if (typeof rsps === "string") throw new Error(rsps);
+    await this.syncSites(sites);
+    for (const r of rsps) {
+      const mine = this.reports.get(r.site)?.report[r.agent]?.find((x) => x.name === r.volume.name);
+      if (mine?.state === "failed") {
+        throw new Error(
+          `site ${r.site} cannot assign the standby copy (RSP): ${mine.error ?? "no reason given"}`,
+        );
+      }
+    }
+  }
+
+  /** Reconciles now and waits for these sites' answers. */
+  private async syncSites(sites: string[]): Promise<void> {
+    await this.refresh();
+    await Promise.all([...new Set(sites)].map((s) => this.push(s)));
   }
 
   /** The task is paused: its volume stays exported, the remote sites stop receiving it. */
@@ -218,12 +477,14 @@ export class ControlPlane {
   }
 
   /**
-   * The task is deleted: the remote sites stop receiving its volume and its agent stops
-   * exporting it; every copy's data stays in place. An agent away now is told when it
-   * reconnects (it reports the assignment, no task asks for it).
+   * The task is deleted: the remote sites stop receiving its volume, its agent stops exporting
+   * it and each site's standby forgets its copy; every copy's data stays in place. An agent or
+   * a site away now is told when it is back (the desired state no longer holds the volume).
    */
   async remove(task: Task): Promise<void> {
     this.states.delete(task.name);
+    this.starting.delete(task.name);
+    const sites = task.group.remotes.map((r) => r.site);
     // a task never started assigned nothing (its volume may be an agent's --volume, left alone)
     if (!assigned(task)) return;
     const { hosts, volumes } = await this.hostsAndVolumes();
@@ -233,51 +494,7 @@ export class ControlPlane {
     await this.unassign(a.agent, a.volume.name).catch((e) =>
       log.warn("the agent is told when it reconnects", { agent: a.agent, volume: a.volume.name, error: e })
     );
-    await this.unassignStandbys(task);
-  }
-
-  /** Unassigns the task's RSPs at every remote center (best effort: a refusal is logged). */
-  private async unassignStandbys(task: Task): Promise<void> {
-    const { hosts, volumes } = await this.hostsAndVolumes();
-    const rsps = rspAssignments(task, hosts, volumes);
-    for (const r of typeof rsps === "string" ? [] : rsps) {
-      const msg = { type: "unassign-standby", agent: r.agent, name: r.volume.name };
-      const answer = await this.d.siteRequest(r.site, msg).catch((e) => ({
-        ok: false,
-        error: (e as Error).message,
-      }));
-      if (answer.ok !== true) {
-        // the site no longer feeds it either way; the standby keeps remembering the copy until told
-        log.warn("the standby copy stays assigned", {
-          site: r.site,
-          agent: r.agent,
-          volume: r.volume.name,
-          error: answer.error,
-        });
-      }
-    }
-  }
-
-  /**
-   * Assigns the task's RSPs at every remote center; throws with the site's reason when one
-   * cannot (site or standby agent not connected, device missing or of another size).
-   */
-  private async assignStandbys(task: Task): Promise<void> {
-    const { hosts, volumes } = await this.hostsAndVolumes();
-    const rsps = rspAssignments(task, hosts, volumes);
-    if (typeof rsps === "string") throw new Error(rsps);
-    for (const r of rsps) {
-      const msg = { type: "assign-standby", agent: r.agent, volumes: [r.volume] };
-      const answer = await this.d.siteRequest(r.site, msg).catch((e) => ({
-        ok: false,
-        error: (e as Error).message,
-      }));
-      if (answer.ok !== true) {
-        throw new Error(
-          `site ${r.site} cannot assign the standby copy (RSP): ${answer.error ?? "no reason given"}`,
-        );
-      }
-    }
+    await this.syncSites(sites);
   }
 
   private async lsp(task: Task): Promise<LspAssignment> {
@@ -348,4 +565,13 @@ export class ControlPlane {
     if (!r) throw new Error(`agent ${agent} is not connected`);
     if (r.ok !== true) throw new Error(`agent ${agent} did not unassign ${name}: ${r.error ?? "no reason"}`);
   }
+}
+
+/** Every desired copy pending, with the reason (the site did not answer). */
+function pendingAll(desired: Record<string, Assignment[]>, error: string): StandbyReport {
+  return Object.fromEntries(
+    Object.entries(desired).map((
+      [agent, list],
+    ) => [agent, list.map((a) => ({ name: a.name, state: "pending" as const, error }))]),
+  );
 }

@@ -24,6 +24,8 @@ export const enum FrameType {
   SyncDone = 24,
   Ping = 25,
   Pong = 26,
+  /** A record whose payload is deflated (src/record/deflate.ts), local gateway → remote gateway. */
+  RecordDeflated = 27,
   // data recovery: chunk operations on a volume copy, and their answers
   ChunkOp = 30,
   ChunkReply = 31,
@@ -173,11 +175,13 @@ export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Fr
   const type = h[4] as FrameType;
   if (len < 1) throw new FrameError("empty frame");
   // hashes of a large volume are big too: 16 bytes per chunk
-  const limit = type === FrameType.Record || type === FrameType.ChunkOp || type === FrameType.ChunkReply
-    ? maxFrame
-    : type === FrameType.Hashes
-    ? MAX_HASHES_FRAME
-    : MAX_CONTROL_FRAME;
+  const limit =
+    type === FrameType.Record || type === FrameType.RecordDeflated || type === FrameType.ChunkOp ||
+      type === FrameType.ChunkReply
+      ? maxFrame
+      : type === FrameType.Hashes
+      ? MAX_HASHES_FRAME
+      : MAX_CONTROL_FRAME;
   if (len > limit) throw new FrameError(`frame of ${len} bytes exceeds the ${limit}-byte limit`);
   const body = await r.readExact(len - 1);
   if (!body) throw new FrameError("stream ended inside a frame");

@@ -398,11 +398,13 @@ export function referenceFrames(
     const len = new DataView(data.buffer, data.byteOffset + at, 4).getUint32(0);
     const type = data[at + 4];
     if (len < 1) return { frames, end: "error" };
-    const limit = type === FrameType.Record || type === FrameType.ChunkOp || type === FrameType.ChunkReply
-      ? maxFrame
-      : type === FrameType.Hashes
-      ? MAX_HASHES_FRAME
-      : MAX_CONTROL_FRAME;
+    const limit =
+      type === FrameType.Record || type === FrameType.RecordDeflated || type === FrameType.ChunkOp ||
+        type === FrameType.ChunkReply
+        ? maxFrame
+        : type === FrameType.Hashes
+        ? MAX_HASHES_FRAME
+        : MAX_CONTROL_FRAME;
     if (len > limit) return { frames, end: "error" };
     if (data.length - at - FRAME_HEADER < len - 1) return { frames, end: "error" };
     frames.push({ type, body: data.slice(at + FRAME_HEADER, at + FRAME_HEADER + len - 1) });
@@ -428,6 +430,7 @@ export const frameStreamArb: fc.Arbitrary<{ data: Uint8Array; maxFrame: number; 
     const typeArb = fc.oneof(
       fc.constantFrom(
         FrameType.Record,
+        FrameType.RecordDeflated,
         FrameType.ChunkOp,
         FrameType.ChunkReply,
         FrameType.Hello,
