@@ -99,8 +99,11 @@ t("standby copies are reconciled when a standby or its site comes back", async (
       30_000,
       "the missed unassignment delivered",
     );
-    assert.ok(
-      standby.proc.records().some((r) => r.msg === "standby copy unassigned: its data left in place"),
+    // its log line arrives through a pipe, possibly after the file changed
+    await waitFor(
+      () => standby.proc.records().some((r) => r.msg === "standby copy unassigned: its data left in place"),
+      5_000,
+      "the standby's log of the unassignment",
     );
     const copy = await Deno.stat(lab.rsp);
     assert.ok(copy.size > 0, "the standby's data stays in place");

@@ -379,6 +379,12 @@ t("recovery candidates, schedules and their checks", async () => {
   });
   assert.is(past.status, 400);
   assert.match((past.body as { error: string }).error, /^at: must be in the future/);
+  const test = await api.req("POST", "/api/tasks/t1/schedules", {
+    action: "failover-test",
+    at: Date.now() + 3_600_000,
+  });
+  assert.is(test.status, 400);
+  assert.match((test.body as { error: string }).error, /^action: .*only recoveries are scheduled/);
   const s = await api.expect(201, "POST", "/api/tasks/t1/schedules", {
     action: "recover",
     at: Date.now() + 3_600_000,

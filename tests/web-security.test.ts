@@ -542,7 +542,7 @@ t("no secret reaches the gateways' logs", () => {
 
 /** Task actions for a web server without a gateway behind it. */
 const refusing = new Proxy({}, {
-  get: () => () => Promise.reject(new ActionError("not here", 501)),
+  get: () => () => Promise.reject(new ActionError("not here", 503)),
 }) as TaskActions;
 
 t.run();

@@ -18,7 +18,7 @@ export function ErrorBox({ error, retry }: { error: unknown; retry?: () => void 
   return (
     <div class="alert error" role="alert">
       <strong>
-        {e.status === 501 ? "Not available yet: " : e.status === 0 ? "Connection problem: " : ""}
+        {e.status === 0 ? "Connection problem: " : ""}
       </strong>
       {e.message ?? String(error)}
       {e.issues?.length

@@ -55,7 +55,9 @@ interface Running {
   exportName: string;
   path: string;
   image: Volume;
+  /** performance.now() of the last renewal and of the end of the test's duration. */
   renewed: number;
+  ends: number;
 }
 
 export class TestCopies {
@@ -127,7 +129,16 @@ export class TestCopies {
         started: now,
         expires: now + (durationSeconds as number) * 1000,
       };
-      this.tests.set(id, { copy, exportName, path, image, renewed: now });
+      // leases and the duration run on the monotonic clock: a clock step must not end a test early
+      const mono = performance.now();
+      this.tests.set(id, {
+        copy,
+        exportName,
+        path,
+        image,
+        renewed: mono,
+        ends: mono + (durationSeconds as number) * 1000,
+      });
       log.warn("failover test copy exported", { ...copy });
       return copy;
     } catch (e) {
@@ -143,7 +154,7 @@ export class TestCopies {
   renew(site: string, id: string): TestCopy | undefined {
     const t = this.tests.get(id);
     if (!t || t.copy.site !== site) return undefined;
-    t.renewed = Date.now();
+    t.renewed = performance.now();
     return t.copy;
   }
 
@@ -174,9 +185,9 @@ export class TestCopies {
   }
 
   private expire(): void {
-    const now = Date.now();
+    const now = performance.now();
     for (const t of this.tests.values()) {
-      const why = now >= t.copy.expires
+      const why = now >= t.ends
         ? "its duration is over"
         : now - t.renewed > this.leaseMs
         ? `site ${t.copy.site} did not renew it for ${Math.round(this.leaseMs / 1000)} s`

@@ -8,7 +8,7 @@ import type { Candidate } from "../recovery/service.ts";
 
 /** An action refused or failed, with the HTTP status the API answers. */
 export class ActionError extends Error {
-  constructor(message: string, readonly status: 400 | 404 | 409 | 500 | 501 | 503 = 409) {
+  constructor(message: string, readonly status: 400 | 404 | 409 | 500 | 503 = 409) {
     super(message);
     this.name = "ActionError";
   }
@@ -85,39 +85,22 @@ export const recoverSchema = z.object({
 });
 export type RecoverRequest = z.infer<typeof recoverSchema>;
 
+// Scheduled recoveries are the task's R strategy; a failover test is run (and timed, by its
+// duration) by the operator, so it is not schedulable.
 export const scheduleSchema = z.object({
   /** What runs at `at`. */
-  action: z.enum(["recover", "failover-test"], { error: must('"recover" or "failover-test"') }),
+  action: z.literal("recover", { error: must('"recover" (only recoveries are scheduled)') }),
   /** When: ms since the epoch, in the future. */
   at: z.number({ error: must("a time in ms since the epoch") }).int("must be a whole number")
     .refine((t) => t > Date.now(), "must be in the future"),
-  recover: recoverSchema.optional(),
-  failoverTest: failoverTestSchema.optional(),
-}).strict().superRefine((s, ctx) => {
-  if (s.action === "recover" && !s.recover) {
-    ctx.addIssue({ code: "custom", path: ["recover"], message: "is required when the action is recover" });
-  }
-  if (s.action !== "recover" && s.recover) {
-    ctx.addIssue({
-      code: "custom",
-      path: ["recover"],
-      message: "is only allowed when the action is recover",
-    });
-  }
-  if (s.action !== "failover-test" && s.failoverTest) {
-    ctx.addIssue({
-      code: "custom",
-      path: ["failoverTest"],
-      message: "is only allowed when the action is failover-test",
-    });
-  }
-});
+  recover: recoverSchema,
+}).strict();
 export type ScheduleRequest = z.infer<typeof scheduleSchema>;
 
 export interface Schedule {
   id: string;
   task: string;
-  action: "recover" | "failover-test";
+  action: "recover";
   at: number;
   status: string;
 }

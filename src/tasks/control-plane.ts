@@ -303,7 +303,7 @@ export class ControlPlane {
     for (const site of this.d.sites()) {
       this.plans.set(site, standbysFor(site, tasks, hosts, volumes, this.active));
     }
-    for (const due of this.plans.due(Date.now())) this.push(due.peer);
+    for (const due of this.plans.due(performance.now())) this.push(due.peer);
   }
 
   /** A remote site's link came up (its desired standby copies are sent again) or went down. */
@@ -324,14 +324,14 @@ export class ControlPlane {
       ) => ({ ok: false, error: (e as Error).message }));
       const report = answer.ok === true ? parseStandbyReport(answer.agents) : undefined;
       if (!report) {
-        this.plans.failed(site, Date.now());
+        this.plans.failed(site, performance.now());
         const error = String(answer.error ?? "the site's answer is not a report of its standby copies");
         this.reports.set(site, { report: pendingAll(desired, error), at: Date.now() });
         return;
       }
       this.reports.set(site, { report, at: Date.now() });
       const settled = Object.values(report).every((l) => l.every((x) => x.state !== "pending"));
-      this.plans.acked(site, version, settled, Date.now());
+      this.plans.acked(site, version, settled, performance.now());
     });
     this.pushing.set(site, run);
     return run;

@@ -43,7 +43,10 @@ export interface FailoverTestsOptions {
 
 interface Running {
   test: FailoverTest;
+  /** performance.now() of the last renewal, of the start and of the end of the test's duration. */
   renewed: number;
+  begun: number;
+  ends: number;
 }
 
 export class FailoverTests {
@@ -105,7 +108,9 @@ export class FailoverTests {
       started: Number(t.started),
       expires: Number(t.expires),
     };
-    this.running.set(task, { test, renewed: Date.now() });
+    // deadlines on this host's monotonic clock: the site's wall clock (started, expires) is for display
+    const now = performance.now();
+    this.running.set(task, { test, renewed: now, begun: now, ends: now + durationSeconds * 1000 });
     return test;
   }
 
@@ -134,13 +139,13 @@ export class FailoverTests {
       const state = tasks.get(task)?.state;
       // the transition to testing is recorded just after the copy was made: give it time
       if (state !== "testing") {
-        if (Date.now() - t.started > 10_000) {
+        if (performance.now() - r.begun > 10_000) {
           log.warn("a test copy without a testing task: discarded", { task, state });
           await this.end(task);
         }
         continue;
       }
-      if (Date.now() >= t.expires) {
+      if (performance.now() >= r.ends) {
         await this.end(task);
         await this.settle(task, `its duration is over: the copy at site ${t.site} is discarded`);
         continue;
@@ -148,14 +153,14 @@ export class FailoverTests {
       const answer = await this.o.request(t.site, { type: "test-renew", test: t.id }, this.renewMs)
         .catch(() => undefined);
       if (this.running.get(task) !== r) continue; // ended meanwhile
-      if (answer?.ok === true) r.renewed = Date.now();
+      if (answer?.ok === true) r.renewed = performance.now();
       else if (answer) {
         this.running.delete(task);
         await this.settle(
           task,
           `site ${t.site} no longer holds the test copy (${answer.error ?? "no reason"})`,
         );
-      } else if (Date.now() - r.renewed > this.leaseMs) {
+      } else if (performance.now() - r.renewed > this.leaseMs) {
         this.running.delete(task);
         await this.settle(
           task,

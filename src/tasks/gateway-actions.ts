@@ -312,12 +312,6 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       };
     },
     schedule: async (task, req) => {
-      if (req.action !== "recover" || !req.recover) {
-        throw new ActionError(
-          "scheduling a failover test is not built: run it with the failover-test action",
-          501,
-        );
-      }
       const r = await requestRecovery(await key(task), req.recover, req.at);
       return { id: String(r.id), task: task.name, action: "recover", at: req.at, status: "scheduled" };
     },
