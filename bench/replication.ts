@@ -21,7 +21,7 @@ import {
 const MiB = 1024 ** 2, GiB = 1024 ** 3;
 const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
 const lagSeconds = Number(Deno.env.get("BENCH_SECONDS") ?? 20);
-// BENCH_ONLY=catch-up runs only the first part (no docs update): for trying a change quickly
+// BENCH_ONLY=catch-up or =lag runs only that part (no docs update): for trying a change quickly
 const only = Deno.env.get("BENCH_ONLY");
 
 async function waitSocket(path: string): Promise<void> {
@@ -124,7 +124,7 @@ async function catchUp(dir: string, src: string): Promise<number> {
 }
 
 const copyRates: number[] = [], flushRates: number[] = [], catchRates: number[] = [];
-for (let r = 1; r <= rounds; r++) {
+for (let r = 1; r <= (only === "lag" ? 0 : rounds); r++) {
   const dir = await tempDir("bench-rep");
   const src = `${dir}/random.bin`;
   const f = await Deno.open(src, { write: true, create: true });
@@ -224,6 +224,7 @@ const lagTable = table(
   ]),
 );
 console.log(`\n${catchTable}\n\n${lagTable}\n(load: ${iops.toFixed(0)} IOPS)`);
+if (only === "lag") Deno.exit(0);
 await writeSection(
   "replication",
   `## Replication (\`deno task bench replication\`)
