@@ -41,19 +41,26 @@ async function waitSocket(path: string): Promise<void> {
  * with flush, the copy ends with the destination durable (as a replica is once acknowledged).
  */
 async function nbdcopyBaseline(dir: string, src: string, flush = false): Promise<number> {
+  const tag = flush ? "-flush" : ""; // sockets of their own: nbdkit refuses an existing path
   const dst = await sparseImage(`${dir}/nbdcopy-dst.img`, GiB);
-  const a = new Deno.Command("nbdkit", { args: ["-f", "-U", `${dir}/a.sock`, "file", src], stderr: "null" })
+  const a = new Deno.Command("nbdkit", {
+    args: ["-f", "-U", `${dir}/a${tag}.sock`, "file", src],
+    stderr: "null",
+  })
     .spawn();
-  const b = new Deno.Command("nbdkit", { args: ["-f", "-U", `${dir}/b.sock`, "file", dst], stderr: "null" })
+  const b = new Deno.Command("nbdkit", {
+    args: ["-f", "-U", `${dir}/b${tag}.sock`, "file", dst],
+    stderr: "null",
+  })
     .spawn();
   try {
-    await waitSocket(`${dir}/a.sock`);
-    await waitSocket(`${dir}/b.sock`);
+    await waitSocket(`${dir}/a${tag}.sock`);
+    await waitSocket(`${dir}/b${tag}.sock`);
     const t0 = performance.now();
     await run("nbdcopy", [
       ...(flush ? ["--flush"] : []),
-      `nbd+unix:///?socket=${dir}/a.sock`,
-      `nbd+unix:///?socket=${dir}/b.sock`,
+      `nbd+unix:///?socket=${dir}/a${tag}.sock`,
+      `nbd+unix:///?socket=${dir}/b${tag}.sock`,
     ]);
     return (performance.now() - t0) / 1000;
   } finally {
@@ -110,11 +117,18 @@ async function catchUp(dir: string, src: string): Promise<number> {
     await run("nbdcopy", [src, agent.uri("vol0")]);
     await waitMirrorCaughtUp(gw, "a1", "vol0", 300_000);
     const backlog = (await sites())[0].lagBytes;
-    const t0 = performance.now();
+    const started = performance.now();
     await remote.start();
-    await waitFor(async () => (await sites())[0].lagBytes === 0, 600_000, "catch-up", 100);
+    // timed from the link's connection: before it, the local site's reconnect backoff (up to
+    // seconds) and the remote process's start are waited out, which is no transfer rate
+    await waitFor(async () => (await sites())[0].connected, 60_000, "site connected", 20);
+    const t0 = performance.now();
+    await waitFor(async () => (await sites())[0].lagBytes === 0, 600_000, "catch-up", 50);
     const secs = (performance.now() - t0) / 1000;
-    console.log(`catch-up of ${(backlog / MiB).toFixed(0)} MiB in ${secs.toFixed(1)} s`);
+    console.log(
+      `catch-up of ${(backlog / MiB).toFixed(0)} MiB in ${secs.toFixed(1)} s ` +
+        `(${((t0 - started) / 1000).toFixed(1)} s more from the remote's start to its connection)`,
+    );
     return backlog / secs / 1e6;
   } finally {
     await agent.proc.stop();
