@@ -310,8 +310,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       if (!f || !sessions.has(agent)) return false;
       await applier.caughtUp();
       const vols = journal.volumes().filter((v) => v.agent === agent);
-      const deadline = Date.now() + ms;
-      while (Date.now() < deadline) {
+      const deadline = performance.now() + ms;
+      while (performance.now() < deadline) {
         const level = f.theCursor.released >= journal.positions.durable &&
           vols.every((v) => f.volume(v.id)?.state === "consistent");
         if (level) return true;
@@ -447,9 +447,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     });
     /** Whether a standby agent is connected, waiting a little: it reconnects after each change of its copies. */
     const standbyConnected = async (agent: string): Promise<boolean> => {
-      const deadline = Date.now() + 5000;
+      const deadline = performance.now() + 5000;
       while (!agents.connectedAgents().includes(agent)) {
-        if (Date.now() > deadline) return false;
+        if (performance.now() > deadline) return false;
         await new Promise((r) => setTimeout(r, 50));
       }
       return true;
@@ -537,14 +537,14 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     cleanups.push(() => sites.close());
 
     const token = loadOrCreateToken(`${dataDir}/api-token`);
-    const started = Date.now();
+    const started = performance.now();
     const server = startStatusServer({
       listen: http as Address & { transport: "tcp" },
       token,
       status: () => ({
         role: "remote-gateway",
         site,
-        uptimeMs: Date.now() - started,
+        uptimeMs: Math.round(performance.now() - started),
         ackAfter,
         fingerprint: identity.fingerprint,
         sites: sites.connectedSites(),
