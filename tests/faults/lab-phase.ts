@@ -187,7 +187,7 @@ export class LabPhase {
           await setClockOffset(lab.clockFile(role), fault.params.offsetS);
           await sleep(fault.holdMs);
           await setClockOffset(lab.clockFile(role), 0);
-          await sleep(1500); // the step back takes within a second
+          await sleep(2500); // the step back takes within a second, an idle check runs every second
           // not an invariant of the issue, but a step must not end a live link as idle
           if (drops() > before) f.notes.push(`the site link was dropped as idle ${drops() - before}x`);
           break;
