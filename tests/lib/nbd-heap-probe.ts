@@ -17,7 +17,7 @@ const server = await NbdServer.listen({
     read: (off, into) => Promise.resolve(into.set(image.subarray(off, off + into.length))),
     write: (off, data) => Promise.resolve(image.set(data, off)),
     trim: () => Promise.resolve(),
-    writeZeroes: (off, len) => Promise.resolve(image.fill(0, off, off + len)),
+    writeZeroes: (off, len) => Promise.resolve(void image.fill(0, off, off + len)),
     flush: () => Promise.resolve(),
   }],
 });
