@@ -3,6 +3,7 @@
 // tmpfs and network namespaces. Fails when the runner reports a broken invariant
 // (acknowledged writes lost, a copy that is not a prefix, a copy that did not
 // converge, a false failover, a stale or missing DNAT rule, a role that died).
+// The clock steps need libfaketime (tests/faults-clock.test.ts checks it works here).
 // FAULTS_SEED=N replays another seed.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -14,7 +15,10 @@ const root = new URL("../", import.meta.url).pathname;
 
 t("the CI profile runs, covers every fault kind, and every invariant holds", async () => {
   if (
-    !need("fault injection", { root: true, tools: ["ip", "iptables", "iptables-save", "mount", "fallocate"] })
+    !need("fault injection", {
+      root: true,
+      tools: ["ip", "iptables", "iptables-save", "mount", "fallocate", "faketime"],
+    })
   ) {
     return;
   }
@@ -67,6 +71,9 @@ t("the CI profile runs, covers every fault kind, and every invariant holds", asy
       "replica-full",
       "corrupt-site-frame",
       "corrupt-agent-frame",
+      "clock-jump-agent",
+      "clock-jump-local-gateway",
+      "clock-jump-remote-gateway",
       "host-failure",
     ]
   ) assert.ok(tot.kinds.includes(k), `fault kind ${k} was injected`);

@@ -17,6 +17,8 @@ const secret = new TextEncoder().encode("0123456789abcdef-agent-a");
 const otherSecret = new TextEncoder().encode("fedcba9876543210-agent-a");
 const secrets = new Map([["app-1", secret]]);
 const wallNow = 1_700_000_000_000;
+/** The receiver's clocks: wall, and a monotonic clock that stands still unless a test moves it. */
+const at = (wallMs: number, monoMs = 0) => ({ wallMs, monoMs });
 
 const hb = (over: Partial<Heartbeat> = {}): Heartbeat => ({
   agentId: "app-1",
@@ -59,16 +61,16 @@ codec("every flipped bit is rejected", () => {
   for (let bit = 0; bit < wire.length * 8; bit++) {
     const bad = wire.slice();
     bad[bit >> 3] ^= 1 << (bit & 7);
-    const r = openHeartbeat(bad, secrets, new ReplayGuard(), wallNow);
+    const r = openHeartbeat(bad, secrets, new ReplayGuard(), at(wallNow));
     assert.not.ok(r.ok, `bit ${bit} flipped was accepted`);
   }
-  assert.ok(openHeartbeat(wire, secrets, new ReplayGuard(), wallNow).ok, "the original passes");
+  assert.ok(openHeartbeat(wire, secrets, new ReplayGuard(), at(wallNow)).ok, "the original passes");
 });
 
 codec("wrong secret, unknown agent, malformed, oversized", () => {
   const guard = new ReplayGuard();
   const reason = (d: Uint8Array) => {
-    const r = openHeartbeat(d, secrets, guard, wallNow);
+    const r = openHeartbeat(d, secrets, guard, at(wallNow));
     return r.ok ? "ok" : r.reason;
   };
   assert.is(reason(encodeHeartbeat(hb(), otherSecret)), "bad-mac");
@@ -81,14 +83,14 @@ codec("wrong secret, unknown agent, malformed, oversized", () => {
 
 codec("replayed and older datagrams are rejected", () => {
   const guard = new ReplayGuard();
-  const open = (h: Heartbeat) => openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, wallNow);
+  const open = (h: Heartbeat) => openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, at(wallNow));
   const first = encodeHeartbeat(hb({ seq: 10 }), secret);
-  assert.equal(openHeartbeat(first, secrets, guard, wallNow), {
+  assert.equal(openHeartbeat(first, secrets, guard, at(wallNow)), {
     ok: true,
     heartbeat: hb({ seq: 10 }),
     newBoot: true,
   });
-  assert.equal(openHeartbeat(first, secrets, guard, wallNow), {
+  assert.equal(openHeartbeat(first, secrets, guard, at(wallNow)), {
     ok: false,
     reason: "replay",
     agentId: "app-1",
@@ -103,7 +105,7 @@ codec("replayed and older datagrams are rejected", () => {
 codec("a restarted agent's new boot is accepted; its old boot is not", () => {
   const guard = new ReplayGuard();
   const open = (h: Heartbeat, now = wallNow) =>
-    openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, now);
+    openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, at(now));
   assert.ok(open(hb({ boot: 1n, seq: 500 })).ok);
   const restarted = open(hb({ boot: 2n, seq: 1 }));
   assert.ok(restarted.ok && restarted.newBoot, "new boot restarts numbering");
@@ -114,7 +116,7 @@ codec("a restarted agent's new boot is accepted; its old boot is not", () => {
 
 codec("a new boot must be recent by its sender clock", () => {
   const guard = new ReplayGuard({ maxBootSkewMs: 60_000 });
-  const open = (h: Heartbeat) => openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, wallNow);
+  const open = (h: Heartbeat) => openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, at(wallNow));
   assert.equal(open(hb({ boot: 7n, sentAtMs: wallNow - 61_000 })), {
     ok: false,
     reason: "stale-boot",
@@ -123,6 +125,47 @@ codec("a new boot must be recent by its sender clock", () => {
   assert.ok(open(hb({ boot: 7n, sentAtMs: wallNow - 59_000 })).ok);
   // within a boot the sequence number decides, not the clock
   assert.ok(open(hb({ boot: 7n, seq: 43, sentAtMs: wallNow - 3_600_000 })).ok);
+});
+
+codec(
+  "a clock jump on the agent's host: its restart after the jump is accepted, old recordings are not",
+  () => {
+    const guard = new ReplayGuard(); // 5 min
+    const open = (h: Heartbeat, wall: number, mono: number) =>
+      openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, at(wall, mono));
+    assert.ok(open(hb({ boot: 1n, seq: 1 }), wallNow, 1000).ok);
+    // the agent's clock steps 10 min forward, then 1 s later it restarts (the receiver's clocks go on)
+    const jumped = wallNow + 600_000;
+    assert.ok(open(hb({ boot: 1n, seq: 2, sentAtMs: jumped + 100 }), wallNow + 100, 1100).ok);
+    const restart = open(hb({ boot: 2n, seq: 1, sentAtMs: jumped + 1100 }), wallNow + 1100, 2100);
+    assert.ok(restart.ok && restart.newBoot, "the restarted agent is not stale by its own clock");
+    // a boot recorded 20 min before (never seen here) fits neither the agent's clock nor ours
+    const recorded = open(hb({ boot: 3n, seq: 9, sentAtMs: wallNow - 1_200_000 }), wallNow + 1200, 2200);
+    assert.equal(recorded, { ok: false, reason: "stale-boot", agentId: "app-1" });
+  },
+);
+
+codec("a clock jump on the receiver's host: the agent's restart is judged by the agent's clock", () => {
+  const guard = new ReplayGuard();
+  const open = (h: Heartbeat, wall: number, mono: number) =>
+    openHeartbeat(encodeHeartbeat(h, secret), secrets, guard, at(wall, mono));
+  assert.ok(open(hb({ boot: 1n, seq: 1 }), wallNow, 50_000).ok);
+  // the receiver's wall clock steps back 2 h; its monotonic clock does not
+  const restart = open(
+    hb({ boot: 2n, seq: 1, sentAtMs: wallNow + 3000 }),
+    wallNow - 7_200_000 + 3000,
+    53_000,
+  );
+  assert.ok(restart.ok && restart.newBoot);
+  // an agent never heard from can only be judged by the wall clock: a 2 h skew is refused
+  const other = new Map([["app-9", secret]]);
+  const unknown = openHeartbeat(
+    encodeHeartbeat(hb({ agentId: "app-9", sentAtMs: wallNow }), secret),
+    other,
+    guard,
+    at(wallNow - 7_200_000, 53_000),
+  );
+  assert.equal(unknown, { ok: false, reason: "stale-boot", agentId: "app-9" });
 });
 
 codec.run();

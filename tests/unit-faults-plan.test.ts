@@ -61,6 +61,29 @@ t("the CI plan: at least 20 scenarios, every fault kind, same seed same plan", (
   assert.is(CLUSTER_FAULTS.length + LAB_FAULTS.length, coverage(long).covered.length);
 });
 
+t("clock steps: one per role in CI, forward and back by 30 s to 15 min, held, then undone", () => {
+  const jumps = (p: ReturnType<typeof planScenarios>) =>
+    p.flatMap((s) => s.faults).filter((f) => f.kind.startsWith("clock-jump-"));
+  const ci = jumps(planScenarios(PROFILES.ci, 20261124));
+  assert.equal(ci.map((f) => f.kind).sort(), [
+    "clock-jump-agent",
+    "clock-jump-local-gateway",
+    "clock-jump-remote-gateway",
+  ]);
+  const long = jumps(planScenarios(PROFILES.long, 7));
+  assert.is(long.length, 12);
+  for (const f of [...ci, ...long]) {
+    const s = Math.abs(f.params.offsetS);
+    assert.ok(Number.isInteger(f.params.offsetS) && s >= 30 && s <= 900, JSON.stringify(f));
+    assert.ok(f.holdMs >= 2000, "held long enough for the step to take (libfaketime re-reads every second)");
+  }
+  assert.ok(long.some((f) => f.params.offsetS > 0) && long.some((f) => f.params.offsetS < 0));
+  assert.ok(
+    long.some((f) => Math.abs(f.params.offsetS) > 300),
+    "some beyond the heartbeat boot check's 5 min",
+  );
+});
+
 /** A log of writes to blocks, all acknowledged unless listed in `unacked`. */
 function log(blocks: number[], unacked: number[] = [], durable?: number[]): WriteLog {
   const l = newWriteLog();

@@ -197,7 +197,7 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
       accepted: false,
       durable: false,
       settled: false,
-      deadline: Date.now() + this.o.gatewayTimeoutMs,
+      deadline: performance.now() + this.o.gatewayTimeoutMs,
       resolve,
       reject,
     };
@@ -374,7 +374,7 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
     // a resync held back by a fence goes on once the fence is lifted
     if (this.state === "synced" && this.resyncChunks.length > 0 && this.queue.length === 0) this.pump();
     if (this.o.onGatewayLoss !== "block" || this.state === "synced") return;
-    const now = Date.now();
+    const now = performance.now();
     for (const op of this.pending) {
       if (op.deadline <= now) {
         this.settle(op, new NbdError(EIO, `gateway unreachable for ${this.o.gatewayTimeoutMs} ms`));
@@ -516,15 +516,15 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
       // otherwise be cleared and re-marked (a fdatasync each) over and over
       const recent = this.touched;
       this.touched = new Set();
-      const deadline = Date.now() + 30_000;
+      const deadline = performance.now() + 30_000;
       while (this.releasedArrival < arrival && this.queue.length > 0) {
-        if (Date.now() > deadline || epoch !== this.linkEpoch) return;
+        if (performance.now() > deadline || epoch !== this.linkEpoch) return;
         await new Promise((r) => setTimeout(r, 20));
       }
       const seq = this.seq;
       await this.local.sync();
       while (this.durableSeq < seq) {
-        if (Date.now() > deadline || epoch !== this.linkEpoch || this.closed) return;
+        if (performance.now() > deadline || epoch !== this.linkEpoch || this.closed) return;
         await new Promise((r) => setTimeout(r, 20));
       }
       if (
@@ -575,8 +575,8 @@ export class ProtectedVolume implements NbdExport, LinkVolume {
    * when both sides provably agree, so the next start needs no resynchronisation.
    */
   async close(waitMs = 10_000): Promise<void> {
-    const deadline = Date.now() + waitMs;
-    while (!this.quiescent && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const deadline = performance.now() + waitMs;
+    while (!this.quiescent && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     await this.local.sync();
     if (this.quiescent) {
       this.o.dirty.clear(this.o.dirty.setChunks());

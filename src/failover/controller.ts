@@ -163,7 +163,7 @@ export class FailoverController {
     if (e.state === "failed-over") return;
     if (this.busy.has(name)) return;
     this.busy.add(name);
-    const started = Date.now();
+    const started = performance.now();
     try {
       const c = e.config;
       await this.o.audit.record({
@@ -192,7 +192,7 @@ export class FailoverController {
         to: "failed-over",
         cause:
           `traffic for ${c.service.address}:${c.service.port} goes to ${c.site} (${c.target.address}:${c.target.port})`,
-        detail: { tookMs: Date.now() - started },
+        detail: { tookMs: Math.round(performance.now() - started) },
       });
     } catch (err) {
       await this.o.audit.record({

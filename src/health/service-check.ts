@@ -110,8 +110,8 @@ export class ServiceMonitor {
 
   /** Resolves once the service is healthy (checked now and then), or rejects after timeoutMs. */
   async waitHealthy(timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
+    const deadline = performance.now() + timeoutMs;
+    while (performance.now() < deadline) {
       if (await runCheck(this.o.spec, 1000) === undefined) return;
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -173,7 +173,7 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
   socket.on("message", (msg, rinfo) => {
     const now = clock();
     const peer = `${rinfo.address}:${rinfo.port}`;
-    const opened = openHeartbeat(msg, opts.secrets, guard, Date.now());
+    const opened = openHeartbeat(msg, opts.secrets, guard, { wallMs: Date.now(), monoMs: performance.now() });
     if (!opened.ok) {
       stats.dropped[opened.reason]++;
       dropLog.note(

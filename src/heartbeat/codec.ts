@@ -137,23 +137,38 @@ export type DropReason =
   | "stale-boot";
 
 export interface ReplayGuardOptions {
-  /** A datagram starting a new boot must have been sent within this of the receiver's clock (default 5 min). */
+  /**
+   * A datagram starting a new boot must have been sent within this of the receiver's wall clock, or of
+   * the agent's own clock as last seen (default 5 min).
+   */
   maxBootSkewMs?: number;
   /** Boots per agent remembered after they were replaced, and refused from then on (default 16). */
   retiredBoots?: number;
+}
+
+/** The receiver's clocks when a datagram arrives: wall (comparable with senders') and monotonic. */
+export interface ReceiveClocks {
+  wallMs: number;
+  monoMs: number;
 }
 
 interface AgentWindow {
   boot: bigint;
   highestSeq: number;
   retired: bigint[];
+  /** The sender's clock in the last datagram accepted, and the receiver's monotonic clock then. */
+  senderMs: number;
+  atMonoMs: number;
 }
 
 /**
  * Per-agent anti-replay state: the current boot and highest seq. Within a boot only a
  * higher seq passes. A different boot is a restart, but recorded datagrams of an
  * older boot carry a valid MAC too, so a new boot must also be recent by its sender
- * timestamp and must not be one this agent already left.
+ * timestamp and must not be one this agent already left. "Recent" is judged against
+ * the agent's own clock as last seen, carried forward on the receiver's monotonic
+ * clock, or else against the receiver's wall clock: a clock jump on either host
+ * (NTP step, `date -s`) then does not make a restarted agent's heartbeats stale.
  */
 export class ReplayGuard {
   private readonly agents = new Map<string, AgentWindow>();
@@ -166,18 +181,33 @@ export class ReplayGuard {
   }
 
   /** Call only with authenticated heartbeats; updates the state when they pass. */
-  admit(hb: Heartbeat, wallNowMs: number): "accept" | "new-boot" | DropReason {
+  admit(hb: Heartbeat, now: ReceiveClocks): "accept" | "new-boot" | DropReason {
     const known = this.agents.get(hb.agentId);
     if (known && known.boot === hb.boot) {
       if (hb.seq <= known.highestSeq) return "replay";
       known.highestSeq = hb.seq;
+      known.senderMs = hb.sentAtMs;
+      known.atMonoMs = now.monoMs;
       return "accept";
     }
     if (known?.retired.includes(hb.boot)) return "retired-boot";
-    if (Math.abs(hb.sentAtMs - wallNowMs) > this.maxSkew) return "stale-boot";
+    if (!this.recent(hb.sentAtMs, known, now)) return "stale-boot";
     const retired = known ? [...known.retired, known.boot].slice(-this.keepRetired) : [];
-    this.agents.set(hb.agentId, { boot: hb.boot, highestSeq: hb.seq, retired });
+    this.agents.set(hb.agentId, {
+      boot: hb.boot,
+      highestSeq: hb.seq,
+      retired,
+      senderMs: hb.sentAtMs,
+      atMonoMs: now.monoMs,
+    });
     return "new-boot";
+  }
+
+  private recent(sentAtMs: number, known: AgentWindow | undefined, now: ReceiveClocks): boolean {
+    if (Math.abs(sentAtMs - now.wallMs) <= this.maxSkew) return true;
+    if (!known) return false; // nothing learned about this agent's clock yet: only the wall clock can judge
+    const senderNow = known.senderMs + (now.monoMs - known.atMonoMs);
+    return Math.abs(sentAtMs - senderNow) <= this.maxSkew;
   }
 }
 
@@ -190,7 +220,7 @@ export function openHeartbeat(
   datagram: Uint8Array,
   secrets: ReadonlyMap<string, Uint8Array>,
   guard: ReplayGuard,
-  wallNowMs: number,
+  now: ReceiveClocks,
 ): Opened {
   const decoded = decodeHeartbeat(datagram);
   if (!decoded.ok) return decoded;
@@ -198,7 +228,7 @@ export function openHeartbeat(
   const secret = secrets.get(hb.agentId);
   if (!secret) return { ok: false, reason: "unknown-agent", agentId: hb.agentId };
   if (!verifyHeartbeat(datagram, secret)) return { ok: false, reason: "bad-mac", agentId: hb.agentId };
-  const verdict = guard.admit(hb, wallNowMs);
+  const verdict = guard.admit(hb, now);
   if (verdict === "accept" || verdict === "new-boot") {
     return { ok: true, heartbeat: hb, newBoot: verdict === "new-boot" };
   }

@@ -18,8 +18,10 @@ export interface JournalEntry extends RingEntry {
   pos: number;
   /** Position right after this entry. */
   end: number;
-  /** When it entered this journal (ms); absent for entries read back from the ring. */
+  /** When it entered this journal (wall clock, ms); absent for entries read back from the ring. */
   at?: number;
+  /** The same on this process's monotonic clock (performance.now()), which a clock jump does not move. */
+  atMono?: number;
 }
 
 export interface VolumeInfo {
@@ -269,7 +271,7 @@ export class Journal {
   }
 
   private signalPressure(): void {
-    const now = Date.now();
+    const now = performance.now();
     if (now - this.lastPressure < 100) return;
     this.lastPressure = now;
     for (const l of this.pressureListeners) l(this.tail);
@@ -395,7 +397,7 @@ export class Journal {
   }
 
   private push(e: { pos: number; bytes: Uint8Array; header: RecordHeader }, end: number): void {
-    const entry: JournalEntry = { ...e, end, at: Date.now() };
+    const entry: JournalEntry = { ...e, end, at: Date.now(), atMono: performance.now() };
     this.cache.push(entry);
     this.cacheBytes += e.bytes.length;
     this.toWrite.push(entry);

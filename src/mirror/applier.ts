@@ -126,7 +126,7 @@ export class MirrorApplier {
       const waitMs = unsynced > 0
         ? Math.max(
           1,
-          Math.min(this.opts.idleSyncMs ?? Infinity, firstUnsynced + this.syncIntervalMs - Date.now()),
+          Math.min(this.opts.idleSyncMs ?? Infinity, firstUnsynced + this.syncIntervalMs - performance.now()),
         )
         : lastEnd > this.cursor.released
         ? 1
@@ -154,7 +154,7 @@ export class MirrorApplier {
           byVolume.set(e.header.volume, list);
           unsynced += e.bytes.length;
         }
-        if (unsynced > 0 && firstUnsynced === 0) firstUnsynced = Date.now();
+        if (unsynced > 0 && firstUnsynced === 0) firstUnsynced = performance.now();
         this.applying = Promise.all([...byVolume].map(([id, ops]) => {
           touched.add(id);
           return this.applyRetrying(id, ops);
@@ -163,7 +163,7 @@ export class MirrorApplier {
         this.appliedPos = lastEnd;
       }
       const due = unsynced >= this.syncBytes ||
-        (unsynced > 0 && Date.now() - firstUnsynced >= this.syncIntervalMs) ||
+        (unsynced > 0 && performance.now() - firstUnsynced >= this.syncIntervalMs) ||
         (unsynced > 0 && entries.length === 0 && this.opts.idleSyncMs !== undefined) ||
         (entries.length === 0 && unsynced === 0 && lastEnd > this.cursor.released);
       if (due) {

@@ -2,6 +2,7 @@
 // pure Negotiation state machine, then serves requests with many in flight per
 // connection. Replies may complete out of order; they are matched by handle.
 import { logger } from "../log.ts";
+import { Latch } from "../latch.ts";
 import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
 import { listenOn } from "../link/address.ts";
 import {
@@ -77,9 +78,8 @@ export class NbdServer {
   /** Sessions in transmission by export name: how to stop each reading, and its end. */
   private attached = new Map<string, Set<{ stop: () => void; done: Promise<void> }>>();
   private closing = false;
-  private stop!: () => void;
-  /** Settles when the server closes: sessions stop reading new requests. */
-  private readonly stopped = new Promise<false>((resolve) => this.stop = () => resolve(false));
+  /** Fires when the server closes: sessions stop reading new requests. */
+  private readonly stopped = new Latch<false>();
   readonly tcpPort: number | undefined;
 
   private constructor(private readonly opts: NbdServerOptions, listeners: Deno.Listener[]) {
@@ -127,7 +127,7 @@ export class NbdServer {
   /** Stops accepting, answers requests already in flight, then closes connections. */
   async close(): Promise<void> {
     this.closing = true;
-    this.stop();
+    this.stopped.fire(false);
     for (const l of this.listeners) {
       try {
         l.close();
@@ -187,10 +187,9 @@ export class NbdServer {
       const exp = this.opts.exports().find((e) => e.name === selected.name);
       if (!exp) return;
       log.debug("NBD client attached", { peer, export: exp.name });
-      let stop!: () => void;
-      const detached = new Promise<false>((r) => stop = () => r(false));
+      const detached = new Latch<"withdrawn">();
       const done = this.transmission(exp, reader, writer, peer, detached);
-      const entry = { stop, done: done.catch(() => {}) };
+      const entry = { stop: () => detached.fire("withdrawn"), done: done.catch(() => {}) };
       const set = this.attached.get(exp.name) ?? new Set();
       this.attached.set(exp.name, set.add(entry));
       try {
@@ -255,7 +254,7 @@ export class NbdServer {
     r: ConnReader,
     w: ConnWriter,
     peer: string,
-    detached: Promise<false>,
+    detached: Latch<"withdrawn">,
   ): Promise<void> {
     const maxInFlight = this.opts.maxInFlight ?? 128;
     const maxBytes = this.opts.maxInFlightBytes ?? 128 * 1024 * 1024;
@@ -299,14 +298,14 @@ export class NbdServer {
     let header: Promise<boolean> | undefined;
     let grace: Promise<false> | undefined;
     let graceTimer: ReturnType<typeof setTimeout> | undefined;
-    const withdrawn = detached.then(() => "withdrawn" as const);
     while (!w.error) {
       while (inFlight >= maxInFlight || inFlightBytes >= maxBytes) {
         await new Promise<void>((res) => wake = res);
         wake = undefined;
       }
       header ??= r.fill(REQUEST_SIZE);
-      const got = await Promise.race([header, this.stopped, grace ?? withdrawn]);
+      // latches, not Promise.race with the long-lived promises: that kept a reaction per request (src/latch.ts)
+      const got = await this.stopped.race(grace ? Promise.race([header, grace]) : detached.race(header));
       if (got === "withdrawn") {
         grace = new Promise<false>((res) => graceTimer = setTimeout(() => res(false), WITHDRAW_GRACE_MS));
         continue;

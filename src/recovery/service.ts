@@ -210,9 +210,9 @@ export class RecoveryService {
       }
       // a site link that is reconnecting answers within seconds: give it that long
       let info: CopyInfo | undefined;
-      for (const deadline = Date.now() + 10_000;;) {
+      for (const deadline = performance.now() + 10_000;;) {
         info = (await this.d.copies(v)).find((c) => describeSource(c.ref) === describeSource(source))?.info;
-        if (info || Date.now() > deadline) break;
+        if (info || performance.now() > deadline) break;
         await new Promise((r) => setTimeout(r, 500));
       }
       if (!info) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
@@ -513,10 +513,10 @@ async function reachable(
   get: () => ChunkStore | undefined,
   signal: { aborted: boolean },
 ): Promise<ChunkStore | undefined> {
-  const deadline = Date.now() + REACH_WAIT_MS;
+  const deadline = performance.now() + REACH_WAIT_MS;
   for (;;) {
     const s = get();
-    if (s || signal.aborted || Date.now() > deadline) return s;
+    if (s || signal.aborted || performance.now() > deadline) return s;
     await new Promise((r) => setTimeout(r, 250));
   }
 }

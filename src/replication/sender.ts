@@ -85,6 +85,8 @@ export class Sender {
   /** Bytes acknowledged since start, for throughput. */
   ackedBytes = 0;
   rttMs: number | undefined;
+  /** When the peer last acknowledged a record (monotonic; lag with nothing in flight counts from it). */
+  ackedMono = performance.now();
   /** Set by the connection owner: drop the connection so a new session starts. */
   onReset: (() => void) | undefined;
   private readonly missed = new Map<number, DirtyMap>();
@@ -357,13 +359,11 @@ export class Sender {
     const j = this.o.journal;
     const s = this.session;
     const behind = this.cursor.released < j.positions.durable;
-    let oldest = Date.now();
-    for (const v of this.vols.values()) oldest = Math.min(oldest, v.ackedTime);
     return {
       peer: this.o.name,
       connected: s !== undefined && !s.stopped,
       lagBytes: Math.max(0, j.positions.durable - this.cursor.released),
-      lagSeconds: behind ? (Date.now() - (s?.oldestUnackedTime() ?? oldest)) / 1000 : 0,
+      lagSeconds: behind ? (performance.now() - (s?.oldestUnackedMono() ?? this.ackedMono)) / 1000 : 0,
       inFlightBytes: s?.inFlightBytes ?? 0,
       rttMs: this.rttMs ?? null,
       ackedBytes: this.ackedBytes,
@@ -395,7 +395,9 @@ interface InFlight {
   /** Sequence number this record brings the peer to (0: none). */
   seq: number;
   bytes: number;
+  /** When it entered the journal (wall clock: the copy's last time), and the same on the monotonic clock (lag). */
   time: number;
+  mono: number;
   /** A SyncEnd marker: once acknowledged the copy is consistent; these chunks are no longer missed ("all": every one). */
   syncEnd?: number[] | "all";
 }
@@ -428,7 +430,7 @@ export class Session {
   private wake: (() => void) | undefined;
   private readonly signal = { aborted: false };
   private tokens = 0;
-  private refilled = Date.now();
+  private refilled = performance.now();
   readonly done: Promise<void>;
 
   constructor(private readonly s: Sender, private readonly ch: Channel, reports: Map<number, PeerReport>) {
@@ -446,8 +448,8 @@ export class Session {
     for (const w of this.hashWaiters.values()) w(undefined);
   }
 
-  oldestUnackedTime(): number | undefined {
-    return this.fifo.find((f) => f.seq > 0)?.time;
+  oldestUnackedMono(): number | undefined {
+    return this.fifo.find((f) => f.seq > 0)?.mono;
   }
 
   /** The volume is no longer carried: its synchronisation, if one runs, ends here. */
@@ -470,6 +472,7 @@ export class Session {
       const f = this.fifo.shift()!;
       this.inFlightBytes -= f.bytes;
       this.s.ackedBytes += f.bytes;
+      this.s.ackedMono = performance.now();
       release = f.end;
       const v = this.s.volume(f.volume);
       if (!v) continue;
@@ -501,7 +504,7 @@ export class Session {
   }
 
   onPong(sentAt: number): void {
-    this.s.rttMs = Date.now() - sentAt;
+    this.s.rttMs = performance.now() - sentAt;
   }
 
   private needsSync(id: number, r: PeerReport | undefined): boolean {
@@ -538,7 +541,7 @@ export class Session {
       }
     }
     await this.requestHashes();
-    const ping = setInterval(() => this.ch.send(timeFrame(FrameType.Ping, Date.now())), 1000);
+    const ping = setInterval(() => this.ch.send(timeFrame(FrameType.Ping, performance.now())), 1000);
     try {
       await this.stream();
     } finally {
@@ -579,6 +582,7 @@ export class Session {
     volume: number,
     seq: number,
     time: number,
+    mono: number,
     syncEnd?: number[] | "all",
   ): void {
     // window, bandwidth and throughput count the bytes on the wire
@@ -589,7 +593,16 @@ export class Session {
     this.ch.send(head);
     this.ch.send(body);
     this.sent++;
-    this.fifo.push({ no: this.sent, end: this.frontier, volume, seq, bytes: body.length, time, syncEnd });
+    this.fifo.push({
+      no: this.sent,
+      end: this.frontier,
+      volume,
+      seq,
+      bytes: body.length,
+      time,
+      mono,
+      syncEnd,
+    });
     this.inFlightBytes += body.length;
     if (this.s.bandwidth) this.tokens -= body.length;
   }
@@ -614,7 +627,7 @@ export class Session {
     const rate = this.s.bandwidth;
     while (rate > 0 && !this.stopped) {
       // token bucket: refill at the rate, at most one second's worth banked
-      const now = Date.now();
+      const now = performance.now();
       this.tokens = Math.min(rate, this.tokens + (now - this.refilled) * rate / 1000);
       this.refilled = now;
       if (this.tokens >= 0) break;
@@ -676,14 +689,16 @@ export class Session {
     else if (!between) this.lastSent.set(h.volume, h.seq);
     // a SyncEnd passed on from upstream says nothing about this peer's own synchronisation;
     // lag is measured from when a record entered this journal (waiting before that is not this peer's lag)
-    this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time);
+    // (an entry read back from the ring after a restart: its age by the wall clocks when read)
+    const mono = e.atMono ?? performance.now() - Math.max(0, Date.now() - h.time);
+    this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time, mono);
   }
 
   /** SyncBegin rebases the peer's sequence: it takes the next captured write whatever its number. */
   private beginSync(job: SyncJob): void {
     job.began = true;
     this.lastSent.set(job.volume, undefined);
-    this.push(syncRecord(Kind.SyncBegin, job.volume, 0, 0, 0), job.volume, 0, Date.now());
+    this.push(syncRecord(Kind.SyncBegin, job.volume, 0, 0, 0), job.volume, 0, Date.now(), performance.now());
   }
 
   /**
@@ -717,6 +732,7 @@ export class Session {
           job.volume,
           covered,
           Date.now(),
+          performance.now(),
           job.only ?? "all",
         );
         this.syncs.delete(job.volume);
@@ -747,6 +763,7 @@ export class Session {
       job.volume,
       0,
       Date.now(),
+      performance.now(),
     );
     v.moved += zero ? 0 : len;
     return len;

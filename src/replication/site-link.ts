@@ -130,9 +130,9 @@ export class SiteClient {
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn, 256 * 1024);
     this.writer = writer;
-    let lastFrame = Date.now();
+    let lastFrame = performance.now();
     const idle = setInterval(() => {
-      if (Date.now() - lastFrame > (this.o.idleTimeoutMs ?? 10_000)) {
+      if (performance.now() - lastFrame > (this.o.idleTimeoutMs ?? 10_000)) {
         log.warn("no answer from the remote site: reconnecting", { site: this.o.site });
         conn.close();
       }
@@ -175,7 +175,7 @@ export class SiteClient {
         const f = await readFrame(reader);
         if (!f) throw new Error("the remote site closed the connection");
         if (writer.error) throw writer.error;
-        lastFrame = Date.now();
+        lastFrame = performance.now();
         switch (f.type) {
           case FrameType.Accepted:
             session.onAck(decodeSeqFrame(f.body).seq);

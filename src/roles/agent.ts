@@ -696,8 +696,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     await runHook(c, "on-demote");
     exports = standbyExports;
     // every write made here must be durable at the gateway before the copies change hands
-    const deadline = Date.now() + 10_000;
-    while (primary.exports.some((e) => !e.quiescent) && Date.now() < deadline) {
+    const deadline = performance.now() + 10_000;
+    while (primary.exports.some((e) => !e.quiescent) && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
     const stuck = primary.exports.filter((e) => !e.quiescent).map((e) => e.name);

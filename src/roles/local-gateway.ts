@@ -424,7 +424,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onPhase: (name, phase) => controller.setPhase(name, phase),
     };
     const token = loadOrCreateToken(`${dataDir}/api-token`);
-    const started = Date.now();
+    const started = performance.now();
     const tlsCert = optStr(p, "tls-cert"), tlsKey = optStr(p, "tls-key");
     if ((tlsCert === undefined) !== (tlsKey === undefined)) {
       throw new UsageError("--tls-cert and --tls-key go together");
@@ -519,7 +519,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       status: () => ({
         role: "local-gateway",
         site: str(p, "id"),
-        uptimeMs: Date.now() - started,
+        uptimeMs: Math.round(performance.now() - started),
         agents: listener.connectedAgents(),
         refused: Object.fromEntries(listener.refused),
         liveness: liveness.status(),

@@ -346,8 +346,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       if (!f || !sessions.has(agent)) return false;
       await applier.caughtUp();
       const vols = journal.volumes().filter((v) => v.agent === agent);
-      const deadline = Date.now() + ms;
-      while (Date.now() < deadline) {
+      const deadline = performance.now() + ms;
+      while (performance.now() < deadline) {
         const level = f.theCursor.released >= journal.positions.durable &&
           vols.every((v) => f.volume(v.id)?.state === "consistent");
         if (level) return true;
@@ -674,14 +674,14 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     cleanups.push(() => sites.close());
 
     const token = loadOrCreateToken(`${dataDir}/api-token`);
-    const started = Date.now();
+    const started = performance.now();
     const server = startStatusServer({
       listen: http as Address & { transport: "tcp" },
       token,
       status: () => ({
         role: "remote-gateway",
         site,
-        uptimeMs: Date.now() - started,
+        uptimeMs: Math.round(performance.now() - started),
         ackAfter,
         fingerprint: identity.fingerprint,
         sites: sites.connectedSites(),

@@ -267,7 +267,7 @@ export class SetupToken {
   create(): string {
     const token = randomToken(32);
     this.hash = sha256(token);
-    this.expires = Date.now() + this.ttlMs;
+    this.expires = performance.now() + this.ttlMs;
     return token;
   }
 
@@ -275,7 +275,7 @@ export class SetupToken {
   consume(token: string): void {
     if (!this.hash) throw new AuthError("there is no setup pending (it was done, or the link was used)", 410);
     if (!sameText(sha256(token), this.hash)) throw new AuthError("token: the setup token is wrong", 403);
-    if (Date.now() >= this.expires) {
+    if (performance.now() >= this.expires) {
       this.hash = undefined;
       throw new AuthError("the setup link has expired: restart the gateway to get a new one", 410);
     }
@@ -317,7 +317,7 @@ export class FailureLimiter {
   constructor(
     readonly max = 5,
     readonly windowMs = 60_000,
-    private readonly clock: () => number = Date.now,
+    private readonly clock: () => number = () => performance.now(),
   ) {}
 
   private recent(key: string): number[] {

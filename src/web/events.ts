@@ -269,7 +269,7 @@ export class StatusCollector {
       log.warn("status snapshot failed", { error: e });
       return;
     }
-    const now = Date.now();
+    const now = performance.now();
     const p = this.prev;
     const dt = (now - this.prevAt) / 1000;
     const rates: Rates = { sites: {} };
@@ -282,7 +282,7 @@ export class StatusCollector {
     if (p) this.diff(p, s);
     this.prev = s;
     this.prevAt = now;
-    this.o.bus.publish({ kind: "status", message: "status", data: { ...s, rates }, time: now });
+    this.o.bus.publish({ kind: "status", message: "status", data: { ...s, rates }, time: Date.now() });
   }
 
   private diff(p: StatusView, s: StatusView): void {

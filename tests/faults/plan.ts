@@ -45,12 +45,18 @@ export const CLUSTER_FAULTS = [
   "corrupt-agent-frame",
 ] as const;
 
-/** Faults injected in the failover lab (network namespaces, iptables, a UDP impairment relay). */
+/**
+ * Faults injected in the failover lab (network namespaces, iptables, a UDP impairment relay, and
+ * libfaketime under the agent and both gateways for the clock steps of one of them).
+ */
 export const LAB_FAULTS = [
   "hb-impair",
   "lab-cut",
   "lab-kill-remote-gateway",
   "lab-kill-local-gateway",
+  "clock-jump-agent",
+  "clock-jump-local-gateway",
+  "clock-jump-remote-gateway",
   "host-failure",
 ] as const;
 
@@ -60,9 +66,6 @@ export type FaultKind = ClusterFault | LabFault;
 
 /** Fault kinds of the issue that cannot be injected here, with the reason (printed in the summary). */
 export const NOT_INJECTABLE: Record<string, string> = {
-  "clock-jump": "no libfaketime on this machine, time namespaces offset only CLOCK_MONOTONIC/BOOTTIME (not " +
-    "the wall clock the heartbeat boot check reads), and the roles have no process-level clock offset; " +
-    "setting the host clock would disturb every other process on the machine",
   "netem": "the kernel has no sch_netem (`tc qdisc add ... netem` fails: unknown qdisc): delay, loss and " +
     "reordering are made by the runner's TCP proxy (site link) and UDP relay (heartbeats) instead",
 };
@@ -153,6 +156,15 @@ function faultParams(
       return {
         holdMs: r.int(2000, 4000) * scale,
         params: { delayMs: r.int(5, 40), jitterMs: r.int(10, 60), lossPct: r.int(5, 25) },
+      };
+    case "clock-jump-agent":
+    case "clock-jump-local-gateway":
+    case "clock-jump-remote-gateway":
+      // the process's wall clock steps by offsetS (30 s to 15 min, forward or back: beyond the heartbeat
+      // boot check's 5 min for some), stays there for the hold, then steps back (the opposite jump)
+      return {
+        holdMs: r.int(2000, 4000) * scale,
+        params: { offsetS: (r.next() < 0.5 ? -1 : 1) * r.int(30, 900) },
       };
     case "host-failure":
       return { holdMs: 0, params: {} };

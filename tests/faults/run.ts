@@ -1,4 +1,4 @@
-// `deno task faults [--profile ci|long] [--seed N] [--only cluster|lab] [--json FILE]`:
+// `deno task faults [--profile ci|long] [--seed N] [--only cluster|lab|KIND] [--json FILE]`:
 // the seeded fault-injection runner. It plans the profile's scenarios from the seed
 // (tests/faults/plan.ts), runs the replication ones on a topology of real processes
 // (cluster-phase.ts) and the detector ones in the failover lab (lab-phase.ts), prints
@@ -48,7 +48,11 @@ if (Deno.uid() !== 0) {
 
 const say = (s: string) => console.log(s);
 const planned = planScenarios(profile, seed).length;
-const plan = planScenarios(profile, seed).filter((s) => !values.only || s.phase === values.only);
+// --only: a phase, or the scenarios with a fault kind whose name starts with it (e.g. clock-jump)
+const only = values.only;
+const plan = planScenarios(profile, seed).filter((s) =>
+  !only || s.phase === only || s.faults.some((f) => f.kind.startsWith(only))
+);
 const cov = coverage(plan);
 say(`fault runner: profile ${profile.name}, seed ${seed}, ${plan.length} scenarios`);
 say(`fault kinds: ${cov.covered.join(", ")}`);

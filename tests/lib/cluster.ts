@@ -31,12 +31,15 @@ export class RoleProcess {
   private logText = "";
   readonly exited: Promise<Deno.CommandStatus>;
 
-  /** Runs `deno run -A main.ts ARGS` (or, with `script`, that file), inside a network namespace if given. */
+  /**
+   * Runs `deno run -A main.ts ARGS` (or, with `script`, that file), inside a network namespace if given,
+   * with `env` added to its environment.
+   */
   constructor(
     readonly name: string,
     readonly args: string[],
     readonly logPath: string,
-    opts: { netns?: string; script?: string } = {},
+    readonly opts: { netns?: string; script?: string; env?: Record<string, string> } = {},
   ) {
     const deno = [Deno.execPath(), "run", "-A", opts.script ?? mainTs, ...args];
     const argv = opts.netns ? ["ip", "netns", "exec", opts.netns, ...deno] : deno;
@@ -44,7 +47,7 @@ export class RoleProcess {
       args: argv.slice(1),
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", ...opts.env },
     }).spawn();
     const file = Deno.openSync(logPath, { create: true, append: true });
     const pump = async (s: ReadableStream<Uint8Array>) => {

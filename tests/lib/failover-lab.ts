@@ -10,6 +10,7 @@
 import { exec, inNs, mustExec, NetLab } from "./netns.ts";
 import type { FailbackReport } from "../../src/failover/failback.ts";
 import { keygen, RoleProcess, sparseImage, tempDir, waitFor, writeSecret } from "./cluster.ts";
+import { faketimeEnv, setClockOffset } from "./faketime.ts";
 
 const lib = new URL("./", import.meta.url).pathname;
 
@@ -70,7 +71,14 @@ export interface LabOptions {
   sizeMiB?: number;
   /** The app's service is started by the agent's --on-unfence hook (failback), not by the lab. */
   serviceOnUnfence?: boolean;
+  /**
+   * The agent and both gateways run under libfaketime (tests/lib/faketime.ts), each with its own
+   * control file in the lab's directory (`clockFile(role)`), at offset 0 until a test steps it.
+   */
+  faketime?: boolean;
 }
+
+export type ClockRole = "agent" | "local-gateway" | "remote-gateway";
 
 export class FailoverLab {
   readonly net = new NetLab(`cf${Deno.pid % 100000}`);
@@ -87,6 +95,17 @@ export class FailoverLab {
   rsp = "";
   private gatewayArgs: string[] = [];
   private lock: Deno.FsFile | undefined;
+  private faketime = false;
+
+  /** The wall-clock control file of a role (with `faketime`). */
+  clockFile(role: ClockRole): string {
+    return `${this.dir}/clock-${role}`;
+  }
+
+  /** The environment of a role: its clock under its control file when the lab runs with faketime. */
+  roleEnv(role: ClockRole): Record<string, string> {
+    return this.faketime ? faketimeEnv(this.clockFile(role)) : {};
+  }
 
   async start(o: LabOptions = {}): Promise<this> {
     // labs share fixed addresses (the management link on the host): one at a time per machine
@@ -94,6 +113,12 @@ export class FailoverLab {
     await this.lock.lock(true);
     await removeStaleLabs();
     this.dir = await tempDir("failover");
+    this.faketime = o.faketime ?? false;
+    if (this.faketime) {
+      for (const r of ["agent", "local-gateway", "remote-gateway"] as const) {
+        await setClockOffset(this.clockFile(r), 0);
+      }
+    }
     const n = this.net;
     for (const t of ["client", "gw", "app", "remote"] as const) this.ns[t] = await n.addNs(t);
     await n.link({ ns: this.ns.client, ifname: "c0", cidr: "10.77.1.2/24" }, {
@@ -226,7 +251,7 @@ export class FailoverLab {
         "128M",
       ],
       `${d}/remote.log`,
-      { netns: this.ns.remote },
+      { netns: this.ns.remote, env: this.roleEnv("remote-gateway") },
     );
     await this.remote.waitForLog("remote gateway ready");
     this.standby = new RoleProcess(
@@ -333,7 +358,7 @@ export class FailoverLab {
         ...(o.serviceOnUnfence ? ["--on-unfence", `${d}/serve-local.sh`] : []),
       ],
       `${d}/agent.log`,
-      { netns: this.ns.app },
+      { netns: this.ns.app, env: this.roleEnv("agent") },
     );
     await this.agent.waitForLog("agent ready");
     await this.startAppService();
@@ -343,6 +368,7 @@ export class FailoverLab {
   async startGateway(): Promise<void> {
     this.gateway = new RoleProcess("gateway", this.gatewayArgs, `${this.dir}/gateway.log`, {
       netns: this.ns.gw,
+      env: this.roleEnv("local-gateway"),
     });
     await this.gateway.waitForLog("local gateway ready");
     this.token = (await Deno.readTextFile(`${this.dir}/gateway/api-token`)).trim();
