@@ -246,9 +246,11 @@ await writeSection(
 ${await machine()}.
 
 Catch-up: the local gateway's journal holds a 1 GiB backlog (random data written with nbdcopy through the
-agent) for a site that was stopped; the site is started and the time until it acknowledged everything is
-measured (site with \`--ack-after rgp\`, TLS on loopback). In the same run, nbdcopy copies the same bytes
-between two nbdkit file exports. ${rounds} rounds, medians.
+agent) for a site that was stopped; the site is started and the time from its link's connection until it
+acknowledged everything is measured (site with \`--ack-after rgp\`, TLS on loopback; the local site's reconnect
+backoff before it, up to 5 s, is not counted). In the same run, nbdcopy copies the same bytes between two
+nbdkit file exports, once as it is (the copy ends in the page cache) and once with \`--flush\` (it ends durable,
+as an acknowledged replica is). ${rounds} rounds, medians.
 
 ${catchTable}
 
