@@ -84,6 +84,9 @@ t("each strategy × damage × source kind rebuilds the agent's volume exactly", 
         for (const how of ["zeroed", "corrupted"] as const) {
           await damage(topo, how);
           assert.is.not(await sha256File(topo.lsp), good, "the volume was damaged");
+          // the previous recovery and the agent's restart resynchronise the site (its copies are
+          // inconsistent meanwhile, and refused as a source without force): wait for it
+          await topo.caughtUp();
           const done = await recoverAndWait(topo, { volume: "a1/vol0", mode: "manual", source, strategy });
           assert.is(await sha256File(topo.lsp), good, `${strategy} from ${source} after ${how}: restored`);
           assert.is(await sha256File(files[source]), good, "the source is intact");
