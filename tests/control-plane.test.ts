@@ -5,22 +5,9 @@
 // a bad assignment is a clear refusal, never a crash. Plus the pure reconciliation logic.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import {
-  Agent,
-  Gateway,
-  hashAll,
-  keygen,
-  RemoteGateway,
-  run,
-  type SiteStatus,
-  sparseImage,
-  tempDir,
-  waitFor,
-  waitMirrorCaughtUp,
-  writeSecret,
-} from "./lib/cluster.ts";
+import { hashAll, run, type SiteStatus, sparseImage, waitFor, waitMirrorCaughtUp } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
-import { WebClient } from "./lib/browser.ts";
+import { siteCaughtUp, standbyRemembers, startLabProcesses, taskBody } from "./lib/control-plane-lab.ts";
 import {
   desiredFor,
   lspAssignment,
@@ -243,65 +230,11 @@ interface TaskJson {
 t("a task created through the API drives an agent started with only its identity", async () => {
   if (!need("control plane with real processes", { tools: ["qemu-io"] })) return;
   const SIZE = 16 * MiB;
-  const dir = await tempDir("control-plane");
-  const secret = `${dir}/agent.secret`;
-  await writeSecret(secret);
-  const localFp = await keygen(`${dir}/local-keys`, "local");
-  const lsp = await sparseImage(`${dir}/lsp.img`, SIZE);
-  const rsp = await sparseImage(`${dir}/rsp-dr1.img`, SIZE);
-  await writeSecret(`${dir}/standby-dr1.secret`);
-  const remote = await new RemoteGateway({
-    dir,
-    site: "dr1",
-    trust: { local: localFp },
-    standbySecrets: { a1: `${dir}/standby-dr1.secret` },
-    // small journals: the test writes a few MiB, and test machines share their disk
-    extra: ["--buffer-size", "80M"],
-  }).init();
-  await remote.start();
-  // the standby has no --volume either: its copy (RSP) is assigned through the remote gateway
-  const standby = await new Agent({
-    dir,
-    id: "a1",
-    secretFile: `${dir}/standby-dr1.secret`,
-    gatewaySocket: remote.agentSocket,
-    volumes: {},
-    extra: ["--standby"],
-    home: "standby-dr1",
-  }).start();
-  const gw = await new Gateway({
-    dir,
-    agents: { a1: secret },
-    bufferSize: "80M",
-    extra: [
-      "--key-dir",
-      `${dir}/local-keys`,
-      "--remote",
-      `dr1=127.0.0.1:${remote.port}`,
-      "--remote-fingerprint",
-      `dr1=${remote.fingerprint}`,
-      "--device-prefix",
-      dir,
-    ],
-  }).start();
-  const agent = await new Agent({ dir, id: "a1", secretFile: secret, gatewaySocket: gw.socket, volumes: {} })
-    .start();
+  // the agent and the standby have no --volume: their copies (LSP, RSP) come from the tasks
+  const { dir, remote, standby, gw, agent, c, lsp, rsp } = await startLabProcesses("control-plane", SIZE);
   try {
-    await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "the agent to connect");
     assert.is((await gw.status()).volumes.length, 0, "the agent serves nothing before a task starts");
 
-    const c = new WebClient(`http://127.0.0.1:${gw.httpPort}`, { token: gw.token });
-    await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-    await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
-    await c.expect(201, "POST", "/api/hosts", {
-      name: "app1",
-      site: "prod",
-      role: "application",
-      agent: "a1",
-    });
-    await c.expect(201, "POST", "/api/hosts", { name: "lgw", site: "prod", role: "gateway" });
-    await c.expect(201, "POST", "/api/hosts", { name: "rgw", site: "dr1", role: "gateway" });
-    await c.expect(201, "POST", "/api/hosts", { name: "standby", site: "dr1", role: "application" });
     /**
      * A task whose LSP is `lspPath` and RSP `rspPath`, both registered with SIZE; the other
      * partitions are records only (the gateways keep their own images).
@@ -318,22 +251,7 @@ t("a task created through the API drives an agent started with only its identity
       for (const [n, host, device, sz] of parts) {
         await c.expect(201, "POST", "/api/volumes", { name: n, host, device, size: sz });
       }
-      await c.expect(201, "POST", "/api/tasks", {
-        name,
-        group: {
-          local: {
-            site: "prod",
-            lsp: { host: "app1", device: lspPath },
-            lgp: { host: "lgw", device: dev("lgp") },
-            buffer: { host: "lgw", device: dev("buf") },
-          },
-          remotes: [{
-            site: "dr1",
-            rgp: { host: "rgw", device: dev("rgp") },
-            rsp: { host: "standby", device: rspPath },
-          }],
-        },
-      });
+      await c.expect(201, "POST", "/api/tasks", taskBody(name, lspPath, rspPath, dev));
     };
 
     // bad assignments: refused with the agent's reason, the task stays configured, the agents live
@@ -373,11 +291,11 @@ t("a task created through the API drives an agent started with only its identity
       status.assignments.filter((a) => a.state === "failed").map((a) => a.task).sort(),
       ["missing", "norsp", "small"],
     );
-    const standbyRemembers = async () => {
-      const text = await Deno.readTextFile(`${standby.home}/assignments.json`).catch(() => '{"volumes":[]}');
-      return (JSON.parse(text) as { volumes: { name: string }[] }).volumes.map((v) => v.name);
-    };
-    assert.equal(await standbyRemembers(), [], "the standby copies of the refused tasks were unassigned");
+    assert.equal(
+      await standbyRemembers(standby),
+      [],
+      "the standby copies of the refused tasks were unassigned",
+    );
     assert.match(status.assignments.find((a) => a.task === "small")!.error!, /bytes/);
 
     // the good task: the agent exports vol0 and the standby holds its copy, the write reaches
@@ -403,21 +321,6 @@ t("a task created through the API drives an agent started with only its identity
       rsp,
     };
     const sites = async () => ((await gw.status()) as unknown as { sites: SiteStatus[] }).sites;
-    const siteCaughtUp = async (what: string) => {
-      await waitMirrorCaughtUp(gw, "a1", "vol0");
-      await waitFor(
-        async () => {
-          const lastSeq = (await gw.status()).volumes.find((v) => v.name === "vol0")!.lastSeq;
-          return (await sites()).every((s) =>
-            s.connected &&
-            s.volumes.some((v) => v.name === "vol0" && v.state === "consistent" && v.ackedSeq === lastSeq)
-          );
-        },
-        60_000,
-        what,
-        200,
-      );
-    };
     const allEqual = async () => {
       const h = await hashAll(copies);
       assert.is(h.lgp, h.lsp, "the mirror equals the LSP");
@@ -425,7 +328,7 @@ t("a task created through the API drives an agent started with only its identity
       assert.is(h.rsp, h.lsp, "the standby's copy equals the LSP");
       return h;
     };
-    await siteCaughtUp("the site to acknowledge the write");
+    await siteCaughtUp(gw, "the site to acknowledge the write");
     const first = await allEqual();
 
     // pause: the agent still exports the volume, the site no longer receives it; resume: the
@@ -450,7 +353,7 @@ t("a task created through the API drives an agent started with only its identity
       "the resumed task to be protected",
       250,
     );
-    await siteCaughtUp("the site to catch up after the resume");
+    await siteCaughtUp(gw, "the site to catch up after the resume");
     const hashes = await allEqual();
 
     // the agent remembers its assignment: restarted while the gateway is down, it serves vol0
@@ -500,7 +403,7 @@ t("a task created through the API drives an agent started with only its identity
       volumes: { name: string }[];
     };
     assert.equal(remembered.volumes, [], "the agent forgot the assignment");
-    assert.equal(await standbyRemembers(), [], "the standby forgot its copy");
+    assert.equal(await standbyRemembers(standby), [], "the standby forgot its copy");
     assert.equal(await hashAll(copies), hashes, "every copy's data stays in place");
     assert.ok(
       agent.proc.records().some((r) =>

@@ -18,6 +18,7 @@ import {
 import type { ActionError } from "../src/tasks/actions.ts";
 import type { TaskStore } from "../src/tasks/store.ts";
 import type { Task } from "../src/tasks/model.ts";
+import { registerSitesAndHosts } from "./lib/inventory.ts";
 
 const t = suite("failover test");
 const MiB = 1024 * 1024;
@@ -150,17 +151,7 @@ t(
     const leftCopies = async () => (await Array.fromAsync(Deno.readDir(testDir))).map((e) => e.name);
     try {
       const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-      await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-      await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
-      await c.expect(201, "POST", "/api/hosts", {
-        name: "app1",
-        site: "prod",
-        role: "application",
-        agent: "a1",
-      });
-      await c.expect(201, "POST", "/api/hosts", { name: "lgw", site: "prod", role: "gateway" });
-      await c.expect(201, "POST", "/api/hosts", { name: "rgw", site: "dr1", role: "gateway" });
-      await c.expect(201, "POST", "/api/hosts", { name: "standby", site: "dr1", role: "application" });
+      await registerSitesAndHosts(c);
       const files = topo.copies();
       const ring = `${topo.dir}/gateway/journal.ring`;
       for (

@@ -15,6 +15,7 @@ import { startWebServer, type WebServer } from "../src/web/web-server.ts";
 import { ActionError, type TaskActions } from "../src/tasks/actions.ts";
 import { type Task, TASK_STATES, TRANSITIONS } from "../src/tasks/model.ts";
 import { type RecoveryRow, taskEvent, type TaskStatusView } from "../src/tasks/gateway-actions.ts";
+import { registerSitesAndHosts } from "./lib/inventory.ts";
 
 const t = suite("web API");
 const baseTask = {
@@ -549,17 +550,7 @@ t("a real gateway: a task adopts the agent's volume, follows it to protected, re
   });
   try {
     const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-    await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-    await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
-    await c.expect(201, "POST", "/api/hosts", {
-      name: "app1",
-      site: "prod",
-      role: "application",
-      agent: "a1",
-    });
-    await c.expect(201, "POST", "/api/hosts", { name: "lgw", site: "prod", role: "gateway" });
-    await c.expect(201, "POST", "/api/hosts", { name: "rgw", site: "dr1", role: "gateway" });
-    await c.expect(201, "POST", "/api/hosts", { name: "standby", site: "dr1", role: "application" });
+    await registerSitesAndHosts(c);
     const files = topo.copies();
     const vols: [string, string, string][] = [
       ["vol0", "app1", files.lsp],

@@ -18,6 +18,7 @@ import {
 } from "./cluster.ts";
 import { WebClient } from "./browser.ts";
 import type { Mirror } from "../../src/tasks/model.ts";
+import { registerSitesAndHosts } from "./inventory.ts";
 
 export const MiB = 1024 * 1024;
 
@@ -56,7 +57,20 @@ export interface Lab {
   stop: () => Promise<void>;
 }
 
-export async function startLab(prefix: string, size = 16 * MiB): Promise<Lab> {
+/** The lab's processes, the agents connected, and the sites and hosts registered through the API. */
+export interface LabProcesses {
+  dir: string;
+  remote: RemoteGateway;
+  standby: Agent;
+  gw: Gateway;
+  agent: Agent;
+  c: WebClient;
+  /** Sparse images of `size` for the LSP and the RSP. */
+  lsp: string;
+  rsp: string;
+}
+
+export async function startLabProcesses(prefix: string, size: number): Promise<LabProcesses> {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
   await writeSecret(secret);
@@ -100,12 +114,63 @@ export async function startLab(prefix: string, size = 16 * MiB): Promise<Lab> {
     .start();
   await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "the agent to connect");
   const c = new WebClient(`http://127.0.0.1:${gw.httpPort}`, { token: gw.token });
-  await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-  await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
-  await c.expect(201, "POST", "/api/hosts", { name: "app1", site: "prod", role: "application", agent: "a1" });
-  await c.expect(201, "POST", "/api/hosts", { name: "lgw", site: "prod", role: "gateway" });
-  await c.expect(201, "POST", "/api/hosts", { name: "rgw", site: "dr1", role: "gateway" });
-  await c.expect(201, "POST", "/api/hosts", { name: "standby", site: "dr1", role: "application" });
+  await registerSitesAndHosts(c);
+  return { dir, remote, standby, gw, agent, c, lsp, rsp };
+}
+
+/** Reads what a standby agent remembers (its assignments.json). */
+export async function standbyRemembers(standby: Agent): Promise<string[]> {
+  const text = await Deno.readTextFile(`${standby.home}/assignments.json`).catch(() => '{"volumes":[]}');
+  return (JSON.parse(text) as { volumes: { name: string }[] }).volumes.map((v) => v.name);
+}
+
+/** The API body of task `name`: LSP `lsp` on app1, RSP `rsp` on the standby, `dev(p)` the gateways' partitions. */
+export function taskBody(
+  name: string,
+  lsp: string,
+  rsp: string,
+  dev: (part: "lgp" | "buf" | "rgp") => string,
+  mirror: Partial<Mirror> = {},
+) {
+  return {
+    name,
+    group: {
+      local: {
+        site: "prod",
+        lsp: { host: "app1", device: lsp },
+        lgp: { host: "lgw", device: dev("lgp") },
+        buffer: { host: "lgw", device: dev("buf") },
+      },
+      remotes: [{
+        site: "dr1",
+        rgp: { host: "rgw", device: dev("rgp") },
+        rsp: { host: "standby", device: rsp },
+      }],
+    },
+    mirror,
+  };
+}
+
+/** Waits until the mirror and every site hold vol0 of a1 consistent up to its last sequence number. */
+export async function siteCaughtUp(gw: Gateway, what: string, timeoutMs = 60_000): Promise<void> {
+  await waitMirrorCaughtUp(gw, "a1", "vol0");
+  const sites = async () => ((await gw.status()) as unknown as { sites: SiteStatus[] }).sites;
+  await waitFor(
+    async () => {
+      const lastSeq = (await gw.status()).volumes.find((v) => v.name === "vol0")!.lastSeq;
+      return (await sites()).every((s) =>
+        s.connected &&
+        s.volumes.some((v) => v.name === "vol0" && v.state === "consistent" && v.ackedSeq === lastSeq)
+      );
+    },
+    timeoutMs,
+    what,
+    100,
+  );
+}
+
+export async function startLab(prefix: string, size = 16 * MiB): Promise<Lab> {
+  const { dir, remote, standby, gw, agent, c, lsp, rsp } = await startLabProcesses(prefix, size);
   const dev = (p: string) => `${dir}/${p}.img`;
   const parts: [string, string, string, number][] = [
     ["vol0", "app1", lsp, size],
@@ -131,32 +196,13 @@ export async function startLab(prefix: string, size = 16 * MiB): Promise<Lab> {
     lsp,
     rsp,
     createTask: async (name, mirror = {}) => {
-      await c.expect(201, "POST", "/api/tasks", {
-        name,
-        group: {
-          local: {
-            site: "prod",
-            lsp: { host: "app1", device: lsp },
-            lgp: { host: "lgw", device: dev("lgp") },
-            buffer: { host: "lgw", device: dev("buf") },
-          },
-          remotes: [{
-            site: "dr1",
-            rgp: { host: "rgw", device: dev("rgp") },
-            rsp: { host: "standby", device: rsp },
-          }],
-        },
-        mirror,
-      });
+      await c.expect(201, "POST", "/api/tasks", taskBody(name, lsp, rsp, dev, mirror));
     },
     taskState: async (name) => (await c.expect(200, "GET", `/api/tasks/${name}`) as { state: string }).state,
     sites,
     assignments: async () =>
       ((await c.expect(200, "GET", "/api/status")) as { assignments: Assignment[] }).assignments,
-    standbyRemembers: async () => {
-      const text = await Deno.readTextFile(`${standby.home}/assignments.json`).catch(() => '{"volumes":[]}');
-      return (JSON.parse(text) as { volumes: { name: string }[] }).volumes.map((v) => v.name);
-    },
+    standbyRemembers: () => standbyRemembers(standby),
     write: async (...cmds) => {
       await run("qemu-io", [
         "-f",
@@ -167,21 +213,7 @@ export async function startLab(prefix: string, size = 16 * MiB): Promise<Lab> {
         "flush",
       ]);
     },
-    siteCaughtUp: async (what, timeoutMs = 60_000) => {
-      await waitMirrorCaughtUp(gw, "a1", "vol0");
-      await waitFor(
-        async () => {
-          const lastSeq = (await gw.status()).volumes.find((v) => v.name === "vol0")!.lastSeq;
-          return (await sites()).every((s) =>
-            s.connected &&
-            s.volumes.some((v) => v.name === "vol0" && v.state === "consistent" && v.ackedSeq === lastSeq)
-          );
-        },
-        timeoutMs,
-        what,
-        100,
-      );
-    },
+    siteCaughtUp: (what, timeoutMs) => siteCaughtUp(gw, what, timeoutMs),
     allEqual: async (what) => {
       // the standby applies what the site acknowledged (rgp) a little later
       let h: Record<string, string> = {};
