@@ -160,6 +160,16 @@ export interface Frame {
   body: Uint8Array;
 }
 
+/** The largest frame of a type: data frames up to maxFrame; hashes of a large volume are big too (16 bytes a chunk). */
+export function frameLimit(type: number, maxFrame: number): number {
+  return type === FrameType.Record || type === FrameType.RecordDeflated || type === FrameType.ChunkOp ||
+      type === FrameType.ChunkReply
+    ? maxFrame
+    : type === FrameType.Hashes
+    ? MAX_HASHES_FRAME
+    : MAX_CONTROL_FRAME;
+}
+
 /**
  * Reads one frame. Returns undefined at a clean end of stream between frames;
  * throws FrameError on a malformed or oversized frame or a stream cut mid-frame.
@@ -174,14 +184,7 @@ export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Fr
   const len = new DataView(h.buffer, h.byteOffset, 4).getUint32(0);
   const type = h[4] as FrameType;
   if (len < 1) throw new FrameError("empty frame");
-  // hashes of a large volume are big too: 16 bytes per chunk
-  const limit =
-    type === FrameType.Record || type === FrameType.RecordDeflated || type === FrameType.ChunkOp ||
-      type === FrameType.ChunkReply
-      ? maxFrame
-      : type === FrameType.Hashes
-      ? MAX_HASHES_FRAME
-      : MAX_CONTROL_FRAME;
+  const limit = frameLimit(type, maxFrame);
   if (len > limit) throw new FrameError(`frame of ${len} bytes exceeds the ${limit}-byte limit`);
   const body = await r.readExact(len - 1);
   if (!body) throw new FrameError("stream ended inside a frame");

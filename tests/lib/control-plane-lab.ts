@@ -32,15 +32,7 @@ export interface Assignment {
   error?: string;
 }
 
-export interface Lab {
-  dir: string;
-  remote: RemoteGateway;
-  standby: Agent;
-  gw: Gateway;
-  agent: Agent;
-  c: WebClient;
-  lsp: string;
-  rsp: string;
+export interface Lab extends LabProcesses {
   /** Creates task `name` protecting `lsp` (as volume vol0) with its RSP `rsp` at dr1. */
   createTask: (name: string, mirror?: Partial<Mirror>) => Promise<void>;
   taskState: (name: string) => Promise<string>;

@@ -29,9 +29,8 @@ import {
   type Frame,
   FRAME_HEADER,
   FrameError,
+  frameLimit,
   FrameType,
-  MAX_CONTROL_FRAME,
-  MAX_HASHES_FRAME,
   type readFrame,
 } from "../../src/wire/frames.ts";
 import {
@@ -398,14 +397,7 @@ export function referenceFrames(
     const len = new DataView(data.buffer, data.byteOffset + at, 4).getUint32(0);
     const type = data[at + 4];
     if (len < 1) return { frames, end: "error" };
-    const limit =
-      type === FrameType.Record || type === FrameType.RecordDeflated || type === FrameType.ChunkOp ||
-        type === FrameType.ChunkReply
-        ? maxFrame
-        : type === FrameType.Hashes
-        ? MAX_HASHES_FRAME
-        : MAX_CONTROL_FRAME;
-    if (len > limit) return { frames, end: "error" };
+    if (len > frameLimit(type, maxFrame)) return { frames, end: "error" };
     if (data.length - at - FRAME_HEADER < len - 1) return { frames, end: "error" };
     frames.push({ type, body: data.slice(at + FRAME_HEADER, at + FRAME_HEADER + len - 1) });
     at += FRAME_HEADER + len - 1;
