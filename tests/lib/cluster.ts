@@ -177,6 +177,8 @@ export interface GatewayOptions {
   agents: Record<string, string>;
   bufferSize?: string;
   extra?: string[];
+  /** Added to the process's environment (e.g. libfaketime's, tests/lib/faketime.ts). */
+  env?: Record<string, string>;
 }
 
 export class Gateway {
@@ -208,7 +210,7 @@ export class Gateway {
       ...Object.entries(this.o.agents).flatMap(([a, f]) => ["--agent-secret", `${a}=${f}`]),
       ...(this.o.extra ?? []),
     ];
-    this.proc = new RoleProcess("gateway", args, `${this.o.dir}/gateway.log`);
+    this.proc = new RoleProcess("gateway", args, `${this.o.dir}/gateway.log`, { env: this.o.env });
     await this.proc.waitForLog("local gateway ready");
     this.tokenValue = (await Deno.readTextFile(`${this.o.dir}/gateway/api-token`)).trim();
     return this;
@@ -473,6 +475,8 @@ export async function startTopology(prefix: string, opts: {
   size: number;
   sites: string[];
   gatewayExtra?: string[];
+  /** Added to the local gateway's environment. */
+  gatewayEnv?: Record<string, string>;
   remoteExtra?: string[];
   ackAfter?: "rgp" | "rsp";
   /** Run before the roles start (fill images, place old copies). */
@@ -532,6 +536,7 @@ export async function startTopology(prefix: string, opts: {
       ]),
       ...(opts.gatewayExtra ?? []),
     ],
+    env: opts.gatewayEnv,
   }).start();
   const agent = await new Agent({
     dir,
