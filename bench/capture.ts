@@ -1,23 +1,45 @@
-// `deno task bench capture`: fio's nbd engine against the agent (with the local
-// gateway journaling on this machine), nbdkit's file plugin and qemu-nbd
-// --cache=writeback, on identical fresh files, interleaved, several rounds.
-import { fio, type FioResult, machine, median, table, writeSection } from "./lib.ts";
-import { startPair, tempDir } from "../tests/lib/cluster.ts";
+// `deno task bench capture`: fio's nbd engine against a protected volume and its peers on
+// identical fresh files, targets and jobs interleaved, several rounds, medians and ratios:
+// - Continuum: the agent and its local gateway alone (journal, mirror; no remote site);
+// - Continuum, 2 sites: the demo's topology (two remote gateways, each with its standby agent),
+//   sampling every site's replication lag while fio runs;
+// - qemu active mirror: qemu-storage-daemon exporting a file with an active blockdev-mirror
+//   (copy-mode=write-blocking) to an nbdkit file target, what a user would pick instead;
+// - nbdkit file: a plain NBD server on a file, the ceiling.
+// For every Continuum run it also reads each process's CPU time per thread from /proc (the
+// data plane's threads are named cn-*), which says what bounds a job.
+import { fio, type FioResult, machine, median, percentile, table, writeSection } from "./lib.ts";
+import { startPair, startTopology, tempDir, waitMirrorCaughtUp } from "../tests/lib/cluster.ts";
 
 const seconds = Number(Deno.env.get("BENCH_SECONDS") ?? 8);
 const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
+// BENCH_TARGETS / BENCH_JOBS (names separated by ';') run a part only, without updating the docs
+const only = Deno.env.get("BENCH_TARGETS")?.split(";");
+const onlyJobs = Deno.env.get("BENCH_JOBS")?.split(";");
 const GiB = 1024 ** 3;
 
-const jobs: Record<string, string[]> = {
-  "4 KiB random write, iodepth 1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
-  "4 KiB random write, iodepth 16": ["--rw=randwrite", "--bs=4k", "--iodepth=16"],
-  "1 MiB sequential write, iodepth 4": ["--rw=write", "--bs=1M", "--iodepth=4"],
-  "4 KiB random write, iodepth 16, fsync=32": ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--fsync=32"],
+const allJobs: Record<string, string[]> = {
+  "4 KiB randwrite qd1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
+  "4 KiB randwrite qd16": ["--rw=randwrite", "--bs=4k", "--iodepth=16"],
+  "1 MiB seq write qd4": ["--rw=write", "--bs=1M", "--iodepth=4"],
+  "4 KiB randwrite qd16, fsync=32": ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--fsync=32"],
+  "4 KiB write + flush, one at a time": ["--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"],
 };
+
+const jobs = Object.fromEntries(Object.entries(allJobs).filter(([j]) => !onlyJobs || onlyJobs.includes(j)));
+
+interface Running {
+  uri: string;
+  /** Processes whose CPU is accounted (empty for the peers). */
+  pids: number[];
+  /** The highest replication lag of any site now, in seconds (Continuum with sites only). */
+  lag?: () => Promise<number>;
+  stop(): Promise<void>;
+}
 
 interface Target {
   name: string;
-  start(dir: string): Promise<{ uri: string; stop(): Promise<void> }>;
+  start(dir: string): Promise<Running>;
 }
 
 async function sparse(path: string): Promise<string> {
@@ -28,7 +50,7 @@ async function sparse(path: string): Promise<string> {
 }
 
 function daemon(cmd: string, args: string[]): { stop(): Promise<void> } {
-  const p = new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).spawn();
+  const p = new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).spawn();
   return {
     async stop() {
       try {
@@ -40,7 +62,7 @@ function daemon(cmd: string, args: string[]): { stop(): Promise<void> } {
 }
 
 async function waitSocket(path: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 200; i++) {
     try {
       (await Deno.connect({ transport: "unix", path })).close();
       return;
@@ -51,53 +73,251 @@ async function waitSocket(path: string): Promise<void> {
   throw new Error(`${path} never came up`);
 }
 
-const targets: Target[] = [
+/** A minimal QMP client: one command at a time, events skipped. */
+class Qmp {
+  private buf = "";
+  private constructor(private readonly conn: Deno.Conn) {}
+
+  static async connect(path: string): Promise<Qmp> {
+    const q = new Qmp(await Deno.connect({ transport: "unix", path }));
+    await q.line(); // the greeting
+    await q.run("qmp_capabilities");
+    return q;
+  }
+
+  private async line(): Promise<Record<string, unknown>> {
+    const dec = new TextDecoder();
+    while (true) {
+      const nl = this.buf.indexOf("\n");
+      if (nl >= 0) {
+        const l = this.buf.slice(0, nl);
+        this.buf = this.buf.slice(nl + 1);
+        if (l.trim()) return JSON.parse(l);
+        continue;
+      }
+      const b = new Uint8Array(65536);
+      const n = await this.conn.read(b);
+      if (n === null) throw new Error("QMP closed");
+      this.buf += dec.decode(b.subarray(0, n));
+    }
+  }
+
+  async run(execute: string, args?: unknown): Promise<unknown> {
+    await this.conn.write(new TextEncoder().encode(JSON.stringify({ execute, arguments: args }) + "\n"));
+    while (true) {
+      const r = await this.line();
+      if ("event" in r) continue;
+      if ("error" in r) throw new Error(`QMP ${execute}: ${JSON.stringify(r.error)}`);
+      return r.return;
+    }
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+}
+
+/** qemu-storage-daemon exporting `src` over NBD with an active mirror to an nbdkit file target. */
+async function qemuActiveMirror(dir: string): Promise<Running> {
+  const src = await sparse(`${dir}/qsd-src.img`);
+  const tgt = await sparse(`${dir}/qsd-tgt.img`);
+  const tsock = `${dir}/qsd-tgt.sock`, qsock = `${dir}/qsd.sock`, qmp = `${dir}/qsd-qmp.sock`;
+  for (const s of [tsock, qsock, qmp]) await Deno.remove(s).catch(() => {});
+  const target = daemon("nbdkit", ["-f", "-U", tsock, "file", tgt]);
+  await waitSocket(tsock);
+  const qsd = daemon("qemu-storage-daemon", [
+    "--blockdev",
+    `driver=file,node-name=srcf,filename=${src}`,
+    "--blockdev",
+    "driver=raw,node-name=src,file=srcf",
+    "--blockdev",
+    `driver=nbd,node-name=tgt,server.type=unix,server.path=${tsock}`,
+    "--nbd-server",
+    `addr.type=unix,addr.path=${qsock}`,
+    "--export",
+    "type=nbd,id=e0,node-name=src,name=vol0,writable=on",
+    "--chardev",
+    `socket,id=qmp,path=${qmp},server=on,wait=off`,
+    "--monitor",
+    "chardev=qmp",
+  ]);
+  const stop = async () => {
+    await qsd.stop();
+    await target.stop();
+  };
+  try {
+    await waitSocket(qmp);
+    const q = await Qmp.connect(qmp);
+    try {
+      await q.run("blockdev-mirror", {
+        "job-id": "m0",
+        device: "src",
+        target: "tgt",
+        sync: "full",
+        "copy-mode": "write-blocking",
+      });
+      const until = Date.now() + 60_000;
+      while (true) {
+        const jobs = await q.run("query-block-jobs") as { device: string; ready: boolean }[];
+        if (jobs.find((j) => j.device === "m0")?.ready) break;
+        if (Date.now() > until) throw new Error("the qemu mirror never became ready");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      q.close();
+    }
+    await waitSocket(qsock);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { uri: `nbd+unix:///vol0?socket=${qsock}`, pids: [], stop };
+}
+
+const targets = ([
   {
     name: "Continuum",
     async start() {
       const pair = await startPair("bench-capture", { vol0: GiB });
-      return { uri: pair.agent.uri("vol0"), stop: () => pair.stop() };
+      // measured in steady state: after the new volume's first full synchronisation
+      await pair.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
+      await waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
+      return {
+        uri: pair.agent.uri("vol0"),
+        pids: [pair.agent.proc.pid, pair.gw.proc.pid],
+        stop: () => pair.stop(),
+      };
     },
   },
   {
+    name: "Continuum, 2 sites",
+    async start() {
+      const t = await startTopology("bench-sites", { size: GiB, sites: ["s1", "s2"] });
+      await t.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
+      await t.caughtUp();
+      return {
+        uri: t.agent.uri("vol0"),
+        pids: [
+          t.agent.proc.pid,
+          t.gw.proc.pid,
+          ...Object.values(t.remotes).map((r) => r.proc.pid),
+          ...Object.values(t.standbys).map((s) => s.proc.pid),
+        ],
+        lag: async () => Math.max(0, ...(await t.sites()).map((s) => s.lagSeconds ?? 0)),
+        stop: () => t.stop(),
+      };
+    },
+  },
+  { name: "qemu active mirror", start: qemuActiveMirror },
+  {
     name: "nbdkit file",
-    async start(dir) {
+    async start(dir: string) {
       const file = await sparse(`${dir}/nbdkit.img`);
       const sock = `${dir}/nbdkit.sock`;
       await Deno.remove(sock).catch(() => {});
       const p = daemon("nbdkit", ["-f", "-U", sock, "file", file]);
       await waitSocket(sock);
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => p.stop() };
+      return { uri: `nbd+unix:///?socket=${sock}`, pids: [], stop: () => p.stop() };
     },
   },
-  {
-    name: "qemu-nbd writeback",
-    async start(dir) {
-      const file = await sparse(`${dir}/qemu.img`);
-      const sock = `${dir}/qemu.sock`;
-      await Deno.remove(sock).catch(() => {});
-      // --persistent: qemu-nbd would exit when the first client (waitSocket's probe) leaves
-      const p = daemon("qemu-nbd", ["--persistent", "--cache=writeback", "-f", "raw", "-k", sock, file]);
-      await waitSocket(sock);
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => p.stop() };
-    },
-  },
-];
+] satisfies Target[]).filter((t) => !only || only.includes(t.name));
 
-const results = new Map<string, FioResult[]>();
+// ---- CPU per process and thread, from /proc ----
+
+const TICK = 100; // USER_HZ
+
+interface CpuSample {
+  /** "process name/thread name" → CPU seconds */
+  threads: Map<string, number>;
+}
+
+function procName(pid: number): string {
+  try {
+    const cmd = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0");
+    const role = cmd[cmd.indexOf("--role") + 1] ?? "deno";
+    return cmd.includes("--standby") ? "standby agent" : role;
+  } catch {
+    return String(pid);
+  }
+}
+
+function cpuSample(pids: number[]): CpuSample {
+  const threads = new Map<string, number>();
+  for (const pid of pids) {
+    const proc = procName(pid);
+    let tids: string[] = [];
+    try {
+      tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
+    } catch { /* gone */ }
+    for (const tid of tids) {
+      try {
+        const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+        const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        const secs = (Number(f[11]) + Number(f[12])) / TICK; // utime, stime
+        // Deno's own threads (JS main thread, tokio workers, V8 helpers) are summed by kind
+        const kind = comm.startsWith("cn-")
+          ? comm
+          : tid === String(pid)
+          ? "JS main thread"
+          : `runtime (${comm.replace(/[-\d]+$/, "")})`;
+        const key = `${proc}/${kind}`;
+        threads.set(key, (threads.get(key) ?? 0) + secs);
+      } catch { /* thread ended */ }
+    }
+  }
+  return { threads };
+}
+
+function cpuDelta(a: CpuSample, b: CpuSample, wall: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, v] of b.threads) {
+    const d = (v - (a.threads.get(k) ?? 0)) / wall;
+    if (d > 0.005) out.set(k, d);
+  }
+  return out;
+}
+
+// ---- the runs ----
+
+interface Run {
+  fio: FioResult;
+  cpu?: Map<string, number>;
+  lags?: number[];
+}
+
+const results = new Map<string, Run[]>();
 const dir = await tempDir("bench-capture");
 for (let round = 1; round <= rounds; round++) {
-  for (const t of targets) {
-    for (const [job, args] of Object.entries(jobs)) {
-      const s = await t.start(dir);
+  for (const [job, args] of Object.entries(jobs)) {
+    for (const t of targets) {
+      const s: Running = await t.start(dir);
       try {
+        const lags: number[] = [];
+        let sampling = true;
+        const sampler = s.lag
+          ? (async () => {
+            while (sampling) {
+              lags.push(await s.lag!().catch(() => NaN));
+              await new Promise((r) => setTimeout(r, 250));
+            }
+          })()
+          : undefined;
+        const before = cpuSample(s.pids), t0 = performance.now();
         const r = await fio(s.uri, args, seconds);
+        const cpu = s.pids.length
+          ? cpuDelta(before, cpuSample(s.pids), (performance.now() - t0) / 1000)
+          : undefined;
+        sampling = false;
+        await sampler;
+        const run: Run = { fio: r, cpu, lags: s.lag ? lags.filter((x) => !Number.isNaN(x)) : undefined };
         const key = `${t.name}|${job}`;
-        results.set(key, [...(results.get(key) ?? []), r]);
+        results.set(key, [...(results.get(key) ?? []), run]);
+        const lagText = run.lags?.length ? `  p99 lag ${percentile(run.lags, 99).toFixed(3)} s` : "";
         console.log(
-          `round ${round} ${t.name.padEnd(20)} ${job.padEnd(42)} ${r.iops.toFixed(0).padStart(7)} IOPS ${
+          `round ${round} ${t.name.padEnd(20)} ${job.padEnd(36)} ${r.iops.toFixed(0).padStart(7)} IOPS ${
             r.mbps.toFixed(1).padStart(8)
-          } MB/s`,
+          } MB/s${lagText}`,
         );
       } finally {
         await s.stop();
@@ -106,37 +326,83 @@ for (let round = 1; round <= rounds; round++) {
   }
 }
 
-const med = (t: string, j: string) => {
-  const rs = results.get(`${t}|${j}`)!;
-  return { iops: median(rs.map((r) => r.iops)), mbps: median(rs.map((r) => r.mbps)) };
+const metricOf = (job: string): "iops" | "mbps" => job.startsWith("1 MiB") ? "mbps" : "iops";
+const med = (t: string, j: string): number | undefined => {
+  const rs = results.get(`${t}|${j}`);
+  return rs ? median(rs.map((r) => r.fio[metricOf(j)])) : undefined;
 };
+const fmt = (j: string, x: number | undefined) =>
+  x === undefined ? "–" : metricOf(j) === "mbps" ? `${x.toFixed(0)} MB/s` : `${x.toFixed(0)} IOPS`;
+const ratio = (a: number | undefined, b: number | undefined) =>
+  a === undefined || b === undefined ? "–" : (a / b).toFixed(2);
+
 const rows = Object.keys(jobs).map((j) => {
-  const c = med("Continuum", j), k = med("nbdkit file", j), q = med("qemu-nbd writeback", j);
-  const metric = j.startsWith("1 MiB") ? "mbps" : "iops";
-  const fmt = (x: { iops: number; mbps: number }) =>
-    metric === "mbps" ? `${x.mbps.toFixed(0)} MB/s` : `${x.iops.toFixed(0)} IOPS`;
-  return [j, fmt(c), fmt(k), fmt(q), (c[metric] / k[metric]).toFixed(2), (c[metric] / q[metric]).toFixed(2)];
+  const c = med("Continuum", j), s = med("Continuum, 2 sites", j);
+  const q = med("qemu active mirror", j), k = med("nbdkit file", j);
+  const lags = (results.get(`Continuum, 2 sites|${j}`) ?? []).flatMap((r) => r.lags ?? []);
+  return [
+    j,
+    fmt(j, c),
+    fmt(j, s),
+    fmt(j, q),
+    fmt(j, k),
+    ratio(c, q),
+    ratio(c, k),
+    ratio(s, q),
+    lags.length ? percentile(lags, 99).toFixed(2) : "–",
+  ];
 });
 const out = table([
   "fio job (nbd engine, 512 MiB region)",
   "Continuum",
+  "Continuum, 2 sites",
+  "qemu active mirror",
   "nbdkit file",
-  "qemu-nbd",
+  "÷ qemu",
   "÷ nbdkit",
-  "÷ qemu-nbd",
+  "2 sites ÷ qemu",
+  "2 sites p99 lag (s)",
 ], rows);
 console.log("\n" + out);
-await writeSection(
-  "capture",
-  `## Write interception (\`deno task bench capture\`)
 
-${await machine()}. ${rounds} rounds of ${seconds} s per job, targets interleaved, fresh 1 GiB sparse files;
-medians. Continuum is the agent with its local gateway on the same machine journaling every write (ring
-buffer + libsql index, group commit) and applying it to its mirror: every client write is written three
-times (agent disk, journal, mirror) by three processes sharing the machine's cores with fio.
+/** CPU per process and thread (cores busy, median over rounds), the busiest first. */
+function cpuTable(target: string, job: string): string {
+  const runs = results.get(`${target}|${job}`) ?? [];
+  const keys = new Set(runs.flatMap((r) => [...(r.cpu?.keys() ?? [])]));
+  const rows = [...keys].map((k) => [k, median(runs.map((r) => r.cpu?.get(k) ?? 0))] as const)
+    .filter(([, v]) => v >= 0.02)
+    .sort((a, b) => b[1] - a[1]);
+  const total = rows.reduce((n, [, v]) => n + v, 0);
+  return `${job}: ${total.toFixed(2)} cores in all; ` +
+    rows.slice(0, 8).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ");
+}
+const cpu = targets.filter((t) => t.name.startsWith("Continuum")).map((t) =>
+  `**${t.name}** (cores busy per process/thread while fio ran, medians; fio itself not counted):\n\n` +
+  Object.keys(jobs).map((j) => `- ${cpuTable(t.name, j)}`).join("\n")
+).join("\n\n");
+console.log("\n" + cpu);
+
+if (!only && !onlyJobs) {
+  await writeSection(
+    "capture",
+    `## Write interception (\`deno task bench capture\`)
+
+${await machine()}. ${rounds} rounds of ${seconds} s per job, jobs and targets interleaved, each run on
+fresh 1 GiB sparse files; medians. Every process (fio, the roles, the peers) shares the machine's cores.
+
+- **Continuum**: the agent and its local gateway: every write goes to the agent's disk and, sealed, to the
+  gateway's journal ring (group commit), then to its mirror: three copies by two processes.
+- **Continuum, 2 sites**: the same plus two remote gateways, each with its standby agent (the demo's
+  topology): five copies by six processes. Its lag column is the p99 of every site's replication lag sampled
+  every 250 ms while fio ran.
+- **qemu active mirror**: qemu-storage-daemon exporting a file with \`blockdev-mirror sync=full
+  copy-mode=write-blocking\` to an nbdkit file target (waited until ready): two copies, each write
+  synchronous on both.
+- **nbdkit file**: one copy, the ceiling.
 
 ${out}
 
-Targets from the foundation issue: ≥ 0.5 of nbdkit at 4 KiB iodepth 16, ≥ 0.7 of qemu-nbd at 1 MiB sequential.`,
-);
+${cpu}`,
+  );
+}
 await Deno.remove(dir, { recursive: true });

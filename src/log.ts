@@ -19,6 +19,11 @@ export function setLogLevel(level: Level): void {
   threshold = order[level];
 }
 
+/** The level below which nothing is logged now. */
+export function logLevel(): Level {
+  return levels.find((l) => order[l] === threshold) ?? "info";
+}
+
 /** Redirects log lines (tests capture them to check what is and is not logged). */
 export function setLogSink(fn: (line: string) => void): void {
   sink = fn;

@@ -3,7 +3,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Agent, sparseImage, startPair, waitFor, writeSecret } from "./lib/cluster.ts";
 import { goData, NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
-import { EINVAL, ENOSPC, OPT_GO, REP_ERR_UNKNOWN } from "../src/nbd/protocol.ts";
+import { EINVAL, ENOSPC, OPT_GO, REP_ERR_UNKNOWN } from "./lib/nbd-protocol.ts";
 
 const t = suite("capture: bad input");
 const MiB = 1024 * 1024;

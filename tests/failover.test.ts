@@ -9,7 +9,7 @@ import { need } from "./lib/env.ts";
 import { FailoverLab, Poller } from "./lib/failover-lab.ts";
 import { waitFor } from "./lib/cluster.ts";
 import { NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
-import { EPERM } from "../src/nbd/protocol.ts";
+import { EPERM } from "./lib/nbd-protocol.ts";
 
 const t = suite("failover");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save"] };

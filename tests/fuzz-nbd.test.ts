@@ -48,9 +48,8 @@ import {
   type OptionOutcome,
   REQUEST_MAGIC,
   REQUEST_SIZE,
-  serverGreeting,
   validateRequest,
-} from "../src/nbd/protocol.ts";
+} from "./lib/nbd-protocol.ts";
 
 // --- constants from the NBD spec, spelled out independently of the module ---
 const OPT_REPLY_MAGIC = 0x3e889045565a9n;
@@ -421,9 +420,19 @@ const AGENT_EXPORT: ExportInfo = {
   readOnly: false,
 };
 
+/** The spec's fixed newstyle greeting: NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE | NO_ZEROES. */
+function greeting(): Uint8Array {
+  const g = new Uint8Array(18);
+  const v = new DataView(g.buffer);
+  v.setBigUint64(0, 0x4e42444d41474943n);
+  v.setBigUint64(8, IHAVEOPT);
+  v.setUint16(16, 0b11);
+  return g;
+}
+
 /** What the server reads from `stream`, per its framing (the option logic is the pure module's). */
 function simulate(stream: Uint8Array): Simulation {
-  const out: Uint8Array[] = [serverGreeting()];
+  const out: Uint8Array[] = [greeting()];
   const sim: Simulation = { negotiation: new Uint8Array(0), transmission: false, requests: [] };
   const n = negotiation([AGENT_EXPORT]);
   let at = 0;

@@ -14,7 +14,7 @@ import {
   readFrameProperty,
   requestBoundsProperty,
 } from "./lib/fuzz.ts";
-import { validateRequest } from "../src/nbd/protocol.ts";
+import { validateRequest } from "./lib/nbd-protocol.ts";
 import { FRAME_HEADER, FrameError, type FrameType, readFrame } from "../src/wire/frames.ts";
 import type { ConnReader } from "../src/io/conn-reader.ts";
 import { decodeHeartbeat, openHeartbeat, type ReplayGuard } from "../src/heartbeat/codec.ts";
@@ -27,7 +27,7 @@ import {
   RecordError,
   type RecordHeader,
 } from "../src/record/record.ts";
-import { MAX_PAYLOAD } from "../src/nbd/protocol.ts";
+import { MAX_PAYLOAD } from "./lib/nbd-protocol.ts";
 
 const SEED = 20261124;
 const BUDGET = 3000;

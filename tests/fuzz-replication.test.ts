@@ -23,8 +23,6 @@ import {
   fuzzRuns,
   mutationArb,
   readFrameProperty,
-  readToEnd,
-  writeAll,
 } from "./lib/fuzz.ts";
 import { Gateway, keygen, RemoteGateway, tempDir, waitFor, writeSecret } from "./lib/cluster.ts";
 import { connectSecure } from "../src/transport/secure.ts";
@@ -43,7 +41,7 @@ import {
   jsonFrame,
   readFrame,
 } from "../src/wire/frames.ts";
-import { agentProof, b64, nonce } from "../src/wire/auth.ts";
+import { LinkClient } from "./lib/link-client.ts";
 import {
   decodeHeader,
   encodeRecord,
@@ -56,7 +54,7 @@ import {
   RecordError,
   type RecordHeader,
 } from "../src/record/record.ts";
-import { MAX_PAYLOAD } from "../src/nbd/protocol.ts";
+import { MAX_PAYLOAD } from "./lib/nbd-protocol.ts";
 import { setLogLevel } from "../src/log.ts";
 import { Receiver } from "../src/replication/receiver.ts";
 import { deflateRecord, inflateRecord } from "../src/record/deflate.ts";
@@ -512,33 +510,25 @@ function recordFrame(body: Uint8Array): Uint8Array {
   return b;
 }
 
-/** Connects, authenticates as AGENT and opens v0 as link volume 1; returns the connection and lastSeq. */
-async function session(): Promise<{ conn: Deno.Conn; lastSeq: number }> {
-  const conn = await Deno.connect({ transport: "unix", path: gw.socket });
-  const reader = new ConnReader(conn);
-  const ch = await readFrame(reader);
-  assert.is(ch?.type, FrameType.Challenge);
-  const gwNonce = b64.decode(decodeJson<{ nonce: string }>(ch!.body).nonce);
-  const mine = nonce();
-  await writeAll(
-    conn,
-    jsonFrame(FrameType.Hello, {
-      agent: AGENT,
-      nonce: b64.encode(mine),
-      proof: b64.encode(agentProof(secret, AGENT, gwNonce, mine)),
-    }),
-  );
-  const w = await readFrame(reader);
-  assert.is(w?.type, FrameType.Welcome, "authenticated");
-  await writeAll(conn, jsonFrame(FrameType.Open, { id: 1, name: "v0", size: VOL }));
+/** Connects, authenticates as AGENT and opens v0 as link volume 1; returns the link and lastSeq. */
+async function session(): Promise<{ link: LinkClient; lastSeq: number }> {
+  const link = await LinkClient.connect(gw.socket, AGENT, secret);
+  await link.send(jsonFrame(FrameType.Open, { id: 1, name: "v0", size: VOL }));
   while (true) {
-    const f = await readFrame(reader);
+    const f = await link.next();
     if (!f) throw new Error("closed before Opened");
     if (f.type !== FrameType.Opened) continue;
     const m = decodeJson<{ lastSeq?: number; error?: string }>(f.body);
     if (m.error) throw new Error(m.error);
-    return { conn, lastSeq: m.lastSeq ?? 0 };
+    return { link, lastSeq: m.lastSeq ?? 0 };
   }
+}
+
+/** What the gateway said when it ended a session (its Error frames). */
+function errors(frames: { type: number; body: Uint8Array }[]): string {
+  return frames.filter((f) => f.type === FrameType.Error).map((f) => new TextDecoder().decode(f.body)).join(
+    " ",
+  );
 }
 
 async function volumeSeq(): Promise<number> {
@@ -577,9 +567,10 @@ live.before(async () => {
     });
     frames.push(recordFrame(body));
   }
-  await writeAll(s.conn, concat(...frames));
-  s.conn.closeWrite();
-  await readToEnd(s.conn, 10_000);
+  await s.link.send(...frames);
+  s.link.conn.closeWrite();
+  await s.link.drain(10_000);
+  s.link.close();
   assert.is(await volumeSeq(), lastSeq);
 });
 live.after(async () => {
@@ -738,10 +729,12 @@ live(
         const stream = concat(...frames, noise);
         LIVE.bytes += stream.length;
         try {
-          await writeAll(s.conn, stream);
-          s.conn.closeWrite();
+          // one sealed batch: inside it, the frames are the data plane's to judge
+          await s.link.send(stream);
+          s.link.conn.closeWrite();
         } catch { /* the gateway closed first */ }
-        const got = await readToEnd(s.conn, 10_000);
+        const got = await s.link.drain(10_000);
+        s.link.close();
         assert.not.ok(got.timedOut, "the gateway ended the session");
         assert.not.ok(gwDied, "the gateway died");
         const now = await volumeSeq();
@@ -809,10 +802,11 @@ live("regression: a sealed TRIM record with bytes after it is refused by the liv
     }),
     new Uint8Array(64).fill(0xcd),
   );
-  await writeAll(s.conn, recordFrame(body));
-  s.conn.closeWrite();
-  const got = await readToEnd(s.conn, 10_000);
-  assert.ok(new TextDecoder().decode(got.bytes).includes("checksum"), "the gateway says why");
+  await s.link.send(recordFrame(body));
+  s.link.conn.closeWrite();
+  const got = await s.link.drain(10_000);
+  s.link.close();
+  assert.match(errors(got.frames), /checksum/, "the gateway says why");
   assert.is(await volumeSeq(), s.lastSeq, "nothing was journaled");
 });
 

@@ -2,7 +2,11 @@
 // own process (a crash or a hung file cannot take the others down), its uvu summary
 // is read, and the run ends with the one line CI reads: `N passed, N failed`.
 // Arguments filter files by substring: `deno task test nbd journal`.
+// A second pass runs the capture tests and the NBD fuzzer against the AddressSanitizer and
+// UndefinedBehaviorSanitizer build of the native library (every run of the whole suite, and
+// with TEST_SANITIZE=1): a report from any process fails the file.
 import { ensureSetup } from "./lib/setup.ts";
+import { buildNative, sanitizerEnv } from "../native/build.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const fileTimeoutMs = Number(Deno.env.get("TEST_FILE_TIMEOUT_MS") ?? 8 * 60_000);
@@ -45,9 +49,34 @@ async function shrink(dir: string): Promise<void> {
 
 let fileIndex = 0;
 
-async function runFile(file: string): Promise<Outcome> {
+const SANITIZER_REPORT =
+  /ERROR: AddressSanitizer|runtime error:|UndefinedBehaviorSanitizer|ERROR: LeakSanitizer/;
+
+/**
+ * Sanitizer reports a file's processes left: in the files ASan writes under log_path, or in a
+ * role's log (UBSan reports on stderr, which a role's log holds).
+ */
+async function sanitizerReports(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch { /* the file left no directory */ }
+  for (const e of entries) {
+    const p = `${dir}/${e.name}`;
+    if (e.isDirectory) found.push(...await sanitizerReports(p));
+    else if (e.isFile && (e.name.startsWith("sanitizer.") || e.name.endsWith(".log"))) {
+      const text = await Deno.readTextFile(p).catch(() => "");
+      const at = text.search(SANITIZER_REPORT);
+      if (at >= 0) found.push(`${p}:\n${text.slice(Math.max(0, at - 200), at + 6000)}`);
+    }
+  }
+  return found;
+}
+
+async function runFile(file: string, sanitizer?: Record<string, string>): Promise<Outcome> {
   const rel = file.slice(root.length);
-  console.log(`\n=== ${rel}`);
+  console.log(`\n=== ${rel}${sanitizer ? " (sanitized native library)" : ""}`);
   const started = performance.now();
   // each file's roles work under a directory of its own, so what it leaves can be cleaned up;
   // its name is short because Unix socket paths below it must stay under 108 bytes
@@ -55,12 +84,25 @@ async function runFile(file: string): Promise<Outcome> {
     (fileIndex++).toString(36)
   }`;
   console.log(`(output: ${outDir.slice(root.length)})`);
+  let env: Record<string, string> = { NO_COLOR: "1", TEST_OUTPUT_DIR: outDir };
+  if (sanitizer) {
+    // the test process and every role it starts load the sanitized library; reports go to files
+    await Deno.mkdir(outDir, { recursive: true });
+    const logPath = `log_path=${outDir}/sanitizer`;
+    env = {
+      ...env,
+      ...sanitizer,
+      CONTINUUM_SANITIZER_PRELOAD: sanitizer.LD_PRELOAD,
+      ASAN_OPTIONS: `${sanitizer.ASAN_OPTIONS}:${logPath}`,
+      UBSAN_OPTIONS: `${sanitizer.UBSAN_OPTIONS}:${logPath}`,
+    };
+  }
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", file],
     cwd: root,
     stdout: "piped",
     stderr: "inherit",
-    env: { NO_COLOR: "1", TEST_OUTPUT_DIR: outDir },
+    env,
   }).spawn();
   const timer = setTimeout(() => {
     console.log(`!!! ${rel}: no result after ${fileTimeoutMs / 1000}s, killed`);
@@ -77,6 +119,8 @@ async function runFile(file: string): Promise<Outcome> {
   }
   const status = await child.status;
   clearTimeout(timer);
+  const reports = sanitizer ? await sanitizerReports(outDir) : [];
+  for (const r of reports) console.log(`!!! ${rel}: sanitizer report:\n${r.slice(0, 8000)}`);
   const s = summary(text);
   const secs = ((performance.now() - started) / 1000).toFixed(1);
   if (!s) {
@@ -88,6 +132,7 @@ async function runFile(file: string): Promise<Outcome> {
     console.log(`!!! ${rel}: exit code ${status.code} although every test passed`);
     failed = 1;
   }
+  if (reports.length && failed === 0) failed = 1;
   console.log(`--- ${rel}: ${s.passed} passed, ${failed} failed (${secs}s)`);
   if (failed === 0) await shrink(outDir);
   return { passed: s.passed, failed };
@@ -105,6 +150,18 @@ for (const f of files) {
   passed += r.passed;
   failed += r.failed;
   if (r.failed) failedFiles.push(f.slice(root.length));
+}
+const sanitize = filters.length === 0 || Deno.env.get("TEST_SANITIZE") === "1";
+const sanitized = files.filter((f) => /\/tests\/(capture-[^/]*|fuzz-nbd)\.test\.ts$/.test(f));
+if (sanitize && sanitized.length) {
+  await buildNative(false, true);
+  const env = await sanitizerEnv();
+  for (const f of sanitized) {
+    const r = await runFile(f, env);
+    passed += r.passed;
+    failed += r.failed;
+    if (r.failed) failedFiles.push(`${f.slice(root.length)} (sanitized)`);
+  }
 }
 if (failedFiles.length) console.log(`\nfailing files: ${failedFiles.join(", ")}`);
 console.log(`${passed} passed, ${failed} failed`);

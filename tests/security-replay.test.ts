@@ -1,8 +1,8 @@
 // Security checks, replay and impersonation, against running roles:
 // - agent link: a captured session (recorded by a proxy) replayed in a new connection
 //   is refused at the challenge (fresh nonce) and journals nothing; a record a man in
-//   the middle duplicates inside a session is refused (sequence); a wrong secret is
-//   refused before any record is read;
+//   the middle duplicates inside a session fails authentication; a wrong secret is
+//   refused before any record is read; an impostor gateway gets nothing past the hello;
 // - heartbeats: datagrams recorded from an agent and sent again later are dropped as
 //   replays, and after the agent restarts, as belonging to a retired boot;
 // - site link: the bytes of a recorded TLS session replayed in a new connection are
@@ -45,7 +45,7 @@ import {
   jsonFrame,
   readFrame,
 } from "../src/wire/frames.ts";
-import { agentProof, b64, nonce } from "../src/wire/auth.ts";
+import { frame, helloFrame, LinkClient, linkSecrets, sealBatch } from "./lib/link-client.ts";
 import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
 import { generateIdentity, loadIdentity } from "../src/transport/identity.ts";
@@ -157,7 +157,7 @@ link(
     const cap = proxy.captures[0];
     const up = joined(cap.up);
     assert.ok(up.length > 256 * KiB, "the capture holds the session's records");
-    assert.ok(dec.decode(up.subarray(0, 200)).includes('"agent":"a1"'), "the capture starts with the hello");
+    assert.is(up[4], FrameType.Hello, "the capture starts with the hello");
     const seqBefore = await lastSeq();
     const refusedBefore = (await gw.status()).refused["authentication failed"] ?? 0;
     const mirrorBefore = await sha256File(gw.mirrorPath("a1", "vol0"));
@@ -168,9 +168,20 @@ link(
     } catch { /* the gateway closed first */ }
     const got = await reading;
     assert.not.ok(got.timedOut, "the gateway closed the replayed session");
-    const text = dec.decode(got.bytes);
-    assert.match(text, /authentication failed/);
-    assert.not.match(text, /"proof"/, "the gateway proved nothing to the replayer");
+    // the gateway's answer: its (new) challenge, then a denial; no welcome, so no proof of its own
+    const answers: number[] = [];
+    for (let at = 0; at + 5 <= got.bytes.length;) {
+      answers.push(got.bytes[at + 4]);
+      at += 4 + new DataView(got.bytes.buffer, got.bytes.byteOffset + at, 4).getUint32(0);
+    }
+    assert.equal(answers, [FrameType.Challenge, FrameType.Denied], "challenge, then denied");
+    assert.match(dec.decode(got.bytes), /authentication failed/);
+    // the count reaches the status from the data plane's events, a moment after the denial
+    await waitFor(
+      () => gw.status().then((s) => s.refused["authentication failed"] === refusedBefore + 1),
+      5_000,
+      "the refusal to be counted",
+    );
     const st = await gw.status();
     assert.is(st.refused["authentication failed"], refusedBefore + 1);
     assert.is(await lastSeq(), seqBefore, "no record of the replay was journaled");
@@ -181,48 +192,115 @@ link(
 
 link("a wrong secret is refused before any record is read (records sent right after the hello)", async () => {
   const conn = await Deno.connect({ transport: "unix", path: gw.socket });
-  const reader = new ConnReader(conn);
-  const ch = await readFrame(reader);
-  const gwNonce = b64.decode(decodeJson<{ nonce: string }>(ch!.body).nonce);
-  const mine = nonce();
-  const wrong = new TextEncoder().encode("not-the-agent-secret-0123456789!");
+  const gwNonce = await LinkClient.challenge(new ConnReader(conn));
+  const mine = crypto.getRandomValues(new Uint8Array(32));
+  const wrong = linkSecrets(
+    new TextEncoder().encode("not-the-agent-secret-0123456789!"),
+    "a1",
+    gwNonce,
+    mine,
+  );
   const seqBefore = await lastSeq();
+  // what a client that guessed would send on: its hello, then batches sealed with its own keys
   await writeAll(
     conn,
     concat(
-      jsonFrame(FrameType.Hello, {
-        agent: "a1",
-        nonce: b64.encode(mine),
-        proof: b64.encode(agentProof(wrong, "a1", gwNonce, mine)),
-      }),
-      jsonFrame(FrameType.Open, { id: 1, name: "vol0", size: 4 * MiB }),
-      recordFrame(writeRecord(1, seqBefore + 1, 0, pattern(4096, 9))),
+      helloFrame("a1", mine, wrong.agentProof),
+      sealBatch(
+        wrong.agentKey,
+        0n,
+        concat(
+          frame(
+            FrameType.Open,
+            new TextEncoder().encode(JSON.stringify({ id: 1, name: "vol0", size: 4 * MiB })),
+          ),
+          recordFrame(writeRecord(1, seqBefore + 1, 0, pattern(4096, 9))),
+        ),
+      ),
     ),
   );
   const got = await readToEnd(conn, 10_000);
   const text = dec.decode(got.bytes);
   assert.match(text, /authentication failed/);
-  assert.not.match(text, /Opened|lastSeq/, "the open was never answered");
+  assert.not.match(text, /lastSeq/, "the open was never answered");
   assert.is(await lastSeq(), seqBefore);
   assert.ok(await alive(gw.proc));
 });
 
 link(
+  "an impostor gateway that cannot prove the secret gets no data (it reflects the agent's own proof)",
+  async () => {
+    const path = `${dir}/impostor.sock`;
+    const listener = Deno.listen({ transport: "unix", path });
+    const seen: { afterHello: number; hello: boolean }[] = [];
+    const serving = (async () => {
+      for await (const conn of listener) {
+        const reader = new ConnReader(conn);
+        const s = { afterHello: 0, hello: false };
+        seen.push(s);
+        const challenge = new Uint8Array(34);
+        new DataView(challenge.buffer).setUint16(0, 2);
+        challenge.set(crypto.getRandomValues(new Uint8Array(32)), 2);
+        await writeAll(conn, frame(FrameType.Challenge, challenge)).catch(() => {});
+        const hello = await readFrame(reader).catch(() => undefined);
+        if (hello?.type !== FrameType.Hello) {
+          conn.close();
+          continue;
+        }
+        s.hello = true;
+        // the agent's own proof sent back as the gateway's: it must not pass
+        await writeAll(conn, frame(FrameType.Welcome, hello.body.slice(hello.body.length - 32))).catch(
+          () => {},
+        );
+        const rest = await readToEnd(conn, 3_000);
+        s.afterHello = rest.bytes.length;
+      }
+    })();
+    let victim: Agent | undefined;
+    try {
+      const other = await sparseImage(`${dir}/impostor-vol.img`, MiB);
+      const v = victim = await new Agent({
+        dir,
+        home: "impostor-agent",
+        id: "a1",
+        secretFile: `${dir}/agent.secret`,
+        gatewaySocket: path,
+        volumes: { vol0: other },
+      }).start();
+      await waitFor(
+        () => v.proc.log.includes("gateway failed to prove it holds this agent's secret"),
+        20_000,
+        "the agent to refuse the impostor",
+      );
+      // each of the impostor's sessions ends within 3 s of the hello: wait for those to settle
+      await new Promise((r) => setTimeout(r, 3_500));
+      assert.ok(seen.some((s) => s.hello), "the agent sent its hello");
+      for (const s of seen) assert.is(s.afterHello, 0, "nothing after the hello reached the impostor");
+    } finally {
+      await victim?.proc.stop();
+      listener.close();
+      await serving.catch(() => {});
+    }
+  },
+);
+
+link(
   // also the regression test of "a FLUSH in flight when the link drops": the duplicate ends the
   // session just after the record it copies was journaled; the gateway's Durable for it went
   // nowhere and the agent, with nothing to resend, waited for it until its next write
-  "a record a man in the middle duplicates inside the session is refused; the copies stay equal " +
+  "a batch a man in the middle replays inside the session is refused; the copies stay equal " +
     "(regression: a FLUSH in flight when the link drops is answered)",
   async () => {
     const before = proxy.duplicated;
     const log0 = gw.proc.log.length;
     for (let i = 0; i < 40 && proxy.duplicated === before; i++) {
-      proxy.duplicateRecord = true;
+      proxy.duplicateBatch = true;
       await nbdWrite(agent.socket, 512 * KiB + i * 4 * KiB, pattern(4 * KiB, 100 + i));
     }
-    proxy.duplicateRecord = false;
-    assert.ok(proxy.duplicated > before, "the proxy duplicated a record");
-    await waitFor(() => gw.proc.log.slice(log0).includes("out of sequence"), 10_000, "the refusal");
+    proxy.duplicateBatch = false;
+    assert.ok(proxy.duplicated > before, "the proxy replayed a batch");
+    // its nonce was used: the copy fails authentication
+    await waitFor(() => gw.proc.log.slice(log0).includes("failed authentication"), 10_000, "the refusal");
     // the agent reconnects and resends what was not confirmed: nothing lost, nothing applied twice
     await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "agent to reconnect");
     await nbdWrite(agent.socket, 3 * MiB, pattern(4096, 7));

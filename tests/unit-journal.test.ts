@@ -1,15 +1,16 @@
-// Unit tests of the gateway journal: the ring buffer (src/journal/ring.ts), the
-// journal with its libsql index (src/journal/journal.ts, src/db/db.ts): group
-// commit, cursors, wrap-around, backpressure and crash recovery.
+// Unit tests of the gateway journal (native/journal.c through src/journal/journal.ts, with its
+// libsql index): group commit, cursors, wrap-around, backpressure, the checkpoint, and crash
+// recovery.
 //
 // The crash test re-runs this file as a child process (CN_JOURNAL_CRASH_CHILD set)
 // that appends records and exits without closing anything.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { openDatabase, type OpenedDb } from "../src/db/db.ts";
-import { segments, volumes } from "../src/db/schema.ts";
+import { journalState, segments, volumes } from "../src/db/schema.ts";
 import { type Cursor, Journal, type JournalEntry, type JournalOptions } from "../src/journal/journal.ts";
-import { DATA_START, Ring } from "../src/journal/ring.ts";
+import { CHECKPOINT_SLOTS, DATA_START, flipByte, place, writeAt } from "./lib/ring-file.ts";
+import { native } from "../src/native/ffi.ts";
 import {
   decodeHeader,
   encodeRecord,
@@ -26,7 +27,7 @@ await (await import("../native/build.ts")).buildNative();
 
 const MiB = 1024 * 1024;
 const MAX_PAYLOAD = 32 * MiB;
-/** Just above the smallest ring Ring.open accepts (room for two largest records). */
+/** Just above the smallest ring the journal accepts (room for two largest records). */
 const RING_SIZE = DATA_START + 2 * (HEADER_SIZE + MAX_PAYLOAD) + 64 * 1024;
 const DB_FILE = "gw.db";
 const RING_FILE = "journal.ring";
@@ -182,18 +183,16 @@ async function copyDir(from: string, to: string): Promise<void> {
 
 /** Flips one bit of a byte of the ring file (ring positions are logical; the data starts at DATA_START). */
 function flipRingByte(dir: string, dataSize: number, pos: number): void {
-  const f = Deno.openSync(`${dir}/${RING_FILE}`, { read: true, write: true });
-  try {
-    const at = DATA_START + (pos % dataSize);
-    const b = new Uint8Array(1);
-    f.seekSync(at, Deno.SeekMode.Start);
-    assert.is(f.readSync(b), 1);
-    b[0] ^= 0x10;
-    f.seekSync(at, Deno.SeekMode.Start);
-    assert.is(f.writeSync(b), 1);
-  } finally {
-    f.close();
-  }
+  flipByte(`${dir}/${RING_FILE}`, DATA_START + (pos % dataSize));
+}
+
+/**
+ * Every reader is registered: the journal may release space from now on (a gateway starts its
+ * mirror for that). Here a mirror with no images: it releases what is durable at once, so the
+ * tests' own cursors are what holds the tail.
+ */
+function readersReady(j: Journal): void {
+  assert.is(native().cn_journal_mirror_start(j.ptr, 0n, 1000, 0), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -400,25 +399,87 @@ basics("records, volumes and positions survive close and reopen; reading mixes r
   }
 });
 
-basics("the released tail and the applied position are stored by close", async () => {
+basics("nothing is released before every reader is registered (the mirror's start)", async () => {
+  const dir = await tempDir();
+  const gw = await openGw(dir);
+  try {
+    const v = await gw.j.registerVolume("a", "d", 64 * MiB, "/m");
+    await appendAll(gw.j, v.id, Array.from({ length: 10 }, (_, i) => rec(i + 1, 1000)), new Map());
+    await gw.j.flushed();
+    await sleep(50);
+    assert.is(gw.j.positions.tail, 0, "a site's reader opened later may still need every record");
+    readersReady(gw.j);
+    const t0 = Date.now();
+    while (gw.j.positions.tail < gw.j.positions.durable && Date.now() - t0 < 5000) await sleep(5);
+    assert.is(gw.j.positions.tail, gw.j.positions.durable, "with no reader left, all of it");
+  } finally {
+    await gw.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+basics(
+  "the tail and the mirror's position come back from the ring's checkpoint, also when the index lags",
+  async () => {
+    const dir = await tempDir();
+    try {
+      const gw = await openGw(dir);
+      const v = await gw.j.registerVolume("a", "d", 64 * MiB, "/m");
+      const c = gw.j.cursor("site", 0);
+      readersReady(gw.j);
+      await appendAll(gw.j, v.id, Array.from({ length: 10 }, (_, i) => rec(i + 1, 1000)), new Map());
+      await gw.j.flushed();
+      const [, , third] = await c.next(3 * 1072);
+      c.release(third.end);
+      const t0 = Date.now();
+      while (gw.j.positions.tail < third.end && Date.now() - t0 < 5000) await sleep(5);
+      assert.is(gw.j.positions.tail, third.end);
+      const head = gw.j.positions.head;
+      await gw.close();
+      // an index that did not follow (its writes are not on the commit's path)
+      const o = await openDatabase(`${dir}/${DB_FILE}`);
+      await o.db.update(journalState).set({ tail: 0, head: 0, appliedPos: 0 });
+      o.close();
+      const gw2 = await openGw(dir);
+      try {
+        assert.is(gw2.j.positions.tail, third.end, "tail");
+        assert.is(gw2.j.positions.head, head, "head: the records past the index were walked");
+        assert.is(gw2.j.mirrorPositions.synced, head, "the mirror had applied everything");
+        assert.is(gw2.j.volume(v.id)!.lastSeq, 10);
+        assert.is(gw2.j.cursor("site", 0).position, third.end, "a cursor cannot start before the tail");
+      } finally {
+        await gw2.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+basics("a torn checkpoint slot: the other one is used, and the walk finds the records after it", async () => {
   const dir = await tempDir();
   try {
     const gw = await openGw(dir);
     const v = await gw.j.registerVolume("a", "d", 64 * MiB, "/m");
-    await appendAll(gw.j, v.id, Array.from({ length: 10 }, (_, i) => rec(i + 1, 1000)), new Map());
-    await gw.j.flushed();
-    const c = gw.j.cursor("mirror", 0);
-    await readUpToDurable(gw.j, c);
-    const released = c.position;
-    c.release(released);
-    gw.j.setAppliedPos(released);
-    assert.is(gw.j.positions.tail, released);
+    const sums = new Map<number, string>();
+    for (let i = 1; i <= 6; i++) {
+      await appendAll(gw.j, v.id, [rec(i, 2000, { flags: FLAG_FUA })], sums); // a commit each
+      await gw.j.flushed();
+    }
     await gw.close();
+    // damage both slots' newest: find the slot with the larger generation and tear it
+    const f = Deno.readFileSync(`${dir}/${RING_FILE}`).subarray(0, DATA_START);
+    const gen = (at: number) => new DataView(f.buffer, f.byteOffset + at + 8, 8).getBigUint64(0);
+    const newest = gen(CHECKPOINT_SLOTS[0]) > gen(CHECKPOINT_SLOTS[1])
+      ? CHECKPOINT_SLOTS[0]
+      : CHECKPOINT_SLOTS[1];
+    flipByte(`${dir}/${RING_FILE}`, newest + 20);
     const gw2 = await openGw(dir);
     try {
-      assert.is(gw2.j.positions.tail, released, "tail");
-      assert.is(await gw2.j.storedAppliedPos(), released, "applied position");
-      assert.is(gw2.j.cursor("mirror", 0).position, released, "a cursor cannot start before the tail");
+      assert.is(gw2.j.volume(v.id)!.lastSeq, 6, "nothing lost: the walk goes past the older checkpoint");
+      const { entries } = await readUpToDurable(gw2.j, gw2.j.cursor("r", 0));
+      assert.equal(entries.map((e) => e.header.seq), [1, 2, 3, 4, 5, 6]);
+      for (const e of entries) checkEntry(e, v.id, sums);
     } finally {
       await gw2.close();
     }
@@ -451,130 +512,81 @@ basics("a replaced ring (another buffer file) is refused", async () => {
 // ---------------------------------------------------------------------------
 const ring = suite("ring");
 
-ring("Ring.open refuses a buffer below the minimum and foreign content; keeps its id", async () => {
+ring("a buffer below the minimum and foreign content are refused; the ring keeps its id", async () => {
   const dir = await tempDir();
   try {
-    let err: Error | undefined;
+    const o = await openDatabase(`${dir}/${DB_FILE}`);
     try {
-      await Ring.open(`${dir}/small`, RING_SIZE - 64 * 1024 - 1);
-    } catch (e) {
-      err = e as Error;
+      const err = await Journal.open(o.db, `${dir}/small`, RING_SIZE - 64 * 1024 - 1).then(
+        () => undefined,
+        (e) => e,
+      );
+      assert.match((err as Error)?.message ?? "", /at least/);
+      const j = await Journal.open(o.db, `${dir}/ok`, RING_SIZE);
+      const id = j.ring.id;
+      assert.is(j.ring.dataSize, RING_SIZE - DATA_START);
+      assert.is(j.positions.capacity, RING_SIZE - DATA_START);
+      await j.close();
+      const j2 = await Journal.open(o.db, `${dir}/ok`, RING_SIZE);
+      assert.is(j2.ring.id, id, "the superblock names the ring");
+      await j2.close();
+    } finally {
+      o.close();
     }
-    assert.match(err?.message ?? "", /at least/);
-    const r = await Ring.open(`${dir}/ok`, RING_SIZE);
-    const id = r.id;
-    assert.is(r.dataSize, RING_SIZE - DATA_START);
-    r.close();
-    const r2 = await Ring.open(`${dir}/ok`, RING_SIZE);
-    assert.is(r2.id, id, "the superblock names the ring");
-    r2.close();
     // a file of the right size holding something else
-    const foreign = `${dir}/foreign`;
-    Deno.writeFileSync(foreign, new TextEncoder().encode("#!/bin/sh\necho important data\n"));
-    Deno.truncateSync(foreign, RING_SIZE);
-    let err2: Error | undefined;
+    const o2 = await openDatabase(`${dir}/other.db`);
     try {
-      await Ring.open(foreign, RING_SIZE);
-    } catch (e) {
-      err2 = e as Error;
+      const foreign = `${dir}/foreign`;
+      Deno.writeFileSync(foreign, new TextEncoder().encode("#!/bin/sh\necho important data\n"));
+      Deno.truncateSync(foreign, RING_SIZE);
+      const err2 = await Journal.open(o2.db, foreign, RING_SIZE).then(() => undefined, (e) => e);
+      assert.match((err2 as Error)?.message ?? "", /refusing to overwrite/);
+      assert.ok(
+        new TextDecoder().decode(Deno.readFileSync(foreign).subarray(0, 9)).startsWith("#!/bin/sh"),
+        "left alone",
+      );
+    } finally {
+      o2.close();
     }
-    assert.match(err2?.message ?? "", /refusing to overwrite/);
-    assert.ok(
-      new TextDecoder().decode(Deno.readFileSync(foreign).subarray(0, 9)).startsWith("#!/bin/sh"),
-      "left alone",
-    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
 ring(
-  "place: records never straddle the end of a lap; a Wrap filler fills gaps of a header or more",
+  "a record stamped for another lap, or damaged, reads as unreadable; a Wrap filler ends a lap",
   async () => {
     const dir = await tempDir();
-    const r = await Ring.open(`${dir}/r`, RING_SIZE);
+    const gw = await openGw(dir);
     try {
-      const D = r.dataSize;
-      assert.equal(r.place(0, 1000), { at: 0 });
-      assert.equal(r.place(D - 1000, 1000), { at: D - 1000 }, "exactly to the end");
-      const p = r.place(D - 1000, 1001);
+      const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
+      const D = gw.j.positions.capacity;
+      const sums = new Map<number, string>();
+      await appendAll(gw.j, v.id, [rec(1, 500), rec(2, 500)], sums);
+      await gw.j.flushed();
+      const [first, second] = await gw.j.readFrom(0, 1 << 20);
+      assert.equal([first.header.seq, second.header.seq], [1, 2]);
+      // the first record's header claims the next lap: the same physical place, another position
+      const moved = { ...first.header, volume: v.id, pos: first.pos + D };
+      writeAt(`${dir}/${RING_FILE}`, D, [{
+        pos: first.pos,
+        bytes: encodeRecord(moved, first.bytes.subarray(HEADER_SIZE)),
+      }]);
+      const err = await gw.j.readFrom(0, 1 << 20).then(() => undefined, (e) => e);
+      assert.match((err as Error)?.message ?? "", /unreadable or corrupt/);
+      // the second one, damaged in its payload
+      flipRingByte(dir, D, second.pos + HEADER_SIZE + 7);
+      const err2 = await gw.j.readFrom(second.pos, 1 << 20).then(() => undefined, (e) => e);
+      assert.match((err2 as Error)?.message ?? "", /unreadable or corrupt/);
+      // where a record would straddle the lap's end, a filler goes first
+      assert.equal(place(D, 0, 1000), { at: 0 });
+      assert.equal(place(D, D - 1000, 1000), { at: D - 1000 }, "exactly to the end");
+      const p = place(D, D - 1000, 1001);
       assert.is(p.at, D);
-      assert.ok(p.filler);
-      assert.is(p.filler!.pos, D - 1000);
-      const fh = decodeHeader(p.filler!.bytes, MAX_PAYLOAD);
-      assert.is(fh.kind, Kind.Wrap);
-      assert.is(fh.pos, D - 1000);
-      assert.is(fh.length, 1000);
-      const q = r.place(2 * D - 71, 100);
-      assert.equal(q, { at: 2 * D }, "a gap shorter than a header gets no filler");
-      // entries written at positions in later laps read back; stale laps do not
-      const e = rec(1, 500);
-      e.header.pos = 3 * D + 10;
-      const bytes = encodeRecord(e.header, payloadFor(1, 500));
-      await r.write([{ pos: 3 * D + 10, bytes }]);
-      const got = await r.readAt(3 * D + 10);
-      assert.ok(got);
-      assert.equal(got!.bytes, bytes);
-      assert.is(r.next(3 * D + 10, got!), 3 * D + 10 + bytes.length);
-      assert.is(await r.readAt(2 * D + 10), undefined, "same physical place, other lap");
-      assert.is(await r.readAt(3 * D + 11), undefined);
-      const w = await r.readAt(2 * D - 50);
-      assert.is(w?.header.kind, Kind.Wrap, "a short gap reads as a wrap");
-      assert.is(r.next(2 * D - 50, w!), 2 * D);
+      assert.is(decodeHeader(p.filler!.bytes, MAX_PAYLOAD).length, 1000);
+      assert.equal(place(D, 2 * D - 71, 100), { at: 2 * D }, "a gap shorter than a header gets no filler");
     } finally {
-      r.close();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-);
-
-ring(
-  "readRun reads consecutive records with one read, stops at a Wrap, a limit and a damaged record",
-  async () => {
-    const dir = await tempDir();
-    const r = await Ring.open(`${dir}/r`, RING_SIZE);
-    try {
-      const D = r.dataSize;
-      // five records ending 3000 bytes before the lap's end, then a Wrap filler
-      const sizes = [1000, 70_000, 5, 300_000, 4096];
-      const total = sizes.reduce((a, n) => a + HEADER_SIZE + n, 0);
-      let pos = D - 3000 - total;
-      const start = pos, written: Uint8Array[] = [];
-      for (const [i, n] of sizes.entries()) {
-        const e = rec(i + 1, n);
-        e.header.pos = pos;
-        const bytes = encodeRecord(e.header, payloadFor(i + 1, n));
-        await r.write([{ pos, bytes }]);
-        written.push(bytes);
-        pos += bytes.length;
-      }
-      const filler = r.place(pos, 5000).filler!;
-      await r.write([filler]);
-      const run = await r.readRun(start, 10 * D, 64 * MiB);
-      assert.equal(run.map((x) => x.entry.header.seq), [1, 2, 3, 4, 5, 0], "the records, then the Wrap");
-      assert.is(run.at(-1)!.entry.header.kind, Kind.Wrap);
-      for (const [i, b] of written.entries()) assert.equal(run[i].entry.bytes, b, `record ${i + 1} intact`);
-      const limited = await r.readRun(start, run[2].pos, 64 * MiB);
-      assert.is(limited.length, 2, "nothing at or past the limit");
-      const small = await r.readRun(start, 10 * D, 50_000);
-      assert.is(small.length, 1, "only whole records within maxBytes");
-      const big = await r.readRun(run[1].pos, 10 * D, 100);
-      assert.equal(big.map((x) => x.entry.header.seq), [2], "a record larger than maxBytes is read alone");
-      // a flipped payload byte in the fourth record: the run ends before it, and a run from it finds nothing
-      const f = await Deno.open(`${dir}/r`, { read: true, write: true });
-      const at = DATA_START + (run[3].pos % D) + HEADER_SIZE + 1234;
-      const b = new Uint8Array(1);
-      await f.seek(at, Deno.SeekMode.Start);
-      await f.read(b);
-      b[0] ^= 1;
-      await f.seek(at, Deno.SeekMode.Start);
-      await f.write(b);
-      f.close();
-      const damaged = await r.readRun(start, 10 * D, 64 * MiB);
-      assert.equal(damaged.map((x) => x.entry.header.seq), [1, 2, 3]);
-      assert.equal(await r.readRun(run[3].pos, 10 * D, 64 * MiB), []);
-    } finally {
-      r.close();
+      await gw.close();
       await Deno.remove(dir, { recursive: true });
     }
   },
@@ -585,12 +597,13 @@ const laps = suite("wrap-around");
 
 laps("several laps with a reader releasing as it goes: every record intact, in order", async () => {
   const dir = await tempDir();
-  const gw = await openGw(dir, { cacheBytes: 16 * MiB });
+  const gw = await openGw(dir);
   const sums = new Map<number, string>();
   try {
     const v = await gw.j.registerVolume("agent-a", "disk", 1024 ** 3, "/m");
     const D = gw.j.positions.capacity;
-    const c = gw.j.cursor("mirror", 0);
+    const c = gw.j.cursor("reader", 0);
+    readersReady(gw.j);
     const N = 100;
     const recs = (seq: number): Rec => {
       if (seq % 10 === 0) return rec(seq, 0, { kind: Kind.Flush });
@@ -661,7 +674,7 @@ laps("several laps with a reader releasing as it goes: every record intact, in o
 
     const gw2 = await openGw(dir);
     try {
-      const c2 = gw2.j.cursor("mirror", firstKeptPos);
+      const c2 = gw2.j.cursor("reader", firstKeptPos);
       const back = await readUpToDurable(gw2.j, c2, 3 * MiB);
       assert.equal(
         back.entries.map((e) => e.header.seq),
@@ -681,7 +694,7 @@ laps("several laps with a reader releasing as it goes: every record intact, in o
 // ---------------------------------------------------------------------------
 const pressure = suite("backpressure");
 
-/** Fills a fresh journal (a required cursor holds the tail at 0) until the next record of `len` bytes no longer fits. */
+/** Fills a fresh journal (a required cursor holds the tail at 0) until the next 4 MiB record no longer fits. */
 async function fillRing(
   gw: Gw,
   volume: number,
@@ -698,7 +711,7 @@ async function fillRing(
   }
   const L = HEADER_SIZE + 4 * MiB;
   while (true) {
-    const p = gw.j.ring.place(gw.j.positions.head, L);
+    const p = place(D, gw.j.positions.head, L);
     if (p.at + L - gw.j.positions.tail > D) break;
     const r = rec(++seq, 4 * MiB);
     recs.push(r);
@@ -714,7 +727,8 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
   const sums = new Map<number, string>();
   try {
     const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
-    const c = gw.j.cursor("mirror", 0);
+    const c = gw.j.cursor("site", 0);
+    readersReady(gw.j);
     const { seq } = await fillRing(gw, v.id, sums);
     const D = gw.j.positions.capacity;
     const next = rec(seq + 1, 4 * MiB);
@@ -740,15 +754,15 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
 });
 
 pressure(
-  "a volume over its bound waits while another volume goes on; the tail passing frees it",
+  "a volume over its bound waits; the tail passing a record frees room; lifting the bound frees it",
   async () => {
     const dir = await tempDir();
     const gw = await openGw(dir);
     const sums = new Map<number, string>();
     try {
       const a = await gw.j.registerVolume("a", "bounded", 1024 ** 3, "/m");
-      const b = await gw.j.registerVolume("a", "free", 1024 ** 3, "/m2");
-      const c = gw.j.cursor("mirror", 0);
+      const c = gw.j.cursor("site", 0);
+      readersReady(gw.j);
       const pressured: number[] = [];
       gw.j.onPressure((tail) => pressured.push(tail));
       const len = HEADER_SIZE + 64 * 1024;
@@ -756,32 +770,23 @@ pressure(
       await appendAll(gw.j, a.id, [rec(1, 64 * 1024), rec(2, 64 * 1024)], sums);
       assert.is(gw.j.heldBytes(a.id), 2 * len);
       const third = rec(3, 64 * 1024);
-      const fourth = rec(4, 64 * 1024);
       const waiting = gw.j.append(a.id, third.bytes, third.header);
-      const behind = gw.j.append(a.id, fourth.bytes, fourth.header);
-      assert.not.ok(await settlesWithin(waiting, 100), "over its bound, the append waits");
+      assert.not.ok(await settlesWithin(waiting, 150), "over its bound, the append waits");
       assert.ok(pressured.length > 0, "the readers are told (a pull-ahead site may give way)");
-      // another volume is not held up by it
-      const other = rec(1, 64 * 1024);
-      await within(gw.j.append(b.id, other.bytes, other.header), 1000, "another volume's append");
-      assert.is(gw.j.heldBytes(b.id), len);
-      // the mirror releases the first record: the tail passes it, one more fits, in order
-      await gw.j.flushed();
+      // the reader releases the first record: the tail passes it, one more fits
       const first = await c.next(1);
       c.release(first[0].end);
-      await within(waiting, 1000, "the append once the tail passed a record");
-      assert.not.ok(await settlesWithin(behind, 100), "the next one still waits: the bound is full again");
-      // raising the bound lets it go at once
+      await within(waiting, 2000, "the append once the tail passed a record");
+      const fourth = rec(4, 64 * 1024);
+      const behind = gw.j.append(a.id, fourth.bytes, fourth.header);
+      assert.not.ok(await settlesWithin(behind, 150), "the next one waits: the bound is full again");
+      // lifting the bound lets it go at once
       gw.j.setBound(a.id, undefined);
-      await within(behind, 1000, "the append once the bound is lifted");
+      await within(behind, 2000, "the append once the bound is lifted");
       assert.is(gw.j.heldBytes(a.id), 3 * len);
       await gw.j.flushed();
       const { entries } = await readUpToDurable(gw.j, c);
-      assert.equal(
-        entries.map((e) => `${e.header.volume === a.id ? "a" : "b"}${e.header.seq}`),
-        ["a2", "b1", "a3", "a4"],
-        "each volume's records stay in order",
-      );
+      assert.equal(entries.map((e) => e.header.seq), [2, 3, 4], "in order");
     } finally {
       await gw.close();
       await Deno.remove(dir, { recursive: true });
@@ -795,13 +800,14 @@ pressure("a non-required cursor does not hold space; dropping a required one fre
   const sums = new Map<number, string>();
   try {
     const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
-    gw.j.cursor("mirror", 0);
+    gw.j.cursor("site", 0);
     gw.j.cursor("observer", 0, false);
+    readersReady(gw.j);
     const { seq } = await fillRing(gw, v.id, sums);
     const next = rec(seq + 1, 4 * MiB);
     const p = gw.j.append(v.id, next.bytes, next.header);
     assert.not.ok(await settlesWithin(p, 100));
-    gw.j.dropCursor("mirror");
+    gw.j.dropCursor("site");
     await within(p, 5000, "append after the required cursor is dropped");
   } finally {
     await gw.close();
@@ -815,7 +821,8 @@ pressure("waiting appends keep their order when a larger one waits before a smal
   const sums = new Map<number, string>();
   try {
     const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
-    const c = gw.j.cursor("mirror", 0);
+    const c = gw.j.cursor("site", 0);
+    readersReady(gw.j);
     const { seq } = await fillRing(gw, v.id, sums, [rec(1, 1024)]);
     const D = gw.j.positions.capacity;
     const gap = D - gw.j.positions.head;
@@ -860,7 +867,8 @@ pressure("an append arriving just as space is released does not overtake the one
   const sums = new Map<number, string>();
   try {
     const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
-    const c = gw.j.cursor("mirror", 0);
+    const c = gw.j.cursor("site", 0);
+    readersReady(gw.j);
     const { seq } = await fillRing(gw, v.id, sums);
     const waiting = rec(seq + 1, 4 * MiB), late = rec(seq + 2, 1024);
     const pWaiting = gw.j.append(v.id, waiting.bytes, waiting.header);
@@ -899,35 +907,30 @@ async function prepared(
 }
 
 /** Writes records straight into the ring after `head`, as a crashed gateway would have left them. */
-async function writeBehindIndex(
+function writeBehindIndex(
   dir: string,
   id: number,
   head: number,
   recs: Rec[],
   sums: Map<number, string>,
-): Promise<number[]> {
-  const r = await Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
+  dataSize = RING_SIZE - DATA_START,
+): number[] {
   const positions: number[] = [];
-  try {
-    let pos = head;
-    const items: { pos: number; bytes: Uint8Array }[] = [];
-    for (const x of recs) {
-      const p = r.place(pos, x.bytes.length);
-      if (p.filler) items.push(p.filler);
-      x.header.volume = id;
-      x.header.pos = p.at;
-      const payload = x.bytes.subarray(HEADER_SIZE);
-      const bytes = encodeRecord(x.header, x.header.kind === Kind.Write ? payload : undefined);
-      items.push({ pos: p.at, bytes });
-      sums.set(x.header.seq, x.sum);
-      positions.push(p.at);
-      pos = p.at + bytes.length;
-    }
-    await r.write(items);
-    await r.sync();
-  } finally {
-    r.close();
+  let pos = head;
+  const items: { pos: number; bytes: Uint8Array }[] = [];
+  for (const x of recs) {
+    const p = place(dataSize, pos, x.bytes.length);
+    if (p.filler) items.push(p.filler);
+    x.header.volume = id;
+    x.header.pos = p.at;
+    const payload = x.bytes.subarray(HEADER_SIZE);
+    const bytes = encodeRecord(x.header, x.header.kind === Kind.Write ? payload : undefined);
+    items.push({ pos: p.at, bytes });
+    sums.set(x.header.seq, x.sum);
+    positions.push(p.at);
+    pos = p.at + bytes.length;
   }
+  writeAt(`${dir}/${RING_FILE}`, dataSize, items);
   return positions;
 }
 
@@ -937,7 +940,7 @@ recovery("records in the ring beyond the index are re-indexed on open", async ()
   try {
     const { id, head } = await prepared(dir, 3, sums);
     const recs = [rec(4, 5000), rec(5, 0, { kind: Kind.Flush }), rec(6, 123)];
-    const pos = await writeBehindIndex(dir, id, head, recs, sums);
+    const pos = writeBehindIndex(dir, id, head, recs, sums);
     logs.length = 0;
     const gw = await openGw(dir);
     try {
@@ -974,7 +977,7 @@ recovery(
     const sums = new Map<number, string>();
     try {
       const { id, head, dataSize } = await prepared(dir, 3, sums);
-      const pos = await writeBehindIndex(dir, id, head, [rec(4, 5000), rec(5, 6000), rec(6, 7000)], sums);
+      const pos = writeBehindIndex(dir, id, head, [rec(4, 5000), rec(5, 6000), rec(6, 7000)], sums);
       flipRingByte(dir, dataSize, pos[1] + HEADER_SIZE + 4321);
       const gw = await openGw(dir);
       try {
@@ -1023,7 +1026,7 @@ recovery("recovery stops at a damaged header, a sequence gap, a stale lap or an 
     const sums = new Map<number, string>();
     try {
       const { id, head, dataSize } = await prepared(dir, 3, sums);
-      const pos = await writeBehindIndex(dir, name === "unknown volume" ? id + 77 : id, head, make(id), sums);
+      const pos = writeBehindIndex(dir, name === "unknown volume" ? id + 77 : id, head, make(id), sums);
       damage(dir, dataSize, pos);
       const gw = await openGw(dir);
       try {
@@ -1042,12 +1045,13 @@ recovery("recovery stops at a damaged header, a sequence gap, a stale lap or an 
   const sums = new Map<number, string>();
   try {
     const { id, head, dataSize } = await prepared(dir, 3, sums);
-    const r = await Ring.open(`${dir}/${RING_FILE}`, RING_SIZE);
     const x = rec(4, 10);
     x.header.volume = id;
     x.header.pos = head + dataSize; // same physical place, next lap
-    await r.write([{ pos: head, bytes: encodeRecord(x.header, x.bytes.subarray(HEADER_SIZE)) }]);
-    r.close();
+    writeAt(`${dir}/${RING_FILE}`, dataSize, [{
+      pos: head,
+      bytes: encodeRecord(x.header, x.bytes.subarray(HEADER_SIZE)),
+    }]);
     const gw = await openGw(dir);
     try {
       assert.is(gw.j.volume(id)!.lastSeq, 3, "stale lap");
@@ -1067,7 +1071,8 @@ recovery("recovery follows a Wrap filler, and a gap too short for one, into the 
       const gw = await openGw(dir);
       const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
       const D = gw.j.positions.capacity;
-      const c = gw.j.cursor("mirror", 0);
+      const c = gw.j.cursor("site", 0);
+      readersReady(gw.j);
       let seq = 0;
       while (D - gw.j.positions.head > 6 * MiB) {
         await appendAll(gw.j, v.id, [rec(++seq, 4 * MiB)], sums);
@@ -1082,18 +1087,16 @@ recovery("recovery follows a Wrap filler, and a gap too short for one, into the 
       await gw.j.flushed();
       await readUpToDurable(gw.j, c);
       c.release(c.position);
-      // let the state commit of the release finish: close() does not wait for it (see the close test)
-      await sleep(200);
       await gw.close();
       const head = gw.j.positions.head;
       assert.is(head, D - gap);
-      const pos = await writeBehindIndex(dir, v.id, head, [rec(seq + 1, 20_000), rec(seq + 2, 30)], sums);
+      const pos = writeBehindIndex(dir, v.id, head, [rec(seq + 1, 20_000), rec(seq + 2, 30)], sums);
       assert.is(pos[0], D, "the record went to the next lap");
       const gw2 = await openGw(dir);
       try {
         assert.is(gw2.j.volume(v.id)!.lastSeq, seq + 2, `gap ${gap}`);
         assert.is(gw2.j.positions.head, pos[1] + HEADER_SIZE + 30);
-        const { entries, wraps } = await readUpToDurable(gw2.j, gw2.j.cursor("mirror", head));
+        const { entries, wraps } = await readUpToDurable(gw2.j, gw2.j.cursor("site", head));
         assert.equal(entries.map((e) => e.header.seq), [seq + 1, seq + 2]);
         assert.is(wraps, 1);
         for (const e of entries) checkEntry(e, v.id, sums);
@@ -1111,7 +1114,7 @@ recovery("recovered records are counted in the segment index", async () => {
   const sums = new Map<number, string>();
   try {
     const { id, head } = await prepared(dir, 3, sums);
-    await writeBehindIndex(dir, id, head, [rec(4, 10), rec(5, 20)], sums);
+    writeBehindIndex(dir, id, head, [rec(4, 10), rec(5, 20)], sums);
     const gw = await openGw(dir);
     try {
       const rows = await gw.o.db.select().from(segments);
@@ -1208,13 +1211,8 @@ async function crashChild(dir: string): Promise<void> {
     commitDelayMs: 600_000,
     commitBytes: 2 ** 40,
   });
+  // an append resolves once its record is in the ring (the page cache: a process kill keeps it)
   await appendAll(j, v.id, recs.slice(3), sums);
-  const last = recs[7].header;
-  const t0 = Date.now();
-  while (!await j.ring.readAt(last.pos)) {
-    if (Date.now() - t0 > 10_000) throw new Error("the ring write never happened");
-    await sleep(2);
-  }
   if (j.volume(v.id)!.durableSeq !== 3) {
     throw new Error("records 4.. were committed: not a crash in the window");
   }

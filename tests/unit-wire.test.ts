@@ -1,5 +1,6 @@
-// Unit tests of the agent ↔ gateway link framing (src/wire/frames.ts) and its
-// challenge-response authentication (src/wire/auth.ts).
+// Unit tests of the link framing (src/wire/frames.ts) and of reading secret files
+// (src/wire/secret-file.ts). The link's authentication and sealing run in native/seal.c:
+// security-replay.test.ts and capture-bad-input.test.ts test them against live roles.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ConnReader, type Readable } from "../src/io/conn-reader.ts";
@@ -21,15 +22,7 @@ import {
   timeFrame,
   writeFrameHeader,
 } from "../src/wire/frames.ts";
-import {
-  agentProof,
-  b64,
-  gatewayProof,
-  nonce,
-  NONCE_BYTES,
-  readSecretFile,
-  sameBytes,
-} from "../src/wire/auth.ts";
+import { readSecretFile } from "../src/wire/secret-file.ts";
 
 /** A stream handing out at most `chunk` bytes a read; counts what it served. */
 class FakeReader implements Readable {
@@ -280,89 +273,7 @@ frames("decodeJson of invalid JSON or invalid UTF-8 is a FrameError", () => {
 });
 
 // ---------------------------------------------------------------------------
-const auth = suite("auth");
-
-const secret = enc.encode("0123456789abcdef0123456789abcdef");
-const otherSecret = enc.encode("0123456789abcdef0123456789abcdeF");
-
-auth("nonces are 32 fresh random bytes", () => {
-  const a = nonce(), b = nonce();
-  assert.is(a.length, NONCE_BYTES);
-  assert.is(NONCE_BYTES, 32);
-  assert.not.equal(a, b);
-  assert.instance(a, Uint8Array);
-});
-
-auth("proofs are deterministic 32-byte MACs", () => {
-  const g = nonce(), a = nonce();
-  const p1 = agentProof(secret, "app-1", g, a);
-  assert.is(p1.length, 32);
-  assert.equal(agentProof(secret, "app-1", g, a), p1);
-  assert.equal(gatewayProof(secret, "app-1", g, a), gatewayProof(secret, "app-1", g, a));
-});
-
-auth("the agent's and the gateway's proofs differ (a proof cannot be reflected back)", () => {
-  const g = nonce(), a = nonce();
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", g, a), gatewayProof(secret, "app-1", g, a)));
-  // not even with the nonces swapped
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", g, a), gatewayProof(secret, "app-1", a, g)));
-  // with equal nonces too
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", g, g), gatewayProof(secret, "app-1", g, g)));
-});
-
-auth("a wrong secret, another agent name or other nonces give another proof", () => {
-  const g = nonce(), a = nonce();
-  const good = agentProof(secret, "app-1", g, a);
-  assert.not.ok(sameBytes(agentProof(otherSecret, "app-1", g, a), good));
-  assert.not.ok(sameBytes(agentProof(secret, "app-2", g, a), good));
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", a, g), good));
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", nonce(), a), good));
-  assert.not.ok(sameBytes(agentProof(secret, "app-1", g, nonce()), good));
-  const gw = gatewayProof(secret, "app-1", g, a);
-  assert.not.ok(sameBytes(gatewayProof(otherSecret, "app-1", g, a), gw));
-  assert.ok(sameBytes(gatewayProof(secret, "app-1", g, a), gw));
-});
-
-auth("sameBytes compares content, and different lengths without throwing", () => {
-  assert.ok(sameBytes(new Uint8Array([1, 2, 3]), new Uint8Array([1, 2, 3])));
-  assert.not.ok(sameBytes(new Uint8Array([1, 2, 3]), new Uint8Array([1, 2, 4])));
-  assert.not.ok(sameBytes(new Uint8Array([1, 2, 3]), new Uint8Array([1, 2])));
-  assert.not.ok(sameBytes(new Uint8Array(0), new Uint8Array([0])));
-  assert.ok(sameBytes(new Uint8Array(0), new Uint8Array(0)));
-});
-
-auth("b64 round-trips every byte value", () => {
-  const all = Uint8Array.from({ length: 256 }, (_, i) => i);
-  const s = b64.encode(all);
-  assert.match(s, /^[A-Za-z0-9+/]+=*$/);
-  assert.equal(b64.decode(s), all);
-  assert.equal(b64.decode(b64.encode(new Uint8Array(0))), new Uint8Array(0));
-  const p = agentProof(secret, "x", nonce(), nonce());
-  assert.equal(b64.decode(b64.encode(p)), p);
-});
-
-auth("b64 decode of junk, non-strings and overlong input gives an empty array", () => {
-  for (
-    const junk of [
-      "!!!!",
-      "@@",
-      "a",
-      "====",
-      "ab$d",
-      "\u00ff\u00fe",
-      42,
-      undefined,
-      null,
-      {},
-      ["QUJD"],
-      "A".repeat(1028),
-    ]
-  ) {
-    const out = b64.decode(junk);
-    assert.instance(out, Uint8Array);
-    assert.is(out.length, 0, `junk ${JSON.stringify(junk)?.slice(0, 20)}`);
-  }
-});
+const auth = suite("secret files");
 
 auth("readSecretFile: owner-only file, trailing newline trimmed", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cn-wire-" });

@@ -1,187 +1,99 @@
-// A persistent bitmap of volume chunks that may differ between the local disk and
-// the gateway (an activity log, as DRBD has). A chunk's bit is made durable before
-// any write to it leaves the agent, so after an agent crash, a gateway crash, or
-// writes made while the gateway was away (`track` mode), exactly the set chunks
-// need resending. Bits are cleared once both sides are known to hold the data.
-import { closeSync, openSync } from "node:fs";
-import * as native from "../native/mod.ts";
-
-const MAGIC = "CNDM1";
-const HEADER = 64;
+// A persistent bitmap of volume chunks that may differ between two copies (native/dirty.c;
+// the agent's own map lives inside its data plane). A site's sender keeps one per volume of
+// the chunks a pull-ahead skipped. Changes are applied in the order they are made, each
+// durable when its promise settles.
+import { cstr, fromCstr, native, NativeError } from "../native/ffi.ts";
 
 export class DirtyMap {
-  private bits: Uint8Array;
-  /** What the file holds (or will hold once the write in flight lands); a cleared bit counts as not durable. */
-  private durableBits: Uint8Array;
-  private persistedGen = 0;
-  private startedGen = 0;
-  private persisting = false;
-  private wantPersist = false;
-  private waiters: { gen: number; resolve: () => void; reject: (e: Error) => void }[] = [];
-  private failure: Error | undefined;
   readonly chunks: number;
+  private last: Promise<void> = Promise.resolve();
+  private closed = false;
 
   private constructor(
-    private readonly fd: number,
+    private readonly ptr: Deno.PointerValue,
     readonly chunkSize: number,
     readonly volumeSize: number,
-    bits: Uint8Array,
     /** True when the map was missing or unreadable: every chunk is suspect. */
     readonly fresh: boolean,
   ) {
     this.chunks = Math.ceil(volumeSize / chunkSize);
-    this.bits = bits;
-    this.durableBits = bits.slice();
   }
 
   /**
-   * Opens the map at path. A missing map, or one made for another size or chunk
-   * size, is started with every bit set: without it nothing proves the copies agree.
+   * Opens the map at path. A missing map, or one made for another size or chunk size, is
+   * started with every bit set: without it nothing proves the copies agree.
    */
   static async open(path: string, volumeSize: number, chunkSize: number): Promise<DirtyMap> {
-    const chunks = Math.ceil(volumeSize / chunkSize);
-    const bytes = Math.ceil(chunks / 8);
-    let fd: number;
-    let existing: Uint8Array | undefined;
-    try {
-      existing = await Deno.readFile(path);
-      fd = openSync(path, "r+");
-    } catch {
-      fd = openSync(path, "w+", 0o600);
-    }
-    const header = new TextEncoder().encode(`${MAGIC} ${volumeSize} ${chunkSize}\n`);
-    let bits: Uint8Array;
-    let fresh = false;
-    const matches = existing && existing.length === HEADER + bytes &&
-      new TextDecoder().decode(existing.subarray(0, header.length)) === new TextDecoder().decode(header);
-    if (matches) {
-      bits = existing!.slice(HEADER);
-    } else {
-      bits = new Uint8Array(bytes);
-      setRange(bits, 0, chunks);
-      fresh = true;
-    }
-    const m = new DirtyMap(fd, chunkSize, volumeSize, bits, fresh);
-    if (!matches) {
-      const file = new Uint8Array(HEADER + bytes);
-      file.set(header);
-      file.set(bits, HEADER);
-      // a map made for another volume may be longer: cut it, or it would never match again
-      await Deno.truncate(path, file.length);
-      await native.pwrite(fd, file, 0);
-      await native.fdatasync(fd);
-    }
-    return m;
+    const fresh = new Int32Array(1);
+    const err = new Uint8Array(512);
+    const ptr = await native().cn_dirty_open(
+      cstr(path),
+      BigInt(volumeSize),
+      BigInt(chunkSize),
+      new Uint8Array(fresh.buffer),
+      err,
+      BigInt(err.length),
+    );
+    if (!ptr) throw new Error(fromCstr(err) || `cannot open the dirty map ${path}`);
+    return new DirtyMap(ptr, chunkSize, volumeSize, fresh[0] === 1);
   }
 
-  chunkRange(offset: number, length: number): [number, number] {
-    const first = Math.floor(offset / this.chunkSize);
-    const last = length === 0 ? first : Math.floor((offset + length - 1) / this.chunkSize);
-    return [first, Math.min(last, this.chunks - 1)];
+  /** Runs changes one after the other: a clear never overtakes an earlier mark. */
+  private chain(op: string, fn: () => Promise<number>): Promise<boolean> {
+    const p = this.last.then(async () => {
+      const r = await fn();
+      if (r < 0) throw new NativeError(op, -r, `dirty map write failed: errno ${-r}`);
+      return r === 1;
+    });
+    this.last = p.then(() => {}, () => {});
+    return p;
   }
 
-  isSet(chunk: number): boolean {
-    return (this.bits[chunk >> 3] & (1 << (chunk & 7))) !== 0;
+  /** Sets the chunks of a byte range; resolves once they are durable, with whether that took a write. */
+  mark(offset: number, length: number): Promise<boolean> {
+    return this.chain("mark", () => native().cn_dirty_mark(this.ptr, BigInt(offset), BigInt(length)));
+  }
+
+  /** Sets every chunk (a full resynchronisation is needed). */
+  async markAll(): Promise<void> {
+    await this.chain("mark", () => native().cn_dirty_mark_all(this.ptr));
+  }
+
+  /** Clears chunks (both copies are known equal); settle() waits for it to be written. */
+  clear(chunks: number[]): void {
+    if (chunks.length === 0) return;
+    const list = Uint32Array.from(chunks);
+    this.chain("clear", () => native().cn_dirty_clear(this.ptr, new Uint8Array(list.buffer), list.length))
+      .catch(() => {/* a stale set bit is harmless: it only makes a chunk be copied again */});
+  }
+
+  private bits(): Uint8Array {
+    const b = new Uint8Array(Math.ceil(this.chunks / 8));
+    native().cn_dirty_bits(this.ptr, b, BigInt(b.length));
+    return b;
   }
 
   /** Chunks whose bit is set. */
   setChunks(): number[] {
+    const b = this.bits();
     const out: number[] = [];
-    for (let c = 0; c < this.chunks; c++) if (this.isSet(c)) out.push(c);
+    for (let c = 0; c < this.chunks; c++) if (b[c >> 3] & (1 << (c & 7))) out.push(c);
     return out;
   }
 
   get count(): number {
-    let n = 0;
-    for (let c = 0; c < this.chunks; c++) if (this.isSet(c)) n++;
-    return n;
-  }
-
-  /**
-   * Sets the bits of a byte range. Returns undefined when they are already
-   * durable (the common case), otherwise a promise that resolves once they are.
-   */
-  mark(offset: number, length: number): Promise<void> | undefined {
-    const [first, last] = this.chunkRange(offset, length);
-    let needed = false;
-    for (let c = first; c <= last; c++) {
-      const i = c >> 3, m = 1 << (c & 7);
-      this.bits[i] |= m;
-      if (!(this.durableBits[i] & m)) needed = true;
-    }
-    if (!needed) return undefined;
-    return this.persistIncluding();
-  }
-
-  /** Sets every bit (a full resynchronisation is needed). */
-  markAll(): Promise<void> {
-    setRange(this.bits, 0, this.chunks);
-    return this.persistIncluding();
-  }
-
-  /** Clears chunks (both copies are known equal). Written without waiting: a stale set bit is harmless. */
-  clear(chunks: Iterable<number>): void {
-    let any = false;
-    for (const c of chunks) {
-      const i = c >> 3, m = 1 << (c & 7);
-      if (this.bits[i] & m) any = true;
-      this.bits[i] &= ~m;
-      // from now on a write to c must wait for a persist that sets it again
-      this.durableBits[i] &= ~m;
-    }
-    if (any) this.persistIncluding().catch(() => {/* reported to the next marker */});
-  }
-
-  /** A persist that starts after this call includes every change made so far. */
-  private persistIncluding(): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
-    const gen = this.startedGen + 1;
-    this.wantPersist = true;
-    const p = new Promise<void>((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
-    if (!this.persisting) queueMicrotask(() => this.persistLoop());
-    return p;
-  }
-
-  private async persistLoop(): Promise<void> {
-    if (this.persisting) return;
-    this.persisting = true;
-    try {
-      while (this.wantPersist) {
-        this.wantPersist = false;
-        const gen = ++this.startedGen;
-        const snapshot = this.bits.slice();
-        await native.pwrite(this.fd, snapshot, HEADER);
-        await native.fdatasync(this.fd);
-        this.persistedGen = gen;
-        for (let i = 0; i < snapshot.length; i++) this.durableBits[i] |= snapshot[i] & this.bits[i];
-        const ready = this.waiters.filter((w) => w.gen <= gen);
-        this.waiters = this.waiters.filter((w) => w.gen > gen);
-        for (const w of ready) w.resolve();
-      }
-    } catch (e) {
-      this.failure = new Error(`dirty map write failed: ${(e as Error).message}`);
-      for (const w of this.waiters.splice(0)) w.reject(this.failure);
-    } finally {
-      this.persisting = false;
-    }
+    return this.setChunks().length;
   }
 
   /** Resolves once everything changed so far is on disk. */
-  async settle(): Promise<void> {
-    if (this.persisting || this.wantPersist) await this.persistIncluding();
+  settle(): Promise<void> {
+    return this.last;
   }
 
-  get generation(): number {
-    return this.persistedGen;
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.last;
+    native().cn_dirty_close(this.ptr);
   }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch { /* closed */ }
-  }
-}
-
-function setRange(bits: Uint8Array, first: number, count: number): void {
-  for (let c = first; c < first + count; c++) bits[c >> 3] |= 1 << (c & 7);
 }

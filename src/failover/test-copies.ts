@@ -10,7 +10,6 @@
 import { logger } from "../log.ts";
 import type { Address } from "../link/address.ts";
 import { NbdServer } from "../nbd/server.ts";
-import { fileExport } from "../nbd/file-export.ts";
 import { Volume } from "../volume/volume.ts";
 
 const log = logger("failover-test");
@@ -117,6 +116,13 @@ export class TestCopies {
         image.close();
         throw e;
       });
+      server.exportFile(
+        exportName,
+        image.fd,
+        image.size,
+        false,
+        `Continuum failover test copy of ${volume} at seq ${seq}`,
+      );
       const now = Date.now();
       const copy: TestCopy = {
         id,
@@ -205,7 +211,7 @@ export class TestCopies {
     this.tests.delete(t.copy.id);
     // its clients get their requests in flight answered, then ESHUTDOWN
     const server = await this.server?.catch(() => undefined);
-    await server?.detach(t.exportName);
+    await server?.withdraw(t.exportName);
     t.image.close();
     await Deno.remove(t.path).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -219,14 +225,6 @@ export class TestCopies {
       ...(this.o.listen.transport === "unix"
         ? { unixPath: this.o.listen.path }
         : { tcp: { hostname: this.o.listen.hostname, port: this.o.listen.port } }),
-      exports: () =>
-        [...this.tests.values()].map((t) =>
-          fileExport(
-            t.exportName,
-            t.image,
-            `Continuum failover test copy of ${t.copy.volume} at seq ${t.copy.seq}`,
-          )
-        ),
     }).catch((e) => {
       this.server = undefined;
       throw new Error(`cannot export the test copy: ${(e as Error).message}`);

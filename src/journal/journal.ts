@@ -1,24 +1,27 @@
-// The local gateway's write cache: captured records are appended to the ring
-// buffer, made durable by group commit (one fdatasync of the ring, then one
-// libsql transaction indexing the batch), and read back in order by cursors (the
-// mirror applier now, one per remote site later). A record's space is reused only
-// when every cursor has released it; a full ring makes appenders wait
-// (backpressure), it never drops a record.
+// The gateway's write cache (native/journal.c): the agents' records are appended to the ring
+// buffer and made durable by group commit on native threads; this class keeps the volumes'
+// registry and the libsql index (which follows the committed positions), and gives
+// TypeScript's readers (one per remote site) their cursors. A record's space is reused only
+// when every reader has released it; a full ring makes appenders wait (backpressure), it
+// never drops a record.
 import { eq, lte } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { journalState, segments, volumes } from "../db/schema.ts";
 import { logger } from "../log.ts";
-import { betweenSeqs, FLAG_FUA, Kind, type RecordHeader, restamp } from "../record/record.ts";
-import { Ring, type RingEntry } from "./ring.ts";
-import { admit, type SeqState } from "../record/sequence.ts";
+import { cstr, native, NativeError } from "../native/ffi.ts";
+import { Ev, FL_JOURNAL, FL_PRESSURE, Plane } from "../native/plane.ts";
+import { betweenSeqs, decodeHeader, Kind, MAX_PAYLOAD, type RecordHeader } from "../record/record.ts";
 
 const log = logger("journal");
 
-export interface JournalEntry extends RingEntry {
+export interface JournalEntry {
+  header: RecordHeader;
+  /** Header and payload as stored (72 + payload bytes); empty for a Wrap. */
+  bytes: Uint8Array;
   pos: number;
   /** Position right after this entry. */
   end: number;
-  /** When it entered this journal (wall clock, ms); absent for entries read back from the ring. */
+  /** When it entered this journal (wall clock, ms), if known. */
   at?: number;
   /** The same on this process's monotonic clock (performance.now()), which a clock jump does not move. */
   atMono?: number;
@@ -41,10 +44,7 @@ export interface VolumeInfo {
    * records. Optional: a volume described elsewhere (a receiver's, a test's) is carried.
    */
   retired?: boolean;
-  /**
-   * Most bytes of the journal this volume's records may occupy (its task's buffer bound); its
-   * appends wait beyond it, as for a full ring. Undefined: the ring is the only bound.
-   */
+  /** Most bytes of the journal this volume's records may occupy (its task's buffer bound). */
   bound?: number;
 }
 
@@ -53,147 +53,191 @@ export interface JournalOptions {
   commitDelayMs?: number;
   /** Commit as soon as this many bytes wait. */
   commitBytes?: number;
-  /** Keep at least the newest this-many bytes even when every cursor is past them. */
+  /** Keep at least the newest this-many bytes even when every reader is past them. */
   retainBytes?: number;
-  /** Recent entries kept in memory for cursors. */
-  cacheBytes?: number;
 }
 
 type DurableListener = (volume: number, seq: number) => void;
 
+/** The libsql index follows the ring at most this often. */
+const INDEX_INTERVAL_MS = 200;
+
+/** Entry times come from the native monotonic clock: this maps them onto performance.now() and Date.now(). */
+function clockOffsets(): { mono: number; wall: number } {
+  const ns = Number(native().cn_mono_ns()) / 1e6;
+  return { mono: performance.now() - ns, wall: Date.now() - ns };
+}
+
 export class Journal {
-  private head = 0;
-  private written = 0;
-  private durable = 0;
-  private tail = 0;
-  private cache: JournalEntry[] = [];
-  private cacheBytes = 0;
-  private toWrite: JournalEntry[] = [];
-  private writtenSeqs = new Map<number, number>();
-  private pendingSeqs = new Map<number, number>();
-  /** Records and capture-time range written since the last commit (for its index row). */
-  private writtenStats = emptyStats();
-  private pendingStats = emptyStats();
-  private writing = false;
-  private committing: Promise<void> | undefined;
-  /** A FLUSH/FUA barrier ends here: commit as soon as the ring holds it. */
-  private barrierAt = 0;
-  private commitTimer: ReturnType<typeof setTimeout> | undefined;
-  /**
-   * Appends waiting for space, in arrival order: placed in that order as the ring frees, except
-   * that a volume over its bound waits (with its later appends) while the others go on.
-   */
-  private spaceQueue: { volume: VolumeInfo; len: number; place: () => void; fail: (e: Error) => void }[] = [];
-  /** Per volume, its records in the journal (end positions and sizes, oldest first) since this open. */
-  private held = new Map<number, { ends: number[]; sizes: number[]; first: number; bytes: number }>();
-  private dataWaiters: (() => void)[] = [];
+  private vols = new Map<number, VolumeInfo>();
   private listeners = new Set<DurableListener>();
   private pressureListeners = new Set<(tail: number) => void>();
-  private lastPressure = 0;
-  private pressureTimer: ReturnType<typeof setInterval> | undefined;
+  private dataWaiters: (() => void)[] = [];
   private cursors = new Map<string, Cursor>();
-  private vols = new Map<number, VolumeInfo>();
-  private closed = false;
+  private markerListener: ((volume: number, kind: Kind.SyncBegin | Kind.SyncEnd) => void) | undefined;
   private failure: Error | undefined;
-  private opts: Required<JournalOptions>;
-  private stateDirty = false;
-  private appliedPos = 0;
+  private closed = false;
+  private durable: number;
+  private indexed: number;
+  private indexing: Promise<void> | undefined;
+  private indexAgain = false;
+  private indexedAt = -Infinity;
+  private indexTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly clock = clockOffsets();
+  private appendQueue: {
+    v: VolumeInfo;
+    bytes: Uint8Array;
+    header: RecordHeader;
+    done: (e?: Error) => void;
+  }[] = [];
+  /** The data plane is taking queued appends (flushed() waits for them). */
+  private appending: Promise<void> | undefined;
+  /** What the journal said last, once it is closed and freed (shutdown still reads positions). */
+  private final: { status: number[]; volumes: Map<number, number[] | undefined> } | undefined;
 
-  private constructor(readonly ring: Ring, private readonly db: Db, opts: JournalOptions) {
-    this.opts = {
-      commitDelayMs: opts.commitDelayMs ?? 100,
-      commitBytes: opts.commitBytes ?? 32 * 1024 * 1024,
-      retainBytes: opts.retainBytes ?? 0,
-      cacheBytes: opts.cacheBytes ?? 256 * 1024 * 1024,
-    };
+  private constructor(
+    readonly ptr: Deno.PointerValue,
+    private readonly plane: Plane,
+    readonly ring: { path: string; id: string; dataSize: number },
+    private readonly db: Db,
+    head: number,
+  ) {
+    this.durable = this.indexed = head;
+    plane
+      .on(Ev.Flags, (e) => {
+        if (e.aux & FL_JOURNAL) this.progress();
+        if (e.aux & FL_PRESSURE) { for (const l of this.pressureListeners) l(this.positions.tail); }
+      })
+      .on(Ev.Marker, (e) => this.markerListener?.(e.source, e.aux as Kind.SyncBegin | Kind.SyncEnd))
+      .on(Ev.Failed, (e) => {
+        this.failure = new Error(`journal failed: ${new TextDecoder().decode(e.body)}`);
+        this.wakeReaders();
+      });
   }
 
-  /** Opens the journal: checks the ring belongs to this database, then recovers records written after the last index. */
+  /**
+   * Opens the journal: checks the ring belongs to this database, finds the records written
+   * after the last index (a crash, or a commit the index had not followed yet), indexes them.
+   */
   static async open(db: Db, ringPath: string, ringSize: number, opts: JournalOptions = {}): Promise<Journal> {
-    const ring = await Ring.open(ringPath, ringSize);
-    const j = new Journal(ring, db, opts);
+    const [state] = await db.select().from(journalState).where(eq(journalState.id, 1));
+    const rows = await db.select().from(volumes);
+    const plane = new Plane();
+    const info = new Uint8Array(16 * 1024);
+    // the index's volumes and sequences: the records past its head must continue them
+    const known = new Uint8Array(12 * rows.length + 1);
+    const kv = new DataView(known.buffer);
+    rows.forEach((r, i) => {
+      kv.setUint32(12 * i, r.id);
+      kv.setBigUint64(12 * i + 4, BigInt(r.lastSeq));
+    });
+    const ptr = await native().cn_journal_open(
+      plane.ptr,
+      cstr(ringPath),
+      BigInt(ringSize),
+      BigInt(state?.tail ?? 0),
+      BigInt(state?.head ?? 0),
+      BigInt(state?.appliedPos ?? 0),
+      known,
+      rows.length,
+      opts.commitDelayMs ?? 100,
+      BigInt(opts.commitBytes ?? 32 * 1024 * 1024),
+      BigInt(opts.retainBytes ?? 0),
+      info,
+      BigInt(info.length),
+    );
+    const opened = JSON.parse(new TextDecoder().decode(info.subarray(0, info.indexOf(0)))) as {
+      error?: string;
+      ringId: string;
+      dataSize: number;
+      head: number;
+      recovered: {
+        records: number;
+        from: number;
+        to: number;
+        firstTime: number;
+        lastTime: number;
+        volumes: Record<string, number>;
+      };
+    };
+    if (!ptr) {
+      await plane.close();
+      throw new Error(opened.error ?? `cannot open the journal buffer ${ringPath}`);
+    }
+    const j = new Journal(
+      ptr,
+      plane,
+      { path: ringPath, id: opened.ringId, dataSize: opened.dataSize },
+      db,
+      opened.head,
+    );
     try {
-      await j.load();
+      if (state && (state.ringId !== opened.ringId || state.ringSize !== opened.dataSize)) {
+        throw new Error(
+          `journal buffer ${ringPath} is not the one this database indexed (ring ${opened.ringId}, expected ${state.ringId}); ` +
+            "was the buffer device replaced?",
+        );
+      }
+      if (!state) {
+        await db.insert(journalState).values({
+          id: 1,
+          ringId: opened.ringId,
+          ringSize: opened.dataSize,
+          tail: 0,
+          head: 0,
+          appliedPos: 0,
+        });
+      }
+      for (const row of rows) {
+        const lastSeq = Math.max(row.lastSeq, opened.recovered.volumes[row.id] ?? 0);
+        const v: VolumeInfo = {
+          id: row.id,
+          agent: row.agent,
+          name: row.name,
+          size: row.size,
+          mirrorPath: row.mirrorPath,
+          lastSeq,
+          durableSeq: lastSeq,
+          known: true,
+          retired: row.retired !== 0,
+        };
+        j.vols.set(v.id, v);
+        check("volume", native().cn_journal_add_volume(ptr, v.id, BigInt(v.size), BigInt(lastSeq), -1));
+      }
+      const r = opened.recovered;
+      if (r.records > 0) {
+        log.info("journal recovered records written before a crash", {
+          records: r.records,
+          from: r.from,
+          to: r.to,
+        });
+      }
+      // the index catches up with what the ring holds (a crash between commit and index)
+      j.indexed = Math.min(state?.head ?? 0, r.from);
+      await j.writeIndex({ records: r.records, first: r.firstTime, last: r.lastTime, durable: r.to });
     } catch (e) {
-      ring.close();
+      await j.close();
       throw e;
     }
     return j;
   }
 
-  private async load(): Promise<void> {
-    const [state] = await this.db.select().from(journalState).where(eq(journalState.id, 1));
-    if (!state) {
-      await this.db.insert(journalState).values({
-        id: 1,
-        ringId: this.ring.id,
-        ringSize: this.ring.dataSize,
-        tail: 0,
-        head: 0,
-        appliedPos: 0,
-      });
-    } else if (state.ringId !== this.ring.id || state.ringSize !== this.ring.dataSize) {
-      throw new Error(
-        `journal buffer ${this.ring.path} is not the one this database indexed (ring ${this.ring.id}, expected ${state.ringId}); ` +
-          "was the buffer device replaced?",
-      );
-    }
-    this.tail = state?.tail ?? 0;
-    this.head = this.written = this.durable = state?.head ?? 0;
-    for (const v of await this.db.select().from(volumes)) {
-      this.vols.set(v.id, {
-        id: v.id,
-        agent: v.agent,
-        name: v.name,
-        size: v.size,
-        mirrorPath: v.mirrorPath,
-        lastSeq: v.lastSeq,
-        durableSeq: v.lastSeq,
-        known: true,
-        retired: v.retired !== 0,
-      });
-    }
-    await this.recover();
-  }
-
-  /** Re-indexes records that reached the ring after the last committed index (a crash between fdatasync and commit, or before). */
-  private async recover(): Promise<void> {
-    let pos = this.durable;
-    let count = 0;
-    const stats = emptyStats();
-    const states = new Map<number, SeqState>();
-    while (pos - this.tail < this.ring.dataSize) {
-      const e = await this.ring.readAt(pos);
-      if (!e) break;
-      if (e.header.kind !== Kind.Wrap) {
-        const v = this.vols.get(e.header.volume);
-        if (!v) break;
-        let st = states.get(v.id);
-        if (!st) states.set(v.id, st = { lastSeq: v.lastSeq, rebase: false });
-        // anything but the next record in sequence is stale data from an earlier lap or a torn write
-        if (admit(st, e.header) !== "apply") break;
-        count++;
-        addStats(stats, e.header.time);
-      }
-      pos = this.ring.next(pos, e);
-    }
-    if (pos === this.durable) return;
-    this.head = this.written = pos;
-    this.writtenStats = stats;
-    for (const [id, st] of states) {
-      this.writtenSeqs.set(id, st.lastSeq);
-      this.vols.get(id)!.lastSeq = st.lastSeq;
-    }
-    log.info("journal recovered records written before a crash", {
-      records: count,
-      from: this.durable,
-      to: pos,
-    });
-    await this.commit();
-  }
-
   get positions(): { tail: number; durable: number; head: number; capacity: number } {
-    return { tail: this.tail, durable: this.durable, head: this.head, capacity: this.ring.dataSize };
+    const s = this.status();
+    return { tail: s[0], durable: s[1], head: s[2], capacity: s[3] };
+  }
+
+  /** The mirror's positions: applied to the images, and synced (released to the journal). */
+  get mirrorPositions(): { applied: number; synced: number } {
+    const s = this.status();
+    return { applied: s[4], synced: s[5] };
+  }
+
+  private status(): number[] {
+    if (this.final) return this.final.status;
+    const out = new BigUint64Array(10);
+    native().cn_journal_status(this.ptr, new Uint8Array(out.buffer));
+    return [...out].map(Number);
   }
 
   get error(): Error | undefined {
@@ -206,11 +250,51 @@ export class Journal {
   }
 
   volumes(): VolumeInfo[] {
+    for (const v of this.vols.values()) this.refresh(v);
     return [...this.vols.values()];
   }
 
   volume(id: number): VolumeInfo | undefined {
-    return this.vols.get(id);
+    const v = this.vols.get(id);
+    if (v) this.refresh(v);
+    return v;
+  }
+
+  /** The journal's own counters of a volume: sequences, bytes held, the mirror's position. */
+  private volumeStatus(id: number): number[] | undefined {
+    if (this.final) return this.final.volumes.get(id);
+    const out = new BigUint64Array(6);
+    if (native().cn_journal_volume_status(this.ptr, id, new Uint8Array(out.buffer)) < 0) return undefined;
+    return [...out].map(Number);
+  }
+
+  private refresh(v: VolumeInfo): void {
+    const s = this.volumeStatus(v.id);
+    if (!s) return;
+    v.lastSeq = Math.max(v.lastSeq, s[0]);
+    v.durableSeq = Math.max(v.durableSeq, s[1]);
+  }
+
+  /** The mirror's sequence and capture time of a volume's newest record applied to its image. */
+  mirrorOf(id: number): { seq: number; time: number } {
+    const s = this.volumeStatus(id);
+    return { seq: s?.[3] ?? 0, time: s?.[4] ?? 0 };
+  }
+
+  /** False once closed: the data plane's journal is gone. */
+  get open(): boolean {
+    return !this.closed;
+  }
+
+  /** @internal the mirror applier's image of a volume (the fd stays the caller's) */
+  setImage(v: VolumeInfo, fd: number): void {
+    if (this.closed) return;
+    check("volume", native().cn_journal_add_volume(this.ptr, v.id, BigInt(v.size), BigInt(v.lastSeq), fd));
+  }
+
+  /** @internal SyncBegin / SyncEnd markers, reported once the mirror image holding them is synced */
+  onMarker(fn: (volume: number, kind: Kind.SyncBegin | Kind.SyncEnd) => void): void {
+    this.markerListener = fn;
   }
 
   /** Finds or registers a volume. A known volume whose size changed is refused. */
@@ -241,6 +325,8 @@ export class Journal {
       known: false,
       retired: false,
     };
+    if (this.closed) throw new Error("journal closed");
+    check("volume", native().cn_journal_add_volume(this.ptr, v.id, BigInt(size), 0n, -1));
     this.vols.set(v.id, v);
     return v;
   }
@@ -270,63 +356,69 @@ export class Journal {
     return () => this.pressureListeners.delete(fn);
   }
 
-  private signalPressure(): void {
-    const now = performance.now();
-    if (now - this.lastPressure < 100) return;
-    this.lastPressure = now;
-    for (const l of this.pressureListeners) l(this.tail);
-  }
-
-  private fits(at: number, len: number): boolean {
-    return at + len - this.tail <= this.ring.dataSize;
-  }
-
   /**
-   * Appends a record whose bytes (header + payload) were verified by the caller.
-   * Resolves once it is accepted; waits while the ring is full, behind earlier
-   * waiting appends (their order is the journal's order). The header's volume and
-   * position are restamped for the journal.
+   * Appends a record whose bytes (header + payload) were verified by the caller (a remote
+   * site's stream). Resolves once it is in the ring; waits while the ring is full. The header's
+   * volume and position are restamped for the journal. Records appended in one turn of the
+   * event loop go to the data plane together.
    */
   append(volume: number, bytes: Uint8Array, header: RecordHeader): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new Error("journal closed"));
     const v = this.vols.get(volume);
     if (!v) return Promise.reject(new Error(`append to unknown volume ${volume}`));
-    const place = () => this.place(v, bytes, header);
-    if (this.spaceQueue.length === 0 && this.fitsNext(bytes.length) && this.withinBound(v, bytes.length)) {
-      place();
-      return Promise.resolve();
-    }
-    const placed = new Promise<void>((resolve, reject) => {
-      this.spaceQueue.push({
-        volume: v,
-        len: bytes.length,
-        place: () => {
-          place();
-          resolve();
-        },
-        fail: reject,
-      });
+    return new Promise((resolve, reject) => {
+      this.appendQueue.push({ v, bytes, header, done: (e) => e ? reject(e) : resolve() });
+      this.appending ??= Promise.resolve().then(() => this.appendBatch());
     });
-    // behind another volume's wait only, it is placed now
-    this.placeWaiting();
-    if (this.spaceQueue.length > 0) {
-      this.signalPressure();
-      // keep asking while appends wait: a reader may become able to give way later
-      this.pressureTimer ??= setInterval(() => this.signalPressure(), 100);
+  }
+
+  private async appendBatch(): Promise<void> {
+    while (this.appendQueue.length > 0) {
+      const batch = this.appendQueue;
+      this.appendQueue = [];
+      const total = batch.reduce((n, a) => n + a.bytes.length, 0);
+      const buf = new Uint8Array(total);
+      const ids = new Uint32Array(batch.length);
+      let at = 0;
+      batch.forEach((a, i) => {
+        buf.set(a.bytes, at);
+        at += a.bytes.length;
+        ids[i] = a.v.id;
+      });
+      const positions = new BigUint64Array(batch.length);
+      const r = Number(
+        await native().cn_journal_append(
+          this.ptr,
+          buf,
+          BigInt(total),
+          new Uint8Array(ids.buffer),
+          batch.length,
+          new Uint8Array(positions.buffer),
+        ),
+      );
+      // the first r are in; the next would wait for space: they go again, ahead of later appends
+      const done = Math.max(0, r);
+      batch.slice(0, done).forEach((a, i) => {
+        a.header.volume = a.v.id;
+        a.header.pos = Number(positions[i]);
+        if (!betweenSeqs(a.header)) a.v.lastSeq = a.header.seq;
+        a.done();
+      });
+      if (r < 0) {
+        const err = this.failure ?? new NativeError("journal append", -r);
+        for (const a of batch.concat(this.appendQueue)) a.done(err);
+        this.appendQueue = [];
+      } else {
+        this.appendQueue = batch.slice(done).concat(this.appendQueue);
+      }
     }
-    return placed;
+    this.appending = undefined;
   }
 
-  /** Whether a volume may take `len` more bytes under its bound (one record always fits an empty one). */
-  private withinBound(v: VolumeInfo, len: number): boolean {
-    const held = this.heldBytes(v.id);
-    return v.bound === undefined || held === 0 || held + len <= v.bound;
-  }
-
-  /** Bytes of a volume's records in the journal (those appended since this open). */
+  /** Bytes of a volume's records in the journal. */
   heldBytes(volume: number): number {
-    return this.held.get(volume)?.bytes ?? 0;
+    return this.volumeStatus(volume)?.[2] ?? 0;
   }
 
   /** Sets a volume's bound (undefined: none); appends waiting for it go on if they fit now. */
@@ -334,185 +426,99 @@ export class Journal {
     const v = this.vols.get(volume);
     if (!v || v.bound === bytes) return;
     v.bound = bytes;
-    this.placeWaiting();
+    if (!this.closed) native().cn_journal_set_bound(this.ptr, volume, BigInt(bytes ?? 0));
   }
 
-  private hold(volume: number, end: number, len: number): void {
-    let q = this.held.get(volume);
-    if (!q) this.held.set(volume, q = { ends: [], sizes: [], first: 0, bytes: 0 });
-    q.ends.push(end);
-    q.sizes.push(len);
-    q.bytes += len;
-  }
-
-  /** Forgets the records the tail passed. */
-  private releaseHeld(): void {
-    for (const q of this.held.values()) {
-      while (q.first < q.ends.length && q.ends[q.first] <= this.tail) q.bytes -= q.sizes[q.first++];
-      if (q.first > 4096 && q.first * 2 > q.ends.length) {
-        q.ends = q.ends.slice(q.first);
-        q.sizes = q.sizes.slice(q.first);
-        q.first = 0;
-      }
-    }
-  }
-
-  private fitsNext(len: number): boolean {
-    return this.fits(this.ring.place(this.head, len).at, len);
-  }
-
-  /** Places waiting appends, in order, while they fit (a volume over its bound is passed by). */
-  private placeWaiting(): void {
-    const over = new Set<VolumeInfo>();
-    for (let i = 0; i < this.spaceQueue.length;) {
-      const w = this.spaceQueue[i];
-      if (over.has(w.volume) || !this.withinBound(w.volume, w.len)) {
-        over.add(w.volume);
-        i++;
-        continue;
-      }
-      if (!this.fitsNext(w.len)) break;
-      this.spaceQueue.splice(i, 1);
-      w.place();
-    }
-    if (this.spaceQueue.length === 0 && this.pressureTimer) {
-      clearInterval(this.pressureTimer);
-      this.pressureTimer = undefined;
-    }
-  }
-
-  private place(v: VolumeInfo, bytes: Uint8Array, header: RecordHeader): void {
-    const place = this.ring.place(this.head, bytes.length);
-    if (place.filler) this.push({ ...place.filler, header: wrapOf(place.filler.pos) }, place.at);
-    restamp(bytes, v.id, place.at);
-    header.volume = v.id;
-    header.pos = place.at;
-    this.push({ pos: place.at, bytes, header }, place.at + bytes.length);
-    this.hold(v.id, place.at + bytes.length, bytes.length);
-    if (!betweenSeqs(header)) v.lastSeq = header.seq;
-    this.pendingSeqs.set(v.id, v.lastSeq);
-    addStats(this.pendingStats, header.time);
-    if (header.kind === Kind.Flush || (header.flags & FLAG_FUA)) this.barrierAt = this.head;
-    this.kickWriter();
-  }
-
-  private push(e: { pos: number; bytes: Uint8Array; header: RecordHeader }, end: number): void {
-    const entry: JournalEntry = { ...e, end, at: Date.now(), atMono: performance.now() };
-    this.cache.push(entry);
-    this.cacheBytes += e.bytes.length;
-    this.toWrite.push(entry);
-    this.head = end;
-  }
-
-  private kickWriter(): void {
-    if (!this.writing) this.writeLoop();
-  }
-
-  private async writeLoop(): Promise<void> {
-    this.writing = true;
-    try {
-      while (this.toWrite.length > 0 && !this.failure) {
-        const batch = this.toWrite;
-        this.toWrite = [];
-        const seqs = this.pendingSeqs;
-        this.pendingSeqs = new Map();
-        const stats = this.pendingStats;
-        this.pendingStats = emptyStats();
-        await this.ring.write(batch);
-        this.written = batch[batch.length - 1].end;
-        for (const [id, seq] of seqs) this.writtenSeqs.set(id, seq);
-        mergeStats(this.writtenStats, stats);
-        if (this.cacheBytes > this.opts.cacheBytes) this.trimCache();
-        this.scheduleCommit();
-      }
-    } catch (e) {
-      this.fail(e as Error);
-    } finally {
-      this.writing = false;
-    }
-  }
-
-  /** Commits now when a barrier is written or enough bytes wait; otherwise after the commit delay. */
-  private scheduleCommit(): void {
-    if (this.written <= this.durable && !this.stateDirty) return;
-    const urgent = (this.barrierAt > this.durable && this.written >= this.barrierAt) ||
-      this.written - this.durable >= this.opts.commitBytes;
-    if (urgent) {
-      clearTimeout(this.commitTimer);
-      this.commitTimer = undefined;
-      this.commit();
-    } else if (!this.commitTimer) {
-      this.commitTimer = setTimeout(() => {
-        this.commitTimer = undefined;
-        this.commit();
-      }, this.opts.commitDelayMs);
-    }
-  }
-
-  /** Group commit: fdatasync the ring, then index everything written in one transaction. Returns when no commit runs. */
-  commit(): Promise<void> {
-    if (this.failure) return Promise.resolve();
-    if (!this.committing) {
-      this.committing = this.commitLoop().finally(() => {
-        this.committing = undefined;
-        // what was written (or a barrier that arrived) during the commit is served next
-        if (!this.failure) this.scheduleCommit();
-      });
-    }
-    return this.committing;
-  }
-
-  private async commitLoop(): Promise<void> {
-    try {
-      while ((this.written > this.durable || this.stateDirty) && !this.failure) {
-        const target = this.written;
-        const seqs = this.writtenSeqs;
-        this.writtenSeqs = new Map();
-        const stats = this.writtenStats;
-        this.writtenStats = emptyStats();
-        this.stateDirty = false;
-        if (target > this.durable) await this.ring.sync();
-        const from = this.durable;
-        const tail = this.tail;
-        await serialized(this.db, () =>
-          this.db.transaction(async (tx) => {
-            if (target > from) {
-              await tx.insert(segments).values({
-                startPos: from,
-                endPos: target,
-                records: stats.records,
-                bytes: target - from,
-                firstTime: stats.first,
-                lastTime: stats.last,
-              });
-            }
-            for (const [id, seq] of seqs) {
-              await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
-            }
-            await tx.update(journalState).set({ head: target, tail, appliedPos: this.appliedPos })
-              .where(eq(journalState.id, 1));
-            await tx.delete(segments).where(lte(segments.endPos, tail));
-          }));
-        this.durable = target;
-        for (const [id, seq] of seqs) {
-          const v = this.vols.get(id);
-          if (v) v.durableSeq = seq;
-          for (const l of this.listeners) l(id, seq);
-        }
-        this.wakeReaders();
-      }
-    } catch (e) {
-      this.fail(e as Error);
-    }
-  }
-
-  private fail(e: Error): void {
-    if (this.failure) return;
-    this.failure = e;
-    log.error("journal failed; refusing further records", { error: e });
-    clearInterval(this.pressureTimer);
-    for (const w of this.spaceQueue.splice(0)) w.fail(e);
+  /** The journal moved (commits, the tail, the mirror): durable listeners, readers and waiters, the index. */
+  private progress(): void {
     this.wakeReaders();
+    if (this.closed) return; // close() writes the last index itself
+    const durable = this.positions.durable;
+    if (durable === this.durable) return;
+    this.durable = durable;
+    for (const v of this.vols.values()) {
+      const before = v.durableSeq;
+      this.refresh(v);
+      if (v.durableSeq !== before) { for (const l of this.listeners) l(v.id, v.durableSeq); }
+    }
+    this.index();
+  }
+
+  /** Resolves at the journal's next move (or when it closes): a wait on a condition re-checks it then. */
+  changed(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((r) => this.dataWaiters.push(r));
+  }
+
+  /**
+   * Writes the index of what was committed since it last followed: one transaction at a time,
+   * at most one per INDEX_INTERVAL_MS (a FLUSH-heavy workload commits thousands of times a
+   * second; the ring's checkpoint, not the index, is what makes a commit durable).
+   */
+  private index(): void {
+    if (this.indexing) {
+      this.indexAgain = true;
+      return;
+    }
+    const wait = this.indexedAt + INDEX_INTERVAL_MS - performance.now();
+    if (wait > 0 && !this.closed) {
+      this.indexTimer ??= setTimeout(() => {
+        this.indexTimer = undefined;
+        this.index();
+      }, wait);
+      return;
+    }
+    this.indexedAt = performance.now();
+    this.indexing = (async () => {
+      const out = new BigUint64Array(4);
+      native().cn_journal_take_index(this.ptr, new Uint8Array(out.buffer));
+      const [durable, records, first, last] = [...out].map(Number);
+      try {
+        await this.writeIndex({ records, first, last, durable });
+      } catch (e) {
+        // the ring's checkpoint is the truth: a missed index row is written with the next one
+        log.warn("journal index not written", { error: e });
+      }
+    })().finally(() => {
+      this.indexing = undefined;
+      if (this.indexAgain && !this.closed) {
+        this.indexAgain = false;
+        this.index();
+      }
+    });
+  }
+
+  private async writeIndex(
+    c: { records: number; first: number; last: number; durable: number },
+  ): Promise<void> {
+    const from = this.indexed, to = c.durable;
+    const s = this.status();
+    const tail = s[0], applied = s[5];
+    const seqs = [...this.vols.values()].map((v) => {
+      this.refresh(v);
+      return { id: v.id, seq: v.durableSeq };
+    });
+    await serialized(this.db, () =>
+      this.db.transaction(async (tx) => {
+        if (to > from) {
+          await tx.insert(segments).values({
+            startPos: from,
+            endPos: to,
+            records: c.records,
+            bytes: to - from,
+            firstTime: c.first,
+            lastTime: c.last,
+          });
+        }
+        for (const { id, seq } of seqs) {
+          await tx.update(volumes).set({ lastSeq: seq }).where(eq(volumes.id, id));
+        }
+        await tx.update(journalState).set({ head: to, tail, appliedPos: applied }).where(
+          eq(journalState.id, 1),
+        );
+        await tx.delete(segments).where(lte(segments.endPos, tail));
+      }));
+    this.indexed = Math.max(this.indexed, to);
   }
 
   /** Wakes every waiting reader (they re-check whether to stop). */
@@ -524,156 +530,138 @@ export class Journal {
     for (const w of this.dataWaiters.splice(0)) w();
   }
 
-  /** Opens (or reopens) a named cursor at pos; cursors hold the tail back. */
+  /** Opens (or reopens) a named cursor at pos; required cursors hold the tail back. */
   cursor(name: string, from: number, required = true): Cursor {
-    const c = new Cursor(this, name, Math.max(from, this.tail), required);
+    if (this.closed) throw new Error("journal closed");
+    this.cursors.get(name)?.drop();
+    const id = native().cn_journal_cursor(this.ptr, BigInt(from), required ? 1 : 0);
+    if (id < 0) throw new Error(`journal: too many readers (${name})`);
+    const c = new Cursor(this, this.ptr, id, name, Math.max(from, this.positions.tail), required);
     this.cursors.set(name, c);
     return c;
   }
 
   dropCursor(name: string): void {
+    this.cursors.get(name)?.drop();
     this.cursors.delete(name);
-    this.advanceTail();
   }
 
-  /** Entries in [pos, durable), at most about maxBytes; waits for one when there is none. */
+  /** Entries in [pos, durable), about maxBytes of them; waits for one when there is none. */
   async readFrom(pos: number, maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
-    while (pos >= this.durable) {
+    if (this.closed) return [];
+    while (pos >= this.positions.durable) {
       if (this.failure) throw this.failure;
       if (this.closed || signal?.aborted) return [];
       await new Promise<void>((r) => this.dataWaiters.push(r));
     }
     // an abandoned read must not hand out entries: its caller would never apply them
-    if (signal?.aborted) return [];
-    const out: JournalEntry[] = [];
-    let bytes = 0;
-    const first = this.cache.length > 0 ? this.cache[0].pos : this.head;
-    if (pos >= first) {
-      let i = lowerBound(this.cache, pos);
-      for (; i < this.cache.length && bytes < maxBytes; i++) {
-        const e = this.cache[i];
-        if (e.pos >= this.durable) break;
-        out.push(e);
-        bytes += e.bytes.length;
+    if (signal?.aborted || this.closed) return [];
+    let cap = Math.ceil(maxBytes * 1.5) + 65536;
+    for (;;) {
+      const buf = new Uint8Array(cap);
+      const n = Number(
+        await native().cn_journal_read(this.ptr, BigInt(pos), BigInt(maxBytes), buf, BigInt(cap)),
+      );
+      if (n === -105 /* ENOBUFS: a record larger than the buffer */) {
+        cap = 28 + 72 + MAX_PAYLOAD + 65536;
+        continue;
       }
-      return out;
+      if (n < 0) throw new Error(`journal record at ${pos} is unreadable or corrupt (errno ${-n})`);
+      return this.entries(buf, n);
     }
-    // older than the memory cache: read from the ring
-    let p = pos;
-    while (p < this.durable && p < first && bytes < maxBytes) {
-      const run = await this.ring.readRun(p, Math.min(this.durable, first), maxBytes - bytes);
-      if (run.length === 0) throw new Error(`journal record at ${p} is unreadable or corrupt`);
-      for (const { entry } of run) {
-        const end = this.ring.next(p, entry);
-        out.push({ ...entry, pos: p, end });
-        bytes += entry.bytes.length;
-        p = end;
-      }
+  }
+
+  private entries(buf: Uint8Array, n: number): JournalEntry[] {
+    const v = new DataView(buf.buffer, 0, n);
+    const out: JournalEntry[] = [];
+    for (let at = 0; at < n;) {
+      const pos = Number(v.getBigUint64(at)), end = Number(v.getBigUint64(at + 8));
+      const entered = Number(v.getBigUint64(at + 16)) / 1e6;
+      const len = v.getUint32(at + 24);
+      const bytes = buf.subarray(at + 28, at + 28 + len);
+      const header = len > 0 ? decodeHeader(bytes, MAX_PAYLOAD) : wrapOf(pos);
+      out.push({
+        header,
+        bytes,
+        pos,
+        end,
+        at: entered ? entered + this.clock.wall : undefined,
+        atMono: entered ? entered + this.clock.mono : undefined,
+      });
+      at += 28 + len;
     }
     return out;
   }
 
-  /** Called by cursors when they release positions. */
-  advanceTail(): void {
-    let min = this.durable;
-    for (const c of this.cursors.values()) if (c.required) min = Math.min(min, c.released);
-    const candidate = Math.min(min, this.durable - this.opts.retainBytes);
-    if (candidate <= this.tail) return;
-    this.tail = candidate;
-    this.stateDirty = true;
-    this.releaseHeld();
-    this.trimCache();
-    this.placeWaiting();
-    this.scheduleCommit();
-  }
-
-  setAppliedPos(pos: number): void {
-    this.appliedPos = pos;
-    this.stateDirty = true;
-  }
-
-  async storedAppliedPos(): Promise<number> {
-    const [s] = await this.db.select().from(journalState).where(eq(journalState.id, 1));
-    this.appliedPos = Math.max(s?.appliedPos ?? 0, this.tail);
-    return this.appliedPos;
-  }
-
-  private trimCache(): void {
-    let drop = 0;
-    while (drop < this.cache.length) {
-      const e = this.cache[drop];
-      const released = e.end <= this.tail;
-      // over budget, entries already in the ring may go: late readers read them from there
-      const overBudget = this.cacheBytes > this.opts.cacheBytes && e.end <= this.written;
-      if (!released && !overBudget) break;
-      this.cacheBytes -= e.bytes.length;
-      drop++;
-    }
-    if (drop > 0) this.cache.splice(0, drop);
-  }
-
   /** Waits until everything appended so far is durable. */
   async flushed(): Promise<void> {
-    const target = this.head;
-    if (target > this.barrierAt) this.barrierAt = target;
-    this.kickWriter();
-    this.scheduleCommit();
-    while (this.durable < target) {
-      if (this.failure) throw this.failure;
-      await new Promise<void>((r) => this.dataWaiters.push(r));
-    }
+    if (this.closed) return;
+    // appends queued in this turn reach the data plane first
+    while (this.appending) await this.appending;
+    const r = await native().cn_journal_flush(this.ptr);
+    if (r < 0) throw this.failure ?? new NativeError("journal flush", -r);
+    // the listeners hear of it before this resolves (the event of the commit may still be on its way)
+    this.progress();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    if (!this.failure) {
-      try {
-        await this.flushed();
-        // state changes (tail, applied position) after the last commit, and any commit in flight
-        this.stateDirty = true;
-        while (this.committing || this.written > this.durable || this.stateDirty) await this.commit();
-      } catch { /* already logged */ }
-    }
     this.closed = true;
-    clearTimeout(this.commitTimer);
-    clearInterval(this.pressureTimer);
     this.wakeReaders();
-    for (const w of this.spaceQueue.splice(0)) w.fail(new Error("journal closed"));
-    this.ring.close();
+    await native().cn_journal_close(this.ptr);
+    await this.plane.close();
+    // the index follows the last commit before the database is let go
+    clearTimeout(this.indexTimer);
+    this.indexTimer = undefined;
+    await this.indexing;
+    this.index();
+    await this.indexing;
+    this.final = {
+      status: this.status(),
+      volumes: new Map([...this.vols.keys()].map((id) => [id, this.volumeStatus(id)])),
+    };
+    for (const c of this.cursors.values()) c.closed = true;
+    native().cn_journal_free(this.ptr);
   }
 }
 
-interface Stats {
-  records: number;
-  first: number;
-  last: number;
+function check(op: string, r: number): void {
+  if (r < 0) throw new NativeError(op, -r);
 }
 
-function emptyStats(): Stats {
-  return { records: 0, first: 0, last: 0 };
-}
-
-function addStats(s: Stats, time: number): void {
-  s.records++;
-  if (s.first === 0) s.first = time;
-  s.last = time;
-}
-
-function mergeStats(into: Stats, s: Stats): void {
-  if (s.records === 0) return;
-  into.records += s.records;
-  if (into.first === 0) into.first = s.first;
-  into.last = s.last;
+function wrapOf(pos: number): RecordHeader {
+  return { kind: Kind.Wrap, flags: 0, volume: 0, length: 0, seq: 0, offset: 0, time: 0, pos };
 }
 
 /** A reader of the journal in order; what it releases may be freed. */
 export class Cursor {
   released: number;
   position: number;
-  /** Whether it holds journal space (an optional reader that falls behind loses its place). */
-  constructor(private readonly j: Journal, readonly name: string, from: number, public required: boolean) {
+  private req: boolean;
+  /** @internal the journal is gone: nothing is released any more */
+  closed = false;
+
+  constructor(
+    private readonly j: Journal,
+    private readonly ptr: Deno.PointerValue,
+    private readonly id: number,
+    readonly name: string,
+    from: number,
+    required: boolean,
+  ) {
     this.released = from;
     this.position = from;
+    this.req = required;
+  }
+
+  /** Whether it holds journal space (an optional reader that falls behind loses its place). */
+  get required(): boolean {
+    return this.req;
+  }
+
+  set required(r: boolean) {
+    this.req = r;
+    if (!this.closed) native().cn_journal_cursor_required(this.ptr, this.id, r ? 1 : 0);
   }
 
   /** The next entries (waits for at least one); advances the read position. */
@@ -688,25 +676,17 @@ export class Cursor {
   release(pos: number): void {
     if (pos <= this.released) return;
     this.released = pos;
-    this.j.advanceTail();
+    if (!this.closed) native().cn_journal_cursor_release(this.ptr, this.id, BigInt(pos));
   }
 
   /** Rewinds to pos (a reconnecting reader resumes from what it acknowledged). */
   rewind(pos: number): void {
     this.position = Math.max(pos, this.released);
   }
-}
 
-function lowerBound(a: JournalEntry[], pos: number): number {
-  let lo = 0, hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (a[mid].pos < pos) lo = mid + 1;
-    else hi = mid;
+  /** @internal */
+  drop(): void {
+    if (!this.closed) native().cn_journal_cursor_drop(this.ptr, this.id);
+    this.closed = true;
   }
-  return lo;
-}
-
-function wrapOf(pos: number): RecordHeader {
-  return { kind: Kind.Wrap, flags: 0, volume: 0, length: 0, seq: 0, offset: 0, time: 0, pos };
 }

@@ -1,77 +1,9 @@
-// The one binding to native/continuum.c. Disk calls are `nonblocking` (they run on
-// Deno's blocking thread pool) so the event loop never waits on a disk; hashing of
+// File I/O for TypeScript's own work (recovery, hashing, a standby's copy, state files),
+// through the native library (src/native/ffi.ts). Disk calls are nonblocking; hashing of
 // in-memory buffers is synchronous because it is faster than a thread hand-off.
-// Callers must not touch a buffer until the promise of the call using it settles.
-import { nativeLibrarySource, openNativeLibrary } from "../assets/assets.ts";
+import { check, native } from "./ffi.ts";
 
-const symbols = {
-  cn_pread: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: true },
-  cn_pwrite: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: true },
-  cn_apply_batch: { parameters: ["i32", "buffer", "u32", "u32"], result: "i64", nonblocking: true },
-  cn_fdatasync: { parameters: ["i32"], result: "i64", nonblocking: true },
-  cn_punch_hole: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
-  cn_write_zeroes: { parameters: ["i32", "u64", "u64", "u32"], result: "i64", nonblocking: true },
-  cn_hash_range: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "i64", nonblocking: true },
-  cn_allocate: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
-  cn_drop_cache: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: true },
-  cn_size: { parameters: ["i32"], result: "i64" },
-  cn_is_blockdev: { parameters: ["i32"], result: "i32" },
-  cn_xxh3_128: { parameters: ["buffer", "u64", "buffer"], result: "void" },
-} as const;
-
-type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];
-let lib: Lib | undefined;
-
-/**
- * Where the library is loaded from: CONTINUUM_NATIVE_LIB, else the build output (under
- * `deno run`) or the copy embedded in the executable (see src/assets/assets.ts).
- */
-export function defaultLibraryPath(): string {
-  return Deno.env.get("CONTINUUM_NATIVE_LIB") ?? nativeLibrarySource();
-}
-
-/** Opens the native library (`path`, CONTINUUM_NATIVE_LIB, or the default); later calls are no-ops. */
-export function loadNative(path?: string): void {
-  if (lib) return;
-  lib = openNativeLibrary(symbols, path ?? Deno.env.get("CONTINUUM_NATIVE_LIB")).symbols;
-}
-
-function native(): Lib {
-  if (!lib) loadNative();
-  return lib!;
-}
-
-const errnoNames: Record<number, string> = {
-  1: "EPERM",
-  2: "ENOENT",
-  5: "EIO",
-  9: "EBADF",
-  12: "ENOMEM",
-  13: "EACCES",
-  22: "EINVAL",
-  27: "EFBIG",
-  28: "ENOSPC",
-  30: "EROFS",
-  95: "EOPNOTSUPP",
-  122: "EDQUOT",
-};
-
-/** A failed system call, with its errno and a readable name. */
-export class NativeError extends Error {
-  constructor(readonly op: string, readonly errno: number) {
-    super(`${op} failed: ${errnoNames[errno] ?? "errno " + errno}`);
-    this.name = "NativeError";
-  }
-  get code(): string {
-    return errnoNames[this.errno] ?? `E${this.errno}`;
-  }
-}
-
-function check(op: string, r: number | bigint): number {
-  const n = Number(r);
-  if (n < 0) throw new NativeError(op, -n);
-  return n;
-}
+export { defaultLibraryPath, loadNative, NativeError } from "./ffi.ts";
 
 /** Reads up to buf.length bytes at off; returns the count (short only at end of file). */
 export async function pread(fd: number, buf: Uint8Array, off: number): Promise<number> {

@@ -6,6 +6,8 @@ import { type BatchOp, xxh3 } from "../native/mod.ts";
 
 export const RECORD_MAGIC = 0x434e5231; // "CNR1"
 export const HEADER_SIZE = 72;
+/** The largest write payload: an NBD request's (advertised as the maximum block size), a record's. */
+export const MAX_PAYLOAD = 32 * 1024 * 1024;
 
 export const enum Kind {
   Write = 1,

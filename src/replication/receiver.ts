@@ -2,9 +2,8 @@
 // already holds, appends the rest to its own journal (from which its replica and
 // its standby server are fed), and acknowledges by count once a record is durable
 // and applied where --ack-after says.
-import { decodeHeader, Kind, payloadIntact, RecordError } from "../record/record.ts";
+import { decodeHeader, Kind, MAX_PAYLOAD, payloadIntact, RecordError } from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
-import { MAX_PAYLOAD } from "../nbd/protocol.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import { FrameType, seqFrame } from "../wire/frames.ts";
 

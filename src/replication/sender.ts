@@ -69,7 +69,8 @@ export interface VolState extends StoredVolume {
 
 /** A peer connection's way to send frames. */
 export interface Channel {
-  send(frame: Uint8Array): void;
+  /** Queues a frame; a record's frame comes as its 5-byte header and its body (no copy to join them). */
+  send(frame: Uint8Array, body?: Uint8Array): void;
   /** Bytes queued but not yet written to the socket. */
   readonly pending: number;
 }
@@ -590,8 +591,7 @@ export class Session {
     const body = deflated ?? bytes;
     const head = new Uint8Array(FRAME_HEADER);
     writeFrameHeader(head, 0, deflated ? FrameType.RecordDeflated : FrameType.Record, body.length);
-    this.ch.send(head);
-    this.ch.send(body);
+    this.ch.send(head, body);
     this.sent++;
     this.fifo.push({
       no: this.sent,

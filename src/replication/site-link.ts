@@ -29,9 +29,8 @@ import {
 } from "../wire/frames.ts";
 import type { PeerReport, Sender, Session } from "./sender.ts";
 import type { AckPoint, Receiver, SiteVolume } from "./receiver.ts";
-import { RecordError } from "../record/record.ts";
+import { MAX_PAYLOAD, RecordError } from "../record/record.ts";
 import { inflateRecord } from "../record/deflate.ts";
-import { MAX_PAYLOAD } from "../nbd/protocol.ts";
 
 const log = logger("site-link");
 
@@ -165,7 +164,10 @@ export class SiteClient {
       log.info("site connected", { site: this.o.site, remote: auth.conn.remoteAddr });
       this.o.onLink?.(true);
       const session = this.o.sender.attach({
-        send: (b) => writer.send(b),
+        send: (b, body) => {
+          writer.send(b);
+          if (body) writer.send(body);
+        },
         get pending() {
           return writer.pending;
         },

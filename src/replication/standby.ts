@@ -5,10 +5,8 @@
 import { logger } from "../log.ts";
 import * as native from "../native/mod.ts";
 import type { BatchOp } from "../native/mod.ts";
-import { decodeHeader, Kind, payloadIntact, RecordError, recordOp } from "../record/record.ts";
+import { decodeHeader, Kind, MAX_PAYLOAD, payloadIntact, RecordError, recordOp } from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
-import { MAX_PAYLOAD } from "../nbd/protocol.ts";
-import { LocalWriter } from "../capture/local-writer.ts";
 import type { Volume } from "../volume/volume.ts";
 import { FrameType, hashesFrame, seqFrame } from "../wire/frames.ts";
 import { setImmediate } from "node:timers";
@@ -23,7 +21,6 @@ interface Persisted {
 }
 
 export class StandbyVolume {
-  readonly local: LocalWriter;
   seq: SeqState;
   state: StandbyState;
   /** The gateway's journal id of this volume (records name it). */
@@ -35,7 +32,6 @@ export class StandbyVolume {
     private readonly file: string,
     p: Persisted,
   ) {
-    this.local = new LocalWriter(volume.fd);
     this.seq = { lastSeq: p.lastSeq, rebase: false };
     this.state = p.state;
   }
@@ -168,13 +164,15 @@ export class StandbyApplier {
         const batch = this.queued;
         this.queued = [];
         const target = this.received;
-        const touched = new Set<StandbyVolume>();
+        // each volume's operations in order with one call, then its fdatasync
+        const ops = new Map<StandbyVolume, BatchOp[]>();
         for (const q of batch) {
-          touched.add(q.v);
-          if (q.op) q.v.local.run(q.op);
+          const list = ops.get(q.v) ?? [];
+          if (q.op) list.push(q.op);
+          ops.set(q.v, list);
         }
-        await Promise.all([...touched].map((v) => v.local.sync()));
-        await Promise.all([...touched].map((v) => v.persist()));
+        await Promise.all([...ops].map(([v, list]) => native.applyBatch(v.volume.fd, list, true)));
+        await Promise.all([...ops.keys()].map((v) => v.persist()));
         this.acked = target;
         this.send(seqFrame(FrameType.Accepted, 0, target));
       }

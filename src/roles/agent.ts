@@ -5,15 +5,17 @@ import { UsageError } from "../cli/flags.ts";
 import { ensurePrivateDir, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
 import { Volume } from "../volume/volume.ts";
-import { DirtyMap } from "../capture/dirty-map.ts";
-import { type GatewayLossPolicy, ProtectedVolume } from "../capture/protected-volume.ts";
-import { AgentLink } from "../link/agent-link.ts";
+import {
+  type GatewayLossPolicy,
+  type LinkVolume,
+  NativeAgent,
+  type NativeAgentOptions,
+  type ProtectedVolume,
+} from "../capture/native-agent.ts";
 import { parseAddress } from "../link/address.ts";
-import { readSecretFile } from "../wire/auth.ts";
-import { type NbdExport, NbdServer } from "../nbd/server.ts";
-import { readOnlyExport } from "../nbd/read-only-export.ts";
+import { readSecretFile } from "../wire/secret-file.ts";
+import { NbdServer } from "../nbd/server.ts";
 import { StandbyApplier, StandbyVolume } from "../replication/standby.ts";
-import type { LinkVolume } from "../link/agent-link.ts";
 import {
   decodeJson,
   decodeMixed,
@@ -28,6 +30,7 @@ import { AgentState } from "../capture/agent-state.ts";
 import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatThread } from "../heartbeat/channel.ts";
+import * as io from "../native/mod.ts";
 
 const log = logger("agent");
 
@@ -258,8 +261,27 @@ function startHeartbeats(c: Common) {
   });
 }
 
+/** The data plane of this agent: its link to the gateway, from the flags. */
+function startDataPlane(
+  c: Common,
+  hooks: Pick<NativeAgentOptions, "onControl" | "onFrame" | "onConnected">,
+): NativeAgent {
+  const agent = new NativeAgent({
+    gateway: parseAddress(str(c.p, "gateway")),
+    agent: c.id,
+    secret: c.secret,
+    onGatewayLoss: str(c.p, "on-gateway-loss") as GatewayLossPolicy,
+    gatewayTimeoutMs: num(c.p, "gateway-timeout"),
+    maxUnconfirmedBytes: num(c.p, "max-unconfirmed"),
+    ...hooks,
+  });
+  // a fence survives restarts: writes stay refused until the gateway lifts it
+  agent.fence(c.state.fenced);
+  return agent;
+}
+
 /** Starts the NBD server on the configured socket and/or TCP address. */
-async function serveNbd(p: Parsed, dataDir: string, exports: () => NbdExport[]): Promise<NbdServer> {
+async function serveNbd(p: Parsed, dataDir: string): Promise<NbdServer> {
   const socket = optStr(p, "nbd-socket") ?? `${dataDir}/nbd.sock`;
   const tcp = str(p, "nbd-listen");
   const tcpAddr = tcp === "off" ? undefined : parseAddress(tcp);
@@ -267,21 +289,24 @@ async function serveNbd(p: Parsed, dataDir: string, exports: () => NbdExport[]):
   return await NbdServer.listen({
     unixPath: socket === "off" ? undefined : socket,
     tcp: tcpAddr?.transport === "tcp" ? { hostname: tcpAddr.hostname, port: tcpAddr.port } : undefined,
-    exports,
   });
+}
+
+function exportCaptured(server: NbdServer, agent: NativeAgent, pv: ProtectedVolume): void {
+  server.exportVolume(pv.name, agent, pv.linkId, `Continuum protected volume ${pv.name}`);
 }
 
 /**
  * Serves a recovery's chunk operations on this agent's volumes. Writes are only
  * taken while the agent is fenced: a recovery rebuilds a volume no client writes.
  */
-async function chunkOp(c: Common, link: AgentLink, f: Frame, writable: boolean): Promise<void> {
+async function chunkOp(c: Common, agent: NativeAgent, f: Frame, writable: boolean): Promise<void> {
   if (f.type !== FrameType.ChunkOp) throw new Error(`unexpected frame type ${f.type} from gateway`);
   const { header, payload } = decodeMixed<ChunkRequest>(f.body);
   const [, name] = String(header.volume).split("/");
   const volume = c.volumes.get(name);
   if (header.op === "write" && !c.state.fenced) {
-    link.send(
+    agent.send(
       mixedFrame(FrameType.ChunkReply, {
         id: header.id,
         ok: false,
@@ -291,15 +316,19 @@ async function chunkOp(c: Common, link: AgentLink, f: Frame, writable: boolean):
     return;
   }
   const store = volume ? new FileChunks(volume.fd, volume.size, writable) : undefined;
-  link.send(await serveChunkOp(store, header, payload));
+  agent.send(await serveChunkOp(store, header, payload));
 }
 
 /** Handles the gateway's fence / unfence orders; true when the message was one. */
-function fenceOrder(c: Common, msg: unknown): boolean {
+function fenceOrder(c: Common, agent: NativeAgent, msg: unknown): boolean {
   const m = msg as { type?: string; reason?: string };
-  if (m?.type === "fence") c.state.fence(String(m.reason ?? "fenced by the gateway"));
-  else if (m?.type === "unfence") {
+  if (m?.type === "fence") {
+    const reason = String(m.reason ?? "fenced by the gateway");
+    agent.fence(reason);
+    c.state.fence(reason).catch((e) => log.error("cannot persist the fence", { error: e }));
+  } else if (m?.type === "unfence") {
     const wasFenced = c.state.fenced !== undefined;
+    agent.fence(undefined);
     c.state.unfence().then(() => wasFenced ? runHook(c, "on-unfence") : undefined).catch((e) =>
       log.error("--on-unfence failed", { error: e })
     );
@@ -316,75 +345,57 @@ async function runHook(c: Common, flag: "on-promote" | "on-demote" | "on-unfence
   if (!out.success) throw new Error(`--${flag} exited with code ${out.code}`);
 }
 
+/** How a volume's dirty map starts: as found, cleared (the gateway's copy is equal), or all set. */
+type DirtyStart = "keep" | "equal" | "unknown";
+
+function capture(
+  c: Common,
+  agent: NativeAgent,
+  name: string,
+  volume: Volume,
+  linkId: number,
+  mode: DirtyStart,
+  onFatal: (e: Error) => void,
+): Promise<ProtectedVolume> {
+  return agent.addVolume(
+    { linkId, name, fd: volume.fd, size: volume.size },
+    { path: `${c.dataDir}/${name}.dirty`, chunk: num(c.p, "dirty-chunk"), mode },
+    onFatal,
+  );
+}
+
 /**
- * Wraps each volume in a ProtectedVolume on the link: every write is captured.
- * Waits (bounded) for the gateway to accept the volumes, so a refusal (e.g. a
- * changed size) stops the agent at start instead of after clients wrote.
+ * Captures each --volume (or, at a promotion, each standby copy). Waits (bounded) for the
+ * gateway to accept them, so a refusal (e.g. a changed size) stops the agent at start
+ * instead of after clients wrote.
  */
 async function protect(
   c: Common,
-  link: AgentLink,
+  agent: NativeAgent,
   linkBase: number,
   onFatal: (e: Error) => void,
-  /** At a promotion: whether the gateway's copy is known to equal this one (nothing to resend) or not. */
-  promotedCopy?: "equal" | "unknown",
+  mode: DirtyStart = "keep",
 ) {
-  const maps: DirtyMap[] = [];
   const exports: ProtectedVolume[] = [];
   let linkId = linkBase;
   for (const [name, volume] of c.volumes) {
-    const dirty = await DirtyMap.open(`${c.dataDir}/${name}.dirty`, volume.size, num(c.p, "dirty-chunk"));
-    // a map left from an earlier promotion says nothing about the copies now
-    if (promotedCopy === "equal") {
-      dirty.clear(dirty.setChunks());
-      await dirty.settle();
-    } else if (promotedCopy === "unknown") await dirty.markAll();
-    maps.push(dirty);
-    exports.push(protectVolume(c, link, name, volume, dirty, linkId++, onFatal));
+    exports.push(await capture(c, agent, name, volume, linkId++, mode, onFatal));
   }
   return {
     exports,
     ready: () =>
       Promise.race([Promise.all(exports.map((e) => e.opened)), new Promise((r) => setTimeout(r, 5000))]),
-    close: async () => {
+    close: async (server?: NbdServer) => {
+      for (const e of exports) await server?.withdraw(e.name);
       await Promise.all(exports.map((e) => e.close()));
-      for (const m of maps) m.close();
     },
   };
-}
-
-/** One volume wrapped in a ProtectedVolume and registered on the link (its opening is awaited by the caller). */
-function protectVolume(
-  c: Common,
-  link: AgentLink,
-  name: string,
-  volume: Volume,
-  dirty: DirtyMap,
-  linkId: number,
-  onFatal: (e: Error) => void,
-): ProtectedVolume {
-  const pv = new ProtectedVolume({
-    name,
-    volume,
-    dirty,
-    link,
-    linkId,
-    onGatewayLoss: str(c.p, "on-gateway-loss") as GatewayLossPolicy,
-    gatewayTimeoutMs: num(c.p, "gateway-timeout"),
-    maxUnconfirmedBytes: num(c.p, "max-unconfirmed"),
-    readOnly: () => c.state.fenced,
-    onFatal,
-  });
-  pv.opened.catch(() => {}); // awaited by the caller
-  link.register(pv);
-  return pv;
 }
 
 /** A volume served because the gateway assigned it. */
 interface Served {
   a: Assignment;
   volume: Volume;
-  dirty: DirtyMap;
   pv: ProtectedVolume;
 }
 
@@ -398,24 +409,30 @@ interface Served {
 class AssignedVolumes {
   private served = new Map<string, Served>();
   private queue: Promise<void> = Promise.resolve();
-  /** Set once the NBD server runs: withdrawn exports' clients are detached through it. */
-  server: NbdServer | undefined;
+  /** Set once the NBD server runs: assigned volumes are exported through it. */
+  private server: NbdServer | undefined;
 
   constructor(
     private readonly c: Common,
-    private readonly link: AgentLink,
+    private readonly agent: NativeAgent,
     private readonly file: AssignmentFile,
     private nextLinkId: number,
     private readonly onFatal: (e: Error) => void,
   ) {}
 
-  exports(): ProtectedVolume[] {
-    return [...this.served.values()].map((s) => s.pv);
+  names(): string[] {
+    return [...this.served.keys()];
+  }
+
+  /** The NBD server is up: what is served is exported, and what is assigned from now on. */
+  exportThrough(server: NbdServer): void {
+    this.server = server;
+    for (const s of this.served.values()) exportCaptured(server, this.agent, s.pv);
   }
 
   /** Tells the gateway what is remembered, so it can withdraw what it no longer assigns. */
   report(): void {
-    this.link.sendControl({ type: "assignments", names: this.file.all().map((a) => a.name) });
+    this.agent.sendControl({ type: "assignments", names: this.file.all().map((a) => a.name) });
   }
 
   /** Serves the remembered assignments at start (a --volume of the same name wins). */
@@ -474,7 +491,7 @@ class AssignedVolumes {
         }
       }
     }
-    this.link.sendControl({ type: "assigned", id, results });
+    this.agent.sendControl({ type: "assigned", id, results });
   }
 
   private async assignOne(a: Assignment): Promise<void> {
@@ -502,7 +519,7 @@ class AssignedVolumes {
 
   private async unassign(id: unknown, name: unknown): Promise<void> {
     const answer = (ok: boolean, error?: string) =>
-      this.link.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
+      this.agent.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
     if (typeof name !== "string") return void answer(false, "unassign needs a volume name");
     if (this.c.flagNames.has(name)) {
       return void answer(false, `volume ${name} is given by --volume on this agent, which wins`);
@@ -516,37 +533,43 @@ class AssignedVolumes {
   /** Opens the device, checks its size and starts capturing it. `changed`: it replaces another device. */
   private async open(a: Assignment, changed: boolean): Promise<Served> {
     const volume = Volume.open(a.path);
-    let dirty: DirtyMap;
+    let pv: ProtectedVolume;
     try {
       if (volume.size !== a.size) {
         throw new Error(`${a.path} is ${volume.size} bytes, the assignment of ${a.name} says ${a.size}`);
       }
-      dirty = await DirtyMap.open(`${this.c.dataDir}/${a.name}.dirty`, a.size, num(this.c.p, "dirty-chunk"));
+      // another device under the same name: nothing is known of what the gateway holds of it
+      pv = await capture(
+        this.c,
+        this.agent,
+        a.name,
+        volume,
+        this.nextLinkId++,
+        changed ? "unknown" : "keep",
+        this.onFatal,
+      );
     } catch (e) {
       volume.close();
       throw e;
     }
-    // another device under the same name: nothing is known of what the gateway holds of it
-    if (changed) await dirty.markAll();
-    const pv = protectVolume(this.c, this.link, a.name, volume, dirty, this.nextLinkId++, this.onFatal);
-    const s = { a, volume, dirty, pv };
+    const s = { a, volume, pv };
     this.served.set(a.name, s);
     this.c.volumes.set(a.name, volume);
+    if (this.server) exportCaptured(this.server, this.agent, pv);
     return s;
   }
 
   /**
-   * Stops serving a volume: it leaves the exports list, its NBD clients are detached (their
-   * requests in flight answered), the gateway confirms its pending records (bounded by
-   * `waitMs`), and the device is closed as it is.
+   * Stops serving a volume: its export is withdrawn (its clients' requests in flight
+   * answered), the gateway confirms its pending records (bounded by `waitMs`), and the
+   * device is closed as it is.
    */
   async close(name: string, waitMs = 10_000): Promise<void> {
     const s = this.served.get(name);
     if (!s) return;
     this.served.delete(name);
-    await this.server?.detach(name);
+    await this.server?.withdraw(name);
     await s.pv.close(waitMs);
-    s.dirty.close();
     s.volume.close();
     if (this.c.volumes.get(name) === s.volume) this.c.volumes.delete(name);
   }
@@ -561,48 +584,50 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
   let fail!: (e: Error) => void;
   const fatal = new Promise<never>((_, reject) => fail = reject);
   fatal.catch(() => {}); // observed by main
-  const link: AgentLink = new AgentLink({
-    gateway: parseAddress(str(c.p, "gateway")),
-    agent: c.id,
-    secret: c.secret,
+  const agent = startDataPlane(c, {
     onControl: (m) => {
-      if (!fenceOrder(c, m)) assigned.control(m);
+      if (!fenceOrder(c, agent, m)) assigned.control(m);
     },
-    onFrame: (f) => chunkOp(c, link, f, true),
+    onFrame: (f) => chunkOp(c, agent, f, true),
     onConnected: () => assigned.report(),
   });
-  const prot = await protect(c, link, 0, (e) => fail(e));
+  let server: NbdServer | undefined;
+  let prot: Awaited<ReturnType<typeof protect>> | undefined;
   const assigned = new AssignedVolumes(
     c,
-    link,
+    agent,
     await AssignmentFile.load(c.dataDir),
-    prot.exports.length,
+    c.volumes.size,
     (e) => fail(e),
   );
   try {
-    link.start();
+    prot = await protect(c, agent, 0, (e) => fail(e));
+    agent.start();
     await prot.ready();
     await assigned.restore();
-    const server = await serveNbd(c.p, c.dataDir, () => [...prot.exports, ...assigned.exports()]);
-    assigned.server = server;
+    server = await serveNbd(c.p, c.dataDir);
+    for (const pv of prot.exports) exportCaptured(server, agent, pv);
+    assigned.exportThrough(server);
     log.info("agent ready", {
       agent: c.id,
-      volumes: [...prot.exports, ...assigned.exports()].map((e) => e.name),
+      volumes: [...prot.exports.map((e) => e.name), ...assigned.names()],
       fenced: c.state.fenced ?? null,
     });
+    const running = { server, prot };
     return {
       fatal,
       stop: async () => {
-        await server.close();
         await assigned.closeAll();
-        await prot.close();
-        await link.close();
+        await running.prot.close(running.server);
+        await running.server.close();
+        await agent.close();
       },
     };
   } catch (e) {
-    await link.close();
     await assigned.closeAll();
-    await prot.close();
+    await prot?.close(server);
+    await server?.close();
+    await agent.close();
     throw e;
   }
 }
@@ -648,12 +673,10 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       log.error("cannot serve a remembered standby assignment", { volume: a.name, path: a.path, error: e });
     }
   }
-  const applier = new StandbyApplier(copies, (b) => link.send(b));
+  const applier = new StandbyApplier(copies, (b) => agent.send(b));
   let announced = 0;
   /** Set while the link is restarted for a new set of copies: the old connection starts no stream. */
   let reconnecting = false;
-  const standbyExports = () => copies.map((s) => readOnlyExport(s.name, s.volume, "standby"));
-  let exports: () => NbdExport[] = standbyExports;
   let primary: Awaited<ReturnType<typeof protect>> | undefined;
   /** The link id each copy is announced under (fresh ones after a change: ids are never reused). */
   const linkIds = new Map<StandbyVolume, number>();
@@ -661,11 +684,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
   const announce = (s: StandbyVolume) => {
     const id = nextLinkId++;
     linkIds.set(s, id);
-    link.register(standbyLinkVolume(s, id));
+    agent.announce(standbyLinkVolume(s, id));
   };
   let fail!: (e: Error) => void;
   const fatal = new Promise<never>((_, reject) => fail = reject);
   fatal.catch(() => {});
+  const nbd: { server?: NbdServer } = {};
+  const exportCopy = (s: StandbyVolume) =>
+    nbd.server?.exportFile(s.name, s.volume.fd, s.volume.size, true, `Continuum standby copy of ${s.name}`);
 
   /** `equal`: the gateway's replica holds exactly what this copy holds (it waited for this standby). */
   const promote = async (equal: boolean): Promise<void> => {
@@ -673,11 +699,12 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     log.warn("promotion: this standby takes over the service", { copiesEqual: equal });
     await applier.freeze();
     await c.state.promote();
-    for (const s of copies) link.unregister(linkIds.get(s)!);
-    primary = await protect(c, link, nextLinkId, (e) => fail(e), equal ? "equal" : "unknown");
+    for (const s of copies) agent.withdraw(linkIds.get(s)!);
+    primary = await protect(c, agent, nextLinkId, (e) => fail(e), equal ? "equal" : "unknown");
     nextLinkId += primary.exports.length;
-    const promoted = primary;
-    exports = () => promoted.exports;
+    const server = nbd.server!;
+    for (const s of copies) await server.withdraw(s.name);
+    for (const pv of primary.exports) exportCaptured(server, agent, pv);
     await primary.ready();
     await runHook(c, "on-promote");
     await c.monitor?.waitHealthy(30_000);
@@ -694,7 +721,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     if (!primary) return;
     log.warn("demotion: the service goes back to the primary site");
     await runHook(c, "on-demote");
-    exports = standbyExports;
+    const server = nbd.server!;
+    for (const pv of primary.exports) await server.withdraw(pv.name);
     // every write made here must be durable at the gateway before the copies change hands
     const deadline = performance.now() + 10_000;
     while (primary.exports.some((e) => !e.quiescent) && performance.now() < deadline) {
@@ -709,6 +737,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       s.seq = { lastSeq: 0, rebase: false };
       s.state = "inconsistent";
       await s.persist();
+      exportCopy(s);
     }
     applier.thaw();
     announced = 0;
@@ -716,16 +745,13 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     log.warn("demoted: standby again, volumes read-only", { volumes: copies.map((s) => s.name) });
   };
 
-  const link: AgentLink = new AgentLink({
-    gateway: parseAddress(str(c.p, "gateway")),
-    agent: c.id,
-    secret: c.secret,
+  const agent = startDataPlane(c, {
     onConnected: () => {
       announced = 0;
       reconnecting = false;
       applier.reset();
       // the gateway reconciles the copies it is told of with what its local sites ask for
-      link.sendControl({ type: "assignments", names: file.all().map((a) => a.name) });
+      agent.sendControl({ type: "assignments", names: file.all().map((a) => a.name) });
       for (const w of reconnected.splice(0)) w();
     },
     onControl: (m) => {
@@ -737,18 +763,18 @@ async function runStandby(c: Common): Promise<RoleHandle> {
         : msg?.type === "demote"
         ? demote
         : undefined;
-      if (!act) return void fenceOrder(c, m);
+      if (!act) return void fenceOrder(c, agent, m);
       const answer = msg.type === "promote" ? "promoted" : "demoted";
       act().then(
-        () => link.sendControl({ type: answer, id: msg.id, ok: true }),
+        () => agent.sendControl({ type: answer, id: msg.id, ok: true }),
         (e) => {
           log.error(`${msg.type} failed`, { error: e });
-          link.sendControl({ type: answer, id: msg.id, ok: false, error: (e as Error).message });
+          agent.sendControl({ type: answer, id: msg.id, ok: false, error: (e as Error).message });
         },
       );
     },
     onFrame: async (f) => {
-      if (f.type === FrameType.ChunkOp) return chunkOp(c, link, f, false);
+      if (f.type === FrameType.ChunkOp) return chunkOp(c, agent, f, false);
       if (primary) return; // promoted: the stream to the standby copy is over
       switch (f.type) {
         case FrameType.Record:
@@ -756,11 +782,11 @@ async function runStandby(c: Common): Promise<RoleHandle> {
           break;
         case FrameType.HashRequest: {
           const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
-          link.send(await applier.hashes(Number(q.volume), Number(q.chunkSize)));
+          agent.send(await applier.hashes(Number(q.volume), Number(q.chunkSize)));
           break;
         }
         case FrameType.Ping:
-          link.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
+          agent.send(timeFrame(FrameType.Pong, decodeTime(f.body)));
           break;
         default:
           throw new Error(`unexpected frame type ${f.type} from gateway`);
@@ -775,13 +801,10 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     onOpened: (info) => {
       applier.opened(s.name, info.journalId);
       // every volume is known to the gateway: it may start streaming
-      if (++announced === copies.length && !reconnecting) link.sendControl({ type: "standby-ready" });
+      if (++announced === copies.length && !reconnecting) agent.sendControl({ type: "standby-ready" });
     },
     onRefused: (message) =>
       log.error("gateway refused the standby volume", { volume: s.name, reason: message }),
-    onLinkDown: () => {},
-    onAccepted: () => {},
-    onDurable: () => {},
   });
 
   // The gateway's assignments of standby copies (relayed by this site's gateway from the local
@@ -795,7 +818,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       reconnected.push(r);
       setTimeout(r, 10_000);
     });
-    await link.reconnect();
+    await agent.reconnect();
     await up;
   };
   const serial = (fn: () => Promise<void>) => {
@@ -822,6 +845,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
         } else {
           const s = await openCopy(a, true);
           copies.push(s);
+          exportCopy(s);
           reconnecting = true;
           announce(s);
           await file.set(a);
@@ -835,11 +859,11 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       }
     }
     if (added) await restartLink();
-    link.sendControl({ type: "assigned", id, results });
+    agent.sendControl({ type: "assigned", id, results });
   };
   const unassignCopy = async (id: unknown, name: unknown): Promise<void> => {
     const answer = (ok: boolean, error?: string) =>
-      link.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
+      agent.sendControl({ type: "unassigned", id, name, ok, ...(error ? { error } : {}) });
     if (typeof name !== "string") return void answer(false, "unassign needs a volume name");
     if (c.flagNames.has(name)) {
       return void answer(false, `volume ${name} is given by --volume here, which wins`);
@@ -848,14 +872,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     const s = copies.find((x) => x.name === name);
     if (s) {
       reconnecting = true;
-      link.unregister(linkIds.get(s)!);
+      agent.withdraw(linkIds.get(s)!);
       linkIds.delete(s);
       // what was received is applied before the copy is closed; the stream restarts below
       await applier.freeze();
       copies.splice(copies.indexOf(s), 1);
       applier.forget(s);
-      await nbd.server?.detach(name);
-      await s.local.sync();
+      await nbd.server?.withdraw(name);
+      await io.fdatasync(s.volume.fd);
       s.volume.close();
       c.volumes.delete(name);
       applier.thaw();
@@ -865,19 +889,19 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     if (s) await restartLink();
     answer(true);
   };
-  const nbd: { server?: NbdServer } = {};
 
   copies.forEach(announce);
-  link.start();
-  const server = await serveNbd(c.p, c.dataDir, () => exports());
+  agent.start();
+  const server = await serveNbd(c.p, c.dataDir);
   nbd.server = server;
+  copies.forEach(exportCopy);
   log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });
   return {
     fatal,
     stop: async () => {
+      await primary?.close(server);
       await server.close();
-      await primary?.close();
-      await link.close();
+      await agent.close();
     },
   };
 }

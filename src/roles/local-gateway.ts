@@ -9,7 +9,7 @@ import { Journal, type VolumeInfo } from "../journal/journal.ts";
 import { MirrorApplier } from "../mirror/applier.ts";
 import { GatewayListener } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
-import { readSecretFile } from "../wire/auth.ts";
+import { readSecretFile } from "../wire/secret-file.ts";
 import { startWebServer } from "../web/web-server.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
@@ -283,7 +283,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       policyOf,
       onLink: (site, up) => strategy.cp?.onSite(site, up),
     });
-    await mirror.start();
+    mirror.start();
     cleanups.push(() => mirror.stop());
     for (const r of remotes) {
       r.client.start();
@@ -318,8 +318,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           throw new Error(`site ${site} could not promote ${agent}: ${answer.error ?? "no reason given"}`);
         }
       },
-      fence: (agent, reason) => agentsIn.listener?.sendControl(agent, { type: "fence", reason }),
-      unfence: (agent) => agentsIn.listener?.sendControl(agent, { type: "unfence" }),
+      fence: (agent, reason) => {
+        agentsIn.listener?.setFence(agent, reason);
+        agentsIn.listener?.sendControl(agent, { type: "fence", reason });
+      },
+      unfence: (agent) => {
+        agentsIn.listener?.setFence(agent, undefined);
+        agentsIn.listener?.sendControl(agent, { type: "unfence" });
+      },
       // called on failback, once the detectors below exist
       unhealthy: (agent) => liveness.unhealthy(agent),
       manageRules: configs.length > 0 || (await hasRecordedRules(db)),
@@ -362,7 +368,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     const listener = await GatewayListener.listen({
       listen,
       journal,
-      secrets: () => secrets,
+      secrets,
       mirrorPath: (agent, volume) => `${mirrorDir}/${agent}/${volume}.img`,
       onAgent: (agent) => {
         const reason = controller.isFenced(agent);

@@ -12,7 +12,7 @@ import { Journal, type VolumeInfo } from "../journal/journal.ts";
 import { MirrorApplier } from "../mirror/applier.ts";
 import { GatewayListener, type StandbyHandler } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
-import { readSecretFile } from "../wire/auth.ts";
+import { readSecretFile } from "../wire/secret-file.ts";
 import { startStatusServer } from "../web/status-server.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
@@ -251,7 +251,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       feeders.delete(agent);
     };
     for (const agent of secrets.keys()) if (!promoted.has(agent)) await openFeeder(agent);
-    await applier.start();
+    applier.start();
     cleanups.push(() => applier.stop());
 
     const register = async (agent: string, name: string, size: number): Promise<VolumeInfo> => {
@@ -302,7 +302,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     const agents = await GatewayListener.listen({
       listen: list(p, "agent-listen").map((a) => parseAddress(a)),
       journal,
-      secrets: () => secrets,
+      secrets,
       mirrorPath: (agent, volume) => `${replicaDir}/${agent}/${volume}.img`,
       onVolume: (v) => applier.prepare(v),
       standby,
@@ -457,7 +457,6 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           onHello: (points) => {
             for (const { v, ack } of points) ackOf.set(v.id, ack);
             for (const [agent, f] of feeders) f.theCursor.required = feederRequired(agent);
-            journal.advanceTail();
           },
           promoted: (agent) => promoted.has(agent),
           send,

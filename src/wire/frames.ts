@@ -1,7 +1,6 @@
 // Framing of the agent ↔ local gateway link: u32 length (of type + body), u8 type,
 // body. Control frames carry JSON; records and acknowledgements are binary.
-import { HEADER_SIZE } from "../record/record.ts";
-import { MAX_PAYLOAD } from "../nbd/protocol.ts";
+import { HEADER_SIZE, MAX_PAYLOAD } from "../record/record.ts";
 import type { ConnReader } from "../io/conn-reader.ts";
 
 export const enum FrameType {

@@ -407,13 +407,14 @@ export class ClusterPhase {
         return;
       }
       case "corrupt-agent-frame": {
+        // the link is sealed: a flipped bit fails the batch's authentication wherever it lands
         const p = this.agentProxy;
         for (let i = 0; i < fault.params.count; i++) {
           const before = p.corrupted;
-          p.corruptRecord = true;
-          await waitFor(() => p.corrupted > before, 10_000, "a record frame corrupted")
-            .catch(() => f.notes.push("agent link: no record frame to corrupt"));
-          p.corruptRecord = false;
+          p.flipChunks = 1;
+          await waitFor(() => p.corrupted > before, 10_000, "a bit flipped on the agent link")
+            .catch(() => f.notes.push("agent link: nothing crossed it to corrupt"));
+          p.flipChunks = 0;
           await sleep(300);
         }
         return;

@@ -1,5 +1,6 @@
 // Starts Continuum roles as real processes for integration tests, with their own
 // temporary directories, and helpers to wait on them and compare images.
+import { sanitizerPreload } from "./sanitizer.ts";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { Proxy } from "./proxy.ts";
@@ -47,7 +48,7 @@ export class RoleProcess {
       args: argv.slice(1),
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1", ...opts.env },
+      env: { NO_COLOR: "1", ...(sanitizerPreload ? { LD_PRELOAD: sanitizerPreload } : {}), ...opts.env },
     }).spawn();
     const file = Deno.openSync(logPath, { create: true, append: true });
     const pump = async (s: ReadableStream<Uint8Array>) => {

@@ -24,7 +24,7 @@ import {
   REQUEST_MAGIC,
   REQUEST_SIZE,
   type validateRequest,
-} from "../../src/nbd/protocol.ts";
+} from "./nbd-protocol.ts";
 import {
   type Frame,
   FRAME_HEADER,
@@ -556,7 +556,8 @@ export class RecordingProxy {
   private conns = new Set<Deno.Conn>();
   readonly captures: Capture[] = [];
   readonly port: number;
-  duplicateRecord = false;
+  /** Sends the agent's next sealed batch twice (the agent link: a replay inside the session). */
+  duplicateBatch = false;
   duplicated = 0;
 
   constructor(
@@ -602,7 +603,7 @@ export class RecordingProxy {
 
   private async pump(from: Deno.Conn, to: Deno.Conn, log: Uint8Array[], forward: boolean): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
-    const framer = forward ? new FrameTracker() : undefined;
+    const framer = forward ? new BatchTracker() : undefined;
     try {
       while (true) {
         const n = await from.read(buf);
@@ -612,14 +613,14 @@ export class RecordingProxy {
         let out: Uint8Array = chunk;
         if (framer) {
           const extra: Uint8Array[] = [];
-          for (const f of framer.push(chunk)) {
-            if (this.duplicateRecord && f[4] === FrameType.Record) {
-              this.duplicateRecord = false;
+          for (const b of framer.push(chunk)) {
+            if (this.duplicateBatch && b.sealed) {
+              this.duplicateBatch = false;
               this.duplicated++;
-              extra.push(f);
+              extra.push(b.bytes);
             }
           }
-          // the duplicate goes right after the chunk that completed the frame: still a frame boundary
+          // the duplicate goes right after the chunk that completed the batch: still a boundary
           if (extra.length) out = concat(chunk, ...extra);
         }
         let at = 0;
@@ -648,18 +649,26 @@ export class RecordingProxy {
  * included) as it completes. Only meaningful when a chunk ends on a frame boundary
  * for the duplicate to be inserted there, which `pendingBytes === 0` tells.
  */
-class FrameTracker {
+/**
+ * Follows the agent link's units client → gateway: the hello (a frame: u32 length of type and
+ * body), then sealed batches (u32 n, n bytes, a 16-byte tag).
+ */
+class BatchTracker {
   private buf: Uint8Array = new Uint8Array(0);
+  private units = 0;
 
-  push(chunk: Uint8Array): Uint8Array[] {
+  push(chunk: Uint8Array): { bytes: Uint8Array; sealed: boolean }[] {
     this.buf = concat(this.buf, chunk);
-    const out: Uint8Array[] = [];
+    const out: { bytes: Uint8Array; sealed: boolean }[] = [];
     let at = 0;
-    while (this.buf.length - at >= FRAME_HEADER) {
-      const len = new DataView(this.buf.buffer, this.buf.byteOffset + at, 4).getUint32(0);
-      if (this.buf.length - at < 4 + len) break;
-      out.push(this.buf.slice(at, at + 4 + len));
-      at += 4 + len;
+    while (this.buf.length - at >= 4) {
+      const n = new DataView(this.buf.buffer, this.buf.byteOffset + at, 4).getUint32(0);
+      const sealed = this.units > 0;
+      const size = 4 + n + (sealed ? 16 : 0);
+      if (this.buf.length - at < size) break;
+      out.push({ bytes: this.buf.slice(at, at + size), sealed });
+      this.units++;
+      at += size;
     }
     this.buf = this.buf.slice(at);
     // a duplicate inserted after this chunk only lands on a boundary if nothing is left over

@@ -19,7 +19,7 @@ import {
   REP_INFO,
   type Request,
   SIMPLE_REPLY_MAGIC,
-} from "../../src/nbd/protocol.ts";
+} from "./nbd-protocol.ts";
 
 export class NbdReplyError extends Error {
   constructor(readonly code: number) {

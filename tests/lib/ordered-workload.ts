@@ -12,11 +12,18 @@ export interface OrderedWorkload {
   count(): number;
 }
 
+/**
+ * Starts the workload: 16 requests in flight, as fast as the volume takes them, or at most
+ * `ratePerSecond` writes a second (for a test whose subject is not throughput, e.g. whether
+ * one site keeps up while another is cut: the agent alone outruns what a site on the same
+ * machine applies).
+ */
 export function startOrdered(
   socket: string,
   exportName: string,
   regionBlocks: number,
   offset = 0,
+  ratePerSecond = Infinity,
 ): OrderedWorkload {
   const blocks: number[] = [0];
   let stopped = false;
@@ -24,9 +31,12 @@ export function startOrdered(
     const c = await NbdClient.connect(socket);
     await c.go(exportName);
     const inFlight = new Set<Promise<unknown>>();
+    const started = performance.now();
     try {
       while (!stopped && !c.closedError) {
         while (inFlight.size >= 16) await Promise.race(inFlight);
+        const ahead = blocks.length - (performance.now() - started) / 1000 * ratePerSecond;
+        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead / ratePerSecond * 1000));
         const i = blocks.length;
         const b = Math.floor(Math.random() * regionBlocks);
         blocks.push(b);

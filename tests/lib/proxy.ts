@@ -10,7 +10,6 @@ export class Proxy {
    * Flip one bit in the payload of the next record frame (Continuum framing: u32
    * length, u8 type 7, 72-byte record header, payload) going client → server.
    */
-  corruptRecord = false;
   corrupted = 0;
   /**
    * Flip one bit in each of the next N chunks going client → server, wherever the bytes are
@@ -20,11 +19,6 @@ export class Proxy {
   /** Delay added to every forwarded chunk (ms), plus a uniform random jitter; order is kept (TCP). */
   delayMs = 0;
   jitterMs = 0;
-  // framing state of the client → server stream
-  private head = new Uint8Array(5);
-  private headFill = 0;
-  private left = 0;
-  private inRecordPayloadAt = -1;
   readonly port: number;
 
   constructor(
@@ -75,7 +69,6 @@ export class Proxy {
         if (n === null) break;
         while (this.paused) await new Promise<void>((r) => this.resume.push(r));
         const chunk = buf.slice(0, n);
-        if (forward) this.track(chunk);
         if (forward && this.flipChunks > 0 && n >= 64) {
           this.flipChunks--;
           chunk[Math.floor(Math.random() * n)] ^= 1 << Math.floor(Math.random() * 8);
@@ -105,36 +98,6 @@ export class Proxy {
     try {
       to.close();
     } catch { /* closed */ }
-  }
-
-  /** Follows frame boundaries; flips a payload bit of the first record frame once armed. */
-  private track(chunk: Uint8Array): void {
-    let i = 0;
-    while (i < chunk.length) {
-      if (this.left === 0) {
-        this.head[this.headFill++] = chunk[i++];
-        if (this.headFill < 5) continue;
-        this.headFill = 0;
-        this.left = new DataView(this.head.buffer).getUint32(0) - 1;
-        // 72-byte record header, then 100 bytes into the payload
-        this.inRecordPayloadAt = this.head[4] === 7 && this.left > 72 + 200 ? 72 + 100 : -1;
-        continue;
-      }
-      const take = Math.min(this.left, chunk.length - i);
-      const offsetInBody = this.bodyLength() - this.left;
-      const target = this.inRecordPayloadAt;
-      if (this.corruptRecord && target >= offsetInBody && target < offsetInBody + take) {
-        chunk[i + (target - offsetInBody)] ^= 0x10;
-        this.corruptRecord = false;
-        this.corrupted++;
-      }
-      this.left -= take;
-      i += take;
-    }
-  }
-
-  private bodyLength(): number {
-    return new DataView(this.head.buffer).getUint32(0) - 1;
   }
 
   cut(): void {

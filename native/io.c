@@ -1,20 +1,16 @@
-// Continuum's native helpers: positional block I/O, durability, hole punching and
-// XXH3-128 hashing. Every function returns a byte count or 0 on success and
-// -errno on failure, so the TypeScript side can turn errors into clear messages.
-#define _GNU_SOURCE
-#include <errno.h>
+// Positional block I/O, durability, hole punching and XXH3-128 hashing, for the data
+// plane's threads and (exported) for TypeScript's own file work: recovery, hashing,
+// the standby copy. Every function returns a byte count or 0 on success and -errno on
+// failure, so the TypeScript side can turn errors into clear messages.
+#include "internal.h"
+
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
-
-#define EXPORT __attribute__((visibility("default")))
 
 EXPORT int64_t cn_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off) {
   uint64_t done = 0;
@@ -182,4 +178,20 @@ EXPORT int64_t cn_hash_range(int fd, uint64_t off, uint64_t len, uint64_t chunk,
   }
   free(buf);
   return count;
+}
+
+int64_t io_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off) { return cn_pread(fd, buf, len, off); }
+int64_t io_pwrite(int fd, const uint8_t *buf, uint64_t len, uint64_t off) { return cn_pwrite(fd, buf, len, off); }
+int64_t io_punch(int fd, uint64_t off, uint64_t len) { return len == 0 ? 0 : cn_punch_hole(fd, off, len); }
+int64_t io_zero(int fd, uint64_t off, uint64_t len, bool may_trim) {
+  return len == 0 ? 0 : cn_write_zeroes(fd, off, len, may_trim ? 1 : 0);
+}
+
+int64_t io_apply_record(int fd, const uint8_t *rec, const rec_t *h) {
+  switch (h->kind) {
+  case K_WRITE: return io_pwrite(fd, rec + REC_HEADER, h->length, h->offset);
+  case K_TRIM: return io_punch(fd, h->offset, h->length);
+  case K_ZERO: return io_zero(fd, h->offset, h->length, (h->flags & RF_MAY_TRIM) != 0);
+  default: return 0;
+  }
 }

@@ -1,0 +1,962 @@
+// The gateway's side of the agents' links: authenticates each agent by its secret before
+// reading anything else, then per session a reader verifies every record (checksums,
+// sequence, bounds, the agent's fence), appends a batch of them to the journal with one
+// system call and acknowledges them accepted; a sender acknowledges them durable once the
+// group commit covering them is done and carries the frames TypeScript sends (Opened,
+// control, chunk operations, a standby's stream). Frames the data plane does not handle
+// (Open, Control, chunk replies, a standby's acknowledgements) go to TypeScript as events.
+#include "journal.h"
+#include "listener.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_LISTENERS 8
+#define MAX_SESSION_VOLS 256
+#define LINK_MAX_PLAIN (MAX_HASHES_FRAME + FRAME_HEADER + 64)
+#define APPEND_BATCH 256
+
+typedef struct frame_node {
+  struct frame_node *next;
+  uint64_t len;
+  uint8_t bytes[];
+} frame_node;
+
+typedef struct {
+  uint32_t link_id, vol;
+  uint64_t size;
+  uint64_t durable, acked_durable;
+  char name[65];
+} svol_t;
+
+typedef struct gsess {
+  struct gsess *next;
+  cn_gateway *g;
+  uint32_t id;
+  int fd;
+  char agent[129];
+  char peer[64];
+  sealer_t *tx, *rx;
+  pthread_mutex_t wmu; // the socket's writes and the tx sealer
+  pthread_mutex_t mu;  // volumes, queue
+  pthread_cond_t cv;
+  svol_t vols[MAX_SESSION_VOLS];
+  uint32_t nvols;
+  frame_node *q_head, *q_tail;
+  uint64_t q_bytes;
+  bool ending, sender_done;
+  pthread_t reader, sender;
+  uint8_t *rx_buf, *tx_buf;
+  size_t rx_cap, tx_cap;
+} gsess;
+
+typedef struct secret_s {
+  struct secret_s *next;
+  char agent[129];
+  uint8_t bytes[1024];
+  uint32_t len;
+} secret_t;
+
+typedef struct fence_s {
+  struct fence_s *next;
+  char agent[129];
+  char reason[400];
+} fence_t;
+
+struct cn_gateway {
+  cn_plane *plane;
+  cn_journal *j;
+  int handshake_ms;
+  pthread_mutex_t mu;
+  pthread_cond_t changed;
+  listener_t listeners[MAX_LISTENERS];
+  int nl;
+  secret_t *secrets;
+  fence_t *fences;
+  gsess *sessions;
+  uint32_t next_id;
+  int live; // connection threads running
+  bool closing, closed;
+  // threads of connections that ended, to be joined (a detached thread could still be inside
+  // the gateway's mutex when the gateway is freed)
+  pthread_t *ended;
+  int nended, ended_cap;
+};
+
+/** Joins the threads of ended connections (with g->mu held; they no longer take it). */
+static void reap(cn_gateway *g) {
+  for (int i = 0; i < g->nended; i++) pthread_join(g->ended[i], NULL);
+  g->nended = 0;
+}
+
+static void glog(cn_gateway *g, int level, const char *msg, const char *k1, const char *v1, const char *k2,
+                 const char *v2) {
+  if (!plane_logs(g->plane, level)) return;
+  char f[900];
+  json_t j;
+  json_begin(&j, f, sizeof f);
+  if (k1) json_str(&j, k1, v1);
+  if (k2) json_str(&j, k2, v2);
+  plane_log(g->plane, level, "ingest", msg, json_end(&j));
+}
+
+static void refuse(cn_gateway *g, const char *reason) {
+  plane_post(g->plane, CN_EV_REFUSED, 0, 0, reason, strlen(reason), NULL, 0, false);
+}
+
+// ---- sending ----
+
+/** Seals frames laid end to end in `plain` (at buf+4) and writes them; the caller holds wmu. */
+static int send_sealed(gsess *s, uint8_t *buf, uint32_t plain) {
+  int r = seal_begin(s->tx, buf, plain);
+  if (r == 0) r = seal_update(s->tx, buf + 4, buf + 4, plain);
+  if (r == 0) r = seal_end(s->tx, buf + 4 + plain);
+  if (r == 0) r = write_full(s->fd, buf, 4 + (size_t)plain + SEAL_TAG);
+  return r;
+}
+
+static void ack_frame(uint8_t *b, uint8_t type, uint32_t link_id, uint64_t seq) {
+  frame_header(b, type, 12);
+  put32(b + FRAME_HEADER, link_id);
+  put64(b + FRAME_HEADER + 4, seq);
+}
+
+static void *sender_main(void *arg) {
+  thread_name("cn-gw-ack");
+  gsess *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    bool durable = false;
+    for (uint32_t i = 0; i < s->nvols && !durable; i++) durable = s->vols[i].durable > s->vols[i].acked_durable;
+    if (!s->q_head && !durable) {
+      if (s->ending) break;
+      pthread_cond_wait(&s->cv, &s->mu);
+      continue;
+    }
+    // one batch: queued frames in order, then the durable acknowledgements
+    frame_node *take = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    s->q_bytes = 0;
+    size_t need = 4 + SEAL_TAG + (size_t)s->nvols * (FRAME_HEADER + 12);
+    for (frame_node *f = take; f; f = f->next) need += f->len;
+    if (need > s->tx_cap) {
+      uint8_t *b = realloc(s->tx_buf, need);
+      if (!b) break;
+      s->tx_buf = b;
+      s->tx_cap = need;
+    }
+    size_t at = 4;
+    for (frame_node *f = take; f; f = f->next) {
+      memcpy(s->tx_buf + at, f->bytes, f->len);
+      at += f->len;
+    }
+    for (uint32_t i = 0; i < s->nvols; i++) {
+      svol_t *v = &s->vols[i];
+      if (v->durable > v->acked_durable) {
+        ack_frame(s->tx_buf + at, F_DURABLE, v->link_id, v->durable);
+        v->acked_durable = v->durable;
+        at += FRAME_HEADER + 12;
+      }
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (take) {
+      frame_node *f = take;
+      take = f->next;
+      free(f);
+    }
+    pthread_mutex_lock(&s->wmu);
+    int r = send_sealed(s, s->tx_buf, (uint32_t)(at - 4));
+    pthread_mutex_unlock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    if (r < 0) {
+      s->ending = true;
+      shutdown(s->fd, SHUT_RDWR);
+    }
+  }
+  s->sender_done = true;
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+static void queue_frame(gsess *s, frame_node *f) {
+  f->next = NULL;
+  s->q_bytes += f->len;
+  if (s->q_tail) s->q_tail->next = f;
+  else s->q_head = f;
+  s->q_tail = f;
+  pthread_cond_signal(&s->cv);
+}
+
+static frame_node *new_frame(uint8_t type, const void *body, size_t len) {
+  frame_node *f = malloc(sizeof *f + FRAME_HEADER + len);
+  if (!f) return NULL;
+  f->len = FRAME_HEADER + len;
+  frame_header(f->bytes, type, (uint32_t)len);
+  memcpy(f->bytes + FRAME_HEADER, body, len);
+  return f;
+}
+
+/** The reader's own small frames (an error), sealed and written at once. */
+static void send_now(gsess *s, uint8_t type, const void *body, size_t len) {
+  uint8_t buf[4 + FRAME_HEADER + 512 + SEAL_TAG];
+  len = MIN(len, (size_t)512);
+  frame_header(buf + 4, type, (uint32_t)len);
+  memcpy(buf + 4 + FRAME_HEADER, body, len);
+  pthread_mutex_lock(&s->wmu);
+  send_sealed(s, buf, (uint32_t)(FRAME_HEADER + len));
+  pthread_mutex_unlock(&s->wmu);
+}
+
+// ---- the durable acknowledgements, from the journal's committer ----
+
+static void on_durable(void *ctx, const uint32_t *vols, const uint64_t *seqs, uint32_t n) {
+  cn_gateway *g = ctx;
+  pthread_mutex_lock(&g->mu);
+  for (gsess *s = g->sessions; s; s = s->next) {
+    pthread_mutex_lock(&s->mu);
+    bool any = false;
+    for (uint32_t i = 0; i < s->nvols; i++) {
+      for (uint32_t k = 0; k < n; k++) {
+        if (s->vols[i].vol == vols[k] && seqs[k] > s->vols[i].durable) {
+          s->vols[i].durable = seqs[k];
+          any = true;
+        }
+      }
+    }
+    if (any) pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+// ---- authentication ----
+
+
+static bool printable(const char *s) {
+  for (; *s; s++) {
+    if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
+  }
+  return true;
+}
+
+/** Returns true once the agent proved itself (s->agent, s->tx, s->rx set). */
+static bool authenticate(gsess *s) {
+  cn_gateway *g = s->g;
+  uint8_t challenge[FRAME_HEADER + 2 + LINK_NONCE], gw_nonce[LINK_NONCE];
+  random_bytes(gw_nonce, sizeof gw_nonce);
+  frame_header(challenge, F_CHALLENGE, 2 + LINK_NONCE);
+  put16(challenge + FRAME_HEADER, LINK_VERSION);
+  memcpy(challenge + FRAME_HEADER + 2, gw_nonce, LINK_NONCE);
+  if (write_full(s->fd, challenge, sizeof challenge) < 0) return false;
+  uint8_t body[1100], type;
+  uint32_t len;
+  sock_timeout(s->fd, g->handshake_ms);
+  int r = read_small_frame(s->fd, &type, body, sizeof body, &len);
+  sock_timeout(s->fd, 0);
+  if (r < 0) {
+    if (r == -EAGAIN || r == -EWOULDBLOCK) {
+      refuse(g, "handshake timeout");
+      glog(g, LOG_WARN, "agent handshake timed out", "peer", s->peer, NULL, NULL);
+    }
+    return false;
+  }
+  if (type != F_HELLO) {
+    refuse(g, "no hello");
+    char t[8];
+    snprintf(t, sizeof t, "%u", type);
+    glog(g, LOG_WARN, "agent refused: expected a hello frame", "peer", s->peer, "frame", t);
+    return false;
+  }
+  char name[129] = "";
+  const uint8_t *agent_nonce = NULL, *proof = NULL;
+  bool ok = len >= 3 && get16(body) == LINK_VERSION;
+  if (ok) {
+    uint8_t nl = body[2];
+    ok = nl >= 1 && nl <= 128 && len == 3u + nl + LINK_NONCE + LINK_PROOF;
+    if (ok) {
+      memcpy(name, body + 3, nl);
+      name[nl] = 0;
+      ok = strlen(name) == nl && printable(name);
+      agent_nonce = body + 3 + nl;
+      proof = agent_nonce + LINK_NONCE;
+    }
+  }
+  uint8_t secret[1024];
+  uint32_t slen = 0;
+  if (ok) {
+    pthread_mutex_lock(&g->mu);
+    for (secret_t *x = g->secrets; x; x = x->next) {
+      if (strcmp(x->agent, name) == 0) {
+        memcpy(secret, x->bytes, x->len);
+        slen = x->len;
+      }
+    }
+    pthread_mutex_unlock(&g->mu);
+  }
+  uint8_t want[LINK_PROOF];
+  if (slen) link_proof(secret, slen, true, name, gw_nonce, agent_nonce, want);
+  if (!ok || !slen || !same_bytes(proof, want, LINK_PROOF)) {
+    refuse(g, "authentication failed");
+    // the peer and the claimed name are logged; never a secret or a proof
+    if (plane_logs(g->plane, LOG_WARN)) {
+      char f[400];
+      json_t j;
+      json_begin(&j, f, sizeof f);
+      json_str(&j, "peer", s->peer);
+      json_str(&j, "claimedAgent", ok ? name : "(invalid)");
+      json_bool(&j, "knownAgent", slen > 0);
+      plane_log(g->plane, LOG_WARN, "ingest", "agent refused: authentication failed", json_end(&j));
+    }
+    static const char reason[] = "authentication failed";
+    uint8_t denied[FRAME_HEADER + sizeof reason];
+    frame_header(denied, F_DENIED, sizeof reason - 1);
+    memcpy(denied + FRAME_HEADER, reason, sizeof reason - 1);
+    write_full(s->fd, denied, FRAME_HEADER + sizeof reason - 1);
+    memset(secret, 0, sizeof secret);
+    return false;
+  }
+  uint8_t welcome[FRAME_HEADER + LINK_PROOF], k[32];
+  frame_header(welcome, F_WELCOME, LINK_PROOF);
+  link_proof(secret, slen, false, name, gw_nonce, agent_nonce, welcome + FRAME_HEADER);
+  link_key(secret, slen, true, name, gw_nonce, agent_nonce, k);
+  s->rx = sealer_new(k, false);
+  link_key(secret, slen, false, name, gw_nonce, agent_nonce, k);
+  s->tx = sealer_new(k, true);
+  memset(k, 0, sizeof k);
+  memset(secret, 0, sizeof secret);
+  if (!s->rx || !s->tx || write_full(s->fd, welcome, sizeof welcome) < 0) return false;
+  snprintf(s->agent, sizeof s->agent, "%s", name);
+  return true;
+}
+
+// ---- records ----
+
+typedef struct {
+  uint8_t *recs[APPEND_BATCH];
+  uint32_t lens[APPEND_BATCH], vols[APPEND_BATCH];
+  rec_t h[APPEND_BATCH];
+  uint32_t n;
+  // per link id: the last sequence number of this batch, for the acknowledgements
+  uint32_t acked_link[MAX_SESSION_VOLS];
+  uint64_t acked_seq[MAX_SESSION_VOLS];
+  uint32_t nacked;
+  // per link id: the sequence the next record must carry
+  uint32_t exp_link[MAX_SESSION_VOLS];
+  uint64_t exp_seq[MAX_SESSION_VOLS];
+  uint32_t nexp;
+  bool barrier; // a FLUSH or FUA record is in this sealed batch
+} batch_t;
+
+/** Bytes waiting on the session's socket (0 when none, or unknown). */
+static int pending_input(gsess *s) {
+  int n = 0;
+  return ioctl(s->fd, FIONREAD, &n) == 0 ? n : 0;
+}
+
+/**
+ * Appends the records gathered so far and acknowledges them accepted. With `last` (the end of
+ * a sealed batch) a barrier the agent waits for is committed here when nothing else is to be
+ * read, and its durable acknowledgement goes out with the accepted ones, in one write.
+ */
+static int flush_records(gsess *s, batch_t *b, bool last, char *why, size_t cap) {
+  if (b->n > 0) {
+    int r = journal_append(s->g->j, b->recs, b->lens, b->vols, b->h, b->n, NULL, false);
+    if (r < 0) {
+      snprintf(why, cap, "the journal refused records: %s", strerror(-r));
+      return -1;
+    }
+    b->n = 0;
+  }
+  bool durable = false;
+  if (last && b->barrier && pending_input(s) == 0) durable = journal_commit_inline(s->g->j);
+  if (last) b->barrier = false;
+  if (b->nacked > 0 || durable) {
+    uint8_t buf[4 + 2 * MAX_SESSION_VOLS * (FRAME_HEADER + 12) + SEAL_TAG];
+    size_t at = 4;
+    for (uint32_t i = 0; i < b->nacked; i++) {
+      ack_frame(buf + at, F_ACCEPTED, b->acked_link[i], b->acked_seq[i]);
+      at += FRAME_HEADER + 12;
+    }
+    b->nacked = 0;
+    pthread_mutex_lock(&s->wmu);
+    if (durable) {
+      // what the commit made durable for this session, unless the sender thread took it already
+      pthread_mutex_lock(&s->mu);
+      for (uint32_t i = 0; i < s->nvols; i++) {
+        svol_t *v = &s->vols[i];
+        if (v->durable > v->acked_durable) {
+          ack_frame(buf + at, F_DURABLE, v->link_id, v->durable);
+          v->acked_durable = v->durable;
+          at += FRAME_HEADER + 12;
+        }
+      }
+      pthread_mutex_unlock(&s->mu);
+    }
+    int r = send_sealed(s, buf, (uint32_t)(at - 4));
+    pthread_mutex_unlock(&s->wmu);
+    if (r < 0) {
+      snprintf(why, cap, "%s", strerror(-r));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static const char *fence_of(cn_gateway *g, const char *agent, char *out, size_t cap) {
+  const char *r = NULL;
+  pthread_mutex_lock(&g->mu);
+  for (fence_t *f = g->fences; f; f = f->next) {
+    if (strcmp(f->agent, agent) == 0) {
+      snprintf(out, cap, "%s", f->reason);
+      r = out;
+    }
+  }
+  pthread_mutex_unlock(&g->mu);
+  return r;
+}
+
+/** Verifies one record frame and adds it to the batch; -1 with why set when the stream is corrupt. */
+static int take_record(gsess *s, batch_t *b, uint8_t *body, uint32_t len, const char *fence, char *why, size_t cap) {
+  if (fence) {
+    snprintf(why, cap, "agent %s is fenced (%s): its writes are refused", s->agent, fence);
+    return -1;
+  }
+  rec_t h;
+  const char *bad = rec_decode(body, len, MAX_PAYLOAD, &h);
+  if (bad) {
+    snprintf(why, cap, "%s", bad);
+    return -1;
+  }
+  svol_t v;
+  bool found = false;
+  pthread_mutex_lock(&s->mu);
+  for (uint32_t i = 0; i < s->nvols && !found; i++) {
+    if (s->vols[i].link_id == h.volume) {
+      v = s->vols[i];
+      found = true;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (!found) {
+    snprintf(why, cap, "record for volume %u, which this connection did not open", h.volume);
+    return -1;
+  }
+  if (!rec_payload_ok(body, len, &h)) {
+    snprintf(why, cap, "record %llu of %s: payload checksum mismatch", (unsigned long long)h.seq, v.name);
+    return -1;
+  }
+  if (h.kind == K_WRAP || rec_between(&h)) {
+    snprintf(why, cap, "%s records do not travel from an agent", h.kind == K_WRAP ? "wrap" : "synchronisation");
+    return -1;
+  }
+  uint32_t e = 0;
+  while (e < b->nexp && b->exp_link[e] != h.volume) e++;
+  if (e == b->nexp) {
+    uint64_t size, last, durable;
+    journal_volume(s->g->j, v.vol, &size, &last, &durable);
+    b->exp_link[e] = h.volume;
+    b->exp_seq[e] = last + 1;
+    b->nexp++;
+  }
+  if (h.seq != b->exp_seq[e]) {
+    snprintf(why, cap, "record %llu of %s out of sequence (expected %llu)", (unsigned long long)h.seq, v.name,
+             (unsigned long long)b->exp_seq[e]);
+    return -1;
+  }
+  if (h.kind != K_FLUSH && (h.offset > v.size || h.length > v.size - h.offset)) {
+    snprintf(why, cap, "record %llu of %s reaches past the end of the volume", (unsigned long long)h.seq, v.name);
+    return -1;
+  }
+  b->exp_seq[e]++;
+  b->recs[b->n] = body;
+  b->lens[b->n] = len;
+  b->vols[b->n] = v.vol;
+  b->h[b->n] = h;
+  b->n++;
+  uint32_t a = 0;
+  while (a < b->nacked && b->acked_link[a] != h.volume) a++;
+  if (a == b->nacked) b->nacked++;
+  b->acked_link[a] = h.volume;
+  b->acked_seq[a] = h.seq;
+  if (h.kind == K_FLUSH || (h.flags & RF_FUA)) b->barrier = true;
+  return b->n == APPEND_BATCH ? flush_records(s, b, false, why, cap) : 0;
+}
+
+static bool passes(uint8_t type) {
+  // the agent's Open and control; a recovery's chunk replies; a standby's acknowledgements, hashes, pongs
+  return type == F_OPEN || type == F_CONTROL || type == 31 || type == F_ACCEPTED || type == 23 || type == 26;
+}
+
+static uint32_t frame_limit(uint8_t type) {
+  if (type == F_RECORD || type == 31) return MAX_FRAME;
+  if (type == 23) return MAX_HASHES_FRAME;
+  return MAX_CONTROL_FRAME;
+}
+
+static void serve(gsess *s, char *why, size_t cap) {
+  cn_gateway *g = s->g;
+  batch_t *b = calloc(1, sizeof *b);
+  if (!b) return;
+  for (;;) {
+    uint8_t lp[4];
+    int r = read_full(s->fd, lp, 4);
+    if (r <= 0) {
+      if (r < 0) snprintf(why, cap, "%s", strerror(-r));
+      break;
+    }
+    uint32_t n = get32(lp);
+    if (n > LINK_MAX_PLAIN) {
+      snprintf(why, cap, "a batch of %u bytes is over the limit", n);
+      break;
+    }
+    if (n + SEAL_TAG > s->rx_cap) {
+      uint8_t *nb = realloc(s->rx_buf, n + SEAL_TAG);
+      if (!nb) break;
+      s->rx_buf = nb;
+      s->rx_cap = n + SEAL_TAG;
+    }
+    r = read_full(s->fd, s->rx_buf, n + SEAL_TAG);
+    if (r <= 0) {
+      snprintf(why, cap, "the agent closed the connection inside a batch");
+      break;
+    }
+    if (unseal(s->rx, lp, s->rx_buf, n) < 0) {
+      snprintf(why, cap, "a batch failed authentication (altered, replayed or reordered)");
+      glog(g, LOG_WARN, "agent connection dropped", "agent", s->agent, "error", why);
+      static const char m[] = "{\"message\":\"a batch failed authentication\"}";
+      send_now(s, F_ERROR, m, sizeof m - 1);
+      break;
+    }
+    char fence_buf[400];
+    const char *fence = fence_of(g, s->agent, fence_buf, sizeof fence_buf);
+    b->nexp = 0; // the journal holds the previous batch: its sequence numbers are current
+    size_t at = 0;
+    int bad = 0;
+    while (at < n && !bad) {
+      uint8_t *f = s->rx_buf + at;
+      if (n - at < FRAME_HEADER) {
+        snprintf(why, cap, "stream ended inside a frame header");
+        bad = 1;
+        break;
+      }
+      uint32_t fl = get32(f);
+      uint8_t type = f[4];
+      if (fl < 1 || fl > frame_limit(type) || fl - 1 > n - at - FRAME_HEADER) {
+        snprintf(why, cap, fl < 1 ? "empty frame" : "frame of %u bytes exceeds its limit or its batch", fl);
+        bad = 1;
+        break;
+      }
+      uint8_t *body = f + FRAME_HEADER;
+      uint32_t blen = fl - 1;
+      at += FRAME_HEADER + blen;
+      if (type == F_RECORD) {
+        if (take_record(s, b, body, blen, fence, why, cap) < 0) bad = 1;
+        continue;
+      }
+      // what follows a record is handled after it
+      if (flush_records(s, b, false, why, cap) < 0) {
+        bad = 2;
+        break;
+      }
+      if (!passes(type)) {
+        snprintf(why, cap, "unexpected frame type %u from agent", type);
+        bad = 1;
+        break;
+      }
+      plane_post(g->plane, CN_EV_FRAME, s->id, type, body, blen, NULL, 0, true);
+    }
+    // the records before a bad frame are taken: a stream is valid up to its first fault
+    if (bad != 2) {
+      char why2[700];
+      if (flush_records(s, b, !bad, why2, sizeof why2) < 0) {
+        if (!bad) snprintf(why, cap, "%s", why2);
+        bad = 2;
+      }
+    }
+    if (bad) {
+      // a corrupt stream: the agent is told why and reconnects (it resends what is not durable)
+      glog(g, LOG_WARN, "agent connection dropped", "agent", s->agent, "error", why);
+      char msg[700];
+      json_t j;
+      json_begin(&j, msg, sizeof msg);
+      json_str(&j, "message", why);
+      if (bad == 1) send_now(s, F_ERROR, msg, strlen(json_end(&j)));
+      break;
+    }
+  }
+  free(b);
+}
+
+// ---- connections ----
+
+static void end_session(gsess *s) {
+  pthread_mutex_lock(&s->mu);
+  s->ending = true;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void *conn_main(void *arg) {
+  thread_name("cn-gw-session");
+  gsess *s = arg;
+  cn_gateway *g = s->g;
+  char why[700] = "";
+  bool authed = authenticate(s);
+  if (authed) {
+    pthread_mutex_lock(&g->mu);
+    if (g->closing) authed = false;
+    for (gsess *o = g->sessions; o && authed; o = o->next) {
+      if (o != s && strcmp(o->agent, s->agent) == 0 && !o->ending) {
+        glog(g, LOG_INFO, "agent reconnected; closing its previous connection", "agent", s->agent, NULL, NULL);
+        shutdown(o->fd, SHUT_RDWR);
+      }
+    }
+    pthread_mutex_unlock(&g->mu);
+  }
+  int tr = authed ? pthread_create(&s->sender, NULL, sender_main, s) : 0;
+  if (tr != 0) {
+    glog(g, LOG_ERROR, "agent connection dropped: no thread for its acknowledgements", "agent", s->agent, "error",
+         strerror(tr));
+    authed = false;
+  }
+  if (authed) {
+    char ev[300];
+    json_t j;
+    json_begin(&j, ev, sizeof ev);
+    json_str(&j, "agent", s->agent);
+    json_str(&j, "peer", s->peer);
+    json_end(&j);
+    glog(g, LOG_INFO, "agent connected", "agent", s->agent, "peer", s->peer);
+    plane_post(g->plane, CN_EV_SESSION, s->id, 1, ev, strlen(ev), NULL, 0, true);
+    serve(s, why, sizeof why);
+    end_session(s);
+    pthread_join(s->sender, NULL);
+  }
+  shutdown(s->fd, SHUT_RDWR);
+  close(s->fd);
+  pthread_mutex_lock(&g->mu);
+  for (gsess **p = &g->sessions; *p; p = &(*p)->next) {
+    if (*p == s) {
+      *p = s->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&g->mu);
+  if (authed) {
+    char ev[900];
+    json_t j;
+    json_begin(&j, ev, sizeof ev);
+    json_str(&j, "agent", s->agent);
+    json_str(&j, "reason", why);
+    json_end(&j);
+    plane_post(g->plane, CN_EV_SESSION, s->id, 0, ev, strlen(ev), NULL, 0, true);
+  }
+  while (s->q_head) {
+    frame_node *f = s->q_head;
+    s->q_head = f->next;
+    free(f);
+  }
+  sealer_free(s->tx);
+  sealer_free(s->rx);
+  free(s->rx_buf);
+  free(s->tx_buf);
+  pthread_mutex_destroy(&s->mu);
+  pthread_mutex_destroy(&s->wmu);
+  pthread_cond_destroy(&s->cv);
+  free(s);
+  pthread_mutex_lock(&g->mu);
+  g->live--;
+  if (g->nended == g->ended_cap) {
+    int cap = g->ended_cap ? g->ended_cap * 2 : 16;
+    pthread_t *n = realloc(g->ended, sizeof(pthread_t) * (size_t)cap);
+    if (n) {
+      g->ended = n;
+      g->ended_cap = cap;
+    }
+  }
+  if (g->nended < g->ended_cap) g->ended[g->nended++] = pthread_self();
+  else pthread_detach(pthread_self());
+  pthread_cond_broadcast(&g->changed);
+  pthread_mutex_unlock(&g->mu);
+  return NULL;
+}
+
+
+static bool gateway_closing(void *owner) {
+  cn_gateway *g = owner;
+  pthread_mutex_lock(&g->mu);
+  bool closing = g->closing;
+  pthread_mutex_unlock(&g->mu);
+  return closing;
+}
+
+/** A new agent connection: its session thread authenticates it, then serves it. */
+static void gateway_accepted(void *owner, int fd) {
+  cn_gateway *g = owner;
+  gsess *s = calloc(1, sizeof *s);
+  if (!s) {
+    close(fd);
+    return;
+  }
+  s->g = g;
+  s->fd = fd;
+  sock_peer(fd, s->peer, sizeof s->peer);
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->wmu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  pthread_mutex_lock(&g->mu);
+  reap(g);
+  if (!g->closing) {
+    s->id = ++g->next_id;
+    s->next = g->sessions;
+    g->sessions = s;
+    g->live++;
+    pthread_t t;
+    if (pthread_create(&t, NULL, conn_main, s) == 0) {
+      pthread_mutex_unlock(&g->mu);
+      return;
+    }
+    g->sessions = s->next;
+    g->live--;
+  }
+  pthread_mutex_unlock(&g->mu);
+  close(fd);
+  free(s);
+}
+
+// ---- API ----
+
+EXPORT cn_gateway *cn_gateway_new(cn_plane *p, cn_journal *j, int32_t handshake_timeout_ms) {
+  cn_gateway *g = calloc(1, sizeof *g);
+  if (!g) return NULL;
+  g->plane = p;
+  g->j = j;
+  g->handshake_ms = handshake_timeout_ms > 0 ? handshake_timeout_ms : 10000;
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->changed, NULL);
+  journal_on_durable(j, on_durable, g);
+  return g;
+}
+
+EXPORT int32_t cn_gateway_listen(cn_gateway *g, const char *text, int32_t *port, char *err, uint64_t errcap) {
+  if (g->nl == MAX_LISTENERS) {
+    snprintf(err, errcap, "at most %d listeners", MAX_LISTENERS);
+    return -ENOSPC;
+  }
+  int r = listener_start(&g->listeners[g->nl], text, "cn-gw-accept", gateway_accepted, gateway_closing, g, g->plane,
+                         "ingest", port, err, errcap);
+  if (r == 0) g->nl++;
+  return r;
+}
+
+EXPORT void cn_gateway_secret(cn_gateway *g, const char *agent, const uint8_t *secret, uint32_t len) {
+  pthread_mutex_lock(&g->mu);
+  if (g->closed) {
+    pthread_mutex_unlock(&g->mu);
+    return;
+  }
+  for (secret_t **p = &g->secrets; *p; p = &(*p)->next) {
+    if (strcmp((*p)->agent, agent) == 0) {
+      secret_t *x = *p;
+      *p = x->next;
+      memset(x, 0, sizeof *x);
+      free(x);
+      break;
+    }
+  }
+  if (len > 0 && len <= 1024 && strlen(agent) <= 128) {
+    secret_t *x = calloc(1, sizeof *x);
+    if (x) {
+      snprintf(x->agent, sizeof x->agent, "%s", agent);
+      memcpy(x->bytes, secret, len);
+      x->len = len;
+      x->next = g->secrets;
+      g->secrets = x;
+    }
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+static gsess *session(cn_gateway *g, uint32_t id) {
+  for (gsess *s = g->sessions; s; s = s->next) {
+    if (s->id == id && !s->ending && s->tx) return s;
+  }
+  return NULL;
+}
+
+EXPORT int32_t cn_gateway_open_volume(cn_gateway *g, uint32_t sid, uint32_t link_id, uint32_t volume_id,
+                                      uint64_t size, int32_t known, const char *name) {
+  uint64_t vsize, last, durable;
+  if (!journal_volume(g->j, volume_id, &vsize, &last, &durable)) return -ENOENT;
+  pthread_mutex_lock(&g->mu);
+  gsess *s = session(g, sid);
+  if (!s) {
+    pthread_mutex_unlock(&g->mu);
+    return -ENOTCONN;
+  }
+  pthread_mutex_lock(&s->mu);
+  svol_t *v = NULL;
+  for (uint32_t i = 0; i < s->nvols; i++) {
+    if (s->vols[i].link_id == link_id) v = &s->vols[i];
+  }
+  if (!v && s->nvols < MAX_SESSION_VOLS) v = &s->vols[s->nvols++];
+  int r = 0;
+  if (!v) r = -ENOSPC;
+  else {
+    *v = (svol_t){.link_id = link_id, .vol = volume_id, .size = size, .durable = durable, .acked_durable = durable};
+    snprintf(v->name, sizeof v->name, "%s", name);
+    char body[200];
+    json_t j;
+    json_begin(&j, body, sizeof body);
+    json_uint(&j, "id", link_id);
+    json_uint(&j, "lastSeq", last);
+    json_bool(&j, "known", known != 0);
+    json_uint(&j, "journalId", volume_id);
+    json_end(&j);
+    frame_node *f = new_frame(F_OPENED, body, strlen(body));
+    if (f) queue_frame(s, f);
+    // what the journal already holds is acknowledged again: the acknowledgements of records that
+    // arrived just before a previous connection dropped went nowhere
+    if (known && last > 0) {
+      uint8_t ack[12];
+      put32(ack, link_id);
+      put64(ack + 4, last);
+      if ((f = new_frame(F_ACCEPTED, ack, 12))) queue_frame(s, f);
+    }
+    if (known && durable > 0) {
+      uint8_t ack[12];
+      put32(ack, link_id);
+      put64(ack + 4, durable);
+      if ((f = new_frame(F_DURABLE, ack, 12))) queue_frame(s, f);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&g->mu);
+  return r;
+}
+
+EXPORT int32_t cn_gateway_send(cn_gateway *g, uint32_t sid, const uint8_t *frame, uint64_t len, const uint8_t *body,
+                               uint64_t blen) {
+  uint64_t total = len + blen;
+  if (len < FRAME_HEADER || get32(frame) != total - 4 || total > LINK_MAX_PLAIN) return -EINVAL;
+  frame_node *f = malloc(sizeof *f + total);
+  if (!f) return -ENOMEM;
+  f->len = total;
+  memcpy(f->bytes, frame, len);
+  if (blen) memcpy(f->bytes + len, body, blen);
+  pthread_mutex_lock(&g->mu);
+  gsess *s = session(g, sid);
+  if (!s) {
+    pthread_mutex_unlock(&g->mu);
+    free(f);
+    return -ENOTCONN;
+  }
+  pthread_mutex_lock(&s->mu);
+  queue_frame(s, f);
+  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&g->mu);
+  return 0;
+}
+
+EXPORT int64_t cn_gateway_queued(cn_gateway *g, uint32_t sid) {
+  pthread_mutex_lock(&g->mu);
+  gsess *s = session(g, sid);
+  int64_t n = -ENOTCONN;
+  if (s) {
+    pthread_mutex_lock(&s->mu);
+    n = (int64_t)s->q_bytes;
+    pthread_mutex_unlock(&s->mu);
+  }
+  pthread_mutex_unlock(&g->mu);
+  return n;
+}
+
+EXPORT void cn_gateway_fence(cn_gateway *g, const char *agent, const char *reason) {
+  pthread_mutex_lock(&g->mu);
+  if (g->closed) {
+    pthread_mutex_unlock(&g->mu);
+    return;
+  }
+  for (fence_t **p = &g->fences; *p; p = &(*p)->next) {
+    if (strcmp((*p)->agent, agent) == 0) {
+      fence_t *x = *p;
+      *p = x->next;
+      free(x);
+      break;
+    }
+  }
+  if (reason && reason[0]) {
+    fence_t *x = calloc(1, sizeof *x);
+    if (x) {
+      snprintf(x->agent, sizeof x->agent, "%s", agent);
+      snprintf(x->reason, sizeof x->reason, "%s", reason);
+      x->next = g->fences;
+      g->fences = x;
+    }
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+EXPORT void cn_gateway_close(cn_gateway *g) {
+  if (!g) return;
+  pthread_mutex_lock(&g->mu);
+  if (g->closed) {
+    pthread_mutex_unlock(&g->mu);
+    return;
+  }
+  g->closing = g->closed = true;
+  pthread_mutex_unlock(&g->mu);
+  for (int i = 0; i < g->nl; i++) {
+    listener_stop(&g->listeners[i]);
+  }
+  journal_on_durable(g->j, NULL, NULL);
+  pthread_mutex_lock(&g->mu);
+  // queued frames go out first (an agent's last answers), then every session ends
+  for (gsess *s = g->sessions; s; s = s->next) {
+    pthread_mutex_lock(&s->mu);
+    s->ending = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+  }
+  int64_t deadline = mono_ns() + 2000000000LL;
+  for (;;) {
+    bool drained = true;
+    for (gsess *s = g->sessions; s; s = s->next) {
+      pthread_mutex_lock(&s->mu);
+      drained = drained && (s->sender_done || !s->tx);
+      pthread_mutex_unlock(&s->mu);
+    }
+    if (drained || mono_ns() > deadline) break;
+    pthread_mutex_unlock(&g->mu);
+    usleep(5000);
+    pthread_mutex_lock(&g->mu);
+  }
+  for (gsess *s = g->sessions; s; s = s->next) shutdown(s->fd, SHUT_RDWR);
+  while (g->live > 0) pthread_cond_wait(&g->changed, &g->mu);
+  reap(g);
+  pthread_mutex_unlock(&g->mu);
+  free(g->ended);
+  while (g->secrets) {
+    secret_t *x = g->secrets;
+    g->secrets = x->next;
+    memset(x, 0, sizeof *x);
+    free(x);
+  }
+  while (g->fences) {
+    fence_t *x = g->fences;
+    g->fences = x->next;
+    free(x);
+  }
+}
+
+EXPORT void cn_gateway_free(cn_gateway *g) {
+  if (!g) return;
+  cn_gateway_close(g);
+  pthread_mutex_destroy(&g->mu);
+  pthread_cond_destroy(&g->changed);
+  free(g);
+}

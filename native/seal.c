@@ -1,0 +1,149 @@
+// The agent ↔ gateway link's protection: a challenge-response that proves both ends hold
+// the agent's secret (HMAC-SHA256 over fresh nonces), then per-session keys, one per
+// direction, and every batch of frames sealed with AES-256-GCM. The nonce is a per-direction
+// counter, so a batch replayed, reordered or dropped inside a session fails its tag and ends
+// the session; a new session has new nonces, so nothing recorded can be replayed into it.
+#include "internal.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/random.h>
+
+struct sealer {
+  EVP_CIPHER_CTX *ctx;
+  uint8_t key[32];
+  uint64_t counter;
+  bool encrypt;
+};
+
+sealer_t *sealer_new(const uint8_t key[32], bool encrypt) {
+  sealer_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->ctx = EVP_CIPHER_CTX_new();
+  if (!s->ctx) {
+    free(s);
+    return NULL;
+  }
+  memcpy(s->key, key, 32);
+  s->encrypt = encrypt;
+  int ok = encrypt ? EVP_EncryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, NULL, NULL)
+                   : EVP_DecryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, NULL, NULL);
+  if (ok != 1) {
+    sealer_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+void sealer_free(sealer_t *s) {
+  if (!s) return;
+  EVP_CIPHER_CTX_free(s->ctx);
+  OPENSSL_cleanse(s->key, sizeof s->key);
+  free(s);
+}
+
+static void nonce_of(uint64_t counter, uint8_t iv[12]) {
+  memset(iv, 0, 4);
+  put64(iv + 4, counter);
+}
+
+int seal_begin(sealer_t *s, uint8_t *out, uint32_t plain_len) {
+  uint8_t iv[12];
+  nonce_of(s->counter++, iv);
+  put32(out, plain_len);
+  int n;
+  if (EVP_EncryptInit_ex(s->ctx, NULL, NULL, s->key, iv) != 1) return -EIO;
+  // the length prefix travels in clear and is authenticated
+  if (EVP_EncryptUpdate(s->ctx, NULL, &n, out, 4) != 1) return -EIO;
+  return 0;
+}
+
+int seal_update(sealer_t *s, uint8_t *out, const uint8_t *in, size_t len) {
+  while (len > 0) {
+    int chunk = (int)MIN(len, (size_t)1 << 30), n;
+    if (EVP_EncryptUpdate(s->ctx, out, &n, in, chunk) != 1 || n != chunk) return -EIO;
+    out += chunk;
+    in += chunk;
+    len -= (size_t)chunk;
+  }
+  return 0;
+}
+
+int seal_end(sealer_t *s, uint8_t *tag) {
+  int n;
+  uint8_t scratch[16];
+  if (EVP_EncryptFinal_ex(s->ctx, scratch, &n) != 1) return -EIO;
+  if (EVP_CIPHER_CTX_ctrl(s->ctx, EVP_CTRL_GCM_GET_TAG, SEAL_TAG, tag) != 1) return -EIO;
+  return 0;
+}
+
+int unseal(sealer_t *s, const uint8_t len_prefix[4], uint8_t *buf, uint32_t plain_len) {
+  uint8_t iv[12];
+  nonce_of(s->counter++, iv);
+  int n;
+  if (EVP_DecryptInit_ex(s->ctx, NULL, NULL, s->key, iv) != 1) return -EIO;
+  if (EVP_DecryptUpdate(s->ctx, NULL, &n, len_prefix, 4) != 1) return -EIO;
+  uint8_t *p = buf;
+  size_t left = plain_len;
+  while (left > 0) {
+    int chunk = (int)MIN(left, (size_t)1 << 30);
+    if (EVP_DecryptUpdate(s->ctx, p, &n, p, chunk) != 1 || n != chunk) return -EIO;
+    p += chunk;
+    left -= (size_t)chunk;
+  }
+  if (EVP_CIPHER_CTX_ctrl(s->ctx, EVP_CTRL_GCM_SET_TAG, SEAL_TAG, buf + plain_len) != 1) return -EIO;
+  uint8_t scratch[16];
+  // a wrong tag: the batch was altered, replayed or reordered
+  if (EVP_DecryptFinal_ex(s->ctx, scratch, &n) != 1) return -EBADMSG;
+  return 0;
+}
+
+void hmac256(const uint8_t *key, size_t key_len, const void *const *parts, const size_t *lens, int n,
+             uint8_t out[32]) {
+  uint8_t msg[1024];
+  size_t len = 0;
+  for (int i = 0; i < n; i++) {
+    size_t l = MIN(lens[i], sizeof msg - len);
+    memcpy(msg + len, parts[i], l);
+    len += l;
+  }
+  size_t outlen = 0;
+  EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, msg, len, out, 32, &outlen);
+  OPENSSL_cleanse(msg, len);
+}
+
+void random_bytes(uint8_t *out, size_t n) {
+  while (n > 0) {
+    ssize_t r = getrandom(out, n, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      RAND_bytes(out, (int)n);
+      return;
+    }
+    out += r;
+    n -= (size_t)r;
+  }
+}
+
+static void labelled(const uint8_t *secret, size_t secret_len, const char *label, const char *agent,
+                     const uint8_t *first, const uint8_t *second, uint8_t out[32]) {
+  const void *parts[5] = {label, agent, "/", first, second};
+  size_t lens[5] = {strlen(label), strlen(agent), 1, 32, 32};
+  hmac256(secret, secret_len, parts, lens, 5, out);
+}
+
+void link_proof(const uint8_t *secret, size_t secret_len, bool agent_side, const char *agent,
+                const uint8_t gw_nonce[32], const uint8_t agent_nonce[32], uint8_t out[32]) {
+  if (agent_side) labelled(secret, secret_len, "continuum-link-v2/agent/", agent, gw_nonce, agent_nonce, out);
+  else labelled(secret, secret_len, "continuum-link-v2/gateway/", agent, agent_nonce, gw_nonce, out);
+}
+
+void link_key(const uint8_t *secret, size_t secret_len, bool agent_to_gateway, const char *agent,
+              const uint8_t gw_nonce[32], const uint8_t agent_nonce[32], uint8_t out[32]) {
+  labelled(secret, secret_len,
+           agent_to_gateway ? "continuum-link-v2/key/agent-to-gateway/" : "continuum-link-v2/key/gateway-to-agent/",
+           agent, gw_nonce, agent_nonce, out);
+}
+
+bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
