@@ -2,7 +2,7 @@
 // write (see capture/protected-volume.ts) and forwarding it to the local gateway.
 import type { FlagSpec, Parsed } from "../cli/flags.ts";
 import { UsageError } from "../cli/flags.ts";
-import { ensurePrivateDir, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
+import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
 import { Volume } from "../volume/volume.ts";
 import { DirtyMap } from "../capture/dirty-map.ts";
@@ -28,6 +28,7 @@ import { AgentState } from "../capture/agent-state.ts";
 import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatThread } from "../heartbeat/channel.ts";
+import { checkPrefix, DeviceReporter, outsidePrefixes } from "../capture/devices.ts";
 
 const log = logger("agent");
 
@@ -45,6 +46,14 @@ export const agentFlags: FlagSpec[] = [
     description:
       "a protected volume: export name and file or block device (without it the gateway assigns them)",
     placeholder: "NAME=PATH",
+  },
+  {
+    name: "device-prefix",
+    type: "string",
+    multiple: true,
+    description:
+      "a directory whose files and block devices this agent may serve: reported to the gateway for its inventory; assignments elsewhere are refused",
+    placeholder: "DIR",
   },
   {
     name: "data-dir",
@@ -173,6 +182,8 @@ interface Common {
   volumes: Map<string, Volume>;
   /** The names given by --volume: they win over an assignment of the same name. */
   flagNames: Set<string>;
+  /** --device-prefix: the directories assignments may name (none: no limit). */
+  devicePrefixes: string[];
   monitor: ServiceMonitor | undefined;
 }
 
@@ -189,6 +200,11 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   if (chunk < 4096 || chunk % 4096 !== 0) throw new UsageError("--dirty-chunk must be a multiple of 4096");
   const check = optStr(p, "service-check");
   const spec = check ? parseCheck(check) : undefined;
+  const devicePrefixes = list(p, "device-prefix");
+  for (const d of devicePrefixes) {
+    const bad = checkPrefix(d);
+    if (bad) throw new UsageError(bad);
+  }
   ensurePrivateDir(dataDir);
   const volumes = new Map<string, Volume>();
   try {
@@ -216,6 +232,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
     state: await AgentState.load(dataDir),
     volumes,
     flagNames: new Set(volumesArg.keys()),
+    devicePrefixes,
     monitor,
   };
   const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
@@ -478,6 +495,8 @@ class AssignedVolumes {
   }
 
   private async assignOne(a: Assignment): Promise<void> {
+    const outside = outsidePrefixes(a.path, this.c.devicePrefixes);
+    if (outside) throw new Error(outside);
     if (this.c.flagNames.has(a.name)) {
       const v = this.c.volumes.get(a.name)!;
       if (v.path === a.path && v.size === a.size) return;
@@ -569,8 +588,12 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
       if (!fenceOrder(c, m)) assigned.control(m);
     },
     onFrame: (f) => chunkOp(c, link, f, true),
-    onConnected: () => assigned.report(),
+    onConnected: () => {
+      assigned.report();
+      devices.connected();
+    },
   });
+  const devices = new DeviceReporter(c.devicePrefixes, (m) => link.sendControl(m));
   const prot = await protect(c, link, 0, (e) => fail(e));
   const assigned = new AssignedVolumes(
     c,
@@ -593,6 +616,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
     return {
       fatal,
       stop: async () => {
+        devices.close();
         await server.close();
         await assigned.closeAll();
         await prot.close();
@@ -600,6 +624,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
       },
     };
   } catch (e) {
+    devices.close();
     await link.close();
     await assigned.closeAll();
     await prot.close();
@@ -726,6 +751,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       applier.reset();
       // the gateway reconciles the copies it is told of with what its local sites ask for
       link.sendControl({ type: "assignments", names: file.all().map((a) => a.name) });
+      devices.connected();
       for (const w of reconnected.splice(0)) w();
     },
     onControl: (m) => {
@@ -810,6 +836,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       try {
         if (typeof a === "string") throw new Error(a);
         if (primary) throw new Error(`this standby is promoted: ${a.name} serves the service`);
+        const outside = outsidePrefixes(a.path, c.devicePrefixes);
+        if (outside) throw new Error(outside);
         const cur = c.volumes.get(a.name);
         const copy = copies.find((s) => s.name === a.name);
         if (c.flagNames.has(a.name) || copy) {
@@ -866,6 +894,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     answer(true);
   };
   const nbd: { server?: NbdServer } = {};
+  const devices = new DeviceReporter(c.devicePrefixes, (m) => link.sendControl(m));
 
   copies.forEach(announce);
   link.start();
@@ -875,6 +904,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
   return {
     fatal,
     stop: async () => {
+      devices.close();
       await server.close();
       await primary?.close();
       await link.close();
