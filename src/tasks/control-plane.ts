@@ -443,6 +443,18 @@ export class ControlPlane {
     }
   }
 
+  /**
+   * Assigns a started task's copies again (the operator fixed what was refused): each site's
+   * standby copy, then the LSP; throws with the reason when one is still refused.
+   */
+  async reassign(task: Task): Promise<void> {
+    const a = await this.lsp(task);
+    await this.standbysRefused(task, task.group.remotes.map((r) => r.site));
+    const state = this.states.get(task.name);
+    if (state) Object.assign(state, { state: "pending", error: undefined, since: Date.now() });
+    await this.assign(a.agent, [a.volume]);
+  }
+
   /** Sends the task's sites their desired copies now; throws when one refused the task's RSP. */
   private async standbysRefused(task: Task, sites: string[]): Promise<void> {
     const { hosts, volumes } = await this.hostsAndVolumes();
