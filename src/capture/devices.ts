@@ -74,7 +74,7 @@ export class DeviceReporter {
   constructor(
     private readonly prefixes: readonly string[],
     private readonly send: (msg: Record<string, unknown>) => boolean,
-    private readonly everyMs = 15_000,
+    private readonly everyMs = 5000,
   ) {
     if (prefixes.length) {
       this.timer = setInterval(() => void this.report(false), everyMs);

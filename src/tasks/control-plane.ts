@@ -205,6 +205,8 @@ export interface AssignmentState {
   volume: string;
   state: "pending" | "assigned" | "failed";
   error?: string;
+  /** The task's start was refused with this failure: the task stays configured (its own failure says why). */
+  atStart?: boolean;
   since: number;
 }
 
@@ -431,6 +433,7 @@ export class ControlPlane {
     } catch (e) {
       state.state = "failed";
       state.error = (e as Error).message;
+      state.atStart = true;
       log.error("assignment failed", {
         task: task.name,
         volume: `${a.agent}/${a.volume.name}`,
