@@ -166,12 +166,18 @@ export class Discovery {
     };
   }
 
-  /** The gateways as the proposals see them: their hosts in the inventory and their paths. */
-  private async gateways(remotes?: string[]): Promise<{ local: GatewayView; remotes: GatewayView[] }> {
+  /**
+   * The gateways as the proposals see them: their hosts in the inventory and their paths (this
+   * gateway's only for its own site: another local center's gateway is not known here).
+   */
+  private async gateways(
+    site: string,
+    remotes?: string[],
+  ): Promise<{ local: GatewayView; remotes: GatewayView[] }> {
     const hosts = await this.d.store.listHosts();
-    const local: GatewayView = {
-      site: this.d.site,
-      host: gatewayHostOf(hosts, this.d.site),
+    const local: GatewayView = site !== this.d.site ? { site } : {
+      site,
+      host: gatewayHostOf(hosts, site),
       journal: resolve(this.d.journal.path),
       copyPath: (agent, name) => resolve(this.d.mirrorPath(agent, name)),
     };
@@ -191,9 +197,12 @@ export class Discovery {
     };
   }
 
-  /** A proposed group: for `lsp` (else the only free one), at `remotes` (else every --remote site). */
-  async propose(o: { lsp?: PartitionRef; remotes?: string[] } = {}): Promise<Proposal> {
-    const g = await this.gateways(o.remotes);
+  /**
+   * A proposed group: at local center `local` (else this gateway's), for `lsp` (else the only
+   * free one), at `remotes` (else every --remote site).
+   */
+  async propose(o: { local?: string; lsp?: PartitionRef; remotes?: string[] } = {}): Promise<Proposal> {
+    const g = await this.gateways(o.local ?? this.d.site, o.remotes);
     return propose({
       sites: await this.d.store.listSites(),
       hosts: await this.d.store.listHosts(),
@@ -205,7 +214,11 @@ export class Discovery {
   /** The gateways' copies a group names that are not registered yet: the task registers them. */
   async adoptable(group: Group): Promise<Volume[]> {
     if (group.local.site !== this.d.site) return [];
-    const p = await this.propose({ lsp: group.local.lsp, remotes: group.remotes.map((r) => r.site) });
+    const p = await this.propose({
+      local: group.local.site,
+      lsp: group.local.lsp,
+      remotes: group.remotes.map((r) => r.site),
+    });
     const refs = [group.local.lgp, ...group.remotes.map((r) => r.rgp)];
     return p.adopt.filter((v) => refs.some((r) => r.host === v.host && r.device === v.device));
   }

@@ -4,6 +4,7 @@
 // whose link is down. Each says why; the task page, the task list and the dashboard show them
 // until they are resolved, and POST /api/tasks/NAME/retry runs the failed step again.
 import type { Task } from "./model.ts";
+import type { AssignmentState } from "./control-plane.ts";
 
 export interface TaskProblem {
   /** start, resume: that action failed; assignment: a copy is not assigned; link: a site is away. */
@@ -17,16 +18,7 @@ export interface TaskProblem {
 
 /** The parts of the local gateway's status the problems come from. */
 export interface ProblemStatusView {
-  assignments?: {
-    task: string;
-    kind: "lsp" | "rsp";
-    site?: string;
-    agent: string;
-    volume: string;
-    state: string;
-    error?: string;
-    since: number;
-  }[];
+  assignments?: AssignmentState[];
   sites?: { site: string; connected?: boolean; lastError?: string | null }[];
 }
 

@@ -326,11 +326,10 @@ export class TaskStore {
     const discovered = (await this.db.select().from(partitions).where(eq(partitions.host, v.host)))
       .some((r) => r.device === v.device && r.discovered === 1);
     if (!discovered && !deviceAllowed(v.device, this.devicePrefixes)) {
-      const message =
-        `${v.device} is outside the directories this gateway allows (${
-          this.devicePrefixes.join(", ")
-        }): start the local gateway with --device-prefix ${parentDir(v.device)} to allow it, ` +
-        "or start the host's agent with --device-prefix for it, and it appears here by itself";
+      const allowed = this.devicePrefixes.join(", ");
+      const message = `${v.device} is outside the allowed device list (${allowed}): start the local ` +
+        `gateway with --device-prefix ${parentDir(v.device)} to allow that directory, or the host's ` +
+        "agent with --device-prefix for it: its devices then appear here by themselves";
       throw new StoreError(`device: ${message}`, 400, [{ path: "device", message }]);
     }
     if (!(await this.db.select().from(hosts).where(eq(hosts.name, v.host))).length) {

@@ -21,6 +21,7 @@ import { desc, gt } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { auditLog } from "../db/schema.ts";
 import { logger } from "../log.ts";
+import type { AssignmentState } from "../tasks/control-plane.ts";
 
 const log = logger("events");
 
@@ -197,17 +198,8 @@ export interface StatusView {
     rttMs?: number | null;
     volumes?: { agent?: string; name?: string; state: string; lagRecords?: number }[];
   }[];
-  /** The tasks' copies as the control plane assigns them (src/tasks/control-plane.ts). */
-  assignments?: {
-    task: string;
-    kind: string;
-    site?: string;
-    agent: string;
-    volume: string;
-    state: string;
-    error?: string;
-    atStart?: boolean;
-  }[];
+  /** The tasks' copies as the control plane assigns them. */
+  assignments?: AssignmentState[];
 }
 
 export interface RecoveryView {

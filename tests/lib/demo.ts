@@ -1,6 +1,6 @@
 // `deno task demo` as the tests run it: in a directory of the test's, on free ports, its
 // key=value lines read from stdout; stopped with SIGTERM as Ctrl-C would.
-import { tempDir } from "./cluster.ts";
+import { tempDir, terminate } from "./cluster.ts";
 import { WebClient } from "./browser.ts";
 
 const script = new URL("../../demo/demo.ts", import.meta.url).pathname;
@@ -71,17 +71,8 @@ export class DemoRun {
   /** SIGTERM, as Ctrl-C: resolves with the demo's exit code once every role stopped. */
   async stop(): Promise<number> {
     if (!this.child) return 0;
-    try {
-      this.child.kill("SIGTERM");
-    } catch { /* gone */ }
-    const t = setTimeout(() => {
-      try {
-        this.child?.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 60_000);
-    const st = await this.child.status;
+    const st = await terminate(this.child, 60_000);
     await this.pumped;
-    clearTimeout(t);
     this.child = undefined;
     return st.code;
   }
