@@ -76,8 +76,12 @@ async function guarded(fn: () => Promise<void>): Promise<void> {
   }
 }
 
-/** The wizard from the dashboard to a created task, every choice left as discovered; only the name typed. */
-async function wizard(page: Page, name: string): Promise<void> {
+/**
+ * The wizard from the dashboard to a created task, every choice left as discovered; only the name
+ * typed. `probe`: first try what a user may get wrong (a size too large, a name taken): each field
+ * says so in its words, and the button that cannot be used says why.
+ */
+async function wizard(page: Page, name: string, probe = false): Promise<void> {
   await page.getByRole("link", { name: "New task" }).click();
   await page.getByRole("heading", { name: "New protection task" }).waitFor();
   await page.locator('input[name="local-site"][value="local"]:checked').waitFor();
@@ -102,10 +106,32 @@ async function wizard(page: Page, name: string): Promise<void> {
   await page.getByTestId("sizes-ok").waitFor();
   await shot(`${name}-group`);
   await page.getByRole("button", { name: "Next: Strategies" }).click();
-  await page.getByRole("button", { name: "Next: Review" }).click();
+  const next = page.getByRole("button", { name: "Next: Review" });
+  if (probe) {
+    const bound = page.locator("label.field", { has: page.locator('input[name="buffer-bound"]') });
+    await bound.locator("input").fill("100000P");
+    await bound.locator(".err").getByText("is too large (at most 8.0 PiB)", { exact: true }).waitFor();
+    await bound.locator("input").fill("1T");
+    await bound.locator(".err").getByText(/^is too large: the buffer partition holds 512 MiB$/).waitFor();
+    assert.ok(await next.isDisabled());
+    assert.is(await next.getAttribute("title"), "Correct the marked fields.");
+    await page.locator("#why-not").getByText("Correct the marked fields.").waitFor();
+    await bound.locator("input").fill("");
+  }
+  await next.click();
   const create = page.getByRole("button", { name: "Create task" });
   assert.ok(await create.isDisabled(), "Create waits for a name");
   assert.is(await create.getAttribute("title"), "Type a name for the task.");
+  if (probe) {
+    await page.locator('input[name="task-name"]').fill("second");
+    await page.locator("label.field", { hasText: "Task name" }).locator(".err")
+      .getByText("a task named second exists already").waitFor();
+    assert.ok(await create.isDisabled());
+    await page.locator('input[name="task-name"]').fill("no spaces please");
+    await page.locator("label.field", { hasText: "Task name" }).locator(".err")
+      .getByText("use 1 to 64 letters, digits, '.', '_' or '-'").waitFor();
+    await shot(`${name}-form-messages`);
+  }
   await page.locator('input[name="task-name"]').fill(name);
   await shot(`${name}-review`);
   await create.click();
@@ -192,7 +218,7 @@ t("a start that fails (its device missing) shows why everywhere until one click 
       500,
     );
     await page!.getByRole("link", { name: "Dashboard" }).click();
-    await wizard(page!, "third");
+    await wizard(page!, "third", true);
     // the device goes away before the start
     await Deno.remove(`${disks}/app1/vol2.img`);
     await act(page!, "start", "Start");

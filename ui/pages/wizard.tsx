@@ -141,6 +141,10 @@ export function WizardPage() {
     : taken
     ? `a task named ${name} exists already`
     : undefined;
+  const serviceWrong = service && !NAME_RE.test(service)
+    ? "use the name of a --service of this gateway"
+    : undefined;
+  const descriptionWrong = description.length > 500 ? "must be at most 500 characters" : undefined;
 
   const ref = (slot: Slot) => {
     const c = chosen(slot);
@@ -253,7 +257,11 @@ export function WizardPage() {
       : stepIssues.length
       ? "Correct the marked fields."
       : undefined,
-    !name ? "Type a name for the task." : nameWrong ? "Correct the task name." : undefined,
+    !name
+      ? "Type a name for the task."
+      : nameWrong || serviceWrong || descriptionWrong
+      ? "Correct the marked fields."
+      : undefined,
   ][step];
   const next = async () => {
     setError(undefined);
@@ -617,12 +625,21 @@ export function WizardPage() {
             <Field
               label={`${labels.service} (optional)`}
               hint="a --service of this gateway switched by failover"
-              error={issueOf("service")}
+              error={serviceWrong ?? issueOf("service")}
             >
-              <input name="service" value={service} onInput={(e) => setService(e.currentTarget.value)} />
+              <input
+                name="service"
+                value={service}
+                aria-invalid={serviceWrong ? "true" : undefined}
+                onInput={(e) => setService(e.currentTarget.value)}
+              />
             </Field>
           </div>
-          <Field label={`${labels.description} (optional)`} error={issueOf("description")}>
+          <Field
+            label={`${labels.description} (optional)`}
+            error={descriptionWrong ?? issueOf("description")}
+            hint={`${description.length} of 500 characters`}
+          >
             <textarea
               name="description"
               rows={2}
