@@ -255,6 +255,24 @@ t("a start the agent refuses stays on the task with the reason, also after a ret
   assert.match((retried.body as { error: string }).error, reason);
   const again = await get<TaskJson>("/api/tasks/outside");
   assert.ok(again.failure!.at >= failed.failure!.at, "the retry's failure replaces the first");
+  // the standby refuses as well: an RSP registered by hand outside its --device-prefix
+  await sparseImage(`${dir}/manual-rsp.img`, SIZE / 2);
+  await c.expect(201, "POST", "/api/volumes", {
+    name: "manual-rsp",
+    host: "a1-dr1",
+    device: `${dir}/manual-rsp.img`,
+    size: SIZE / 2,
+  });
+  const q = `host=a1&device=${encodeURIComponent(`${dir}/disks/a1/vol1.img`)}&remotes=dr1`;
+  const g = (await get<{ group: { remotes: { rsp: unknown }[] } }>(`/api/discovery/proposal?${q}`)).group;
+  g.remotes[0].rsp = { host: "a1-dr1", device: `${dir}/manual-rsp.img` };
+  await c.expect(201, "POST", "/api/tasks", { name: "standby-outside", group: g });
+  const refusedRsp = await c.req("POST", "/api/tasks/standby-outside/actions/start", {});
+  assert.is(refusedRsp.status, 409, refusedRsp.text);
+  assert.match(
+    (refusedRsp.body as { error: string }).error,
+    /site dr1 cannot assign the standby copy \(RSP\): .*manual-rsp\.img is outside this agent's --device-prefix/,
+  );
   const none = await c.req("POST", "/api/tasks/db/retry", {});
   assert.is(none.status, 409);
   assert.match((none.body as { error: string }).error, /task "db" has no failed step to retry/);

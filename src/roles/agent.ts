@@ -495,13 +495,13 @@ class AssignedVolumes {
   }
 
   private async assignOne(a: Assignment): Promise<void> {
-    const outside = outsidePrefixes(a.path, this.c.devicePrefixes);
-    if (outside) throw new Error(outside);
     if (this.c.flagNames.has(a.name)) {
       const v = this.c.volumes.get(a.name)!;
       if (v.path === a.path && v.size === a.size) return;
       throw new Error(`volume ${a.name} is given by --volume on this agent (${v.path}), which wins`);
     }
+    const outside = outsidePrefixes(a.path, this.c.devicePrefixes);
+    if (outside) throw new Error(outside);
     const cur = this.served.get(a.name);
     if (cur && cur.a.path === a.path && cur.a.size === a.size) return;
     if (cur) await this.close(a.name);
@@ -836,8 +836,6 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       try {
         if (typeof a === "string") throw new Error(a);
         if (primary) throw new Error(`this standby is promoted: ${a.name} serves the service`);
-        const outside = outsidePrefixes(a.path, c.devicePrefixes);
-        if (outside) throw new Error(outside);
         const cur = c.volumes.get(a.name);
         const copy = copies.find((s) => s.name === a.name);
         if (c.flagNames.has(a.name) || copy) {
@@ -848,6 +846,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
             throw new Error(`standby copy ${a.name} is ${cur!.path} here: unassign it before moving it`);
           }
         } else {
+          const outside = outsidePrefixes(a.path, c.devicePrefixes);
+          if (outside) throw new Error(outside);
           const s = await openCopy(a, true);
           copies.push(s);
           reconnecting = true;
