@@ -16,7 +16,7 @@ import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
 import { FailoverTests } from "../tasks/failover-tests.ts";
 import { Discovery } from "../tasks/discovery.ts";
-import { ringDevice } from "../tasks/site-inventory.ts";
+import { imageDevices, ringDevice } from "../tasks/site-inventory.ts";
 import type { Mirror } from "../tasks/model.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
@@ -489,8 +489,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       store,
       site: str(p, "id"),
       journal: ringDevice(journal.ring),
-      mirrors: () =>
-        journal.volumes().map((v) => ({ agent: v.agent, name: v.name, path: v.mirrorPath, size: v.size })),
+      mirrors: () => imageDevices(journal.volumes()),
       mirrorPath,
       agents: () => listener.connectedAgents(),
       remotes: () => remotes.map((r) => ({ site: r.site, connected: r.client.connected })),

@@ -27,7 +27,7 @@ import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
-import { ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
+import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
 
 const log = logger("remote-gateway");
 
@@ -534,12 +534,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             connected: agents.connectedAgents(),
             journal: ringDevice(journal.ring),
             replicaDir,
-            replicas: journal.volumes().map((v) => ({
-              agent: v.agent,
-              name: v.name,
-              path: v.mirrorPath,
-              size: v.size,
-            })),
+            replicas: imageDevices(journal.volumes()),
           }));
         }
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });

@@ -55,6 +55,7 @@ export class Discovery {
   private conflicts: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
   private running: Promise<void> | undefined;
+  private closed = false;
 
   constructor(private readonly d: DiscoveryDeps) {}
 
@@ -63,9 +64,12 @@ export class Discovery {
     void this.refresh();
   }
 
-  close(): void {
+  /** Stops refreshing; resolves once a refresh in flight is done (the database closes after). */
+  async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.timer);
     this.timer = undefined;
+    await this.running;
   }
 
   /** A control message of a local agent; true when it was its device report. */
@@ -79,6 +83,7 @@ export class Discovery {
 
   /** Observes and updates the inventory (one run at a time: a call meanwhile waits for it). */
   refresh(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     this.running ??= this.refreshOnce().catch((e) => log.warn("discovery failed", { error: e }))
       .finally(() => this.running = undefined);
     return this.running;

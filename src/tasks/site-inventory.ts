@@ -14,6 +14,13 @@ export function ringDevice(ring: { path: string; dataSize: number }): DeviceInfo
   return { path: ring.path, size: ring.dataSize - ring.dataSize % 512 };
 }
 
+/** A gateway's images of the journal's volumes (its mirrors or replicas) as devices. */
+export function imageDevices(
+  volumes: { agent: string; name: string; mirrorPath: string; size: number }[],
+): (DeviceInfo & { agent: string; name: string })[] {
+  return volumes.map((v) => ({ agent: v.agent, name: v.name, path: v.mirrorPath, size: v.size }));
+}
+
 /** A device report's list, checked; undefined when it is not one. */
 export function parseDevices(raw: unknown): DeviceInfo[] | undefined {
   if (!Array.isArray(raw)) return undefined;
