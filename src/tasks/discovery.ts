@@ -50,6 +50,7 @@ interface SiteState {
 }
 
 export class Discovery {
+  /** Each local agent's last device report, and when it came (monotonic). */
   private reports = new Map<string, { devices: DeviceInfo[]; at: number }>();
   private sites = new Map<string, SiteState>();
   private conflicts: string[] = [];
@@ -76,7 +77,7 @@ export class Discovery {
   onControl(agent: string, msg: unknown): boolean {
     const devices = deviceReport(msg);
     if (!devices) return false;
-    this.reports.set(agent, { devices, at: Date.now() });
+    this.reports.set(agent, { devices, at: performance.now() });
     void this.refresh();
     return true;
   }
@@ -230,7 +231,7 @@ export class Discovery {
 
   /** What the discovery knows, for the API: each remote site's last answer, and the agents' reports. */
   status() {
-    const now = Date.now();
+    const now = performance.now();
     return {
       site: this.d.site,
       remotes: this.d.remotes().map((r) => {
@@ -243,6 +244,8 @@ export class Discovery {
           standbyAgents: (s?.inventory?.agents ?? []).map((a) => ({
             agent: a.agent,
             connected: r.connected && a.connected,
+            // as old as the site's answer, plus how long before it the agent was last connected
+            seenMsAgo: Math.round(a.agoMs + now - s!.askedAt),
             devices: a.devices,
           })),
         };
@@ -250,7 +253,7 @@ export class Discovery {
       agents: [...this.reports].map(([agent, r]) => ({
         agent,
         connected: this.d.agents().includes(agent),
-        reportedMsAgo: now - r.at,
+        reportedMsAgo: Math.round(now - r.at),
         devices: r.devices,
       })),
       conflicts: this.conflicts,

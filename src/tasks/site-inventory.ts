@@ -85,13 +85,14 @@ export function parseSiteInventory(raw: unknown): SiteInventory | undefined {
 
 /** The remote gateway's record of its standby agents' device reports. */
 export class StandbyDevices {
+  /** Each standby agent's last report, and when it was last connected (monotonic: only ages leave here). */
   private reports = new Map<string, { devices: DeviceInfo[]; lastSeen: number }>();
 
   /** A control message from a standby agent; true when it was a device report. */
   onControl(agent: string, msg: unknown): boolean {
     const devices = deviceReport(msg);
     if (!devices) return false;
-    this.reports.set(agent, { devices, lastSeen: Date.now() });
+    this.reports.set(agent, { devices, lastSeen: performance.now() });
     return true;
   }
 
@@ -103,7 +104,7 @@ export class StandbyDevices {
     replicaDir: string;
     replicas: (DeviceInfo & { agent: string; name: string })[];
   }): Record<string, unknown> {
-    const now = Date.now();
+    const now = performance.now();
     for (const agent of o.connected) {
       const r = this.reports.get(agent);
       if (r) r.lastSeen = now;
