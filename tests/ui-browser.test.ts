@@ -9,6 +9,7 @@ import * as assert from "uvu/assert";
 import { run, startTopology, tempDir, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { ADMIN_PASSWORD, haveChromium, launchChromium, WebClient, WebGateway } from "./lib/browser.ts";
+import { ensureSite } from "./lib/inventory.ts";
 
 const t = suite("web UI in a browser");
 const MiB = 1024 * 1024;
@@ -36,8 +37,8 @@ t(
       // the inventory (the wizard can add it too; here the API does, as automation would)
       const api = new WebClient(base, { token: topo.gw.token });
       await api.expect(201, "POST", "/api/users", { ...VIEWER, role: "viewer" });
-      await api.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-      await api.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
+      await ensureSite(api, "prod", "local");
+      await ensureSite(api, "dr1", "remote");
       for (
         const [name, site, role, agent] of [
           ["app1", "prod", "application", "a1"],

@@ -57,6 +57,7 @@ const actions: TaskActions = {
       explanation: "rgp@dr1 chosen: the only valid source",
     }),
   recover: act("recover", { message: "recovery 7", detail: { recovery: 7 } }),
+  retry: act("retry", { message: "the copies are assigned again" }),
   schedule: (task, req) =>
     Promise.resolve({ id: "3", task: task.name, action: req.action, at: req.at, status: "scheduled" }),
   listSchedules: () => Promise.resolve([]),
@@ -85,6 +86,8 @@ const status = {
     ackedBytes: 1000,
     volumes: [{ agent: "a1", name: "vol0", state: "consistent", ackedSeq: 9, lagRecords: 2 }],
   }],
+  /** The control plane's assignments (a test sets a refused one). */
+  assignments: [] as Record<string, unknown>[],
 };
 const recoveries = [{
   id: 7,
@@ -436,6 +439,91 @@ t("the event stream delivers status snapshots and task changes", async () => {
   // and the kept events can be fetched without a stream
   const recent = await api.expect(200, "GET", "/api/events/recent?filter=task") as { kind: string }[];
   assert.ok(recent.length >= 5 && recent.every((e) => e.kind === "task"));
+});
+
+t("a failed start stays on the task, in its problems and the events, until a retry succeeds", async () => {
+  for (const [name, host, device] of [["lgp1", "lgw", "/dev/vg0/lgp1"], ["rgp1", "rgw", "/dev/vg0/rgp1"]]) {
+    await api.expect(201, "POST", "/api/volumes", { name, host, device, size: GiB });
+  }
+  await api.expect(201, "POST", "/api/volumes", {
+    name: "rsp1",
+    host: "standby1",
+    device: "/dev/vg0/rsp1",
+    size: GiB,
+  });
+  const g = group({ lsp: "/dev/vg0/lsp1", rsp: "/dev/vg0/rsp1" });
+  g.local.lgp.device = "/dev/vg0/lgp1";
+  g.remotes[0].rgp.device = "/dev/vg0/rgp1";
+  // the wizard's check: the name may still be missing; t1's partitions are taken, its buffer is shared
+  const taken = await api.expect(200, "POST", "/api/tasks/check", { group: group() }) as {
+    issues: { path: string; message: string }[];
+  };
+  assert.ok(taken.issues.length > 0 && taken.issues.every((i) => /belongs to task "t1"/.test(i.message)));
+  assert.not.ok(taken.issues.some((i) => i.path === "name" || i.path === "group.local.buffer"));
+  assert.equal(await api.expect(200, "POST", "/api/tasks/check", { group: g }), { issues: [] });
+  await api.expect(201, "POST", "/api/tasks", { name: "t3", group: g });
+
+  type TaskJson = {
+    state: string;
+    failure?: { action: string; reason: string };
+    problems: { kind: string; message: string }[];
+  };
+  refuseNext = new ActionError("agent a1 cannot serve volume lsp1: gone", 409);
+  assert.is((await api.req("POST", "/api/tasks/t3/actions/start", {})).status, 409);
+  const failed = await api.expect(200, "GET", "/api/tasks/t3") as TaskJson;
+  assert.is(failed.state, "configured");
+  assert.equal(failed.failure?.reason, "agent a1 cannot serve volume lsp1: gone");
+  assert.equal(failed.problems.map((p) => p.message), [
+    "start failed: agent a1 cannot serve volume lsp1: gone",
+  ]);
+  const listed = await api.expect(200, "GET", "/api/tasks") as (TaskJson & { name: string })[];
+  assert.is(listed.find((x) => x.name === "t3")!.problems.length, 1);
+  const events = async () =>
+    (await api.expect(200, "GET", "/api/events/recent?filter=task") as { message: string }[]).map((e) =>
+      e.message
+    );
+  assert.ok((await events()).includes("task t3: start failed: agent a1 cannot serve volume lsp1: gone"));
+
+  // a retry that fails again keeps the failure; one that succeeds clears it
+  refuseNext = new ActionError("agent a1 cannot serve volume lsp1: still gone", 409);
+  assert.is((await api.req("POST", "/api/tasks/t3/retry", {})).status, 409);
+  assert.is(
+    (await api.expect(200, "GET", "/api/tasks/t3") as TaskJson).failure?.reason,
+    "agent a1 cannot serve volume lsp1: still gone",
+  );
+  const ok = await api.expect(200, "POST", "/api/tasks/t3/retry", {}) as { to: string; task: TaskJson };
+  assert.is(ok.to, "syncing");
+  assert.equal([ok.task.failure, ok.task.problems], [undefined, []]);
+  assert.is(calls.at(-1)!.action, "start", "the retry ran the start again");
+  assert.ok((await events()).includes("task t3: start succeeded (it had failed)"));
+  const nothing = await api.req("POST", "/api/tasks/t3/retry", {});
+  assert.is(nothing.status, 409);
+  assert.match((nothing.body as { error: string }).error, /task "t3" has no failed step to retry/);
+
+  // a copy refused after the start (from the control plane's status): a problem, an event, a retry
+  status.assignments = [{
+    task: "t3",
+    kind: "rsp",
+    site: "dr1",
+    agent: "a1",
+    volume: "lsp1",
+    state: "failed",
+    error: "volume /dev/vg0/rsp1 does not exist",
+    since: Date.now(),
+  }];
+  const refusedCopy = await api.expect(200, "GET", "/api/tasks/t3") as TaskJson;
+  assert.equal(refusedCopy.problems.map((p) => p.kind), ["assignment"]);
+  await waitFor(
+    async () =>
+      (await events()).includes(
+        "task t3: the standby copy at dr1 cannot be assigned: volume /dev/vg0/rsp1 does not exist",
+      ),
+    5000,
+    "the refused copy's event",
+  );
+  await api.expect(200, "POST", "/api/tasks/t3/retry", {});
+  assert.is(calls.at(-1)!.action, "retry");
+  status.assignments = [];
 });
 
 t("/metrics is valid Prometheus text with lag, journal use, detector state, recovery progress", async () => {

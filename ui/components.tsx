@@ -12,22 +12,39 @@ export function Loading({ what }: { what: string }) {
   );
 }
 
-export function ErrorBox({ error, retry }: { error: unknown; retry?: () => void }) {
+/** The field (of `fields`: issue path → its label) an issue belongs to: the longest path that is its prefix. */
+export function fieldOf(path: string, fields: Record<string, string>): string | undefined {
+  return Object.keys(fields).filter((f) => path === f || path.startsWith(`${f}.`))
+    .sort((a, b) => b.length - a.length)[0];
+}
+
+/**
+ * An error for people. Field problems (the API's issues) are named by the field's label, once:
+ * those of the `fields` shown on the page carry their message at the field (issueAt), so here
+ * they are only listed by label; the others are listed with their message.
+ */
+export function ErrorBox(
+  { error, retry, fields = {} }: { error: unknown; retry?: () => void; fields?: Record<string, string> },
+) {
   if (!error) return null;
   const e = error as ApiError;
+  const issues = e.issues ?? [];
+  const marked = [...new Set(issues.map((i) => fieldOf(i.path, fields)).filter((f) => f !== undefined))];
+  const others = issues.filter((i) => fieldOf(i.path, fields) === undefined);
   return (
     <div class="alert error" role="alert">
-      <strong>
-        {e.status === 0 ? "Connection problem: " : ""}
-      </strong>
-      {e.message ?? String(error)}
-      {e.issues?.length
-        ? (
-          <ul>
-            {e.issues.map((i) => <li key={i.path}>{i.path}: {i.message}</li>)}
-          </ul>
-        )
-        : null}
+      {issues.length === 0 && (
+        <>
+          <strong>{e.status === 0 ? "Connection problem: " : ""}</strong>
+          {e.message ?? String(error)}
+        </>
+      )}
+      {marked.length > 0 && <div>Correct the marked fields: {marked.map((f) => fields[f!]).join(", ")}.</div>}
+      {others.length > 0 && (
+        <ul>
+          {others.map((i) => <li key={i.path}>{humanPath(i.path)}: {i.message}</li>)}
+        </ul>
+      )}
       {retry && (
         <div>
           <button type="button" class="link" onClick={retry}>Try again</button>
@@ -35,6 +52,35 @@ export function ErrorBox({ error, retry }: { error: unknown; retry?: () => void 
       )}
     </div>
   );
+}
+
+/** An issue path no field of the page shows, in words: group.remotes.0.rsp.device → "remote center 1, RSP, device". */
+export function humanPath(path: string): string {
+  const words: Record<string, string> = {
+    body: "the request",
+    group: "",
+    local: "local center",
+    lsp: "LSP",
+    lgp: "LGP",
+    buffer: "buffer",
+    rgp: "RGP",
+    rsp: "RSP",
+    mirror: "mirror strategy",
+    recovery: "recovery strategy",
+    bufferBound: "buffer bound",
+    bandwidthLimit: "bandwidth limit",
+    ackPoint: "acknowledgement point",
+  };
+  const parts = path.split(".");
+  const out: string[] = [];
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i];
+    if (p === "remotes" && /^\d+$/.test(parts[i + 1] ?? "")) {
+      out.push(`remote center ${Number(parts[++i]) + 1}`);
+    } else if (p === "remotes") out.push("remote centers");
+    else if (words[p] !== "") out.push(words[p] ?? p);
+  }
+  return out.join(", ") || path;
 }
 
 export function Empty({ children }: { children: ComponentChildren }) {
@@ -53,6 +99,7 @@ const WARN = new Set([
   "failing-over",
   "running",
   "scheduled",
+  "waiting",
 ]);
 const BAD = new Set([
   "FAILURE",

@@ -12,13 +12,31 @@ export type {
   Volume,
 } from "../src/tasks/model.ts";
 export type { CandidateList, RecoveryCandidate, Schedule } from "../src/tasks/actions.ts";
-import type { Task } from "../src/tasks/model.ts";
+export type { TaskProblem } from "../src/tasks/problems.ts";
+import type { PartitionRef, Task, Volume } from "../src/tasks/model.ts";
+import type { TaskProblem } from "../src/tasks/problems.ts";
 
-export type TaskView = Task & { allowed: string[] };
+export type TaskView = Task & { allowed: string[]; problems: TaskProblem[] };
 
 export interface Stored {
+  /** Found by the gateway itself (not typed in). */
+  discovered: boolean;
+  /** When the gateway last saw it (ms), null: never. */
+  lastSeen: number | null;
   createdAt: number;
   updatedAt: number;
+}
+
+/** GET /api/discovery/proposal: a group for a new task. */
+export interface ProposalView {
+  group: {
+    local: { site: string; lsp?: PartitionRef; lgp?: PartitionRef; buffer?: PartitionRef };
+    remotes: { site: string; rgp?: PartitionRef; rsp?: PartitionRef }[];
+  };
+  /** The gateways' copies proposed, not registered yet: the task registers them. */
+  adopt: Volume[];
+  notes: { path: string; message: string }[];
+  complete: boolean;
 }
 
 export interface AuditRow {

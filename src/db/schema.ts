@@ -137,6 +137,10 @@ export const sites = sqliteTable("sites", {
   /** local or remote */
   role: text("role").notNull(),
   description: text("description").notNull().default(""),
+  /** 1 when the gateway found it by itself (its own site, a --remote site); see src/tasks/discovery.ts */
+  discovered: integer("discovered").notNull().default(0),
+  /** When the gateway last saw it (ms; null: never): its own site always, a remote one while linked */
+  lastSeen: integer("last_seen"),
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
 });
@@ -150,6 +154,10 @@ export const hosts = sqliteTable("hosts", {
   address: text("address"),
   /** The agent id an application host runs (null: its name). */
   agent: text("agent"),
+  /** 1 when found by itself: a gateway, or the server of an agent that connected */
+  discovered: integer("discovered").notNull().default(0),
+  /** When last seen (ms; null: never): a gateway while reachable, an agent while connected */
+  lastSeen: integer("last_seen"),
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
 });
@@ -160,6 +168,10 @@ export const partitions = sqliteTable("partitions", {
   host: text("host").notNull(),
   device: text("device").notNull(),
   size: integer("size").notNull(),
+  /** 1 when reported by its agent (a device it may serve) or its gateway (journal, mirror, replica) */
+  discovered: integer("discovered").notNull().default(0),
+  /** When last reported (ms; null: never) */
+  lastSeen: integer("last_seen"),
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
 }, (t) => [uniqueIndex("partitions_host_device").on(t.host, t.device)]);
@@ -176,6 +188,8 @@ export const tasks = sqliteTable("tasks", {
   recoveryJson: text("recovery_json").notNull(),
   /** The local gateway's protected service switched by this task's failover, if any. */
   service: text("service"),
+  /** JSON {action, reason, at} of the last start or resume that failed, until one succeeds (null: none) */
+  failureJson: text("failure_json"),
   state: text("state").notNull(),
   stateSince: integer("state_since").notNull(),
   createdAt: integer("created_at").notNull(),

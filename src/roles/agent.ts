@@ -2,7 +2,7 @@
 // write (see capture/protected-volume.ts) and forwarding it to the local gateway.
 import type { FlagSpec, Parsed } from "../cli/flags.ts";
 import { UsageError } from "../cli/flags.ts";
-import { ensurePrivateDir, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
+import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
 import { Volume } from "../volume/volume.ts";
 import {
@@ -30,6 +30,7 @@ import { AgentState } from "../capture/agent-state.ts";
 import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatThread } from "../heartbeat/channel.ts";
+import { checkPrefix, DeviceReporter, outsidePrefixes } from "../capture/devices.ts";
 import * as io from "../native/mod.ts";
 
 const log = logger("agent");
@@ -48,6 +49,14 @@ export const agentFlags: FlagSpec[] = [
     description:
       "a protected volume: export name and file or block device (without it the gateway assigns them)",
     placeholder: "NAME=PATH",
+  },
+  {
+    name: "device-prefix",
+    type: "string",
+    multiple: true,
+    description:
+      "a directory whose files and block devices this agent may serve: reported to the gateway for its inventory; assignments elsewhere are refused",
+    placeholder: "DIR",
   },
   {
     name: "data-dir",
@@ -176,6 +185,8 @@ interface Common {
   volumes: Map<string, Volume>;
   /** The names given by --volume: they win over an assignment of the same name. */
   flagNames: Set<string>;
+  /** --device-prefix: the directories assignments may name (none: no limit). */
+  devicePrefixes: string[];
   monitor: ServiceMonitor | undefined;
 }
 
@@ -192,6 +203,11 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   if (chunk < 4096 || chunk % 4096 !== 0) throw new UsageError("--dirty-chunk must be a multiple of 4096");
   const check = optStr(p, "service-check");
   const spec = check ? parseCheck(check) : undefined;
+  const devicePrefixes = list(p, "device-prefix");
+  for (const d of devicePrefixes) {
+    const bad = checkPrefix(d);
+    if (bad) throw new UsageError(bad);
+  }
   ensurePrivateDir(dataDir);
   const volumes = new Map<string, Volume>();
   try {
@@ -219,6 +235,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
     state: await AgentState.load(dataDir),
     volumes,
     flagNames: new Set(volumesArg.keys()),
+    devicePrefixes,
     monitor,
   };
   const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
@@ -500,6 +517,8 @@ class AssignedVolumes {
       if (v.path === a.path && v.size === a.size) return;
       throw new Error(`volume ${a.name} is given by --volume on this agent (${v.path}), which wins`);
     }
+    const outside = outsidePrefixes(a.path, this.c.devicePrefixes);
+    if (outside) throw new Error(outside);
     const cur = this.served.get(a.name);
     if (cur && cur.a.path === a.path && cur.a.size === a.size) return;
     if (cur) await this.close(a.name);
@@ -589,8 +608,12 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
       if (!fenceOrder(c, agent, m)) assigned.control(m);
     },
     onFrame: (f) => chunkOp(c, agent, f, true),
-    onConnected: () => assigned.report(),
+    onConnected: () => {
+      assigned.report();
+      devices.connected();
+    },
   });
+  const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   let server: NbdServer | undefined;
   let prot: Awaited<ReturnType<typeof protect>> | undefined;
   const assigned = new AssignedVolumes(
@@ -617,6 +640,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
     return {
       fatal,
       stop: async () => {
+        devices.close();
         await assigned.closeAll();
         await running.prot.close(running.server);
         await running.server.close();
@@ -624,6 +648,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
       },
     };
   } catch (e) {
+    devices.close();
     await assigned.closeAll();
     await prot?.close(server);
     await server?.close();
@@ -752,6 +777,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       applier.reset();
       // the gateway reconciles the copies it is told of with what its local sites ask for
       agent.sendControl({ type: "assignments", names: file.all().map((a) => a.name) });
+      devices.connected();
       for (const w of reconnected.splice(0)) w();
     },
     onControl: (m) => {
@@ -843,6 +869,8 @@ async function runStandby(c: Common): Promise<RoleHandle> {
             throw new Error(`standby copy ${a.name} is ${cur!.path} here: unassign it before moving it`);
           }
         } else {
+          const outside = outsidePrefixes(a.path, c.devicePrefixes);
+          if (outside) throw new Error(outside);
           const s = await openCopy(a, true);
           copies.push(s);
           exportCopy(s);
@@ -890,6 +918,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     answer(true);
   };
 
+  const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   copies.forEach(announce);
   agent.start();
   const server = await serveNbd(c.p, c.dataDir);
@@ -899,6 +928,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
   return {
     fatal,
     stop: async () => {
+      devices.close();
       await primary?.close(server);
       await server.close();
       await agent.close();

@@ -15,6 +15,8 @@ import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
 import { FailoverTests } from "../tasks/failover-tests.ts";
+import { Discovery } from "../tasks/discovery.ts";
+import { imageDevices, ringDevice } from "../tasks/site-inventory.ts";
 import type { Mirror } from "../tasks/model.ts";
 import { loadOrCreateToken } from "../web/token.ts";
 import { loadIdentity, parseFingerprint } from "../transport/identity.ts";
@@ -363,13 +365,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onHeartbeat: (agent, seq, status, now, meta) => liveness.heartbeat(agent, seq, status, now, meta),
     });
     cleanups.push(() => heartbeats.close());
-    // the control plane needs the task store, which comes with the web server below
-    const plane: { cp?: ControlPlane } = {};
+    // the control plane and the discovery need the task store, which comes with the web server below
+    const plane: { cp?: ControlPlane; discovery?: Discovery } = {};
+    const mirrorPath = (agent: string, volume: string) => `${mirrorDir}/${agent}/${volume}.img`;
     const listener = await GatewayListener.listen({
       listen,
       journal,
       secrets,
-      mirrorPath: (agent, volume) => `${mirrorDir}/${agent}/${volume}.img`,
+      mirrorPath,
       onAgent: (agent) => {
         const reason = controller.isFenced(agent);
         if (reason) agentsIn.listener?.sendControl(agent, { type: "fence", reason });
@@ -377,7 +380,9 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           log.error("cannot send an agent its assignments", { agent, error: e })
         );
       },
-      onControl: (agent, msg) => plane.cp?.onControl(agent, msg),
+      onControl: (agent, msg) => {
+        if (!plane.discovery?.onControl(agent, msg)) plane.cp?.onControl(agent, msg);
+      },
       fenced: (agent) => controller.isFenced(agent),
       onVolume: (v) => {
         mirror.prepare(v);
@@ -486,6 +491,19 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
     cleanups.push(() => tests.close());
+    const discovery = new Discovery({
+      store,
+      site: str(p, "id"),
+      journal: ringDevice(journal.ring),
+      mirrors: () => imageDevices(journal.volumes()),
+      mirrorPath,
+      agents: () => listener.connectedAgents(),
+      remotes: () => remotes.map((r) => ({ site: r.site, connected: r.client.connected })),
+      siteRequest,
+    });
+    plane.discovery = discovery;
+    discovery.run();
+    cleanups.push(() => discovery.close());
     const siteStatus = () =>
       remotes.map((r) => ({
         site: r.site,
@@ -521,6 +539,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         copies: () => ({ sites: siteStatus() }),
       }),
       followTasks: true,
+      discovery,
       recoveries: () => recovery.list(),
       status: () => ({
         role: "local-gateway",

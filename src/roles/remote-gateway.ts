@@ -27,6 +27,7 @@ import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
+import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
 
 const log = logger("remote-gateway");
 
@@ -299,6 +300,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
     const answers = new Map<number, (m: StandbyAnswer) => void>();
     let nextAsk = 1;
+    // the devices each standby agent may serve, for the local sites' inventories
+    const standbyDevices = new StandbyDevices();
     const agents = await GatewayListener.listen({
       listen: list(p, "agent-listen").map((a) => parseAddress(a)),
       journal,
@@ -308,6 +311,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       standby,
       onControl: (agent, msg) => {
         const m = msg as { type?: string; id?: number; ok?: boolean; error?: string; names?: unknown };
+        if (standbyDevices.onControl(agent, msg)) return;
         if (m?.type === "assignments" && Array.isArray(m.names)) {
           // a standby agent connected and says what it remembers: reconcile it
           remembered.set(agent, new Set(m.names.filter((n): n is string => typeof n === "string")));
@@ -523,6 +527,15 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
         if (m.type === "standbys") return standbysWanted(from, m.agents);
+        if (m.type === "inventory") {
+          return Promise.resolve(standbyDevices.inventory({
+            site,
+            connected: agents.connectedAgents(),
+            journal: ringDevice(journal.ring),
+            replicaDir,
+            replicas: imageDevices(journal.volumes()),
+          }));
+        }
         return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
       },
     });

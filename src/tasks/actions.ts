@@ -147,6 +147,11 @@ export interface TaskActions {
   /** → recovering: rebuild a local copy from a source. */
   recover(task: Task, req: RecoverRequest): Promise<ActionResult | void>;
   /**
+   * Assigns a started task's copies again after one was refused (a device missing, then
+   * fixed). Optional: an implementation without assignments has nothing to retry.
+   */
+  retry?(task: Task): Promise<ActionResult | void>;
+  /**
    * The task was deleted (it was configured or paused): undo what start did. Optional: an
    * implementation that starts nothing has nothing to undo.
    */

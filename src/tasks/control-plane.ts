@@ -205,6 +205,8 @@ export interface AssignmentState {
   volume: string;
   state: "pending" | "assigned" | "failed";
   error?: string;
+  /** The task's start was refused with this failure: the task stays configured (its own failure says why). */
+  atStart?: boolean;
   since: number;
 }
 
@@ -431,6 +433,7 @@ export class ControlPlane {
     } catch (e) {
       state.state = "failed";
       state.error = (e as Error).message;
+      state.atStart = true;
       log.error("assignment failed", {
         task: task.name,
         volume: `${a.agent}/${a.volume.name}`,
@@ -441,6 +444,18 @@ export class ControlPlane {
       await this.syncSites(sites);
       throw e;
     }
+  }
+
+  /**
+   * Assigns a started task's copies again (the operator fixed what was refused): each site's
+   * standby copy, then the LSP; throws with the reason when one is still refused.
+   */
+  async reassign(task: Task): Promise<void> {
+    const a = await this.lsp(task);
+    await this.standbysRefused(task, task.group.remotes.map((r) => r.site));
+    const state = this.states.get(task.name);
+    if (state) Object.assign(state, { state: "pending", error: undefined, since: Date.now() });
+    await this.assign(a.agent, [a.volume]);
   }
 
   /** Sends the task's sites their desired copies now; throws when one refused the task's RSP. */

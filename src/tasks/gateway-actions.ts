@@ -83,7 +83,7 @@ export interface GatewayActionDeps {
   volumes: () => { agent: string; name: string; size: number }[];
   /** The gateway's --remote sites. */
   sites: () => string[];
-  control: Pick<ControlPlane, "start" | "pause" | "resume" | "remove">;
+  control: Pick<ControlPlane, "start" | "pause" | "resume" | "remove" | "reassign">;
   tests: Pick<FailoverTests, "begin" | "end">;
   /** The remote sites' links and copies (the gateway's status). */
   copies: () => TaskStatusView;
@@ -241,6 +241,12 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       return { message: `the remote sites receive ${await key(task)} again (synchronised first)` };
     },
     remove: (task) => d.control.remove(task),
+    retry: async (task) => {
+      await d.control.reassign(task).catch((e: Error) => {
+        throw new ActionError(e.message, 409);
+      });
+      return { message: `the copies of ${await key(task)} are assigned again` };
+    },
     failoverTest: async (task, req) => {
       const k = await key(task);
       const site = testSite(task, k, d.copies(), req.site);

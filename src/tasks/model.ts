@@ -11,6 +11,7 @@
 // group is made of. The schemas check each object alone; validateTask checks a task against the
 // inventory (known hosts, the right sites, equal sizes, partitions not shared).
 import { z } from "zod";
+import { underPrefix } from "../capture/devices.ts";
 
 export const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const NAME_HINT = "must be 1 to 64 characters: letters, digits, '.', '_' or '-'";
@@ -38,8 +39,22 @@ export const devicePathSchema = z.string({ error: must("a string") })
 export const DEFAULT_DEVICE_PREFIXES: readonly string[] = ["/dev/"];
 
 /** Whether a (schema-valid, normalised) device path lies under one of the prefixes (directories). */
-export function deviceAllowed(path: string, prefixes: readonly string[]): boolean {
-  return prefixes.some((p) => path.startsWith(p.endsWith("/") ? p : `${p}/`) && path.length > p.length);
+export const deviceAllowed = underPrefix;
+
+/**
+ * A count of bytes (or bytes per second), one message per problem: "is too large" for what no
+ * disk holds, then "must be a whole number of …", the lower bound, and the multiple.
+ */
+export function bytesSchema(o: { unit?: string; min?: 0 | 1; multipleOf?: number } = {}) {
+  const unit = o.unit ?? "bytes";
+  return z.number({ error: must(`a number of ${unit}`) }).superRefine((n, ctx) => {
+    const fail = (message: string) => ctx.addIssue({ code: "custom", message });
+    if (n > Number.MAX_SAFE_INTEGER) fail(`is too large (at most ${formatBytes(Number.MAX_SAFE_INTEGER)})`);
+    else if (!Number.isInteger(n)) fail(`must be a whole number of ${unit}`);
+    else if ((o.min ?? 1) === 1 && n <= 0) fail(`must be more than 0 ${unit}`);
+    else if (n < 0) fail("must not be negative");
+    else if (o.multipleOf && n % o.multipleOf !== 0) fail(`must be a multiple of ${o.multipleOf} bytes`);
+  });
 }
 
 const description = z.string({ error: must("a string") }).max(500, "must be at most 500 characters");
@@ -76,10 +91,7 @@ export const volumeSchema = z.object({
   host: nameSchema,
   device: devicePathSchema,
   /** Size in bytes, a multiple of 512. */
-  size: z.number({ error: must("a number of bytes") }).int("must be a whole number of bytes")
-    .positive("must be more than 0 bytes")
-    .max(2 ** 53 - 1, "is too large")
-    .refine((n) => n % SECTOR === 0, `must be a multiple of ${SECTOR} bytes`),
+  size: bytesSchema({ multipleOf: SECTOR }),
 }).strict();
 export type Volume = z.infer<typeof volumeSchema>;
 
@@ -112,11 +124,9 @@ export const mirrorSchema = z.object({
   /** A remote center that fills the buffer: block the writers, or pull ahead (track, copy later). */
   congestion: z.enum(["block", "pull-ahead"], { error: must('"block" or "pull-ahead"') }).default("block"),
   /** Most bytes of the buffer partition the journal may use (default: all of it). */
-  bufferBound: z.number({ error: must("a number of bytes") }).int("must be a whole number of bytes")
-    .positive("must be more than 0 bytes").optional(),
+  bufferBound: bytesSchema().optional(),
   /** Most bytes per second to each remote center; 0: no limit. */
-  bandwidthLimit: z.number({ error: must("a number of bytes per second") }).int("must be a whole number")
-    .nonnegative("must not be negative").default(0),
+  bandwidthLimit: bytesSchema({ unit: "bytes per second", min: 0 }).default(0),
   compression: z.boolean({ error: must("true or false") }).default(false),
 }).strict();
 export type Mirror = z.infer<typeof mirrorSchema>;
@@ -172,7 +182,16 @@ export const taskInputSchema = z.object({
 }).strict();
 export type TaskInput = z.infer<typeof taskInputSchema>;
 
+/** Why a task's last start or resume failed, kept until one succeeds. */
+export interface TaskFailure {
+  action: string;
+  reason: string;
+  at: number;
+}
+
 export interface Task extends TaskInput {
+  /** The last start or resume that failed (kept until one succeeds). */
+  failure?: TaskFailure;
   state: TaskState;
   stateSince: number;
   createdAt: number;
@@ -340,7 +359,8 @@ export function formatBytes(n: number): string {
  * exist and differ, every host known and at the center its partition belongs to, with the right
  * role, every partition registered as a volume, the data partitions (LSP, LGP, RGPs, RSPs) all of
  * the same size, the buffer at least the buffer bound, no partition twice in the group or in
- * another task. Returns the problems, empty when there are none.
+ * another task (except the buffer, the gateway's journal: tasks share it, each bounded by its
+ * buffer bound). Returns the problems, empty when there are none.
  */
 export function validateTask(t: TaskInput, inv: Inventory): Issue[] {
   const issues: Issue[] = [];
@@ -411,7 +431,12 @@ export function validateTask(t: TaskInput, inv: Inventory): Issue[] {
     }
     for (const other of inv.tasks) {
       if (other.name === t.name) continue;
-      if (groupPartitions(other.group).some((q) => sameRef(q.ref, p.ref))) {
+      // the buffer is the gateway's journal, which every task shares (bounded per task by M)
+      if (
+        groupPartitions(other.group).some((q) =>
+          sameRef(q.ref, p.ref) && !(p.role === "buffer" && q.role === "buffer")
+        )
+      ) {
         issues.push({
           path: p.path,
           message: `${p.ref.host}:${p.ref.device} belongs to task "${other.name}"`,

@@ -2,7 +2,7 @@
 // the referential checks SQLite's foreign keys would need a per-connection pragma for: nothing
 // in use can be deleted or moved, a task only refers to what exists. Each check and its write
 // run in one serialized() step, so two requests of this process cannot interleave between them.
-import { eq } from "drizzle-orm";
+import { eq, inArray } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { hosts, partitions, sites, tasks } from "../db/schema.ts";
 import {
@@ -19,12 +19,14 @@ import {
   type Site,
   type Task,
   type TaskEvent,
+  type TaskFailure,
   type TaskInput,
   type TaskState,
   transition,
   validateTask,
   type Volume,
 } from "./model.ts";
+import { type Observation, planDiscovery, type Table } from "./discovery-plan.ts";
 
 /** A refusal with the HTTP status it maps to and, for validation, the fields at fault. */
 export class StoreError extends Error {
@@ -47,15 +49,25 @@ type HostRow = typeof hosts.$inferSelect;
 type PartitionRow = typeof partitions.$inferSelect;
 type TaskRow = typeof tasks.$inferSelect;
 
-export type StoredSite = Site & { createdAt: number; updatedAt: number };
-export type StoredHost = Host & { createdAt: number; updatedAt: number };
-export type StoredVolume = Volume & { createdAt: number; updatedAt: number };
+/** Found by the gateway itself (see discovery.ts), and when it was last seen (null: never). */
+export interface Discovered {
+  discovered: boolean;
+  lastSeen: number | null;
+}
+export type StoredSite = Site & Discovered & { createdAt: number; updatedAt: number };
+export type StoredHost = Host & Discovered & { createdAt: number; updatedAt: number };
+export type StoredVolume = Volume & Discovered & { createdAt: number; updatedAt: number };
+
+function discoveredOf(r: { discovered: number; lastSeen: number | null }): Discovered {
+  return { discovered: r.discovered === 1, lastSeen: r.lastSeen };
+}
 
 function siteOf(r: SiteRow): StoredSite {
   return {
     name: r.name,
     role: r.role as Site["role"],
     description: r.description,
+    ...discoveredOf(r),
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
   };
@@ -68,6 +80,7 @@ function hostOf(r: HostRow): StoredHost {
     role: r.role as Host["role"],
     ...(r.address ? { address: r.address } : {}),
     ...(r.agent ? { agent: r.agent } : {}),
+    ...discoveredOf(r),
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
   };
@@ -79,6 +92,7 @@ function volumeOf(r: PartitionRow): StoredVolume {
     host: r.host,
     device: r.device,
     size: r.size,
+    ...discoveredOf(r),
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
   };
@@ -92,6 +106,7 @@ function taskOf(r: TaskRow): Task {
     mirror: JSON.parse(r.mirrorJson) as Mirror,
     recovery: JSON.parse(r.recoveryJson) as Recovery,
     ...(r.service ? { service: r.service } : {}),
+    ...(r.failureJson ? { failure: JSON.parse(r.failureJson) as TaskFailure } : {}),
     state: r.state as TaskState,
     stateSince: r.stateSince,
     createdAt: r.createdAt,
@@ -99,9 +114,16 @@ function taskOf(r: TaskRow): Task {
   };
 }
 
+/** The directory of a path, with its trailing slash (what --device-prefix takes). */
+function parentDir(path: string): string {
+  return path.slice(0, path.lastIndexOf("/") + 1) || "/";
+}
+
 export class TaskStore {
   /** Called after every task state change (the web server publishes it as an event). */
   onChange?: (c: TaskChange) => void;
+  /** Called when a task's failure is recorded or cleared (the web server publishes it as an event). */
+  onFailure?: (task: string, failure: TaskFailure | undefined, before: TaskFailure | undefined) => void;
 
   /**
    * `devicePrefixes`: the directories volumes' devices must lie in (the allowed device list);
@@ -300,8 +322,14 @@ export class TaskStore {
   }
 
   private async checkVolume(v: Volume): Promise<void> {
-    if (!deviceAllowed(v.device, this.devicePrefixes)) {
-      const message = `${v.device} is outside the allowed device list (${this.devicePrefixes.join(", ")})`;
+    // a discovered device was reported by its agent, which may serve it (its --device-prefix)
+    const discovered = (await this.db.select().from(partitions).where(eq(partitions.host, v.host)))
+      .some((r) => r.device === v.device && r.discovered === 1);
+    if (!discovered && !deviceAllowed(v.device, this.devicePrefixes)) {
+      const allowed = this.devicePrefixes.join(", ");
+      const message = `${v.device} is outside the allowed device list (${allowed}): start the local ` +
+        `gateway with --device-prefix ${parentDir(v.device)} to allow that directory, or the host's ` +
+        "agent with --device-prefix for it: its devices then appear here by themselves";
       throw new StoreError(`device: ${message}`, 400, [{ path: "device", message }]);
     }
     if (!(await this.db.select().from(hosts).where(eq(hosts.name, v.host))).length) {
@@ -390,22 +418,46 @@ export class TaskStore {
     return taskOf(r);
   }
 
-  private async check(t: TaskInput): Promise<void> {
-    const issues = validateTask(t, {
+  /** The problems of a task against the inventory, `adopt` counted as registered. */
+  async issues(t: TaskInput, adopt: Volume[] = []): Promise<Issue[]> {
+    return validateTask(t, {
       sites: await this.listSites(),
       hosts: await this.listHosts(),
-      volumes: await this.listVolumes(),
+      volumes: [...await this.listVolumes(), ...adopt],
       tasks: await this.allTasks(),
     });
+  }
+
+  private async check(t: TaskInput, adopt: Volume[]): Promise<void> {
+    const issues = await this.issues(t, adopt);
     if (issues.length) throw new StoreError(describeIssues(issues), 400, issues);
   }
 
-  createTask(t: TaskInput): Promise<Task> {
+  /** Registers the gateway's own partitions a group adopts (discovered, seen now). */
+  private async adoptVolumes(adopt: Volume[]): Promise<void> {
+    const now = this.clock();
+    for (const v of adopt) {
+      await this.db.insert(partitions).values({
+        ...v,
+        discovered: 1,
+        lastSeen: now,
+        createdAt: now,
+        updatedAt: now,
+      });
+    }
+  }
+
+  /**
+   * Creates a task; `adopt` are volumes its group names that are not registered yet (the
+   * gateways' mirror and replicas proposed for it, see proposal.ts): registered with it.
+   */
+  createTask(t: TaskInput, adopt: Volume[] = []): Promise<Task> {
     return this.write(async () => {
       if ((await this.db.select().from(tasks).where(eq(tasks.name, t.name))).length) {
         throw new StoreError(`task "${t.name}" exists already`, 409, [{ path: "name", message: "is taken" }]);
       }
-      await this.check(t);
+      await this.check(t, adopt);
+      await this.adoptVolumes(adopt);
       const now = this.clock();
       await this.db.insert(tasks).values({
         name: t.name,
@@ -424,7 +476,7 @@ export class TaskStore {
   }
 
   /** Replaces G, M, R of a task; the group only while nothing runs (configured or paused). */
-  updateTask(t: TaskInput): Promise<Task> {
+  updateTask(t: TaskInput, adopt: Volume[] = []): Promise<Task> {
     return this.write(async () => {
       const old = await this.getTask(t.name);
       if (JSON.stringify(old.group) !== JSON.stringify(t.group) && !EDITABLE_STATES.includes(old.state)) {
@@ -435,7 +487,8 @@ export class TaskStore {
           409,
         );
       }
-      await this.check(t);
+      await this.check(t, adopt);
+      await this.adoptVolumes(adopt);
       await this.db.update(tasks).set({
         description: t.description,
         groupJson: JSON.stringify(t.group),
@@ -458,6 +511,56 @@ export class TaskStore {
         );
       }
       await this.db.delete(tasks).where(eq(tasks.name, name));
+    });
+  }
+
+  /** Records (or with undefined clears) why the task's last start or resume failed. */
+  setFailure(name: string, failure: TaskFailure | undefined): Promise<void> {
+    return this.write(async () => {
+      const before = await this.getTask(name);
+      if (!before.failure && !failure) return;
+      await this.db.update(tasks).set({ failureJson: failure ? JSON.stringify(failure) : null })
+        .where(eq(tasks.name, name));
+      try {
+        this.onFailure?.(name, failure, before.failure);
+      } catch { /* a listener's problem is not the store's */ }
+    });
+  }
+
+  /**
+   * Brings what the gateway observed into the inventory (planDiscovery): creates what is new,
+   * marked discovered, and marks what exists discovered and, when seen, seen now. Returns
+   * what could not be matched.
+   */
+  applyDiscovery(obs: Observation): Promise<string[]> {
+    return this.write(async () => {
+      const plan = planDiscovery({
+        sites: await this.listSites(),
+        hosts: await this.listHosts(),
+        volumes: await this.listVolumes(),
+        tasks: await this.allTasks(),
+      }, obs);
+      const now = this.clock();
+      const made = { discovered: 1, lastSeen: null, createdAt: now, updatedAt: now };
+      for (const x of plan.sites) await this.db.insert(sites).values({ ...x, ...made });
+      for (const x of plan.hosts) await this.db.insert(hosts).values({ ...x, ...made });
+      for (const x of plan.volumes) await this.db.insert(partitions).values({ ...x, ...made });
+      for (const r of plan.resize) {
+        await this.db.update(partitions).set({ size: r.size, updatedAt: now }).where(
+          eq(partitions.name, r.name),
+        );
+      }
+      const tables = { sites, hosts, partitions };
+      for (const table of Object.keys(tables) as Table[]) {
+        const t = tables[table];
+        for (const seen of [true, false]) {
+          const names = plan.touch.filter((x) => x.table === table && x.seen === seen).map((x) => x.name);
+          if (!names.length) continue;
+          await this.db.update(t).set(seen ? { discovered: 1, lastSeen: now } : { discovered: 1 })
+            .where(inArray(t.name, names));
+        }
+      }
+      return plan.conflicts;
     });
   }
 

@@ -8,7 +8,8 @@
 //   replication  a remote site connected or disconnected, or a copy's state changed,
 //   recovery     a recovery's progress or status,
 //   audit        every new row of the audit log (read back from the table, see below),
-//   task         a task's state changed (published by the task API and the TaskStore).
+//   task         a task's state changed (published by the task API and the TaskStore), or one
+//                of its copies could not be assigned, or was assigned after that.
 // GET /api/events streams them as server-sent events, `?filter=kind,kind` picks kinds.
 //
 // The audit log is followed by reading new rows of its table (id > the last seen) twice a
@@ -20,6 +21,7 @@ import { desc, gt } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { auditLog } from "../db/schema.ts";
 import { logger } from "../log.ts";
+import type { AssignmentState } from "../tasks/control-plane.ts";
 
 const log = logger("events");
 
@@ -196,6 +198,8 @@ export interface StatusView {
     rttMs?: number | null;
     volumes?: { agent?: string; name?: string; state: string; lagRecords?: number }[];
   }[];
+  /** The tasks' copies as the control plane assigns them. */
+  assignments?: AssignmentState[];
 }
 
 export interface RecoveryView {
@@ -330,6 +334,7 @@ export class StatusCollector {
         });
       }
     }
+    this.assignmentEvents(p, s);
     for (const site of s.sites ?? []) {
       const before = p.sites?.find((x) => x.site === site.site);
       if (before && before.connected !== site.connected) {
@@ -351,6 +356,29 @@ export class StatusCollector {
           });
         }
       }
+    }
+  }
+
+  /** A task's copy refused (or assigned after a refusal): an event of the task, which its pages follow. */
+  private assignmentEvents(p: StatusView, s: StatusView): void {
+    const key = (a: { task: string; kind: string; site?: string }) => `${a.task}/${a.kind}/${a.site ?? ""}`;
+    const before = new Map((p.assignments ?? []).map((a) => [key(a), a]));
+    // a refused start is the task's own failure, published as such (TaskStore.onFailure)
+    for (const a of (s.assignments ?? []).filter((x) => !x.atStart)) {
+      const old = before.get(key(a));
+      const failed = a.state === "failed" && (old?.state !== "failed" || old.error !== a.error);
+      if (!failed && !(old?.state === "failed" && a.state === "assigned")) continue;
+      const copy = a.kind === "lsp"
+        ? `volume ${a.volume} at agent ${a.agent}`
+        : `the standby copy at ${a.site}`;
+      this.o.bus.publish({
+        kind: "task",
+        subject: `task:${a.task}`,
+        message: failed
+          ? `task ${a.task}: ${copy} cannot be assigned: ${a.error ?? "no reason given"}`
+          : `task ${a.task}: ${copy} is assigned`,
+        data: { task: a.task, assignment: a },
+      });
     }
   }
 

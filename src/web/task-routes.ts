@@ -6,15 +6,21 @@ import { z } from "zod";
 import type { Audit } from "../audit/audit.ts";
 import {
   allowedEvents,
+  type Group,
   hostSchema,
+  type Issue,
   NAME_RE,
+  nameSchema,
   siteSchema,
   type Task,
   type TaskEvent,
   taskInputSchema,
   transition,
+  type Volume,
   volumeSchema,
+  zodIssues,
 } from "../tasks/model.ts";
+import { type ProblemStatusView, retryable, taskProblems } from "../tasks/problems.ts";
 import type { TaskStore } from "../tasks/store.ts";
 import {
   type ActionResult,
@@ -59,15 +65,26 @@ async function putBody<S extends z.ZodType>(c: Context, schema: S, name: string)
   return validate(raw, schema);
 }
 
-function taskJson(t: Task) {
-  return { ...t, allowed: allowedEvents(t.state) };
+/** A task as the API shows it: with the events its state allows and what keeps it from being protected. */
+function taskJson(t: Task, status: ProblemStatusView = {}) {
+  return { ...t, allowed: allowedEvents(t.state), problems: taskProblems(t, status) };
 }
 
 export interface TaskRoutesDeps {
   store: TaskStore;
   actions: TaskActions;
   audit?: Audit;
+  /** The gateway's status (assignments, links): the tasks' problems come from it. */
+  status?: () => ProblemStatusView;
+  /** The gateways' copies a group names that are not registered yet (discovery.ts): registered with the task. */
+  adoptable?: (group: Group) => Promise<Volume[]>;
 }
+
+/** Actions whose failure stays on the task (its `failure`) until one succeeds. */
+const KEPT_FAILURES = new Set(["start", "resume"]);
+
+/** POST /api/tasks/check: a task body whose name may still be missing (the wizard checks each step). */
+const checkSchema = taskInputSchema.extend({ name: nameSchema.optional() });
 
 interface ActionSpec {
   event: TaskEvent;
@@ -169,20 +186,36 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
   });
 
   // ---------------------------------------------------------------- tasks
-  app.get("/api/tasks", async (c) => c.json((await store.listTasks()).map(taskJson)));
-  app.get("/api/tasks/:name", async (c) => c.json(taskJson(await store.getTask(param(c, "task")))));
+  const view = (t: Task) => taskJson(t, d.status?.());
+  const adopt = (g: Group) => d.adoptable?.(g) ?? Promise.resolve([]);
+  app.get("/api/tasks", async (c) => {
+    const status = d.status?.();
+    return c.json((await store.listTasks()).map((t) => taskJson(t, status)));
+  });
+  // checks a task as the wizard has it so far, without creating it: 200 with the problems by field
+  app.post("/api/tasks/check", async (c) => {
+    const raw = await readJson(c);
+    const parsed = checkSchema.safeParse(raw);
+    const issues: Issue[] = parsed.success ? [] : zodIssues(parsed.error);
+    if (parsed.success) {
+      const t = { ...parsed.data, name: parsed.data.name ?? "" };
+      issues.push(...await store.issues(t, await adopt(t.group)));
+    }
+    return c.json({ issues });
+  });
+  app.get("/api/tasks/:name", async (c) => c.json(view(await store.getTask(param(c, "task")))));
   app.post("/api/tasks", async (c) => {
     const t = await readBody(c, taskInputSchema);
-    const r = await store.createTask(t);
+    const r = await store.createTask(t, await adopt(t.group));
     await record(`task:${t.name}`, "task", `task ${t.name} created by ${who(c)}`, { to: r.state });
-    return c.json(taskJson(r), 201);
+    return c.json(view(r), 201);
   });
   app.put("/api/tasks/:name", async (c) => {
     const name = param(c, "task");
     const t = await putBody(c, taskInputSchema, name);
-    const r = await store.updateTask(t);
+    const r = await store.updateTask(t, await adopt(t.group));
     await record(`task:${name}`, "task", `task ${name} changed by ${who(c)}`);
-    return c.json(taskJson(r));
+    return c.json(view(r));
   });
   app.delete("/api/tasks/:name", async (c) => {
     const name = param(c, "task");
@@ -195,17 +228,22 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
   });
 
   // ---------------------------------------------------------------- actions
-  app.post("/api/tasks/:name/actions/:action", async (c) => {
-    const name = param(c, "task");
-    const action = c.req.param("action");
-    const spec = Object.hasOwn(ACTIONS, action) ? ACTIONS[action] : undefined;
-    if (!spec) {
-      throw new HttpError(404, `no action "${action}"; actions: ${Object.keys(ACTIONS).join(", ")}`);
-    }
-    const body = await readBody(c, spec.schema, true);
+  /** Runs an action through the state machine; a failed start or resume stays on the task. */
+  const runAction = async (c: Context, name: string, action: string, body: unknown) => {
+    const spec = ACTIONS[action];
     const task = await store.getTask(name);
     transition(task.state, spec.event); // refuses before anything runs
-    const result = (await spec.run(d.actions, task, body as never)) ?? {};
+    let result: ActionResult;
+    try {
+      result = (await spec.run(d.actions, task, body as never)) ?? {};
+    } catch (e) {
+      const status = (e as { status?: number }).status;
+      if (KEPT_FAILURES.has(action) && status !== 400 && status !== 404) {
+        await store.setFailure(name, { action, reason: (e as Error).message, at: Date.now() });
+      }
+      throw e;
+    }
+    if (KEPT_FAILURES.has(action)) await store.setFailure(name, undefined);
     const cause = `${action} by ${who(c)}${result.message ? `: ${result.message}` : ""}`;
     const change = await store.applyEvent(name, spec.event, cause, task.state);
     let final = change.task;
@@ -213,12 +251,39 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
       final = (await store.applyEvent(name, e, `${e} (${action} by ${who(c)} done)`)).task;
     }
     return c.json({
-      task: taskJson(final),
+      task: view(await store.getTask(name).catch(() => final)),
       from: change.from,
       to: final.state,
       ...(result.message ? { message: result.message } : {}),
       ...(result.detail ? { detail: result.detail } : {}),
     });
+  };
+  app.post("/api/tasks/:name/actions/:action", async (c) => {
+    const name = param(c, "task");
+    const action = c.req.param("action");
+    const spec = Object.hasOwn(ACTIONS, action) ? ACTIONS[action] : undefined;
+    if (!spec) {
+      throw new HttpError(404, `no action "${action}"; actions: ${Object.keys(ACTIONS).join(", ")}`);
+    }
+    return await runAction(c, name, action, await readBody(c, spec.schema, true));
+  });
+  // one click on a failure: the failed start or resume again, or the refused assignments again
+  app.post("/api/tasks/:name/retry", async (c) => {
+    const name = param(c, "task");
+    await readBody(c, emptySchema, true);
+    const task = await store.getTask(name);
+    const failed = task.failure?.action;
+    if (
+      failed && Object.hasOwn(ACTIONS, failed) && allowedEvents(task.state).includes(ACTIONS[failed].event)
+    ) {
+      return await runAction(c, name, failed, {});
+    }
+    if (!d.actions.retry || !retryable(taskProblems(task, d.status?.() ?? {}))) {
+      throw new HttpError(409, `task "${name}" has no failed step to retry`);
+    }
+    const result = (await d.actions.retry(task)) ?? {};
+    await record(`task:${name}`, "task", `retry by ${who(c)}${result.message ? `: ${result.message}` : ""}`);
+    return c.json({ task: view(await store.getTask(name)), to: task.state, message: result.message });
   });
 
   app.get("/api/tasks/:name/recovery-candidates", async (c) => {

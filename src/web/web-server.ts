@@ -21,6 +21,9 @@ import { accessControl, type AccessDeps, accessRoutes } from "./access.ts";
 import { EventBus, EventStreams, parseFilter, type RecoveryView, StatusCollector } from "./events.ts";
 import { type GatewayStatusLike, renderMetrics } from "./metrics.ts";
 import { taskRoutes } from "./task-routes.ts";
+import type { Discovery } from "../tasks/discovery.ts";
+import { discoveryRoutes } from "./discovery-routes.ts";
+import type { ProblemStatusView } from "../tasks/problems.ts";
 import { errorResponse, HttpError, MAX_BODY, tooLarge } from "./http.ts";
 import { INDEX_HTML, NOT_BUILT_HTML, readBundle } from "./ui-static.ts";
 import { serveHttp, type TlsFiles } from "./status-server.ts";
@@ -43,6 +46,8 @@ export interface WebServerOptions {
   store?: TaskStore;
   /** Move tasks through the state machine as the status shows their copies (see gateway-actions.ts). */
   followTasks?: boolean;
+  /** What the gateway finds by itself: /api/discovery, and the copies a new task adopts. */
+  discovery?: Pick<Discovery, "status" | "propose" | "adoptable">;
   audit?: Audit;
   /** Recoveries and their progress (events, metrics, tasks that recover). */
   recoveries?: () => Promise<(RecoveryView & RecoveryRow)[]>;
@@ -118,6 +123,15 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
       to: ch.to,
       cause: ch.cause,
     });
+  };
+  const previousFailure = store.onFailure;
+  store.onFailure = (task, failure, before) => {
+    previousFailure?.(task, failure, before);
+    const message = failure
+      ? `task ${task}: ${failure.action} failed: ${failure.reason}`
+      : `task ${task}: ${before?.action} succeeded (it had failed)`;
+    bus.publish({ kind: "task", subject: `task:${task}`, message, data: { task, failure: failure ?? null } });
+    audit.record({ subject: `task:${task}`, kind: "task", cause: message });
   };
   const collector = new StatusCollector({ bus, status: o.status, db: o.db, recoveries: o.recoveries });
   await collector.start();
@@ -208,7 +222,14 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
     });
     return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
   });
-  taskRoutes(app, { store, actions: o.actions, audit });
+  taskRoutes(app, {
+    store,
+    actions: o.actions,
+    audit,
+    status: () => o.status() as ProblemStatusView,
+    adoptable: o.discovery ? (g) => o.discovery!.adoptable(g) : undefined,
+  });
+  if (o.discovery) discoveryRoutes(app, o.discovery);
   o.routes?.(app);
   // the API's routes (for automation, and for the tests that check each one needs a login)
   app.get("/api/routes", (c) => {

@@ -2,7 +2,7 @@
 // so the JSON log on stderr can be scanned for secrets), an HTTP client with a cookie jar and
 // the session's CSRF token, a self-signed certificate, and headless Chromium through
 // playwright-core.
-import { freePort, mainTs, tempDir, waitFor } from "./cluster.ts";
+import { freePort, mainTs, tempDir, terminate, waitFor } from "./cluster.ts";
 import { inCI, which } from "./env.ts";
 
 export const ADMIN_PASSWORD = "correct horse battery staple";
@@ -95,17 +95,8 @@ export class WebGateway {
 
   async stop(): Promise<void> {
     if (!this.child) return;
-    try {
-      this.child.kill("SIGTERM");
-    } catch { /* gone */ }
-    const t = setTimeout(() => {
-      try {
-        this.child?.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 20_000);
-    await this.child.status;
+    await terminate(this.child);
     await this.done;
-    clearTimeout(t);
     this.child = undefined;
   }
 }

@@ -103,12 +103,23 @@ export class RoleProcess {
   }
 
   async stop(): Promise<Deno.CommandStatus> {
-    this.kill("SIGTERM");
-    const t = setTimeout(() => this.kill("SIGKILL"), 20_000);
-    const st = await this.exited;
-    clearTimeout(t);
-    return st;
+    await terminate(this.child);
+    return await this.exited;
   }
+}
+
+/** SIGTERM, then SIGKILL if the process is still there after `graceMs`; resolves with its status. */
+export async function terminate(child: Deno.ChildProcess, graceMs = 20_000): Promise<Deno.CommandStatus> {
+  const kill = (signal: Deno.Signal) => {
+    try {
+      child.kill(signal);
+    } catch { /* gone */ }
+  };
+  kill("SIGTERM");
+  const t = setTimeout(() => kill("SIGKILL"), graceMs);
+  const st = await child.status;
+  clearTimeout(t);
+  return st;
 }
 
 /** Polls fn until it returns a truthy value; throws with `what` on timeout. */

@@ -62,13 +62,24 @@ export interface LabProcesses {
   rsp: string;
 }
 
-export async function startLabProcesses(prefix: string, size: number): Promise<LabProcesses> {
+/**
+ * `discover`: the agents report the images in DIR/disks/a1 and DIR/disks/dr1 (their
+ * --device-prefix, where the LSP and the RSP are, as vol0.img), the local gateway is site
+ * "prod", and nothing is registered by hand: the inventory is what the gateway discovers.
+ */
+export async function startLabProcesses(
+  prefix: string,
+  size: number,
+  o: { discover?: boolean } = {},
+): Promise<LabProcesses> {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
   await writeSecret(secret);
   const localFp = await keygen(`${dir}/local-keys`, "local");
-  const lsp = await sparseImage(`${dir}/lsp.img`, size);
-  const rsp = await sparseImage(`${dir}/rsp-dr1.img`, size);
+  const disks = (owner: string) => `${dir}/disks/${owner}`;
+  if (o.discover) { for (const owner of ["a1", "dr1"]) await Deno.mkdir(disks(owner), { recursive: true }); }
+  const lsp = await sparseImage(o.discover ? `${disks("a1")}/vol0.img` : `${dir}/lsp.img`, size);
+  const rsp = await sparseImage(o.discover ? `${disks("dr1")}/vol0.img` : `${dir}/rsp-dr1.img`, size);
   await writeSecret(`${dir}/standby-dr1.secret`);
   const remote = await new RemoteGateway({
     dir,
@@ -84,7 +95,7 @@ export async function startLabProcesses(prefix: string, size: number): Promise<L
     secretFile: `${dir}/standby-dr1.secret`,
     gatewaySocket: remote.agentSocket,
     volumes: {},
-    extra: ["--standby"],
+    extra: ["--standby", ...(o.discover ? ["--device-prefix", disks("dr1")] : [])],
     home: "standby-dr1",
   }).start();
   const gw = await new Gateway({
@@ -100,13 +111,20 @@ export async function startLabProcesses(prefix: string, size: number): Promise<L
       `dr1=${remote.fingerprint}`,
       "--device-prefix",
       dir,
+      ...(o.discover ? ["--id", "prod"] : []),
     ],
   }).start();
-  const agent = await new Agent({ dir, id: "a1", secretFile: secret, gatewaySocket: gw.socket, volumes: {} })
-    .start();
+  const agent = await new Agent({
+    dir,
+    id: "a1",
+    secretFile: secret,
+    gatewaySocket: gw.socket,
+    volumes: {},
+    extra: o.discover ? ["--device-prefix", disks("a1")] : [],
+  }).start();
   await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "the agent to connect");
   const c = new WebClient(`http://127.0.0.1:${gw.httpPort}`, { token: gw.token });
-  await registerSitesAndHosts(c);
+  if (!o.discover) await registerSitesAndHosts(c);
   return { dir, remote, standby, gw, agent, c, lsp, rsp };
 }
 

@@ -1,7 +1,9 @@
 // The dashboard: the local center (gateway, journal), its agents with their detector states,
 // the links to the remote centers (lag, throughput, copies), volumes, services and tasks —
 // all live from the event stream, without reloading.
+import { useEffect } from "preact/hooks";
 import { Badge, Empty, ErrorBox, Loading, Meter, useResource } from "../components.tsx";
+import { AttentionPanel, ProblemBadge } from "../problems.tsx";
 import { connection, events, status } from "../live.ts";
 import { bytes, clock, duration, rate, seconds } from "../format.ts";
 import type { Host, Site, Stored, TaskView } from "../types.ts";
@@ -53,6 +55,11 @@ export function DashboardPage() {
   const hosts = useResource<(Host & Stored)[]>("/api/hosts");
   const sites = useResource<(Site & Stored)[]>("/api/sites");
   const tasks = useResource<TaskView[]>("/api/tasks");
+  // tasks change state and fail: their list follows the task events
+  const lastTaskEvent = events.value.filter((e) => e.kind === "task").at(-1)?.id;
+  useEffect(() => {
+    if (lastTaskEvent !== undefined) tasks.reload();
+  }, [lastTaskEvent]);
   const j = s?.journal;
   const recent = events.value.filter((e) => e.kind !== "audit").slice(-8).reverse();
   return (
@@ -103,7 +110,7 @@ export function DashboardPage() {
                 {tasks.data.map((t) => (
                   <li key={t.name}>
                     <a href={`/tasks/${encodeURIComponent(t.name)}`}>
-                      {t.name} <Badge state={t.state} />
+                      {t.name} <Badge state={t.state} /> <ProblemBadge task={t} />
                     </a>
                   </li>
                 ))}
@@ -121,6 +128,7 @@ export function DashboardPage() {
 
       {s && (
         <>
+          {tasks.data && <AttentionPanel tasks={tasks.data} onChange={tasks.reload} />}
           <section class="panel" aria-labelledby="h-agents" data-testid="agents">
             <h2 id="h-agents">Application servers (agents)</h2>
             {agentsOf(hosts.data, sites.data).length === 0

@@ -1,10 +1,21 @@
 // Sites, hosts and volumes (partitions): lists, forms to add them (also used by the task
-// wizard), deletion with confirmation. Viewers see the lists only.
-import { useState } from "preact/hooks";
+// wizard), deletion with confirmation. Viewers see the lists only. What the gateway found by
+// itself is marked discovered, with when it was last seen (the lists refresh every few seconds).
+import { useEffect, useState } from "preact/hooks";
 import { del, isAdmin, post } from "../api.ts";
 import { ConfirmDialog, Empty, ErrorBox, Field, issueAt, Loading, useResource } from "../components.tsx";
-import { bytes, parseSize } from "../format.ts";
+import { ago, bytes, dateTime, parseSize, sizeProblem } from "../format.ts";
 import type { Host, Site, Stored, Volume } from "../types.ts";
+
+/** Whether the gateway found it by itself, and when it last saw it. */
+export function Found({ item }: { item: Stored }) {
+  if (!item.discovered) return <span class="muted small">added by hand</span>;
+  return (
+    <span class="small" data-found="discovered" title={item.lastSeen ? dateTime(item.lastSeen) : undefined}>
+      discovered · {item.lastSeen ? `seen ${ago(item.lastSeen)}` : "not seen yet"}
+    </span>
+  );
+}
 
 export function SiteForm({ role, onCreated }: { role?: "local" | "remote"; onCreated: (s: Site) => void }) {
   const [name, setName] = useState("");
@@ -44,7 +55,7 @@ export function SiteForm({ role, onCreated }: { role?: "local" | "remote"; onCre
           </Field>
         )}
       </div>
-      <ErrorBox error={error} />
+      <ErrorBox error={error} fields={{ name: "Site name", role: "Role" }} />
       <div>
         <button type="submit" disabled={busy}>Add {role ?? ""} site</button>
       </div>
@@ -66,6 +77,7 @@ export function HostForm(
   const s = sites.some((x) => x.name === chosen) ? chosen : (site ?? sites[0]?.name ?? "");
   const [r, setR] = useState<Host["role"]>(role ?? "application");
   const [address, setAddress] = useState("");
+  const [agent, setAgent] = useState("");
   const [error, setError] = useState<unknown>(undefined);
   const [busy, setBusy] = useState(false);
   const submit = async (e: Event) => {
@@ -73,9 +85,16 @@ export function HostForm(
     setBusy(true);
     setError(undefined);
     try {
-      const h = await post<Host>("/api/hosts", { name, site: s, role: r, ...(address ? { address } : {}) });
+      const h = await post<Host>("/api/hosts", {
+        name,
+        site: s,
+        role: r,
+        ...(address ? { address } : {}),
+        ...(agent && r === "application" ? { agent } : {}),
+      });
       setName("");
       setAddress("");
+      setAgent("");
       onCreated(h);
     } catch (err) {
       setError(err);
@@ -87,11 +106,7 @@ export function HostForm(
   return (
     <form class="stack" onSubmit={submit} aria-label="add a host">
       <div class="fields">
-        <Field
-          label="Host name"
-          error={issueAt(error, "name")}
-          hint="for an application server: its agent's --id"
-        >
+        <Field label="Host name" error={issueAt(error, "name")} hint="any name for the machine">
           <input name="host-name" required value={name} onInput={(e) => setName(e.currentTarget.value)} />
         </Field>
         <Field label="Site" error={issueAt(error, "site")}>
@@ -105,11 +120,23 @@ export function HostForm(
             <option value="gateway">gateway</option>
           </select>
         </Field>
+        {r === "application" && (
+          <Field
+            label="Agent id"
+            error={issueAt(error, "agent")}
+            hint="its agent's --id (default: the host name); a standby server has the id of the server it protects"
+          >
+            <input name="host-agent" value={agent} onInput={(e) => setAgent(e.currentTarget.value)} />
+          </Field>
+        )}
         <Field label="Address (optional)" error={issueAt(error, "address")}>
           <input name="host-address" value={address} onInput={(e) => setAddress(e.currentTarget.value)} />
         </Field>
       </div>
-      <ErrorBox error={error} />
+      <ErrorBox
+        error={error}
+        fields={{ name: "Host name", site: "Site", role: "Role", agent: "Agent id", address: "Address" }}
+      />
       <div>
         <button type="submit" disabled={busy}>Add host</button>
       </div>
@@ -126,6 +153,7 @@ export function VolumeForm({ hosts, onCreated }: { hosts: Host[]; onCreated: (v:
   const [error, setError] = useState<unknown>(undefined);
   const [busy, setBusy] = useState(false);
   const sizeBytes = parseSize(size);
+  const sizeWrong = sizeProblem(size, { positive: true, sectors: true });
   const autoName = `${host}-${device.split("/").filter(Boolean).pop() ?? ""}`.replace(/[^A-Za-z0-9._-]/g, "_")
     .slice(0, 64);
   const submit = async (e: Event) => {
@@ -171,11 +199,16 @@ export function VolumeForm({ hosts, onCreated }: { hosts: Host[]; onCreated: (v:
         </Field>
         <Field
           label="Size"
-          error={issueAt(error, "size") ??
-            (size && !Number.isFinite(sizeBytes) ? "not a size (e.g. 10G, 512M)" : undefined)}
-          hint={Number.isFinite(sizeBytes) ? `${sizeBytes} bytes` : "e.g. 10G, 512M"}
+          error={sizeWrong ?? issueAt(error, "size")}
+          hint={Number.isFinite(sizeBytes) && !sizeWrong ? `${sizeBytes} bytes` : "e.g. 10G, 512M"}
         >
-          <input name="volume-size" required value={size} onInput={(e) => setSize(e.currentTarget.value)} />
+          <input
+            name="volume-size"
+            required
+            value={size}
+            aria-invalid={sizeWrong ? "true" : undefined}
+            onInput={(e) => setSize(e.currentTarget.value)}
+          />
         </Field>
         <Field label="Name" error={issueAt(error, "name")} hint={`default: ${autoName}`}>
           <input
@@ -186,9 +219,16 @@ export function VolumeForm({ hosts, onCreated }: { hosts: Host[]; onCreated: (v:
           />
         </Field>
       </div>
-      <ErrorBox error={error} />
-      <div>
-        <button type="submit" disabled={busy}>Register volume</button>
+      <ErrorBox error={error} fields={{ host: "Host", device: "Device path", size: "Size", name: "Name" }} />
+      <div class="row">
+        <button
+          type="submit"
+          disabled={busy || sizeWrong !== undefined}
+          title={sizeWrong ? `Size ${sizeWrong}` : undefined}
+        >
+          Register volume
+        </button>
+        {sizeWrong && <span class="small muted">Correct the size first.</span>}
       </div>
     </form>
   );
@@ -227,6 +267,11 @@ export function InventoryPage() {
     hosts.reload();
     volumes.reload();
   };
+  // discovered things come and age: the lists follow them
+  useEffect(() => {
+    const t = setInterval(reload, 5000);
+    return () => clearInterval(t);
+  }, []);
   const admin = isAdmin();
   return (
     <>
@@ -245,14 +290,18 @@ export function InventoryPage() {
                 <tr>
                   <th>Name</th>
                   <th>Role</th>
+                  <th>Found</th>
                   <th />
                 </tr>
               </thead>
               <tbody>
                 {sites.data.map((s) => (
-                  <tr key={s.name}>
+                  <tr key={s.name} data-site={s.name}>
                     <td>{s.name}</td>
                     <td>{s.role}</td>
+                    <td>
+                      <Found item={s} />
+                    </td>
                     <td>
                       <DeleteButton
                         what={`site ${s.name}`}
@@ -286,17 +335,23 @@ export function InventoryPage() {
                   <th>Name</th>
                   <th>Site</th>
                   <th>Role</th>
+                  <th>Agent</th>
                   <th>Address</th>
+                  <th>Found</th>
                   <th />
                 </tr>
               </thead>
               <tbody>
                 {hosts.data.map((h) => (
-                  <tr key={h.name}>
+                  <tr key={h.name} data-host={h.name}>
                     <td>{h.name}</td>
                     <td>{h.site}</td>
                     <td>{h.role}</td>
+                    <td class="mono">{h.role === "application" ? h.agent ?? h.name : "—"}</td>
                     <td>{h.address ?? "—"}</td>
+                    <td>
+                      <Found item={h} />
+                    </td>
                     <td>
                       <DeleteButton
                         what={`host ${h.name}`}
@@ -331,16 +386,20 @@ export function InventoryPage() {
                   <th>Host</th>
                   <th>Device</th>
                   <th class="num">Size</th>
+                  <th>Found</th>
                   <th />
                 </tr>
               </thead>
               <tbody>
                 {volumes.data.map((v) => (
-                  <tr key={v.name}>
+                  <tr key={v.name} data-volume={v.name}>
                     <td>{v.name}</td>
                     <td>{v.host}</td>
                     <td class="mono">{v.device}</td>
                     <td class="num">{bytes(v.size)}</td>
+                    <td>
+                      <Found item={v} />
+                    </td>
                     <td>
                       <DeleteButton
                         what={`volume ${v.name}`}

@@ -10,6 +10,7 @@ import { events, history, status } from "../live.ts";
 import { navigate } from "../router.ts";
 import type { AuditRow, Host, Schedule, Stored, TaskView } from "../types.ts";
 import { LiveDot } from "./dashboard.tsx";
+import { ProblemBadge, TaskProblems } from "../problems.tsx";
 
 interface ActionDef {
   action: string;
@@ -458,6 +459,13 @@ export function TaskPage({ name }: { name: string }) {
         <span class="small muted">since {dateTime(t.stateSince)}</span>
       </div>
       {t.description && <p>{t.description}</p>}
+      <TaskProblems
+        task={t}
+        onChange={(m) => {
+          setNote(m);
+          task.reload();
+        }}
+      />
       <section class="panel" aria-label="actions">
         <ActionBar
           task={t}
@@ -601,7 +609,7 @@ export function TasksPage() {
                     <a href={`/tasks/${encodeURIComponent(t.name)}`}>{t.name}</a>
                   </td>
                   <td>
-                    <Badge state={t.state} />
+                    <Badge state={t.state} /> <ProblemBadge task={t} />
                   </td>
                   <td>{t.group.local.site}</td>
                   <td>{t.group.remotes.map((r) => r.site).join(", ")}</td>

@@ -1,65 +1,49 @@
-// The task wizard: centers → hosts and devices → the group (a partition for each role, sizes
-// checked) → mirror and recovery strategies → review and create. Sites, hosts and volumes can
-// be added on the way; the server checks everything again and its messages name the field.
+// The task wizard: centers → hosts and devices → the group (a partition for each role) →
+// mirror and recovery strategies → review and create. What the gateway discovered is offered
+// as the choices and pre-selected: the local center, every linked remote center, and the
+// group the gateway proposes (/api/discovery/proposal: the LSP when only one is free, the
+// gateways' mirror, journal and replicas, a standby device of the LSP's size); a choice that
+// is the only possible one is selected too. Typing stays possible for what is not connected
+// (the forms of step 2). Every step is checked by the server (POST /api/tasks/check) as it is
+// filled in, and each problem is shown at its field with the field's label; a button that
+// cannot be used says why.
 import { Fragment } from "preact";
-import { useState } from "preact/hooks";
-import { isAdmin, post } from "../api.ts";
-import { Empty, ErrorBox, Field, issueAt, Loading, useResource } from "../components.tsx";
-import { bytes, parseSize } from "../format.ts";
+import { useEffect, useRef, useState } from "preact/hooks";
+import { get, isAdmin, type Issue, post } from "../api.ts";
+import { Empty, ErrorBox, Field, Loading, useResource } from "../components.tsx";
+import { bytes, parseSize, sizeProblem } from "../format.ts";
+import { status } from "../live.ts";
 import { navigate } from "../router.ts";
-import type { Host, PartitionRef, Site, Stored, TaskView, Volume } from "../types.ts";
-import { HostForm, SiteForm, VolumeForm } from "./inventory.tsx";
+import type { Host, ProposalView, Site, Stored, TaskView, Volume } from "../types.ts";
+import { Found, HostForm, SiteForm, VolumeForm } from "./inventory.tsx";
+import {
+  fieldLabels,
+  type Option,
+  optionsFor,
+  partitionsNeeded,
+  proposedPicks,
+  type Slot,
+  slotsFor,
+  stepOf,
+  STEPS,
+} from "../wizard-model.ts";
 
-const STEPS = ["Centers", "Hosts and devices", "Group", "Strategies", "Review"];
-
-interface Slot {
-  key: string;
-  label: string;
-  site: string;
-  role: Host["role"];
-  data: boolean;
-}
-
-function slotsFor(local: string, remotes: string[]): Slot[] {
-  return [
-    {
-      key: "lsp",
-      label: "LSP — application server's partition",
-      site: local,
-      role: "application",
-      data: true,
-    },
-    { key: "lgp", label: "LGP — local gateway's mirror", site: local, role: "gateway", data: true },
-    { key: "buffer", label: "Buffer — local gateway's journal", site: local, role: "gateway", data: false },
-    ...remotes.flatMap((r): Slot[] => [
-      {
-        key: `rgp@${r}`,
-        label: `RGP at ${r} — remote gateway's replica`,
-        site: r,
-        role: "gateway",
-        data: true,
-      },
-      {
-        key: `rsp@${r}`,
-        label: `RSP at ${r} — standby server's partition`,
-        site: r,
-        role: "application",
-        data: true,
-      },
-    ]),
-  ];
-}
-
-const refKey = (r: PartitionRef) => `${r.host}\u0000${r.device}`;
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export function WizardPage() {
   const sites = useResource<(Site & Stored)[]>("/api/sites");
   const hosts = useResource<(Host & Stored)[]>("/api/hosts");
   const volumes = useResource<(Volume & Stored)[]>("/api/volumes");
+  const tasks = useResource<TaskView[]>("/api/tasks");
   const [step, setStep] = useState(0);
   const [local, setLocal] = useState("");
   const [remotes, setRemotes] = useState<string[]>([]);
+  const defaulted = useRef(false);
   const [picks, setPicks] = useState<Record<string, string>>({});
+  const [proposal, setProposal] = useState<ProposalView | undefined>(undefined);
+  /** The LSP the proposal was last applied for: a new LSP brings a new proposal for the rest. */
+  const proposedFor = useRef<string | undefined>(undefined);
+  const [issues, setIssues] = useState<Issue[]>([]);
   const [mirror, setMirror] = useState({
     ackPoint: "lgp",
     congestion: "block",
@@ -80,70 +64,94 @@ export function WizardPage() {
   const [error, setError] = useState<unknown>(undefined);
   const [busy, setBusy] = useState(false);
 
-  if (!isAdmin()) {
-    return (
-      <>
-        <h1 tabIndex={-1}>New task</h1>
-        <div class="alert info">Creating tasks needs the admin role; you are logged in as a viewer.</div>
-      </>
-    );
-  }
-  if (
-    (sites.loading && !sites.data) || (hosts.loading && !hosts.data) || (volumes.loading && !volumes.data)
-  ) {
-    return <Loading what="the inventory" />;
-  }
-  const loadError = sites.error ?? hosts.error ?? volumes.error;
-  if (loadError) {
-    return (
-      <ErrorBox
-        error={loadError}
-        retry={() => {
-          sites.reload();
-          hosts.reload();
-          volumes.reload();
-        }}
-      />
-    );
-  }
   const allSites = sites.data ?? [], allHosts = hosts.data ?? [], allVolumes = volumes.data ?? [];
-  const chosenSites = [local, ...remotes].filter(Boolean);
+  const allTasks = tasks.data ?? [];
+  const localSites = allSites.filter((s) => s.role === "local");
+  const remoteSites = allSites.filter((s) => s.role === "remote");
+
+  // the defaults, once the sites are known: the only (or this gateway's) local center, and every
+  // remote center this gateway replicates to (else every discovered one, else the only one)
+  useEffect(() => {
+    if (defaulted.current || !sites.data) return;
+    defaulted.current = true;
+    const own = status.value?.site;
+    const l = localSites.length === 1 ? localSites[0].name : localSites.find((s) => s.name === own)?.name;
+    if (l) setLocal(l);
+    const linked = (status.value?.sites ?? []).map((s) => s.site);
+    const mine = remoteSites.filter((s) => linked.includes(s.name));
+    const found = remoteSites.filter((s) => s.discovered);
+    const pick = mine.length ? mine : found.length ? found : remoteSites.length === 1 ? remoteSites : [];
+    setRemotes(pick.map((s) => s.name));
+  }, [sites.data]);
+
   const slots = slotsFor(local, remotes);
-  const volumeByKey = new Map(allVolumes.map((v) => [refKey(v), v]));
-  const hostByName = new Map(allHosts.map((h) => [h.name, h]));
-  const candidates = (slot: Slot) =>
-    allVolumes.filter((v) => {
-      const h = hostByName.get(v.host);
-      return h && h.site === slot.site && h.role === slot.role;
-    });
-  const picked = (slot: Slot) => volumeByKey.get(picks[slot.key] ?? "");
-  const dataSizes = slots.filter((s) => s.data).map((s) => picked(s)?.size).filter((n): n is number =>
-    n !== undefined
-  );
-  const sizeMismatch = new Set(dataSizes).size > 1;
-  const lspSize = picked(slots[0])?.size;
-  const dupes = (() => {
-    const seen = new Map<string, number>();
-    for (const s of slots) if (picks[s.key]) seen.set(picks[s.key], (seen.get(picks[s.key]) ?? 0) + 1);
-    return new Set([...seen].filter(([, n]) => n > 1).map(([k]) => k));
-  })();
-  const groupComplete = slots.every((s) => picked(s)) && !sizeMismatch && dupes.size === 0;
-  const reloadAll = () => {
-    sites.reload();
-    hosts.reload();
-    volumes.reload();
+  const labels = fieldLabels(slots);
+  const lspVolume = () => {
+    const o = optionsFor(slots[0], { hosts: allHosts, volumes: allVolumes, tasks: allTasks, proposal });
+    const enabled = o.filter((x) => !x.disabled);
+    return o.find((x) => x.key === picks.lsp) ?? (enabled.length === 1 ? enabled[0] : undefined);
   };
-  const ref = (slot: Slot): PartitionRef => {
-    const v = picked(slot)!;
-    return { host: v.host, device: v.device };
+  const lsp = lspVolume();
+  const options = (slot: Slot): Option[] =>
+    optionsFor(slot, { hosts: allHosts, volumes: allVolumes, tasks: allTasks, proposal, lspSize: lsp?.size });
+  /** The slot's partition: the one picked, else the only one possible. */
+  const chosen = (slot: Slot): Option | undefined => {
+    const list = options(slot);
+    const enabled = list.filter((x) => !x.disabled);
+    return list.find((x) => x.key === picks[slot.key]) ?? (enabled.length === 1 ? enabled[0] : undefined);
   };
-  const bufferBound = parseSize(mirror.bufferBound);
-  const bandwidth = parseSize(mirror.bandwidth || "0");
-  const strategiesOk = (mirror.bufferBound === "" || Number.isFinite(bufferBound)) &&
-    Number.isFinite(bandwidth) &&
-    (recovery.mode === "policy" || recovery.source !== "");
+
+  // the gateway's proposal on the group step, again when the LSP or the centers change
+  useEffect(() => {
+    if (step !== 2 || !local || remotes.length === 0) return;
+    let live = true;
+    const q = new URLSearchParams({ local, remotes: remotes.join(",") });
+    if (lsp) {
+      q.set("host", lsp.host);
+      q.set("device", lsp.device);
+    }
+    get<ProposalView>(`/api/discovery/proposal?${q}`).then((p) => {
+      if (!live) return;
+      setProposal(p);
+      const fresh = proposedFor.current !== lsp?.key;
+      proposedFor.current = lsp?.key;
+      const proposed = proposedPicks(p, remotes);
+      setPicks((cur) => {
+        const next = { ...cur };
+        for (const [k, v] of Object.entries(proposed)) if (!next[k] || (fresh && k !== "lsp")) next[k] = v;
+        return next;
+      });
+    }, () => live && setProposal(undefined)); // a gateway without discovery: the single choices only
+    return () => {
+      live = false;
+    };
+  }, [step, local, remotes.join(","), lsp?.key]);
+
+  const bufferPart = chosen(slots[2]);
+  const bufferBoundWrong = sizeProblem(mirror.bufferBound, {
+    positive: true,
+    max: bufferPart ? { bytes: bufferPart.size, what: "the buffer partition" } : undefined,
+  });
+  const bandwidthWrong = sizeProblem(mirror.bandwidth);
+  const taken = allTasks.some((t) => t.name === name);
+  const nameWrong = name === ""
+    ? undefined
+    : !NAME_RE.test(name)
+    ? "use 1 to 64 letters, digits, '.', '_' or '-'"
+    : taken
+    ? `a task named ${name} exists already`
+    : undefined;
+  const serviceWrong = service && !NAME_RE.test(service)
+    ? "use the name of a --service of this gateway"
+    : undefined;
+  const descriptionWrong = description.length > 500 ? "must be at most 500 characters" : undefined;
+
+  const ref = (slot: Slot) => {
+    const c = chosen(slot);
+    return c ? { host: c.host, device: c.device } : undefined;
+  };
   const body = () => ({
-    name,
+    ...(name ? { name } : {}),
     description,
     ...(service ? { service } : {}),
     group: {
@@ -157,8 +165,8 @@ export function WizardPage() {
     mirror: {
       ackPoint: mirror.ackPoint,
       congestion: mirror.congestion,
-      ...(mirror.bufferBound ? { bufferBound } : {}),
-      bandwidthLimit: bandwidth,
+      ...(mirror.bufferBound ? { bufferBound: parseSize(mirror.bufferBound) } : {}),
+      bandwidthLimit: parseSize(mirror.bandwidth || "0"),
       compression: mirror.compression,
     },
     recovery: {
@@ -170,6 +178,52 @@ export function WizardPage() {
         : {}),
     },
   });
+
+  /** The server's check of everything filled in so far; the problems of the steps up to `upTo`. */
+  const check = async (upTo: number): Promise<Issue[]> => {
+    try {
+      const r = await post<{ issues: Issue[] }>("/api/tasks/check", body());
+      // what is not filled in yet is said by the disabled button, not as a problem
+      const found = r.issues.filter((i) => stepOf(i.path) <= upTo && i.message !== "is required");
+      setIssues(found);
+      return found;
+    } catch (e) {
+      setError(e);
+      return [{ path: "body", message: (e as Error).message }];
+    }
+  };
+  // the group is checked as it is chosen
+  const groupText = JSON.stringify(slots.map((s) => ref(s)));
+  useEffect(() => {
+    if (step === 2 && local && remotes.length) void check(2);
+  }, [step, groupText]);
+
+  if (!isAdmin()) {
+    return (
+      <>
+        <h1 tabIndex={-1}>New task</h1>
+        <div class="alert info">Creating tasks needs the admin role; you are logged in as a viewer.</div>
+      </>
+    );
+  }
+  if ([sites, hosts, volumes, tasks].some((r) => r.loading && !r.data)) {
+    return <Loading what="the inventory" />;
+  }
+  const loadError = sites.error ?? hosts.error ?? volumes.error ?? tasks.error;
+  const reloadAll = () => {
+    sites.reload();
+    hosts.reload();
+    volumes.reload();
+    tasks.reload();
+  };
+  if (loadError) return <ErrorBox error={loadError} retry={reloadAll} />;
+
+  const chosenSites = [local, ...remotes].filter(Boolean);
+  const hostByName = new Map(allHosts.map((h) => [h.name, h]));
+  const issueOf = (path: string) =>
+    issues.find((i) => i.path === path || i.path.startsWith(`${path}.`))?.message;
+  const stepIssues = issues.filter((i) => stepOf(i.path) === step);
+  const missing = slots.filter((s) => !chosen(s));
   const create = async (e: Event) => {
     e.preventDefault();
     setBusy(true);
@@ -179,30 +233,42 @@ export function WizardPage() {
       navigate(`/tasks/${encodeURIComponent(t.name)}`);
     } catch (err) {
       setError(err);
+      setIssues((err as { issues?: Issue[] }).issues ?? []);
     } finally {
       setBusy(false);
     }
   };
-  const canNext = [
-    local !== "" && remotes.length > 0,
-    true,
-    groupComplete,
-    strategiesOk,
-    false,
+  const whyNot: string | undefined = [
+    !local
+      ? "Pick the local center."
+      : remotes.length === 0
+      ? "Pick at least one remote center."
+      : stepIssues.length
+      ? "Correct the marked choices."
+      : undefined,
+    undefined,
+    missing.length
+      ? `Pick a partition for: ${missing.map((s) => s.label.split(" — ")[0]).join(", ")}.`
+      : stepIssues.length
+      ? "Correct the marked partitions."
+      : undefined,
+    bufferBoundWrong || bandwidthWrong || (recovery.mode === "manual" && !recovery.source)
+      ? "Correct the marked fields."
+      : stepIssues.length
+      ? "Correct the marked fields."
+      : undefined,
+    !name
+      ? "Type a name for the task."
+      : nameWrong || serviceWrong || descriptionWrong
+      ? "Correct the marked fields."
+      : undefined,
   ][step];
-  const whyNot = [
-    "Pick the local center and at least one remote center.",
-    "",
-    sizeMismatch
-      ? "Every data partition (LSP, LGP, RGP, RSP) must have the same size."
-      : dupes.size
-      ? "A partition is picked twice."
-      : "Pick a partition for every role.",
-    recovery.mode === "manual" && !recovery.source
-      ? "Manual recovery needs a default source."
-      : "A size is not valid (e.g. 512M, 10G).",
-    "",
-  ][step];
+  const next = async () => {
+    setError(undefined);
+    if ((await check(step)).some((i) => stepOf(i.path) === step)) return;
+    reloadAll();
+    setStep(step + 1);
+  };
 
   return (
     <>
@@ -218,57 +284,67 @@ export function WizardPage() {
       </ol>
 
       {step === 0 && (
-        <div class="grid">
-          <section class="panel" aria-labelledby="h-local">
-            <h2 id="h-local">Local center (production)</h2>
-            {allSites.filter((s) => s.role === "local").length === 0 && (
-              <Empty>No local site yet: add one below.</Empty>
-            )}
-            <fieldset>
-              <legend>The local center</legend>
-              {allSites.filter((s) => s.role === "local").map((s) => (
-                <label class="check" key={s.name}>
-                  <input
-                    type="radio"
-                    name="local-site"
-                    value={s.name}
-                    checked={local === s.name}
-                    onChange={() => setLocal(s.name)}
-                  />
-                  {s.name}
-                </label>
-              ))}
-            </fieldset>
-            <h3>Add a local site</h3>
-            <SiteForm role="local" onCreated={(s) => (setLocal(s.name), sites.reload())} />
-          </section>
-          <section class="panel" aria-labelledby="h-remote">
-            <h2 id="h-remote">Remote centers (recovery)</h2>
-            {allSites.filter((s) => s.role === "remote").length === 0 && (
-              <Empty>No remote site yet: add one below.</Empty>
-            )}
-            <fieldset>
-              <legend>One or more remote centers</legend>
-              {allSites.filter((s) => s.role === "remote").map((s) => (
-                <label class="check" key={s.name}>
-                  <input
-                    type="checkbox"
-                    name="remote-site"
-                    value={s.name}
-                    checked={remotes.includes(s.name)}
-                    onChange={(e) =>
-                      setRemotes(
-                        e.currentTarget.checked ? [...remotes, s.name] : remotes.filter((r) => r !== s.name),
-                      )}
-                  />
-                  {s.name}
-                </label>
-              ))}
-            </fieldset>
-            <h3>Add a remote site</h3>
-            <SiteForm role="remote" onCreated={(s) => (setRemotes([...remotes, s.name]), sites.reload())} />
-          </section>
-        </div>
+        <>
+          <p class="small" data-testid="needed">
+            The group of this task will have {partitionsNeeded(remotes)}
+            {remotes.length ? "" : " at each remote center you pick"}.
+          </p>
+          <div class="grid">
+            <section class="panel" aria-labelledby="h-local">
+              <h2 id="h-local">Local center (production)</h2>
+              {localSites.length === 0 && <Empty>No local site yet: add one below.</Empty>}
+              <fieldset>
+                <legend>The local center</legend>
+                {localSites.map((s) => (
+                  <label class="check" key={s.name}>
+                    <input
+                      type="radio"
+                      name="local-site"
+                      value={s.name}
+                      checked={local === s.name}
+                      onChange={() => setLocal(s.name)}
+                    />
+                    {s.name} <Found item={s} />
+                  </label>
+                ))}
+              </fieldset>
+              {issueOf("group.local.site") && (
+                <span class="err" role="alert">{issueOf("group.local.site")}</span>
+              )}
+              <h3>Add a local site</h3>
+              <SiteForm role="local" onCreated={(s) => (setLocal(s.name), sites.reload())} />
+            </section>
+            <section class="panel" aria-labelledby="h-remote">
+              <h2 id="h-remote">Remote centers (recovery)</h2>
+              {remoteSites.length === 0 && <Empty>No remote site yet: add one below.</Empty>}
+              <fieldset>
+                <legend>One or more remote centers</legend>
+                {remoteSites.map((s) => (
+                  <label class="check" key={s.name}>
+                    <input
+                      type="checkbox"
+                      name="remote-site"
+                      value={s.name}
+                      checked={remotes.includes(s.name)}
+                      onChange={(e) =>
+                        setRemotes(
+                          e.currentTarget.checked
+                            ? remoteSites.map((x) => x.name).filter((n) =>
+                              n === s.name || remotes.includes(n)
+                            )
+                            : remotes.filter((r) => r !== s.name),
+                        )}
+                    />
+                    {s.name} <Found item={s} />
+                  </label>
+                ))}
+              </fieldset>
+              {issueOf("group.remotes") && <span class="err" role="alert">{issueOf("group.remotes")}</span>}
+              <h3>Add a remote site</h3>
+              <SiteForm role="remote" onCreated={(s) => (setRemotes([...remotes, s.name]), sites.reload())} />
+            </section>
+          </div>
+        </>
       )}
 
       {step === 1 && (
@@ -277,7 +353,7 @@ export function WizardPage() {
             <h2 id="h-hosts">Hosts at these centers</h2>
             <p class="small muted">
               Each center needs a gateway host and an application host (the local application server, the
-              remote standby server).
+              remote standby server). Those that connected were found by themselves; add the others here.
             </p>
             {chosenSites.map((site) => (
               <div key={site}>
@@ -287,7 +363,10 @@ export function WizardPage() {
                   : (
                     <ul>
                       {allHosts.filter((h) => h.site === site).map((h) => (
-                        <li key={h.name}>{h.name} ({h.role})</li>
+                        <li key={h.name}>
+                          {h.name} ({h.role}
+                          {h.role === "application" ? `, agent ${h.agent ?? h.name}` : ""}) <Found item={h} />
+                        </li>
                       ))}
                     </ul>
                   )}
@@ -301,6 +380,10 @@ export function WizardPage() {
           </section>
           <section class="panel" aria-labelledby="h-devs">
             <h2 id="h-devs">Devices (volumes)</h2>
+            <p class="small muted">
+              The agents report the devices they may serve (their --device-prefix directories); the gateways
+              make their mirrors and replicas themselves.
+            </p>
             {allVolumes.filter((v) => chosenSites.includes(hostByName.get(v.host)?.site ?? "")).length === 0
               ? <Empty>No device registered at these centers yet.</Empty>
               : (
@@ -311,6 +394,7 @@ export function WizardPage() {
                         <th>Host</th>
                         <th>Device</th>
                         <th class="num">Size</th>
+                        <th>Found</th>
                       </tr>
                     </thead>
                     <tbody>
@@ -320,6 +404,9 @@ export function WizardPage() {
                             <td>{v.host}</td>
                             <td class="mono">{v.device}</td>
                             <td class="num">{bytes(v.size)}</td>
+                            <td>
+                              <Found item={v} />
+                            </td>
                           </tr>
                         ),
                       )}
@@ -339,49 +426,49 @@ export function WizardPage() {
       {step === 2 && (
         <section class="panel" aria-labelledby="h-group">
           <h2 id="h-group">The group: a partition for each role</h2>
-          <div class="fields">
+          <p class="small muted">
+            {partitionsNeeded(remotes)}. Every data partition (LSP, LGP, RGP, RSP) has the LSP's size; the
+            buffer is the gateway's journal, which the tasks share.
+          </p>
+          <div class="stack">
             {slots.map((slot) => {
-              const list = candidates(slot);
-              const v = picked(slot);
-              const wrongSize = slot.data && v && lspSize !== undefined && v.size !== lspSize;
-              const dupe = picks[slot.key] && dupes.has(picks[slot.key]);
+              const list = options(slot);
+              const c = chosen(slot);
+              const note = proposal?.notes.find((n) => n.path === slot.path)?.message;
+              const problem = issueOf(slot.path) ??
+                (list.length === 0
+                  ? `no device on a ${slot.role} host at ${slot.site}: go back and register one`
+                  : undefined);
               return (
                 <Field
                   key={slot.key}
                   label={slot.label}
-                  hint={v ? `${bytes(v.size)} (${v.size} bytes)` : `${slot.role} hosts at ${slot.site}`}
-                  error={wrongSize
-                    ? `size ${bytes(v!.size)} differs from the LSP's ${bytes(lspSize)}`
-                    : dupe
-                    ? "picked for another role too"
-                    : list.length === 0
-                    ? `no device on a ${slot.role} host at ${slot.site}: go back and register one`
-                    : undefined}
+                  hint={c
+                    ? `${bytes(c.size)} (${c.size} bytes)`
+                    : note ?? `${slot.role} hosts at ${slot.site}`}
+                  error={problem}
                 >
                   <select
                     name={`slot-${slot.key}`}
-                    value={picks[slot.key] ?? ""}
-                    aria-invalid={wrongSize || dupe ? "true" : undefined}
+                    value={c?.key ?? ""}
+                    aria-invalid={problem ? "true" : undefined}
                     onChange={(e) => setPicks({ ...picks, [slot.key]: e.currentTarget.value })}
                   >
                     <option value="">— choose —</option>
                     {list.map((x) => (
-                      <option key={x.name} value={refKey(x)}>{x.host}:{x.device} ({bytes(x.size)})</option>
+                      <option key={x.key} value={x.key} disabled={x.disabled !== undefined}>
+                        {x.label}
+                        {x.disabled ? ` — ${x.disabled}` : ""}
+                      </option>
                     ))}
                   </select>
                 </Field>
               );
             })}
           </div>
-          {sizeMismatch && (
-            <div class="alert error" role="alert">
-              The data partitions differ in size ({[...new Set(dataSizes)].map(bytes).join(", ")}): every LSP,
-              LGP, RGP and RSP of a group must have the same size.
-            </div>
-          )}
-          {!sizeMismatch && dataSizes.length > 1 && (
+          {missing.length === 0 && stepIssues.length === 0 && (
             <div class="alert ok" data-testid="sizes-ok">
-              All data partitions chosen so far are {bytes(dataSizes[0])}.
+              Every partition is chosen; the data partitions are {bytes(lsp?.size)}.
             </div>
           )}
         </section>
@@ -392,7 +479,7 @@ export function WizardPage() {
           <fieldset class="panel">
             <legend>Mirror strategy</legend>
             <div class="stack">
-              <Field label="Acknowledge a write once it is" hint="lgp: asynchronous to the remote centers">
+              <Field label={labels["mirror.ackPoint"]} hint="lgp: asynchronous to the remote centers">
                 <select
                   name="ack-point"
                   value={mirror.ackPoint}
@@ -403,7 +490,7 @@ export function WizardPage() {
                   <option value="rsp">applied by every standby server (RSP)</option>
                 </select>
               </Field>
-              <Field label="When a slow center fills the buffer">
+              <Field label={labels["mirror.congestion"]}>
                 <select
                   name="congestion"
                   value={mirror.congestion}
@@ -414,24 +501,28 @@ export function WizardPage() {
                 </select>
               </Field>
               <Field
-                label="Buffer bound (optional)"
-                hint="most of the buffer partition the journal uses, e.g. 512M"
-                error={mirror.bufferBound && !Number.isFinite(bufferBound) ? "not a size" : undefined}
+                label={`${labels["mirror.bufferBound"]} (optional)`}
+                hint={`most of the buffer partition${
+                  bufferPart ? ` (${bytes(bufferPart.size)})` : ""
+                } this task's records may use, e.g. 256M`}
+                error={bufferBoundWrong ?? issueOf("mirror.bufferBound")}
               >
                 <input
                   name="buffer-bound"
                   value={mirror.bufferBound}
+                  aria-invalid={bufferBoundWrong ? "true" : undefined}
                   onInput={(e) => setMirror({ ...mirror, bufferBound: e.currentTarget.value })}
                 />
               </Field>
               <Field
-                label="Bandwidth limit per remote center"
+                label={labels["mirror.bandwidthLimit"]}
                 hint="bytes per second, e.g. 50M; empty or 0: no limit"
-                error={!Number.isFinite(bandwidth) ? "not a size" : undefined}
+                error={bandwidthWrong ?? issueOf("mirror.bandwidthLimit")}
               >
                 <input
                   name="bandwidth"
                   value={mirror.bandwidth}
+                  aria-invalid={bandwidthWrong ? "true" : undefined}
                   onInput={(e) => setMirror({ ...mirror, bandwidth: e.currentTarget.value })}
                 />
               </Field>
@@ -449,7 +540,7 @@ export function WizardPage() {
           <fieldset class="panel">
             <legend>Recovery strategy</legend>
             <div class="stack">
-              <Field label="Strategy">
+              <Field label={labels["recovery.strategy"]}>
                 <select
                   name="strategy"
                   value={recovery.strategy}
@@ -462,7 +553,7 @@ export function WizardPage() {
               </Field>
               {recovery.strategy === "scheduled" && (
                 <div class="fields">
-                  <Field label="Time of day">
+                  <Field label={labels["recovery.schedule"]} error={issueOf("recovery.schedule")}>
                     <input
                       type="time"
                       name="schedule-time"
@@ -482,7 +573,7 @@ export function WizardPage() {
                   </Field>
                 </div>
               )}
-              <Field label="Source chosen by">
+              <Field label={labels["recovery.mode"]}>
                 <select
                   name="mode"
                   value={recovery.mode}
@@ -493,7 +584,12 @@ export function WizardPage() {
                 </select>
               </Field>
               {recovery.mode === "manual" && (
-                <Field label="Default source">
+                <Field
+                  label={labels["recovery.source"]}
+                  error={recovery.source
+                    ? issueOf("recovery.source")
+                    : "choose the copy recoveries start from"}
+                >
                   <select
                     name="source"
                     value={recovery.source}
@@ -517,18 +613,33 @@ export function WizardPage() {
         <form class="panel stack" onSubmit={create} aria-labelledby="h-review">
           <h2 id="h-review">Review and create</h2>
           <div class="fields">
-            <Field label="Task name" error={issueAt(error, "name")}>
-              <input name="task-name" required value={name} onInput={(e) => setName(e.currentTarget.value)} />
+            <Field label={labels.name} error={nameWrong ?? issueOf("name")} hint="e.g. orders-db">
+              <input
+                name="task-name"
+                required
+                value={name}
+                aria-invalid={nameWrong ? "true" : undefined}
+                onInput={(e) => setName(e.currentTarget.value)}
+              />
             </Field>
             <Field
-              label="Protected service (optional)"
+              label={`${labels.service} (optional)`}
               hint="a --service of this gateway switched by failover"
-              error={issueAt(error, "service")}
+              error={serviceWrong ?? issueOf("service")}
             >
-              <input name="service" value={service} onInput={(e) => setService(e.currentTarget.value)} />
+              <input
+                name="service"
+                value={service}
+                aria-invalid={serviceWrong ? "true" : undefined}
+                onInput={(e) => setService(e.currentTarget.value)}
+              />
             </Field>
           </div>
-          <Field label="Description (optional)" error={issueAt(error, "description")}>
+          <Field
+            label={`${labels.description} (optional)`}
+            error={descriptionWrong ?? issueOf("description")}
+            hint={`${description.length} of 500 characters`}
+          >
             <textarea
               name="description"
               rows={2}
@@ -544,17 +655,15 @@ export function WizardPage() {
             {slots.map((s) => (
               <Fragment key={s.key}>
                 <dt>{s.key.toUpperCase()}</dt>
-                <dd class="mono">
-                  {picked(s) ? `${picked(s)!.host}:${picked(s)!.device} (${bytes(picked(s)!.size)})` : "—"}
-                </dd>
+                <dd class="mono">{chosen(s)?.label ?? "—"}</dd>
               </Fragment>
             ))}
             <dt>Mirror</dt>
             <dd>
               ack at {mirror.ackPoint}, {mirror.congestion}, {mirror.bufferBound || "whole buffer"}, bandwidth
               {" "}
-              {bandwidth ? `${bytes(bandwidth)}/s` : "unlimited"}, compression{" "}
-              {mirror.compression ? "on" : "off"}
+              {parseSize(mirror.bandwidth || "0") ? `${bytes(parseSize(mirror.bandwidth))}/s` : "unlimited"},
+              compression {mirror.compression ? "on" : "off"}
             </dd>
             <dt>Recovery</dt>
             <dd>
@@ -564,12 +673,22 @@ export function WizardPage() {
               {recovery.mode === "manual" ? ` from ${recovery.source}` : ""}
             </dd>
           </dl>
-          <ErrorBox error={error} />
+          <ErrorBox
+            error={error}
+            fields={{ name: labels.name, service: labels.service, description: labels.description }}
+          />
           <div class="row">
             <button type="button" onClick={() => setStep(3)}>Back</button>
-            <button type="submit" class="primary" disabled={busy || !name}>
+            <button
+              type="submit"
+              class="primary"
+              disabled={busy || whyNot !== undefined}
+              title={whyNot}
+              aria-describedby={whyNot ? "why-not" : undefined}
+            >
               {busy ? "Creating…" : "Create task"}
             </button>
+            {whyNot && <span id="why-not" class="small muted">{whyNot}</span>}
           </div>
         </form>
       )}
@@ -580,18 +699,17 @@ export function WizardPage() {
           <button
             type="button"
             class="primary"
-            disabled={!canNext}
-            aria-describedby={!canNext ? "why-not" : undefined}
-            onClick={() => {
-              reloadAll();
-              setStep(step + 1);
-            }}
+            disabled={whyNot !== undefined}
+            title={whyNot}
+            aria-describedby={whyNot ? "why-not" : undefined}
+            onClick={next}
           >
             Next: {STEPS[step + 1]}
           </button>
-          {!canNext && whyNot && <span id="why-not" class="small muted">{whyNot}</span>}
+          {whyNot && <span id="why-not" class="small muted">{whyNot}</span>}
         </div>
       )}
+      {step < 4 && error ? <ErrorBox error={error} fields={labels} /> : null}
     </>
   );
 }

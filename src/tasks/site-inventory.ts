@@ -1,0 +1,129 @@
+// What a remote site tells its local sites about itself for their inventories (discovery.ts):
+// its standby agents (connected or not, and how long ago they were heard from) with the
+// devices each may serve, its journal and its replica images. Agents report their devices in a
+// control message {type: "devices", devices: [{path, size}]} (src/capture/devices.ts); the
+// remote gateway keeps the last report of each standby agent (StandbyDevices) and answers a
+// local site's {type: "inventory"} request with siteInventory(). Times travel as ages (ms ago),
+// so the two sites' clocks need not agree.
+import { resolve } from "node:path";
+import type { DeviceInfo } from "../capture/devices.ts";
+import { NAME_RE } from "./model.ts";
+
+/** A journal's ring as a device: its path and the bytes it holds records in (whole sectors). */
+export function ringDevice(ring: { path: string; dataSize: number }): DeviceInfo {
+  return { path: ring.path, size: ring.dataSize - ring.dataSize % 512 };
+}
+
+/** A gateway's images of the journal's volumes (its mirrors or replicas) as devices. */
+export function imageDevices(
+  volumes: { agent: string; name: string; mirrorPath: string; size: number }[],
+): (DeviceInfo & { agent: string; name: string })[] {
+  return volumes.map((v) => ({ agent: v.agent, name: v.name, path: v.mirrorPath, size: v.size }));
+}
+
+/** A device report's list, checked; undefined when it is not one. */
+export function parseDevices(raw: unknown): DeviceInfo[] | undefined {
+  if (!Array.isArray(raw)) return undefined;
+  const out: DeviceInfo[] = [];
+  for (const d of raw as Record<string, unknown>[]) {
+    if (typeof d?.path !== "string" || !d.path.startsWith("/")) return undefined;
+    if (typeof d.size !== "number" || !Number.isSafeInteger(d.size) || d.size <= 0) return undefined;
+    out.push({ path: d.path, size: d.size });
+  }
+  return out;
+}
+
+/** An agent's device report (a control message); undefined when the message is not one. */
+export function deviceReport(msg: unknown): DeviceInfo[] | undefined {
+  const m = msg as { type?: unknown; devices?: unknown } | null;
+  return m?.type === "devices" ? parseDevices(m.devices) ?? [] : undefined;
+}
+
+export interface SiteAgent {
+  agent: string;
+  connected: boolean;
+  /** How long ago it was last connected (0 while it is). */
+  agoMs: number;
+  devices: DeviceInfo[];
+}
+
+/** A remote site's answer to {type: "inventory"}. */
+export interface SiteInventory {
+  site: string;
+  journal: DeviceInfo;
+  /** Where the site keeps the replica of AGENT/NAME: `${replicaDir}/AGENT/NAME.img`. */
+  replicaDir: string;
+  replicas: (DeviceInfo & { agent: string; name: string })[];
+  agents: SiteAgent[];
+}
+
+/** Checks a site's answer; undefined when it is not an inventory. */
+export function parseSiteInventory(raw: unknown): SiteInventory | undefined {
+  const r = raw as Record<string, unknown> | null;
+  if (r?.ok !== true || typeof r.site !== "string" || typeof r.replicaDir !== "string") return undefined;
+  const journal = parseDevices([r.journal])?.[0];
+  if (!journal || !Array.isArray(r.replicas) || !Array.isArray(r.agents)) return undefined;
+  const replicas = [];
+  for (const x of r.replicas as Record<string, unknown>[]) {
+    const d = parseDevices([x])?.[0];
+    if (!d || typeof x.agent !== "string" || typeof x.name !== "string") return undefined;
+    replicas.push({ ...d, agent: x.agent, name: x.name });
+  }
+  const agents: SiteAgent[] = [];
+  for (const a of r.agents as Record<string, unknown>[]) {
+    const devices = parseDevices(a?.devices);
+    if (typeof a?.agent !== "string" || !NAME_RE.test(a.agent) || !devices) return undefined;
+    agents.push({
+      agent: a.agent,
+      connected: a.connected === true,
+      agoMs: typeof a.agoMs === "number" && a.agoMs >= 0 ? a.agoMs : 0,
+      devices,
+    });
+  }
+  return { site: r.site, journal, replicaDir: r.replicaDir, replicas, agents };
+}
+
+/** The remote gateway's record of its standby agents' device reports. */
+export class StandbyDevices {
+  /** Each standby agent's last report, and when it was last connected (monotonic: only ages leave here). */
+  private reports = new Map<string, { devices: DeviceInfo[]; lastSeen: number }>();
+
+  /** A control message from a standby agent; true when it was a device report. */
+  onControl(agent: string, msg: unknown): boolean {
+    const devices = deviceReport(msg);
+    if (!devices) return false;
+    this.reports.set(agent, { devices, lastSeen: performance.now() });
+    return true;
+  }
+
+  /** The answer to a local site's inventory request. */
+  inventory(o: {
+    site: string;
+    connected: string[];
+    journal: DeviceInfo;
+    replicaDir: string;
+    replicas: (DeviceInfo & { agent: string; name: string })[];
+  }): Record<string, unknown> {
+    const now = performance.now();
+    for (const agent of o.connected) {
+      const r = this.reports.get(agent);
+      if (r) r.lastSeen = now;
+      else this.reports.set(agent, { devices: [], lastSeen: now });
+    }
+    const agents: SiteAgent[] = [...this.reports].map(([agent, r]) => ({
+      agent,
+      connected: o.connected.includes(agent),
+      agoMs: now - r.lastSeen,
+      devices: r.devices,
+    }));
+    // paths as this site's processes see them: a relative --data-dir means nothing elsewhere
+    return {
+      ok: true,
+      site: o.site,
+      journal: { ...o.journal, path: resolve(o.journal.path) },
+      replicaDir: resolve(o.replicaDir),
+      replicas: o.replicas.map((r) => ({ ...r, path: resolve(r.path) })),
+      agents,
+    } satisfies SiteInventory & { ok: true };
+  }
+}
