@@ -5,7 +5,7 @@
 // idle site link look silent for longer than its timeout, so it was dropped.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { run, startTopology, waitFor } from "./lib/cluster.ts";
+import { run, startTopology } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { faketimeEnv, faketimeLoaded, setClockOffset } from "./lib/faketime.ts";
 
