@@ -36,6 +36,13 @@ import type { Db } from "../db/db.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
 import { Sender } from "../replication/sender.ts";
 import { SiteClient } from "../replication/site-link.ts";
+import { DetectorQos } from "../failover/detector-qos.ts";
+import { Alarms } from "../alarms/alarms.ts";
+import { openWebhooks } from "../alarms/webhooks.ts";
+import { Drills } from "../drills/drills.ts";
+import { detectionTargets, taskTargets } from "../tasks/targets.ts";
+import { testSite, volumeKey } from "../tasks/gateway-actions.ts";
+import { drillRoutes } from "../web/drill-routes.ts";
 
 const log = logger("local-gateway");
 
@@ -195,6 +202,19 @@ export const localGatewayFlags: FlagSpec[] = [
   { name: "phi-suspect", type: "number", description: "φ at which an agent is suspected (phi)", default: 5 },
   { name: "phi-failure", type: "number", description: "φ at which an agent has failed (phi)", default: 12 },
   {
+    name: "alarm-webhook",
+    type: "string",
+    multiple: true,
+    description: "a URL alarms are POSTed to as signed JSON (with --alarm-secret-file)",
+    placeholder: "URL",
+  },
+  {
+    name: "alarm-secret-file",
+    type: "string",
+    description: "the secret (mode 0600) alarm webhooks are signed with (HMAC-SHA256)",
+    placeholder: "FILE",
+  },
+  {
     name: "mirror-dir",
     type: "string",
     description: "directory of the gateway's mirror images [default: DATA-DIR/mirrors]",
@@ -290,6 +310,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       cleanups.push(() => r.client.close());
     }
     const audit = new Audit(db);
+    const alarms = new Alarms({
+      site: str(p, "id"),
+      audit,
+      webhooks: openWebhooks(list(p, "alarm-webhook"), optStr(p, "alarm-secret-file")),
+    });
+    cleanups.push(() => alarms.close());
     const configs = [...pairs("service", p["service"])].map(([name, spec]) => {
       try {
         return parseService(name, spec);
@@ -325,6 +351,22 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       manageRules: configs.length > 0 || (await hasRecordedRules(db)),
     });
     await controller.start();
+    const plane0: { store?: TaskStore } = {};
+    const qos = new DetectorQos({
+      mode: str(p, "detector") as "chen" | "phi",
+      fixed: { etaMs: num(p, "heartbeat-interval"), alphaMs: num(p, "detector-alpha") },
+      limits: {
+        window: num(p, "detector-window"),
+        reactionMs: Math.max(5, Math.floor(num(p, "heartbeat-interval") / 10)),
+      },
+      // the store comes with the web server below; until then only the --service targets count
+      targets: () => detectionTargets(plane0.store, configs),
+      order: (agent, etaMs) =>
+        agentsIn.listener?.sendControl(agent, { type: "heartbeat-interval", etaMs }) ?? false,
+      probe: (peer, nonce) => heartbeats.probe(peer, nonce),
+      audit,
+      alarm: (a) => alarms.raise(a),
+    });
     const liveness = new Liveness({
       settings: {
         mode: str(p, "detector") as "chen" | "phi",
@@ -335,6 +377,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         phiFailure: num(p, "phi-failure"),
       },
       audit,
+      onTransition: (agent, t) => qos.transition(agent, t),
       onFailure: (agent, cause, detail) => {
         if (p["auto-failover"] !== true) return;
         for (const name of controller.servicesOf(agent)) {
@@ -354,9 +397,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       host: hb.hostname,
       port: hb.port,
       secrets,
-      onHeartbeat: (agent, seq, status, now, meta) => liveness.heartbeat(agent, seq, status, now, meta),
+      onHeartbeat: (agent, seq, status, now, meta) =>
+        liveness.heartbeat(agent, seq, status, now, meta, qos.heartbeat(agent, seq, now, meta)),
     });
     cleanups.push(() => heartbeats.close());
+    qos.start();
+    cleanups.push(() => qos.close());
     // the control plane needs the task store, which comes with the web server below
     const plane: { cp?: ControlPlane } = {};
     const listener = await GatewayListener.listen({
@@ -436,6 +482,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       }
     }
     const store = new TaskStore(db, prefixes);
+    plane0.store = store;
     const siteRequest = (site: string, msg: Record<string, unknown>, timeoutMs: number) => {
       const r = remotes.find((x) => x.site === site);
       if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
@@ -486,6 +533,32 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         lastError: r.client.lastError || null,
         ...r.sender.status(),
       }));
+    const drills = new Drills({
+      db,
+      store,
+      audit,
+      alarm: (a) => alarms.raise(a),
+      tests,
+      targets: (t) => taskTargets(t, configs),
+      volumeKey: (t) => volumeKey(store, t),
+      site: (t, key, requested) => testSite(t, key, { sites: siteStatus() }, requested),
+      durableSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.durableSeq ?? 0,
+      request: siteRequest,
+    });
+    alarms.watch(async () => ({
+      services: controller.status(),
+      sites: siteStatus(),
+      journal: {
+        used: journal.positions.head - journal.positions.tail,
+        capacity: journal.positions.capacity,
+      },
+      tasks: (await store.listTasks()).map((t) => ({
+        name: t.name,
+        state: t.state,
+        rpoMs: taskTargets(t, configs).rpoMs,
+        sites: t.group.remotes.map((r) => r.site),
+      })),
+    }));
     // agents that connected before the store existed get their assignments now
     for (const agent of listener.connectedAgents()) {
       control.onAgent(agent).catch((e) =>
@@ -541,15 +614,20 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
         sites: siteStatus(),
         tests: tests.list(),
+        detectorQos: qos.status(),
+        alarms: alarms.status(),
       }),
       routes: (app) => {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
+        drillRoutes(app, { drills, links: () => qos.status() });
       },
     });
     cleanups.push(() => server.close());
     // after the web server: the tests a previous run left end through its audit and events
     await tests.start();
+    await drills.start();
+    cleanups.push(() => drills.close());
     log.info("local gateway ready", {
       agents: listener.describe(),
       heartbeats: `${hb.hostname}:${heartbeats.port}`,

@@ -17,6 +17,7 @@ import {
   type Mirror,
   type Recovery,
   type Site,
+  type Targets,
   type Task,
   type TaskEvent,
   type TaskInput,
@@ -92,6 +93,7 @@ function taskOf(r: TaskRow): Task {
     mirror: JSON.parse(r.mirrorJson) as Mirror,
     recovery: JSON.parse(r.recoveryJson) as Recovery,
     ...(r.service ? { service: r.service } : {}),
+    ...(r.targetsJson ? { targets: JSON.parse(r.targetsJson) as Targets } : {}),
     state: r.state as TaskState,
     stateSince: r.stateSince,
     createdAt: r.createdAt,
@@ -414,6 +416,7 @@ export class TaskStore {
         mirrorJson: JSON.stringify(t.mirror),
         recoveryJson: JSON.stringify(t.recovery),
         service: t.service ?? null,
+        targetsJson: t.targets ? JSON.stringify(t.targets) : null,
         state: "configured",
         stateSince: now,
         createdAt: now,
@@ -442,6 +445,7 @@ export class TaskStore {
         mirrorJson: JSON.stringify(t.mirror),
         recoveryJson: JSON.stringify(t.recovery),
         service: t.service ?? null,
+        targetsJson: t.targets ? JSON.stringify(t.targets) : null,
         updatedAt: this.clock(),
       }).where(eq(tasks.name, t.name));
       return this.getTask(t.name);
