@@ -182,6 +182,10 @@ e("a new period or a restart starts the window over; late heartbeats count as lo
   for (let s = 7; s <= 60; s++) est.heartbeat(s, 650 + (s - 6) * 50, 50);
   const r = est.estimate()!;
   assert.ok(r.samples <= 21 && r.samples >= 20, `window of 1 s at η = 50 ms: ${r.samples}`);
+  const slow = new LinkEstimator({ windowMs: 1000, minSamples: 5, rttSamples: 5 });
+  slow.roundTrip(2);
+  for (let s = 1; s <= 20; s++) slow.heartbeat(s, s * 600, 600);
+  assert.is(slow.estimate()!.samples, 5, "a long period keeps minSamples heartbeats, however old");
   est.reset();
   assert.is(est.estimate(), undefined);
 });
@@ -232,6 +236,13 @@ c("a new period and margin apply from the next heartbeat, the estimate starting 
   assert.is(d.nextDeadline(540), 540 + 40 + 20);
   d.heartbeat(7, 581);
   assert.is(d.nextDeadline(581), (540 - 6 * 40 + 581 - 7 * 40) / 2 + 8 * 40 + 20);
+  d.reconfigure(40, 30);
+  d.heartbeat(8, 621);
+  assert.is(
+    d.nextDeadline(621),
+    (540 - 6 * 40 + 581 - 7 * 40 + 621 - 8 * 40) / 3 + 9 * 40 + 30,
+    "a new margin alone keeps the estimate",
+  );
   assert.throws(() => d.reconfigure(0, 1), /etaMs must be positive/);
 });
 

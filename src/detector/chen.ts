@@ -66,16 +66,16 @@ export class ChenDetector implements Detector {
   }
 
   /**
-   * The sender's period changed to `etaMs` (its schedule starts over at its next heartbeat, which
-   * keeps the numbering) and the margin to `alphaMs`: the estimate starts over from that heartbeat.
-   * The deadlines already set stand until it arrives.
+   * A new margin `alphaMs` from the next heartbeat on; with a new period `etaMs` (the sender's
+   * schedule starts over at its next heartbeat, which keeps the numbering) the estimate starts over
+   * from that heartbeat too. The deadlines already set stand until it arrives.
    */
   reconfigure(etaMs: number, alphaMs: number): void {
     if (!(etaMs > 0)) throw new RangeError("etaMs must be positive");
     if (!(alphaMs >= 0)) throw new RangeError("alphaMs must not be negative");
+    if (etaMs !== this.eta) this.samples.clear();
     this.eta = etaMs;
     this.alpha = alphaMs;
-    this.samples.clear();
   }
 
   restart(_now: number): void {

@@ -282,6 +282,23 @@ function search(t: QosTargets, link: LinkStats, limits: Limits): Found {
 }
 
 /**
+ * The margin for a given period: the whole detection budget, if that meets the targets (a period
+ * the agent already sends at need not change, and the link need not be measured anew).
+ */
+export function configureAt(
+  t: QosTargets,
+  link: LinkStats,
+  etaMs: number,
+  limits = DEFAULT_LIMITS,
+): { setting: DetectorSetting; predicted: PredictedQos } | undefined {
+  const room = t.detectionMs - link.meanDelayMs - overheadMs(link, limits);
+  const setting = { etaMs, alphaMs: Math.floor((room - 2 * etaMs) * 10) / 10 };
+  if (setting.alphaMs < 0) return undefined;
+  const predicted = predictQos(link, setting, limits);
+  return meets(predicted, t) ? { setting, predicted } : undefined;
+}
+
+/**
  * When the targets cannot all be met: keep T_MR^L (a false detection fails a live service over,
  * which costs more than a slower detection) with the shortest detection time, found by bisection,
  * and T_M^U, or the shortest mistake duration the fastest heartbeats allow.

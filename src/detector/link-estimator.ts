@@ -30,7 +30,7 @@ export interface LinkEstimate extends LinkStats {
 }
 
 export interface EstimatorOptions {
-  /** Heartbeats older than this leave the window. */
+  /** Heartbeats older than this leave the window, unless fewer than minSamples would be left. */
   windowMs: number;
   /** Fewer heartbeats than this (or no round trip yet) give no estimate. */
   minSamples: number;
@@ -38,7 +38,8 @@ export interface EstimatorOptions {
   rttSamples: number;
 }
 
-export const DEFAULT_ESTIMATOR: EstimatorOptions = { windowMs: 60_000, minSamples: 50, rttSamples: 30 };
+// half a minute: a link that changed is followed within about that long
+export const DEFAULT_ESTIMATOR: EstimatorOptions = { windowMs: 30_000, minSamples: 50, rttSamples: 30 };
 
 export class LinkEstimator {
   private seqs: number[] = [];
@@ -70,7 +71,8 @@ export class LinkEstimator {
     this.seqs.push(seq);
     this.arrivals.push(now);
     this.xs.push(now - seq * etaMs - this.origin);
-    while (this.size() > 0 && now - this.arrivals[this.head] > this.o.windowMs) this.head++;
+    // the last windowMs, or the last minSamples heartbeats when that is longer (a long period)
+    while (this.size() > this.o.minSamples && now - this.arrivals[this.head] > this.o.windowMs) this.head++;
     if (this.head > 4096 && this.head * 2 > this.seqs.length) this.compact();
   }
 

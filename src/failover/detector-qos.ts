@@ -1,18 +1,20 @@
 // The detector's QoS configuration at the local gateway, per agent link. Each heartbeat feeds the
 // link's measurement (src/detector/link-estimator.ts; a probe a second gives the round trip); every
 // few seconds the agent's targets (its tasks' and --service's, the strictest of each) and the
-// link's upper-bound statistics go through the configurator. A new setting is adopted when none
-// runs yet, when the link drifted (the derived period or margin moved by a fifth), when the running
-// one no longer meets the targets on the link as now measured, or when the targets became (un)meetable.
-// The agent is told its period over its control link (again every 2 s until its heartbeats report
-// it); its heartbeats are judged with the margin derived for the period they report. When no
-// setting meets the targets the best achievable one runs, the state says `unmet` with the reason,
-// and an alarm is raised. Fixed η/α (no targets) and φ mode stay as they were, measured and
-// observed all the same.
+// link's upper-bound statistics go through the configurator. A derived period within a fifth of
+// the running one is not taken: the running period stays and only the margin is fitted to the link
+// (a new period means measuring the link anew); a new period is taken when none runs yet, when
+// the link drifted further, or when the targets became (un)meetable. The margin the gateway's
+// reaction needs includes how late its timers fired over the last minute. The agent is told its
+// period over its control link (again every 2 s until its heartbeats report it); its heartbeats
+// are judged with the margin derived for the period they report. When no setting meets the
+// targets the best achievable one runs, the state says `unmet` with the reason, and an alarm is
+// raised. Fixed η/α (no targets) and φ mode stay as they were, measured and observed all the same.
 import { logger } from "../log.ts";
 import type { Audit } from "../audit/audit.ts";
 import {
   configure,
+  configureAt,
   DEFAULT_LIMITS,
   type DetectorSetting,
   type Limits,
@@ -107,8 +109,8 @@ export interface LinkQos {
   targetsFrom: string[];
   /** The setting judging the agent's heartbeats now. */
   running: DetectorSetting;
-  /** The derived one (it runs once the agent's heartbeats come at its period). */
-  derived: (DetectorSetting & { at: number }) | null;
+  /** The derived one (it runs once the agent's heartbeats come at its period), and what it promised then. */
+  derived: (DetectorSetting & { at: number; predicted: PredictedQos }) | null;
   /** What the running setting guarantees on the link as measured now (upper bounds of its statistics). */
   predicted: PredictedQos | null;
   /** When the targets cannot be met: the best setting's guarantees. */
@@ -118,6 +120,7 @@ export interface LinkQos {
 }
 
 const DRIFT = 0.2;
+const TICK_MS = 250;
 
 export class DetectorQos {
   private readonly links = new Map<string, Link>();
@@ -126,6 +129,9 @@ export class DetectorQos {
   private timer: ReturnType<typeof setInterval> | undefined;
   private deriving = false;
   private lastDerive = -Infinity;
+  /** How late this process's timers fired over the last minute: the detector's polls are as late. */
+  private lags: number[] = [];
+  private lastTick: number | undefined;
 
   constructor(private readonly o: DetectorQosOptions) {
     this.clock = o.clock ?? (() => performance.now());
@@ -133,7 +139,7 @@ export class DetectorQos {
   }
 
   start(): void {
-    this.timer = setInterval(() => this.tick(), 250);
+    this.timer = setInterval(() => this.tick(), TICK_MS);
   }
 
   close(): void {
@@ -199,8 +205,12 @@ export class DetectorQos {
         targets: l.targets?.targets ?? null,
         targetsFrom: l.targets?.from ?? [],
         running,
-        derived: l.derived ? { ...l.derived.setting, at: l.derived.at } : null,
-        predicted: est && this.o.mode === "chen" ? predictQos(est.upper, running, this.limits) : null,
+        derived: l.derived
+          ? { ...l.derived.setting, at: l.derived.at, predicted: l.derived.predicted }
+          : null,
+        predicted: est && this.o.mode === "chen"
+          ? predictQos(est.upper, running, this.currentLimits())
+          : null,
         best: l.best,
         link: est ? { ...est, delayStdDevMs: Math.sqrt(est.delayVarianceMs2) } : null,
         observed: l.observed.view(now),
@@ -213,8 +223,19 @@ export class DetectorQos {
     return { etaMs: eta, alphaMs: alpha ?? this.o.fixed.alphaMs };
   }
 
+  /** The limits, the reaction including the timers' lateness seen lately. */
+  private currentLimits(): Limits {
+    const lag = Math.min(TICK_MS, Math.max(0, ...this.lags));
+    return { ...this.limits, reactionMs: this.limits.reactionMs + lag };
+  }
+
   private tick(): void {
     const now = this.clock();
+    if (this.lastTick !== undefined) {
+      this.lags.push(Math.max(0, now - this.lastTick - TICK_MS));
+      if (this.lags.length > 60_000 / TICK_MS) this.lags.shift();
+    }
+    this.lastTick = now;
     const every = this.o.probeEveryMs ?? 1000;
     for (const l of this.links.values()) {
       if (l.peer && now - l.lastProbe >= every) {
@@ -269,41 +290,50 @@ export class DetectorQos {
       }
       return;
     }
-    const c = configure(targets.targets, est.upper, this.limits);
-    const chosen = c.ok ? c : c.best;
+    const limits = this.currentLimits();
+    const c = configure(targets.targets, est.upper, limits);
     l.best = c.ok ? null : c.best;
     const state: QosState = c.ok ? "met" : "unmet";
     const reason = c.ok ? null : c.reason;
+    let chosen = c.ok ? c : c.best;
     if (!chosen) {
       this.setState(l, state, `${reason}; no setting keeps false detections that rare on this link`);
       return;
     }
     const cur = l.derived?.setting;
-    const running = cur && l.reportedEta === cur.etaMs ? predictQos(est.upper, cur, this.limits) : undefined;
-    const drifted = !cur ||
-      Math.abs(chosen.setting.etaMs - cur.etaMs) > DRIFT * cur.etaMs ||
-      Math.abs(chosen.setting.alphaMs + chosen.setting.etaMs - cur.alphaMs - cur.etaMs) >
-        DRIFT * (cur.alphaMs + cur.etaMs) ||
-      (running !== undefined && c.ok && !meets(running, targets.targets)) ||
-      state !== l.state;
-    if (drifted) {
+    // a period within a fifth of the running one stays when it can meet the targets: only the
+    // margin follows the link, which is not measured anew (that starts over with every new period)
+    const near = cur !== undefined && Math.abs(chosen.setting.etaMs - cur.etaMs) <= DRIFT * cur.etaMs;
+    const kept = near && c.ok ? configureAt(targets.targets, est.upper, cur!.etaMs, limits) : undefined;
+    if (kept) chosen = kept;
+    const margin = (x: DetectorSetting) => x.alphaMs + x.etaMs;
+    const adopt = !cur || state !== l.state ||
+      (kept
+        ? !meets(predictQos(est.upper, cur, limits), targets.targets) ||
+          Math.abs(margin(kept.setting) - margin(cur)) > 0.05 * margin(cur)
+        : c.ok || !near || Math.abs(margin(chosen.setting) - margin(cur)) > DRIFT * margin(cur));
+    if (adopt) {
       l.derived = { setting: chosen.setting, predicted: chosen.predicted, link: est, at: Date.now() };
       l.alphaFor.set(chosen.setting.etaMs, chosen.setting.alphaMs);
       l.wantedEta = chosen.setting.etaMs;
       l.lastOrder = -Infinity;
+      const what = `η ${chosen.setting.etaMs} ms, α ${chosen.setting.alphaMs} ms`;
       this.o.audit?.record({
         subject: `agent:${l.agent}`,
         kind: "detector-qos",
         to: state,
-        cause: c.ok
-          ? `detector settings derived from the targets: η ${chosen.setting.etaMs} ms, α ${chosen.setting.alphaMs} ms`
-          : `the targets cannot be met (${reason}): running the best setting, η ${chosen.setting.etaMs} ms, α ${chosen.setting.alphaMs} ms`,
+        cause: !c.ok
+          ? `the targets cannot be met (${reason}): running the best setting, ${what}`
+          : cur && chosen.setting.etaMs === cur.etaMs
+          ? `detector margin fitted to the link: ${what}`
+          : `detector settings derived from the targets: ${what}`,
         detail: {
           targets: targets.targets,
           from: targets.from,
           setting: chosen.setting,
           predicted: chosen.predicted,
           link: est,
+          reactionMs: limits.reactionMs,
         },
       });
     }

@@ -69,6 +69,10 @@ export interface LabOptions {
   };
   /** Size of the protected volume (default 16 MiB). */
   sizeMiB?: number;
+  /** QoS targets added to the service's --service spec, e.g. "td:1500ms,tmr:10m,tm:1s,rto:30s". */
+  serviceTargets?: string;
+  /** Extra flags for the standby agent (at the remote site). */
+  standbyExtra?: string[];
   /** The app's service is started by the agent's --on-unfence hook (failback), not by the lab. */
   serviceOnUnfence?: boolean;
   /**
@@ -280,6 +284,7 @@ export class FailoverLab {
         "http://10.77.3.2:8080/",
         "--heartbeat-to",
         "127.0.0.1:7899",
+        ...(o.standbyExtra ?? []),
       ],
       `${d}/standby.log`,
       { netns: this.ns.remote },
@@ -330,7 +335,9 @@ export class FailoverLab {
       "--remote-fingerprint",
       `dr1=${remoteFp}`,
       "--service",
-      "web=agent:app1,address:10.77.1.1:80,site:dr1,target:10.77.3.2:8080",
+      `web=agent:app1,address:10.77.1.1:80,site:dr1,target:10.77.3.2:8080${
+        o.serviceTargets ? `,${o.serviceTargets}` : ""
+      }`,
       ...(o.gatewayExtra ?? []),
     ];
     await this.startGateway();
