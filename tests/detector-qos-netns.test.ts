@@ -92,6 +92,8 @@ t(
         audit.some((e) => e.subject === "agent:app1" && e.kind === "detector-qos" && e.toState === "met"),
       );
 
+      assert.is(await lab.serviceState(), "protected", "nothing failed over meanwhile");
+
       // the server dies: FAILURE within T_D^U of the kill (the audit records it after the deadline)
       const killed = Date.now();
       lab.agent.kill("SIGKILL");

@@ -38,6 +38,7 @@ codec("period and echo round-trip; without them the datagram is the old one", ()
   assert.ok(d.ok);
   if (!d.ok) return;
   assert.is(d.heartbeat.intervalMs, 12.5);
+  assert.equal(d.heartbeat.status, { healthy: true, detail: "ok" }, "the healthy bit beside the extension's");
   assert.equal(d.heartbeat.echo, { nonce: 0xdeadbeefn, holdMs: 3.25 });
   const p = decodeHeartbeat(plain);
   assert.ok(p.ok && p.heartbeat.intervalMs === undefined && p.heartbeat.echo === undefined);
@@ -76,12 +77,12 @@ codec("probes: 13 bytes, a non-zero nonce; anything else is not a probe", () => 
 const live = suite("heartbeat extension, live");
 
 live("the sender reports its period only once asked, echoes probes and takes a new period", async () => {
-  const got: { seq: number; now: number; meta: HeartbeatMeta }[] = [];
+  const got: { seq: number; now: number; healthy: boolean; meta: HeartbeatMeta }[] = [];
   const receiver = await startHeartbeatReceiver({
     host: "127.0.0.1",
     port: 0,
     secrets: new Map([["app-1", secret]]),
-    onHeartbeat: (_a, seq, _s, now, meta) => got.push({ seq, now, meta }),
+    onHeartbeat: (_a, seq, status, now, meta) => got.push({ seq, now, healthy: status.healthy, meta }),
   });
   const sender = startHeartbeatSender({
     host: "127.0.0.1",
@@ -104,6 +105,7 @@ live("the sender reports its period only once asked, echoes probes and takes a n
     const rtt = echoed.now - sentAt - echoed.meta.echo!.holdMs;
     assert.ok(rtt >= 0 && rtt < 20, `round trip ${rtt} ms`);
     assert.is(echoed.meta.intervalMs, 20);
+    assert.ok(got.every((g) => g.healthy), "the verdict rides along unchanged");
     assert.is(got.filter((g) => g.meta.echo).length, 1, "one echo per probe");
     assert.throws(() => sender.setInterval(0), /1\.\.60000 ms/);
     const before = got.length;

@@ -62,7 +62,7 @@ export class StandbyDrills {
     // set before the hook runs: a drill-down after a failed hook still stops what it started
     this.running = m.export;
     await d.hook("on-promote", env);
-    await d.waitHealthy(timeoutMs - (performance.now() - started));
+    await d.waitHealthy(Math.round(timeoutMs - (performance.now() - started)));
     return { ok: true, checkMs: Math.round(performance.now() - started) };
   }
 }

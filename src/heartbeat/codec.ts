@@ -161,7 +161,7 @@ export function decodeHeartbeat(datagram: Uint8Array): Decoded {
         seq: Number(seq),
         sentAtMs: Number(sentAt),
         status: {
-          healthy: datagram[5] === 1,
+          healthy: (datagram[5] & 1) === 1,
           detail: strictUtf8.decode(datagram.subarray(detailAt + 2, detailAt + 2 + detailLen)),
         },
       },
