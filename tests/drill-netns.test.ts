@@ -8,10 +8,9 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { FailoverLab, Poller } from "./lib/failover-lab.ts";
+import { FailoverLab, Poller, writeServiceText } from "./lib/failover-lab.ts";
 import { run, tempDir, waitFor } from "./lib/cluster.ts";
 import { httpGet } from "./lib/netns.ts";
-import { NbdClient } from "./lib/nbd-client.ts";
 import { WebClient } from "./lib/browser.ts";
 import type { Drill } from "../src/drills/drills.ts";
 
@@ -19,15 +18,6 @@ const t = suite("drills in namespaces");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save", "qemu-io"] };
 const MiB = 1024 * 1024;
 const MESSAGE = "written before the drill";
-
-async function writeText(lab: FailoverLab, text: string): Promise<void> {
-  const c = await NbdClient.connect(`${lab.dir}/agent/nbd.sock`);
-  await c.go("vol0");
-  const block = new Uint8Array(4096);
-  block.set(new TextEncoder().encode(text));
-  await c.write(0, block, true);
-  await c.disconnect();
-}
 
 /** The gateway's nat rules, without iptables-save's comment lines (they hold the time). */
 async function natRules(lab: FailoverLab): Promise<string> {
@@ -118,7 +108,7 @@ t(
       await c.expect(200, "POST", "/api/tasks/db/actions/start");
       const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
       await waitFor(async () => await state() === "protected", 60_000, "the task to be protected", 250);
-      await writeText(lab, MESSAGE);
+      await writeServiceText(`${lab.dir}/agent/nbd.sock`, MESSAGE);
       poller = new Poller(lab);
       await waitFor(
         () => poller!.answers().some((a) => a.ok && a.body === `local: ${MESSAGE}`),
@@ -142,7 +132,7 @@ t(
       const began = await c.expect(202, "POST", "/api/tasks/db/drills", {}) as Drill;
       assert.is(began.status, "running");
       // production meanwhile: the local service answers, replication goes on, nothing switched
-      await writeText(lab, "written during the drill");
+      await writeServiceText(`${lab.dir}/agent/nbd.sock`, "written during the drill");
       let passed!: Drill;
       await waitFor(
         async () => {
