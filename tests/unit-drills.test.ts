@@ -13,6 +13,7 @@ import type { AlarmInput } from "../src/alarms/alarm.ts";
 import { ActionError } from "../src/tasks/actions.ts";
 import { setLogSink } from "../src/log.ts";
 import { tempDir, waitFor } from "./lib/cluster.ts";
+import { taskFixture } from "./lib/task-fixture.ts";
 
 const g = suite("drill grade");
 
@@ -61,24 +62,7 @@ g(
 
 // ------------------------------------------------------------------ the service, with fakes
 
-const task = (state: Task["state"]): Task => {
-  const ref = { host: "gw", device: "/dev/x" };
-  return {
-    name: "db",
-    description: "",
-    group: {
-      local: { site: "prod", lsp: { host: "app1", device: "/dev/sdb" }, lgp: ref, buffer: ref },
-      remotes: [{ site: "dr1", rgp: ref, rsp: ref }],
-    },
-    mirror: { ackPoint: "lgp", congestion: "block", bandwidthLimit: 0, compression: false },
-    recovery: { strategy: "fast", mode: "policy" },
-    targets: { rtoMs: 5000, rpoMs: 1000 },
-    state,
-    stateSince: 0,
-    createdAt: 0,
-    updatedAt: 0,
-  };
-};
+const task = (state: Task["state"]): Task => taskFixture({ state, targets: { rtoMs: 5000, rpoMs: 1000 } });
 
 async function service(o: { state?: Task["state"]; up?: Record<string, unknown>; copyTime?: number } = {}) {
   const { db } = await openDatabase(`file:${await tempDir("drills")}/g.db`);

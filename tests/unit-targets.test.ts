@@ -8,6 +8,7 @@ import { describeIssues, type Task, taskInputSchema, zodIssues } from "../src/ta
 import { detectionTargets, taskTargets } from "../src/tasks/targets.ts";
 import { strictest } from "../src/failover/detector-qos.ts";
 import type { TaskStore } from "../src/tasks/store.ts";
+import { taskFixture } from "./lib/task-fixture.ts";
 
 const t = suite("targets");
 const base = "agent:app1,address:10.1.1.1:80,site:dr1,target:10.3.3.2:8080";
@@ -30,19 +31,7 @@ t("a --service's targets: durations with units; all three detection targets or n
 });
 
 t("a task's targets in its body: each field checked and named", () => {
-  const body = (targets: unknown) => ({
-    name: "db",
-    group: {
-      local: {
-        site: "prod",
-        lsp: { host: "a", device: "/dev/a" },
-        lgp: { host: "g", device: "/dev/g" },
-        buffer: { host: "g", device: "/dev/b" },
-      },
-      remotes: [{ site: "dr1", rgp: { host: "r", device: "/dev/r" }, rsp: { host: "s", device: "/dev/s" } }],
-    },
-    targets,
-  });
+  const body = (targets: unknown) => ({ name: "db", group: taskFixture().group, targets });
   const issues = (targets: unknown) => {
     const r = taskInputSchema.safeParse(body(targets));
     return r.success ? "" : describeIssues(zodIssues(r.error));
@@ -59,27 +48,14 @@ t("a task's targets in its body: each field checked and named", () => {
   assert.is(issues({ rtoMs: 8 * 86_400_000 }), "targets.rtoMs: must be at most one week");
 });
 
-const task = (name: string, state: Task["state"], targets: Task["targets"], service?: string): Task => ({
-  name,
-  description: "",
-  group: {
-    local: {
-      site: "prod",
-      lsp: { host: "app1", device: `/dev/${name}` },
-      lgp: { host: "g", device: "/dev/g" },
-      buffer: { host: "g", device: "/dev/b" },
-    },
-    remotes: [{ site: "dr1", rgp: { host: "r", device: "/dev/r" }, rsp: { host: "s", device: "/dev/s" } }],
-  },
-  mirror: { ackPoint: "lgp", congestion: "block", bandwidthLimit: 0, compression: false },
-  recovery: { strategy: "fast", mode: "policy" },
-  ...(service ? { service } : {}),
-  ...(targets ? { targets } : {}),
-  state,
-  stateSince: 0,
-  createdAt: 0,
-  updatedAt: 0,
-});
+const task = (name: string, state: Task["state"], targets: Task["targets"], service?: string): Task =>
+  taskFixture({
+    name,
+    state,
+    lspDevice: `/dev/${name}`,
+    ...(service ? { service } : {}),
+    ...(targets ? { targets } : {}),
+  });
 
 t(
   "a task's own targets win over its service's; an agent gets the strictest of its tasks' and services'",
