@@ -107,6 +107,8 @@ export class Drills {
   private readonly running = new Map<number, Promise<Drill>>();
   /** Tasks with a drill under way. */
   private readonly busy = new Set<string>();
+  /** Each task's last finished drill (status, /metrics). */
+  private readonly last = new Map<string, Drill>();
   private checking = false;
 
   constructor(private readonly d: DrillDeps) {}
@@ -120,6 +122,9 @@ export class Drills {
         reasons: ["the local gateway restarted during the drill"],
       });
     }
+    for (const r of await this.d.db.select().from(drills).orderBy(drills.id)) {
+      if (r.status === "passed" || r.status === "failed") this.last.set(r.task, drillOf(r));
+    }
     this.timer = setInterval(() => {
       if (this.checking) return;
       this.checking = true;
@@ -130,6 +135,11 @@ export class Drills {
 
   close(): void {
     clearInterval(this.timer);
+  }
+
+  /** Each task's last finished drill. */
+  latest(): Drill[] {
+    return [...this.last.values()];
   }
 
   async list(task?: string, limit = 100): Promise<Drill[]> {
@@ -363,6 +373,7 @@ export class Drills {
         detail: JSON.stringify(detail),
       }).where(eq(drills.id, id)));
     const d = await this.get(id);
+    this.last.set(d.task, d);
     const what = `failover drill ${id} of task ${d.task} at site ${d.site ?? "?"}`;
     const measured = `RTO ${d.rtoMs === null ? "—" : `${(d.rtoMs / 1000).toFixed(2)} s`}, RPO ${
       d.rpoMs === null ? "—" : `${(d.rpoMs / 1000).toFixed(2)} s`

@@ -545,20 +545,24 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       durableSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.durableSeq ?? 0,
       request: siteRequest,
     });
-    alarms.watch(async () => ({
-      services: controller.status(),
-      sites: siteStatus(),
-      journal: {
-        used: journal.positions.head - journal.positions.tail,
-        capacity: journal.positions.capacity,
-      },
-      tasks: (await store.listTasks()).map((t) => ({
-        name: t.name,
-        state: t.state,
-        rpoMs: taskTargets(t, configs).rpoMs,
-        sites: t.group.remotes.map((r) => r.site),
-      })),
-    }));
+    // the tasks' targets as last read for the alarms, shown by the status and /metrics
+    let targetsSeen: { task: string; rtoMs?: number; rpoMs?: number; sites: string[] }[] = [];
+    alarms.watch(async () => {
+      const tasks = await store.listTasks();
+      targetsSeen = tasks.map((t) => {
+        const { rtoMs, rpoMs } = taskTargets(t, configs);
+        return { task: t.name, rtoMs, rpoMs, sites: t.group.remotes.map((r) => r.site) };
+      });
+      return {
+        services: controller.status(),
+        sites: siteStatus(),
+        journal: {
+          used: journal.positions.head - journal.positions.tail,
+          capacity: journal.positions.capacity,
+        },
+        tasks: tasks.map((t, i) => ({ name: t.name, state: t.state, ...targetsSeen[i] })),
+      };
+    });
     // agents that connected before the store existed get their assignments now
     for (const agent of listener.connectedAgents()) {
       control.onAgent(agent).catch((e) =>
@@ -616,6 +620,16 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         tests: tests.list(),
         detectorQos: qos.status(),
         alarms: alarms.status(),
+        taskTargets: targetsSeen,
+        drills: drills.latest().map((d) => ({
+          task: d.task,
+          id: d.id,
+          passed: d.status === "passed",
+          rtoMs: d.rtoMs,
+          rpoMs: d.rpoMs,
+          finishedAt: d.finishedAt ?? 0,
+          reasons: d.reasons,
+        })),
       }),
       routes: (app) => {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
