@@ -4,6 +4,7 @@
 // rules in deploy/prometheus/ are written against these.
 import type { Exposition } from "./metrics.ts";
 import type { LinkQos, QosState } from "../failover/detector-qos.ts";
+import type { PredictedQos } from "../detector/configurator.ts";
 import type { AlarmsStatus } from "../alarms/alarms.ts";
 import { ALARM_KINDS } from "../alarms/alarm.ts";
 
@@ -39,27 +40,22 @@ export function renderQosMetrics(x: Exposition, st: QosStatusLike): void {
     "Heartbeat period η the agent's heartbeats are judged with",
   );
   const alpha = g("continuum_detector_alpha_seconds", "Margin α after the expected arrival before SUSPECT");
-  const tTd = g("continuum_detector_target_detection_seconds", "Target T_D^U: detect a failure within this");
-  const tTmr = g(
-    "continuum_detector_target_mistake_recurrence_seconds",
-    "Target T_MR^L: false detections at most this often",
-  );
-  const tTm = g(
-    "continuum_detector_target_mistake_duration_seconds",
-    "Target T_M^U: a false detection lasts at most this",
-  );
-  const pTd = g(
-    "continuum_detector_predicted_detection_seconds",
-    "Detection time the running setting guarantees on the measured link",
-  );
-  const pTmr = g(
-    "continuum_detector_predicted_mistake_recurrence_seconds",
-    "Mean time between false detections the running setting guarantees at least",
-  );
-  const pTm = g(
-    "continuum_detector_predicted_mistake_duration_seconds",
-    "Mean false-detection length the running setting guarantees at most",
-  );
+  // the three QoS measures, as targets and as what the running setting guarantees
+  const measures = (kind: "target" | "predicted", what: string) => {
+    const f = (name: string, help: string) =>
+      g(`continuum_detector_${kind}_${name}_seconds`, `${what}: ${help}`);
+    const td = f("detection", "detection time (T_D), at most");
+    const tmr = f("mistake_recurrence", "mean time between false detections (T_MR), at least");
+    const tm = f("mistake_duration", "mean length of a false detection (T_M), at most");
+    return (q: PredictedQos | null, a: Record<string, string>) => {
+      if (!q) return;
+      td(s(q.detectionMs), a);
+      tmr(s(q.mistakeRecurrenceMs), a);
+      tm(s(q.mistakeDurationMs), a);
+    };
+  };
+  const targets = measures("target", "Target");
+  const predicted = measures("predicted", "What the running setting guarantees on the measured link");
   const loss = g("continuum_detector_link_loss_ratio", "Heartbeats lost on the agent's link (estimate)");
   const delay = g("continuum_detector_link_delay_seconds", "Mean one-way heartbeat delay (estimate)");
   const dev = g("continuum_detector_link_delay_stddev_seconds", "Standard deviation of the heartbeat delay");
@@ -82,16 +78,8 @@ export function renderQosMetrics(x: Exposition, st: QosStatusLike): void {
     for (const q of QOS_STATES) state(l.state === q ? 1 : 0, { ...a, state: q });
     eta(s(l.running.etaMs), a);
     alpha(s(l.running.alphaMs), a);
-    if (l.targets) {
-      tTd(s(l.targets.detectionMs), a);
-      tTmr(s(l.targets.mistakeRecurrenceMs), a);
-      tTm(s(l.targets.mistakeDurationMs), a);
-    }
-    if (l.predicted) {
-      pTd(s(l.predicted.detectionMs), a);
-      pTmr(s(l.predicted.mistakeRecurrenceMs), a);
-      pTm(s(l.predicted.mistakeDurationMs), a);
-    }
+    targets(l.targets, a);
+    predicted(l.predicted, a);
     if (l.link) {
       loss(l.link.lossProbability, a);
       delay(s(l.link.meanDelayMs), a);
