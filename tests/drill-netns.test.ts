@@ -13,6 +13,7 @@ import { run, tempDir, waitFor } from "./lib/cluster.ts";
 import { httpGet } from "./lib/netns.ts";
 import { WebClient } from "./lib/browser.ts";
 import type { Drill } from "../src/drills/drills.ts";
+import { runCtl } from "../src/cli/ctl.ts";
 
 const t = suite("drills in namespaces");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save", "qemu-io"] };
@@ -195,10 +196,19 @@ t(
       await c.expect(200, "PUT", "/api/tasks/db", task);
       await caughtUp(lab, 120_000, "the site to catch up");
 
-      // a service that does not come up on the copy
+      // a service that does not come up on the copy, drilled with `continuum ctl drill`
       await Deno.writeTextFile(`${d}/drill-fails`, "");
       await c.expect(200, "PUT", "/api/tasks/db", { ...task, targets: { rtoMs: 5000, rpoMs: 60_000 } });
-      const down = await c.expect(200, "POST", "/api/tasks/db/drills?wait=1", {}) as Drill;
+      const ctl = ["--api", "http://10.77.9.1:7880", "--token-file", `${d}/gateway/api-token`];
+      const bad = await runCtl([...ctl, "drill", "db", "--every", "soon"], () => {}).catch((e) => e);
+      assert.match(bad.message, /--every "soon" is not a number of hours/);
+      let printed = "";
+      assert.is(
+        await runCtl([...ctl, "drill", "db", "--site", "dr1"], (s) => printed = s),
+        1,
+        "a failed grade exits 1",
+      );
+      const down = JSON.parse(printed) as Drill;
       console.log(`  failing drill: ${down.status}: ${down.reasons.join("; ")}`);
       assert.is(down.status, "failed");
       assert.is(down.rtoMs, null);
