@@ -12,12 +12,12 @@ import { FailoverLab, Poller, writeServiceText } from "./lib/failover-lab.ts";
 import { run, tempDir, waitFor } from "./lib/cluster.ts";
 import { httpGet } from "./lib/netns.ts";
 import { WebClient } from "./lib/browser.ts";
+import { registerLabInventory } from "./lib/lab-inventory.ts";
 import type { Drill } from "../src/drills/drills.ts";
 import { runCtl } from "../src/cli/ctl.ts";
 
 const t = suite("drills in namespaces");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save", "qemu-io"] };
-const MiB = 1024 * 1024;
 const MESSAGE = "written before the drill";
 
 /** The gateway's nat rules, without iptables-save's comment lines (they hold the time). */
@@ -54,55 +54,12 @@ t(
         remoteExtra: ["--test-listen", `unix:${testSocket}`],
       });
       const c = new WebClient("http://10.77.9.1:7880", { token: lab.token });
-      await c.expect(201, "POST", "/api/sites", { name: "prod", role: "local" });
-      await c.expect(201, "POST", "/api/sites", { name: "dr1", role: "remote" });
-      for (
-        const [name, site, role] of [["app1", "prod", "application"], ["lgw", "prod", "gateway"], [
-          "rgw",
-          "dr1",
-          "gateway",
-        ], ["standby", "dr1", "application"]]
-      ) {
-        await c.expect(201, "POST", "/api/hosts", {
-          name,
-          site,
-          role,
-          ...(name === "standby" ? { agent: "app1" } : {}),
-        });
-      }
+      const group = await registerLabInventory(lab, c);
       const d = lab.dir;
-      const devices = {
-        lsp: lab.lsp,
-        lgp: `${d}/gateway/mirrors/app1/vol0.img`,
-        buffer: `${d}/gateway/journal.ring`,
-        rgp: `${d}/remote/replicas/app1/vol0.img`,
-        rsp: lab.rsp,
-      };
-      for (
-        const [name, host, device, size] of [
-          ["vol0", "app1", devices.lsp, 16 * MiB],
-          ["lgp0", "lgw", devices.lgp, 16 * MiB],
-          ["buf0", "lgw", devices.buffer, 128 * MiB],
-          ["rgp0", "rgw", devices.rgp, 16 * MiB],
-          ["rsp0", "standby", devices.rsp, 16 * MiB],
-        ] as const
-      ) await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
       const task = {
         name: "db",
         service: "web",
-        group: {
-          local: {
-            site: "prod",
-            lsp: { host: "app1", device: devices.lsp },
-            lgp: { host: "lgw", device: devices.lgp },
-            buffer: { host: "lgw", device: devices.buffer },
-          },
-          remotes: [{
-            site: "dr1",
-            rgp: { host: "rgw", device: devices.rgp },
-            rsp: { host: "standby", device: devices.rsp },
-          }],
-        },
+        group,
         targets: { rtoMs: 30_000, rpoMs: 5000 },
       };
       await c.expect(201, "POST", "/api/tasks", task);

@@ -41,7 +41,18 @@ export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="empty">{children}</div>;
 }
 
-const OK = new Set(["TRUST", "consistent", "protected", "connected", "up", "done", "admin", "valid"]);
+const OK = new Set([
+  "TRUST",
+  "consistent",
+  "protected",
+  "connected",
+  "up",
+  "done",
+  "admin",
+  "valid",
+  "met",
+  "passed",
+]);
 const WARN = new Set([
   "SUSPECT",
   "syncing",
@@ -53,6 +64,7 @@ const WARN = new Set([
   "failing-over",
   "running",
   "scheduled",
+  "measuring",
 ]);
 const BAD = new Set([
   "FAILURE",
@@ -63,6 +75,7 @@ const BAD = new Set([
   "down",
   "unreachable",
   "invalid",
+  "unmet",
 ]);
 
 export function tone(state: string | undefined): string {

@@ -1,6 +1,7 @@
 // The task wizard: centers → hosts and devices → the group (a partition for each role, sizes
 // checked) → mirror and recovery strategies → review and create. Sites, hosts and volumes can
-// be added on the way; the server checks everything again and its messages name the field.
+// be added on the way; the strategies step also takes the QoS targets (ui/qos.tsx). The server
+// checks everything again and its messages name the field.
 import { Fragment } from "preact";
 import { useState } from "preact/hooks";
 import { isAdmin, post } from "../api.ts";
@@ -9,6 +10,7 @@ import { bytes, parseSize } from "../format.ts";
 import { navigate } from "../router.ts";
 import type { Host, PartitionRef, Site, Stored, TaskView, Volume } from "../types.ts";
 import { HostForm, SiteForm, VolumeForm } from "./inventory.tsx";
+import { NO_TARGETS, targetsBody, TargetsFields, targetsSummary } from "../qos.tsx";
 
 const STEPS = ["Centers", "Hosts and devices", "Group", "Strategies", "Review"];
 
@@ -74,6 +76,7 @@ export function WizardPage() {
     time: "02:00",
     method: "fast",
   });
+  const [targets, setTargets] = useState(NO_TARGETS);
   const [name, setName] = useState("");
   const [description, setDescription] = useState("");
   const [service, setService] = useState("");
@@ -139,13 +142,16 @@ export function WizardPage() {
   };
   const bufferBound = parseSize(mirror.bufferBound);
   const bandwidth = parseSize(mirror.bandwidth || "0");
+  const chosenTargets = targetsBody(targets);
   const strategiesOk = (mirror.bufferBound === "" || Number.isFinite(bufferBound)) &&
     Number.isFinite(bandwidth) &&
-    (recovery.mode === "policy" || recovery.source !== "");
+    (recovery.mode === "policy" || recovery.source !== "") &&
+    !chosenTargets.error;
   const body = () => ({
     name,
     description,
     ...(service ? { service } : {}),
+    ...(chosenTargets.targets ? { targets: chosenTargets.targets } : {}),
     group: {
       local: { site: local, lsp: ref(slots[0]), lgp: ref(slots[1]), buffer: ref(slots[2]) },
       remotes: remotes.map((r) => ({
@@ -200,7 +206,7 @@ export function WizardPage() {
       : "Pick a partition for every role.",
     recovery.mode === "manual" && !recovery.source
       ? "Manual recovery needs a default source."
-      : "A size is not valid (e.g. 512M, 10G).",
+      : chosenTargets.error ?? "A size is not valid (e.g. 512M, 10G).",
     "",
   ][step];
 
@@ -510,6 +516,7 @@ export function WizardPage() {
               )}
             </div>
           </fieldset>
+          <TargetsFields value={targets} onChange={setTargets} error={error} />
         </div>
       )}
 
@@ -562,6 +569,10 @@ export function WizardPage() {
               {recovery.strategy === "scheduled" ? ` at ${recovery.time} (${recovery.method})` : ""},{" "}
               {recovery.mode}
               {recovery.mode === "manual" ? ` from ${recovery.source}` : ""}
+            </dd>
+            <dt>Targets</dt>
+            <dd data-testid="review-targets">
+              {targetsSummary(chosenTargets.targets)}
             </dd>
           </dl>
           <ErrorBox error={error} />
