@@ -7,25 +7,20 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { configure, type QosTargets } from "../src/detector/configurator.ts";
-import { LinkEstimator } from "../src/detector/link-estimator.ts";
 import { ChenDetector } from "../src/detector/chen.ts";
-import { type DelayModel, heartbeatTrace, type Link, measureQos, mulberry32 } from "../src/detector/qos.ts";
+import {
+  type DelayModel,
+  type Link,
+  measureQos,
+  mulberry32,
+  simulatedEstimate,
+} from "../src/detector/qos.ts";
 
 const t = suite("configured detector, simulated");
 
-function draw(rng: () => number, d: DelayModel): number {
-  return d.kind === "exponential" ? -d.meanMs * Math.log(1 - rng()) : d.minMs + (d.maxMs - d.minMs) * rng();
-}
-
-/** The gateway's measurement: a minute of heartbeats every 100 ms and a probe a second. */
+/** The gateway's measurement: a minute of heartbeats every 100 ms and 30 probes. */
 function measure(seed: number, delay: DelayModel, lossProbability: number) {
-  const rng = mulberry32(seed);
-  const est = new LinkEstimator({ windowMs: 60_000, minSamples: 50, rttSamples: 30 });
-  for (const a of heartbeatTrace(rng, { etaMs: 100, delay, lossProbability }, 60_000)) {
-    est.heartbeat(a.seq, a.arrivalMs, 100);
-  }
-  for (let i = 0; i < 30; i++) est.roundTrip(draw(rng, delay) + draw(rng, delay));
-  return est.estimate()!;
+  return simulatedEstimate(mulberry32(seed), { etaMs: 100, delay, lossProbability }, 60_000)!;
 }
 
 const HOUR = 3_600_000;

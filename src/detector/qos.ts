@@ -10,6 +10,7 @@
 // - Detection comes from crash runs: T_D is the time from the crash to the detector's
 //   final transition into FAILURE (0 if it was already there and never left).
 import type { Detector, Transition } from "./types.ts";
+import { type LinkEstimate, LinkEstimator } from "./link-estimator.ts";
 
 /** mulberry32: a small seeded PRNG, uniform in [0, 1). */
 export function mulberry32(seed: number): () => number {
@@ -43,6 +44,22 @@ export interface Arrival {
 function drawDelay(rng: () => number, d: DelayModel): number {
   if (d.kind === "exponential") return -d.meanMs * Math.log(1 - rng());
   return d.minMs + (d.maxMs - d.minMs) * rng();
+}
+
+/**
+ * The gateway's measurement of `link`, simulated: `untilMs` of its heartbeats through a
+ * LinkEstimator, and `probes` round trips (one delay each way, drawn from the same model).
+ */
+export function simulatedEstimate(
+  rng: () => number,
+  link: Link,
+  untilMs: number,
+  probes = 30,
+): LinkEstimate | undefined {
+  const est = new LinkEstimator({ windowMs: untilMs, minSamples: 50, rttSamples: probes });
+  for (const a of heartbeatTrace(rng, link, untilMs)) est.heartbeat(a.seq, a.arrivalMs, link.etaMs);
+  for (let i = 0; i < probes; i++) est.roundTrip(drawDelay(rng, link.delay) + drawDelay(rng, link.delay));
+  return est.estimate();
 }
 
 /** Heartbeats 0, 1, … sent at seq·η while seq·η < untilMs, in arrival order. */
