@@ -174,8 +174,15 @@ t(
         /^the service did not come up on the test copy: service not healthy within/,
       );
 
+      // a weekly drill, scheduled and then cancelled
+      const at = Date.now() + 3_600_000;
+      const weekly = await c.expect(201, "POST", "/api/tasks/db/drills", { at, everyHours: 168 }) as Drill;
+      assert.equal([weekly.status, weekly.scheduledAt, weekly.everyMs], ["scheduled", at, 168 * 3_600_000]);
+      const cancelled = await c.expect(200, "DELETE", `/api/tasks/db/drills/${weekly.id}`) as Drill;
+      assert.is(cancelled.status, "cancelled");
+
       const history = await c.expect(200, "GET", "/api/tasks/db/drills") as Drill[];
-      assert.equal(history.map((x) => x.status), ["failed", "failed", "passed"]);
+      assert.equal(history.map((x) => x.status), ["cancelled", "failed", "failed", "passed"]);
       const alarms =
         (await lab.api("/api/status") as { alarms: { recent: { kind: string; subject: string }[] } })
           .alarms.recent.filter((a) => a.kind === "drill-failed");
