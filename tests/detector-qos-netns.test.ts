@@ -3,12 +3,13 @@
 // service is given targets (--service …,td,tmr,tm); the gateway measures the link, derives η and
 // α, tells the agent its period; when the relay's profile changes it derives them again and the
 // agent follows. Over the run no false detection happens (fewer than the run's length over T_MR^L,
-// which is none), and a killed server is detected within T_D^U.
+// which is none), a killed server is detected within T_D^U, and once it is back its failure counts
+// as a real one, with the detection time the gateway measured.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
 import { FailoverLab } from "./lib/failover-lab.ts";
-import { tempDir, waitFor } from "./lib/cluster.ts";
+import { RoleProcess, tempDir, waitFor } from "./lib/cluster.ts";
 import type { LinkQos } from "../src/failover/detector-qos.ts";
 
 const t = suite("detector QoS in namespaces");
@@ -118,6 +119,23 @@ t(
       );
       console.log(`  detected ${failedAt - killed} ms after the kill (target ${TD} ms)`);
       assert.ok(failedAt - killed <= TD, `detected after ${failedAt - killed} ms`);
+
+      // the agent comes back (a new boot): the failure was real, and its detection time is kept
+      lab.agent = new RoleProcess(lab.agent.name, lab.agent.args, lab.agent.logPath, lab.agent.opts);
+      let observed: LinkQos["observed"] | undefined;
+      await waitFor(
+        async () => {
+          observed = (await link(lab))?.observed;
+          return (observed?.detections.length ?? 0) > 0;
+        },
+        30_000,
+        "the restarted agent's failure to count as a detection",
+        250,
+      );
+      const measured = observed!.detections[0].ms;
+      console.log(`  the gateway measured ${Math.round(measured)} ms (from the last heartbeat's sending)`);
+      assert.ok(measured > 0 && measured <= TD + 100, `${measured}`);
+      assert.is(observed!.mistakes, 0, "a real failure is no false detection");
     } finally {
       await lab.stop();
     }
