@@ -89,13 +89,14 @@ durations("units and bare milliseconds", () => {
   assert.is(parseDuration("5s"), 5000);
   assert.is(parseDuration("2m"), 120_000);
   assert.is(parseDuration("1h"), 3_600_000);
+  assert.is(parseDuration("30d"), 30 * 86_400_000, "days: a detector's mistake recurrence target");
   assert.is(parseDuration("1.5s"), 1500);
   assert.is(parseDuration(" 7 s "), 7000);
   assert.is(parseDuration("0"), 0);
 });
 
 durations("garbage is a UsageError", () => {
-  for (const bad of ["", "s", "-5s", "5 sec", "5d", "1.2.3s", "abc", "5ss"]) {
+  for (const bad of ["", "s", "-5s", "5 sec", "5w", "1.2.3s", "abc", "5ss"]) {
     usageError(() => parseDuration(bad));
   }
 });

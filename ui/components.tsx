@@ -87,7 +87,18 @@ export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="empty">{children}</div>;
 }
 
-const OK = new Set(["TRUST", "consistent", "protected", "connected", "up", "done", "admin", "valid"]);
+const OK = new Set([
+  "TRUST",
+  "consistent",
+  "protected",
+  "connected",
+  "up",
+  "done",
+  "admin",
+  "valid",
+  "met",
+  "passed",
+]);
 const WARN = new Set([
   "SUSPECT",
   "syncing",
@@ -100,6 +111,7 @@ const WARN = new Set([
   "running",
   "scheduled",
   "waiting",
+  "measuring",
 ]);
 const BAD = new Set([
   "FAILURE",
@@ -110,6 +122,7 @@ const BAD = new Set([
   "down",
   "unreachable",
   "invalid",
+  "unmet",
 ]);
 
 export function tone(state: string | undefined): string {

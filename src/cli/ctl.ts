@@ -17,6 +17,12 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
                           rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled)
   recoveries              recoveries: running, scheduled, finished
   cancel ID               cancel a running or scheduled recovery
+  drill TASK [--site SITE] [--at WHEN [--every HOURS]]
+                          a failover drill of TASK: its service brought up on a test copy at a remote
+                          site, RTO and RPO graded (waits for the grade; exit code 1 when it fails);
+                          --at schedules it, --every repeats it
+  drills [TASK]           the drills and their grades, newest first
+  detector                each agent link's detector: targets, settings, predicted and observed QoS
 The API token is read from --token-file (default /var/lib/continuum/gateway/api-token)
 or the CONTINUUM_TOKEN environment variable; --api defaults to http://127.0.0.1:7880.`;
 
@@ -38,6 +44,8 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         seq: { type: "string" },
         time: { type: "string" },
         at: { type: "string" },
+        site: { type: "string" },
+        every: { type: "string" },
         help: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -118,6 +126,24 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       method = "DELETE";
       path = `/api/recoveries/${need("ID")}`;
       break;
+    case "drill": {
+      need("TASK");
+      method = "POST";
+      const at = when(values.at, "--at");
+      const every = values.every === undefined ? undefined : Number(values.every);
+      if (every !== undefined && !(every > 0)) {
+        throw new UsageError(`ctl drill: --every "${values.every}" is not a number of hours`);
+      }
+      path = `/api/tasks/${need("TASK")}/drills${at === undefined ? "?wait=1" : ""}`;
+      body = { site: values.site, at, everyHours: every };
+      break;
+    }
+    case "drills":
+      path = arg ? `/api/tasks/${need("TASK")}/drills` : "/api/drills";
+      break;
+    case "detector":
+      path = "/api/detector";
+      break;
     case "failover":
       method = "POST";
       path = `/api/services/${need("SERVICE")}/failover`;
@@ -144,5 +170,7 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
   }
   const answer = await r.text();
   print(answer);
+  // a drill that failed its grade fails the command too (for scripts and schedulers)
+  if (r.ok && cmd === "drill" && (JSON.parse(answer) as { status?: string }).status === "failed") return 1;
   return r.ok ? 0 : 1;
 }

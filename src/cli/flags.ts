@@ -32,11 +32,11 @@ export function parseSize(text: string): number {
   return Math.round(Number(m[1]) * sizeUnits[m[2].toLowerCase()]);
 }
 
-const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** "100ms", "5s", "2m", "250" (ms) → milliseconds. */
+/** "100ms", "5s", "2m", "1h", "30d", "250" (ms) → milliseconds. */
 export function parseDuration(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim());
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/.exec(text.trim());
   if (!m) throw new UsageError(`not a duration: "${text}" (examples: 100ms, 5s, 2m)`);
   return Number(m[1]) * durationUnits[m[2] ?? "ms"];
 }

@@ -190,10 +190,35 @@ export const tasks = sqliteTable("tasks", {
   service: text("service"),
   /** JSON {action, reason, at} of the last start or resume that failed, until one succeeds (null: none) */
   failureJson: text("failure_json"),
+  /** JSON of the task's QoS targets (detection, RTO, RPO), if any. */
+  targetsJson: text("targets_json"),
   state: text("state").notNull(),
   stateSince: integer("state_since").notNull(),
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
+});
+
+/** Failover drills of tasks (src/drills/): scheduled, running and graded ones, the history. */
+export const drills = sqliteTable("drills", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  task: text("task").notNull(),
+  /** The remote center tested (null: chosen when it starts). */
+  site: text("site"),
+  /** scheduled, running, passed, failed, cancelled */
+  status: text("status").notNull(),
+  /** When a scheduled drill starts (ms since the epoch), and every how long it repeats. */
+  scheduledAt: integer("scheduled_at"),
+  everyMs: integer("every_ms"),
+  startedAt: integer("started_at"),
+  finishedAt: integer("finished_at"),
+  /** Measured: drill start to the service check passing on the test copy, and the copy's lag. */
+  rtoMs: integer("rto_ms"),
+  rpoMs: integer("rpo_ms"),
+  /** JSON: the targets graded against, the reasons of a failed grade, the copy and the steps. */
+  detail: text("detail").notNull().default("{}"),
+  /** Who asked for it (user, token, schedule). */
+  requestedBy: text("requested_by").notNull(),
+  createdAt: integer("created_at").notNull(),
 });
 
 // ------------------------------------------------------------------ web access (src/web/)

@@ -27,8 +27,8 @@ export interface ChenOptions {
 }
 
 export class ChenDetector implements Detector {
-  private readonly eta: number;
-  private readonly alpha: number;
+  private eta: number;
+  private alpha: number;
   private readonly samples: SampleWindow;
   // samples are stored relative to this, so epoch-sized clocks keep full precision
   private origin = 0;
@@ -63,6 +63,19 @@ export class ChenDetector implements Detector {
     const plan = this.plan(seq + 1, ea);
     this.timeline.trust(seq, now, plan, plan.suspect);
     return true;
+  }
+
+  /**
+   * A new margin `alphaMs` from the next heartbeat on; with a new period `etaMs` (the sender's
+   * schedule starts over at its next heartbeat, which keeps the numbering) the estimate starts over
+   * from that heartbeat too. The deadlines already set stand until it arrives.
+   */
+  reconfigure(etaMs: number, alphaMs: number): void {
+    if (!(etaMs > 0)) throw new RangeError("etaMs must be positive");
+    if (!(alphaMs >= 0)) throw new RangeError("alphaMs must not be negative");
+    if (etaMs !== this.eta) this.samples.clear();
+    this.eta = etaMs;
+    this.alpha = alphaMs;
   }
 
   restart(_now: number): void {

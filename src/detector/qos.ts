@@ -10,6 +10,7 @@
 // - Detection comes from crash runs: T_D is the time from the crash to the detector's
 //   final transition into FAILURE (0 if it was already there and never left).
 import type { Detector, Transition } from "./types.ts";
+import { type LinkEstimate, LinkEstimator } from "./link-estimator.ts";
 
 /** mulberry32: a small seeded PRNG, uniform in [0, 1). */
 export function mulberry32(seed: number): () => number {
@@ -45,6 +46,22 @@ function drawDelay(rng: () => number, d: DelayModel): number {
   return d.minMs + (d.maxMs - d.minMs) * rng();
 }
 
+/**
+ * The gateway's measurement of `link`, simulated: `untilMs` of its heartbeats through a
+ * LinkEstimator, and `probes` round trips (one delay each way, drawn from the same model).
+ */
+export function simulatedEstimate(
+  rng: () => number,
+  link: Link,
+  untilMs: number,
+  probes = 30,
+): LinkEstimate | undefined {
+  const est = new LinkEstimator({ windowMs: untilMs, minSamples: 50, rttSamples: probes });
+  for (const a of heartbeatTrace(rng, link, untilMs)) est.heartbeat(a.seq, a.arrivalMs, link.etaMs);
+  for (let i = 0; i < probes; i++) est.roundTrip(drawDelay(rng, link.delay) + drawDelay(rng, link.delay));
+  return est.estimate();
+}
+
 /** Heartbeats 0, 1, … sent at seq·η while seq·η < untilMs, in arrival order. */
 export function heartbeatTrace(rng: () => number, link: Link, untilMs: number): Arrival[] {
   const out: Arrival[] = [];
@@ -76,13 +93,22 @@ export interface Mistake {
   failure: boolean;
 }
 
-/** Non-TRUST periods starting before `untilMs`; one still open is cut at `untilMs`. */
-export function mistakes(transitions: Transition[], untilMs: number): Mistake[] {
+/**
+ * Non-TRUST periods starting before `untilMs`; one still open is cut at `untilMs`. With `from`
+ * FAILURE, only the periods in FAILURE (false detections, on a live sender).
+ */
+export function mistakes(
+  transitions: Transition[],
+  untilMs: number,
+  from: "SUSPECT" | "FAILURE" = "SUSPECT",
+): Mistake[] {
   const out: Mistake[] = [];
   let open: Mistake | undefined;
   for (const t of transitions) {
     if (t.at >= untilMs) break;
-    if (t.from === "TRUST") open = { startMs: t.at, endMs: untilMs, failure: false };
+    if (from === "SUSPECT" ? t.from === "TRUST" : t.to === "FAILURE") {
+      open = { startMs: t.at, endMs: untilMs, failure: false };
+    }
     if (open && t.to === "FAILURE") open.failure = true;
     if (open && t.to === "TRUST") {
       open.endMs = t.at;
@@ -123,6 +149,10 @@ export interface QosResult {
   mistakeRecurrenceMs: number | null;
   /** T_M; null without mistakes. */
   mistakeDurationMs: number | null;
+  /** Mean time between the starts of false FAILUREs; null with fewer than two. */
+  falseFailureRecurrenceMs: number | null;
+  /** Mean length of a false FAILURE; null without one. */
+  falseFailureDurationMs: number | null;
   /** P_A: fraction of the failure-free run spent in TRUST. */
   queryAccuracy: number;
   /** T_D of each crash trial, ascending. */
@@ -141,7 +171,8 @@ export function measureQos(
 
   const alive = heartbeatTrace(rng, config.link, config.aliveMs);
   const accuracy = new Map(names.map((name) => {
-    return [name, mistakes(replay(detectors[name](0), alive, config.aliveMs), config.aliveMs)];
+    const ts = replay(detectors[name](0), alive, config.aliveMs);
+    return [name, { all: mistakes(ts, config.aliveMs), failures: mistakes(ts, config.aliveMs, "FAILURE") }];
   }));
 
   const detection = new Map<string, number[]>(names.map((n) => [n, []]));
@@ -164,7 +195,7 @@ export function measureQos(
 
   const out: Record<string, QosResult> = {};
   for (const name of names) {
-    const ms = accuracy.get(name)!;
+    const { all: ms, failures } = accuracy.get(name)!;
     const td = detection.get(name)!.sort((a, b) => a - b);
     const wrongMs = ms.reduce((s, m) => s + (m.endMs - m.startMs), 0);
     out[name] = {
@@ -175,6 +206,12 @@ export function measureQos(
         ? (ms[ms.length - 1].startMs - ms[0].startMs) / (ms.length - 1)
         : null,
       mistakeDurationMs: ms.length ? wrongMs / ms.length : null,
+      falseFailureRecurrenceMs: failures.length >= 2
+        ? (failures[failures.length - 1].startMs - failures[0].startMs) / (failures.length - 1)
+        : null,
+      falseFailureDurationMs: failures.length
+        ? failures.reduce((s, m) => s + (m.endMs - m.startMs), 0) / failures.length
+        : null,
       queryAccuracy: 1 - wrongMs / config.aliveMs,
       detectionMs: td,
       detectionMedianMs: median(td),

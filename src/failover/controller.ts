@@ -8,6 +8,7 @@
 import { eq } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { fences, services } from "../db/schema.ts";
+import type { Targets } from "../tasks/model.ts";
 import type { Audit } from "../audit/audit.ts";
 import { logger } from "../log.ts";
 import { applySwitches, type SwitchOptions } from "../switch/iptables.ts";
@@ -26,6 +27,8 @@ export interface ServiceConfig {
   /** The remote site that takes over, and where its backup server answers. */
   site: string;
   target: { address: string; port: number };
+  /** QoS targets given with the service (td, tmr, tm, rto, rpo), as a task's. */
+  targets?: Targets;
 }
 
 export type ServiceState = "protected" | "failing-over" | "failed-over";

@@ -8,6 +8,9 @@ import type { Detector, DetectorState, Transition } from "../detector/types.ts";
 import type { HeartbeatMeta } from "../heartbeat/channel.ts";
 import type { HeartbeatStatus } from "../heartbeat/codec.ts";
 import type { Audit } from "../audit/audit.ts";
+import { logger } from "../log.ts";
+
+const log = logger("liveness");
 
 export interface DetectorSettings {
   mode: "chen" | "phi";
@@ -21,8 +24,15 @@ export interface DetectorSettings {
   phiFailure: number;
 }
 
+/** The period and margin a Chen detector judges an agent's heartbeats with. */
+export interface Tuning {
+  etaMs: number;
+  alphaMs: number;
+}
+
 interface Watched {
   detector: Detector;
+  tuning: Tuning;
   state: DetectorState;
   serviceHealthy: boolean;
   detail: string;
@@ -39,6 +49,8 @@ export interface LivenessOptions {
   audit: Audit;
   /** An agent's host stopped (FAILURE) or its service failed. */
   onFailure: (agent: string, cause: FailureCause, detail: Record<string, unknown>) => void;
+  /** Every detector transition (the observed QoS). */
+  onTransition?: (agent: string, t: Transition) => void;
   clock?: () => number;
 }
 
@@ -53,10 +65,10 @@ export class Liveness {
     this.timer = setInterval(() => this.tick(), Math.max(5, Math.floor(o.settings.etaMs / 10)));
   }
 
-  private newDetector(now: number): Detector {
+  private newDetector(now: number, tuning: Tuning): Detector {
     const s = this.o.settings;
     return s.mode === "chen"
-      ? new ChenDetector({ etaMs: s.etaMs, alphaMs: s.alphaMs, window: s.window, startMs: now })
+      ? new ChenDetector({ etaMs: tuning.etaMs, alphaMs: tuning.alphaMs, window: s.window, startMs: now })
       : new PhiDetector({
         etaMs: s.etaMs,
         startMs: now,
@@ -66,13 +78,24 @@ export class Liveness {
       });
   }
 
-  /** Feeds one authenticated heartbeat (from the receiver). */
-  heartbeat(agent: string, seq: number, status: HeartbeatStatus, now: number, meta: HeartbeatMeta): void {
+  /**
+   * Feeds one authenticated heartbeat (from the receiver). `tuning`: the period it was sent at
+   * and the margin to judge it with (the QoS configuration's), else the flags'.
+   */
+  heartbeat(
+    agent: string,
+    seq: number,
+    status: HeartbeatStatus,
+    now: number,
+    meta: HeartbeatMeta,
+    tuning: Tuning = { etaMs: this.o.settings.etaMs, alphaMs: this.o.settings.alphaMs },
+  ): void {
     let w = this.agents.get(agent);
     if (!w) {
       // watched from the first heartbeat: an agent never heard from is unknown, not failed
       w = {
-        detector: this.newDetector(now),
+        detector: this.newDetector(now, tuning),
+        tuning,
         state: "TRUST",
         serviceHealthy: true,
         detail: "",
@@ -89,6 +112,11 @@ export class Liveness {
       });
     } else if (meta.newBoot) {
       w.detector.restart(now);
+    }
+    if (tuning.etaMs !== w.tuning.etaMs || tuning.alphaMs !== w.tuning.alphaMs) {
+      if (w.detector instanceof ChenDetector) w.detector.reconfigure(tuning.etaMs, tuning.alphaMs);
+      log.info("detector retuned", { agent, from: w.tuning, to: tuning });
+      w.tuning = tuning;
     }
     w.detector.heartbeat(seq, now);
     w.lastSeq = seq;
@@ -118,6 +146,7 @@ export class Liveness {
   private record(agent: string, w: Watched, ts: Transition[]): void {
     for (const t of ts) {
       w.state = t.to;
+      this.o.onTransition?.(agent, t);
       this.o.audit.record({
         subject: `agent:${agent}`,
         kind: "detector",

@@ -26,10 +26,10 @@ export interface TestCopiesOptions {
   listen: Address;
   /**
    * Copies the replica of `volume` (AGENT/NAME) to the file `into` while nothing is applied to
-   * it; resolves with the sequence the copy holds. Throws (with a message for the operator)
-   * when the replica is not a consistent copy.
+   * it; resolves with the sequence the copy holds and the capture time of its newest write (0:
+   * unknown). Throws (with a message for the operator) when the replica is not a consistent copy.
    */
-  snapshot: (volume: string, into: string) => Promise<{ seq: number; size: number }>;
+  snapshot: (volume: string, into: string) => Promise<{ seq: number; size: number; time?: number }>;
   leaseMs?: number;
 }
 
@@ -42,6 +42,8 @@ export interface TestCopy {
   volume: string;
   /** The replica's sequence the copy was taken at. */
   seq: number;
+  /** Capture time (agent's wall clock) of the newest write the copy holds; 0 when unknown. */
+  time: number;
   size: number;
   /** The NBD URI of the writable copy. */
   export: string;
@@ -107,7 +109,7 @@ export class TestCopies {
     const id = crypto.randomUUID().slice(0, 8);
     const path = `${this.o.dir}/${id}.img`;
     try {
-      const { seq, size } = await this.o.snapshot(volume, path);
+      const { seq, size, time } = await this.o.snapshot(volume, path);
       const image = Volume.open(path);
       // AGENT-NAME reads well; two volumes that would share it (a-b/c, a/b-c) get the id too
       const base = `test-${volume.replace("/", "-")}`;
@@ -130,6 +132,7 @@ export class TestCopies {
         task,
         volume,
         seq,
+        time: time ?? 0,
         size,
         export: this.uri(server, exportName),
         started: now,
@@ -182,6 +185,12 @@ export class TestCopies {
 
   list(): TestCopy[] {
     return [...this.tests.values()].map((t) => t.copy);
+  }
+
+  /** The test with this id, if it is the given site's. */
+  find(site: string, id: string): TestCopy | undefined {
+    const t = this.tests.get(id);
+    return t && t.copy.site === site ? t.copy : undefined;
   }
 
   async close(): Promise<void> {

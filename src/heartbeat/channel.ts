@@ -2,13 +2,16 @@
 // TCP stream cannot hold heartbeats back. The sender numbers heartbeats by the slot
 // of its monotonic clock (seq k is sent at start + (k−1)·η), so a stalled event loop
 // shows up as missing numbers, which the detectors treat as losses, rather than as
-// a schedule that slides.
+// a schedule that slides. The gateway may set η (its QoS configuration) and probe the
+// link: the sender then reports its η and echoes the probe in its heartbeats.
 import dgram from "node:dgram";
-import { isIPv6 } from "node:net";
+import { isIP, isIPv6 } from "node:net";
 import { logger } from "../log.ts";
 import {
+  decodeProbe,
   type DropReason,
   encodeHeartbeat,
+  encodeProbe,
   type HeartbeatStatus,
   MIN_SECRET_BYTES,
   openHeartbeat,
@@ -63,12 +66,17 @@ export interface HeartbeatSenderOptions {
 
 export interface HeartbeatSender {
   readonly boot: bigint;
+  /** A new period: the next heartbeat leaves now and the numbering goes on at the new pace. */
+  setInterval(ms: number): void;
   close(): Promise<void>;
 }
 
+/** The shortest and longest period a gateway may set. */
+export const MIN_INTERVAL_MS = 1, MAX_INTERVAL_MS = 60_000;
+
 export function startHeartbeatSender(opts: HeartbeatSenderOptions): HeartbeatSender {
   checkSecret(opts.agentId, opts.secret);
-  const eta = opts.intervalMs ?? 100;
+  let eta = opts.intervalMs ?? 100;
   if (!(eta > 0)) throw new RangeError("intervalMs must be positive");
   const boot = randomBoot();
   const socket = dgram.createSocket(isIPv6(opts.host) ? "udp6" : "udp4");
@@ -81,10 +89,21 @@ export function startHeartbeatSender(opts: HeartbeatSenderOptions): HeartbeatSen
     );
   socket.on("error", (err) => warn("heartbeat socket error", err));
 
-  const start = performance.now();
+  let start = performance.now();
   let lastSeq = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let closed = false;
+  // the extension goes only to a gateway that asked for it (set η or probed)
+  let extended = false;
+  let echo: { nonce: bigint; at: number } | undefined;
+  socket.on("message", (msg, rinfo) => {
+    // probes come from where heartbeats go (the gateway, or a relay on the way)
+    if (rinfo.port !== opts.port || (isIP(opts.host) && rinfo.address !== opts.host)) return;
+    const nonce = decodeProbe(msg);
+    if (nonce === undefined) return;
+    echo = { nonce, at: performance.now() };
+    extended = true;
+  });
 
   const status = (): HeartbeatStatus => {
     try {
@@ -101,9 +120,18 @@ export function startHeartbeatSender(opts: HeartbeatSenderOptions): HeartbeatSen
     const seq = Math.max(lastSeq + 1, Math.floor((now - start) / eta) + 1);
     lastSeq = seq;
     const datagram = encodeHeartbeat(
-      { agentId: opts.agentId, boot, seq, sentAtMs: Date.now(), status: status() },
+      {
+        agentId: opts.agentId,
+        boot,
+        seq,
+        sentAtMs: Date.now(),
+        status: status(),
+        ...(extended ? { intervalMs: eta } : {}),
+        ...(echo ? { echo: { nonce: echo.nonce, holdMs: now - echo.at } } : {}),
+      },
       opts.secret,
     );
+    echo = undefined;
     socket.send(datagram, opts.port, opts.host, (err) => {
       if (err) warn("heartbeat send failed", err);
     });
@@ -113,6 +141,17 @@ export function startHeartbeatSender(opts: HeartbeatSenderOptions): HeartbeatSen
 
   return {
     boot,
+    setInterval: (ms) => {
+      if (!(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
+        throw new RangeError(`heartbeat interval must be ${MIN_INTERVAL_MS}..${MAX_INTERVAL_MS} ms`);
+      }
+      extended = true;
+      if (ms === eta || closed) return;
+      eta = ms;
+      start = performance.now() - lastSeq * eta;
+      clearTimeout(timer);
+      tick();
+    },
     close: () => {
       closed = true;
       clearTimeout(timer);
@@ -127,6 +166,10 @@ export interface HeartbeatMeta {
   newBoot: boolean;
   /** Source address:port of the datagram. */
   peer: string;
+  /** The sender's period, when it reports it. */
+  intervalMs?: number;
+  /** A probe the sender echoes, with how long it held it. */
+  echo?: { nonce: bigint; holdMs: number };
 }
 
 export interface HeartbeatReceiverOptions extends ReplayGuardOptions {
@@ -147,6 +190,8 @@ export interface ReceiverStats {
 export interface HeartbeatReceiver {
   readonly port: number;
   stats(): ReceiverStats;
+  /** Sends a probe to a heartbeat's source (`peer` as in HeartbeatMeta); its echo comes in a heartbeat. */
+  probe(peer: string, nonce: bigint): void;
   close(): Promise<void>;
 }
 
@@ -188,7 +233,13 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
     const hb = opened.heartbeat;
     if (opened.newBoot) log.info("agent boot", { agentId: hb.agentId, boot: hb.boot, peer });
     try {
-      opts.onHeartbeat(hb.agentId, hb.seq, hb.status, now, { boot: hb.boot, newBoot: opened.newBoot, peer });
+      opts.onHeartbeat(hb.agentId, hb.seq, hb.status, now, {
+        boot: hb.boot,
+        newBoot: opened.newBoot,
+        peer,
+        ...(hb.intervalMs !== undefined ? { intervalMs: hb.intervalMs } : {}),
+        ...(hb.echo ? { echo: hb.echo } : {}),
+      });
     } catch (err) {
       log.error("onHeartbeat threw", { err, agentId: hb.agentId });
     }
@@ -209,6 +260,12 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
   return {
     port: socket.address().port,
     stats: () => structuredClone(stats),
+    probe: (peer, nonce) => {
+      const i = peer.lastIndexOf(":");
+      socket.send(encodeProbe(nonce), Number(peer.slice(i + 1)), peer.slice(0, i), (err) => {
+        if (err) dropLog.note(peer, clock(), () => log.warn("cannot probe a heartbeat link", { peer, err }));
+      });
+    },
     close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
   };
 }
@@ -220,9 +277,10 @@ export async function startHeartbeatReceiver(opts: HeartbeatReceiverOptions): Pr
  */
 export function startHeartbeatThread(
   opts: HeartbeatSenderOptions & { stallMs?: number },
-): { close(): Promise<void> } {
+): { close(): Promise<void>; setInterval(ms: number): void } {
   checkSecret(opts.agentId, opts.secret);
   const eta = opts.intervalMs ?? 100;
+  let ordered: number | undefined;
   let inThread: HeartbeatSender | undefined;
   let worker: Worker | undefined;
   const fallBack = (why: unknown) => {
@@ -230,6 +288,7 @@ export function startHeartbeatThread(
     worker?.terminate();
     worker = undefined;
     inThread ??= startHeartbeatSender(opts);
+    if (ordered !== undefined) inThread.setInterval(ordered);
   };
   try {
     worker = new Worker(new URL("./sender-worker.ts", import.meta.url).href, { type: "module" });
@@ -258,6 +317,14 @@ export function startHeartbeatThread(
     }
   }, eta);
   return {
+    setInterval: (ms) => {
+      if (!(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
+        throw new RangeError(`heartbeat interval must be ${MIN_INTERVAL_MS}..${MAX_INTERVAL_MS} ms`);
+      }
+      ordered = ms;
+      if (inThread) inThread.setInterval(ms);
+      else worker?.postMessage({ type: "interval", intervalMs: ms });
+    },
     close: async () => {
       clearInterval(poster);
       if (inThread) await inThread.close();

@@ -2,9 +2,15 @@
 //
 //   0  4  magic "CnHB"          22  8  sentAtMs (sender wall clock)
 //   4  1  version = 1           30  1  agent id length (1..64), then UTF-8 agent id
-//   5  1  flags (bit 0 healthy)     2  detail length (0..200), then UTF-8 detail
-//   6  8  boot nonce               32  HMAC-SHA256(secret, every byte before it)
-//  14  8  seq (≤ 2^53−1)
+//   5  1  flags (bit 0 healthy,     2  detail length (0..200), then UTF-8 detail
+//            bit 1 extension)     [16  extension: u32 period η in µs, u64 echoed probe nonce
+//   6  8  boot nonce                   (0: none), u32 µs the probe waited for this heartbeat]
+//  14  8  seq (≤ 2^53−1)           32  HMAC-SHA256(secret, every byte before it)
+//
+// The extension is sent only to a gateway that asked for it (it set the period, or probed the
+// link), so an older gateway never sees it. A probe is the gateway's 13-byte datagram
+// "CnHP", version, u64 nonce, sent to a heartbeat's source: the sender echoes its nonce in its
+// next heartbeat with how long it held it, which gives the gateway the link's round trip.
 //
 // The receiver parses before verifying only to learn whose secret to verify with;
 // nothing from an unverified datagram changes any state.
@@ -24,9 +30,16 @@ export interface Heartbeat {
   /** Sender wall clock, bounds how old a datagram can be when it starts a boot. */
   sentAtMs: number;
   status: HeartbeatStatus;
+  /** The sender's period η (extension). */
+  intervalMs?: number;
+  /** The latest probe received, echoed with how long it waited (extension; needs intervalMs). */
+  echo?: { nonce: bigint; holdMs: number };
 }
 
 const MAGIC = [0x43, 0x6e, 0x48, 0x42]; // "CnHB"
+const PROBE_MAGIC = [0x43, 0x6e, 0x48, 0x50]; // "CnHP"
+const EXTENSION = 16;
+export const PROBE_BYTES = 13;
 const VERSION = 1;
 const FIXED = 31; // bytes before the agent id
 const MAC_BYTES = 32;
@@ -60,11 +73,15 @@ export function encodeHeartbeat(hb: Heartbeat, secret: Uint8Array): Uint8Array {
     throw new RangeError("seq must be a safe non-negative integer");
   }
   const detail = truncateUtf8(hb.status.detail, MAX_DETAIL_BYTES);
-  const out = new Uint8Array(FIXED + id.length + 2 + detail.length + MAC_BYTES);
+  const ext = hb.intervalMs !== undefined;
+  const intervalUs = ext ? Math.round(hb.intervalMs! * 1000) : 0;
+  if (ext && !(intervalUs >= 1 && intervalUs <= 0xffffffff)) throw new RangeError("intervalMs out of range");
+  if (hb.echo && !ext) throw new RangeError("an echo goes with intervalMs");
+  const out = new Uint8Array(FIXED + id.length + 2 + detail.length + (ext ? EXTENSION : 0) + MAC_BYTES);
   const view = new DataView(out.buffer);
   out.set(MAGIC, 0);
   out[4] = VERSION;
-  out[5] = hb.status.healthy ? 1 : 0;
+  out[5] = (hb.status.healthy ? 1 : 0) | (ext ? 2 : 0);
   view.setBigUint64(6, BigInt.asUintN(64, hb.boot));
   view.setBigUint64(14, BigInt(hb.seq));
   view.setBigUint64(22, BigInt(Math.max(0, Math.floor(hb.sentAtMs))));
@@ -74,8 +91,31 @@ export function encodeHeartbeat(hb: Heartbeat, secret: Uint8Array): Uint8Array {
   view.setUint16(at, detail.length);
   out.set(detail, at + 2);
   at += 2 + detail.length;
+  if (ext) {
+    view.setUint32(at, intervalUs);
+    view.setBigUint64(at + 4, BigInt.asUintN(64, hb.echo?.nonce ?? 0n));
+    view.setUint32(at + 12, Math.min(0xffffffff, Math.max(0, Math.round((hb.echo?.holdMs ?? 0) * 1000))));
+    at += EXTENSION;
+  }
   out.set(mac(secret, out.subarray(0, at)), at);
   return out;
+}
+
+/** The gateway's probe of a heartbeat link. */
+export function encodeProbe(nonce: bigint): Uint8Array {
+  const out = new Uint8Array(PROBE_BYTES);
+  out.set(PROBE_MAGIC, 0);
+  out[4] = VERSION;
+  new DataView(out.buffer).setBigUint64(5, BigInt.asUintN(64, nonce));
+  return out;
+}
+
+/** A probe's nonce, or undefined when the datagram is not a probe. */
+export function decodeProbe(datagram: Uint8Array): bigint | undefined {
+  if (datagram.length !== PROBE_BYTES || PROBE_MAGIC.some((b, i) => datagram[i] !== b)) return undefined;
+  if (datagram[4] !== VERSION) return undefined;
+  const nonce = new DataView(datagram.buffer, datagram.byteOffset, datagram.byteLength).getBigUint64(5);
+  return nonce === 0n ? undefined : nonce;
 }
 
 export type Decoded =
@@ -88,7 +128,8 @@ export function decodeHeartbeat(datagram: Uint8Array): Decoded {
   const malformed = { ok: false, reason: "malformed" } as const;
   if (datagram.length < FIXED + 1 + 2 + MAC_BYTES) return malformed;
   if (MAGIC.some((b, i) => datagram[i] !== b) || datagram[4] !== VERSION) return malformed;
-  if ((datagram[5] & ~1) !== 0) return malformed;
+  if ((datagram[5] & ~3) !== 0) return malformed;
+  const ext = (datagram[5] & 2) !== 0 ? EXTENSION : 0;
   const view = new DataView(datagram.buffer, datagram.byteOffset, datagram.byteLength);
   const seq = view.getBigUint64(14);
   const sentAt = view.getBigUint64(22);
@@ -98,19 +139,29 @@ export function decodeHeartbeat(datagram: Uint8Array): Decoded {
   const detailAt = FIXED + idLen;
   if (detailAt + 2 > datagram.length) return malformed;
   const detailLen = view.getUint16(detailAt);
-  if (detailLen > MAX_DETAIL_BYTES || detailAt + 2 + detailLen + MAC_BYTES !== datagram.length) {
+  if (detailLen > MAX_DETAIL_BYTES || detailAt + 2 + detailLen + ext + MAC_BYTES !== datagram.length) {
     return malformed;
+  }
+  const extAt = detailAt + 2 + detailLen;
+  const extension: Partial<Heartbeat> = {};
+  if (ext) {
+    const intervalUs = view.getUint32(extAt);
+    if (intervalUs === 0) return malformed;
+    extension.intervalMs = intervalUs / 1000;
+    const nonce = view.getBigUint64(extAt + 4);
+    if (nonce !== 0n) extension.echo = { nonce, holdMs: view.getUint32(extAt + 12) / 1000 };
   }
   try {
     return {
       ok: true,
       heartbeat: {
+        ...extension,
         agentId: strictUtf8.decode(datagram.subarray(FIXED, detailAt)),
         boot: view.getBigUint64(6),
         seq: Number(seq),
         sentAtMs: Number(sentAt),
         status: {
-          healthy: datagram[5] === 1,
+          healthy: (datagram[5] & 1) === 1,
           detail: strictUtf8.decode(datagram.subarray(detailAt + 2, detailAt + 2 + detailLen)),
         },
       },

@@ -28,7 +28,11 @@ let status: HeartbeatStatus = { healthy: false, detail: "starting" };
 let updated = performance.now();
 
 scope.onmessage = async (e: MessageEvent) => {
-  const m = e.data as WorkerStart | { type: "status"; status: HeartbeatStatus } | { type: "close" };
+  const m = e.data as
+    | WorkerStart
+    | { type: "status"; status: HeartbeatStatus }
+    | { type: "interval"; intervalMs: number }
+    | { type: "close" };
   if (m.type === "start") {
     status = m.status;
     updated = performance.now();
@@ -49,6 +53,8 @@ scope.onmessage = async (e: MessageEvent) => {
   } else if (m.type === "status") {
     status = m.status;
     updated = performance.now();
+  } else if (m.type === "interval") {
+    sender?.setInterval(m.intervalMs);
   } else if (m.type === "close") {
     await sender?.close();
     scope.postMessage({ type: "closed" });

@@ -32,6 +32,7 @@ import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatThread } from "../heartbeat/channel.ts";
 import { checkPrefix, DeviceReporter, outsidePrefixes } from "../capture/devices.ts";
 import * as io from "../native/mod.ts";
+import { StandbyDrills } from "../drills/standby.ts";
 
 const log = logger("agent");
 
@@ -188,6 +189,8 @@ interface Common {
   /** --device-prefix: the directories assignments may name (none: no limit). */
   devicePrefixes: string[];
   monitor: ServiceMonitor | undefined;
+  /** The heartbeat sender, once started: the gateway may set its period. */
+  heartbeats?: { setInterval(ms: number): void };
 }
 
 export async function runAgent(p: Parsed): Promise<RoleHandle> {
@@ -241,6 +244,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
   const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
   monitor?.start();
   const heartbeats = startHeartbeats(c);
+  c.heartbeats = heartbeats;
   return {
     fatal: role.fatal,
     stop: async () => {
@@ -353,11 +357,28 @@ function fenceOrder(c: Common, agent: NativeAgent, msg: unknown): boolean {
   return true;
 }
 
-/** Runs an operator's hook command (sh -c); throws when it exits non-zero. */
-async function runHook(c: Common, flag: "on-promote" | "on-demote" | "on-unfence"): Promise<void> {
+/** The gateway's QoS configuration sets the heartbeat period; true when the message was that order. */
+function heartbeatOrder(c: Common, msg: unknown): boolean {
+  const m = msg as { type?: string; etaMs?: unknown };
+  if (m?.type !== "heartbeat-interval") return false;
+  try {
+    c.heartbeats?.setInterval(Number(m.etaMs));
+    log.info("heartbeat period set by the gateway", { etaMs: m.etaMs });
+  } catch (e) {
+    log.warn("heartbeat period refused", { etaMs: m.etaMs, error: e });
+  }
+  return true;
+}
+
+/** Runs an operator's hook command (sh -c), with `env` added; throws when it exits non-zero. */
+async function runHook(
+  c: Common,
+  flag: "on-promote" | "on-demote" | "on-unfence",
+  env: Record<string, string> = {},
+): Promise<void> {
   const hook = optStr(c.p, flag);
   if (!hook) return;
-  const out = await new Deno.Command("sh", { args: ["-c", hook], stdout: "inherit", stderr: "inherit" })
+  const out = await new Deno.Command("sh", { args: ["-c", hook], env, stdout: "inherit", stderr: "inherit" })
     .output();
   if (!out.success) throw new Error(`--${flag} exited with code ${out.code}`);
 }
@@ -605,7 +626,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
   fatal.catch(() => {}); // observed by main
   const agent = startDataPlane(c, {
     onControl: (m) => {
-      if (!fenceOrder(c, agent, m)) assigned.control(m);
+      if (!fenceOrder(c, agent, m) && !heartbeatOrder(c, m)) assigned.control(m);
     },
     onFrame: (f) => chunkOp(c, agent, f, true),
     onConnected: () => {
@@ -784,6 +805,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       const msg = m as { type?: string; id?: number; equal?: boolean; volumes?: unknown; name?: unknown };
       if (msg?.type === "assign") return void serial(() => assignCopies(msg.id, msg.volumes));
       if (msg?.type === "unassign") return void serial(() => unassignCopy(msg.id, msg.name));
+      if (drills.order(m)) return;
       const act = msg?.type === "promote"
         ? () => promote(msg.equal === true)
         : msg?.type === "demote"
@@ -917,6 +939,12 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     if (s) await restartLink();
     answer(true);
   };
+  const drills = new StandbyDrills({
+    hook: (flag, env) => runHook(c, flag, env),
+    waitHealthy: c.monitor ? (ms) => c.monitor!.waitHealthy(ms) : undefined,
+    promoted: () => primary !== undefined,
+    send: (m) => agent.sendControl(m),
+  });
 
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   copies.forEach(announce);

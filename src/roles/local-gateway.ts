@@ -38,6 +38,13 @@ import type { Db } from "../db/db.ts";
 import { CursorStore } from "../replication/cursor-store.ts";
 import { Sender } from "../replication/sender.ts";
 import { SiteClient } from "../replication/site-link.ts";
+import { DetectorQos } from "../failover/detector-qos.ts";
+import { Alarms } from "../alarms/alarms.ts";
+import { openWebhooks } from "../alarms/webhooks.ts";
+import { Drills } from "../drills/drills.ts";
+import { detectionTargets, taskTargets } from "../tasks/targets.ts";
+import { testSite, volumeKey } from "../tasks/gateway-actions.ts";
+import { drillRoutes } from "../web/drill-routes.ts";
 
 const log = logger("local-gateway");
 
@@ -197,6 +204,19 @@ export const localGatewayFlags: FlagSpec[] = [
   { name: "phi-suspect", type: "number", description: "φ at which an agent is suspected (phi)", default: 5 },
   { name: "phi-failure", type: "number", description: "φ at which an agent has failed (phi)", default: 12 },
   {
+    name: "alarm-webhook",
+    type: "string",
+    multiple: true,
+    description: "a URL alarms are POSTed to as signed JSON (with --alarm-secret-file)",
+    placeholder: "URL",
+  },
+  {
+    name: "alarm-secret-file",
+    type: "string",
+    description: "the secret (mode 0600) alarm webhooks are signed with (HMAC-SHA256)",
+    placeholder: "FILE",
+  },
+  {
     name: "mirror-dir",
     type: "string",
     description: "directory of the gateway's mirror images [default: DATA-DIR/mirrors]",
@@ -292,6 +312,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       cleanups.push(() => r.client.close());
     }
     const audit = new Audit(db);
+    const alarms = new Alarms({
+      site: str(p, "id"),
+      audit,
+      webhooks: openWebhooks(list(p, "alarm-webhook"), optStr(p, "alarm-secret-file")),
+    });
+    cleanups.push(() => alarms.close());
     const configs = [...pairs("service", p["service"])].map(([name, spec]) => {
       try {
         return parseService(name, spec);
@@ -333,6 +359,22 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       manageRules: configs.length > 0 || (await hasRecordedRules(db)),
     });
     await controller.start();
+    const plane0: { store?: TaskStore } = {};
+    const qos = new DetectorQos({
+      mode: str(p, "detector") as "chen" | "phi",
+      fixed: { etaMs: num(p, "heartbeat-interval"), alphaMs: num(p, "detector-alpha") },
+      limits: {
+        window: num(p, "detector-window"),
+        reactionMs: Math.max(5, Math.floor(num(p, "heartbeat-interval") / 10)),
+      },
+      // the store comes with the web server below; until then only the --service targets count
+      targets: () => detectionTargets(plane0.store, configs),
+      order: (agent, etaMs) =>
+        agentsIn.listener?.sendControl(agent, { type: "heartbeat-interval", etaMs }) ?? false,
+      probe: (peer, nonce) => heartbeats.probe(peer, nonce),
+      audit,
+      alarm: (a) => alarms.raise(a),
+    });
     const liveness = new Liveness({
       settings: {
         mode: str(p, "detector") as "chen" | "phi",
@@ -343,6 +385,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         phiFailure: num(p, "phi-failure"),
       },
       audit,
+      onTransition: (agent, t) => qos.transition(agent, t),
       onFailure: (agent, cause, detail) => {
         if (p["auto-failover"] !== true) return;
         for (const name of controller.servicesOf(agent)) {
@@ -362,9 +405,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       host: hb.hostname,
       port: hb.port,
       secrets,
-      onHeartbeat: (agent, seq, status, now, meta) => liveness.heartbeat(agent, seq, status, now, meta),
+      onHeartbeat: (agent, seq, status, now, meta) =>
+        liveness.heartbeat(agent, seq, status, now, meta, qos.heartbeat(agent, seq, now, meta)),
     });
     cleanups.push(() => heartbeats.close());
+    qos.start();
+    cleanups.push(() => qos.close());
     // the control plane and the discovery need the task store, which comes with the web server below
     const plane: { cp?: ControlPlane; discovery?: Discovery } = {};
     const mirrorPath = (agent: string, volume: string) => `${mirrorDir}/${agent}/${volume}.img`;
@@ -447,6 +493,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       }
     }
     const store = new TaskStore(db, prefixes);
+    plane0.store = store;
     const siteRequest = (site: string, msg: Record<string, unknown>, timeoutMs: number) => {
       const r = remotes.find((x) => x.site === site);
       if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
@@ -510,6 +557,36 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         lastError: r.client.lastError || null,
         ...r.sender.status(),
       }));
+    const drills = new Drills({
+      db,
+      store,
+      audit,
+      alarm: (a) => alarms.raise(a),
+      tests,
+      targets: (t) => taskTargets(t, configs),
+      volumeKey: (t) => volumeKey(store, t),
+      site: (t, key, requested) => testSite(t, key, { sites: siteStatus() }, requested),
+      durableSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.durableSeq ?? 0,
+      request: siteRequest,
+    });
+    // the tasks' targets as last read for the alarms, shown by the status and /metrics
+    let targetsSeen: { task: string; rtoMs?: number; rpoMs?: number; sites: string[] }[] = [];
+    alarms.watch(async () => {
+      const tasks = await store.listTasks();
+      targetsSeen = tasks.map((t) => {
+        const { rtoMs, rpoMs } = taskTargets(t, configs);
+        return { task: t.name, rtoMs, rpoMs, sites: t.group.remotes.map((r) => r.site) };
+      });
+      return {
+        services: controller.status(),
+        sites: siteStatus(),
+        journal: {
+          used: journal.positions.head - journal.positions.tail,
+          capacity: journal.positions.capacity,
+        },
+        tasks: tasks.map((t, i) => ({ name: t.name, state: t.state, ...targetsSeen[i] })),
+      };
+    });
     // agents that connected before the store existed get their assignments now
     for (const agent of listener.connectedAgents()) {
       control.onAgent(agent).catch((e) =>
@@ -566,15 +643,30 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
         sites: siteStatus(),
         tests: tests.list(),
+        detectorQos: qos.status(),
+        alarms: alarms.status(),
+        taskTargets: targetsSeen,
+        drills: drills.latest().map((d) => ({
+          task: d.task,
+          id: d.id,
+          passed: d.status === "passed",
+          rtoMs: d.rtoMs,
+          rpoMs: d.rpoMs,
+          finishedAt: d.finishedAt ?? 0,
+          reasons: d.reasons,
+        })),
       }),
       routes: (app) => {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
+        drillRoutes(app, { drills, links: () => qos.status() });
       },
     });
     cleanups.push(() => server.close());
     // after the web server: the tests a previous run left end through its audit and events
     await tests.start();
+    await drills.start();
+    cleanups.push(() => drills.close());
     log.info("local gateway ready", {
       agents: listener.describe(),
       heartbeats: `${hb.hostname}:${heartbeats.port}`,

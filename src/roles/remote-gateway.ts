@@ -25,6 +25,7 @@ import { Kind } from "../record/record.ts";
 import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
+import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
 import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
@@ -318,7 +319,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           reconcileStandby(agent);
           return;
         }
-        const answer = ["promoted", "demoted", "assigned", "unassigned"].includes(String(m?.type));
+        const answer = ["promoted", "demoted", "assigned", "unassigned", "drill-ready", "drill-stopped"]
+          .includes(String(m?.type));
         if (answer) answers.get(Number(m.id))?.(m);
       },
     });
@@ -366,15 +368,20 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
     const ask = async (
       agent: string,
-      type: "promote" | "demote" | "assign" | "unassign",
+      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down",
       extra: Record<string, unknown> = {},
+      timeoutMs = 60_000,
     ) => {
       const id = nextAsk++;
       const answer = new Promise<StandbyAnswer>((resolve) => {
         answers.set(id, resolve);
         setTimeout(
-          () => resolve({ ok: false, error: `the agent did not finish its ${type} within 60 s` }),
-          60_000,
+          () =>
+            resolve({
+              ok: false,
+              error: `the agent did not finish its ${type} within ${Math.round(timeoutMs / 1000)} s`,
+            }),
+          timeoutMs,
         );
       });
       agents.sendControl(agent, { type, id, ...extra });
@@ -437,7 +444,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             );
           }
           await copyImage(v.mirrorPath, into);
-          return { seq: applier.applied(v.id), size: v.size };
+          return { seq: applier.applied(v.id), size: v.size, time: applier.appliedAt(v.id) };
         });
       },
     });
@@ -509,6 +516,17 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         if (m.type === "promote" && typeof m.agent === "string") {
           const agent = m.agent;
           return tests.stopAgent(agent, "a real failover promotes its standby").then(() => promote(agent));
+        }
+        if (m.type === "drill-up" || m.type === "drill-down") {
+          return siteDrill(
+            {
+              find: (s, id) => tests.find(s, id),
+              connected: (agent) => agents.connectedAgents().includes(agent),
+              ask,
+            },
+            from,
+            m,
+          );
         }
         if (m.type === "test-start") {
           return tests.start(from, m).then((test) => ({ ok: true, test }));

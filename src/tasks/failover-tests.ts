@@ -22,6 +22,8 @@ export interface FailoverTest {
   id: string;
   /** The replica's sequence the copy was taken at. */
   seq: number;
+  /** Capture time of the newest write in the copy (the agent's wall clock); 0 when unknown. */
+  time: number;
   /** NBD URI of the writable copy, at the site. */
   export: string;
   started: number;
@@ -104,6 +106,7 @@ export class FailoverTests {
       volume,
       id: String(t.id),
       seq: Number(t.seq),
+      time: Number(t.time ?? 0) || 0,
       export: String(t.export),
       started: Number(t.started),
       expires: Number(t.expires),

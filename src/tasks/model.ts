@@ -165,6 +165,35 @@ export const recoverySchema = z.object({
 });
 export type Recovery = z.infer<typeof recoverySchema>;
 
+// ------------------------------------------------------------------------------ targets
+
+const positiveMs = (most: number, what: string) =>
+  z.number({ error: must("a number of milliseconds") }).positive("must be more than 0 ms")
+    .max(most, `must be at most ${what}`);
+
+/**
+ * What the task promises, in milliseconds. Detection (all three or none): a failed server is
+ * detected within detectionMs (T_D^U), a live one is falsely detected on average at most once every
+ * mistakeRecurrenceMs (T_MR^L), for at most mistakeDurationMs on average (T_M^U); the local gateway
+ * derives its failure detector's settings for the task's agent from them. rtoMs and rpoMs: how long
+ * bringing the service up at a remote center may take, and how much recent writing it may lack;
+ * failover drills are graded against them.
+ */
+export const targetsSchema = z.object({
+  detection: z.object({
+    detectionMs: positiveMs(3_600_000, "one hour"),
+    mistakeRecurrenceMs: positiveMs(10 * 365 * 86_400_000, "ten years"),
+    mistakeDurationMs: positiveMs(3_600_000, "one hour"),
+  }).strict().refine(
+    (d) => d.mistakeDurationMs < d.mistakeRecurrenceMs,
+    { message: "mistakeDurationMs must be less than mistakeRecurrenceMs", path: ["mistakeDurationMs"] },
+  ).optional(),
+  rtoMs: positiveMs(7 * 86_400_000, "one week").optional(),
+  rpoMs: z.number({ error: must("a number of milliseconds") }).nonnegative("must not be negative")
+    .max(7 * 86_400_000, "must be at most one week").optional(),
+}).strict();
+export type Targets = z.infer<typeof targetsSchema>;
+
 /** The body that creates (or replaces) a task: G, M, R. S is the server's. */
 export const taskInputSchema = z.object({
   name: nameSchema,
@@ -179,6 +208,8 @@ export const taskInputSchema = z.object({
   recovery: recoverySchema.default({ strategy: "fast", mode: "policy" }),
   /** A protected service of the local gateway (--service NAME) switched by this task's failover. */
   service: nameSchema.optional(),
+  /** QoS targets (detection, RTO, RPO), optional. */
+  targets: targetsSchema.optional(),
 }).strict();
 export type TaskInput = z.infer<typeof taskInputSchema>;
 

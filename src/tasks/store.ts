@@ -17,6 +17,7 @@ import {
   type Mirror,
   type Recovery,
   type Site,
+  type Targets,
   type Task,
   type TaskEvent,
   type TaskFailure,
@@ -107,6 +108,7 @@ function taskOf(r: TaskRow): Task {
     recovery: JSON.parse(r.recoveryJson) as Recovery,
     ...(r.service ? { service: r.service } : {}),
     ...(r.failureJson ? { failure: JSON.parse(r.failureJson) as TaskFailure } : {}),
+    ...(r.targetsJson ? { targets: JSON.parse(r.targetsJson) as Targets } : {}),
     state: r.state as TaskState,
     stateSince: r.stateSince,
     createdAt: r.createdAt,
@@ -466,6 +468,7 @@ export class TaskStore {
         mirrorJson: JSON.stringify(t.mirror),
         recoveryJson: JSON.stringify(t.recovery),
         service: t.service ?? null,
+        targetsJson: t.targets ? JSON.stringify(t.targets) : null,
         state: "configured",
         stateSince: now,
         createdAt: now,
@@ -495,6 +498,7 @@ export class TaskStore {
         mirrorJson: JSON.stringify(t.mirror),
         recoveryJson: JSON.stringify(t.recovery),
         service: t.service ?? null,
+        targetsJson: t.targets ? JSON.stringify(t.targets) : null,
         updatedAt: this.clock(),
       }).where(eq(tasks.name, t.name));
       return this.getTask(t.name);

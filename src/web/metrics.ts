@@ -2,6 +2,7 @@
 // every family with its HELP and TYPE lines, label values escaped, one sample per line.
 import type { RecoveryView } from "./events.ts";
 import { TASK_STATES } from "../tasks/model.ts";
+import { type QosStatusLike, renderQosMetrics } from "./metrics-qos.ts";
 
 type Labels = Record<string, string | number>;
 
@@ -308,5 +309,6 @@ export function renderMetrics(m: MetricsInput): string {
       m.web.eventStreams,
     );
   }
+  renderQosMetrics(x, s as QosStatusLike);
   return x.text();
 }

@@ -36,13 +36,13 @@ import {
 } from "../tasks/actions.ts";
 import { HttpError, readBody, readJson, validate } from "./http.ts";
 
-function who(c: Context): string {
+export function who(c: Context): string {
   const p = c.get("principal");
   return p ? `${p.kind === "token" ? "token" : "user"} ${p.name}` : "unknown";
 }
 
 /** A name from the URL, checked like a name in a body. */
-function param(c: Context, what: string): string {
+export function param(c: Context, what: string): string {
   const name = c.req.param("name") ?? "";
   if (!NAME_RE.test(name)) {
     throw new HttpError(400, `${what} name in the URL: must be 1 to 64 of A-Z a-z 0-9 . _ -`);

@@ -1,6 +1,6 @@
-// Per-agent secrets live in files only their owner can read: the agent and its local
-// gateway both hold one; the data plane (native/seal.c) derives the link's proofs and keys
-// from it, and it is never logged.
+// Secrets live in files only their owner can read: the per-agent link secret (the data
+// plane, native/seal.c, derives the link's proofs and keys from it) and the alarm webhooks'
+// signing secret. They are never logged.
 /** Reads a secret file: its bytes, trimmed of a trailing newline; refuses short or world-readable ones. */
 export function readSecretFile(path: string): Uint8Array {
   let st: Deno.FileInfo;

@@ -69,6 +69,10 @@ export interface LabOptions {
   };
   /** Size of the protected volume (default 16 MiB). */
   sizeMiB?: number;
+  /** QoS targets added to the service's --service spec, e.g. "td:1500ms,tmr:10m,tm:1s,rto:30s". */
+  serviceTargets?: string;
+  /** Extra flags for the remote gateway. */
+  remoteExtra?: string[];
   /** The app's service is started by the agent's --on-unfence hook (failback), not by the lab. */
   serviceOnUnfence?: boolean;
   /**
@@ -202,7 +206,15 @@ export class FailoverLab {
       `${d}/serve.sh`,
       [
         "#!/bin/sh",
-        "# the promotion hook: start the service on the standby's (now writable) volume, in the background",
+        "# the promotion hook: start the service on the standby's (now writable) volume, in the background;",
+        "# in a drill on the test copy's export instead (nbd+unix:///NAME?socket=PATH), unless told to fail",
+        'if [ -n "$CONTINUUM_DRILL" ]; then',
+        `  [ -e ${d}/drill-fails ] && exit 0`,
+        "  rest=${CONTINUUM_EXPORT#nbd+unix:///}",
+        `  nohup ${Deno.execPath()} run -A ${lib}volume-service.ts 10.77.3.2 8080 "\${rest#*\\?socket=}" "\${rest%%\\?*}" drill > ${d}/drill-service.log 2>&1 &`,
+        `  echo $! > ${d}/drill-service.pid`,
+        "  exit 0",
+        "fi",
         `nohup ${Deno.execPath()} run -A ${lib}volume-service.ts 10.77.3.2 8080 ${d}/standby/nbd.sock vol0 dr1 > ${d}/remote-service.log 2>&1 &`,
         `echo $! > ${d}/remote-service.pid`,
       ].join("\n") + "\n",
@@ -210,9 +222,16 @@ export class FailoverLab {
     );
     await Deno.writeTextFile(
       `${d}/unserve.sh`,
-      ["#!/bin/sh", "# the demotion hook: stop the service", `kill $(cat ${d}/remote-service.pid)`].join(
-        "\n",
-      ) + "\n",
+      [
+        "#!/bin/sh",
+        "# the demotion hook: stop the service (in a drill, the one on the test copy)",
+        'if [ -n "$CONTINUUM_DRILL" ]; then',
+        `  [ -e ${d}/drill-service.pid ] && kill $(cat ${d}/drill-service.pid)`,
+        `  rm -f ${d}/drill-service.pid`,
+        "  exit 0",
+        "fi",
+        `kill $(cat ${d}/remote-service.pid)`,
+      ].join("\n") + "\n",
       { mode: 0o755 },
     );
     await Deno.writeTextFile(
@@ -249,6 +268,7 @@ export class FailoverLab {
         "127.0.0.1:7881",
         "--buffer-size",
         "128M",
+        ...(o.remoteExtra ?? []),
       ],
       `${d}/remote.log`,
       { netns: this.ns.remote, env: this.roleEnv("remote-gateway") },
@@ -330,7 +350,9 @@ export class FailoverLab {
       "--remote-fingerprint",
       `dr1=${remoteFp}`,
       "--service",
-      "web=agent:app1,address:10.77.1.1:80,site:dr1,target:10.77.3.2:8080",
+      `web=agent:app1,address:10.77.1.1:80,site:dr1,target:10.77.3.2:8080${
+        o.serviceTargets ? `,${o.serviceTargets}` : ""
+      }`,
       ...(o.gatewayExtra ?? []),
     ];
     await this.startGateway();
@@ -423,7 +445,7 @@ export class FailoverLab {
     for (const p of [this.appService, this.agent, this.gateway, this.standby, this.remote, ...this.extra]) {
       if (p) await p.stop().catch(() => {});
     }
-    for (const f of ["remote-service.pid", "app-service.pid"]) {
+    for (const f of ["remote-service.pid", "app-service.pid", "drill-service.pid"]) {
       try {
         const pid = Number((await Deno.readTextFile(`${this.dir}/${f}`)).trim());
         if (pid > 0) Deno.kill(pid, "SIGTERM");

@@ -19,7 +19,9 @@ async function firstBlock(): Promise<string> {
 
 Deno.serve({ hostname: host, port: Number(port), onListen: () => console.log("ready") }, async () => {
   try {
-    return new Response(`${site}: ${await firstBlock()}`);
+    const text = `${site}: ${await firstBlock()}`;
+    console.log(`answered ${JSON.stringify(text)}`); // a drill's service is gone before anyone else can ask
+    return new Response(text);
   } catch (e) {
     client = undefined;
     return new Response(`${site}: volume unreadable: ${(e as Error).message}`, { status: 503 });

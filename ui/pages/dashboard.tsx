@@ -7,6 +7,7 @@ import { AttentionPanel, ProblemBadge } from "../problems.tsx";
 import { connection, events, status } from "../live.ts";
 import { bytes, clock, duration, rate, seconds } from "../format.ts";
 import type { Host, Site, Stored, TaskView } from "../types.ts";
+import { DetectorPanel } from "../qos.tsx";
 
 export function LiveDot() {
   const c = connection.value;
@@ -174,6 +175,8 @@ export function DashboardPage() {
                 </div>
               )}
           </section>
+
+          <DetectorPanel />
 
           <section class="panel" aria-labelledby="h-links" data-testid="links">
             <h2 id="h-links">Links to remote centers</h2>

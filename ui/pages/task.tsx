@@ -11,6 +11,7 @@ import { navigate } from "../router.ts";
 import type { AuditRow, Host, Schedule, Stored, TaskView } from "../types.ts";
 import { LiveDot } from "./dashboard.tsx";
 import { ProblemBadge, TaskProblems } from "../problems.tsx";
+import { DetectorPanel, DrillsPanel, targetsSummary } from "../qos.tsx";
 
 interface ActionDef {
   action: string;
@@ -67,6 +68,12 @@ const ACTIONS: ActionDef[] = [
     explain: "Rebuilds the local copies from the remote center, then moves the service back.",
   },
 ];
+
+/** The agent of the task's LSP host (the host's agent id, else its name). */
+function lspAgent(t: TaskView, hosts: Host[] | undefined): string {
+  const h = hosts?.find((x) => x.name === t.group.local.lsp.host);
+  return h?.agent ?? t.group.local.lsp.host;
+}
 
 function relevantSubjects(t: TaskView, hosts: Host[] | undefined): Set<string> {
   const out = new Set<string>([`task:${t.name}`]);
@@ -486,6 +493,8 @@ export function TaskPage({ name }: { name: string }) {
       </section>
       <TestPanel task={t} />
       <LivePanel task={t} />
+      <DrillsPanel task={t} />
+      <DetectorPanel agents={[lspAgent(t, hosts.data)]} />
       <div class="grid">
         <section class="panel" aria-labelledby="h-group">
           <h2 id="h-group">Group</h2>
@@ -540,6 +549,8 @@ export function TaskPage({ name }: { name: string }) {
                 <dd>{t.service}</dd>
               </>
             )}
+            <dt>Targets</dt>
+            <dd data-testid="task-targets">{targetsSummary(t.targets)}</dd>
           </dl>
         </section>
       </div>

@@ -6,7 +6,7 @@
 // is the only possible one is selected too. Typing stays possible for what is not connected
 // (the forms of step 2). Every step is checked by the server (POST /api/tasks/check) as it is
 // filled in, and each problem is shown at its field with the field's label; a button that
-// cannot be used says why.
+// cannot be used says why. The strategies step also takes the QoS targets (ui/qos.tsx).
 import { Fragment } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, isAdmin, type Issue, post } from "../api.ts";
@@ -16,6 +16,7 @@ import { status } from "../live.ts";
 import { navigate } from "../router.ts";
 import type { Host, ProposalView, Site, Stored, TaskView, Volume } from "../types.ts";
 import { Found, HostForm, SiteForm, VolumeForm } from "./inventory.tsx";
+import { NO_TARGETS, targetsBody, TargetsFields, targetsSummary } from "../qos.tsx";
 import {
   fieldLabels,
   type Option,
@@ -58,6 +59,7 @@ export function WizardPage() {
     time: "02:00",
     method: "fast",
   });
+  const [targets, setTargets] = useState(NO_TARGETS);
   const [name, setName] = useState("");
   const [description, setDescription] = useState("");
   const [service, setService] = useState("");
@@ -150,10 +152,12 @@ export function WizardPage() {
     const c = chosen(slot);
     return c ? { host: c.host, device: c.device } : undefined;
   };
+  const chosenTargets = targetsBody(targets);
   const body = () => ({
     ...(name ? { name } : {}),
     description,
     ...(service ? { service } : {}),
+    ...(chosenTargets.targets ? { targets: chosenTargets.targets } : {}),
     group: {
       local: { site: local, lsp: ref(slots[0]), lgp: ref(slots[1]), buffer: ref(slots[2]) },
       remotes: remotes.map((r) => ({
@@ -254,6 +258,8 @@ export function WizardPage() {
       : undefined,
     bufferBoundWrong || bandwidthWrong || (recovery.mode === "manual" && !recovery.source)
       ? "Correct the marked fields."
+      : chosenTargets.error
+      ? chosenTargets.error
       : stepIssues.length
       ? "Correct the marked fields."
       : undefined,
@@ -606,6 +612,7 @@ export function WizardPage() {
               )}
             </div>
           </fieldset>
+          <TargetsFields value={targets} onChange={setTargets} error={error} />
         </div>
       )}
 
@@ -671,6 +678,10 @@ export function WizardPage() {
               {recovery.strategy === "scheduled" ? ` at ${recovery.time} (${recovery.method})` : ""},{" "}
               {recovery.mode}
               {recovery.mode === "manual" ? ` from ${recovery.source}` : ""}
+            </dd>
+            <dt>Targets</dt>
+            <dd data-testid="review-targets">
+              {targetsSummary(chosenTargets.targets)}
             </dd>
           </dl>
           <ErrorBox
