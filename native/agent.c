@@ -630,8 +630,8 @@ EXPORT cn_agent *cn_agent_new(cn_plane *p, const char *id, const uint8_t *secret
   pthread_mutex_init(&a->fence_mu, NULL);
   pthread_mutex_init(&a->wake_mu, NULL);
   pthread_cond_init(&a->send_cv, NULL);
-  cond_init_mono(&a->state_cv);
-  cond_init_mono(&a->house_cv);
+  pthread_cond_init(&a->state_cv, NULL);
+  pthread_cond_init(&a->house_cv, NULL);
   return a;
 }
 

@@ -832,7 +832,7 @@ int cvol_new(cn_agent *a, uint32_t link_id, const char *name, int fd, uint64_t s
   pthread_cond_init(&v->space, NULL);
   pthread_cond_init(&v->work, NULL);
   pthread_cond_init(&v->persist, NULL);
-  cond_init_mono(&v->quiet);
+  pthread_cond_init(&v->quiet, NULL);
   int tr = pthread_create(&v->writer, NULL, writer_main, v);
   if (tr == 0 && (tr = pthread_create(&v->persister, NULL, persister_main, v)) != 0) {
     pthread_mutex_lock(&v->mu);

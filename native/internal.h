@@ -53,12 +53,10 @@ static inline uint64_t get64(const uint8_t *p) { return ((uint64_t)get32(p) << 3
 
 int64_t mono_ns(void);
 uint64_t wall_ms(void);
-/** An absolute CLOCK_MONOTONIC deadline `ms` from now, for pthread_cond_timedwait. */
+/** An absolute CLOCK_MONOTONIC deadline `ms` from now, for cond_wait_until. */
 struct timespec deadline_in(int64_t ms);
-/** Waits on cv until the monotonic deadline; returns false on timeout. */
+/** Waits on cv until the monotonic deadline (a wall-clock step moves no timeout); false on timeout. */
 bool cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, const struct timespec *until);
-/** A condition variable that measures time on CLOCK_MONOTONIC (a wall-clock step moves no timeout). */
-void cond_init_mono(pthread_cond_t *cv);
 
 // ---- JSON, for event bodies and log fields (small, flat objects) ----
 

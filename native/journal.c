@@ -415,11 +415,11 @@ EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size,
   }
   j->head = j->written = j->durable = pos;
   pthread_mutex_init(&j->mu, NULL);
-  cond_init_mono(&j->space_cv);
-  cond_init_mono(&j->commit_cv);
-  cond_init_mono(&j->progress_cv);
-  cond_init_mono(&j->mirror_cv);
-  cond_init_mono(&j->sync_cv);
+  pthread_cond_init(&j->space_cv, NULL);
+  pthread_cond_init(&j->commit_cv, NULL);
+  pthread_cond_init(&j->progress_cv, NULL);
+  pthread_cond_init(&j->mirror_cv, NULL);
+  pthread_cond_init(&j->sync_cv, NULL);
   json_t jj;
   json_begin(&jj, info, infocap);
   json_str(&jj, "ringId", j->ring_id);

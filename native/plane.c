@@ -37,8 +37,8 @@ EXPORT cn_plane *cn_plane_new(int32_t log_level) {
   p->cap = QUEUE_BYTES;
   p->log_level = log_level;
   pthread_mutex_init(&p->mu, NULL);
-  cond_init_mono(&p->readable);
-  cond_init_mono(&p->writable);
+  pthread_cond_init(&p->readable, NULL);
+  pthread_cond_init(&p->writable, NULL);
   return p;
 }
 

@@ -41,16 +41,11 @@ struct timespec deadline_in(int64_t ms) {
   return t;
 }
 
+// pthread_cond_clockwait names the clock per call: a condition variable needs no clock attribute,
+// and a wrapper of pthread_cond_timedwait that assumes CLOCK_REALTIME (libfaketime's, which the
+// clock-step tests preload) cannot turn a monotonic deadline into a busy loop.
 bool cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, const struct timespec *until) {
-  return pthread_cond_timedwait(cv, mu, until) != ETIMEDOUT;
-}
-
-void cond_init_mono(pthread_cond_t *cv) {
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
+  return pthread_cond_clockwait(cv, mu, CLOCK_MONOTONIC, until) != ETIMEDOUT;
 }
 
 // ---- JSON ----

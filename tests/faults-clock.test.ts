@@ -5,7 +5,8 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { faketimeEnv, LIBFAKETIME, offsetSpec, setClockOffset } from "./lib/faketime.ts";
+import { faketimeEnv, faketimeLoaded, LIBFAKETIME, offsetSpec, setClockOffset } from "./lib/faketime.ts";
+import { startTopology } from "./lib/cluster.ts";
 
 const t = suite("fault runner: clock step with libfaketime");
 
@@ -97,5 +98,39 @@ t(
     }
   },
 );
+
+/** CPU seconds (user + system) a process has used so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime: fields 14 and 15, in USER_HZ (100)
+}
+
+// libfaketime wraps pthread_cond_timedwait assuming CLOCK_REALTIME deadlines: the native library's
+// monotonic deadlines became deadlines in 1970 there, and every timed wait returned at once (an idle
+// gateway spun at 60 % CPU and replication crawled). The library waits with pthread_cond_clockwait.
+t("an idle local gateway under libfaketime does not spin in its native timed waits", async () => {
+  if (!need("clock step", { tools: ["faketime"] })) return;
+  const dir = await Deno.makeTempDir({ prefix: "faketime-" });
+  const control = `${dir}/clock`;
+  await setClockOffset(control, 0);
+  const topo = await startTopology("faketime-idle", {
+    size: 16 << 20,
+    sites: ["dr1"],
+    gatewayEnv: faketimeEnv(control),
+  });
+  try {
+    const pid = topo.gw.proc.pid;
+    assert.ok(await faketimeLoaded(pid), "libfaketime is loaded in the gateway");
+    await topo.caughtUp();
+    const before = await cpuSeconds(pid);
+    await new Promise((r) => setTimeout(r, 3000));
+    const used = await cpuSeconds(pid) - before;
+    assert.ok(used < 0.6, `the idle gateway used ${used.toFixed(2)} CPU seconds in 3 s`);
+  } finally {
+    await topo.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 t.run();

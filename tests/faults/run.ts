@@ -3,7 +3,8 @@
 // (tests/faults/plan.ts), runs the replication ones on a topology of real processes
 // (cluster-phase.ts) and the detector ones in the failover lab (lab-phase.ts), prints
 // each scenario's figures and a summary table, and exits 1 when any invariant broke.
-// Needs root (tmpfs mounts, network namespaces, iptables).
+// Needs root (tmpfs mounts, network namespaces, iptables). FAULTS_KEEP_LOGS=1 keeps the roles'
+// logs of a passing run too (a failed run always keeps them).
 import { parseArgs } from "node:util";
 import { ensureSetup } from "../lib/setup.ts";
 import { exec, mustExec } from "../lib/netns.ts";
@@ -164,8 +165,8 @@ if (values.json) {
 }
 const ok = !fatal && tot.failed === 0 && (values.only || cov.missing.length === 0);
 if (fatal) say(`\nFATAL: ${fatal}`);
-// the roles' logs are kept (on disk) for a failed run only; the tmpfs goes either way
-if (!ok && dirs.length) {
+// the roles' logs are kept (on disk) for a failed run, or any with FAULTS_KEEP_LOGS=1; the tmpfs goes
+if ((!ok || Deno.env.get("FAULTS_KEEP_LOGS") === "1") && dirs.length) {
   const keep = `${new URL("../../", import.meta.url).pathname}test-output/faults-logs-${Date.now()}`;
   await mustExec([
     "sh",
