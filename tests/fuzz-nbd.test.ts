@@ -672,8 +672,15 @@ function checkReplies(got: Uint8Array, sim: Simulation): string[] {
       problems.push(`reply for handle ${handle}, which was not sent or was answered already`);
       break;
     }
-    // requests sharing a handle: take the first one with this errno (replies may come in any order)
-    const i = Math.max(0, cands.findIndex((c) => c.errno === errno));
+    // requests sharing a handle (the client broke the rule that in-flight handles are unique):
+    // replies may come in any order, so take the first one with this errno after which the stream
+    // goes on with a reply or ends (a READ's reply carries its data, the others do not)
+    const next = (c: SimRequest) => at + (c.raw.type === CMD_READ && errno === 0 ? c.raw.length : 0);
+    const fits = (c: SimRequest) =>
+      c.errno === errno &&
+      (next(c) === got.length || (next(c) + 4 <= got.length && u32(got, next(c)) === SIMPLE_REPLY_MAGIC));
+    const fitting = cands.findIndex(fits);
+    const i = Math.max(0, fitting >= 0 ? fitting : cands.findIndex((c) => c.errno === errno));
     const req = cands.splice(i, 1)[0];
     const zeroLengthOk = req.errno === 0 && errno === EINVAL && req.raw.length === 0 &&
       req.raw.type !== CMD_FLUSH;
