@@ -58,18 +58,17 @@ t(
       await page.getByRole("button", { name: "Next: Hosts and devices" }).click();
       await page.getByRole("button", { name: "Next: Group" }).click();
       const d = labDevices(lab);
-      const slots: Record<string, string> = {
-        lsp: d.lsp,
-        lgp: d.lgp,
-        buffer: d.buffer,
-        "rgp@dr1": d.rgp,
-        "rsp@dr1": d.rsp,
+      // the hosts registered for the lab (the gateway may also have discovered the same devices under
+      // the names its agents report, e.g. dr1-gateway); an option's value is the host, NUL, the device
+      const slots: Record<string, [string, string]> = {
+        lsp: ["app1", d.lsp],
+        lgp: ["lgw", d.lgp],
+        buffer: ["lgw", d.buffer],
+        "rgp@dr1": ["rgw", d.rgp],
+        "rsp@dr1": ["standby", d.rsp],
       };
-      for (const [slot, device] of Object.entries(slots)) {
-        const select = page.locator(`select[name="slot-${slot}"]`);
-        await select.selectOption(
-          (await select.locator("option", { hasText: `:${device} (` }).getAttribute("value"))!,
-        );
+      for (const [slot, [host, device]] of Object.entries(slots)) {
+        await page.locator(`select[name="slot-${slot}"]`).selectOption(`${host}\0${device}`);
       }
       await page.getByRole("button", { name: "Next: Strategies" }).click();
       const targets = page.locator('[data-testid="targets"]');

@@ -676,19 +676,28 @@ class BatchTracker {
   }
 }
 
-/** A UDP relay: forwards every datagram to `target` (while `forwarding`) and records it. */
+/**
+ * A UDP relay: forwards every datagram of its clients to `target` (while `forwarding`) and records
+ * it; what the target sends back (the gateway's link probes) goes to the client that sent last.
+ */
 export class UdpRelay {
   readonly datagrams: { at: number; bytes: Uint8Array }[] = [];
   forwarding = true;
   private socket = dgram.createSocket("udp4");
+  private client: { address: string; port: number } | undefined;
   port = 0;
 
   private constructor(private target: { host: string; port: number }) {}
 
   static async start(target: { host: string; port: number }): Promise<UdpRelay> {
     const r = new UdpRelay(target);
-    r.socket.on("message", (msg) => {
+    r.socket.on("message", (msg, from) => {
       const bytes = new Uint8Array(msg);
+      if (from.port === r.target.port && from.address === r.target.host) {
+        if (r.client) r.socket.send(bytes, r.client.port, r.client.address);
+        return;
+      }
+      r.client = { address: from.address, port: from.port };
       r.datagrams.push({ at: Date.now(), bytes });
       if (r.forwarding) r.socket.send(bytes, r.target.port, r.target.host);
     });
