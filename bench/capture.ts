@@ -185,7 +185,11 @@ const targets = ([
       return {
         uri: pair.agent.uri("vol0"),
         pids: [pair.agent.proc.pid, pair.gw.proc.pid],
-        stop: () => pair.stop(),
+        // each run's files go with it: three rounds of every job would otherwise fill the disk
+        stop: async () => {
+          await pair.stop();
+          await Deno.remove(pair.dir, { recursive: true });
+        },
       };
     },
   },
@@ -204,7 +208,10 @@ const targets = ([
           ...Object.values(t.standbys).map((s) => s.proc.pid),
         ],
         lag: async () => Math.max(0, ...(await t.sites()).map((s) => s.lagSeconds ?? 0)),
-        stop: () => t.stop(),
+        stop: async () => {
+          await t.stop();
+          await Deno.remove(t.dir, { recursive: true });
+        },
       };
     },
   },
