@@ -25,6 +25,7 @@ import { Kind } from "../record/record.ts";
 import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
+import { copyImage } from "../volume/copy.ts";
 import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
@@ -746,23 +747,6 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
   } catch (e) {
     await stop();
     throw e;
-  }
-}
-
-/**
- * Copies a replica image for a failover test: a reflink where the filesystem shares blocks
- * (XFS, btrfs: instant), else a copy of the allocated data only (holes stay holes).
- */
-async function copyImage(from: string, to: string): Promise<void> {
-  const out = await new Deno.Command("cp", {
-    args: ["--reflink=auto", "--sparse=always", "--", from, to],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    throw new Error(
-      `cannot copy the replica: ${new TextDecoder().decode(out.stderr).trim() || `cp ${out.code}`}`,
-    );
   }
 }
 

@@ -1,0 +1,196 @@
+// The recovery points a site's retention log holds for one volume (pure: no I/O). Every record
+// kept in the log is indexed by where it ends in the log, so a copy "at sequence S" is the base
+// image plus the log up to the end of S's record. Records between a SyncBegin and its SyncEnd
+// leave the copy inconsistent: no point inside that window can be used.
+import { betweenSeqs, Kind } from "../record/record.ts";
+
+/** The base image: the copy every point is rebuilt from (the oldest point held). */
+export interface Base {
+  /** The sequence the base image holds (0: an empty volume). */
+  seq: number;
+  /** Agent time of that record, 0 when unknown. */
+  time: number;
+  /** Log offset where the records after the base begin. */
+  logStart: number;
+  /** False when the base was folded in the middle of a resynchronisation. */
+  consistent: boolean;
+}
+
+/** A point an operator can use. */
+export interface Point {
+  seq: number;
+  /** Capture time at the agent (ms since the epoch). */
+  time: number;
+  /** Log offset the copy is replayed to. */
+  end: number;
+  /**
+   * "barrier": a FLUSH; "sync": the end of a resynchronisation; "base": the oldest point;
+   * "record": another captured record (a checkpoint may name one).
+   */
+  kind: "barrier" | "sync" | "base" | "record";
+  /** Named checkpoints at this sequence. */
+  names?: string[];
+}
+
+export class PointError extends Error {
+  constructor(message: string, readonly code: "unknown" | "expired" | "inconsistent" | "not-yet") {
+    super(message);
+    this.name = "PointError";
+  }
+}
+
+const F_CONSISTENT = 1, F_BARRIER = 2, F_SYNC_END = 4, F_BETWEEN = 8;
+
+/** The index of one volume's log: one entry per record, in log order. */
+export class PointIndex {
+  private seqs: number[] = [];
+  private ends: number[] = [];
+  private times: number[] = [];
+  private flags: number[] = [];
+  /** Entries before this one were folded into the base. */
+  private first = 0;
+  private inSync: boolean;
+
+  constructor(public base: Base) {
+    this.inSync = !base.consistent;
+  }
+
+  /** Indexes the record that ends at log offset `end`. */
+  add(h: { kind: Kind; flags: number; seq: number; time: number }, end: number): void {
+    if (h.kind === Kind.SyncBegin) this.inSync = true;
+    if (h.kind === Kind.SyncEnd) this.inSync = false;
+    let f = this.inSync ? 0 : F_CONSISTENT;
+    if (h.kind === Kind.Flush && !betweenSeqs(h)) f |= F_BARRIER;
+    if (h.kind === Kind.SyncEnd) f |= F_SYNC_END;
+    else if (betweenSeqs(h)) f |= F_BETWEEN;
+    this.seqs.push(h.seq);
+    this.ends.push(end);
+    this.times.push(h.time);
+    this.flags.push(f);
+  }
+
+  /** Entries still held (not folded). */
+  get size(): number {
+    return this.seqs.length - this.first;
+  }
+
+  /** Log offset after the newest record. */
+  get end(): number {
+    return this.seqs.length > this.first ? this.ends[this.ends.length - 1] : this.base.logStart;
+  }
+
+  /** The newest sequence held. */
+  get newestSeq(): number {
+    for (let i = this.seqs.length - 1; i >= this.first; i--) {
+      if (!(this.flags[i] & F_BETWEEN) || this.flags[i] & F_SYNC_END) return this.seqs[i];
+    }
+    return this.base.seq;
+  }
+
+  /** Time of the newest record held (0: none). */
+  get newestTime(): number {
+    return this.seqs.length > this.first ? this.times[this.times.length - 1] : this.base.time;
+  }
+
+  /**
+   * Folds every entry that ends at or before `upTo` into the base (the caller applied those
+   * records to the base image). Returns the new base.
+   */
+  fold(upTo: number): Base {
+    let i = this.first;
+    while (i < this.seqs.length && this.ends[i] <= upTo) i++;
+    if (i === this.first) return this.base;
+    const last = i - 1;
+    // a sync chunk carries the sequence of the record before it, which is then the base's
+    this.base = {
+      seq: this.seqs[last],
+      time: this.times[last],
+      logStart: this.ends[last],
+      consistent: (this.flags[last] & F_CONSISTENT) !== 0,
+    };
+    this.first = i;
+    // drop folded entries now and then, not on every fold
+    if (this.first > 65536 && this.first > this.seqs.length / 2) {
+      for (const a of [this.seqs, this.ends, this.times, this.flags]) a.splice(0, this.first);
+      this.first = 0;
+    }
+    return this.base;
+  }
+
+  /**
+   * The log offset to replay to for a copy at sequence `seq`: the end of that captured record,
+   * or of the resynchronisation that ended at it. Throws PointError when it cannot be used.
+   */
+  resolve(seq: number): Point {
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      throw new PointError(`point ${seq}: not a sequence number`, "unknown");
+    }
+    if (seq === this.base.seq && this.base.consistent) {
+      return { seq, time: this.base.time, end: this.base.logStart, kind: "base" };
+    }
+    if (seq < this.base.seq) {
+      throw new PointError(
+        `point ${seq} has expired: the oldest point held is ${this.base.seq}`,
+        "expired",
+      );
+    }
+    let inconsistent = false;
+    for (let i = this.seqs.length - 1; i >= this.first; i--) {
+      const f = this.flags[i];
+      if (this.seqs[i] !== seq || ((f & F_BETWEEN) && !(f & F_SYNC_END))) continue;
+      if (f & F_CONSISTENT) {
+        return {
+          seq,
+          time: this.times[i],
+          end: this.ends[i],
+          kind: f & F_SYNC_END ? "sync" : f & F_BARRIER ? "barrier" : "record",
+        };
+      }
+      inconsistent = true;
+    }
+    if (inconsistent || (seq === this.base.seq && !this.base.consistent)) {
+      throw new PointError(
+        `point ${seq} lies inside a resynchronisation: the copy was inconsistent there`,
+        "inconsistent",
+      );
+    }
+    if (seq > this.newestSeq) {
+      throw new PointError(`point ${seq} is not held yet: the newest is ${this.newestSeq}`, "not-yet");
+    }
+    throw new PointError(`no record with sequence ${seq} is held`, "unknown");
+  }
+
+  /** The barriers and resynchronisation ends held, oldest first (at most `limit`, the newest). */
+  points(limit = Infinity): Point[] {
+    const out: Point[] = [];
+    for (let i = this.seqs.length - 1; i >= this.first && out.length < limit; i--) {
+      const f = this.flags[i];
+      if (!(f & F_CONSISTENT) || !(f & (F_BARRIER | F_SYNC_END))) continue;
+      out.push({
+        seq: this.seqs[i],
+        time: this.times[i],
+        end: this.ends[i],
+        kind: f & F_SYNC_END ? "sync" : "barrier",
+      });
+    }
+    if (out.length < limit && this.base.consistent) {
+      out.push({ seq: this.base.seq, time: this.base.time, end: this.base.logStart, kind: "base" });
+    }
+    return out.reverse();
+  }
+
+  /** How many barriers and resynchronisation ends are held (the base included). */
+  count(): number {
+    let n = this.base.consistent ? 1 : 0;
+    for (let i = this.first; i < this.seqs.length; i++) {
+      const f = this.flags[i];
+      if (f & F_CONSISTENT && f & (F_BARRIER | F_SYNC_END)) n++;
+    }
+    return n;
+  }
+
+  /** Time of the oldest point held (the base's, else the first record's). */
+  get oldestTime(): number {
+    return this.base.time || (this.seqs.length > this.first ? this.times[this.first] : 0);
+  }
+}
