@@ -22,6 +22,13 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
                           site, RTO and RPO graded (waits for the grade; exit code 1 when it fails);
                           --at schedules it, --every repeats it
   drills [TASK]           the drills and their grades, newest first
+  points TASK [--site SITE] [--limit N]
+                          the recovery points each remote site holds of TASK's volume, its
+                          retention window and the named checkpoints
+  checkpoint TASK NAME    name the newest point of TASK's volume at every remote site
+  test TASK [--site SITE] [--point SEQ|NAME]
+                          a failover test copy of TASK's volume, now or at a recovery point
+  test-done TASK          end TASK's failover test (its copy is discarded)
   detector                each agent link's detector: targets, settings, predicted and observed QoS
 The API token is read from --token-file (default /var/lib/continuum/gateway/api-token)
 or the CONTINUUM_TOKEN environment variable; --api defaults to http://127.0.0.1:7880.`;
@@ -46,6 +53,7 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         at: { type: "string" },
         site: { type: "string" },
         every: { type: "string" },
+        point: { type: "string" },
         help: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -67,7 +75,7 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       throw new UsageError(`cannot read the API token from ${values["token-file"]}: ${(e as Error).message}`);
     }
   }
-  const [cmd, arg] = positionals;
+  const [cmd, arg, arg2] = positionals;
   const need = (what: string) => {
     if (!arg) throw new UsageError(`ctl ${cmd}: ${what} is required\n\n${ctlUsage}`);
     return encodeURIComponent(arg);
@@ -143,6 +151,31 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       break;
     case "detector":
       path = "/api/detector";
+      break;
+    case "points": {
+      const q = new URLSearchParams();
+      if (values.site) q.set("site", values.site);
+      if (values.limit) q.set("limit", values.limit);
+      path = `/api/tasks/${need("TASK")}/points?${q}`;
+      break;
+    }
+    case "checkpoint":
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/checkpoints`;
+      if (!arg2) throw new UsageError(`ctl checkpoint: NAME is required\n\n${ctlUsage}`);
+      body = { name: arg2 };
+      break;
+    case "test": {
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/actions/failover-test`;
+      const p = values.point;
+      body = { site: values.site, point: p === undefined ? undefined : /^\d+$/.test(p) ? Number(p) : p };
+      break;
+    }
+    case "test-done":
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/actions/end-test`;
+      body = {};
       break;
     case "failover":
       method = "POST";

@@ -24,6 +24,8 @@ export interface RetentionStatus {
   newest: { seq: number; time: number };
   consistent: boolean;
   forcedExpiries: number;
+  /** Why the volume's retention stopped taking records. */
+  error?: string;
 }
 
 export class Retention {
@@ -35,6 +37,8 @@ export class Retention {
   private wake: (() => void) | undefined;
   private readonly loop: Promise<void>;
   private lastExpiry = 0;
+  /** Volumes whose log missed records (their error): no new point is taken for them. */
+  private gaps = new Map<string, string>();
 
   constructor(private readonly o: RetentionOptions) {
     this.loop = this.run();
@@ -72,7 +76,15 @@ export class Retention {
   take(key: string, body: Uint8Array, h: RecordHeaderLite): number | undefined {
     const l = this.logs.get(key);
     if (!l) return undefined;
-    l.take(body, h);
+    try {
+      // a duplicate waits for the next sync too: the copy taken first may not be durable yet
+      l.take(body, h);
+    } catch (e) {
+      // replication goes on without this volume's points; the status says why
+      if (!this.gaps.has(key)) log.error("retention stopped for a volume", { volume: key, error: e });
+      this.gaps.set(key, (e as Error).message);
+      return undefined;
+    }
     this.wake?.();
     return ++this.written;
   }
@@ -103,6 +115,7 @@ export class Retention {
         newest: { seq: pts.newestSeq, time: pts.newestTime },
         consistent: pts.base.consistent,
         forcedExpiries: l.forced,
+        ...(this.gaps.has(volume) ? { error: this.gaps.get(volume) } : {}),
       };
     });
   }

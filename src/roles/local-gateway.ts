@@ -27,6 +27,8 @@ import { parseService } from "../failover/service-spec.ts";
 import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
 import { failoverRoutes } from "../web/failover-routes.ts";
 import { recoveryRoutes } from "../web/recovery-routes.ts";
+import { pointsRoutes } from "../web/points-routes.ts";
+import { RecoveryPoints } from "../points/points.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
 import { FileChunks } from "../recovery/chunk-ops.ts";
 import { volumes as volumesTable } from "../db/schema.ts";
@@ -660,6 +662,15 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
         drillRoutes(app, { drills, links: () => qos.status() });
+        pointsRoutes(app, {
+          store,
+          points: new RecoveryPoints({
+            db,
+            audit,
+            request: siteRequest,
+            lastSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.lastSeq,
+          }),
+        });
       },
     });
     cleanups.push(() => server.close());

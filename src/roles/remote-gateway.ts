@@ -26,6 +26,8 @@ import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from 
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
 import { copyImage } from "../volume/copy.ts";
+import { Retention } from "../retention/retention.ts";
+import { siteRetention } from "../retention/site.ts";
 import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
@@ -125,6 +127,24 @@ export const remoteGatewayFlags: FlagSpec[] = [
     type: "size",
     description: "chunk size when a standby copy is synchronised",
     default: "1M",
+  },
+  {
+    name: "retention",
+    type: "duration",
+    description: "how long every point of each replica is kept (0: no retention; e.g. 24h)",
+    default: "0",
+  },
+  {
+    name: "retention-size",
+    type: "size",
+    description: "space bound of each volume's retention log (the oldest points expire beyond it)",
+    default: "10G",
+  },
+  {
+    name: "retention-dir",
+    type: "string",
+    description: "directory of the retention logs and base images [default: DATA-DIR/retention]",
+    placeholder: "DIR",
   },
   {
     name: "http-listen",
@@ -257,10 +277,34 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     applier.start();
     cleanups.push(() => applier.stop());
 
+    const retentionMs = num(p, "retention");
+    const retention = retentionMs > 0
+      ? new Retention({
+        dir: optStr(p, "retention-dir") ?? `${dataDir}/retention`,
+        policy: { windowMs: retentionMs, maxBytes: num(p, "retention-size") },
+      })
+      : undefined;
+    if (retention) cleanups.push(() => retention.close());
+    const points = retention &&
+      siteRetention({
+        retention,
+        site,
+        state: (v) => states.get(v.id) ?? "empty",
+        copyReplica: async (v, into) => {
+          // the base starts where the replica is once it applied everything journaled
+          await applier.caughtUp();
+          return await applier.hold(async () => {
+            await copyImage(v.mirrorPath, into);
+            return { seq: applier.applied(v.id), time: applier.appliedAt(v.id) };
+          });
+        },
+      });
+
     const register = async (agent: string, name: string, size: number): Promise<VolumeInfo> => {
       const v = await journal.registerVolume(agent, name, size, `${replicaDir}/${agent}/${name}.img`);
       applier.prepare(v);
       if (!states.has(v.id)) states.set(v.id, "empty");
+      await points?.open(v);
       for (const f of feeders.values()) f.volumeAdded(v);
       return v;
     };
@@ -427,7 +471,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     const tests = await TestCopies.open({
       dir: `${dataDir}/tests`,
       listen: testListen,
-      snapshot: async (key, into) => {
+      snapshot: async (key, into, point) => {
         const [agent, name] = key.split("/");
         const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
         if (!v) throw new Error(`site ${site} holds no replica of ${key}`);
@@ -435,6 +479,10 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           throw new Error(
             `the service of ${agent} runs at site ${site} (promoted): there is nothing to test`,
           );
+        }
+        if (point !== undefined) {
+          if (!points) throw new Error(`site ${site} keeps no points (no --retention)`);
+          return await points.copyAt(key, point, into);
         }
         // the replica stays at one sequence while it is copied: the copy is that consistent prefix
         return await applier.hold(async () => {
@@ -471,6 +519,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             for (const [agent, f] of feeders) f.theCursor.required = feederRequired(agent);
           },
           promoted: (agent) => promoted.has(agent),
+          retain: points?.take,
+          retained: () => retention?.synced ?? 0,
           send,
         }),
       hashes: async (v, chunk) => {
@@ -542,6 +592,10 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             task: typeof m.task === "string" ? m.task : undefined,
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
+        }
+        if (m.type === "points" || m.type === "checkpoint") {
+          return points?.control(m) ??
+            Promise.resolve({ ok: false, error: `site ${site} keeps no points (no --retention)` });
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
@@ -733,6 +787,13 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         standby: [...feeders.values()].map((f) => f.status()),
         promoted: [...promoted],
         tests: tests.list(),
+        retention: retention
+          ? {
+            windowMs: retention.policy.windowMs,
+            maxBytes: retention.policy.maxBytes,
+            volumes: retention.status(),
+          }
+          : null,
       }),
     });
     cleanups.push(() => server.close());

@@ -39,6 +39,11 @@ export const failoverTestSchema = z.object({
   /** How long the test copy stays up before it is discarded. */
   durationSeconds: z.number({ error: must("a number of seconds") }).int("must be a whole number")
     .min(60, "must be at least 60 s").max(86400, "must be at most 86400 s (one day)").default(600),
+  /** A recovery point held at the site: a sequence number or a checkpoint name (default: now). */
+  point: z.union([
+    z.number().int("must be a whole number").nonnegative("must not be negative"),
+    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
+  ]).optional(),
 }).strict();
 export type FailoverTestRequest = z.infer<typeof failoverTestSchema>;
 

@@ -253,11 +253,13 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       if (!d.sites().includes(site)) {
         throw new ActionError(`this gateway does not replicate to ${site} (no --remote ${site}=…)`, 409);
       }
-      const t = await d.tests.begin(task.name, k, site, req.durationSeconds).catch((e: Error) => {
+      const t = await d.tests.begin(task.name, k, site, req.durationSeconds, req.point).catch((e: Error) => {
         throw new ActionError(`cannot start a failover test of ${k}: ${e.message}`, 409);
       });
       return {
-        message: `a copy of ${k} at site ${site} (sequence ${t.seq}) is exported at ${t.export}; ` +
+        message:
+          `a copy of ${k} at site ${site} (${req.point === undefined ? "" : "point "}sequence ${t.seq}) ` +
+          `is exported at ${t.export}; ` +
           "the service and the replication go on here",
         detail: { test: t },
       };
