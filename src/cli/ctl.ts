@@ -29,6 +29,9 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   test TASK [--site SITE] [--point SEQ|NAME]
                           a failover test copy of TASK's volume, now or at a recovery point
   test-done TASK          end TASK's failover test (its copy is discarded)
+  search TASK [--site SITE] [--good SEQ|NAME] [--timeout SECONDS] -- CHECK [ARG...]
+                          find the last point where CHECK passes (bisecting the site's points,
+                          each on a test copy; "{uri}" and $CONTINUUM_NBD_URI are its NBD URI)
   detector                each agent link's detector: targets, settings, predicted and observed QoS
 The API token is read from --token-file (default /var/lib/continuum/gateway/api-token)
 or the CONTINUUM_TOKEN environment variable; --api defaults to http://127.0.0.1:7880.`;
@@ -54,6 +57,8 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         site: { type: "string" },
         every: { type: "string" },
         point: { type: "string" },
+        good: { type: "string" },
+        timeout: { type: "string" },
         help: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -170,6 +175,22 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       path = `/api/tasks/${need("TASK")}/actions/failover-test`;
       const p = values.point;
       body = { site: values.site, point: p === undefined ? undefined : /^\d+$/.test(p) ? Number(p) : p };
+      break;
+    }
+    case "search": {
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/point-search`;
+      const check = positionals.slice(2);
+      if (check.length === 0) {
+        throw new UsageError(`ctl search: the check command is required\n\n${ctlUsage}`);
+      }
+      const g = values.good;
+      body = {
+        site: values.site,
+        good: g === undefined ? undefined : /^\d+$/.test(g) ? Number(g) : g,
+        check,
+        timeoutSeconds: values.timeout === undefined ? undefined : Number(values.timeout),
+      };
       break;
     }
     case "test-done":

@@ -29,6 +29,7 @@ import { failoverRoutes } from "../web/failover-routes.ts";
 import { recoveryRoutes } from "../web/recovery-routes.ts";
 import { pointsRoutes } from "../web/points-routes.ts";
 import { RecoveryPoints } from "../points/points.ts";
+import { PointSearch } from "../points/search.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
 import { FileChunks } from "../recovery/chunk-ops.ts";
 import { volumes as volumesTable } from "../db/schema.ts";
@@ -662,15 +663,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
         recoveryRoutes(app, recovery);
         drillRoutes(app, { drills, links: () => qos.status() });
-        pointsRoutes(app, {
-          store,
-          points: new RecoveryPoints({
-            db,
-            audit,
-            request: siteRequest,
-            lastSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.lastSeq,
-          }),
+        const points = new RecoveryPoints({
+          db,
+          audit,
+          request: siteRequest,
+          lastSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.lastSeq,
         });
+        pointsRoutes(app, { store, points, search: new PointSearch({ store, audit, tests, points }) });
       },
     });
     cleanups.push(() => server.close());
