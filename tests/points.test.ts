@@ -119,6 +119,25 @@ t("a test copy at every point and every site equals the volume at that point", a
       assert.ok(s.retention.bytes > 0);
     }
 
+    // the sites' retention in the status and /metrics
+    await waitFor(
+      async () => {
+        const st = await c.expect(200, "GET", "/api/status") as {
+          retention: { site: string; ok: boolean; windowMs: number; volumes: { points: number }[] }[];
+        };
+        return st.retention.length === 2 && st.retention.every((r) => r.ok && r.windowMs === 3_600_000) &&
+          st.retention.every((r) => r.volumes[0]?.points >= kept.size);
+      },
+      15_000,
+      "the retention in the status",
+      250,
+    );
+    const metrics = await (await fetch(`http://127.0.0.1:${topo.gw.httpPort}/metrics`, {
+      headers: { authorization: `Bearer ${topo.gw.token}` },
+    })).text();
+    assert.match(metrics, /continuum_retention_window_seconds\{site="dr2"\} 3600/);
+    assert.match(metrics, /continuum_retention_points\{site="dr1",volume="a1\/vol0"\} \d+/);
+
     const testAt = async (site: string, point: number | string): Promise<string> => {
       const r = await c.expect(200, "POST", "/api/tasks/db/actions/failover-test", { site, point }) as {
         detail: { test: { seq: number; export: string } };

@@ -54,9 +54,13 @@ export function siteRetention(d: SiteRetentionDeps) {
       return { seq: p.seq, size: l.size, time: p.time };
     },
 
-    /** Answers the local site's `points` and `checkpoint` requests. */
+    /** Answers the local site's `retention`, `points` and `checkpoint` requests. */
     async control(m: Record<string, unknown>): Promise<Record<string, unknown>> {
       try {
+        if (m.type === "retention") {
+          const { windowMs, maxBytes } = d.retention.policy;
+          return { ok: true, windowMs, maxBytes, volumes: d.retention.status() };
+        }
         const volume = String(m.volume);
         if (m.type === "points") {
           const limit = Number.isInteger(m.limit) && (m.limit as number) > 0 ? m.limit as number : 1000;

@@ -30,6 +30,7 @@ import { recoveryRoutes } from "../web/recovery-routes.ts";
 import { pointsRoutes } from "../web/points-routes.ts";
 import { RecoveryPoints } from "../points/points.ts";
 import { PointSearch } from "../points/search.ts";
+import { RetentionWatch } from "../points/watch.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
 import { FileChunks } from "../recovery/chunk-ops.ts";
 import { volumes as volumesTable } from "../db/schema.ts";
@@ -541,6 +542,9 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
     cleanups.push(() => tests.close());
+    const retention = new RetentionWatch(() => remotes.map((r) => r.site), siteRequest);
+    retention.start();
+    cleanups.push(() => retention.close());
     const discovery = new Discovery({
       store,
       site: str(p, "id"),
@@ -588,6 +592,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           capacity: journal.positions.capacity,
         },
         tasks: tasks.map((t, i) => ({ name: t.name, state: t.state, ...targetsSeen[i] })),
+        retention: retention.status(),
       };
     });
     // agents that connected before the store existed get their assignments now
@@ -646,6 +651,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
         sites: siteStatus(),
         tests: tests.list(),
+        retention: retention.status(),
         detectorQos: qos.status(),
         alarms: alarms.status(),
         taskTargets: targetsSeen,

@@ -593,7 +593,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
         }
-        if (m.type === "points" || m.type === "checkpoint") {
+        if (m.type === "retention" || m.type === "points" || m.type === "checkpoint") {
           return points?.control(m) ??
             Promise.resolve({ ok: false, error: `site ${site} keeps no points (no --retention)` });
         }
