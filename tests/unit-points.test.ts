@@ -9,6 +9,10 @@ import { runCheck } from "../src/points/check.ts";
 import { PointSearch, type SearchDeps } from "../src/points/search.ts";
 import { PointsError } from "../src/points/points.ts";
 import { setLogSink } from "../src/log.ts";
+import { type GatewayActionDeps, gatewayActions, type RecoveryApi } from "../src/tasks/gateway-actions.ts";
+import type { ActionError } from "../src/tasks/actions.ts";
+import type { TaskStore } from "../src/tasks/store.ts";
+import { taskFixture } from "./lib/task-fixture.ts";
 
 setLogSink(() => {});
 const t = suite("points search");
@@ -172,6 +176,52 @@ t("the search service: bad known-good point, a hanging check, a search already r
   );
   assert.match(second.message, /a search of task db is running already/);
   assert.is((await first).lastGood.seq, 20);
+});
+
+t("a failover to a point: checked at the site before anything moves", async () => {
+  const calls: string[] = [];
+  const store = {
+    getHost: () => Promise.resolve({ name: "app1", site: "prod", role: "application", agent: "a1" }),
+    listVolumes: () => Promise.resolve([{ name: "vol0", host: "app1", device: "/dev/sdb", size: 1 << 20 }]),
+  } as unknown as TaskStore;
+  const actions = gatewayActions({
+    store,
+    recovery: {} as RecoveryApi,
+    services: {
+      status: () => [{ name: "web", state: "protected", site: "dr1" }],
+      failover: (name, cause, point) => {
+        calls.push(`failover ${name} ${point} (${cause})`);
+        return Promise.resolve();
+      },
+      failback: () => Promise.resolve(),
+    },
+    checkPoint: (site, volume, point) => {
+      calls.push(`check ${site} ${volume} ${point}`);
+      return point === "gone"
+        ? Promise.reject(new Error("site dr1: point 3 has expired: the oldest point held is 9"))
+        : Promise.resolve({ seq: 42 });
+    },
+    volumes: () => [{ agent: "a1", name: "vol0", size: 1 << 20 }],
+    sites: () => ["dr1"],
+    control: {} as GatewayActionDeps["control"],
+    tests: { begin: () => Promise.reject(new Error("no")), end: () => Promise.resolve(undefined) },
+    copies: () => ({ sites: [] }),
+  });
+  const task = taskFixture({ service: "web" });
+  const e = await actions.failover(task, { reason: "ransomware", point: "gone" }).then(
+    () => undefined,
+    (e: ActionError) => e,
+  );
+  assert.is(e?.status, 409);
+  assert.match(e!.message, /cannot fail over a1\/vol0 to point gone: site dr1: point 3 has expired/);
+  assert.equal(calls, ["check dr1 a1/vol0 gone"], "nothing moved");
+  calls.length = 0;
+  const r = await actions.failover(task, { reason: "ransomware", point: "before-upgrade" });
+  assert.equal(calls, [
+    "check dr1 a1/vol0 before-upgrade",
+    "failover web before-upgrade (ransomware (task db) at point 42)",
+  ]);
+  assert.match((r as { message: string }).message, /service web now runs at site dr1 at point 42/);
 });
 
 t.run();

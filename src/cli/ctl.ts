@@ -5,7 +5,9 @@ import { UsageError } from "./flags.ts";
 export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [ARGS]
   status                  the gateway's status (JSON)
   services                protected services and their state
-  failover SERVICE        move SERVICE to its remote site now
+  failover SERVICE [--point SEQ|NAME]
+                          move SERVICE to its remote site now (--point: its standby rolled back to
+                          that recovery point first)
   failback SERVICE [--traffic-only]
                           bring SERVICE's data back from its site, then its traffic (waits until
                           done; --traffic-only: only remove the switch rule)
@@ -201,6 +203,9 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
     case "failover":
       method = "POST";
       path = `/api/services/${need("SERVICE")}/failover`;
+      if (values.point !== undefined) {
+        body = { point: /^\d+$/.test(values.point) ? Number(values.point) : values.point };
+      }
       break;
     case "failback":
       method = "POST";

@@ -54,7 +54,7 @@ export function siteRetention(d: SiteRetentionDeps) {
       return { seq: p.seq, size: l.size, time: p.time };
     },
 
-    /** Answers the local site's `retention`, `points` and `checkpoint` requests. */
+    /** Answers the local site's `retention`, `point`, `points` and `checkpoint` requests. */
     async control(m: Record<string, unknown>): Promise<Record<string, unknown>> {
       try {
         if (m.type === "retention") {
@@ -62,6 +62,10 @@ export function siteRetention(d: SiteRetentionDeps) {
           return { ok: true, windowMs, maxBytes, volumes: d.retention.status() };
         }
         const volume = String(m.volume);
+        if (m.type === "point") {
+          const p = d.retention.log(volume).resolve(parsePoint(m.point));
+          return { ok: true, seq: p.seq, time: p.time };
+        }
         if (m.type === "points") {
           const limit = Number.isInteger(m.limit) && (m.limit as number) > 0 ? m.limit as number : 1000;
           const l = d.retention.log(volume);

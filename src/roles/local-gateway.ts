@@ -343,9 +343,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       db,
       audit,
       services: configs,
-      promote: async (site, agent) => {
+      promote: async (site, agent, point) => {
         const r = remotes.find((x) => x.site === site)!;
-        const answer = await r.client.request({ type: "promote", agent }, 90_000);
+        // a rollback to a point rebuilds the standby's differing chunks first: give it time
+        const answer = await r.client.request(
+          { type: "promote", agent, ...(point === undefined ? {} : { point }) },
+          point === undefined ? 90_000 : 900_000,
+        );
         if (answer.ok !== true) {
           throw new Error(`site ${site} could not promote ${agent}: ${answer.error ?? "no reason given"}`);
         }
@@ -541,6 +545,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     cleanups.push(() => control.close());
     for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
+    /** Whether a site holds a recovery point of a volume; rejects with the site's reason. */
+    const checkPoint = async (site: string, volume: string, point: number | string) => {
+      const a = await siteRequest(site, { type: "point", volume, point }, 30_000);
+      if (a.ok !== true) throw new Error(String(a.error ?? "no reason given"));
+      return { seq: Number(a.seq) };
+    };
     cleanups.push(() => tests.close());
     const retention = new RetentionWatch(() => remotes.map((r) => r.site), siteRequest);
     retention.start();
@@ -614,10 +624,11 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         recovery,
         services: {
           status: () => controller.status(),
-          failover: (name, cause) => controller.failover(name, cause),
+          failover: (name, cause, point) => controller.failover(name, cause, {}, point),
           failback: (name) => failback(failbackDeps, name),
         },
         volumes: () => journal.volumes(),
+        checkPoint,
         sites: () => remotes.map((r) => r.site),
         control,
         tests,
@@ -666,7 +677,16 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
       }),
       routes: (app) => {
-        failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
+        failoverRoutes(
+          app,
+          controller,
+          (name) => failback(failbackDeps, name),
+          async (agent, site, point) => {
+            const vols = journal.volumes().filter((v) => v.agent === agent && !v.retired);
+            if (vols.length === 0) throw new Error(`no volume of ${agent} is journaled here`);
+            for (const v of vols) await checkPoint(site, `${v.agent}/${v.name}`, point);
+          },
+        );
         recoveryRoutes(app, recovery);
         drillRoutes(app, { drills, links: () => qos.status() });
         const points = new RecoveryPoints({

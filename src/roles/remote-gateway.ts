@@ -27,7 +27,10 @@ import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
 import { copyImage } from "../volume/copy.ts";
 import { Retention } from "../retention/retention.ts";
-import { siteRetention } from "../retention/site.ts";
+import { parsePoint, siteRetention } from "../retention/site.ts";
+import { rollBack } from "../retention/rollback.ts";
+import type { VolumeLog } from "../retention/volume-log.ts";
+import type { Point } from "../retention/points.ts";
 import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
@@ -364,7 +367,15 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           reconcileStandby(agent);
           return;
         }
-        const answer = ["promoted", "demoted", "assigned", "unassigned", "drill-ready", "drill-stopped"]
+        const answer = [
+          "promoted",
+          "demoted",
+          "assigned",
+          "unassigned",
+          "drill-ready",
+          "drill-stopped",
+          "rollback-set",
+        ]
           .includes(String(m?.type));
         if (answer) answers.get(Number(m.id))?.(m);
       },
@@ -375,20 +386,72 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
      * records for it, the standby feeder's claim on the journal ends, and the
      * standby agent runs its promotion (its service must answer its check).
      */
-    const promote = async (agent: string): Promise<Record<string, unknown>> => {
+    const promote = async (agent: string, point?: unknown): Promise<Record<string, unknown>> => {
       if (!agents.connectedAgents().includes(agent)) {
         return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+      }
+      // a point is resolved for each volume before anything changes: a bad one changes nothing
+      const rollTo: { key: string; log: VolumeLog; point: Point }[] = [];
+      if (point !== undefined) {
+        if (!retention) return { ok: false, error: `site ${site} keeps no points (no --retention)` };
+        try {
+          const which = parsePoint(point);
+          for (const v of journal.volumes().filter((x) => x.agent === agent && !x.retired)) {
+            const key = `${v.agent}/${v.name}`;
+            const l = retention.log(key);
+            rollTo.push({ key, log: l, point: l.resolve(which) });
+          }
+        } catch (e) {
+          return { ok: false, error: `site ${site}: ${(e as Error).message}` };
+        }
       }
       promoted.add(agent);
       for (const v of journal.volumes()) if (v.agent === agent) setState(v.id, "promoted");
       // the standby applies what the replica holds first: then both copies are equal and the
       // promoted volume needs no resynchronisation into this site's journal
-      const equal = await standbyLevel(agent, 30_000);
+      let equal = await standbyLevel(agent, 30_000);
       await closeFeeder(agent);
+      const rolledBack: Record<string, unknown>[] = [];
+      if (rollTo.length) {
+        // the standby takes chunk writes while it is rolled back; the replica is then ahead of it,
+        // so the promoted volume brings this site's copies level (by its dirty map, all set)
+        equal = false;
+        const link = agents.chunks(agent);
+        const open = await ask(agent, "rollback", { on: true });
+        if (!link || open.ok !== true) {
+          return {
+            ok: false,
+            error: `standby ${agent} cannot be rolled back: ${open.error ?? "not connected"}`,
+          };
+        }
+        try {
+          for (const r of rollTo) {
+            const out = await rollBack({
+              log: r.log,
+              point: r.point,
+              dir: `${dataDir}/rollback`,
+              target: link.store(r.key, "rsp"),
+            });
+            rolledBack.push({
+              volume: r.key,
+              seq: r.point.seq,
+              bytesMoved: out.bytesMoved,
+              verified: out.verified,
+            });
+            log.warn(
+              "standby rolled back to a point before its promotion",
+              rolledBack[rolledBack.length - 1],
+            );
+          }
+        } catch (e) {
+          await ask(agent, "rollback", { on: false });
+          return { ok: false, error: `the rollback of standby ${agent} failed: ${(e as Error).message}` };
+        }
+      }
       if (equal) { for (const v of journal.volumes()) if (v.agent === agent) v.known = true; }
       const r = await ask(agent, "promote", { equal });
       log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
-      return { ok: r.ok === true, error: r.error };
+      return { ok: r.ok === true, error: r.error, ...(rolledBack.length ? { rolledBack } : {}) };
     };
 
     /** Whether the standby of an agent applied everything the replica did (waits up to `ms`). */
@@ -413,7 +476,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
     const ask = async (
       agent: string,
-      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down",
+      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down" | "rollback",
       extra: Record<string, unknown> = {},
       timeoutMs = 60_000,
     ) => {
@@ -566,7 +629,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       onControl: (from, m) => {
         if (m.type === "promote" && typeof m.agent === "string") {
           const agent = m.agent;
-          return tests.stopAgent(agent, "a real failover promotes its standby").then(() => promote(agent));
+          return tests.stopAgent(agent, "a real failover promotes its standby").then(() =>
+            promote(agent, m.point)
+          );
         }
         if (m.type === "drill-up" || m.type === "drill-down") {
           return siteDrill(
@@ -593,7 +658,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
         }
-        if (m.type === "retention" || m.type === "points" || m.type === "checkpoint") {
+        if (m.type === "retention" || m.type === "point" || m.type === "points" || m.type === "checkpoint") {
           return points?.control(m) ??
             Promise.resolve({ ok: false, error: `site ${site} keeps no points (no --retention)` });
         }
