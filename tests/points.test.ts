@@ -186,6 +186,44 @@ t("a test copy at every point and every site equals the volume at that point", a
     for (const [seq, hash] of [...kept].slice(0, 3)) {
       assert.is(await testAt("dr1", seq), hash, `dr1 at point ${seq} after its restart`);
     }
+    // a recovery of the local volume from a site's replica at a point: verified, the mirror follows
+    const refusedRecovery = async (body: unknown, code: number, re: RegExp) => {
+      const r = await c.req("POST", "/api/recoveries", body);
+      assert.is(r.status, code, r.text);
+      assert.match((r.body as { error: string }).error, re);
+    };
+    const base = { volume: "a1/vol0", mode: "manual", strategy: "fast" };
+    await refusedRecovery({ ...base, source: "rgp@dr2", sourcePoint: 999_999 }, 409, /not held yet/);
+    await refusedRecovery({ ...base, source: "rsp@dr2", sourcePoint: "before-damage" }, 400, /use rgp@SITE/);
+    await refusedRecovery({ ...base, sourcePoint: 3 }, 400, /sourcePoint: needs a source/);
+    assert.equal(await c.expect(200, "GET", "/api/recoveries"), [], "nothing was started");
+    const rec = await c.expect(202, "POST", "/api/recoveries", {
+      ...base,
+      source: "rgp@dr2",
+      sourcePoint: "before-damage",
+    }) as { id: number };
+    await waitFor(
+      async () => {
+        const list = await c.expect(200, "GET", "/api/recoveries") as {
+          id: number;
+          status: string;
+          error: string;
+        }[];
+        const r = list.find((x) => x.id === rec.id);
+        if (r?.status === "failed") throw new Error(`the recovery failed: ${r.error}`);
+        return r?.status === "done";
+      },
+      120_000,
+      "the recovery at the checkpoint",
+      250,
+    );
+    assert.is(await sha256File(files.lsp), kept.get(cpSeq), "the volume holds the checkpoint's content");
+    assert.is(await sha256File(files.lgp), kept.get(cpSeq), "and so does the mirror");
+    const recAudit = await c.expect(200, "GET", "/api/audit?limit=100") as { cause: string }[];
+    assert.ok(
+      recAudit.some((a) => /recovery of the lsp from rgp@dr2 at point before-damage verified/.test(a.cause)),
+    );
+
     const status = await topo.remotes.dr1.status() as unknown as {
       retention: { windowMs: number; volumes: { volume: string; points: number }[] };
     };

@@ -15,6 +15,7 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   candidates VOLUME [--seq N | --time ISO] [--strategy fast|full]
                           recovery sources of VOLUME (AGENT/NAME), assessed, and the policy's choice
   recover VOLUME --source lgp|rgp@SITE|rsp@SITE [--strategy fast|full] [--target lsp|lgp] [--force] [--at WHEN]
+          [--point SEQ|NAME]  (with rgp@SITE: the site's replica at that recovery point)
   recover VOLUME --policy [--seq N | --time ISO] [--strategy fast|full] [--at WHEN]
                           rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled)
   recoveries              recoveries: running, scheduled, finished
@@ -129,6 +130,11 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         strategy: values.strategy,
         target: values.target,
         source: values.policy ? undefined : values.source,
+        sourcePoint: values.point === undefined
+          ? undefined
+          : /^\d+$/.test(values.point)
+          ? Number(values.point)
+          : values.point,
         point: values.policy ? point() : undefined,
         force: values.force,
         at: when(values.at, "--at"),

@@ -124,3 +124,15 @@ export class RecoveryPoints {
     }
   }
 }
+
+/** Whether `site` holds a recovery point of `volume`; rejects with the site's reason. */
+export async function checkSitePoint(
+  request: PointsDeps["request"],
+  site: string,
+  volume: string,
+  point: number | string,
+): Promise<{ seq: number }> {
+  const a = await request(site, { type: "point", volume, point }, 30_000);
+  if (a.ok !== true) throw new Error(String(a.error ?? "no reason given"));
+  return { seq: Number(a.seq) };
+}

@@ -28,7 +28,7 @@ import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
 import { failoverRoutes } from "../web/failover-routes.ts";
 import { recoveryRoutes } from "../web/recovery-routes.ts";
 import { pointsRoutes } from "../web/points-routes.ts";
-import { RecoveryPoints } from "../points/points.ts";
+import { checkSitePoint, RecoveryPoints } from "../points/points.ts";
 import { PointSearch } from "../points/search.ts";
 import { RetentionWatch } from "../points/watch.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
@@ -546,11 +546,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
     /** Whether a site holds a recovery point of a volume; rejects with the site's reason. */
-    const checkPoint = async (site: string, volume: string, point: number | string) => {
-      const a = await siteRequest(site, { type: "point", volume, point }, 30_000);
-      if (a.ok !== true) throw new Error(String(a.error ?? "no reason given"));
-      return { seq: Number(a.seq) };
-    };
+    const checkPoint = (site: string, volume: string, point: number | string) =>
+      checkSitePoint(siteRequest, site, volume, point);
     cleanups.push(() => tests.close());
     const retention = new RetentionWatch(() => remotes.map((r) => r.site), siteRequest);
     retention.start();
@@ -837,12 +834,23 @@ async function openRecovery(
     db,
     journal,
     audit,
-    store: (v, kind, site, writable) => {
+    checkPoint: (site, volume, point) =>
+      checkSitePoint(
+        (s, msg, ms) => {
+          const r = remotes.find((x) => x.site === s);
+          if (!r) return Promise.reject(new Error(`no --remote ${s} on this gateway`));
+          return r.client.request(msg, ms);
+        },
+        site,
+        volume,
+        point,
+      ),
+    store: (v, kind, site, writable, point) => {
       const key = `${v.agent}/${v.name}`;
       if (kind === "lgp") return new FileChunks(mirror.imageFd(v.id), v.size, writable === true);
       if (kind === "lsp") return listener.chunks(v.agent)?.store(key, "lsp");
       const r = remotes.find((x) => x.site === site);
-      return r?.client.connected ? r.client.chunks.store(key, kind) : undefined;
+      return r?.client.connected ? r.client.chunks.store(key, kind, point) : undefined;
     },
     copies: async (v) => {
       const out: { ref: SourceRef; info: CopyInfo | undefined }[] = [{

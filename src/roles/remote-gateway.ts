@@ -29,6 +29,7 @@ import { copyImage } from "../volume/copy.ts";
 import { Retention } from "../retention/retention.ts";
 import { parsePoint, siteRetention } from "../retention/site.ts";
 import { rollBack } from "../retention/rollback.ts";
+import { PointImages } from "../retention/point-images.ts";
 import type { VolumeLog } from "../retention/volume-log.ts";
 import type { Point } from "../retention/points.ts";
 import { siteDrill } from "../drills/site.ts";
@@ -288,6 +289,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       })
       : undefined;
     if (retention) cleanups.push(() => retention.close());
+    const pointImages = retention && await PointImages.open(`${dataDir}/point-images`, retention);
+    if (pointImages) cleanups.push(() => pointImages.close());
     const points = retention &&
       siteRetention({
         retention,
@@ -599,6 +602,24 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             ok: false,
             error: `no volume ${req.volume} here`,
           });
+        }
+        if (req.point !== undefined) {
+          // a recovery from a point reads the point's image, rebuilt from the retention
+          if (req.kind !== "rgp" || !pointImages) {
+            return mixedFrame(FrameType.ChunkReply, {
+              id: req.id,
+              ok: false,
+              error: pointImages
+                ? "points are served from the replica (rgp)"
+                : `site ${site} keeps no points`,
+            });
+          }
+          try {
+            const image = await pointImages.get(req.volume, parsePoint(req.point));
+            return await serveChunkOp(new FileChunks(image.fd, image.size, false), req, payload);
+          } catch (e) {
+            return mixedFrame(FrameType.ChunkReply, { id: req.id, ok: false, error: (e as Error).message });
+          }
         }
         if (req.kind === "rsp") {
           // the standby's copy is on its own server: relay the operation to its agent
