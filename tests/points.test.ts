@@ -159,7 +159,8 @@ t("a test copy at every point and every site equals the volume at that point", a
     const refused = async (body: unknown, status: number, re: RegExp) => {
       const r = await c.req("POST", "/api/tasks/db/actions/failover-test", body);
       assert.is(r.status, status, r.text);
-      assert.match((r.body as { error: string }).error, re);
+      const error = (r.body as { error: string }).error;
+      assert.ok(re.test(error), `${error} does not match ${re}`);
       assert.is(await state(), "protected");
       assert.equal([...Deno.readDirSync(`${topo.remotes.dr1.home}/tests`)], []);
     };
@@ -223,6 +224,42 @@ t("a test copy at every point and every site equals the volume at that point", a
     assert.ok(
       recAudit.some((a) => /recovery of the lsp from rgp@dr2 at point before-damage verified/.test(a.cause)),
     );
+
+    // expiry: dr2 started again with a window of 2 s; the old points go, the ones still held stay exact
+    // the recovery resynchronised the sites (a rebase: its end learns its sequence from the next write)
+    await waitFor(async () => await state() === "protected", 60_000, "the task to be protected again", 250);
+    await run("qemu-io", ["-f", "raw", topo.agent.uri("vol0"), "-c", "write -P 0x77 7M 512k", "-c", "flush"]);
+    await topo.caughtUp();
+    const nowSeq = await lastSeq(), nowHash = await sha256File(files.lsp);
+    (topo.remotes.dr2.o as { extra?: string[] }).extra = ["--retention", "2s", "--retention-size", "8M"];
+    await topo.remotes.dr2.proc.stop();
+    await topo.remotes.dr2.start();
+    await topo.caughtUp();
+    await waitFor(async () => await state() === "protected", 60_000, "the task to be protected again", 250);
+    const firstKept = [...kept.keys()][0];
+    let held: SitePoints["points"] = [];
+    await waitFor(
+      async () => {
+        const l = await c.expect(200, "GET", "/api/tasks/db/points?site=dr2") as { sites: SitePoints[] };
+        held = l.sites[0].points ?? [];
+        return l.sites[0].ok && held.length > 0 && held[0].seq > firstKept;
+      },
+      30_000,
+      "the old points at dr2 to expire",
+      250,
+    );
+    await refused(
+      { site: "dr2", point: firstKept },
+      409,
+      /point \d+ has expired: the oldest point held is \d+/,
+    );
+    assert.is(held[held.length - 1].seq, nowSeq, "the newest point is still held");
+    assert.is(await testAt("dr2", nowSeq), nowHash, "dr2 at its newest point after expiry");
+    for (const [seq, hash] of kept) {
+      if (seq >= held[0].seq && seq <= nowSeq) {
+        assert.is(await testAt("dr2", seq), hash, `dr2 at ${seq} after expiry`);
+      }
+    }
 
     const status = await topo.remotes.dr1.status() as unknown as {
       retention: { windowMs: number; volumes: { volume: string; points: number }[] };

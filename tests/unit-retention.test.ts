@@ -328,4 +328,80 @@ t("the site's retention acknowledges only what is durable, and expires by its po
   }
 });
 
+t(
+  "a rebasing resynchronisation (sequence 0) is the point before the next write, also once folded",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "cn-ret-" });
+    try {
+      const l = await VolumeLog.open(`${dir}/v`, SIZE, zeroSeed, 16 * 1024);
+      const rec = (h: Omit<RecordHeader, "volume" | "pos">, payload?: Uint8Array) => {
+        const full = { ...h, volume: 1, pos: 0 };
+        l.take(encodeRecord(full, payload), full);
+      };
+      for (let seq = 1; seq <= 5; seq++) {
+        rec(
+          { kind: Kind.Write, flags: 0, length: 4096, seq, offset: 0, time: 100 },
+          new Uint8Array(4096).fill(seq),
+        );
+      }
+      // the local site's content was replaced: a synchronisation that rebases, its chunks and end carry 0
+      rec({ kind: Kind.SyncBegin, flags: 0, length: 0, seq: 0, offset: 0, time: 200 });
+      const replaced = new Uint8Array(SIZE).fill(0x77);
+      for (let c = 0; c < SIZE; c += 65536) {
+        rec(
+          { kind: Kind.Write, flags: FLAG_SYNC, length: 65536, seq: 0, offset: c, time: 200 },
+          replaced.slice(c, c + 65536),
+        );
+      }
+      rec({ kind: Kind.SyncEnd, flags: 0, length: 0, seq: 0, offset: 0, time: 200 });
+      await l.flush();
+      assert.throws(
+        () => l.resolve(6),
+        (e: PointError) => e.code === "not-yet",
+        "its sequence is not known yet",
+      );
+      same(
+        await copyAt(l, 5, dir),
+        (() => {
+          const before = new Uint8Array(SIZE);
+          before.fill(5, 0, 4096);
+          return before;
+        })(),
+        "the point before the resynchronisation",
+      );
+      assert.is(l.index.newestSeq, 5, "the end of the rebase has no sequence yet");
+      // everything so far expires: the base is that resynchronisation's end, its sequence unknown
+      await l.expire({ windowMs: 1, maxBytes: 2 ** 40 }, 10_000);
+      assert.is(l.index.base.rebase, true);
+      assert.throws(
+        () => l.resolve(3),
+        (e: PointError) => e.code === "not-yet" && /its next write is not here yet/.test(e.message),
+        "nothing with a sequence is held",
+      );
+      rec(
+        { kind: Kind.Write, flags: 0, length: 4096, seq: 40, offset: 8192, time: 300 },
+        new Uint8Array(4096).fill(0x40),
+      );
+      assert.throws(
+        () => l.resolve(3),
+        (e: PointError) => e.code === "expired" && /the oldest point held is 39/.test(e.message),
+        "the next write tells the base's sequence: older points have expired",
+      );
+      await l.flush();
+      assert.is(l.index.base.seq, 39, "the next write tells the resynchronisation's sequence");
+      same(await copyAt(l, 39, dir), replaced, "the point before the next write");
+      const after = replaced.slice();
+      after.fill(0x40, 8192, 12288);
+      same(await copyAt(l, 40, dir), after, "the next write's point");
+      await l.close();
+      const again = await VolumeLog.open(`${dir}/v`, SIZE, zeroSeed, 16 * 1024);
+      assert.is(again.index.base.seq, 39, "after a restart too");
+      same(await copyAt(again, 39, dir), replaced, "the point after a restart");
+      await again.close();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 t.run();

@@ -14,6 +14,11 @@ export interface Base {
   logStart: number;
   /** False when the base was folded in the middle of a resynchronisation. */
   consistent: boolean;
+  /**
+   * The base ends with a rebasing resynchronisation (its sequence, -1, is not known yet): it is
+   * the sequence before the next captured write.
+   */
+  rebase?: boolean;
 }
 
 /** A point an operator can use. */
@@ -50,15 +55,29 @@ export class PointIndex {
   /** Entries before this one were folded into the base. */
   private first = 0;
   private inSync: boolean;
+  /** After a SyncBegin, until the next captured write (the stream's rebase). */
+  private rebase: boolean;
+  /** Entries that ended a rebasing resynchronisation: their sequence comes with the next write. */
+  private unknown: number[] = [];
 
   constructor(public base: Base) {
     this.inSync = !base.consistent;
+    this.rebase = base.rebase === true;
   }
 
   /** Indexes the record that ends at log offset `end`. */
   add(h: { kind: Kind; flags: number; seq: number; time: number }, end: number): void {
-    if (h.kind === Kind.SyncBegin) this.inSync = true;
+    if (h.kind === Kind.SyncBegin) this.inSync = this.rebase = true;
     if (h.kind === Kind.SyncEnd) this.inSync = false;
+    if (!betweenSeqs(h) && this.rebase) {
+      // a rebasing resynchronisation carries sequence 0: the copy it made is the volume just
+      // before this write (no captured write came between its begin and its end)
+      this.rebase = false;
+      for (const i of this.unknown) this.seqs[i] = h.seq - 1;
+      this.unknown = [];
+      if (this.base.rebase) this.base = { ...this.base, seq: h.seq - 1, rebase: false };
+    }
+    if (h.kind === Kind.SyncEnd && this.rebase) this.unknown.push(this.seqs.length);
     let f = this.inSync ? 0 : F_CONSISTENT;
     if (h.kind === Kind.Flush && !betweenSeqs(h)) f |= F_BARRIER;
     if (h.kind === Kind.SyncEnd) f |= F_SYNC_END;
@@ -82,6 +101,7 @@ export class PointIndex {
   /** The newest sequence held. */
   get newestSeq(): number {
     for (let i = this.seqs.length - 1; i >= this.first; i--) {
+      if (this.unknown.includes(i)) continue;
       if (!(this.flags[i] & F_BETWEEN) || this.flags[i] & F_SYNC_END) return this.seqs[i];
     }
     return this.base.seq;
@@ -101,17 +121,22 @@ export class PointIndex {
     while (i < this.seqs.length && this.ends[i] <= upTo) i++;
     if (i === this.first) return this.base;
     const last = i - 1;
-    // a sync chunk carries the sequence of the record before it, which is then the base's
+    // a sync chunk carries the sequence of the record before it, which is then the base's; the
+    // end of a rebasing resynchronisation learns its sequence from the next write
+    const pending = this.unknown.includes(last);
     this.base = {
-      seq: this.seqs[last],
+      seq: pending ? -1 : this.seqs[last],
       time: this.times[last],
       logStart: this.ends[last],
       consistent: (this.flags[last] & F_CONSISTENT) !== 0,
+      ...(pending ? { rebase: true } : {}),
     };
+    this.unknown = this.unknown.filter((u) => u > last);
     this.first = i;
     // drop folded entries now and then, not on every fold
     if (this.first > 65536 && this.first > this.seqs.length / 2) {
       for (const a of [this.seqs, this.ends, this.times, this.flags]) a.splice(0, this.first);
+      this.unknown = this.unknown.map((u) => u - this.first);
       this.first = 0;
     }
     return this.base;
@@ -125,19 +150,25 @@ export class PointIndex {
     if (!Number.isSafeInteger(seq) || seq < 0) {
       throw new PointError(`point ${seq}: not a sequence number`, "unknown");
     }
-    if (seq === this.base.seq && this.base.consistent) {
+    if (seq === this.base.seq && this.base.consistent && !this.base.rebase) {
       return { seq, time: this.base.time, end: this.base.logStart, kind: "base" };
     }
-    if (seq < this.base.seq) {
+    // a base whose sequence is not known yet (a rebase) has no later entry with one either
+    if (this.base.rebase) {
       throw new PointError(
-        `point ${seq} has expired: the oldest point held is ${this.base.seq}`,
-        "expired",
+        `point ${seq} is not held: this copy was resynchronised and its next write is not here yet`,
+        "not-yet",
       );
+    }
+    if (seq < this.base.seq) {
+      throw new PointError(`point ${seq} has expired: the oldest point held is ${this.base.seq}`, "expired");
     }
     let inconsistent = false;
     for (let i = this.seqs.length - 1; i >= this.first; i--) {
       const f = this.flags[i];
-      if (this.seqs[i] !== seq || ((f & F_BETWEEN) && !(f & F_SYNC_END))) continue;
+      if (this.seqs[i] !== seq || ((f & F_BETWEEN) && !(f & F_SYNC_END)) || this.unknown.includes(i)) {
+        continue;
+      }
       if (f & F_CONSISTENT) {
         return {
           seq,
@@ -165,7 +196,7 @@ export class PointIndex {
     const out: Point[] = [];
     for (let i = this.seqs.length - 1; i >= this.first && out.length < limit; i--) {
       const f = this.flags[i];
-      if (!(f & F_CONSISTENT) || !(f & (F_BARRIER | F_SYNC_END))) continue;
+      if (!(f & F_CONSISTENT) || !(f & (F_BARRIER | F_SYNC_END)) || this.unknown.includes(i)) continue;
       out.push({
         seq: this.seqs[i],
         time: this.times[i],
@@ -173,7 +204,7 @@ export class PointIndex {
         kind: f & F_SYNC_END ? "sync" : "barrier",
       });
     }
-    if (out.length < limit && this.base.consistent) {
+    if (out.length < limit && this.base.consistent && !this.base.rebase) {
       out.push({ seq: this.base.seq, time: this.base.time, end: this.base.logStart, kind: "base" });
     }
     return out.reverse();
@@ -181,10 +212,10 @@ export class PointIndex {
 
   /** How many barriers and resynchronisation ends are held (the base included). */
   count(): number {
-    let n = this.base.consistent ? 1 : 0;
+    let n = this.base.consistent && !this.base.rebase ? 1 : 0;
     for (let i = this.first; i < this.seqs.length; i++) {
       const f = this.flags[i];
-      if (f & F_CONSISTENT && f & (F_BARRIER | F_SYNC_END)) n++;
+      if (f & F_CONSISTENT && f & (F_BARRIER | F_SYNC_END) && !this.unknown.includes(i)) n++;
     }
     return n;
   }

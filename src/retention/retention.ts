@@ -111,7 +111,9 @@ export class Retention {
         volume,
         bytes: l.bytes,
         points: pts.count(),
-        oldest: pts.base.consistent ? { seq: pts.base.seq, time: pts.base.time } : undefined,
+        oldest: pts.base.consistent && !pts.base.rebase
+          ? { seq: pts.base.seq, time: pts.base.time }
+          : undefined,
         newest: { seq: pts.newestSeq, time: pts.newestTime },
         consistent: pts.base.consistent,
         forcedExpiries: l.forced,

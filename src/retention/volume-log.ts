@@ -101,13 +101,9 @@ export class VolumeLog {
       base = { seq: s.seq, time: s.time, logStart: 0, consistent: s.consistent };
       await writeJson(`${dir}/base.json`, base);
     }
-    const index = new PointIndex({
-      seq: base.seq,
-      time: base.time,
-      logStart: base.logStart,
-      consistent: base.consistent,
-    });
-    const st: SeqState = { lastSeq: base.seq, rebase: !base.consistent };
+    const { folding: _, ...known } = base;
+    const index = new PointIndex(known);
+    const st: SeqState = { lastSeq: base.seq, rebase: !base.consistent || base.rebase === true };
     const segments: SegmentFile[] = [];
     for (const [i, name] of segPaths.entries()) {
       const start = parseInt(name.slice(0, 16), 16);
