@@ -2,7 +2,8 @@
 // database on the protected volume; a good phase (a sentinel row and more transactions), then a
 // phase that overwrites the database and a file in place. The search, with a check that opens
 // the database on the test copy and reads the sentinel row, finds the last point before the
-// damage with a logarithmic number of probes, each in the audit log. A check that hangs stops
+// damage with a logarithmic number of probes, each in the audit log. The site keeps the points
+// because the task's mirror strategy asks for them (no --retention at the site). A check that hangs stops
 // the search with a clear error, and the task is back to protected with nothing changed.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -72,7 +73,6 @@ t("the search finds the last point before the damage; a hanging check stops it c
     size: SIZE,
     sites: ["dr1"],
     gatewayExtra: ["--device-prefix", allowed],
-    remoteExtra: ["--retention", "1h"],
   });
   try {
     const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
@@ -103,6 +103,8 @@ t("the search finds the last point before the damage; a hanging check stops it c
           rsp: { host: "standby", device: files["rsp-dr1"] },
         }],
       },
+      // the site runs without --retention: the task's mirror strategy asks for the points
+      mirror: { retentionHours: 1, retentionBytes: 256 * MiB },
     });
     const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
     await c.expect(200, "POST", "/api/tasks/db/actions/start");
@@ -148,9 +150,12 @@ t("the search finds the last point before the damage; a hanging check stops it c
     await run("qemu-io", ["-f", "raw", uri, "-c", "write -P 0x55 60M 1M", "-c", "flush"]);
     await topo.caughtUp();
 
-    const points = (await c.expect(200, "GET", "/api/tasks/db/points") as {
-      sites: { points: { seq: number }[] }[];
-    }).sites[0].points;
+    const listed = (await c.expect(200, "GET", "/api/tasks/db/points") as {
+      sites: { points: { seq: number }[]; windowMs: number; retention: { maxBytes: number } }[];
+    }).sites[0];
+    assert.is(listed.windowMs, 3_600_000, "the task's window");
+    assert.is(listed.retention.maxBytes, 256 * MiB, "the task's space bound");
+    const points = listed.points;
     const before = await hashAll(files);
     const found = await c.expect(200, "POST", "/api/tasks/db/point-search", {
       site: "dr1",

@@ -11,6 +11,7 @@ import { planExpiry } from "../src/retention/expiry.ts";
 import { VolumeLog } from "../src/retention/volume-log.ts";
 import { Retention } from "../src/retention/retention.ts";
 import { setLogSink } from "../src/log.ts";
+import { retentionOf } from "../src/replication/site-link.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
@@ -321,7 +322,7 @@ t("the site's retention acknowledges only what is durable, and expires by its po
     const [st] = r.status();
     assert.ok(st.bytes <= 256 * 1024, `${st.bytes} bytes held`);
     assert.ok(st.forcedExpiries >= 1 && st.newest.seq === w.last);
-    assert.throws(() => r.points("a1/other"), /no retention is held here for a1\/other/);
+    assert.throws(() => r.points("a1/other"), /no recovery points are kept here for a1\/other/);
   } finally {
     await r.close();
     await Deno.remove(dir, { recursive: true });
@@ -399,6 +400,36 @@ t(
       same(await copyAt(again, 39, dir), replaced, "the point after a restart");
       await again.close();
     } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+t(
+  "a task's retention: announced in the hello (malformed ones ignored), its window and space per volume",
+  async () => {
+    assert.equal(retentionOf({ windowMs: 3_600_000, maxBytes: 1 << 30 }), {
+      windowMs: 3_600_000,
+      maxBytes: 1 << 30,
+    });
+    assert.equal(
+      retentionOf({ windowMs: 60_000, maxBytes: -1 }),
+      { windowMs: 60_000 },
+      "a bad bound: the site's",
+    );
+    for (const bad of [undefined, null, 5, "1h", { windowMs: 0 }, { windowMs: -5 }, { windowMs: 1.5 }, {}]) {
+      assert.is(retentionOf(bad), undefined, JSON.stringify(bad));
+    }
+    const dir = await Deno.makeTempDir({ prefix: "cn-ret-" });
+    const r = new Retention({ dir, policy: { windowMs: 0, maxBytes: 10 * 1024 * 1024 } });
+    try {
+      await r.open("a1/vol0", SIZE, zeroSeed, { windowMs: 7_200_000 });
+      await r.open("a1/vol0", SIZE, zeroSeed); // a standby's registration: the task's policy stays
+      assert.equal(r.policyOf("a1/vol0"), { windowMs: 7_200_000, maxBytes: 10 * 1024 * 1024 });
+      assert.equal(r.policyOf("a1/other"), { windowMs: 0, maxBytes: 10 * 1024 * 1024 }, "the site's flags");
+      assert.equal(r.status().map((s) => [s.volume, s.windowMs]), [["a1/vol0", 7_200_000]]);
+    } finally {
+      await r.close();
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -4,7 +4,7 @@ import type { RetentionStatus } from "../retention/retention.ts";
 
 export interface SiteRetention {
   site: string;
-  /** False: the site keeps no points (no --retention) or could not be asked. */
+  /** False: the site could not be asked (or answered with an error). */
   ok: boolean;
   error?: string;
   windowMs?: number;

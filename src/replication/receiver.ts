@@ -24,12 +24,20 @@ export interface SiteVolume {
   size: number;
   /** The volume's acknowledgement point (its task's); absent: the site's --ack-after. */
   ack?: AckPoint;
+  /** The volume's retention (its task's); absent: the site's --retention flags. */
+  retention?: { windowMs: number; maxBytes?: number };
 }
 
 export interface ReceiverOptions {
   journal: Journal;
   /** Registers (or finds) a volume the site announced. */
-  register: (agent: string, name: string, size: number) => Promise<VolumeInfo>;
+  register: (
+    agent: string,
+    name: string,
+    size: number,
+    /** The task's retention of the volume (absent: the site's flags hold). */
+    retention?: { windowMs: number; maxBytes?: number },
+  ) => Promise<VolumeInfo>;
   /** The replica's state as reported to the sender. */
   copyState: (v: VolumeInfo) => "empty" | "consistent" | "inconsistent";
   /** Records a state change of the replica (SyncBegin journaled: inconsistent; first record: consistent). */
@@ -86,7 +94,7 @@ export class Receiver {
     const out = [];
     const points = [];
     for (const sv of volumes) {
-      const v = await this.o.register(sv.agent, sv.name, sv.size);
+      const v = await this.o.register(sv.agent, sv.name, sv.size, sv.retention);
       this.map.set(sv.id, v);
       this.acks.set(v.id, sv.ack);
       points.push({ v, ack: sv.ack });

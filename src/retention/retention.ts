@@ -18,6 +18,9 @@ export interface RetentionOptions {
 
 export interface RetentionStatus {
   volume: string;
+  /** The volume's window and space bound (its task's, else the site's flags). */
+  windowMs: number;
+  maxBytes: number;
   bytes: number;
   points: number;
   oldest: { seq: number; time: number } | undefined;
@@ -30,6 +33,8 @@ export interface RetentionStatus {
 
 export class Retention {
   private logs = new Map<string, VolumeLog>();
+  /** Volumes whose task sets their retention (the site's flags hold for the rest). */
+  private own = new Map<string, Partial<RetentionPolicy>>();
   private opening = new Map<string, Promise<VolumeLog>>();
   private written = 0;
   private syncedMark = 0;
@@ -48,18 +53,34 @@ export class Retention {
     return this.o.policy;
   }
 
-  /** Opens (or creates, from `seed`) the retention of a volume (AGENT/NAME). */
+  /** A volume's policy: its task's where it sets one, else the site's. */
+  policyOf(key: string): RetentionPolicy {
+    const o = this.own.get(key);
+    return {
+      windowMs: o?.windowMs ?? this.o.policy.windowMs,
+      maxBytes: o?.maxBytes ?? this.o.policy.maxBytes,
+    };
+  }
+
+  /**
+   * Opens (or creates, from `seed`) the retention of a volume (AGENT/NAME); `own`: the window and
+   * space its task asks for (each absent part: the site's). A task that no longer asks keeps its
+   * last policy until the site restarts: a hello sent before the local gateway knows its tasks
+   * must not make a site give up its points.
+   */
   open(
     key: string,
     size: number,
     seed: (into: string) => Promise<{ seq: number; time: number; consistent: boolean }>,
+    own?: Partial<RetentionPolicy>,
   ): Promise<VolumeLog> {
+    if (own) this.own.set(key, own);
     const have = this.logs.get(key);
     if (have) return Promise.resolve(have);
     let p = this.opening.get(key);
     if (!p) {
       // segments well below the space bound, so expiry can free space a segment at a time
-      const segBytes = Math.max(1 << 20, Math.min(64 << 20, Math.floor(this.o.policy.maxBytes / 8)));
+      const segBytes = Math.max(1 << 20, Math.min(64 << 20, Math.floor(this.policyOf(key).maxBytes / 8)));
       p = VolumeLog.open(`${this.o.dir}/${key}`, size, seed, segBytes).then((l) => {
         this.logs.set(key, l);
         return l;
@@ -96,7 +117,12 @@ export class Retention {
 
   log(key: string): VolumeLog {
     const l = this.logs.get(key);
-    if (!l) throw new PointError(`no retention is held here for ${key}`, "unknown");
+    if (!l) {
+      throw new PointError(
+        `no recovery points are kept here for ${key} (the site's --retention or the task's retention)`,
+        "unknown",
+      );
+    }
     return l;
   }
 
@@ -109,6 +135,7 @@ export class Retention {
       const pts = l.index;
       return {
         volume,
+        ...this.policyOf(volume),
         bytes: l.bytes,
         points: pts.count(),
         oldest: pts.base.consistent && !pts.base.rebase
@@ -156,7 +183,7 @@ export class Retention {
   async expire(now = Date.now()): Promise<void> {
     for (const [key, l] of this.logs) {
       try {
-        const plan = await l.expire(this.o.policy, now);
+        const plan = await l.expire(this.policyOf(key), now);
         if (plan.forced) {
           log.warn("retention full: the oldest points expired before the window", { volume: key });
           this.o.onForced?.(key, plan.upTo);

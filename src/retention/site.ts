@@ -29,7 +29,7 @@ export function siteRetention(d: SiteRetentionDeps) {
   const key = (v: VolumeInfo) => `${v.agent}/${v.name}`;
   return {
     /** Opens a registered volume's retention; a new one starts from the replica as it is. */
-    open: (v: VolumeInfo) =>
+    open: (v: VolumeInfo, own?: { windowMs: number; maxBytes?: number }) =>
       d.retention.open(key(v), v.size, async (into) => {
         const state = d.state(v);
         if (state === "empty" && v.lastSeq === 0) {
@@ -40,7 +40,7 @@ export function siteRetention(d: SiteRetentionDeps) {
         }
         const { seq, time } = await d.copyReplica(v, into);
         return { seq, time, consistent: state === "consistent" };
-      }),
+      }, own),
 
     /** Takes a record the receiver verified; the mark its acknowledgement waits for. */
     take: (v: VolumeInfo, body: Uint8Array, h: { kind: number; flags: number; seq: number; time: number }) =>
@@ -73,7 +73,7 @@ export function siteRetention(d: SiteRetentionDeps) {
             ok: true,
             points: l.points(limit),
             retention: d.retention.status().find((s) => s.volume === volume),
-            windowMs: d.retention.policy.windowMs,
+            windowMs: d.retention.policyOf(volume).windowMs,
           };
         }
         if (m.type === "checkpoint") {

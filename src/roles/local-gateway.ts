@@ -526,8 +526,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       siteRequest: (site, msg) => siteRequest(site, msg, 60_000),
       sites: () => remotes.map((r) => r.site),
       applyMirror: (plan) => {
+        // what the hello announces per volume: its acknowledgement point and its retention
         const acks = (pl: MirrorPlan) =>
-          JSON.stringify(journal.volumes().map((v) => pl.volumes[`${v.agent}/${v.name}`]?.ackPoint));
+          JSON.stringify(
+            journal.volumes().map((v) => {
+              const m = pl.volumes[`${v.agent}/${v.name}`];
+              return [m?.ackPoint, m?.retentionHours, m?.retentionBytes];
+            }),
+          );
         const ackChanged = acks(plan) !== acks(strategy.plan);
         strategy.plan = plan;
         for (const v of journal.volumes()) journal.setBound(v.id, policyOf(v)?.bufferBound);
@@ -784,6 +790,14 @@ async function openRemotes(
       ackPoint: (v) => {
         const a = tasks.policyOf(v)?.ackPoint;
         return a === "rgp" || a === "rsp" ? a : undefined;
+      },
+      retention: (v) => {
+        const m = tasks.policyOf(v);
+        if (!m?.retentionHours) return undefined;
+        return {
+          windowMs: Math.round(m.retentionHours * 3_600_000),
+          ...(m.retentionBytes ? { maxBytes: m.retentionBytes } : {}),
+        };
       },
       onLink: (up) => tasks.onLink(site, up),
     });

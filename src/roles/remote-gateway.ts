@@ -282,35 +282,39 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     cleanups.push(() => applier.stop());
 
     const retentionMs = num(p, "retention");
-    const retention = retentionMs > 0
-      ? new Retention({
-        dir: optStr(p, "retention-dir") ?? `${dataDir}/retention`,
-        policy: { windowMs: retentionMs, maxBytes: num(p, "retention-size") },
-      })
-      : undefined;
-    if (retention) cleanups.push(() => retention.close());
-    const pointImages = retention && await PointImages.open(`${dataDir}/point-images`, retention);
-    if (pointImages) cleanups.push(() => pointImages.close());
-    const points = retention &&
-      siteRetention({
-        retention,
-        site,
-        state: (v) => states.get(v.id) ?? "empty",
-        copyReplica: async (v, into) => {
-          // the base starts where the replica is once it applied everything journaled
-          await applier.caughtUp();
-          return await applier.hold(async () => {
-            await copyImage(v.mirrorPath, into);
-            return { seq: applier.applied(v.id), time: applier.appliedAt(v.id) };
-          });
-        },
-      });
+    // the site's flags hold for every volume; a task may ask for retention of its own volume
+    const retention = new Retention({
+      dir: optStr(p, "retention-dir") ?? `${dataDir}/retention`,
+      policy: { windowMs: retentionMs, maxBytes: num(p, "retention-size") },
+    });
+    cleanups.push(() => retention.close());
+    const pointImages = await PointImages.open(`${dataDir}/point-images`, retention);
+    cleanups.push(() => pointImages.close());
+    const points = siteRetention({
+      retention,
+      site,
+      state: (v) => states.get(v.id) ?? "empty",
+      copyReplica: async (v, into) => {
+        // the base starts where the replica is once it applied everything journaled
+        await applier.caughtUp();
+        return await applier.hold(async () => {
+          await copyImage(v.mirrorPath, into);
+          return { seq: applier.applied(v.id), time: applier.appliedAt(v.id) };
+        });
+      },
+    });
 
-    const register = async (agent: string, name: string, size: number): Promise<VolumeInfo> => {
+    const register = async (
+      agent: string,
+      name: string,
+      size: number,
+      /** The task's retention, from the stream's hello (absent: the site's flags). */
+      own?: { windowMs: number; maxBytes?: number },
+    ): Promise<VolumeInfo> => {
       const v = await journal.registerVolume(agent, name, size, `${replicaDir}/${agent}/${name}.img`);
       applier.prepare(v);
       if (!states.has(v.id)) states.set(v.id, "empty");
-      await points?.open(v);
+      if (retentionMs > 0 || own) await points.open(v, own);
       for (const f of feeders.values()) f.volumeAdded(v);
       return v;
     };
@@ -396,7 +400,6 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       // a point is resolved for each volume before anything changes: a bad one changes nothing
       const rollTo: { key: string; log: VolumeLog; point: Point }[] = [];
       if (point !== undefined) {
-        if (!retention) return { ok: false, error: `site ${site} keeps no points (no --retention)` };
         try {
           const which = parsePoint(point);
           for (const v of journal.volumes().filter((x) => x.agent === agent && !x.retired)) {
@@ -547,7 +550,6 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           );
         }
         if (point !== undefined) {
-          if (!points) throw new Error(`site ${site} keeps no points (no --retention)`);
           return await points.copyAt(key, point, into);
         }
         // the replica stays at one sequence while it is copied: the copy is that consistent prefix
@@ -585,8 +587,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             for (const [agent, f] of feeders) f.theCursor.required = feederRequired(agent);
           },
           promoted: (agent) => promoted.has(agent),
-          retain: points?.take,
-          retained: () => retention?.synced ?? 0,
+          retain: points.take,
+          retained: () => retention.synced,
           send,
         }),
       hashes: async (v, chunk) => {
@@ -605,13 +607,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         }
         if (req.point !== undefined) {
           // a recovery from a point reads the point's image, rebuilt from the retention
-          if (req.kind !== "rgp" || !pointImages) {
+          if (req.kind !== "rgp") {
             return mixedFrame(FrameType.ChunkReply, {
               id: req.id,
               ok: false,
-              error: pointImages
-                ? "points are served from the replica (rgp)"
-                : `site ${site} keeps no points`,
+              error: "points are served from the replica (rgp)",
             });
           }
           try {
@@ -680,8 +680,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
         }
         if (m.type === "retention" || m.type === "point" || m.type === "points" || m.type === "checkpoint") {
-          return points?.control(m) ??
-            Promise.resolve({ ok: false, error: `site ${site} keeps no points (no --retention)` });
+          return points.control(m);
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
@@ -873,13 +872,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         standby: [...feeders.values()].map((f) => f.status()),
         promoted: [...promoted],
         tests: tests.list(),
-        retention: retention
-          ? {
-            windowMs: retention.policy.windowMs,
-            maxBytes: retention.policy.maxBytes,
-            volumes: retention.status(),
-          }
-          : null,
+        retention: {
+          windowMs: retention.policy.windowMs,
+          maxBytes: retention.policy.maxBytes,
+          volumes: retention.status(),
+        },
       }),
     });
     cleanups.push(() => server.close());

@@ -45,7 +45,8 @@ export function renderRetentionMetrics(
     "Expiries the space bound forced before the window (since the site started)",
   );
   for (const r of retention ?? []) {
-    on(r.ok ? 1 : 0, { site: r.site });
+    // a site keeps points with --retention, or for the volumes whose task asks
+    on(r.ok && ((r.windowMs ?? 0) > 0 || (r.volumes?.length ?? 0) > 0) ? 1 : 0, { site: r.site });
     if (!r.ok) continue;
     window((r.windowMs ?? 0) / 1000, { site: r.site });
     max(r.maxBytes ?? 0, { site: r.site });

@@ -546,6 +546,11 @@ export function TaskPage({ name }: { name: string }) {
             <dd>{t.mirror.bandwidthLimit ? rate(t.mirror.bandwidthLimit) : "unlimited"}</dd>
             <dt>Compression</dt>
             <dd>{t.mirror.compression ? "on" : "off"}</dd>
+            <dt>Recovery points</dt>
+            <dd>
+              {t.mirror.retentionHours ? `${t.mirror.retentionHours} h` : "as each remote center keeps them"}
+              {t.mirror.retentionBytes ? `, at most ${bytes(t.mirror.retentionBytes)}` : ""}
+            </dd>
             <dt>Recovery</dt>
             <dd>
               {t.recovery.strategy}
