@@ -435,4 +435,31 @@ t(
   },
 );
 
+t("appends go on while a copy at a point is made and while old points expire", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cn-ret-" });
+  try {
+    const now = 10_000_000;
+    const w = workload(23, 600, now - 600_000);
+    const l = await VolumeLog.open(`${dir}/v`, SIZE, zeroSeed, 16 * 1024);
+    const half = Math.floor(w.steps.length / 2);
+    for (const st of w.steps.slice(0, half)) l.take(st.body, st.h);
+    await l.flush();
+    const seq = l.index.newestSeq;
+    const into = `${dir}/copy.img`;
+    // the copy and an expiry of the oldest segments run while the second half is taken and flushed
+    const copying = l.materialize(l.resolve(seq), into);
+    const expiring = l.expire({ windowMs: 599_800, maxBytes: 2 ** 40 }, now);
+    for (const [i, st] of w.steps.slice(half).entries()) {
+      l.take(st.body, st.h);
+      if (i % 25 === 0) await l.flush();
+    }
+    await Promise.all([copying, expiring, l.flush()]);
+    same(await Deno.readFile(into), w.at.get(seq)!, "the copy made during appends");
+    same(await copyAt(l, w.last, dir), w.at.get(w.last)!, "the newest point after both");
+    await l.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 t.run();

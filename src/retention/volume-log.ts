@@ -58,7 +58,10 @@ export class VolumeLog {
   private pendingBytes = 0;
   private active: Deno.FsFile | undefined;
   private activeSeg: SegmentFile | undefined;
+  /** Appends (flush, close). */
   private readonly io = new Serial();
+  /** The base image and the sealed segments (copies at a point, folds): appends go on meanwhile. */
+  private readonly baseLock = new Serial();
   /** Expired points given up for space while the window would still keep them. */
   forced = 0;
   readonly names: Map<string, number>;
@@ -133,7 +136,9 @@ export class VolumeLog {
         await Deno.truncate(path, off);
         log.warn("retention log: torn tail cut off", { path, at: off, lost: bytes.length - off });
       }
-      segments.push({ path, start, end: start + off, newestTime });
+      // an empty segment (torn to nothing) holds no record, and its name is the next one's
+      if (off === 0) await Deno.remove(path);
+      else segments.push({ path, start, end: start + off, newestTime });
     }
     const names = new Map(Object.entries(await readJson<Record<string, number>>(`${dir}/names.json`) ?? {}));
     const vl = new VolumeLog(dir, size, index, segments, st, names, segmentBytes);
@@ -172,20 +177,15 @@ export class VolumeLog {
     this.pending = [];
     this.pendingBytes = 0;
     if (!this.active) {
+      // always a new segment: the ones before are sealed, so a fold may take them meanwhile
       const start = this.segments.length
         ? this.segments[this.segments.length - 1].end
         : this.index.base.logStart;
-      const last = this.segments[this.segments.length - 1];
-      if (last && last.end - last.start < this.segmentBytes) {
-        this.activeSeg = last;
-        this.active = await Deno.open(last.path, { write: true, append: true });
-      } else {
-        const path = `${this.dir}/${start.toString(16).padStart(16, "0")}.seg`;
-        this.active = await Deno.open(path, { write: true, create: true, append: true, mode: 0o600 });
-        this.activeSeg = { path, start, end: start, newestTime: 0 };
-        this.segments.push(this.activeSeg);
-        await syncDir(this.dir);
-      }
+      const path = `${this.dir}/${start.toString(16).padStart(16, "0")}.seg`;
+      this.activeSeg = { path, start, end: start, newestTime: 0 };
+      this.segments.push(this.activeSeg);
+      this.active = await Deno.open(path, { write: true, create: true, append: true, mode: 0o600 });
+      await syncDir(this.dir);
     }
     const all = new Uint8Array(n);
     let o = 0;
@@ -247,9 +247,15 @@ export class VolumeLog {
   }
 
   /** Writes the copy at `point` into the new file `into`. */
-  materialize(point: Point, into: string): Promise<void> {
-    return this.io.run(async () => {
-      await this.flushNow();
+  async materialize(point: Point, into: string): Promise<void> {
+    await this.flush();
+    return await this.baseLock.run(async () => {
+      if (point.end < this.index.base.logStart) {
+        throw new PointError(
+          `point ${point.seq} has expired: the oldest point held is ${this.index.base.seq}`,
+          "expired",
+        );
+      }
       await copyImage(`${this.dir}/base.img`, into);
       const v = Volume.open(into);
       try {
@@ -286,7 +292,7 @@ export class VolumeLog {
 
   /** Expires what the policy no longer keeps (whole sealed segments, oldest first). */
   expire(policy: RetentionPolicy, now: number): Promise<ExpiryPlan> {
-    return this.io.run(async () => {
+    return this.baseLock.run(async () => {
       const sealed = this.segments.filter((s) => s !== this.activeSeg);
       const plan = planExpiry(sealed, this.bytes, policy, now);
       if (plan.segments > 0) {
@@ -309,8 +315,10 @@ export class VolumeLog {
     }
     const b = this.index.fold(upTo);
     await writeJson(`${this.dir}/base.json`, b);
-    for (const s of this.segments.filter((s) => s.end <= upTo)) await Deno.remove(s.path);
-    this.segments = this.segments.filter((s) => s.end > upTo);
+    // exactly the sealed segments folded: one opened meanwhile for appends stays
+    const gone = this.segments.filter((s) => s.end <= upTo && s !== this.activeSeg);
+    for (const s of gone) await Deno.remove(s.path);
+    this.segments = this.segments.filter((s) => !gone.includes(s));
     for (const [n, seq] of this.names) if (seq < b.seq) this.names.delete(n);
     await writeJson(`${this.dir}/names.json`, Object.fromEntries(this.names));
   }
