@@ -274,6 +274,22 @@ t("the index and the expiry plan (pure)", () => {
   assert.is(ix.resolve(11).end, 100);
   ix.fold(100);
   assert.equal(ix.base, { seq: 11, time: 101, logStart: 100, consistent: true });
+  // a base folded in the middle of a rebasing resynchronisation: older points have expired, and the
+  // oldest one held is the resynchronisation's end (its sequence told by the next write)
+  const rx = new PointIndex({ seq: 0, time: 0, logStart: 0, consistent: true });
+  for (let q = 1; q <= 5; q++) rx.add({ kind: Kind.Write, flags: 0, seq: q, time: q }, q * 100);
+  rx.add({ kind: Kind.SyncBegin, flags: 0, seq: 0, time: 6 }, 600);
+  rx.add({ kind: Kind.Write, flags: FLAG_SYNC, seq: 0, time: 6 }, 700);
+  rx.add({ kind: Kind.Write, flags: FLAG_SYNC, seq: 0, time: 6 }, 800);
+  rx.add({ kind: Kind.SyncEnd, flags: 0, seq: 0, time: 6 }, 900);
+  rx.add({ kind: Kind.Write, flags: 0, seq: 30, time: 7 }, 1000);
+  rx.fold(700);
+  assert.is(rx.base.consistent, false);
+  assert.throws(
+    () => rx.resolve(3),
+    (e: PointError) => e.code === "expired" && /the oldest point held is 29/.test(e.message),
+  );
+  assert.is(rx.resolve(29).kind, "sync");
   const segs = [{ start: 0, end: 10, newestTime: 50 }, { start: 10, end: 20, newestTime: 150 }];
   assert.equal(planExpiry(segs, 25, { windowMs: 100, maxBytes: 100 }, 200), {
     upTo: 10,
@@ -374,6 +390,11 @@ t(
       // everything so far expires: the base is that resynchronisation's end, its sequence unknown
       await l.expire({ windowMs: 1, maxBytes: 2 ** 40 }, 10_000);
       assert.is(l.index.base.rebase, true);
+      assert.throws(
+        () => l.index.resolve(7),
+        (e: PointError) => e.code === "not-yet",
+        "with the base inside a rebase, nothing older is usable",
+      );
       assert.throws(
         () => l.resolve(3),
         (e: PointError) => e.code === "not-yet" && /its next write is not here yet/.test(e.message),

@@ -160,9 +160,6 @@ export class PointIndex {
         "not-yet",
       );
     }
-    if (seq < this.base.seq) {
-      throw new PointError(`point ${seq} has expired: the oldest point held is ${this.base.seq}`, "expired");
-    }
     let inconsistent = false;
     for (let i = this.seqs.length - 1; i >= this.first; i--) {
       const f = this.flags[i];
@@ -179,16 +176,32 @@ export class PointIndex {
       }
       inconsistent = true;
     }
-    if (inconsistent || (seq === this.base.seq && !this.base.consistent)) {
+    if (inconsistent) {
       throw new PointError(
         `point ${seq} lies inside a resynchronisation: the copy was inconsistent there`,
         "inconsistent",
       );
     }
+    // the base may end inside a resynchronisation: the oldest point is then the first usable entry
+    const oldest = this.oldestUsable();
+    if (oldest !== undefined && seq < oldest) {
+      throw new PointError(`point ${seq} has expired: the oldest point held is ${oldest}`, "expired");
+    }
     if (seq > this.newestSeq) {
       throw new PointError(`point ${seq} is not held yet: the newest is ${this.newestSeq}`, "not-yet");
     }
     throw new PointError(`no record with sequence ${seq} is held`, "unknown");
+  }
+
+  /** The sequence of the oldest point a copy can be made at (undefined: none). */
+  private oldestUsable(): number | undefined {
+    if (this.base.consistent && !this.base.rebase) return this.base.seq;
+    for (let i = this.first; i < this.seqs.length; i++) {
+      const f = this.flags[i];
+      if (!(f & F_CONSISTENT) || ((f & F_BETWEEN) && !(f & F_SYNC_END)) || this.unknown.includes(i)) continue;
+      return this.seqs[i];
+    }
+    return undefined;
   }
 
   /** The barriers and resynchronisation ends held, oldest first (at most `limit`, the newest). */
