@@ -2,7 +2,7 @@
 // the other; each prints its table and rewrites its section of docs/benchmarks.md.
 import { ensureSetup } from "../tests/lib/setup.ts";
 
-const all = ["capture", "replication", "recovery", "switch", "detector-qos"];
+const all = ["capture", "replication", "recovery", "switch", "detector-qos", "points"];
 const names = Deno.args.length > 0 ? Deno.args : all;
 await ensureSetup();
 for (const n of names) {

@@ -22,7 +22,7 @@ t("promtool accepts the rules", async () => {
     .output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   assert.ok(out.success, text);
-  assert.match(text, /SUCCESS: 8 rules found/);
+  assert.match(text, /SUCCESS: 9 rules found/);
 });
 
 t("a cut site link: Prometheus fires ContinuumSiteDown, the webhook gets the alarm", async () => {
@@ -84,7 +84,7 @@ t("a cut site link: Prometheus fires ContinuumSiteDown, the webhook gets the ala
       groups: { name: string; rules: { name: string; health: string }[] }[];
     };
     const loaded = groups.groups.find((g) => g.name === "continuum")!;
-    assert.is(loaded.rules.length, 8);
+    assert.is(loaded.rules.length, 9);
     await waitFor(
       async () => {
         const g = (await api("rules") as typeof groups).groups.find((x) => x.name === "continuum")!;

@@ -83,6 +83,26 @@ c(
   },
 );
 
+c("a site's retention full: an alarm each time space expires points early, none at the first look", () => {
+  const ret = (n: number) => ({
+    retention: [{ site: "dr1", windowMs: 86_400_000, volumes: [{ volume: "a1/vol0", forcedExpiries: n }] }],
+  });
+  let r = evaluateConditions(undefined, ret(2), 0);
+  assert.equal(r.alarms, [], "what the site counted before the gateway looked is known");
+  r = evaluateConditions(r.state, ret(2), 1);
+  assert.equal(r.alarms, []);
+  r = evaluateConditions(r.state, ret(3), 2);
+  assert.equal(r.alarms.map((a) => [a.kind, a.subject]), [["retention-full", "site:dr1"]]);
+  assert.match(
+    r.alarms[0].summary,
+    /site dr1: the retention of a1\/vol0 is full: points younger than its window expired/,
+  );
+  r = evaluateConditions(r.state, ret(0), 3);
+  assert.equal(r.alarms, [], "a restarted site counts from 0");
+  r = evaluateConditions(r.state, ret(1), 4);
+  assert.is(r.alarms.length, 1);
+});
+
 c("the journal near full, with hysteresis", () => {
   const j = (used: number) => ({ journal: { used, capacity: 100 } });
   let r = evaluateConditions(undefined, j(89), 0);

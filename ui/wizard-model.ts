@@ -158,6 +158,8 @@ export function fieldLabels(slots: Slot[]): Record<string, string> {
     "mirror.bufferBound": "Buffer bound",
     "mirror.bandwidthLimit": "Bandwidth limit per remote center",
     "mirror.compression": "Compression",
+    "mirror.retentionHours": "Keep recovery points for (hours)",
+    "mirror.retentionBytes": "Recovery points space per remote center",
     "recovery.strategy": "Strategy",
     "recovery.mode": "Source chosen by",
     "recovery.source": "Default source",

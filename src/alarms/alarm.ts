@@ -1,5 +1,6 @@
 // What an alarm is: a condition people must hear about (a failover, a failed drill, a site down, a
-// lag above a task's RPO target, a journal near full, detector targets a link cannot meet), raised
+// lag above a task's RPO target, a journal near full, detector targets a link cannot meet, a
+// site's retention full), raised
 // when it begins and again, `resolved`, when it ends.
 
 export const ALARM_KINDS = [
@@ -9,6 +10,7 @@ export const ALARM_KINDS = [
   "rpo-exceeded",
   "journal-near-full",
   "detector-targets-unmet",
+  "retention-full",
 ] as const;
 export type AlarmKind = typeof ALARM_KINDS[number];
 

@@ -1,6 +1,6 @@
 // Alarm conditions read from the local gateway's status, once a second: a service failed over, a
 // site link down for a while, a task's remote copy lagging more than its RPO target, the journal
-// near full. Each raises an alarm when it begins and a resolved one when it ends; what holds at the
+// near full, a site's retention full (points expired before their window). Each raises an alarm when it begins and a resolved one when it ends; what holds at the
 // first look (a gateway restarted while a service runs at its remote site) is taken as known,
 // except a site down, which only counts once it has been down for `siteDownAfterMs`. Pure.
 import type { AlarmInput } from "./alarm.ts";
@@ -11,6 +11,8 @@ export interface ConditionSnapshot {
   journal?: { used?: number; capacity?: number };
   /** Tasks with an RPO target, the sites they replicate to and their state. */
   tasks?: { name: string; state: string; rpoMs?: number; sites: string[] }[];
+  /** Each site's retention: how often space made points expire before the window, per volume. */
+  retention?: { site: string; windowMs?: number; volumes?: { volume: string; forcedExpiries: number }[] }[];
 }
 
 export interface ConditionOptions {
@@ -32,13 +34,15 @@ export interface ConditionState {
   down: Map<string, { since: number; alarmed: boolean }>;
   lagging: Set<string>;
   journalFull: boolean;
+  /** Forced expiries seen per VOLUME@SITE. */
+  forced: Map<string, number>;
 }
 
 /** Tasks whose replication runs: their lag is measured against their RPO. */
 const REPLICATING = new Set(["syncing", "protected", "degraded", "testing"]);
 
 export function initialConditions(): ConditionState {
-  return { services: new Map(), down: new Map(), lagging: new Set(), journalFull: false };
+  return { services: new Map(), down: new Map(), lagging: new Set(), journalFull: false, forced: new Map() };
 }
 
 /** The alarms between the previous state and this snapshot, and the next state. */
@@ -136,6 +140,29 @@ export function evaluateConditions(
           resolved: true,
         });
       }
+    }
+  }
+
+  for (const r of snap.retention ?? []) {
+    for (const v of r.volumes ?? []) {
+      const key = `${v.volume}@${r.site}`;
+      const was = p.forced.get(key);
+      state.forced.set(key, v.forcedExpiries);
+      // a site that restarted counts from 0 again: only an increase is news
+      if (first || was === undefined || v.forcedExpiries <= was) continue;
+      alarms.push({
+        kind: "retention-full",
+        severity: "warning",
+        subject: `site:${r.site}`,
+        summary: `site ${r.site}: the retention of ${v.volume} is full: points younger than its window ` +
+          "expired (replication goes on; raise --retention-size or shorten --retention)",
+        detail: {
+          site: r.site,
+          volume: v.volume,
+          forcedExpiries: v.forcedExpiries,
+          windowMs: r.windowMs ?? null,
+        },
+      });
     }
   }
 

@@ -5,7 +5,9 @@ import { UsageError } from "./flags.ts";
 export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [ARGS]
   status                  the gateway's status (JSON)
   services                protected services and their state
-  failover SERVICE        move SERVICE to its remote site now
+  failover SERVICE [--point SEQ|NAME]
+                          move SERVICE to its remote site now (--point: its standby rolled back to
+                          that recovery point first)
   failback SERVICE [--traffic-only]
                           bring SERVICE's data back from its site, then its traffic (waits until
                           done; --traffic-only: only remove the switch rule)
@@ -13,6 +15,7 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   candidates VOLUME [--seq N | --time ISO] [--strategy fast|full]
                           recovery sources of VOLUME (AGENT/NAME), assessed, and the policy's choice
   recover VOLUME --source lgp|rgp@SITE|rsp@SITE [--strategy fast|full] [--target lsp|lgp] [--force] [--at WHEN]
+          [--point SEQ|NAME]  (with rgp@SITE: the site's replica at that recovery point)
   recover VOLUME --policy [--seq N | --time ISO] [--strategy fast|full] [--at WHEN]
                           rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled)
   recoveries              recoveries: running, scheduled, finished
@@ -22,6 +25,16 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
                           site, RTO and RPO graded (waits for the grade; exit code 1 when it fails);
                           --at schedules it, --every repeats it
   drills [TASK]           the drills and their grades, newest first
+  points TASK [--site SITE] [--limit N]
+                          the recovery points each remote site holds of TASK's volume, its
+                          retention window and the named checkpoints
+  checkpoint TASK NAME    name the newest point of TASK's volume at every remote site
+  test TASK [--site SITE] [--point SEQ|NAME]
+                          a failover test copy of TASK's volume, now or at a recovery point
+  test-done TASK          end TASK's failover test (its copy is discarded)
+  search TASK [--site SITE] [--good SEQ|NAME] [--timeout SECONDS] -- CHECK [ARG...]
+                          find the last point where CHECK passes (bisecting the site's points,
+                          each on a test copy; "{uri}" and $CONTINUUM_NBD_URI are its NBD URI)
   detector                each agent link's detector: targets, settings, predicted and observed QoS
 The API token is read from --token-file (default /var/lib/continuum/gateway/api-token)
 or the CONTINUUM_TOKEN environment variable; --api defaults to http://127.0.0.1:7880.`;
@@ -46,6 +59,9 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         at: { type: "string" },
         site: { type: "string" },
         every: { type: "string" },
+        point: { type: "string" },
+        good: { type: "string" },
+        timeout: { type: "string" },
         help: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -67,7 +83,7 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
       throw new UsageError(`cannot read the API token from ${values["token-file"]}: ${(e as Error).message}`);
     }
   }
-  const [cmd, arg] = positionals;
+  const [cmd, arg, arg2] = positionals;
   const need = (what: string) => {
     if (!arg) throw new UsageError(`ctl ${cmd}: ${what} is required\n\n${ctlUsage}`);
     return encodeURIComponent(arg);
@@ -114,6 +130,11 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         strategy: values.strategy,
         target: values.target,
         source: values.policy ? undefined : values.source,
+        sourcePoint: values.point === undefined
+          ? undefined
+          : /^\d+$/.test(values.point)
+          ? Number(values.point)
+          : values.point,
         point: values.policy ? point() : undefined,
         force: values.force,
         at: when(values.at, "--at"),
@@ -144,9 +165,53 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
     case "detector":
       path = "/api/detector";
       break;
+    case "points": {
+      const q = new URLSearchParams();
+      if (values.site) q.set("site", values.site);
+      if (values.limit) q.set("limit", values.limit);
+      path = `/api/tasks/${need("TASK")}/points?${q}`;
+      break;
+    }
+    case "checkpoint":
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/checkpoints`;
+      if (!arg2) throw new UsageError(`ctl checkpoint: NAME is required\n\n${ctlUsage}`);
+      body = { name: arg2 };
+      break;
+    case "test": {
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/actions/failover-test`;
+      const p = values.point;
+      body = { site: values.site, point: p === undefined ? undefined : /^\d+$/.test(p) ? Number(p) : p };
+      break;
+    }
+    case "search": {
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/point-search`;
+      const check = positionals.slice(2);
+      if (check.length === 0) {
+        throw new UsageError(`ctl search: the check command is required\n\n${ctlUsage}`);
+      }
+      const g = values.good;
+      body = {
+        site: values.site,
+        good: g === undefined ? undefined : /^\d+$/.test(g) ? Number(g) : g,
+        check,
+        timeoutSeconds: values.timeout === undefined ? undefined : Number(values.timeout),
+      };
+      break;
+    }
+    case "test-done":
+      method = "POST";
+      path = `/api/tasks/${need("TASK")}/actions/end-test`;
+      body = {};
+      break;
     case "failover":
       method = "POST";
       path = `/api/services/${need("SERVICE")}/failover`;
+      if (values.point !== undefined) {
+        body = { point: /^\d+$/.test(values.point) ? Number(values.point) : values.point };
+      }
       break;
     case "failback":
       method = "POST";

@@ -254,3 +254,20 @@ export const apiTokens = sqliteTable("api_tokens", {
   createdAt: integer("created_at").notNull(),
   lastUsed: integer("last_used"),
 }, (t) => [uniqueIndex("api_tokens_hash").on(t.tokenHash)]);
+
+/**
+ * Named checkpoints (issue 15): a name for a sequence number of a volume, the same point at every
+ * remote site (each site keeps it with its recovery points; the gateway sends it again when it
+ * lists a site's points, so a site that was away learns it).
+ */
+export const checkpoints = sqliteTable("checkpoints", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  task: text("task").notNull(),
+  /** AGENT/NAME of the task's volume. */
+  volume: text("volume").notNull(),
+  name: text("name").notNull(),
+  seq: integer("seq").notNull(),
+  /** When it was made (the gateway's clock). */
+  createdAt: integer("created_at").notNull(),
+  createdBy: text("created_by").notNull(),
+}, (t) => [uniqueIndex("checkpoints_volume_name").on(t.volume, t.name)]);

@@ -38,7 +38,7 @@ export interface ControllerOptions {
   audit: Audit;
   services: ServiceConfig[];
   /** Asks the site to promote its standby of the agent; resolves once its service is healthy there. */
-  promote: (site: string, agent: string) => Promise<void>;
+  promote: (site: string, agent: string, point?: number | string) => Promise<void>;
   /** Makes the agent's volumes read-only (told now if connected, and at every connection). */
   fence: (agent: string, reason: string) => void;
   unfence: (agent: string) => void;
@@ -160,7 +160,12 @@ export class FailoverController {
   }
 
   /** Moves a service to its remote site: promote, fence the old primary, then redirect traffic. */
-  async failover(name: string, cause: string, detail: Record<string, unknown> = {}): Promise<void> {
+  async failover(
+    name: string,
+    cause: string,
+    detail: Record<string, unknown> = {},
+    point?: number | string,
+  ): Promise<void> {
     const e = this.entries.get(name);
     if (!e) throw new Error(`no protected service "${name}"`);
     if (e.state === "failed-over") return;
@@ -181,7 +186,7 @@ export class FailoverController {
       await this.persist(e);
       // the old primary must not take writes from now on, whatever happens next
       await this.setFence(c.agent, `service ${name} failed over to ${c.site}`);
-      await this.o.promote(c.site, c.agent);
+      await this.o.promote(c.site, c.agent, point);
       const rule: Switch = { id: name, protocol: c.protocol, service: c.service, target: c.target };
       validateSwitch(rule);
       e.rule = rule;

@@ -11,6 +11,7 @@ import { logger } from "../log.ts";
 import type { Address } from "../link/address.ts";
 import { NbdServer } from "../nbd/server.ts";
 import { Volume } from "../volume/volume.ts";
+import { parsePoint } from "../retention/site.ts";
 
 const log = logger("failover-test");
 
@@ -28,8 +29,14 @@ export interface TestCopiesOptions {
    * Copies the replica of `volume` (AGENT/NAME) to the file `into` while nothing is applied to
    * it; resolves with the sequence the copy holds and the capture time of its newest write (0:
    * unknown). Throws (with a message for the operator) when the replica is not a consistent copy.
+   * With a point (a sequence number or a checkpoint name), the copy is the volume at that point,
+   * rebuilt from the site's retention.
    */
-  snapshot: (volume: string, into: string) => Promise<{ seq: number; size: number; time?: number }>;
+  snapshot: (
+    volume: string,
+    into: string,
+    point?: number | string,
+  ) => Promise<{ seq: number; size: number; time?: number }>;
   leaseMs?: number;
 }
 
@@ -92,6 +99,7 @@ export class TestCopies {
   /** Takes a copy of a volume's replica and exports it; refuses a second test of one volume. */
   async start(site: string, req: Record<string, unknown>): Promise<TestCopy> {
     const { task, volume, durationSeconds } = req;
+    const point = req.point === undefined ? undefined : parsePoint(req.point);
     if (typeof task !== "string" || !TASK_RE.test(task)) throw new Error("task: not a task name");
     if (typeof volume !== "string" || !VOLUME_RE.test(volume)) throw new Error("volume: not AGENT/NAME");
     if (!Number.isInteger(durationSeconds) || (durationSeconds as number) < 1) {
@@ -109,7 +117,7 @@ export class TestCopies {
     const id = crypto.randomUUID().slice(0, 8);
     const path = `${this.o.dir}/${id}.img`;
     try {
-      const { seq, size, time } = await this.o.snapshot(volume, path);
+      const { seq, size, time } = await this.o.snapshot(volume, path, point);
       const image = Volume.open(path);
       // AGENT-NAME reads well; two volumes that would share it (a-b/c, a/b-c) get the id too
       const base = `test-${volume.replace("/", "-")}`;

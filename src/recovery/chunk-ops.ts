@@ -17,6 +17,8 @@ export interface ChunkRequest {
   /** First chunk (hashes) or the chunk (read, write). */
   index?: number;
   count?: number;
+  /** rgp at a remote site: the copy at this recovery point of its retention (sequence or checkpoint). */
+  point?: number | string;
 }
 
 export interface ChunkReply {
@@ -183,10 +185,10 @@ export class ChunkLink {
     return r;
   }
 
-  /** A copy reached through this link. */
-  store(volume: string, kind: CopyKind): ChunkStore {
+  /** A copy reached through this link (`point`: a site's replica at that recovery point). */
+  store(volume: string, kind: CopyKind, point?: number | string): ChunkStore {
     const call = (req: Omit<ChunkRequest, "id" | "volume" | "kind">, data?: Uint8Array) =>
-      this.call({ ...req, volume, kind }, data);
+      this.call({ ...req, volume, kind, ...(point === undefined ? {} : { point }) }, data);
     return {
       size: async () => Number((await call({ op: "describe", chunkSize: 4096 })).header.size),
       hashes: async (chunkSize, index, count) =>

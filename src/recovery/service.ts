@@ -17,6 +17,8 @@ const log = logger("recovery");
 export interface SourceRef {
   kind: "lgp" | "rgp" | "rsp";
   site?: string;
+  /** rgp: the replica at this recovery point of the site's retention (sequence or checkpoint name). */
+  point?: number | string;
 }
 
 /** What a holder says of its copy. */
@@ -64,7 +66,15 @@ export interface RecoveryDeps {
   journal: Journal;
   audit: Audit;
   /** A copy's chunk store, or undefined when it cannot be reached now. */
-  store: (volume: VolumeInfo, kind: CopyKind, site?: string, writable?: boolean) => ChunkStore | undefined;
+  store: (
+    volume: VolumeInfo,
+    kind: CopyKind,
+    site?: string,
+    writable?: boolean,
+    point?: number | string,
+  ) => ChunkStore | undefined;
+  /** Whether a site holds a recovery point of a volume; rejects with the site's reason. */
+  checkPoint?: (site: string, volume: string, point: number | string) => Promise<unknown>;
   /** What each reachable copy of the volume holds (the local mirror and every site's copies). */
   copies: (volume: VolumeInfo) => Promise<{ ref: SourceRef; info: CopyInfo | undefined }[]>;
   /** Bytes per second a source's data can travel to this site. */
@@ -208,6 +218,15 @@ export class RecoveryService {
       if (target === "lgp" && source.kind === "lgp") {
         throw new RecoveryError(400, "the mirror cannot be its own source");
       }
+      if (source.point !== undefined) {
+        // checked before anything is fenced: a point the site does not hold changes nothing
+        if (source.kind !== "rgp" || !this.d.checkPoint) {
+          throw new RecoveryError(400, "a recovery point is read from a site's replica: use rgp@SITE");
+        }
+        await this.d.checkPoint(source.site!, req.volume, source.point).catch((e: Error) => {
+          throw new RecoveryError(409, `cannot recover ${req.volume} at point ${source.point}: ${e.message}`);
+        });
+      }
       // a site link that is reconnecting answers within seconds: give it that long
       let info: CopyInfo | undefined;
       for (const deadline = performance.now() + 10_000;;) {
@@ -216,7 +235,8 @@ export class RecoveryService {
         await new Promise((r) => setTimeout(r, 500));
       }
       if (!info) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
-      if (info.state !== "consistent" && !req.force) {
+      // at a point, what counts is the point (checked above), not the replica's state now
+      if (info.state !== "consistent" && !req.force && source.point === undefined) {
         throw new RecoveryError(
           409,
           `source ${describeSource(source)} is ${info.state}: recovering from it needs force`,
@@ -366,7 +386,10 @@ export class RecoveryService {
     const source = JSON.parse(r.source) as SourceRef;
     const target = r.target as "lsp" | "lgp";
     // after a gateway restart the agents and sites reconnect within seconds: wait for them
-    const sourceStore = await reachable(() => this.d.store(v, source.kind, source.site), signal);
+    const sourceStore = await reachable(
+      () => this.d.store(v, source.kind, source.site, false, source.point),
+      signal,
+    );
     if (!sourceStore) throw new Error(`source ${describeSource(source)} is unreachable`);
     const targetStore = await reachable(() => this.d.store(v, target, undefined, true), signal);
     if (!targetStore) {
@@ -461,7 +484,9 @@ export class RecoveryService {
       kind: "recovery",
       from: "running",
       to: "done",
-      cause: `${r.strategy} recovery of the ${target} from ${describeSource(source)} verified`,
+      cause: `${r.strategy} recovery of the ${target} from ${describeSource(source)}${
+        source.point === undefined ? "" : ` at point ${source.point}`
+      } verified`,
       detail: {
         id,
         bytesCompared: outcome.bytesCompared,

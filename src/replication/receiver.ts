@@ -2,7 +2,14 @@
 // already holds, appends the rest to its own journal (from which its replica and
 // its standby server are fed), and acknowledges by count once a record is durable
 // and applied where --ack-after says.
-import { decodeHeader, Kind, MAX_PAYLOAD, payloadIntact, RecordError } from "../record/record.ts";
+import {
+  decodeHeader,
+  Kind,
+  MAX_PAYLOAD,
+  payloadIntact,
+  RecordError,
+  type RecordHeader,
+} from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import { FrameType, seqFrame } from "../wire/frames.ts";
@@ -17,12 +24,20 @@ export interface SiteVolume {
   size: number;
   /** The volume's acknowledgement point (its task's); absent: the site's --ack-after. */
   ack?: AckPoint;
+  /** The volume's retention (its task's); absent: the site's --retention flags. */
+  retention?: { windowMs: number; maxBytes?: number };
 }
 
 export interface ReceiverOptions {
   journal: Journal;
   /** Registers (or finds) a volume the site announced. */
-  register: (agent: string, name: string, size: number) => Promise<VolumeInfo>;
+  register: (
+    agent: string,
+    name: string,
+    size: number,
+    /** The task's retention of the volume (absent: the site's flags hold). */
+    retention?: { windowMs: number; maxBytes?: number },
+  ) => Promise<VolumeInfo>;
   /** The replica's state as reported to the sender. */
   copyState: (v: VolumeInfo) => "empty" | "consistent" | "inconsistent";
   /** Records a state change of the replica (SyncBegin journaled: inconsistent; first record: consistent). */
@@ -38,6 +53,13 @@ export interface ReceiverOptions {
   onHello?: (volumes: { v: VolumeInfo; ack?: AckPoint }[]) => void;
   /** The agent's standby was promoted: its copies take no more records from the site. */
   promoted: (agent: string) => boolean;
+  /**
+   * The site's retention takes each verified record (its own duplicates dropped by the same
+   * rule); returns the mark the record's acknowledgement waits for, undefined: not retained.
+   */
+  retain?: (v: VolumeInfo, body: Uint8Array, h: RecordHeader) => number | undefined;
+  /** Every retention mark up to this one is durable. */
+  retained?: () => number;
   send: (frame: Uint8Array) => void;
 }
 
@@ -46,6 +68,8 @@ interface Pending {
   end: number;
   agent: string;
   ack?: AckPoint;
+  /** The retention mark it waits for (0: none). */
+  mark: number;
 }
 
 export class Receiver {
@@ -70,7 +94,7 @@ export class Receiver {
     const out = [];
     const points = [];
     for (const sv of volumes) {
-      const v = await this.o.register(sv.agent, sv.name, sv.size);
+      const v = await this.o.register(sv.agent, sv.name, sv.size, sv.retention);
       this.map.set(sv.id, v);
       this.acks.set(v.id, sv.ack);
       points.push({ v, ack: sv.ack });
@@ -106,9 +130,11 @@ export class Receiver {
     if (verdict === "gap") {
       throw new RecordError(`record ${h.seq} of ${v.agent}/${v.name} out of sequence (have ${st.lastSeq})`);
     }
+    // the retention admits by its own state: after a restart it may lack records the journal holds
+    const mark = verdict === "skip" && this.o.promoted(v.agent) ? 0 : this.o.retain?.(v, body, h) ?? 0;
     if (verdict === "skip") {
       this.duplicates++;
-      this.pending.push({ no, end: -1, agent: v.agent, ack: this.acks.get(v.id) });
+      this.pending.push({ no, end: -1, agent: v.agent, ack: this.acks.get(v.id), mark });
       return;
     }
     if (h.kind === Kind.SyncBegin) this.o.setState(v, "inconsistent");
@@ -116,7 +142,7 @@ export class Receiver {
     if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
       this.o.setState(v, "consistent");
     }
-    this.pending.push({ no, end: h.pos + body.length, agent: v.agent, ack: this.acks.get(v.id) });
+    this.pending.push({ no, end: h.pos + body.length, agent: v.agent, ack: this.acks.get(v.id), mark });
   }
 
   /** Acknowledges every record now durable in the journal and applied where required. */
@@ -124,9 +150,11 @@ export class Receiver {
     if (this.pending.length === 0) return;
     const durable = this.o.journal.positions.durable;
     const replica = this.o.replicaPos();
+    const retained = this.o.retained?.() ?? 0;
     let last = this.ackedNo;
     while (this.pending.length > 0) {
       const p = this.pending[0];
+      if (p.mark > retained) break;
       if (p.end >= 0) {
         const standby = this.o.standbyPos(p.agent, p.ack);
         if (p.end > durable || p.end > replica || (standby !== undefined && p.end > standby)) break;

@@ -49,6 +49,8 @@ export interface SiteClientOptions {
   idleTimeoutMs?: number;
   /** A volume's acknowledgement point at the site (its task's), announced in the hello; undefined: the site's --ack-after. */
   ackPoint?: (v: VolumeInfo) => AckPoint | undefined;
+  /** A volume's retention at the site (its task's), announced in the hello; undefined: the site's flags. */
+  retention?: (v: VolumeInfo) => { windowMs: number; maxBytes?: number } | undefined;
   /** The link came up (after the hello) or went down. */
   onLink?: (up: boolean) => void;
 }
@@ -147,6 +149,7 @@ export class SiteClient {
           name: v.name,
           size: v.size,
           ...(this.o.ackPoint?.(v) ? { ack: this.o.ackPoint(v) } : {}),
+          ...(this.o.retention?.(v) ? { retention: this.o.retention(v) } : {}),
         })),
       }));
       const w = await readFrame(reader);
@@ -317,7 +320,11 @@ export class SiteServer {
         Number.isInteger(v.id) && typeof v.agent === "string" && typeof v.name === "string" &&
         Number.isSafeInteger(v.size) &&
         /^[A-Za-z0-9._-]{1,64}$/.test(v.name) && /^[A-Za-z0-9._-]{1,128}$/.test(v.agent)
-      ).map((v) => ({ ...v, ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined }));
+      ).map((v) => ({
+        ...v,
+        ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined,
+        retention: retentionOf(v.retention),
+      }));
       const welcome = await receiver.hello(vols);
       writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
       log.info("site stream started", { site: c.peer, volumes: vols.length });
@@ -402,3 +409,13 @@ export class SiteServer {
 }
 
 import { hashesFrame as hashesFrameFor } from "../wire/frames.ts";
+
+/** A volume's retention as a hello announces it; anything malformed is ignored (the site's flags hold). */
+export function retentionOf(r: unknown): { windowMs: number; maxBytes?: number } | undefined {
+  const x = r as { windowMs?: unknown; maxBytes?: unknown } | undefined;
+  if (!x || !Number.isSafeInteger(x.windowMs) || (x.windowMs as number) <= 0) return undefined;
+  const maxBytes = Number.isSafeInteger(x.maxBytes) && (x.maxBytes as number) > 0
+    ? x.maxBytes as number
+    : undefined;
+  return { windowMs: x.windowMs as number, ...(maxBytes ? { maxBytes } : {}) };
+}

@@ -319,14 +319,22 @@ function exportCaptured(server: NbdServer, agent: NativeAgent, pv: ProtectedVolu
 
 /**
  * Serves a recovery's chunk operations on this agent's volumes. Writes are only
- * taken while the agent is fenced: a recovery rebuilds a volume no client writes.
+ * taken while the agent is fenced: a recovery rebuilds a volume no client writes
+ * (or, `rollingBack`, while its gateway rolls a standby back to a recovery point
+ * before promoting it: its feed has stopped and its copies are read-only).
  */
-async function chunkOp(c: Common, agent: NativeAgent, f: Frame, writable: boolean): Promise<void> {
+async function chunkOp(
+  c: Common,
+  agent: NativeAgent,
+  f: Frame,
+  writable: boolean,
+  rollingBack = false,
+): Promise<void> {
   if (f.type !== FrameType.ChunkOp) throw new Error(`unexpected frame type ${f.type} from gateway`);
   const { header, payload } = decodeMixed<ChunkRequest>(f.body);
   const [, name] = String(header.volume).split("/");
   const volume = c.volumes.get(name);
-  if (header.op === "write" && !c.state.fenced) {
+  if (header.op === "write" && !c.state.fenced && !rollingBack) {
     agent.send(
       mixedFrame(FrameType.ChunkReply, {
         id: header.id,
@@ -740,8 +748,11 @@ async function runStandby(c: Common): Promise<RoleHandle> {
     nbd.server?.exportFile(s.name, s.volume.fd, s.volume.size, true, `Continuum standby copy of ${s.name}`);
 
   /** `equal`: the gateway's replica holds exactly what this copy holds (it waited for this standby). */
+  /** While the gateway rolls the standby copies back to a point (chunk writes taken). */
+  let rollingBack = false;
   const promote = async (equal: boolean): Promise<void> => {
     if (primary) return;
+    rollingBack = false;
     log.warn("promotion: this standby takes over the service", { copiesEqual: equal });
     await applier.freeze();
     await c.state.promote();
@@ -806,6 +817,21 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       if (msg?.type === "assign") return void serial(() => assignCopies(msg.id, msg.volumes));
       if (msg?.type === "unassign") return void serial(() => unassignCopy(msg.id, msg.name));
       if (drills.order(m)) return;
+      if (msg?.type === "rollback") {
+        // the gateway stopped feeding this standby and rolls its copies back to a point
+        const on = (m as { on?: boolean }).on === true;
+        if (on && primary) {
+          return void agent.sendControl({
+            type: "rollback-set",
+            id: msg.id,
+            ok: false,
+            error: "promoted already",
+          });
+        }
+        rollingBack = on;
+        log.warn(on ? "rollback: the gateway rewrites the standby copies" : "rollback ended");
+        return void agent.sendControl({ type: "rollback-set", id: msg.id, ok: true });
+      }
       const act = msg?.type === "promote"
         ? () => promote(msg.equal === true)
         : msg?.type === "demote"
@@ -822,7 +848,7 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       );
     },
     onFrame: async (f) => {
-      if (f.type === FrameType.ChunkOp) return chunkOp(c, agent, f, false);
+      if (f.type === FrameType.ChunkOp) return chunkOp(c, agent, f, rollingBack, rollingBack);
       if (primary) return; // promoted: the stream to the standby copy is over
       switch (f.type) {
         case FrameType.Record:

@@ -27,6 +27,10 @@ import { parseService } from "../failover/service-spec.ts";
 import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
 import { failoverRoutes } from "../web/failover-routes.ts";
 import { recoveryRoutes } from "../web/recovery-routes.ts";
+import { pointsRoutes } from "../web/points-routes.ts";
+import { checkSitePoint, RecoveryPoints } from "../points/points.ts";
+import { PointSearch } from "../points/search.ts";
+import { RetentionWatch } from "../points/watch.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
 import { FileChunks } from "../recovery/chunk-ops.ts";
 import { volumes as volumesTable } from "../db/schema.ts";
@@ -339,9 +343,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       db,
       audit,
       services: configs,
-      promote: async (site, agent) => {
+      promote: async (site, agent, point) => {
         const r = remotes.find((x) => x.site === site)!;
-        const answer = await r.client.request({ type: "promote", agent }, 90_000);
+        // a rollback to a point rebuilds the standby's differing chunks first: give it time
+        const answer = await r.client.request(
+          { type: "promote", agent, ...(point === undefined ? {} : { point }) },
+          point === undefined ? 90_000 : 900_000,
+        );
         if (answer.ok !== true) {
           throw new Error(`site ${site} could not promote ${agent}: ${answer.error ?? "no reason given"}`);
         }
@@ -518,8 +526,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       siteRequest: (site, msg) => siteRequest(site, msg, 60_000),
       sites: () => remotes.map((r) => r.site),
       applyMirror: (plan) => {
+        // what the hello announces per volume: its acknowledgement point and its retention
         const acks = (pl: MirrorPlan) =>
-          JSON.stringify(journal.volumes().map((v) => pl.volumes[`${v.agent}/${v.name}`]?.ackPoint));
+          JSON.stringify(
+            journal.volumes().map((v) => {
+              const m = pl.volumes[`${v.agent}/${v.name}`];
+              return [m?.ackPoint, m?.retentionHours, m?.retentionBytes];
+            }),
+          );
         const ackChanged = acks(plan) !== acks(strategy.plan);
         strategy.plan = plan;
         for (const v of journal.volumes()) journal.setBound(v.id, policyOf(v)?.bufferBound);
@@ -537,7 +551,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     cleanups.push(() => control.close());
     for (const r of remotes) if (r.client.connected) control.onSite(r.site, true);
     const tests = new FailoverTests({ store, request: siteRequest });
+    /** Whether a site holds a recovery point of a volume; rejects with the site's reason. */
+    const checkPoint = (site: string, volume: string, point: number | string) =>
+      checkSitePoint(siteRequest, site, volume, point);
     cleanups.push(() => tests.close());
+    const retention = new RetentionWatch(() => remotes.map((r) => r.site), siteRequest);
+    retention.start();
+    cleanups.push(() => retention.close());
     const discovery = new Discovery({
       store,
       site: str(p, "id"),
@@ -585,6 +605,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           capacity: journal.positions.capacity,
         },
         tasks: tasks.map((t, i) => ({ name: t.name, state: t.state, ...targetsSeen[i] })),
+        retention: retention.status(),
       };
     });
     // agents that connected before the store existed get their assignments now
@@ -606,10 +627,11 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         recovery,
         services: {
           status: () => controller.status(),
-          failover: (name, cause) => controller.failover(name, cause),
+          failover: (name, cause, point) => controller.failover(name, cause, {}, point),
           failback: (name) => failback(failbackDeps, name),
         },
         volumes: () => journal.volumes(),
+        checkPoint,
         sites: () => remotes.map((r) => r.site),
         control,
         tests,
@@ -643,6 +665,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
         sites: siteStatus(),
         tests: tests.list(),
+        retention: retention.status(),
         detectorQos: qos.status(),
         alarms: alarms.status(),
         taskTargets: targetsSeen,
@@ -657,9 +680,25 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
         })),
       }),
       routes: (app) => {
-        failoverRoutes(app, controller, (name) => failback(failbackDeps, name));
+        failoverRoutes(
+          app,
+          controller,
+          (name) => failback(failbackDeps, name),
+          async (agent, site, point) => {
+            const vols = journal.volumes().filter((v) => v.agent === agent && !v.retired);
+            if (vols.length === 0) throw new Error(`no volume of ${agent} is journaled here`);
+            for (const v of vols) await checkPoint(site, `${v.agent}/${v.name}`, point);
+          },
+        );
         recoveryRoutes(app, recovery);
         drillRoutes(app, { drills, links: () => qos.status() });
+        const points = new RecoveryPoints({
+          db,
+          audit,
+          request: siteRequest,
+          lastSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.lastSeq,
+        });
+        pointsRoutes(app, { store, points, search: new PointSearch({ store, audit, tests, points }) });
       },
     });
     cleanups.push(() => server.close());
@@ -752,6 +791,14 @@ async function openRemotes(
         const a = tasks.policyOf(v)?.ackPoint;
         return a === "rgp" || a === "rsp" ? a : undefined;
       },
+      retention: (v) => {
+        const m = tasks.policyOf(v);
+        if (!m?.retentionHours) return undefined;
+        return {
+          windowMs: Math.round(m.retentionHours * 3_600_000),
+          ...(m.retentionBytes ? { maxBytes: m.retentionBytes } : {}),
+        };
+      },
       onLink: (up) => tasks.onLink(site, up),
     });
     const r: Remote = {
@@ -801,12 +848,23 @@ async function openRecovery(
     db,
     journal,
     audit,
-    store: (v, kind, site, writable) => {
+    checkPoint: (site, volume, point) =>
+      checkSitePoint(
+        (s, msg, ms) => {
+          const r = remotes.find((x) => x.site === s);
+          if (!r) return Promise.reject(new Error(`no --remote ${s} on this gateway`));
+          return r.client.request(msg, ms);
+        },
+        site,
+        volume,
+        point,
+      ),
+    store: (v, kind, site, writable, point) => {
       const key = `${v.agent}/${v.name}`;
       if (kind === "lgp") return new FileChunks(mirror.imageFd(v.id), v.size, writable === true);
       if (kind === "lsp") return listener.chunks(v.agent)?.store(key, "lsp");
       const r = remotes.find((x) => x.site === site);
-      return r?.client.connected ? r.client.chunks.store(key, kind) : undefined;
+      return r?.client.connected ? r.client.chunks.store(key, kind, point) : undefined;
     },
     copies: async (v) => {
       const out: { ref: SourceRef; info: CopyInfo | undefined }[] = [{

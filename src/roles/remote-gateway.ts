@@ -25,6 +25,13 @@ import { Kind } from "../record/record.ts";
 import { decodeHashes, decodeSeqFrame, decodeTime, FrameType, mixedFrame } from "../wire/frames.ts";
 import { FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
 import { TestCopies } from "../failover/test-copies.ts";
+import { copyImage } from "../volume/copy.ts";
+import { Retention } from "../retention/retention.ts";
+import { parsePoint, siteRetention } from "../retention/site.ts";
+import { rollBack } from "../retention/rollback.ts";
+import { PointImages } from "../retention/point-images.ts";
+import type { VolumeLog } from "../retention/volume-log.ts";
+import type { Point } from "../retention/points.ts";
 import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
@@ -124,6 +131,24 @@ export const remoteGatewayFlags: FlagSpec[] = [
     type: "size",
     description: "chunk size when a standby copy is synchronised",
     default: "1M",
+  },
+  {
+    name: "retention",
+    type: "duration",
+    description: "how long every point of each replica is kept (0: no retention; e.g. 24h)",
+    default: "0",
+  },
+  {
+    name: "retention-size",
+    type: "size",
+    description: "space bound of each volume's retention log (the oldest points expire beyond it)",
+    default: "10G",
+  },
+  {
+    name: "retention-dir",
+    type: "string",
+    description: "directory of the retention logs and base images [default: DATA-DIR/retention]",
+    placeholder: "DIR",
   },
   {
     name: "http-listen",
@@ -256,10 +281,40 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     applier.start();
     cleanups.push(() => applier.stop());
 
-    const register = async (agent: string, name: string, size: number): Promise<VolumeInfo> => {
+    const retentionMs = num(p, "retention");
+    // the site's flags hold for every volume; a task may ask for retention of its own volume
+    const retention = new Retention({
+      dir: optStr(p, "retention-dir") ?? `${dataDir}/retention`,
+      policy: { windowMs: retentionMs, maxBytes: num(p, "retention-size") },
+    });
+    cleanups.push(() => retention.close());
+    const pointImages = await PointImages.open(`${dataDir}/point-images`, retention);
+    cleanups.push(() => pointImages.close());
+    const points = siteRetention({
+      retention,
+      site,
+      state: (v) => states.get(v.id) ?? "empty",
+      copyReplica: async (v, into) => {
+        // the base starts where the replica is once it applied everything journaled
+        await applier.caughtUp();
+        return await applier.hold(async () => {
+          await copyImage(v.mirrorPath, into);
+          return { seq: applier.applied(v.id), time: applier.appliedAt(v.id) };
+        });
+      },
+    });
+
+    const register = async (
+      agent: string,
+      name: string,
+      size: number,
+      /** The task's retention, from the stream's hello (absent: the site's flags). */
+      own?: { windowMs: number; maxBytes?: number },
+    ): Promise<VolumeInfo> => {
       const v = await journal.registerVolume(agent, name, size, `${replicaDir}/${agent}/${name}.img`);
       applier.prepare(v);
       if (!states.has(v.id)) states.set(v.id, "empty");
+      if (retentionMs > 0 || own) await points.open(v, own);
       for (const f of feeders.values()) f.volumeAdded(v);
       return v;
     };
@@ -319,7 +374,15 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           reconcileStandby(agent);
           return;
         }
-        const answer = ["promoted", "demoted", "assigned", "unassigned", "drill-ready", "drill-stopped"]
+        const answer = [
+          "promoted",
+          "demoted",
+          "assigned",
+          "unassigned",
+          "drill-ready",
+          "drill-stopped",
+          "rollback-set",
+        ]
           .includes(String(m?.type));
         if (answer) answers.get(Number(m.id))?.(m);
       },
@@ -330,20 +393,71 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
      * records for it, the standby feeder's claim on the journal ends, and the
      * standby agent runs its promotion (its service must answer its check).
      */
-    const promote = async (agent: string): Promise<Record<string, unknown>> => {
+    const promote = async (agent: string, point?: unknown): Promise<Record<string, unknown>> => {
       if (!agents.connectedAgents().includes(agent)) {
         return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
+      }
+      // a point is resolved for each volume before anything changes: a bad one changes nothing
+      const rollTo: { key: string; log: VolumeLog; point: Point }[] = [];
+      if (point !== undefined) {
+        try {
+          const which = parsePoint(point);
+          for (const v of journal.volumes().filter((x) => x.agent === agent && !x.retired)) {
+            const key = `${v.agent}/${v.name}`;
+            const l = retention.log(key);
+            rollTo.push({ key, log: l, point: l.resolve(which) });
+          }
+        } catch (e) {
+          return { ok: false, error: `site ${site}: ${(e as Error).message}` };
+        }
       }
       promoted.add(agent);
       for (const v of journal.volumes()) if (v.agent === agent) setState(v.id, "promoted");
       // the standby applies what the replica holds first: then both copies are equal and the
       // promoted volume needs no resynchronisation into this site's journal
-      const equal = await standbyLevel(agent, 30_000);
+      let equal = await standbyLevel(agent, 30_000);
       await closeFeeder(agent);
+      const rolledBack: Record<string, unknown>[] = [];
+      if (rollTo.length) {
+        // the standby takes chunk writes while it is rolled back; the replica is then ahead of it,
+        // so the promoted volume brings this site's copies level (by its dirty map, all set)
+        equal = false;
+        const link = agents.chunks(agent);
+        const open = await ask(agent, "rollback", { on: true });
+        if (!link || open.ok !== true) {
+          return {
+            ok: false,
+            error: `standby ${agent} cannot be rolled back: ${open.error ?? "not connected"}`,
+          };
+        }
+        try {
+          for (const r of rollTo) {
+            const out = await rollBack({
+              log: r.log,
+              point: r.point,
+              dir: `${dataDir}/rollback`,
+              target: link.store(r.key, "rsp"),
+            });
+            rolledBack.push({
+              volume: r.key,
+              seq: r.point.seq,
+              bytesMoved: out.bytesMoved,
+              verified: out.verified,
+            });
+            log.warn(
+              "standby rolled back to a point before its promotion",
+              rolledBack[rolledBack.length - 1],
+            );
+          }
+        } catch (e) {
+          await ask(agent, "rollback", { on: false });
+          return { ok: false, error: `the rollback of standby ${agent} failed: ${(e as Error).message}` };
+        }
+      }
       if (equal) { for (const v of journal.volumes()) if (v.agent === agent) v.known = true; }
       const r = await ask(agent, "promote", { equal });
       log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
-      return { ok: r.ok === true, error: r.error };
+      return { ok: r.ok === true, error: r.error, ...(rolledBack.length ? { rolledBack } : {}) };
     };
 
     /** Whether the standby of an agent applied everything the replica did (waits up to `ms`). */
@@ -368,7 +482,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
     const ask = async (
       agent: string,
-      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down",
+      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down" | "rollback",
       extra: Record<string, unknown> = {},
       timeoutMs = 60_000,
     ) => {
@@ -426,7 +540,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     const tests = await TestCopies.open({
       dir: `${dataDir}/tests`,
       listen: testListen,
-      snapshot: async (key, into) => {
+      snapshot: async (key, into, point) => {
         const [agent, name] = key.split("/");
         const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
         if (!v) throw new Error(`site ${site} holds no replica of ${key}`);
@@ -434,6 +548,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           throw new Error(
             `the service of ${agent} runs at site ${site} (promoted): there is nothing to test`,
           );
+        }
+        if (point !== undefined) {
+          return await points.copyAt(key, point, into);
         }
         // the replica stays at one sequence while it is copied: the copy is that consistent prefix
         return await applier.hold(async () => {
@@ -470,6 +587,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             for (const [agent, f] of feeders) f.theCursor.required = feederRequired(agent);
           },
           promoted: (agent) => promoted.has(agent),
+          retain: points.take,
+          retained: () => retention.synced,
           send,
         }),
       hashes: async (v, chunk) => {
@@ -485,6 +604,22 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             ok: false,
             error: `no volume ${req.volume} here`,
           });
+        }
+        if (req.point !== undefined) {
+          // a recovery from a point reads the point's image, rebuilt from the retention
+          if (req.kind !== "rgp") {
+            return mixedFrame(FrameType.ChunkReply, {
+              id: req.id,
+              ok: false,
+              error: "points are served from the replica (rgp)",
+            });
+          }
+          try {
+            const image = await pointImages.get(req.volume, parsePoint(req.point));
+            return await serveChunkOp(new FileChunks(image.fd, image.size, false), req, payload);
+          } catch (e) {
+            return mixedFrame(FrameType.ChunkReply, { id: req.id, ok: false, error: (e as Error).message });
+          }
         }
         if (req.kind === "rsp") {
           // the standby's copy is on its own server: relay the operation to its agent
@@ -515,7 +650,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       onControl: (from, m) => {
         if (m.type === "promote" && typeof m.agent === "string") {
           const agent = m.agent;
-          return tests.stopAgent(agent, "a real failover promotes its standby").then(() => promote(agent));
+          return tests.stopAgent(agent, "a real failover promotes its standby").then(() =>
+            promote(agent, m.point)
+          );
         }
         if (m.type === "drill-up" || m.type === "drill-down") {
           return siteDrill(
@@ -541,6 +678,9 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             task: typeof m.task === "string" ? m.task : undefined,
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
+        }
+        if (m.type === "retention" || m.type === "point" || m.type === "points" || m.type === "checkpoint") {
+          return points.control(m);
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
@@ -732,6 +872,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         standby: [...feeders.values()].map((f) => f.status()),
         promoted: [...promoted],
         tests: tests.list(),
+        retention: {
+          windowMs: retention.policy.windowMs,
+          maxBytes: retention.policy.maxBytes,
+          volumes: retention.status(),
+        },
       }),
     });
     cleanups.push(() => server.close());
@@ -746,23 +891,6 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
   } catch (e) {
     await stop();
     throw e;
-  }
-}
-
-/**
- * Copies a replica image for a failover test: a reflink where the filesystem shares blocks
- * (XFS, btrfs: instant), else a copy of the allocated data only (holes stay holes).
- */
-async function copyImage(from: string, to: string): Promise<void> {
-  const out = await new Deno.Command("cp", {
-    args: ["--reflink=auto", "--sparse=always", "--", from, to],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    throw new Error(
-      `cannot copy the replica: ${new TextDecoder().decode(out.stderr).trim() || `cp ${out.code}`}`,
-    );
   }
 }
 

@@ -39,6 +39,11 @@ export const failoverTestSchema = z.object({
   /** How long the test copy stays up before it is discarded. */
   durationSeconds: z.number({ error: must("a number of seconds") }).int("must be a whole number")
     .min(60, "must be at least 60 s").max(86400, "must be at most 86400 s (one day)").default(600),
+  /** A recovery point held at the site: a sequence number or a checkpoint name (default: now). */
+  point: z.union([
+    z.number().int("must be a whole number").nonnegative("must not be negative"),
+    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
+  ]).optional(),
 }).strict();
 export type FailoverTestRequest = z.infer<typeof failoverTestSchema>;
 
@@ -46,6 +51,11 @@ export const failoverSchema = z.object({
   /** The remote center to serve from (default: the policy's or the task's first). */
   site: nameSchema.optional(),
   reason: reason.default("operator request"),
+  /** Roll the standby back to this recovery point of its site first (sequence or checkpoint name). */
+  point: z.union([
+    z.number().int("must be a whole number").nonnegative("must not be negative"),
+    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
+  ]).optional(),
 }).strict();
 export type FailoverRequest = z.infer<typeof failoverSchema>;
 

@@ -94,10 +94,23 @@ export class FailoverTests {
     return this.running.get(task)?.test;
   }
 
-  /** Asks `site` for a test copy of `volume` (AGENT/NAME); rejects with the site's reason. */
-  async begin(task: string, volume: string, site: string, durationSeconds: number): Promise<FailoverTest> {
+  /**
+   * Asks `site` for a test copy of `volume` (AGENT/NAME), now or at a recovery point it holds;
+   * rejects with the site's reason.
+   */
+  async begin(
+    task: string,
+    volume: string,
+    site: string,
+    durationSeconds: number,
+    point?: number | string,
+  ): Promise<FailoverTest> {
     if (this.running.has(task)) throw new Error(`task ${task} already runs a failover test`);
-    const answer = await this.o.request(site, { type: "test-start", task, volume, durationSeconds }, 120_000);
+    const answer = await this.o.request(
+      site,
+      { type: "test-start", task, volume, durationSeconds, ...(point === undefined ? {} : { point }) },
+      120_000,
+    );
     const t = answer.test as Record<string, unknown> | undefined;
     if (answer.ok !== true || !t) throw new Error(`site ${site}: ${answer.error ?? "no reason given"}`);
     const test: FailoverTest = {

@@ -70,13 +70,16 @@ export interface RecoveryRow {
 /** The service switch: the FailoverController's failover, and the failback that brings the data back. */
 export interface ServiceSwitch {
   status(): { name: string; state: string; site: string }[];
-  failover(name: string, cause: string): Promise<void>;
+  /** `point`: the standby is rolled back to that recovery point of its site before promotion. */
+  failover(name: string, cause: string, point?: number | string): Promise<void>;
   /** Resolves when the service runs locally again (its data brought back first). */
   failback(name: string): Promise<unknown>;
 }
 
 export interface GatewayActionDeps {
   store: TaskStore;
+  /** Whether a site holds a recovery point of a volume (rejects with the site's reason). */
+  checkPoint?: (site: string, volume: string, point: number | string) => Promise<{ seq: number }>;
   recovery: RecoveryApi;
   services: ServiceSwitch;
   /** The volumes the agents announced (the journal's). */
@@ -253,11 +256,13 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       if (!d.sites().includes(site)) {
         throw new ActionError(`this gateway does not replicate to ${site} (no --remote ${site}=…)`, 409);
       }
-      const t = await d.tests.begin(task.name, k, site, req.durationSeconds).catch((e: Error) => {
+      const t = await d.tests.begin(task.name, k, site, req.durationSeconds, req.point).catch((e: Error) => {
         throw new ActionError(`cannot start a failover test of ${k}: ${e.message}`, 409);
       });
       return {
-        message: `a copy of ${k} at site ${site} (sequence ${t.seq}) is exported at ${t.export}; ` +
+        message:
+          `a copy of ${k} at site ${site} (${req.point === undefined ? "" : "point "}sequence ${t.seq}) ` +
+          `is exported at ${t.export}; ` +
           "the service and the replication go on here",
         detail: { test: t },
       };
@@ -275,12 +280,22 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       if (req.site && req.site !== s.site) {
         throw new ActionError(`service "${s.name}" fails over to site "${s.site}", not "${req.site}"`, 400);
       }
+      // a point is checked at the site before anything moves (the primary is fenced first)
+      let at = "";
+      if (req.point !== undefined) {
+        if (!d.checkPoint) throw new ActionError("this gateway cannot fail over to a point", 409);
+        const k = await key(task);
+        const p = await d.checkPoint(s.site, k, req.point).catch((e: Error) => {
+          throw new ActionError(`cannot fail over ${k} to point ${req.point}: ${e.message}`, 409);
+        });
+        at = ` at point ${p.seq}`;
+      }
       // a real failover ends a test: its copy is discarded before the standby is promoted
       if (task.state === "testing") await d.tests.end(task.name);
-      await d.services.failover(s.name, `${req.reason} (task ${task.name})`);
+      await d.services.failover(s.name, `${req.reason} (task ${task.name})${at}`, req.point);
       return {
-        message: `service ${s.name} now runs at site ${s.site}`,
-        detail: { service: s.name, site: s.site },
+        message: `service ${s.name} now runs at site ${s.site}${at}`,
+        detail: { service: s.name, site: s.site, ...(req.point === undefined ? {} : { point: req.point }) },
       };
     },
     failback: async (task) => {

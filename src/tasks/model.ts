@@ -128,6 +128,11 @@ export const mirrorSchema = z.object({
   /** Most bytes per second to each remote center; 0: no limit. */
   bandwidthLimit: bytesSchema({ unit: "bytes per second", min: 0 }).default(0),
   compression: z.boolean({ error: must("true or false") }).default(false),
+  /** Remote centers keep every recovery point of the volume this many hours (absent: their --retention). */
+  retentionHours: z.number({ error: must("a number of hours") }).gt(0, "must be more than 0")
+    .max(8760, "must be at most 8760 hours (a year)").optional(),
+  /** The space bound of the volume's retention at each remote center (absent: its --retention-size). */
+  retentionBytes: bytesSchema().optional(),
 }).strict();
 export type Mirror = z.infer<typeof mirrorSchema>;
 

@@ -11,6 +11,8 @@ export function failoverRoutes(
   app: Hono,
   controller: FailoverController,
   dataFailback: (name: string) => Promise<FailbackReport>,
+  /** Rejects with the reason when the service's site does not hold the point for every volume. */
+  checkPoint?: (agent: string, site: string, point: number | string) => Promise<void>,
 ): void {
   app.get("/api/services", (c) => c.json(controller.status()));
   app.post("/api/services/:name/failover", async (c) => {
@@ -18,8 +20,31 @@ export function failoverRoutes(
     if (!controller.status().some((s) => s.name === name)) {
       return c.json({ error: `no protected service "${name}"` }, 404);
     }
+    // an optional body {"point": SEQ | NAME}: the standby is rolled back to that point first
+    let point: number | string | undefined;
+    if (Number(c.req.header("content-length") ?? 0) > 0) {
+      const body = await c.req.json().catch(() => undefined) as { point?: unknown } | undefined;
+      const p = body?.point;
+      const valid = (typeof p === "number" && Number.isSafeInteger(p) && p >= 0) ||
+        (typeof p === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(p));
+      if (!body || Object.keys(body).some((k) => k !== "point") || (p !== undefined && !valid)) {
+        return c.json({ error: 'the body is {"point": SEQUENCE or CHECKPOINT NAME}' }, 400);
+      }
+      point = p as number | string | undefined;
+    }
     try {
-      await controller.failover(name, "operator request");
+      if (point !== undefined) {
+        const s = controller.status().find((x) => x.name === name)!;
+        if (!checkPoint) return c.json({ error: "this gateway cannot fail over to a point" }, 409);
+        // checked before the primary is fenced: a bad point changes nothing
+        await checkPoint(s.agent, s.site, point);
+      }
+      await controller.failover(
+        name,
+        `operator request${point === undefined ? "" : ` at point ${point}`}`,
+        {},
+        point,
+      );
       return c.json({ ok: true, service: controller.status().find((s) => s.name === name) });
     } catch (e) {
       return c.json({ error: (e as Error).message }, 409);

@@ -3,6 +3,8 @@
 import type { RecoveryView } from "./events.ts";
 import { TASK_STATES } from "../tasks/model.ts";
 import { type QosStatusLike, renderQosMetrics } from "./metrics-qos.ts";
+import { renderRetentionMetrics } from "./metrics-retention.ts";
+import type { SiteRetention } from "../points/watch.ts";
 
 type Labels = Record<string, string | number>;
 
@@ -310,5 +312,6 @@ export function renderMetrics(m: MetricsInput): string {
     );
   }
   renderQosMetrics(x, s as QosStatusLike);
+  renderRetentionMetrics(x, (s as { retention?: SiteRetention[] }).retention);
   return x.text();
 }

@@ -10,6 +10,11 @@ const body = z.object({
   source: z.string().regex(/^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/, "use lgp, rgp@SITE or rsp@SITE")
     .optional(),
   target: z.enum(["lsp", "lgp"]).default("lsp"),
+  /** Manual mode from rgp@SITE: the site's replica at this recovery point (sequence or checkpoint). */
+  sourcePoint: z.union([
+    z.number().int().nonnegative(),
+    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "a sequence number or a checkpoint name"),
+  ]).optional(),
   point: z.object({
     seq: z.number().int().nonnegative().optional(),
     time: z.number().int().positive().optional(),
@@ -57,7 +62,15 @@ export function recoveryRoutes(app: Hono, service: RecoveryService): void {
     }
     const b = parsed.data;
     try {
-      const r = await service.request({ ...b, source: b.source ? parseSource(b.source) : undefined });
+      const { sourcePoint, ...rest } = b;
+      const source = b.source ? parseSource(b.source) : undefined;
+      if (sourcePoint !== undefined && !source) {
+        return c.json({ error: "sourcePoint: needs a source (rgp@SITE)" }, 400);
+      }
+      const r = await service.request({
+        ...rest,
+        source: source && sourcePoint !== undefined ? { ...source, point: sourcePoint } : source,
+      });
       return c.json(r, 202);
     } catch (e) {
       const p = problem(e);

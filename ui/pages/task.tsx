@@ -12,6 +12,7 @@ import type { AuditRow, Host, Schedule, Stored, TaskView } from "../types.ts";
 import { LiveDot } from "./dashboard.tsx";
 import { ProblemBadge, TaskProblems } from "../problems.tsx";
 import { DetectorPanel, DrillsPanel, targetsSummary } from "../qos.tsx";
+import { PointsPanel } from "../points.tsx";
 
 interface ActionDef {
   action: string;
@@ -91,15 +92,19 @@ function ActionBar({ task, onDone }: { task: TaskView; onDone: (msg: string) => 
   const [duration, setDuration] = useState("600");
   const [source, setSource] = useState("");
   const [strategy, setStrategy] = useState("fast");
+  const [point, setPoint] = useState("");
   const admin = isAdmin();
+  // a recovery point: a sequence number or a checkpoint name; empty: now
+  const at = () =>
+    point.trim() ? { point: /^\d+$/.test(point.trim()) ? Number(point.trim()) : point.trim() } : {};
   const body = (a: ActionDef): Record<string, unknown> => {
     switch (a.action) {
       case "pause":
         return reason ? { reason } : {};
       case "failover-test":
-        return { site, durationSeconds: Number(duration) };
+        return { site, durationSeconds: Number(duration), ...at() };
       case "failover":
-        return { site, ...(reason ? { reason } : {}) };
+        return { site, ...(reason ? { reason } : {}), ...at() };
       case "failback":
         return { strategy, ...(source ? { source } : {}) };
       default:
@@ -153,6 +158,11 @@ function ActionBar({ task, onDone }: { task: TaskView; onDone: (msg: string) => 
               <select name="action-site" value={site} onChange={(e) => setSite(e.currentTarget.value)}>
                 {task.group.remotes.map((r) => <option key={r.site} value={r.site}>{r.site}</option>)}
               </select>
+            </Field>
+          )}
+          {(open.action === "failover" || open.action === "failover-test") && (
+            <Field label="Recovery point (optional: sequence or checkpoint; empty: now)">
+              <input name="point" value={point} onInput={(e) => setPoint(e.currentTarget.value)} />
             </Field>
           )}
           {open.action === "failover-test" && (
@@ -494,6 +504,7 @@ export function TaskPage({ name }: { name: string }) {
       <TestPanel task={t} />
       <LivePanel task={t} />
       <DrillsPanel task={t} />
+      <PointsPanel task={t} />
       <DetectorPanel agents={[lspAgent(t, hosts.data)]} />
       <div class="grid">
         <section class="panel" aria-labelledby="h-group">
@@ -535,6 +546,11 @@ export function TaskPage({ name }: { name: string }) {
             <dd>{t.mirror.bandwidthLimit ? rate(t.mirror.bandwidthLimit) : "unlimited"}</dd>
             <dt>Compression</dt>
             <dd>{t.mirror.compression ? "on" : "off"}</dd>
+            <dt>Recovery points</dt>
+            <dd>
+              {t.mirror.retentionHours ? `${t.mirror.retentionHours} h` : "as each remote center keeps them"}
+              {t.mirror.retentionBytes ? `, at most ${bytes(t.mirror.retentionBytes)}` : ""}
+            </dd>
             <dt>Recovery</dt>
             <dd>
               {t.recovery.strategy}

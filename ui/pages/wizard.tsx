@@ -51,6 +51,8 @@ export function WizardPage() {
     bufferBound: "",
     bandwidth: "",
     compression: false,
+    retentionHours: "",
+    retentionSize: "",
   });
   const [recovery, setRecovery] = useState({
     strategy: "fast",
@@ -135,6 +137,11 @@ export function WizardPage() {
     max: bufferPart ? { bytes: bufferPart.size, what: "the buffer partition" } : undefined,
   });
   const bandwidthWrong = sizeProblem(mirror.bandwidth);
+  const retentionWrong = mirror.retentionHours !== "" &&
+      !(Number(mirror.retentionHours) > 0 && Number(mirror.retentionHours) <= 8760)
+    ? "a number of hours, more than 0 and at most 8760"
+    : undefined;
+  const retentionSizeWrong = sizeProblem(mirror.retentionSize);
   const taken = allTasks.some((t) => t.name === name);
   const nameWrong = name === ""
     ? undefined
@@ -172,6 +179,8 @@ export function WizardPage() {
       ...(mirror.bufferBound ? { bufferBound: parseSize(mirror.bufferBound) } : {}),
       bandwidthLimit: parseSize(mirror.bandwidth || "0"),
       compression: mirror.compression,
+      ...(Number(mirror.retentionHours) > 0 ? { retentionHours: Number(mirror.retentionHours) } : {}),
+      ...(mirror.retentionSize ? { retentionBytes: parseSize(mirror.retentionSize) } : {}),
     },
     recovery: {
       strategy: recovery.strategy,
@@ -256,7 +265,8 @@ export function WizardPage() {
       : stepIssues.length
       ? "Correct the marked partitions."
       : undefined,
-    bufferBoundWrong || bandwidthWrong || (recovery.mode === "manual" && !recovery.source)
+    bufferBoundWrong || bandwidthWrong || retentionWrong || retentionSizeWrong ||
+      (recovery.mode === "manual" && !recovery.source)
       ? "Correct the marked fields."
       : chosenTargets.error
       ? chosenTargets.error
@@ -541,6 +551,31 @@ export function WizardPage() {
                 />
                 Compress the stream to the remote centers
               </label>
+              <Field
+                label={labels["mirror.retentionHours"]}
+                hint="hours every point is kept at each remote center, e.g. 24; empty: the center's --retention"
+                error={retentionWrong ?? issueOf("mirror.retentionHours")}
+              >
+                <input
+                  name="retention-hours"
+                  inputMode="decimal"
+                  value={mirror.retentionHours}
+                  aria-invalid={retentionWrong ? "true" : undefined}
+                  onInput={(e) => setMirror({ ...mirror, retentionHours: e.currentTarget.value })}
+                />
+              </Field>
+              <Field
+                label={labels["mirror.retentionBytes"]}
+                hint="e.g. 200G; empty: the center's --retention-size"
+                error={retentionSizeWrong ?? issueOf("mirror.retentionBytes")}
+              >
+                <input
+                  name="retention-size"
+                  value={mirror.retentionSize}
+                  aria-invalid={retentionSizeWrong ? "true" : undefined}
+                  onInput={(e) => setMirror({ ...mirror, retentionSize: e.currentTarget.value })}
+                />
+              </Field>
             </div>
           </fieldset>
           <fieldset class="panel">
@@ -670,7 +705,8 @@ export function WizardPage() {
               ack at {mirror.ackPoint}, {mirror.congestion}, {mirror.bufferBound || "whole buffer"}, bandwidth
               {" "}
               {parseSize(mirror.bandwidth || "0") ? `${bytes(parseSize(mirror.bandwidth))}/s` : "unlimited"},
-              compression {mirror.compression ? "on" : "off"}
+              compression {mirror.compression ? "on" : "off"}, recovery points{" "}
+              {mirror.retentionHours ? `${mirror.retentionHours} h` : "as the remote centers keep them"}
             </dd>
             <dt>Recovery</dt>
             <dd>

@@ -1,0 +1,138 @@
+// Recovery points, the local gateway's half: named checkpoints (stored here, sent to every site
+// of the task, where each names the same sequence number) and the points each site holds, asked
+// over the site link. The sites' half is src/retention/.
+import { and, asc, eq } from "drizzle-orm";
+import type { Db } from "../db/db.ts";
+import { serialized } from "../db/db.ts";
+import { checkpoints } from "../db/schema.ts";
+import type { Audit } from "../audit/audit.ts";
+
+export const CHECKPOINT_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+export class PointsError extends Error {
+  constructor(message: string, readonly status: 400 | 404 | 409) {
+    super(message);
+    this.name = "PointsError";
+  }
+}
+
+export interface PointsDeps {
+  db: Db;
+  audit: Audit;
+  request: (
+    site: string,
+    msg: Record<string, unknown>,
+    timeoutMs: number,
+  ) => Promise<Record<string, unknown>>;
+  /** The newest sequence of a volume (AGENT/NAME) in the local journal; undefined: not journaled here. */
+  lastSeq: (volume: string) => number | undefined;
+}
+
+export interface Checkpoint {
+  name: string;
+  seq: number;
+  createdAt: number;
+  createdBy: string;
+}
+
+export interface SitePoints {
+  site: string;
+  ok: boolean;
+  error?: string;
+  points?: unknown[];
+  retention?: unknown;
+  windowMs?: number;
+}
+
+export class RecoveryPoints {
+  constructor(private readonly d: PointsDeps) {}
+
+  async checkpoints(volume: string): Promise<Checkpoint[]> {
+    const rows = await this.d.db.select().from(checkpoints).where(eq(checkpoints.volume, volume))
+      .orderBy(asc(checkpoints.seq));
+    return rows.map((r) => ({ name: r.name, seq: r.seq, createdAt: r.createdAt, createdBy: r.createdBy }));
+  }
+
+  /**
+   * Names the volume's newest journaled sequence (everything the application wrote before the
+   * request) and tells every site; a site away learns it when its points are next listed.
+   */
+  async checkpoint(
+    task: string,
+    volume: string,
+    sites: string[],
+    name: string,
+    by: string,
+  ): Promise<{ checkpoint: Checkpoint; sites: { site: string; ok: boolean; error?: string }[] }> {
+    if (!CHECKPOINT_RE.test(name)) {
+      throw new PointsError(`checkpoint name "${name}": 1 to 64 of A-Z a-z 0-9 . _ -`, 400);
+    }
+    if (/^\d+$/.test(name)) {
+      throw new PointsError(`checkpoint name "${name}": a number names a sequence`, 400);
+    }
+    const seq = this.d.lastSeq(volume);
+    if (seq === undefined) throw new PointsError(`nothing of ${volume} is journaled here yet`, 409);
+    const [had] = await this.d.db.select().from(checkpoints)
+      .where(and(eq(checkpoints.volume, volume), eq(checkpoints.name, name)));
+    if (had) throw new PointsError(`checkpoint "${name}" of ${volume} exists (sequence ${had.seq})`, 409);
+    const c: Checkpoint = { name, seq, createdAt: Date.now(), createdBy: by };
+    await serialized(this.d.db, () => this.d.db.insert(checkpoints).values({ task, volume, ...c }));
+    await this.d.audit.record({
+      subject: `task:${task}`,
+      kind: "checkpoint",
+      cause: `checkpoint "${name}" of ${volume} at sequence ${seq} by ${by}`,
+      detail: { volume, name, seq },
+    });
+    const answers = await Promise.all(sites.map((site) => this.send(site, volume, c)));
+    return { checkpoint: c, sites: answers };
+  }
+
+  /** Each site's points of the volume (the checkpoints sent first, so every site knows them). */
+  async list(
+    volume: string,
+    sites: string[],
+    limit = 1000,
+  ): Promise<{ checkpoints: Checkpoint[]; sites: SitePoints[] }> {
+    const cps = await this.checkpoints(volume);
+    const out = await Promise.all(sites.map(async (site): Promise<SitePoints> => {
+      try {
+        for (const c of cps) await this.send(site, volume, c);
+        const a = await this.d.request(site, { type: "points", volume, limit }, 10_000);
+        if (a.ok !== true) return { site, ok: false, error: String(a.error ?? "no reason given") };
+        return {
+          site,
+          ok: true,
+          points: a.points as unknown[],
+          retention: a.retention,
+          windowMs: Number(a.windowMs),
+        };
+      } catch (e) {
+        return { site, ok: false, error: `site ${site}: ${(e as Error).message}` };
+      }
+    }));
+    return { checkpoints: cps, sites: out };
+  }
+
+  private async send(site: string, volume: string, c: Checkpoint) {
+    try {
+      const a = await this.d.request(site, { type: "checkpoint", volume, name: c.name, seq: c.seq }, 10_000);
+      return a.ok === true
+        ? { site, ok: true }
+        : { site, ok: false, error: String(a.error ?? "no reason given") };
+    } catch (e) {
+      return { site, ok: false, error: `site ${site}: ${(e as Error).message}` };
+    }
+  }
+}
+
+/** Whether `site` holds a recovery point of `volume`; rejects with the site's reason. */
+export async function checkSitePoint(
+  request: PointsDeps["request"],
+  site: string,
+  volume: string,
+  point: number | string,
+): Promise<{ seq: number }> {
+  const a = await request(site, { type: "point", volume, point }, 30_000);
+  if (a.ok !== true) throw new Error(String(a.error ?? "no reason given"));
+  return { seq: Number(a.seq) };
+}

@@ -1,0 +1,94 @@
+// The remote gateway's use of its retention: which volumes it opens and how their base image is
+// seeded, the control requests the local site sends about points (list, checkpoint), and the
+// copy of a volume at a point for a failover test.
+import type { VolumeInfo } from "../journal/journal.ts";
+import { PointError } from "./points.ts";
+import type { Retention } from "./retention.ts";
+
+export interface SiteRetentionDeps {
+  retention: Retention;
+  site: string;
+  /** The replica's state (empty, consistent, inconsistent, promoted). */
+  state: (v: VolumeInfo) => string;
+  /**
+   * Copies the replica into `into` while nothing is applied to it, once it applied everything
+   * journaled; resolves with the sequence and capture time it holds.
+   */
+  copyReplica: (v: VolumeInfo, into: string) => Promise<{ seq: number; time: number }>;
+}
+
+/** A point as requests name it: a sequence number or a checkpoint name. */
+export function parsePoint(raw: unknown): number | string {
+  if (typeof raw === "number" && Number.isSafeInteger(raw) && raw >= 0) return raw;
+  if (typeof raw === "string" && /^\d{1,15}$/.test(raw)) return Number(raw);
+  if (typeof raw === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(raw)) return raw;
+  throw new PointError(`point ${JSON.stringify(raw)}: not a sequence number or a checkpoint name`, "unknown");
+}
+
+export function siteRetention(d: SiteRetentionDeps) {
+  const key = (v: VolumeInfo) => `${v.agent}/${v.name}`;
+  return {
+    /** Opens a registered volume's retention; a new one starts from the replica as it is. */
+    open: (v: VolumeInfo, own?: { windowMs: number; maxBytes?: number }) =>
+      d.retention.open(key(v), v.size, async (into) => {
+        const state = d.state(v);
+        if (state === "empty" && v.lastSeq === 0) {
+          const f = await Deno.open(into, { write: true, create: true, mode: 0o600 });
+          await f.truncate(v.size);
+          f.close();
+          return { seq: 0, time: 0, consistent: true };
+        }
+        const { seq, time } = await d.copyReplica(v, into);
+        return { seq, time, consistent: state === "consistent" };
+      }, own),
+
+    /** Takes a record the receiver verified; the mark its acknowledgement waits for. */
+    take: (v: VolumeInfo, body: Uint8Array, h: { kind: number; flags: number; seq: number; time: number }) =>
+      d.retention.take(key(v), body, h),
+
+    /** Writes the copy of `volume` (AGENT/NAME) at `point` into `into`. */
+    async copyAt(volume: string, point: number | string, into: string) {
+      const l = d.retention.log(volume);
+      const p = l.resolve(point);
+      await l.materialize(p, into);
+      return { seq: p.seq, size: l.size, time: p.time };
+    },
+
+    /** Answers the local site's `retention`, `point`, `points` and `checkpoint` requests. */
+    async control(m: Record<string, unknown>): Promise<Record<string, unknown>> {
+      try {
+        if (m.type === "retention") {
+          const { windowMs, maxBytes } = d.retention.policy;
+          return { ok: true, windowMs, maxBytes, volumes: d.retention.status() };
+        }
+        const volume = String(m.volume);
+        if (m.type === "point") {
+          const p = d.retention.log(volume).resolve(parsePoint(m.point));
+          return { ok: true, seq: p.seq, time: p.time };
+        }
+        if (m.type === "points") {
+          const limit = Number.isInteger(m.limit) && (m.limit as number) > 0 ? m.limit as number : 1000;
+          const l = d.retention.log(volume);
+          return {
+            ok: true,
+            points: l.points(limit),
+            retention: d.retention.status().find((s) => s.volume === volume),
+            windowMs: d.retention.policyOf(volume).windowMs,
+          };
+        }
+        if (m.type === "checkpoint") {
+          const name = String(m.name);
+          const seq = Number(m.seq);
+          if (!Number.isSafeInteger(seq) || seq < 0) {
+            throw new Error(`seq ${String(m.seq)}: not a sequence number`);
+          }
+          await d.retention.log(volume).checkpoint(name, seq);
+          return { ok: true };
+        }
+        return { ok: false, error: `unknown request "${String(m.type)}"` };
+      } catch (e) {
+        return { ok: false, error: `site ${d.site}: ${(e as Error).message}` };
+      }
+    },
+  };
+}

@@ -1,0 +1,235 @@
+// The search for the last good point, ransomware-style, on a real topology: ext4 and a SQLite
+// database on the protected volume; a good phase (a sentinel row and more transactions), then a
+// phase that overwrites the database and a file in place. The search, with a check that opens
+// the database on the test copy and reads the sentinel row, finds the last point before the
+// damage with a logarithmic number of probes, each in the audit log. The site keeps the points
+// because the task's mirror strategy asks for them (no --retention at the site). A check that hangs stops
+// the search with a clear error, and the task is back to protected with nothing changed.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { hashAll, run, startTopology, waitFor } from "./lib/cluster.ts";
+import { need } from "./lib/env.ts";
+import { WebClient } from "./lib/browser.ts";
+import { registerSitesAndHosts } from "./lib/inventory.ts";
+
+const t = suite("last good point");
+const MiB = 1024 * 1024;
+const SIZE = 64 * MiB;
+
+/** Mounts ext4 on the export (nbdfuse, fuse2fs), runs fn in it, unmounts (which flushes). */
+async function onFilesystem(uri: string, dir: string, fn: (fs: string) => Promise<void>, mkfs = false) {
+  const nbdDir = `${dir}/nbd`, fsDir = `${dir}/fs`;
+  await Deno.mkdir(nbdDir, { recursive: true });
+  await Deno.mkdir(fsDir, { recursive: true });
+  const nbdfuse = new Deno.Command("nbdfuse", { args: [nbdDir, uri], stdout: "null", stderr: "null" })
+    .spawn();
+  let mounted = false;
+  try {
+    await waitFor(async () => (await Deno.stat(`${nbdDir}/nbd`)).size === SIZE, 15_000, "nbdfuse");
+    if (mkfs) await run("mkfs.ext4", ["-F", "-q", `${nbdDir}/nbd`]);
+    const fuse2fs = new Deno.Command("fuse2fs", {
+      args: ["-f", `${nbdDir}/nbd`, fsDir, "-o", "fakeroot"],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    mounted = true;
+    await waitFor(
+      async () => (await run("mountpoint", ["-q", fsDir], { allowFail: true })).code === 0,
+      15_000,
+      "fuse2fs mount",
+    );
+    await fn(fsDir);
+    await run("fusermount3", ["-u", fsDir]);
+    mounted = false;
+    assert.ok((await fuse2fs.status).success, "fuse2fs exited cleanly");
+  } finally {
+    if (mounted) await run("fusermount3", ["-u", fsDir], { allowFail: true });
+    await run("fusermount3", ["-u", nbdDir], { allowFail: true });
+    await nbdfuse.status;
+  }
+}
+
+// the operator's check: the database on the copy opens and holds the sentinel row
+const CHECK = [
+  "sh",
+  "-c",
+  "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; " +
+  'qemu-img convert -f raw -O raw "$1" "$d/img"; ' +
+  'debugfs -R "dump /app.db $d/app.db" "$d/img" 2>/dev/null; ' +
+  'test "$(sqlite3 "$d/app.db" "SELECT v FROM sentinel WHERE k = \'canary\'")" = alive',
+  "sh",
+  "{uri}",
+];
+
+t("the search finds the last point before the damage; a hanging check stops it cleanly", async () => {
+  if (
+    !need("the last good point on ext4 + SQLite", {
+      fuse: true,
+      tools: ["qemu-io", "qemu-img", "nbdfuse", "fuse2fs", "mkfs.ext4", "debugfs", "sqlite3", "fusermount3"],
+    })
+  ) return;
+  const allowed = new URL("../test-output/", import.meta.url).pathname;
+  const topo = await startTopology("pt-search", {
+    size: SIZE,
+    sites: ["dr1"],
+    gatewayExtra: ["--device-prefix", allowed],
+  });
+  try {
+    const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
+    await registerSitesAndHosts(c);
+    const files = topo.copies();
+    const ring = `${topo.dir}/gateway/journal.ring`;
+    for (
+      const [name, host, device, size] of [
+        ["vol0", "app1", files.lsp, SIZE],
+        ["lgp0", "lgw", files.lgp, SIZE],
+        ["buf0", "lgw", ring, 256 * MiB],
+        ["rgp0", "rgw", files["rgp-dr1"], SIZE],
+        ["rsp0", "standby", files["rsp-dr1"], SIZE],
+      ] as const
+    ) await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
+    await c.expect(201, "POST", "/api/tasks", {
+      name: "db",
+      group: {
+        local: {
+          site: "prod",
+          lsp: { host: "app1", device: files.lsp },
+          lgp: { host: "lgw", device: files.lgp },
+          buffer: { host: "lgw", device: ring },
+        },
+        remotes: [{
+          site: "dr1",
+          rgp: { host: "rgw", device: files["rgp-dr1"] },
+          rsp: { host: "standby", device: files["rsp-dr1"] },
+        }],
+      },
+      // the site runs without --retention: the task's mirror strategy asks for the points
+      mirror: { retentionHours: 1, retentionBytes: 256 * MiB },
+    });
+    const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
+    await c.expect(200, "POST", "/api/tasks/db/actions/start");
+    await waitFor(async () => await state() === "protected", 90_000, "the task to be protected", 250);
+    const lastSeq = async () => (await topo.gw.status()).volumes.find((v) => v.name === "vol0")!.lastSeq;
+    const uri = topo.agent.uri("vol0");
+
+    // the good phase: the database with its sentinel, then more transactions, mounted three times
+    await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
+      await run("sqlite3", [
+        `${fs}/app.db`,
+        "CREATE TABLE sentinel(k TEXT PRIMARY KEY, v TEXT); INSERT INTO sentinel VALUES ('canary', 'alive'); " +
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT);",
+      ]);
+      await Deno.writeTextFile(`${fs}/notes.txt`, "the data that must survive\n".repeat(2000));
+    }, true);
+    for (let round = 0; round < 2; round++) {
+      await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
+        for (let i = 0; i < 5; i++) {
+          await run("sqlite3", [
+            `${fs}/app.db`,
+            `INSERT INTO orders(item) VALUES ('round ${round} order ${i}');`,
+          ]);
+        }
+      });
+    }
+    await topo.caughtUp();
+    const good = await lastSeq();
+
+    // the damage: the database and the notes overwritten in place, as ransomware does
+    await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
+      for (const name of ["app.db", "notes.txt"]) {
+        const size = (await Deno.stat(`${fs}/${name}`)).size;
+        const f = await Deno.open(`${fs}/${name}`, { write: true });
+        await f.write(crypto.getRandomValues(new Uint8Array(size)));
+        await f.syncData();
+        f.close();
+      }
+    });
+    await topo.caughtUp();
+    const damaged = await lastSeq();
+    // and the application goes on writing (more points after the damage)
+    await run("qemu-io", ["-f", "raw", uri, "-c", "write -P 0x55 60M 1M", "-c", "flush"]);
+    await topo.caughtUp();
+
+    const listed = (await c.expect(200, "GET", "/api/tasks/db/points") as {
+      sites: { points: { seq: number }[]; windowMs: number; retention: { maxBytes: number } }[];
+    }).sites[0];
+    assert.is(listed.windowMs, 3_600_000, "the task's window");
+    assert.is(listed.retention.maxBytes, 256 * MiB, "the task's space bound");
+    const points = listed.points;
+    const before = await hashAll(files);
+    const found = await c.expect(200, "POST", "/api/tasks/db/point-search", {
+      site: "dr1",
+      check: CHECK,
+      timeoutSeconds: 120,
+    }) as {
+      lastGood: { seq: number };
+      firstBad: { seq: number };
+      searched: number;
+      probes: { seq: number; passed: boolean }[];
+    };
+    assert.ok(
+      found.lastGood.seq >= good && found.lastGood.seq < damaged,
+      `the last good point ${found.lastGood.seq} lies between the good phase's end ${good} and the damage ${damaged}`,
+    );
+    assert.ok(found.firstBad.seq > found.lastGood.seq && found.firstBad.seq <= damaged);
+    assert.is(found.searched, points.length);
+    assert.ok(
+      found.probes.length <= Math.ceil(Math.log2(points.length)) + 2,
+      `${found.probes.length} probes over ${points.length} points`,
+    );
+    assert.ok(found.probes.some((p) => p.seq === found.lastGood.seq && p.passed));
+    assert.is(await state(), "protected", "the task is back to protected");
+    assert.equal(await hashAll(files), before, "the search changed no copy");
+    assert.equal([...Deno.readDirSync(`${topo.remotes.dr1.home}/tests`)], [], "no test copy left");
+    const audit = await c.expect(200, "GET", "/api/audit?limit=200") as { kind: string; cause: string }[];
+    assert.is(
+      audit.filter((a) => a.kind === "point-search" && /^point search probe/.test(a.cause)).length,
+      found.probes.length,
+      "every probe is in the audit log",
+    );
+    assert.ok(
+      audit.some((a) =>
+        new RegExp(`the last good point of a1/vol0 .* is sequence ${found.lastGood.seq}`).test(a.cause)
+      ),
+    );
+
+    // the copy at the point found holds the good data
+    await c.expect(200, "POST", "/api/tasks/db/actions/failover-test", {
+      site: "dr1",
+      point: found.lastGood.seq,
+    });
+    const test = (await c.expect(200, "GET", "/api/status") as { tests: { export: string }[] }).tests[0];
+    const d = await Deno.makeTempDir({ dir: topo.dir });
+    await run("qemu-img", ["convert", "-f", "raw", "-O", "raw", test.export, `${d}/img`]);
+    await run("debugfs", ["-R", `dump /app.db ${d}/app.db`, `${d}/img`]);
+    const q = await run("sqlite3", [`${d}/app.db`, "SELECT count(*) FROM orders; SELECT v FROM sentinel;"]);
+    assert.is(q.stdout.trim(), "10\nalive");
+    await c.expect(200, "POST", "/api/tasks/db/actions/end-test", {});
+
+    // a check that hangs: killed at its timeout, the search stops with a clear error
+    const r = await c.req("POST", "/api/tasks/db/point-search", {
+      check: ["sleep", "600"],
+      timeoutSeconds: 2,
+    });
+    assert.is(r.status, 409, r.text);
+    assert.match(
+      (r.body as { error: string }).error,
+      /the check timed out after 2 s at point \d+: the search stopped \(1 probes; nothing was changed\)/,
+    );
+    assert.is(await state(), "protected");
+    const bad = await c.req("POST", "/api/tasks/db/point-search", { good: "nope", check: CHECK });
+    assert.is(bad.status, 409);
+    assert.match(
+      (bad.body as { error: string }).error,
+      /the known-good point "nope" is not held at site dr1/,
+    );
+    const empty = await c.req("POST", "/api/tasks/db/point-search", { check: [] });
+    assert.is(empty.status, 400);
+    assert.equal(await hashAll(files), before, "nothing changed");
+  } finally {
+    await topo.stop();
+    await Deno.remove(topo.dir, { recursive: true }).catch(() => {});
+  }
+});
+
+t.run();
