@@ -3,12 +3,16 @@ import type { Hono } from "hono";
 import { z } from "zod";
 import { parseSource, type RecoveryError, type RecoveryService } from "../recovery/service.ts";
 
+const sourceText = z.string().regex(
+  /^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/,
+  "use lgp, rgp@SITE or rsp@SITE",
+);
+
 const body = z.object({
   volume: z.string().regex(/^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/, "volume must be AGENT/NAME"),
   mode: z.enum(["manual", "policy"]),
   strategy: z.enum(["full", "fast"]).default("fast"),
-  source: z.string().regex(/^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/, "use lgp, rgp@SITE or rsp@SITE")
-    .optional(),
+  source: sourceText.optional(),
   target: z.enum(["lsp", "lgp"]).default("lsp"),
   point: z.object({
     seq: z.number().int().nonnegative().optional(),
@@ -22,6 +26,9 @@ const body = z.object({
     .optional(),
   force: z.boolean().default(false),
   at: z.number().int().positive().optional(),
+  method: z.enum(["auto", "scan", "tracked"]).default("auto"),
+  also: z.array(sourceText).max(16).optional(),
+  verify: z.enum(["moved", "full"]).default("moved"),
 }).strict();
 
 function problem(e: unknown): { status: 400 | 404 | 409 | 500; message: string } {
@@ -57,7 +64,11 @@ export function recoveryRoutes(app: Hono, service: RecoveryService): void {
     }
     const b = parsed.data;
     try {
-      const r = await service.request({ ...b, source: b.source ? parseSource(b.source) : undefined });
+      const r = await service.request({
+        ...b,
+        source: b.source ? parseSource(b.source) : undefined,
+        also: b.also?.map(parseSource),
+      });
       return c.json(r, 202);
     } catch (e) {
       const p = problem(e);
