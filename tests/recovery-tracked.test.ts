@@ -130,6 +130,22 @@ t("a recovery with no known common point scans, and says so", async () => {
     assert.match(done.methodReason ?? "", /no common point known/);
     assert.is(done.bytesMoved, MiB, "the scan found the one damaged chunk");
     assert.is(await sha256File(topo.lsp), await sha256File(topo.gw.mirrorPath("a1", "vol0")));
+    // bad requests are refused with the reason, and start nothing
+    const before = ((await (await api(topo, "/api/recoveries")).json()) as Row[]).length;
+    const bad = async (body: Record<string, unknown>, status: number, why: RegExp) => {
+      const r = await api(topo, "/api/recoveries", {
+        method: "POST",
+        body: JSON.stringify({ volume: "a1/vol0", mode: "manual", source: "lgp", ...body }),
+      });
+      assert.is(r.status, status, JSON.stringify(body));
+      assert.match((await r.json()).error, why);
+    };
+    await bad({ method: "guess" }, 400, /method/);
+    await bad({ also: ["elsewhere"] }, 400, /also\.0: use lgp, rgp@SITE or rsp@SITE/);
+    await bad({ also: ["lgp"] }, 400, /lgp cannot be a further source/);
+    await bad({ verify: "maybe" }, 400, /verify/);
+    await bad({ method: "tracked", strategy: "full" }, 400, /a tracked recovery is a fast one/);
+    assert.is(((await (await api(topo, "/api/recoveries")).json()) as Row[]).length, before);
   } finally {
     await topo.stop();
   }

@@ -373,7 +373,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
     checkpointing.catch(() => {});
   };
   const runPool = (expected: (j: number) => Uint8Array | undefined) =>
-    new CopyPool(o.sources, o.target, cs, chunks, o.parallel ?? 4, expected, (j, bytes) => {
+    new CopyPool(o.sources, o.target, cs, chunks, o.parallel ?? 8, expected, (j, bytes) => {
       moved += bytes;
       const u = unitOf.get(j);
       unitOf.delete(j);
@@ -461,15 +461,41 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
     report("copying", true);
   };
 
+  // the reference's hashes, or (once it failed) those of the first source still there
+  const failedSource = (k: number) => pool?.stats[k].state === "failed";
+  const hashFromAny = async (index: number, count: number): Promise<Uint8Array> => {
+    const errors: string[] = [];
+    for (const [k, s] of o.sources.entries()) {
+      if (failedSource(k)) continue;
+      try {
+        return await s.store.hashes(cs, index, count);
+      } catch (e) {
+        errors.push(`${s.name}: ${(e as Error).message}`);
+      }
+    }
+    throw new Error(`no source left to verify against: ${errors.join("; ")}`);
+  };
+  // the audit of chunks outside the tracked set runs beside the copy: they are not copied
+  const verify = o.verify ?? "moved";
+  const sample = verify === "moved" && method === "tracked"
+    ? auditSample(chunks, new Set(o.tracked), o.audit ?? 32)
+    : [];
+  const audit = inParallel(runs(sample, window), 4, async (r) => {
+    const [t, h] = await Promise.all([o.target.hashes(cs, r.index, r.count), hashFromAny(r.index, r.count)]);
+    return Array.from({ length: r.count }, (_, k) => k).filter((k) => !sameHash(t, k, h, k)).map((k) =>
+      r.index + k
+    );
+  });
+  audit.catch(() => {}); // awaited after the copy
+
   await copyPhase(from);
   const moving = pool!;
 
   let audited = 0, auditMisses = 0;
   let verified = false;
-  const verify = o.verify ?? "moved";
   if (verify !== "none") {
     report("verifying", true);
-    // expected hashes: the scan's, or the reference's for chunks another source carried
+    // expected hashes: the scan's, what the reference sent, or the reference's for chunks another source carried
     const expected = async (list: number[]): Promise<Map<number, Uint8Array>> => {
       const out = new Map<number, Uint8Array>();
       const ask: number[] = [];
@@ -479,46 +505,29 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
         else if (moving.sentFrom[j] === 0) out.set(j, moving.sentHash.slice(16 * j, 16 * j + 16));
         else ask.push(j);
       }
-      for (const r of runs(ask, window)) {
+      await inParallel(runs(ask, window), 4, async (r) => {
         const h = await hashFromAny(r.index, r.count);
         for (let k = 0; k < r.count; k++) out.set(r.index + k, h.slice(16 * k, 16 * k + 16));
-      }
+      });
       return out;
-    };
-    // the reference's hashes, or (once it failed) those of the first source still there
-    const hashFromAny = async (index: number, count: number): Promise<Uint8Array> => {
-      const errors: string[] = [];
-      for (const [k, s] of o.sources.entries()) {
-        if (moving.stats[k].state === "failed") continue;
-        try {
-          return await s.store.hashes(cs, index, count);
-        } catch (e) {
-          moving.stats[k].state = "failed";
-          moving.stats[k].error = (e as Error).message;
-          errors.push(`${s.name}: ${(e as Error).message}`);
-        }
-      }
-      throw new Error(`no source left to verify against: ${errors.join("; ")}`);
     };
     const differing = async (list: number[]): Promise<number[]> => {
       const want = await expected(list);
-      const bad: number[] = [];
-      for (const r of runs(list, window)) {
+      const bad = await inParallel(runs(list, window), 4, async (r) => {
         check();
         const h = await o.target.hashes(cs, r.index, r.count);
-        for (let k = 0; k < r.count; k++) {
-          if (!sameHash(want.get(r.index + k)!, 0, h, k)) bad.push(r.index + k);
-        }
-      }
-      return bad;
+        return Array.from({ length: r.count }, (_, k) => r.index + k).filter((j, k) =>
+          !sameHash(want.get(j)!, 0, h, k)
+        );
+      });
+      return bad.flat().sort((a, b) => a - b);
     };
     let list: number[];
     if (verify === "full") list = Array.from({ length: chunks }, (_, j) => j);
     else list = moving.movedList();
     if (verify === "moved" && method === "tracked") {
-      const sample = auditSample(chunks, new Set(o.tracked), o.audit ?? 32);
       audited = sample.length;
-      const misses = await differing(sample);
+      const misses = (await audit).flat();
       auditMisses = misses.length;
       if (misses.length > 0) {
         // the tracked set missed a difference: it cannot be trusted, so scan everything
@@ -562,6 +571,24 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
     auditMisses,
     sources: (pool?.stats ?? []).map((s) => ({ ...s })),
   };
+}
+
+/** fn over every item, at most `limit` at once; the results in the items' order. */
+async function inParallel<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const k = next++;
+      out[k] = await fn(items[k]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 function delay(ms: number): Promise<void> {

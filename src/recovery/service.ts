@@ -507,14 +507,13 @@ export class RecoveryService {
     const { tracked, method, reason } = await this.method(r, v, source, target);
     await serialized(
       this.d.db,
-      () => this.d.db.update(recoveries).set({ method, methodReason: reason }).where(eq(recoveries.id, id)),
-    );
-    await serialized(
-      this.d.db,
       () =>
-        this.d.db.update(recoveries).set({ startedAt: r.startedAt ?? Date.now() }).where(
-          eq(recoveries.id, id),
-        ),
+        this.d.db.update(recoveries).set({
+          method,
+          methodReason: reason,
+          startedAt: r.startedAt ?? Date.now(),
+        })
+          .where(eq(recoveries.id, id)),
     );
     const run = (
       from: NamedSource[],
