@@ -187,6 +187,7 @@ try {
   }
 } finally {
   await topo.stop();
+  await Deno.remove(topo.dir, { recursive: true }); // several GiB: leave the disk to the next run
 }
 
 // several sources: the mirror rebuilt in full from one site, then from two at once
@@ -220,6 +221,7 @@ try {
   }
 } finally {
   await mt.stop();
+  await Deno.remove(mt.dir, { recursive: true });
 }
 
 const m = (k: keyof (typeof rows)[0]) => median(rows.map((r) => r[k]));

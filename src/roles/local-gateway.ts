@@ -872,7 +872,16 @@ async function openRecovery(
       const parts = [theirs, ...await r.sender.unreceived(v.id, chunkSize)];
       if (target === "lsp") parts.push(await agentMap());
       const u = union(parts, chunkSize);
-      return { chunks: u.chunks, known: true, reason: u.reason };
+      // the promotion is the common point only while the service runs there (a failback); later the
+      // site's map is that of a past promotion and says nothing of what happened since
+      const failedOver = controller.status().some((s) =>
+        s.agent === v.agent && s.site === source.site && s.state !== "protected"
+      );
+      return {
+        chunks: u.chunks,
+        known: failedOver,
+        reason: failedOver ? u.reason : `${u.reason}; the service is not failed over to ${source.site}`,
+      };
     },
     mirrorCaughtUp: () => mirror.caughtUp(),
     fence: (agent, reason) => controller.fence(agent, reason),
