@@ -88,7 +88,15 @@ t(
         "the remote service to answer with its own write",
       );
 
+      // the client is served by dr1 when failback starts (with no online pass the remote may stop
+      // within a poll or two of the request, so make sure an answer from dr1 comes after this point)
       const started = Date.now();
+      await waitFor(
+        () => poller.answers().some((a) => a.t >= started && a.ok && a.body.startsWith("dr1:")),
+        10_000,
+        "the client to be served by dr1",
+        20,
+      );
       const { status, body } = await lab.failback();
       assert.is(status, 200, JSON.stringify(body));
       const report = body.report!;

@@ -119,6 +119,51 @@ export function auditSample(chunks: number, skip: ReadonlySet<number>, n: number
   return [...out].sort((a, b) => a - b);
 }
 
+/** Beyond this many chunks no per-chunk hash is kept (64 MiB): verification asks the reference instead. */
+const MAX_KEPT = 1 << 22;
+
+/** A 16-byte hash per chunk for some chunks, in one flat array (a map of millions of entries is not). */
+class HashTable {
+  private readonly h: Uint8Array | undefined;
+  private readonly has: Uint8Array | undefined;
+
+  constructor(chunks: number) {
+    if (chunks > MAX_KEPT) return;
+    this.h = new Uint8Array(chunks * 16);
+    this.has = new Uint8Array(Math.ceil(chunks / 8));
+  }
+
+  set(j: number, from: Uint8Array, at = 0): void {
+    if (!this.h || !this.has) return;
+    this.h.set(from.subarray(16 * at, 16 * at + 16), 16 * j);
+    this.has[j >> 3] |= 1 << (j & 7);
+  }
+
+  get(j: number): Uint8Array | undefined {
+    if (!this.h || !this.has || !((this.has[j >> 3] >> (j & 7)) & 1)) return undefined;
+    return this.h.subarray(16 * j, 16 * j + 16);
+  }
+}
+
+/** A bit per chunk. */
+class ChunkSet {
+  private readonly bits: Uint8Array;
+  constructor(private readonly chunks: number) {
+    this.bits = new Uint8Array(Math.ceil(chunks / 8));
+  }
+  add(j: number): void {
+    this.bits[j >> 3] |= 1 << (j & 7);
+  }
+  has(j: number): boolean {
+    return ((this.bits[j >> 3] >> (j & 7)) & 1) === 1;
+  }
+  list(): number[] {
+    const out: number[] = [];
+    for (let j = 0; j < this.chunks; j++) if (this.has(j)) out.push(j);
+    return out;
+  }
+}
+
 class Cancelled extends Error {
   constructor() {
     super("recovery cancelled");
@@ -143,9 +188,9 @@ class CopyPool {
     this.failed = rej;
   });
   inFlight = 0;
-  /** XXH3-128 of what each moved chunk carried (16 bytes a chunk), and the source it came from (-1: not moved). */
-  readonly sentHash: Uint8Array;
-  readonly sentFrom: Int16Array;
+  /** The chunks moved, and the XXH3-128 of what those from the reference carried. */
+  readonly moved: ChunkSet;
+  readonly fromReference: HashTable;
   readonly stats: SourceProgress[];
   private readonly started = performance.now();
 
@@ -160,8 +205,8 @@ class CopyPool {
     private readonly signal?: { aborted: boolean },
   ) {
     this.settled.catch(() => {}); // observed by the caller; never an unhandled rejection
-    this.sentHash = new Uint8Array(chunks * 16);
-    this.sentFrom = new Int16Array(chunks).fill(-1);
+    this.moved = new ChunkSet(chunks);
+    this.fromReference = new HashTable(chunks);
     this.stats = sources.map((s) => ({
       name: s.name,
       bytesMoved: 0,
@@ -206,9 +251,7 @@ class CopyPool {
 
   /** The chunks moved, in order. */
   movedList(): number[] {
-    const out: number[] = [];
-    this.sentFrom.forEach((s, j) => s >= 0 && out.push(j));
-    return out;
+    return this.moved.list();
   }
 
   private fail(e: Error): void {
@@ -266,8 +309,8 @@ class CopyPool {
         return;
       }
       await this.target.write(this.cs, j, data);
-      this.sentHash.set(hash, 16 * j);
-      this.sentFrom[j] = si;
+      this.moved.add(j);
+      if (si === 0) this.fromReference.set(j, hash);
       stat.bytesMoved += data.length;
       stat.chunks++;
       stat.rateBps = stat.bytesMoved / Math.max(1e-3, (performance.now() - this.started) / 1000);
@@ -323,7 +366,8 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
   const rangeBytes = (a: number, b: number) => b <= a ? 0 : Math.min(b * cs, targetSize) - a * cs;
   let method: Method = o.tracked ? "tracked" : o.strategy === "full" ? "full" : "scan";
   let toMove = 0, scanned = from, settledTo = from;
-  const refHash = new Map<number, Uint8Array>();
+  // the reference's hash of each chunk the scan found differing
+  const refHash = new HashTable(chunks);
   const check = () => {
     if (o.signal?.aborted) throw new Cancelled();
   };
@@ -404,6 +448,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
           const u: Unit = { end, pending: 0, listed: false };
           units.push(u);
           queue(u, part);
+          while (pool.pending > 64 * window) await Promise.race([pool.settled, delay(5)]);
         }
         if (list.length === 0) units.push({ end: chunks, pending: 0, listed: true });
         compared = (o.bytesCompared ?? 0) + rangeBytes(from, chunks);
@@ -437,7 +482,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
             for (let k = 0; k < count; k++) {
               if (!sameHash(th, k, sh, k)) {
                 list.push(i + k);
-                refHash.set(i + k, sh.slice(16 * k, 16 * k + 16));
+                refHash.set(i + k, sh, k);
               }
             }
           } else list = Array.from({ length: count }, (_, k) => i + k);
@@ -500,9 +545,8 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
       const out = new Map<number, Uint8Array>();
       const ask: number[] = [];
       for (const j of list) {
-        const known = refHash.get(j);
+        const known = refHash.get(j) ?? moving.fromReference.get(j);
         if (known) out.set(j, known);
-        else if (moving.sentFrom[j] === 0) out.set(j, moving.sentHash.slice(16 * j, 16 * j + 16));
         else ask.push(j);
       }
       await inParallel(runs(ask, window), 4, async (r) => {
