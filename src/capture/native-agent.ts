@@ -74,6 +74,8 @@ export class ProtectedVolume {
     readonly size: number,
     /** The gateway refused the volume after it had accepted it once: the agent cannot go on serving it. */
     private readonly onFatal: (e: Error) => void,
+    /** Bytes a dirty-map bit covers. */
+    private readonly dirtyChunk: number,
   ) {
     this.opened.catch(() => {}); // awaited by whoever needs it
   }
@@ -102,7 +104,8 @@ export class ProtectedVolume {
    */
   dirty(): { chunkSize: number; chunks: number[] } {
     if (this.closed || !this.agent.open) throw new Error(`volume ${this.name} is not captured`);
-    const bits = new Uint8Array(Math.ceil(Math.ceil(this.size / 4096) / 8));
+    const chunks = Math.ceil(this.size / this.dirtyChunk);
+    const bits = new Uint8Array(Math.ceil(chunks / 8));
     const chunk = new BigUint64Array(1);
     const n = native().cn_agent_volume_dirty(
       this.agent.ptr,
@@ -112,7 +115,7 @@ export class ProtectedVolume {
       new Uint8Array(chunk.buffer),
     );
     if (n < 0) throw new NativeError(`dirty map of ${this.name}`, Number(-n), "unknown volume");
-    return { chunkSize: Number(chunk[0]), chunks: setBits(bits, Math.ceil(this.size / Number(chunk[0]))) };
+    return { chunkSize: Number(chunk[0]), chunks: setBits(bits, chunks) };
   }
 
   /**
@@ -190,7 +193,7 @@ export class NativeAgent {
     onFatal: (e: Error) => void,
   ): Promise<ProtectedVolume> {
     if (this.closed) throw new Error("the agent is stopping");
-    const pv = new ProtectedVolume(this, v.linkId, v.name, v.size, onFatal);
+    const pv = new ProtectedVolume(this, v.linkId, v.name, v.size, onFatal, dirty.chunk);
     this.volumes.set(v.linkId, pv);
     const err = new Uint8Array(512);
     const r = await native().cn_agent_add_volume(
