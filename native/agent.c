@@ -778,6 +778,15 @@ EXPORT int32_t cn_agent_volume_status(cn_agent *a, uint32_t link_id, uint64_t *o
   return 0;
 }
 
+EXPORT int64_t cn_agent_volume_dirty(cn_agent *a, uint32_t link_id, uint8_t *out, uint64_t cap, uint64_t *chunk) {
+  cvol *v = vol_take(a, link_id);
+  if (!v) return -ENOENT;
+  *chunk = v->dirty->chunk;
+  int64_t n = cn_dirty_bits(v->dirty, out, cap);
+  vol_release(a);
+  return n;
+}
+
 EXPORT void cn_agent_link_status(cn_agent *a, uint64_t *out, char *err, uint64_t errcap) {
   pthread_mutex_lock(&a->mu);
   out[0] = a->connected;

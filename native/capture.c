@@ -654,7 +654,7 @@ void cvol_tick(cvol *v, int64_t now) {
   // the sweep: chunks both sides provably hold are cleared from the dirty map
   switch (v->sweep_phase) {
   case 0: {
-    bool idle = v->link == LINK_SYNCED && !v->dropped && !v->resync_active && v->resync_in_flight == 0;
+    bool idle = !v->sticky && v->link == LINK_SYNCED && !v->dropped && !v->resync_active && v->resync_in_flight == 0;
     if (!idle || now < v->sweep_at) break;
     pthread_mutex_lock(&v->dirty->mu);
     bool any = false;
@@ -728,7 +728,7 @@ void cvol_drain(cvol *v, int wait_ms) {
   while (v->sync_done < want && cond_wait_until(&v->quiet, &v->mu, &sync_until)) {
   }
   bool quiet = cvol_quiescent(v);
-  if (quiet) {
+  if (quiet && !v->sticky) {
     pthread_mutex_lock(&v->dirty->mu);
     for (uint64_t c = 0; c < v->dirty->chunks; c++) dirty_clear_chunk_locked(v->dirty, c);
     dirty_clear_done(v->dirty);
@@ -809,6 +809,8 @@ int cvol_new(cn_agent *a, uint32_t link_id, const char *name, int fd, uint64_t s
   snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
   v->rfd = open(self, O_RDONLY | O_CLOEXEC);
   if (v->rfd >= 0) posix_fadvise(v->rfd, 0, 0, POSIX_FADV_RANDOM);
+  v->sticky = (dirty_mode & CN_DIRTY_STICKY) != 0;
+  dirty_mode &= ~CN_DIRTY_STICKY;
   if (dirty_mode == 1) {
     // the gateway's copy is known to equal this one (a promotion that waited for it)
     pthread_mutex_lock(&v->dirty->mu);

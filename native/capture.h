@@ -62,6 +62,7 @@ struct cvol {
   uint64_t unconfirmed; // bytes sent and not durable
   int link;
   bool dropped; // records were not sent: the gateway must be resynchronised from the dirty map
+  bool sticky;  // the dirty map is never cleared: it tracks what was written since a common point
   bool opened_once, removing;
   int holds;     // NBD exports using the volume
   uint64_t unsettled;

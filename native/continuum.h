@@ -120,10 +120,19 @@ void cn_agent_poke(cn_agent *a);
 /**
  * BLOCKING. Captures a volume: fd (open read-write, owned by the caller until removal), its
  * size, its persistent dirty map at dirty_path with `chunk`-byte chunks. dirty_mode 0 keeps the
- * map as found, 1 clears it (the gateway's copy is known equal), 2 sets every bit.
+ * map as found, 1 clears it (the gateway's copy is known equal), 2 sets every bit; plus
+ * CN_DIRTY_STICKY: bits are never cleared (no sweep, none at removal), so the map holds every
+ * chunk written since it was last cleared (a promoted standby's divergence from its old primary).
  */
 int32_t cn_agent_add_volume(cn_agent *a, uint32_t link_id, const char *name, int32_t fd, uint64_t size,
                             const char *dirty_path, uint64_t chunk, int32_t dirty_mode, char *err, uint64_t errcap);
+#define CN_DIRTY_STICKY 4
+/**
+ * A captured volume's dirty map: its bits into out (cap bytes at most, one bit a chunk, chunk c
+ * at byte c/8 bit c%8), *chunk gets the map's chunk size; returns the count of set bits, or
+ * -ENOENT for an unknown volume.
+ */
+int64_t cn_agent_volume_dirty(cn_agent *a, uint32_t link_id, uint8_t *out, uint64_t cap, uint64_t *chunk);
 /**
  * BLOCKING. Stops capturing a volume (its NBD export must be withdrawn first): waits up to
  * wait_ms for the gateway to hold every record durably, syncs the disk and, when both sides

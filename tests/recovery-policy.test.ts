@@ -175,6 +175,12 @@ t(
       assert.is(c.chosen, "rgp@dr1");
       assert.match(c.explanation, /rgp@dr1 chosen/);
       assert.match(c.explanation, /lgp: its copy is inconsistent/);
+      // every valid copy at the chosen point pulls a share sized by its rate, named in the explanation
+      assert.ok(c.also.includes("rgp@dr2"), JSON.stringify(c.also));
+      assert.match(
+        c.explanation,
+        /pulled from \d sources at once: rgp@dr1 \d+ %.*rgp@dr2 \d+ %.*\(by measured rate\)/,
+      );
 
       // dr1 goes away and more is written: only dr2 reaches the new disaster point
       await topo.standbys.dr1.proc.stop();

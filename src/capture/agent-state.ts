@@ -35,6 +35,11 @@ export class AgentState {
     return this.s.promoted !== undefined;
   }
 
+  /** When this standby was promoted (wall ms), if it serves now. */
+  get promotedSince(): number | undefined {
+    return this.s.promoted?.since;
+  }
+
   private async save(): Promise<void> {
     const tmp = `${this.file}.tmp`;
     await Deno.writeTextFile(tmp, JSON.stringify(this.s), { mode: 0o600 });

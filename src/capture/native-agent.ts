@@ -74,6 +74,8 @@ export class ProtectedVolume {
     readonly size: number,
     /** The gateway refused the volume after it had accepted it once: the agent cannot go on serving it. */
     private readonly onFatal: (e: Error) => void,
+    /** Bytes a dirty-map bit covers. */
+    private readonly dirtyChunk: number,
   ) {
     this.opened.catch(() => {}); // awaited by whoever needs it
   }
@@ -94,6 +96,26 @@ export class ProtectedVolume {
       return false;
     }
     return out[11] === 1n;
+  }
+
+  /**
+   * The dirty map: chunks (of `chunkSize` bytes) this copy may differ in from the gateway's
+   * (or, for a sticky map, that were written since the map was last cleared).
+   */
+  dirty(): { chunkSize: number; chunks: number[] } {
+    if (this.closed || !this.agent.open) throw new Error(`volume ${this.name} is not captured`);
+    const chunks = Math.ceil(this.size / this.dirtyChunk);
+    const bits = new Uint8Array(Math.ceil(chunks / 8));
+    const chunk = new BigUint64Array(1);
+    const n = native().cn_agent_volume_dirty(
+      this.agent.ptr,
+      this.linkId,
+      bits,
+      BigInt(bits.length),
+      new Uint8Array(chunk.buffer),
+    );
+    if (n < 0) throw new NativeError(`dirty map of ${this.name}`, Number(-n), "unknown volume");
+    return { chunkSize: Number(chunk[0]), chunks: setBits(bits, chunks) };
   }
 
   /**
@@ -163,15 +185,15 @@ export class NativeAgent {
 
   /**
    * Captures a volume: `dirty` keeps the map as found, clears it (`equal`: the gateway's copy is
-   * known equal), or sets every chunk (`unknown`).
+   * known equal), or sets every chunk (`unknown`); a `sticky` map is never cleared afterwards.
    */
   async addVolume(
     v: { linkId: number; name: string; fd: number; size: number },
-    dirty: { path: string; chunk: number; mode: "keep" | "equal" | "unknown" },
+    dirty: { path: string; chunk: number; mode: "keep" | "equal" | "unknown"; sticky?: boolean },
     onFatal: (e: Error) => void,
   ): Promise<ProtectedVolume> {
     if (this.closed) throw new Error("the agent is stopping");
-    const pv = new ProtectedVolume(this, v.linkId, v.name, v.size, onFatal);
+    const pv = new ProtectedVolume(this, v.linkId, v.name, v.size, onFatal, dirty.chunk);
     this.volumes.set(v.linkId, pv);
     const err = new Uint8Array(512);
     const r = await native().cn_agent_add_volume(
@@ -182,7 +204,7 @@ export class NativeAgent {
       BigInt(v.size),
       cstr(dirty.path),
       BigInt(dirty.chunk),
-      { keep: 0, equal: 1, unknown: 2 }[dirty.mode],
+      { keep: 0, equal: 1, unknown: 2 }[dirty.mode] | (dirty.sticky ? DIRTY_STICKY : 0),
       err,
       BigInt(err.length),
     );
@@ -311,6 +333,16 @@ export class NativeAgent {
         }
     }
   }
+}
+
+/** CN_DIRTY_STICKY of native/continuum.h. */
+const DIRTY_STICKY = 4;
+
+/** Indexes of the set bits among the first `count` (bit c at byte c/8, bit c%8). */
+export function setBits(bits: Uint8Array, count: number): number[] {
+  const out: number[] = [];
+  for (let c = 0; c < count; c++) if ((bits[c >> 3] >> (c & 7)) & 1) out.push(c);
+  return out;
 }
 
 function openFrame(v: LinkVolume): Uint8Array {

@@ -14,11 +14,17 @@ export const ctlUsage = `continuum ctl [--api URL] [--token-file FILE] COMMAND [
   audit [--limit N]       the newest audit log entries
   candidates VOLUME [--seq N | --time ISO] [--strategy fast|full]
                           recovery sources of VOLUME (AGENT/NAME), assessed, and the policy's choice
-  recover VOLUME --source lgp|rgp@SITE|rsp@SITE [--strategy fast|full] [--target lsp|lgp] [--force] [--at WHEN]
+  recover VOLUME --source lgp|rgp@SITE|rsp@SITE [--also SOURCE]... [--strategy fast|full] [--target lsp|lgp]
+          [--force] [--at WHEN] [--method auto|scan|tracked] [--verify moved|full]
           [--point SEQ|NAME]  (with rgp@SITE: the site's replica at that recovery point)
-  recover VOLUME --policy [--seq N | --time ISO] [--strategy fast|full] [--at WHEN]
-                          rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled)
-  recoveries              recoveries: running, scheduled, finished
+  recover VOLUME --policy [--seq N | --time ISO] [--strategy fast|full] [--at WHEN] [--method M] [--verify V]
+                          rebuild a copy of VOLUME; WHEN is an ISO time or +SECONDS (scheduled);
+                          --also pulls from further copies at the same point at once; --method
+                          tracked moves what was written since a common point (no scan), scan hashes
+                          both ends, auto tracks when a common point is known; --verify full
+                          re-hashes every chunk, not only those moved (and an audit sample)
+  recoveries              recoveries: running, scheduled, finished, with each running one's progress
+                          (method, sources and their shares, bytes to move, moved, rate, ETA)
   cancel ID               cancel a running or scheduled recovery
   drill TASK [--site SITE] [--at WHEN [--every HOURS]]
                           a failover drill of TASK: its service brought up on a test copy at a remote
@@ -49,6 +55,9 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         "token-file": { type: "string", default: "/var/lib/continuum/gateway/api-token" },
         limit: { type: "string" },
         source: { type: "string" },
+        also: { type: "string", multiple: true },
+        method: { type: "string" },
+        verify: { type: "string" },
         strategy: { type: "string", default: "fast" },
         target: { type: "string", default: "lsp" },
         policy: { type: "boolean", default: false },
@@ -138,6 +147,9 @@ export async function runCtl(args: string[], print: (s: string) => void = consol
         point: values.policy ? point() : undefined,
         force: values.force,
         at: when(values.at, "--at"),
+        method: values.method,
+        also: values.also,
+        verify: values.verify,
       };
       break;
     case "recoveries":

@@ -127,6 +127,14 @@ export const recoveries = sqliteTable("recoveries", {
   /** Why this source (policy mode). */
   explanation: text("explanation"),
   force: integer("force").notNull().default(0),
+  /** Asked: auto, scan or tracked; once run: full, scan or tracked (what it did). */
+  method: text("method").notNull().default("auto"),
+  /** JSON [{ kind, site? }]: further sources the chunks are pulled from at once. */
+  also: text("also").notNull().default("[]"),
+  /** moved (the chunks written, and an audit sample when tracked) or full (every chunk). */
+  verify: text("verify").notNull().default("moved"),
+  /** Why this method: the tracked sets used, or why there was none. */
+  methodReason: text("method_reason"),
 });
 
 // ------------------------------------------------------------------ protection tasks (src/tasks/)

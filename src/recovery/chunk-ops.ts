@@ -9,7 +9,7 @@ export type CopyKind = "lsp" | "lgp" | "rgp" | "rsp";
 
 export interface ChunkRequest {
   id: number;
-  op: "hashes" | "read" | "write" | "sync" | "describe";
+  op: "hashes" | "read" | "write" | "sync" | "describe" | "divergence";
   /** agent/name of the volume. */
   volume: string;
   kind: CopyKind;
@@ -27,6 +27,18 @@ export interface ChunkReply {
   error?: string;
   /** describe: the copy's size. */
   size?: number;
+  /** divergence: the size of the chunks listed (the payload: their indexes, u32 little-endian). */
+  chunk?: number;
+  /** divergence: what the set counts from. */
+  since?: string;
+}
+
+/** The chunks a copy was written in since a common point with another copy. */
+export interface Tracked {
+  chunkSize: number;
+  chunks: number[];
+  /** The common point, in words (e.g. "promotion at 2026-…"). */
+  since: string;
 }
 
 /** The operations a copy offers; implemented over a local file, or over a link. */
@@ -37,6 +49,8 @@ export interface ChunkStore {
   read(chunkSize: number, index: number): Promise<Uint8Array>;
   write(chunkSize: number, index: number, data: Uint8Array): Promise<void>;
   sync(): Promise<void>;
+  /** The chunks written since a common point, for copies that track them (rejects otherwise). */
+  divergence?(): Promise<Tracked>;
 }
 
 const MAX_CHUNK = 16 * 1024 * 1024;
@@ -53,12 +67,27 @@ function checkRange(size: number, chunkSize: number, index: number, count = 1): 
   }
 }
 
+export function encodeChunks(chunks: readonly number[]): Uint8Array {
+  const out = new Uint8Array(4 * chunks.length);
+  const dv = new DataView(out.buffer);
+  chunks.forEach((c, k) => dv.setUint32(4 * k, c, true));
+  return out;
+}
+
+export function decodeChunks(b: Uint8Array): number[] {
+  if (b.length % 4 !== 0) throw new FrameError("a chunk list must be whole 32-bit indexes");
+  const dv = new DataView(b.buffer, b.byteOffset, b.length);
+  return Array.from({ length: b.length / 4 }, (_, k) => dv.getUint32(4 * k, true));
+}
+
 /** A copy held in a local file or device. */
 export class FileChunks implements ChunkStore {
   constructor(
     private readonly fd: number,
     private readonly bytes: number,
     private readonly writable: boolean,
+    /** Where this copy's divergence is tracked (its dirty map), if anywhere. */
+    readonly divergence?: () => Promise<Tracked>,
   ) {}
 
   size(): Promise<number> {
@@ -118,12 +147,55 @@ export async function serveChunkOp(
       case "sync":
         await store.sync();
         return reply({ ok: true });
+      case "divergence": {
+        if (!store.divergence) {
+          return reply({ ok: false, error: `the ${req.kind} copy tracks no divergence` });
+        }
+        const d = await store.divergence();
+        return reply({ ok: true, chunk: d.chunkSize, since: d.since }, encodeChunks(d.chunks));
+      }
       default:
         return reply({ ok: false, error: `unknown chunk operation "${String(req.op)}"` });
     }
   } catch (e) {
     return reply({ ok: false, error: (e as Error).message });
   }
+}
+
+/** The link carrying a chunk operation went down: the operation may be tried again on the next one. */
+export class LinkDown extends Error {}
+
+/**
+ * A copy behind links that come and go (an agent reconnecting, e.g. when a fence drops its
+ * session): each operation is asked on the current link and asked again on the next one when
+ * the link went down under it. Operations are positional, so asking again is harmless.
+ */
+export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000): ChunkStore {
+  const again = async <T>(op: (s: ChunkStore) => Promise<T>): Promise<T> => {
+    const deadline = performance.now() + waitMs;
+    for (;;) {
+      const s = current();
+      try {
+        if (!s) throw new LinkDown("not connected");
+        return await op(s);
+      } catch (e) {
+        if (!(e instanceof LinkDown) || performance.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  };
+  return {
+    size: () => again((s) => s.size()),
+    hashes: (cs, i, n) => again((s) => s.hashes(cs, i, n)),
+    read: (cs, i) => again((s) => s.read(cs, i)),
+    write: (cs, i, d) => again((s) => s.write(cs, i, d)),
+    sync: () => again((s) => s.sync()),
+    divergence: () =>
+      again((s) => {
+        if (!s.divergence) throw new Error("this copy tracks no divergence");
+        return s.divergence();
+      }),
+  };
 }
 
 /**
@@ -147,7 +219,8 @@ export class ChunkLink {
 
   /** The link dropped: every request in flight fails. */
   fail(e: Error): void {
-    for (const w of this.waiting.values()) w.reject(e);
+    const down = new LinkDown(e.message);
+    for (const w of this.waiting.values()) w.reject(down);
     this.waiting.clear();
   }
 
@@ -177,8 +250,11 @@ export class ChunkLink {
       });
     });
     if (!this.send(mixedFrame(FrameType.ChunkOp, { ...req, id }, data))) {
+      const down = new LinkDown(`the link to the ${req.kind} copy of ${req.volume} is down`);
+      this.waiting.get(id)?.reject(down); // clears its timer
       this.waiting.delete(id);
-      throw new Error(`the link to the ${req.kind} copy of ${req.volume} is down`);
+      p.catch(() => {});
+      throw down;
     }
     const r = await p;
     if (!r.header.ok) throw new Error(`${req.kind} copy of ${req.volume}: ${r.header.error ?? "failed"}`);
@@ -196,6 +272,14 @@ export class ChunkLink {
       read: async (chunkSize, index) => (await call({ op: "read", chunkSize, index })).payload,
       write: async (chunkSize, index, data) => void await call({ op: "write", chunkSize, index }, data),
       sync: async () => void await call({ op: "sync", chunkSize: 4096 }),
+      divergence: async () => {
+        const r = await call({ op: "divergence", chunkSize: 4096 });
+        return {
+          chunkSize: Number(r.header.chunk),
+          chunks: decodeChunks(r.payload),
+          since: String(r.header.since),
+        };
+      },
     };
   }
 }

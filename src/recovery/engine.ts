@@ -1,27 +1,58 @@
-// Copies a volume from a source copy to a target copy, chunk by chunk: `full`
-// moves every chunk, `fast` hashes both sides and moves only the chunks that
-// differ. It reports progress, checkpoints so an interrupted run resumes where it
-// stopped (the first window after a resume is compared even in `full`, so work
-// already done is not moved again), and verifies the result by hash.
+// Copies a volume from one or more source copies to a target copy, chunk by chunk.
+// Three methods: `full` moves every chunk; `scan` hashes both ends and moves the
+// chunks that differ, the copying starting while the scan goes on; `tracked` moves
+// a set of chunks known to hold every difference (no scan) and audits a sample of
+// the rest, falling back to a scan if the sample finds one it missed. Chunks are
+// pulled from every source at once, each source taking the next chunk as soon as
+// it is free, so a faster source takes a larger share and a failed one leaves its
+// work to the others. The first source is the reference: the scan and the
+// verification compare against it. Progress, checkpoints (an interrupted run
+// resumes where it stopped) and verification by hash.
+import * as native from "../native/mod.ts";
 import type { ChunkStore } from "./chunk-ops.ts";
 
 export type Strategy = "full" | "fast";
+export type Method = "full" | "scan" | "tracked";
+
+export interface SourceProgress {
+  name: string;
+  bytesMoved: number;
+  chunks: number;
+  rateBps: number;
+  state: "active" | "failed";
+  error?: string;
+}
 
 export interface Progress {
   phase: "copying" | "verifying" | "done";
+  method: Method;
   chunks: number;
+  /** Chunks settled: compared (or known equal) and, where they differed, copied. */
   done: number;
   bytesCompared: number;
+  /** Bytes known to need moving so far (a scan finds more as it goes). */
+  bytesToMove: number;
   bytesMoved: number;
   rateBps: number;
   etaMs: number | null;
+  sources: SourceProgress[];
 }
 
+export interface NamedSource {
+  name: string;
+  store: ChunkStore;
+}
+
+export type Verify = "moved" | "full" | "none";
+
 export interface EngineOptions {
-  source: ChunkStore;
+  /** Every copy the chunks may come from; the first is the reference. */
+  sources: NamedSource[];
   target: ChunkStore;
   strategy: Strategy;
   chunkSize: number;
+  /** Chunks outside this set are known equal on both ends (a tracked divergence): no scan. */
+  tracked?: readonly number[];
   /** Chunk to start from (a checkpoint). */
   from?: number;
   /** Counters carried over from before a resume. */
@@ -30,118 +61,580 @@ export interface EngineOptions {
   /** Persist a checkpoint: every chunk before `next` is done and synced on the target. */
   checkpoint?: (next: number, compared: number, moved: number) => Promise<void>;
   progress?: (p: Progress) => void;
-  /** Chunks compared per round trip. */
+  /** Chunks hashed per request. */
   window?: number;
-  /** Reads / writes in flight. */
+  /** Scan requests in flight beyond the one being compared. */
+  scanAhead?: number;
+  /** Reads and writes in flight per source. */
   parallel?: number;
-  verify?: boolean;
+  /** `moved` re-hashes the chunks written (and audits a sample of the rest when tracked); `full` every chunk. */
+  verify?: Verify;
+  /** Chunks outside the tracked set sampled by the audit. */
+  audit?: number;
   signal?: { aborted: boolean };
 }
 
 export interface Outcome {
+  method: Method;
   chunks: number;
   bytesCompared: number;
   bytesMoved: number;
   seconds: number;
   verified: boolean;
+  /** Chunks outside the tracked set that were hashed on both ends, and how many of them differed. */
+  audited: number;
+  auditMisses: number;
+  sources: SourceProgress[];
 }
 
-function equalAt(a: Uint8Array, b: Uint8Array, i: number): boolean {
-  for (let k = 16 * i; k < 16 * i + 16; k++) if (a[k] !== b[k]) return false;
+function sameHash(a: Uint8Array, ai: number, b: Uint8Array, bi: number): boolean {
+  for (let k = 0; k < 16; k++) if (a[16 * ai + k] !== b[16 * bi + k]) return false;
   return true;
 }
 
-export async function recover(o: EngineOptions): Promise<Outcome> {
-  const [sourceSize, targetSize] = await Promise.all([o.source.size(), o.target.size()]);
-  if (sourceSize !== targetSize) {
-    throw new Error(
-      `the source holds ${sourceSize} bytes and the target ${targetSize}: copies of one volume must be the same size`,
-    );
+/** Contiguous runs of sorted chunk indexes, each at most `max` long. */
+export function runs(list: readonly number[], max: number): { index: number; count: number }[] {
+  const out: { index: number; count: number }[] = [];
+  for (const j of list) {
+    const last = out[out.length - 1];
+    if (last && last.index + last.count === j && last.count < max) last.count++;
+    else out.push({ index: j, count: 1 });
   }
+  return out;
+}
+
+/** `n` chunks spread evenly over [0, chunks) that are not in `skip`, from a random phase. */
+export function auditSample(chunks: number, skip: ReadonlySet<number>, n: number): number[] {
+  const free = chunks - skip.size;
+  if (n <= 0 || free <= 0) return [];
+  const want = Math.min(n, free);
+  const step = chunks / want;
+  const phase = Math.random() * step;
+  const out = new Set<number>();
+  for (let s = 0; s < want; s++) {
+    let j = Math.floor(phase + s * step) % chunks;
+    while (skip.has(j) || out.has(j)) j = (j + 1) % chunks;
+    out.add(j);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/** Beyond this many chunks no per-chunk hash is kept (64 MiB): verification asks the reference instead. */
+const MAX_KEPT = 1 << 22;
+
+/** A 16-byte hash per chunk for some chunks, in one flat array (a map of millions of entries is not). */
+class HashTable {
+  private readonly h: Uint8Array | undefined;
+  private readonly has: Uint8Array | undefined;
+
+  constructor(chunks: number) {
+    if (chunks > MAX_KEPT) return;
+    this.h = new Uint8Array(chunks * 16);
+    this.has = new Uint8Array(Math.ceil(chunks / 8));
+  }
+
+  set(j: number, from: Uint8Array, at = 0): void {
+    if (!this.h || !this.has) return;
+    this.h.set(from.subarray(16 * at, 16 * at + 16), 16 * j);
+    this.has[j >> 3] |= 1 << (j & 7);
+  }
+
+  get(j: number): Uint8Array | undefined {
+    if (!this.h || !this.has || !((this.has[j >> 3] >> (j & 7)) & 1)) return undefined;
+    return this.h.subarray(16 * j, 16 * j + 16);
+  }
+}
+
+/** A bit per chunk. */
+class ChunkSet {
+  private readonly bits: Uint8Array;
+  constructor(private readonly chunks: number) {
+    this.bits = new Uint8Array(Math.ceil(chunks / 8));
+  }
+  add(j: number): void {
+    this.bits[j >> 3] |= 1 << (j & 7);
+  }
+  has(j: number): boolean {
+    return ((this.bits[j >> 3] >> (j & 7)) & 1) === 1;
+  }
+  list(): number[] {
+    const out: number[] = [];
+    for (let j = 0; j < this.chunks; j++) if (this.has(j)) out.push(j);
+    return out;
+  }
+}
+
+class Cancelled extends Error {
+  constructor() {
+    super("recovery cancelled");
+  }
+}
+
+/**
+ * The copying half: chunks queued in order, taken by every live source's workers.
+ * A read that fails retires its source and puts the chunk back for the others.
+ */
+class CopyPool {
+  private queue: number[] = [];
+  private head = 0;
+  private closed = false;
+  private wake: (() => void)[] = [];
+  private failure: Error | undefined;
+  private live: number;
+  private finished!: () => void;
+  private failed!: (e: Error) => void;
+  readonly settled = new Promise<void>((res, rej) => {
+    this.finished = res;
+    this.failed = rej;
+  });
+  inFlight = 0;
+  /** The chunks moved, and the XXH3-128 of what those from the reference carried. */
+  readonly moved: ChunkSet;
+  readonly fromReference: HashTable;
+  readonly stats: SourceProgress[];
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly sources: NamedSource[],
+    private readonly target: ChunkStore,
+    private readonly cs: number,
+    chunks: number,
+    parallel: number,
+    private readonly expected: (j: number) => Uint8Array | undefined,
+    private readonly onCopied: (j: number, bytes: number) => void,
+    private readonly signal?: { aborted: boolean },
+  ) {
+    this.settled.catch(() => {}); // observed by the caller; never an unhandled rejection
+    this.moved = new ChunkSet(chunks);
+    this.fromReference = new HashTable(chunks);
+    this.stats = sources.map((s) => ({
+      name: s.name,
+      bytesMoved: 0,
+      chunks: 0,
+      rateBps: 0,
+      state: "active" as const,
+    }));
+    this.live = sources.length;
+    sources.forEach((_, si) => {
+      for (let w = 0; w < parallel; w++) this.worker(si).catch((e) => this.fail(e as Error));
+    });
+  }
+
+  add(list: readonly number[]): void {
+    for (const j of list) this.queue.push(j);
+    this.wakeAll();
+  }
+
+  /** No more chunks will be added; `settled` resolves once the queue is drained. */
+  close(): void {
+    this.closed = true;
+    this.wakeAll();
+    this.check();
+  }
+
+  get pending(): number {
+    return this.queue.length - this.head + this.inFlight;
+  }
+
+  private wakeAll(): void {
+    for (const w of this.wake.splice(0)) w();
+  }
+
+  private check(): void {
+    if (this.closed && this.pending === 0) this.finished();
+  }
+
+  /** Stops handing out chunks (the caller gave up). */
+  halt(e: Error): void {
+    this.fail(e);
+  }
+
+  /** The chunks moved, in order. */
+  movedList(): number[] {
+    return this.moved.list();
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    this.failed(this.failure);
+    this.wakeAll();
+  }
+
+  private async take(): Promise<number | undefined> {
+    for (;;) {
+      if (this.failure) return undefined;
+      if (this.head < this.queue.length) {
+        const j = this.queue[this.head++];
+        if (this.head > 4096 && this.head * 2 > this.queue.length) {
+          this.queue = this.queue.slice(this.head);
+          this.head = 0;
+        }
+        return j;
+      }
+      if (this.closed) return undefined;
+      await new Promise<void>((r) => this.wake.push(r));
+    }
+  }
+
+  private async worker(si: number): Promise<void> {
+    const src = this.sources[si], stat = this.stats[si];
+    for (;;) {
+      if (stat.state === "failed") return;
+      const j = await this.take();
+      if (j === undefined) return;
+      this.inFlight++;
+      if (this.signal?.aborted) {
+        this.inFlight--;
+        throw new Cancelled();
+      }
+      let data: Uint8Array;
+      try {
+        data = await src.store.read(this.cs, j);
+      } catch (e) {
+        this.inFlight--;
+        this.queue.splice(this.head, 0, j); // another source takes it next
+        this.retire(si, e as Error);
+        return;
+      }
+      const hash = native.xxh3(data);
+      const want = this.expected(j);
+      if (want && si !== 0 && !sameHash(want, 0, hash, 0)) {
+        // a source that is not at the reference's point: the reference moves this chunk
+        this.inFlight--;
+        this.queue.splice(this.head, 0, j);
+        if (this.stats[0].state === "failed") {
+          throw new Error(`chunk ${j} of ${src.name} differs from the reference, which is gone`);
+        }
+        this.retire(si, new Error(`chunk ${j} differs from the reference ${this.sources[0].name}`));
+        return;
+      }
+      await this.target.write(this.cs, j, data);
+      this.moved.add(j);
+      if (si === 0) this.fromReference.set(j, hash);
+      stat.bytesMoved += data.length;
+      stat.chunks++;
+      stat.rateBps = stat.bytesMoved / Math.max(1e-3, (performance.now() - this.started) / 1000);
+      this.inFlight--;
+      this.onCopied(j, data.length);
+      this.check();
+    }
+  }
+
+  private retire(si: number, e: Error): void {
+    const stat = this.stats[si];
+    if (stat.state === "failed") return;
+    stat.state = "failed";
+    stat.error = e.message;
+    this.live--;
+    if (this.live === 0) {
+      this.fail(
+        new Error(`every source failed: ${this.stats.map((s) => `${s.name}: ${s.error}`).join("; ")}`),
+      );
+    } else this.wakeAll();
+  }
+}
+
+/** A unit of work in order: the chunk range it settles and the chunks it needs copied. */
+interface Unit {
+  end: number;
+  pending: number;
+  listed: boolean;
+}
+
+export async function recover(o: EngineOptions): Promise<Outcome> {
+  if (o.sources.length === 0) throw new Error("a recovery needs at least one source");
+  const ref = o.sources[0].store;
+  const sizes = await Promise.all([o.target.size(), ...o.sources.map((s) => s.store.size())]);
+  const targetSize = sizes[0];
+  sizes.slice(1).forEach((s, k) => {
+    if (s !== targetSize) {
+      throw new Error(
+        `the source ${
+          o.sources[k].name
+        } holds ${s} bytes and the target ${targetSize}: copies of one volume must be the same size`,
+      );
+    }
+  });
   const cs = o.chunkSize;
   const chunks = Math.ceil(targetSize / cs);
   const window = o.window ?? Math.max(1, Math.floor((16 << 20) / cs));
   const started = performance.now();
+  const from = o.from ?? 0;
   let compared = o.bytesCompared ?? 0, moved = o.bytesMoved ?? 0;
   const startMoved = moved, startCompared = compared;
-  const resumed = (o.from ?? 0) > 0;
   const len = (i: number) => Math.min(cs, targetSize - i * cs);
-  const report = (phase: Progress["phase"], done: number) => {
-    const secs = (performance.now() - started) / 1000;
-    const rate = secs > 0 ? (compared - startCompared) / secs : 0;
-    const left = (chunks - done) * cs;
+  const rangeBytes = (a: number, b: number) => b <= a ? 0 : Math.min(b * cs, targetSize) - a * cs;
+  let method: Method = o.tracked ? "tracked" : o.strategy === "full" ? "full" : "scan";
+  let toMove = 0, scanned = from, settledTo = from;
+  // the reference's hash of each chunk the scan found differing
+  const refHash = new HashTable(chunks);
+  const check = () => {
+    if (o.signal?.aborted) throw new Cancelled();
+  };
+
+  let lastReport = 0;
+  let pool: CopyPool | undefined;
+  const report = (phase: Progress["phase"], force = false) => {
+    const now = performance.now();
+    if (!force && now - lastReport < 200) return;
+    lastReport = now;
+    const secs = (now - started) / 1000;
+    const moveRate = secs > 0 ? (moved - startMoved) / secs : 0;
+    const scanRate = secs > 0 ? (compared - startCompared) / secs : 0;
+    const scanLeft = method === "scan" ? rangeBytes(scanned, chunks) : 0;
+    const moveLeft = Math.max(0, toMove - (moved - startMoved));
+    const etas = [scanLeft > 0 ? scanLeft / scanRate : 0, moveLeft > 0 ? moveLeft / moveRate : 0];
     o.progress?.({
       phase,
+      method,
       chunks,
-      done,
+      done: phase === "copying" ? settledTo : chunks,
       bytesCompared: compared,
+      bytesToMove: toMove,
       bytesMoved: moved,
-      rateBps: secs > 0 ? (moved - startMoved) / secs : 0,
-      etaMs: rate > 0 ? Math.round(left / rate * 1000) : null,
+      rateBps: moveRate,
+      etaMs: etas.every(Number.isFinite) ? Math.round(Math.max(...etas) * 1000) : null,
+      sources: (pool?.stats ?? []).map((s) => ({ ...s })),
     });
   };
-  const copy = async (list: number[]) => {
-    let next = 0;
-    const worker = async () => {
-      while (next < list.length) {
-        if (o.signal?.aborted) throw new Error("recovery cancelled");
-        const j = list[next++];
-        const data = await o.source.read(cs, j);
-        await o.target.write(cs, j, data);
-        moved += data.length;
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(o.parallel ?? 4, list.length) }, worker));
+
+  // checkpoints follow the settled prefix, at most every second, one at a time
+  const units: Unit[] = [];
+  let firstOpen = 0, lastCheckpoint = performance.now();
+  let checkpointing: Promise<void> = Promise.resolve();
+  const unitOf = new Map<number, Unit>();
+  const advance = (force: boolean) => {
+    while (firstOpen < units.length && units[firstOpen].listed && units[firstOpen].pending === 0) {
+      settledTo = units[firstOpen++].end;
+    }
+    if (!o.checkpoint || (!force && performance.now() - lastCheckpoint < 1000)) return;
+    lastCheckpoint = performance.now();
+    const next = settledTo, c = compared, m = moved;
+    checkpointing = checkpointing.then(async () => {
+      await o.target.sync();
+      await o.checkpoint!(next, c, m);
+    });
+    checkpointing.catch(() => {});
+  };
+  const runPool = (expected: (j: number) => Uint8Array | undefined) =>
+    new CopyPool(o.sources, o.target, cs, chunks, o.parallel ?? 8, expected, (j, bytes) => {
+      moved += bytes;
+      const u = unitOf.get(j);
+      unitOf.delete(j);
+      if (u) u.pending--;
+      advance(false);
+      report("copying");
+    }, o.signal);
+  const queue = (u: Unit, list: number[]) => {
+    u.pending = list.length;
+    u.listed = true;
+    for (const j of list) {
+      unitOf.set(j, u);
+      toMove += len(j);
+    }
+    pool!.add(list);
+    advance(false);
   };
 
-  let firstWindow = true;
-  for (let i = o.from ?? 0; i < chunks; i += window) {
-    if (o.signal?.aborted) throw new Error("recovery cancelled");
-    const count = Math.min(window, chunks - i);
-    let list: number[];
-    if (o.strategy === "fast" || (resumed && firstWindow)) {
-      const [th, sh] = await Promise.all([o.target.hashes(cs, i, count), o.source.hashes(cs, i, count)]);
-      list = [];
-      for (let k = 0; k < count; k++) if (!equalAt(th, sh, k)) list.push(i + k);
-    } else {
-      list = Array.from({ length: count }, (_, k) => i + k);
-    }
-    firstWindow = false;
-    await copy(list);
-    for (let k = 0; k < count; k++) compared += len(i + k);
-    await o.target.sync();
-    await o.checkpoint?.(i + count, compared, moved);
-    report("copying", i + count);
-  }
-
-  let verified = false;
-  if (o.verify ?? true) {
-    // the target must hash like the source, chunk for chunk; a difference found now is copied again once
-    for (let round = 0; round < 2 && !verified; round++) {
-      report("verifying", chunks);
-      const redo: number[] = [];
-      for (let i = 0; i < chunks; i += window) {
-        const count = Math.min(window, chunks - i);
-        const [th, sh] = await Promise.all([o.target.hashes(cs, i, count), o.source.hashes(cs, i, count)]);
-        for (let k = 0; k < count; k++) if (!equalAt(th, sh, k)) redo.push(i + k);
+  const copyPhase = async (from: number) => {
+    pool = runPool((j) => refHash.get(j));
+    try {
+      if (method === "tracked") {
+        const list = [...new Set(o.tracked!)].filter((j) => j >= from && j < chunks).sort((a, b) => a - b);
+        for (let k = 0; k < list.length; k += window) {
+          check();
+          const part = list.slice(k, k + window);
+          const end = k + window >= list.length ? chunks : list[k + window];
+          const u: Unit = { end, pending: 0, listed: false };
+          units.push(u);
+          queue(u, part);
+          while (pool.pending > 64 * window) await Promise.race([pool.settled, delay(5)]);
+        }
+        if (list.length === 0) units.push({ end: chunks, pending: 0, listed: true });
+        compared = (o.bytesCompared ?? 0) + rangeBytes(from, chunks);
+        scanned = chunks;
+      } else {
+        // the scan runs `ahead` windows before the comparison; copies run beside both
+        const ahead = o.scanAhead ?? 2;
+        const scans: (Promise<Uint8Array[]> | undefined)[] = [];
+        const starts: number[] = [];
+        for (let i = from; i < chunks; i += window) starts.push(i);
+        // after a resume the first window is compared even in `full`: its work may be done already
+        const needsScan = (w: number) => method === "scan" || (from > 0 && w === 0);
+        const launch = (w: number) => {
+          if (w >= starts.length || scans[w] || !needsScan(w)) return;
+          const i = starts[w], count = Math.min(window, chunks - i);
+          const p = Promise.all([o.target.hashes(cs, i, count), ref.hashes(cs, i, count)]);
+          p.catch(() => {}); // awaited in order below
+          scans[w] = p;
+        };
+        for (let w = 0; w < starts.length; w++) {
+          check();
+          for (let a = w; a <= w + ahead; a++) launch(a);
+          const i = starts[w], count = Math.min(window, chunks - i);
+          const u: Unit = { end: i + count, pending: 0, listed: false };
+          units.push(u);
+          let list: number[];
+          if (needsScan(w)) {
+            const [th, sh] = await scans[w]!;
+            scans[w] = undefined;
+            list = [];
+            for (let k = 0; k < count; k++) {
+              if (!sameHash(th, k, sh, k)) {
+                list.push(i + k);
+                refHash.set(i + k, sh, k);
+              }
+            }
+          } else list = Array.from({ length: count }, (_, k) => i + k);
+          compared += rangeBytes(i, i + count);
+          scanned = i + count;
+          queue(u, list);
+          report("copying");
+          // bound the queue: a slow copy should not let the scan hold every hash in memory
+          while (pool.pending > 64 * window) await Promise.race([pool.settled, delay(5)]);
+        }
       }
+      pool.close();
+      await pool.settled;
+    } catch (e) {
+      pool.halt(e as Error);
+      check();
+      throw e;
+    }
+    advance(true);
+    await checkpointing;
+    report("copying", true);
+  };
+
+  // the reference's hashes, or (once it failed) those of the first source still there
+  const failedSource = (k: number) => pool?.stats[k].state === "failed";
+  const hashFromAny = async (index: number, count: number): Promise<Uint8Array> => {
+    const errors: string[] = [];
+    for (const [k, s] of o.sources.entries()) {
+      if (failedSource(k)) continue;
+      try {
+        return await s.store.hashes(cs, index, count);
+      } catch (e) {
+        errors.push(`${s.name}: ${(e as Error).message}`);
+      }
+    }
+    throw new Error(`no source left to verify against: ${errors.join("; ")}`);
+  };
+  // the audit of chunks outside the tracked set runs beside the copy: they are not copied
+  const verify = o.verify ?? "moved";
+  const sample = verify === "moved" && method === "tracked"
+    ? auditSample(chunks, new Set(o.tracked), o.audit ?? 32)
+    : [];
+  const audit = inParallel(runs(sample, window), 4, async (r) => {
+    const [t, h] = await Promise.all([o.target.hashes(cs, r.index, r.count), hashFromAny(r.index, r.count)]);
+    return Array.from({ length: r.count }, (_, k) => k).filter((k) => !sameHash(t, k, h, k)).map((k) =>
+      r.index + k
+    );
+  });
+  audit.catch(() => {}); // awaited after the copy
+
+  await copyPhase(from);
+  const moving = pool!;
+
+  let audited = 0, auditMisses = 0;
+  let verified = false;
+  if (verify !== "none") {
+    report("verifying", true);
+    // expected hashes: the scan's, what the reference sent, or the reference's for chunks another source carried
+    const expected = async (list: number[]): Promise<Map<number, Uint8Array>> => {
+      const out = new Map<number, Uint8Array>();
+      const ask: number[] = [];
+      for (const j of list) {
+        const known = refHash.get(j) ?? moving.fromReference.get(j);
+        if (known) out.set(j, known);
+        else ask.push(j);
+      }
+      await inParallel(runs(ask, window), 4, async (r) => {
+        const h = await hashFromAny(r.index, r.count);
+        for (let k = 0; k < r.count; k++) out.set(r.index + k, h.slice(16 * k, 16 * k + 16));
+      });
+      return out;
+    };
+    const differing = async (list: number[]): Promise<number[]> => {
+      const want = await expected(list);
+      const bad = await inParallel(runs(list, window), 4, async (r) => {
+        check();
+        const h = await o.target.hashes(cs, r.index, r.count);
+        return Array.from({ length: r.count }, (_, k) => r.index + k).filter((j, k) =>
+          !sameHash(want.get(j)!, 0, h, k)
+        );
+      });
+      return bad.flat().sort((a, b) => a - b);
+    };
+    let list: number[];
+    if (verify === "full") list = Array.from({ length: chunks }, (_, j) => j);
+    else list = moving.movedList();
+    if (verify === "moved" && method === "tracked") {
+      audited = sample.length;
+      const misses = (await audit).flat();
+      auditMisses = misses.length;
+      if (misses.length > 0) {
+        // the tracked set missed a difference: it cannot be trusted, so scan everything
+        method = "scan";
+        units.length = 0;
+        firstOpen = 0;
+        scanned = 0;
+        settledTo = 0;
+        await copyPhase(0);
+        const rescan = pool!.movedList();
+        list = [...new Set([...moving.movedList(), ...rescan])].sort((a, b) => a - b);
+      }
+    }
+    for (let round = 0; round < 2 && !verified; round++) {
+      const redo = await differing(list);
       if (redo.length === 0) verified = true;
       else if (round === 0) {
-        await copy(redo);
+        pool = runPool((j) => refHash.get(j));
+        for (const j of redo) toMove += len(j);
+        pool.add(redo);
+        pool.close();
+        await pool.settled;
         await o.target.sync();
+        list = redo;
       } else {
         throw new Error(
           `${redo.length} chunks still differ from the source after copying them again (is the source changing?)`,
         );
       }
     }
-  }
-  report("done", chunks);
+  } else await o.target.sync();
+  report("done", true);
   return {
+    method,
     chunks,
     bytesCompared: compared,
     bytesMoved: moved,
     seconds: (performance.now() - started) / 1000,
     verified,
+    audited,
+    auditMisses,
+    sources: (pool?.stats ?? []).map((s) => ({ ...s })),
   };
+}
+
+/** fn over every item, at most `limit` at once; the results in the items' order. */
+async function inParallel<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const k = next++;
+      out[k] = await fn(items[k]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }

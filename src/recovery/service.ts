@@ -2,7 +2,10 @@
 // volume's copies (the agent's disk, or this gateway's mirror) from a chosen
 // source, and chooses the source in policy mode: every candidate with its state,
 // the last sequence number it holds, its age at the disaster point and the
-// estimated cost; the valid one of lowest cost wins, with the reason written down.
+// estimated cost; the valid one of lowest cost wins, with the reason written down,
+// and the other valid copies at the same point pull their share beside it. A fast
+// recovery moves the tracked divergence when both copies share a known common
+// point (no scan), and scans otherwise; the row says which and why.
 import { and, eq, inArray } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { recoveries } from "../db/schema.ts";
@@ -10,7 +13,7 @@ import type { Audit } from "../audit/audit.ts";
 import { logger } from "../log.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { ChunkStore, CopyKind } from "./chunk-ops.ts";
-import { type Progress, recover, type Strategy } from "./engine.ts";
+import { type NamedSource, type Progress, recover, type Strategy, type Verify } from "./engine.ts";
 
 const log = logger("recovery");
 
@@ -59,6 +62,25 @@ export interface RecoveryRequest {
   force?: boolean;
   /** Run at this time (ms since the epoch) instead of now. */
   at?: number;
+  /**
+   * fast only: `tracked` moves the chunks written on either side since a common point (no scan),
+   * `scan` hashes both ends, `auto` (default) tracks when a common point is known.
+   */
+  method?: RequestedMethod;
+  /** Manual mode: further sources holding the same point, pulled from at once. */
+  also?: SourceRef[];
+  verify?: Exclude<Verify, "none">;
+}
+
+export type RequestedMethod = "auto" | "scan" | "tracked";
+
+/** The chunks two copies may differ in since their common point, or why that is not known. */
+export interface Divergence {
+  /** Undefined when no common point is known. */
+  chunks?: number[];
+  /** The common point is assured: `auto` relies on it. */
+  known: boolean;
+  reason: string;
 }
 
 export interface RecoveryDeps {
@@ -89,6 +111,13 @@ export interface RecoveryDeps {
   /** Local mirror state (consistent / inconsistent). */
   mirrorState: (volume: VolumeInfo, state?: "consistent" | "inconsistent") => string;
   progress?: (id: number, p: Progress) => void;
+  /** The tracked divergence between a source and a target, in chunks of `chunkSize`. */
+  divergence?: (
+    volume: VolumeInfo,
+    source: SourceRef,
+    target: "lsp" | "lgp",
+    chunkSize: number,
+  ) => Promise<Divergence>;
 }
 
 const DEFAULT_CHUNK = 1024 * 1024;
@@ -188,6 +217,9 @@ export class RecoveryService {
       a.costSeconds - b.costSeconds || rank(a.kind) - rank(b.kind)
     );
     const chosen = valid[0];
+    // copies at the chosen one's point hold the same bytes: each pulls a share sized by its rate
+    const together = chosen ? valid.filter((c) => c.lastSeq === chosen.lastSeq) : [];
+    const shares = sharesOf(together);
     const refused = out.filter((c) => !c.valid).map((c) => `${c.source}: ${c.reason}`);
     const explanation = chosen
       ? `${chosen.source} chosen: ${chosen.state}, holds records up to ${chosen.lastSeq}` +
@@ -196,9 +228,20 @@ export class RecoveryService {
           mib(chosen.throughputBps)
         }/s)` +
         (valid.length > 1 ? `, the cheapest of ${valid.length} valid sources` : ", the only valid source") +
+        (together.length > 1
+          ? `; pulled from ${together.length} sources at once: ${
+            shares.map((s) => `${s.source} ${Math.round(s.share * 100)} %`).join(", ")
+          } (by measured rate)`
+          : "") +
         (refused.length ? `; refused: ${refused.join("; ")}` : "")
       : `no valid source: ${refused.join("; ")}`;
-    return { candidates: out, chosen: chosen?.source ?? null, explanation };
+    return {
+      candidates: out,
+      chosen: chosen?.source ?? null,
+      also: together.slice(1).map((c) => c.source),
+      shares,
+      explanation,
+    };
   }
 
   /** Starts (or schedules) a recovery; returns its id. Refusals are RecoveryErrors with an HTTP status. */
@@ -207,10 +250,12 @@ export class RecoveryService {
     const target = req.target ?? "lsp";
     let source: SourceRef;
     let explanation: string | null = null;
+    let also = req.also ?? [];
     if (req.mode === "policy") {
       const c = await this.candidates(req.volume, req.point ?? {}, req.strategy, target);
       if (!c.chosen) throw new RecoveryError(409, c.explanation);
       source = parseSource(c.chosen);
+      also = c.also.map(parseSource);
       explanation = c.explanation;
     } else {
       if (!req.source) throw new RecoveryError(400, "manual mode needs a source (lgp, rgp@SITE or rsp@SITE)");
@@ -242,6 +287,14 @@ export class RecoveryService {
           `source ${describeSource(source)} is ${info.state}: recovering from it needs force`,
         );
       }
+      for (const a of also) {
+        if (describeSource(a) === describeSource(source) || (target === "lgp" && a.kind === "lgp")) {
+          throw new RecoveryError(400, `${describeSource(a)} cannot be a further source of this recovery`);
+        }
+      }
+    }
+    if (req.method === "tracked" && req.strategy !== "fast") {
+      throw new RecoveryError(400, "a tracked recovery is a fast one: use strategy fast");
     }
     if (this.busy(req.volume)) throw new RecoveryError(409, `a recovery of ${req.volume} is already running`);
     const [row] = await serialized(this.d.db, () =>
@@ -257,6 +310,9 @@ export class RecoveryService {
         createdAt: Date.now(),
         explanation,
         force: req.force ? 1 : 0,
+        method: req.strategy === "full" ? "full" : req.method ?? "auto",
+        also: JSON.stringify(also),
+        verify: req.verify ?? "moved",
       }).returning());
     await this.d.audit.record({
       subject: `volume:${req.volume}`,
@@ -275,22 +331,32 @@ export class RecoveryService {
    * the mirror while the source still changes (its service runs), so the final,
    * verified recovery after the source froze moves only the last difference.
    * Not verified, not recorded: the copies stay fenced and inconsistent meanwhile.
+   * Skipped when the divergence since the failover is tracked: the final pass then
+   * moves exactly that, and a scan of the whole volume now would cost more.
    */
   async precopy(volumeKey: string, source: SourceRef, chunkSize = DEFAULT_CHUNK) {
     const v = this.volume(volumeKey);
     if (this.busy(volumeKey)) throw new RecoveryError(409, `a recovery of ${volumeKey} is already running`);
     const from = this.d.store(v, source.kind, source.site);
     if (!from) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
+    const d = await this.d.divergence?.(v, source, "lsp", chunkSize).catch(() => undefined);
+    if (d?.known) return { bytesMoved: 0, bytesCompared: 0, skipped: `divergence tracked (${d.reason})` };
     let moved = 0, compared = 0;
     for (const target of ["lsp", "lgp"] as const) {
       const to = this.d.store(v, target, undefined, true);
       if (!to) throw new RecoveryError(409, `the ${target} copy of ${volumeKey} is unreachable`);
       if (target === "lgp") this.d.mirrorState(v, "inconsistent");
-      const o = await recover({ source: from, target: to, strategy: "fast", chunkSize, verify: false });
+      const o = await recover({
+        sources: [{ name: describeSource(source), store: from }],
+        target: to,
+        strategy: "fast",
+        chunkSize,
+        verify: "none",
+      });
       moved += o.bytesMoved;
       compared += o.bytesCompared;
     }
-    return { bytesMoved: moved, bytesCompared: compared };
+    return { bytesMoved: moved, bytesCompared: compared, skipped: null };
   }
 
   /** Resolves with a recovery's final row once it is done, failed or cancelled. */
@@ -324,6 +390,7 @@ export class RecoveryService {
     return rows.map((r) => ({
       ...r,
       source: JSON.parse(r.source),
+      also: JSON.parse(r.also),
       progress: this.running.get(r.id)?.progress ?? null,
     }));
   }
@@ -395,11 +462,18 @@ export class RecoveryService {
     if (!targetStore) {
       throw new Error(`the ${target} copy of ${r.volume} is unreachable (is its agent connected?)`);
     }
+    // further sources help when they are there; the recovery does not wait for them
+    const sources: NamedSource[] = [{ name: describeSource(source), store: sourceStore }];
+    for (const a of JSON.parse(r.also) as SourceRef[]) {
+      const store = this.d.store(v, a.kind, a.site);
+      if (store) sources.push({ name: describeSource(a), store });
+      else log.warn("a further source of the recovery is unreachable", { id, source: describeSource(a) });
+    }
     // the volume takes no writes while its copies are rebuilt
     const wasFenced = this.d.isFenced(v.agent);
     if (!wasFenced) await this.d.fence(v.agent, `recovering ${r.volume}`);
     try {
-      await this.rebuild(id, r, v, source, sourceStore, target, targetStore, signal);
+      await this.rebuild(id, r, v, source, sources, target, targetStore, signal);
     } catch (e) {
       // a mirror rebuild that stops leaves the volume itself intact: it takes writes again;
       // a volume rebuild that stops leaves it half-written, so it stays fenced
@@ -411,32 +485,75 @@ export class RecoveryService {
     if (!wasFenced) await this.d.unfence(v.agent, `recovery of ${r.volume} done`);
   }
 
+  /** Tracked or scan (or full), with why: the tracked divergence when it is known (or asked for). */
+  private async method(
+    r: typeof recoveries.$inferSelect,
+    v: VolumeInfo,
+    source: SourceRef,
+    target: "lsp" | "lgp",
+  ): Promise<{ tracked?: number[]; method: "full" | "scan" | "tracked"; reason: string }> {
+    if (r.strategy === "full") return { method: "full", reason: "full: every chunk moves" };
+    if (r.method === "scan") return { method: "scan", reason: "scan: asked for" };
+    const d: Divergence = this.d.divergence
+      ? await this.d.divergence(v, source, target, r.chunkSize).catch((e) => ({
+        known: false,
+        reason: `the tracked divergence cannot be read: ${(e as Error).message}`,
+      }))
+      : { known: false, reason: "no divergence is tracked here" };
+    if (d.chunks && (d.known || r.method === "tracked")) {
+      return {
+        tracked: d.chunks,
+        method: "tracked",
+        reason: `tracked: ${d.chunks.length} chunks (${d.reason})`,
+      };
+    }
+    return {
+      method: "scan",
+      reason: d.chunks
+        ? `scan: no common point known (${d.reason}; ask for method tracked to use it)`
+        : `scan: no common point known (${d.reason})`,
+    };
+  }
+
   private async rebuild(
     id: number,
     r: typeof recoveries.$inferSelect,
     v: VolumeInfo,
     source: SourceRef,
-    sourceStore: ChunkStore,
+    sources: NamedSource[],
     target: "lsp" | "lgp",
     targetStore: ChunkStore,
     signal: { aborted: boolean },
   ): Promise<void> {
     await this.d.mirrorCaughtUp();
     if (target === "lgp") this.d.mirrorState(v, "inconsistent");
+    const { tracked, method, reason } = await this.method(r, v, source, target);
     await serialized(
       this.d.db,
       () =>
-        this.d.db.update(recoveries).set({ startedAt: r.startedAt ?? Date.now() }).where(
-          eq(recoveries.id, id),
-        ),
+        this.d.db.update(recoveries).set({
+          method,
+          methodReason: reason,
+          startedAt: r.startedAt ?? Date.now(),
+        })
+          .where(eq(recoveries.id, id)),
     );
-    const run = (to: ChunkStore, from: number, compared: number, moved: number, persist: boolean) =>
+    const run = (
+      from: NamedSource[],
+      to: ChunkStore,
+      at: number,
+      compared: number,
+      moved: number,
+      persist: boolean,
+    ) =>
       recover({
-        source: sourceStore,
+        sources: from,
         target: to,
         strategy: r.strategy as Strategy,
+        tracked,
+        verify: r.verify as Verify,
         chunkSize: r.chunkSize,
-        from,
+        from: at,
         bytesCompared: compared,
         bytesMoved: moved,
         signal,
@@ -459,17 +576,26 @@ export class RecoveryService {
           this.d.progress?.(id, p);
         },
       });
-    const outcome = await run(targetStore, r.checkpoint, r.bytesCompared, r.bytesMoved, true);
+    const outcome = await run(sources, targetStore, r.checkpoint, r.bytesCompared, r.bytesMoved, true);
     if (target === "lsp" && source.kind !== "lgp") {
-      // the mirror follows the volume: it takes the same content, then the sites resynchronise
+      // the mirror follows the volume: it takes the same content (the volume, verified equal to
+      // the source now, is its reference; the remote sources still there help), then the sites
+      // resynchronise
       const lgp = this.d.store(v, "lgp", undefined, true)!;
       this.d.mirrorState(v, "inconsistent");
-      await run(lgp, 0, 0, 0, false);
+      const live = sources.filter((s, k) => s.name !== "lgp" && outcome.sources[k]?.state !== "failed");
+      await run([{ name: "lsp", store: targetStore }, ...live], lgp, 0, 0, 0, false);
     }
     if (target === "lgp" || source.kind !== "lgp") {
       this.d.mirrorState(v, "consistent");
       this.d.contentReplaced(v);
     }
+    const shares = outcome.sources.map((s) =>
+      `${s.name} ${mib(s.bytesMoved)}${s.state === "failed" ? ` (failed: ${s.error})` : ""}`
+    ).join(", ");
+    const did = outcome.method !== method
+      ? `scan: the audit found ${outcome.auditMisses} of ${outcome.audited} sampled chunks outside the tracked set differing`
+      : reason;
     await serialized(this.d.db, () =>
       this.d.db.update(recoveries).set({
         status: "done",
@@ -478,6 +604,8 @@ export class RecoveryService {
         chunks: outcome.chunks,
         bytesCompared: outcome.bytesCompared,
         bytesMoved: outcome.bytesMoved,
+        method: outcome.method,
+        methodReason: `${did}; moved from ${shares}`,
       }).where(eq(recoveries.id, id)));
     await this.d.audit.record({
       subject: `volume:${r.volume}`,
@@ -489,6 +617,9 @@ export class RecoveryService {
       } verified`,
       detail: {
         id,
+        method: outcome.method,
+        sources: outcome.sources,
+        audited: outcome.audited,
         bytesCompared: outcome.bytesCompared,
         bytesMoved: outcome.bytesMoved,
         seconds: outcome.seconds,
@@ -521,6 +652,16 @@ async function estimateDifference(source: ChunkStore, target: ChunkStore, size: 
     if (a.some((x, k) => x !== b[k])) differ++;
   }
   return Math.round(size * differ / samples);
+}
+
+/** Each source's planned share of the bytes, proportional to its estimated rate. */
+export function sharesOf(cs: readonly Candidate[]): { source: string; share: number; bps: number }[] {
+  const total = cs.reduce((a, c) => a + c.throughputBps, 0);
+  return cs.map((c) => ({
+    source: c.source,
+    share: total > 0 ? c.throughputBps / total : 0,
+    bps: c.throughputBps,
+  }));
 }
 
 function rank(kind: SourceRef["kind"]): number {

@@ -12,6 +12,7 @@ import { FRAME_HEADER, FrameType, jsonFrame, timeFrame, writeFrameHeader } from 
 import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
 import { DirtyMap } from "../capture/dirty-map.ts";
 import { deflateRecord } from "../record/deflate.ts";
+import { addRecordChunks, type Part } from "../recovery/divergence.ts";
 
 const log = logger("sender");
 
@@ -186,6 +187,38 @@ export class Sender {
   }
 
   /** Chunks of a volume a pull-ahead skipped, if a bitmap is kept for it. */
+  /**
+   * The chunks (of `chunkSize`) this peer's copy of a volume may lack: those of the records it
+   * has not acknowledged, read from the journal after its cursor, and those it missed while
+   * pulling ahead. Rejects when that is not known (its copy was being synchronised, or it lost
+   * its place in the journal with no map of what it missed).
+   */
+  async unreceived(volume: number, chunkSize: number): Promise<Part[]> {
+    const v = this.vols.get(volume);
+    if (!v) throw new Error(`${this.o.name} does not carry volume ${volume}`);
+    if (v.state === "syncing") throw new Error(`${this.o.name}'s copy was being synchronised`);
+    const j = this.o.journal;
+    const m = this.missed.get(volume);
+    if (this.cursor.released < j.positions.tail && v.state !== "degraded") {
+      throw new Error(`${this.o.name} lost its place in the journal`);
+    }
+    const parts: Part[] = [];
+    if (m) {
+      parts.push({ what: `chunks ${this.o.name} missed`, chunkSize: m.chunkSize, chunks: m.setChunks() });
+    }
+    const records = new Set<number>();
+    const to = j.positions.durable;
+    for (let pos = Math.max(this.cursor.released, j.positions.tail); pos < to;) {
+      const entries = await j.readFrom(pos, 16 << 20);
+      if (entries.length === 0) break;
+      const inside = entries.filter((e) => e.end <= to);
+      addRecordChunks(records, inside.map((e) => e.header), volume, chunkSize);
+      pos = inside.length < entries.length || inside.length === 0 ? to : inside[inside.length - 1].end;
+    }
+    parts.push({ what: `records ${this.o.name} did not acknowledge`, chunkSize, chunks: records });
+    return parts;
+  }
+
   missedChunks(volume: number): DirtyMap | undefined {
     return this.missed.get(volume);
   }

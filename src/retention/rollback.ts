@@ -22,11 +22,11 @@ export async function rollBack(o: {
     const image = Volume.open(path, { readOnly: true });
     try {
       return await recover({
-        source: new FileChunks(image.fd, image.size, false),
+        sources: [{ name: `point ${o.point.seq}`, store: new FileChunks(image.fd, image.size, false) }],
         target: o.target,
         strategy: "fast",
         chunkSize: o.chunkSize ?? 1 << 20,
-        verify: true,
+        verify: "full",
       });
     } finally {
       image.close();

@@ -25,8 +25,9 @@ import {
   mixedFrame,
   timeFrame,
 } from "../wire/frames.ts";
-import { type ChunkRequest, FileChunks, serveChunkOp } from "../recovery/chunk-ops.ts";
+import { type ChunkRequest, FileChunks, serveChunkOp, type Tracked } from "../recovery/chunk-ops.ts";
 import { AgentState } from "../capture/agent-state.ts";
+import { DirtyMap } from "../capture/dirty-map.ts";
 import { type Assignment, AssignmentFile, parseAssignment } from "../capture/assignments.ts";
 import { parseCheck, ServiceMonitor } from "../health/service-check.ts";
 import { startHeartbeatThread } from "../heartbeat/channel.ts";
@@ -328,6 +329,7 @@ async function chunkOp(
   agent: NativeAgent,
   f: Frame,
   writable: boolean,
+  divergence: (name: string) => (() => Promise<Tracked>) | undefined,
   rollingBack = false,
 ): Promise<void> {
   if (f.type !== FrameType.ChunkOp) throw new Error(`unexpected frame type ${f.type} from gateway`);
@@ -344,7 +346,7 @@ async function chunkOp(
     );
     return;
   }
-  const store = volume ? new FileChunks(volume.fd, volume.size, writable) : undefined;
+  const store = volume ? new FileChunks(volume.fd, volume.size, writable, divergence(name)) : undefined;
   agent.send(await serveChunkOp(store, header, payload));
 }
 
@@ -403,11 +405,51 @@ function capture(
   mode: DirtyStart,
   onFatal: (e: Error) => void,
 ): Promise<ProtectedVolume> {
+  // a promoted standby's map keeps every chunk written since the promotion: failback moves those
   return agent.addVolume(
     { linkId, name, fd: volume.fd, size: volume.size },
-    { path: `${c.dataDir}/${name}.dirty`, chunk: num(c.p, "dirty-chunk"), mode },
+    { path: dirtyPath(c, name), chunk: num(c.p, "dirty-chunk"), mode, sticky: c.state.promoted },
     onFatal,
   );
+}
+
+function dirtyPath(c: Common, name: string): string {
+  return `${c.dataDir}/${name}.dirty`;
+}
+
+/** A captured volume's dirty map as a tracked divergence (from its gateway's copy, or since a promotion). */
+function trackedOf(c: Common, pv: ProtectedVolume): () => Promise<Tracked> {
+  return () => {
+    const d = pv.dirty();
+    const since = c.state.promotedSince;
+    return Promise.resolve({
+      ...d,
+      since: since
+        ? `the promotion at ${new Date(since).toISOString()}`
+        : "the gateway's durable copy (dirty map)",
+    });
+  };
+}
+
+/**
+ * A demoted standby's map from its last promotion: every chunk written while it served. A map
+ * that is missing (or for another geometry) proves nothing.
+ */
+function trackedSincePromotion(c: Common, name: string, size: number): () => Promise<Tracked> {
+  return async () => {
+    try {
+      await Deno.stat(dirtyPath(c, name));
+    } catch {
+      throw new Error(`no divergence of ${name} is tracked here (never promoted)`);
+    }
+    const map = await DirtyMap.open(dirtyPath(c, name), size, num(c.p, "dirty-chunk"));
+    try {
+      if (map.fresh) throw new Error(`the divergence map of ${name} is unreadable`);
+      return { chunkSize: map.chunkSize, chunks: map.setChunks(), since: "the last promotion (now demoted)" };
+    } finally {
+      await map.close();
+    }
+  };
 }
 
 /**
@@ -622,6 +664,11 @@ class AssignedVolumes {
     if (this.c.volumes.get(name) === s.volume) this.c.volumes.delete(name);
   }
 
+  /** The captured volume served under `name`, if any. */
+  captured(name: string): ProtectedVolume | undefined {
+    return this.served.get(name)?.pv;
+  }
+
   async closeAll(): Promise<void> {
     await this.queue;
     for (const name of [...this.served.keys()]) await this.close(name);
@@ -636,7 +683,13 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
     onControl: (m) => {
       if (!fenceOrder(c, agent, m) && !heartbeatOrder(c, m)) assigned.control(m);
     },
-    onFrame: (f) => chunkOp(c, agent, f, true),
+    onFrame: (f) => {
+      // not awaited: a recovery keeps several operations in flight (a scan beside its copies)
+      chunkOp(c, agent, f, true, (name) => {
+        const pv = prot?.exports.find((e) => e.name === name) ?? assigned.captured(name);
+        return pv ? trackedOf(c, pv) : undefined;
+      }).catch((e) => log.warn("chunk operation failed", { error: e }));
+    },
     onConnected: () => {
       assigned.report();
       devices.connected();
@@ -848,7 +901,14 @@ async function runStandby(c: Common): Promise<RoleHandle> {
       );
     },
     onFrame: async (f) => {
-      if (f.type === FrameType.ChunkOp) return chunkOp(c, agent, f, rollingBack, rollingBack);
+      if (f.type === FrameType.ChunkOp) {
+        return chunkOp(c, agent, f, rollingBack, (name) => {
+          const pv = primary?.exports.find((e) => e.name === name);
+          if (pv) return trackedOf(c, pv);
+          const v = c.volumes.get(name);
+          return v ? trackedSincePromotion(c, name, v.size) : undefined;
+        }, rollingBack);
+      }
       if (primary) return; // promoted: the stream to the standby copy is over
       switch (f.type) {
         case FrameType.Record:

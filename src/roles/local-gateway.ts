@@ -32,7 +32,8 @@ import { checkSitePoint, RecoveryPoints } from "../points/points.ts";
 import { PointSearch } from "../points/search.ts";
 import { RetentionWatch } from "../points/watch.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
-import { FileChunks } from "../recovery/chunk-ops.ts";
+import { FileChunks, relinking } from "../recovery/chunk-ops.ts";
+import { type Part, union } from "../recovery/divergence.ts";
 import { volumes as volumesTable } from "../db/schema.ts";
 import { eq } from "drizzle-orm";
 import { serialized } from "../db/db.ts";
@@ -862,7 +863,10 @@ async function openRecovery(
     store: (v, kind, site, writable, point) => {
       const key = `${v.agent}/${v.name}`;
       if (kind === "lgp") return new FileChunks(mirror.imageFd(v.id), v.size, writable === true);
-      if (kind === "lsp") return listener.chunks(v.agent)?.store(key, "lsp");
+      if (kind === "lsp") {
+        if (!listener.chunks(v.agent)) return undefined;
+        return relinking(() => listener.chunks(v.agent)?.store(key, "lsp"));
+      }
       const r = remotes.find((x) => x.site === site);
       return r?.client.connected ? r.client.chunks.store(key, kind, point) : undefined;
     },
@@ -895,6 +899,47 @@ async function openRecovery(
       const r = remotes.find((x) => x.site === ref.site);
       const measured = r?.peakBps || 100e6;
       return r?.sender.bandwidth ? Math.min(r.sender.bandwidth, measured) : measured;
+    },
+    divergence: async (v, source, target, chunkSize) => {
+      const key = `${v.agent}/${v.name}`;
+      const agentMap = async (): Promise<Part> => {
+        if (!listener.chunks(v.agent)) throw new Error(`agent ${v.agent} is not connected`);
+        const d = await relinking(() => listener.chunks(v.agent)?.store(key, "lsp")).divergence!();
+        return { what: `the agent's dirty map (since ${d.since})`, chunkSize: d.chunkSize, chunks: d.chunks };
+      };
+      if (source.kind === "lgp") {
+        // the map covers what the agent wrote that the gateway may lack, not damage done to
+        // the disk from outside: used only when asked for
+        const u = union([await agentMap()], chunkSize);
+        return { chunks: u.chunks, known: false, reason: u.reason };
+      }
+      // failback: what the site wrote since its promotion, and what this site wrote that it never got
+      const r = remotes.find((x) => x.site === source.site);
+      if (!r?.client.connected) return { known: false, reason: `site ${source.site} is not connected` };
+      let theirs: Part;
+      try {
+        const d = await r.client.chunks.store(key, "rsp").divergence!();
+        theirs = {
+          what: `${source.site}'s writes since ${d.since}`,
+          chunkSize: d.chunkSize,
+          chunks: d.chunks,
+        };
+      } catch (e) {
+        return { known: false, reason: `${source.site} tracks no divergence: ${(e as Error).message}` };
+      }
+      const parts = [theirs, ...await r.sender.unreceived(v.id, chunkSize)];
+      if (target === "lsp") parts.push(await agentMap());
+      const u = union(parts, chunkSize);
+      // the promotion is the common point only while the service runs there (a failback); later the
+      // site's map is that of a past promotion and says nothing of what happened since
+      const failedOver = controller.status().some((s) =>
+        s.agent === v.agent && s.site === source.site && s.state !== "protected"
+      );
+      return {
+        chunks: u.chunks,
+        known: failedOver,
+        reason: failedOver ? u.reason : `${u.reason}; the service is not failed over to ${source.site}`,
+      };
     },
     mirrorCaughtUp: () => mirror.caughtUp(),
     fence: (agent, reason) => controller.fence(agent, reason),

@@ -77,6 +77,8 @@ export const recoverSchema = z.object({
   point: pointSchema.optional(),
   /** Recover even from a copy the policy finds invalid (older than the point, inconsistent). */
   force: z.boolean({ error: must("true or false") }).default(false),
+  /** fast: move the tracked divergence (tracked), hash both ends (scan), or track when a common point is known. */
+  method: z.enum(["auto", "scan", "tracked"], { error: must('"auto", "scan" or "tracked"') }).default("auto"),
 }).strict().superRefine((r, ctx) => {
   if (r.mode === "manual" && !r.source) {
     ctx.addIssue({

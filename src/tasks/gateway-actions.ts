@@ -144,6 +144,7 @@ function recoveryRequest(volume: string, rec: RecoverRequest, at?: number) {
     point: rec.point,
     target: rec.target,
     force: rec.force,
+    method: rec.method,
     at,
   };
 }

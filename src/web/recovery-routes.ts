@@ -3,12 +3,16 @@ import type { Hono } from "hono";
 import { z } from "zod";
 import { parseSource, type RecoveryError, type RecoveryService } from "../recovery/service.ts";
 
+const sourceText = z.string().regex(
+  /^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/,
+  "use lgp, rgp@SITE or rsp@SITE",
+);
+
 const body = z.object({
   volume: z.string().regex(/^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/, "volume must be AGENT/NAME"),
   mode: z.enum(["manual", "policy"]),
   strategy: z.enum(["full", "fast"]).default("fast"),
-  source: z.string().regex(/^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/, "use lgp, rgp@SITE or rsp@SITE")
-    .optional(),
+  source: sourceText.optional(),
   target: z.enum(["lsp", "lgp"]).default("lsp"),
   /** Manual mode from rgp@SITE: the site's replica at this recovery point (sequence or checkpoint). */
   sourcePoint: z.union([
@@ -27,6 +31,9 @@ const body = z.object({
     .optional(),
   force: z.boolean().default(false),
   at: z.number().int().positive().optional(),
+  method: z.enum(["auto", "scan", "tracked"]).default("auto"),
+  also: z.array(sourceText).max(16).optional(),
+  verify: z.enum(["moved", "full"]).default("moved"),
 }).strict();
 
 function problem(e: unknown): { status: 400 | 404 | 409 | 500; message: string } {
@@ -70,6 +77,7 @@ export function recoveryRoutes(app: Hono, service: RecoveryService): void {
       const r = await service.request({
         ...rest,
         source: source && sourcePoint !== undefined ? { ...source, point: sourcePoint } : source,
+        also: b.also?.map(parseSource),
       });
       return c.json(r, 202);
     } catch (e) {

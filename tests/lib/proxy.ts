@@ -1,6 +1,6 @@
 // A TCP proxy for tests: forwards a port to another; `cut()` stops forwarding
 // in both directions (the peers see silence, as with a firewall DROP) and
-// `heal()` resumes; `corrupt` flips a bit in forwarded data.
+// `heal()` resumes; `corrupt` flips a bit in forwarded data; `rateBps` limits it.
 export class Proxy {
   private listener: Deno.Listener;
   private conns = new Set<Deno.Conn>();
@@ -19,6 +19,8 @@ export class Proxy {
   /** Delay added to every forwarded chunk (ms), plus a uniform random jitter; order is kept (TCP). */
   delayMs = 0;
   jitterMs = 0;
+  /** A link of this many bytes per second in each direction (0: unlimited). */
+  rateBps = 0;
   readonly port: number;
 
   constructor(
@@ -62,12 +64,18 @@ export class Proxy {
     let delayed: Promise<void> = Promise.resolve();
     let due = 0;
     let backlog = 0;
+    let paced = 0; // when the bytes forwarded so far may have left at rateBps
     try {
       while (true) {
         while (this.paused) await new Promise<void>((r) => this.resume.push(r));
         const n = await from.read(buf);
         if (n === null) break;
         while (this.paused) await new Promise<void>((r) => this.resume.push(r));
+        if (this.rateBps > 0) {
+          paced = Math.max(paced, performance.now()) + n / this.rateBps * 1000;
+          const wait = paced - performance.now();
+          if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        }
         const chunk = buf.slice(0, n);
         if (forward && this.flipChunks > 0 && n >= 64) {
           this.flipChunks--;

@@ -1,12 +1,73 @@
 // Recovery of a task: the recovery point, the policy's candidate list (every copy with its
 // state, last sequence number, age, data to move, throughput, cost, validity and why), the
 // chosen source and the explanation; then the recovery itself, confirmed.
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { isAdmin, post } from "../api.ts";
 import { Badge, ConfirmDialog, Empty, ErrorBox, Field, Loading, useResource } from "../components.tsx";
 import { bytes, dateTime, duration, rate, seconds } from "../format.ts";
 import { navigate } from "../router.ts";
 import type { CandidateList, TaskView } from "../types.ts";
+import { events } from "../live.ts";
+import { methodText, type RecoveryRow, shares, sourceName, summary } from "../recovery-progress.ts";
+
+/** The gateway's recoveries, newest first, with each running one's live progress. */
+function Recoveries() {
+  const list = useResource<RecoveryRow[]>("/api/recoveries");
+  const [live, setLive] = useState(new Map<number, RecoveryRow["progress"]>());
+  const last = events.value[events.value.length - 1];
+  useEffect(() => {
+    const d = last?.kind === "recovery"
+      ? last.data as { id: number; status: string; progress: RecoveryRow["progress"] }
+      : undefined;
+    if (!d) return;
+    setLive((m) => new Map(m).set(d.id, d.progress));
+    if (d.status !== "running") list.reload();
+  }, [last?.id]);
+  const rows = [...(list.data ?? [])].sort((a, b) => b.id - a.id).slice(0, 10);
+  return (
+    <section class="panel" aria-labelledby="h-recoveries" data-testid="recoveries">
+      <h2 id="h-recoveries">Recoveries</h2>
+      {list.loading && !list.data && <Loading what="the recoveries" />}
+      <ErrorBox error={list.error} retry={list.reload} />
+      {list.data && rows.length === 0 && <Empty>No recovery yet.</Empty>}
+      {rows.map((r) => {
+        const p = live.get(r.id) ?? r.progress;
+        return (
+          <div key={r.id} class="stack" data-testid={`recovery-${r.id}`}>
+            <div>
+              <strong>#{r.id}</strong> {r.volume} → {r.target} from{" "}
+              <span class="mono">{[r.source, ...r.also].map(sourceName).join(" + ")}</span>{" "}
+              <Badge state={r.status} />
+            </div>
+            <div class="small">
+              Method: {methodText(p?.method ?? r.method)}
+              {r.methodReason ? ` — ${r.methodReason}` : ""}
+            </div>
+            {p && r.status === "running" && (
+              <>
+                <progress
+                  max={Math.max(1, p.bytesToMove)}
+                  value={p.bytesMoved}
+                  aria-label={`recovery ${r.id}`}
+                />
+                <div class="small">{summary(p)}</div>
+                <ul class="small">
+                  {shares(p).map((s) => <li key={s}>{s}</li>)}
+                </ul>
+              </>
+            )}
+            {r.status !== "running" && (
+              <div class="small muted">
+                moved {bytes(r.bytesMoved)}, started {dateTime(r.createdAt)}
+                {r.error ? `; ${r.error}` : ""}
+              </div>
+            )}
+          </div>
+        );
+      })}
+    </section>
+  );
+}
 
 function pointQuery(kind: string, seq: string, time: string): string | undefined {
   if (kind === "latest") return "latest";
@@ -29,6 +90,7 @@ export function RecoveryPage({ name }: { name: string }) {
   const [source, setSource] = useState("");
   const [target, setTarget] = useState("lsp");
   const [force, setForce] = useState(false);
+  const [method, setMethod] = useState("auto");
   const [confirm, setConfirm] = useState(false);
   const [done, setDone] = useState("");
   const point = pointQuery(kind, seq, time);
@@ -171,6 +233,8 @@ export function RecoveryPage({ name }: { name: string }) {
         )}
       </section>
 
+      <Recoveries />
+
       {isAdmin() && t && (
         <form
           class="panel stack"
@@ -204,6 +268,17 @@ export function RecoveryPage({ name }: { name: string }) {
                   {(list.data?.candidates ?? []).map((c) => (
                     <option key={c.source} value={c.source}>{c.source}{c.valid ? "" : " (not valid)"}</option>
                   ))}
+                </select>
+              </Field>
+            )}
+            {strategy === "fast" && (
+              <Field label="Finding what differs">
+                <select
+                  name="recover-method"
+                  value={method}
+                  onChange={(e) => setMethod(e.currentTarget.value)}
+                >
+                  {["auto", "tracked", "scan"].map((m) => <option key={m} value={m}>{methodText(m)}</option>)}
                 </select>
               </Field>
             )}
@@ -248,6 +323,7 @@ export function RecoveryPage({ name }: { name: string }) {
                     strategy,
                     target,
                     force,
+                    ...(strategy === "fast" ? { method } : {}),
                     ...(mode === "manual" ? { source } : {}),
                     ...(mode === "policy" && point && point !== "latest"
                       ? {
