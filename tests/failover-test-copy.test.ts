@@ -18,7 +18,7 @@ import {
 import type { ActionError } from "../src/tasks/actions.ts";
 import type { TaskStore } from "../src/tasks/store.ts";
 import type { Task } from "../src/tasks/model.ts";
-import { registerSitesAndHosts } from "./lib/inventory.ts";
+import { registerDbTask } from "./lib/inventory.ts";
 
 const t = suite("failover test");
 const MiB = 1024 * 1024;
@@ -151,34 +151,8 @@ t(
     const leftCopies = async () => (await Array.fromAsync(Deno.readDir(testDir))).map((e) => e.name);
     try {
       const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-      await registerSitesAndHosts(c);
+      await registerDbTask(c, topo, SIZE);
       const files = topo.copies();
-      const ring = `${topo.dir}/gateway/journal.ring`;
-      for (
-        const [name, host, device, size] of [
-          ["vol0", "app1", files.lsp, SIZE],
-          ["lgp0", "lgw", files.lgp, SIZE],
-          ["buf0", "lgw", ring, 256 * MiB],
-          ["rgp0", "rgw", files["rgp-dr1"], SIZE],
-          ["rsp0", "standby", files["rsp-dr1"], SIZE],
-        ] as const
-      ) await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
-      await c.expect(201, "POST", "/api/tasks", {
-        name: "db",
-        group: {
-          local: {
-            site: "prod",
-            lsp: { host: "app1", device: files.lsp },
-            lgp: { host: "lgw", device: files.lgp },
-            buffer: { host: "lgw", device: ring },
-          },
-          remotes: [{
-            site: "dr1",
-            rgp: { host: "rgw", device: files["rgp-dr1"] },
-            rsp: { host: "standby", device: files["rsp-dr1"] },
-          }],
-        },
-      });
       const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
       const refused = async (action: string, body: unknown, status: number, message: RegExp) => {
         const r = await c.req("POST", `/api/tasks/db/actions/${action}`, body);

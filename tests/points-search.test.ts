@@ -10,7 +10,7 @@ import * as assert from "uvu/assert";
 import { hashAll, run, startTopology, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { WebClient } from "./lib/browser.ts";
-import { registerSitesAndHosts } from "./lib/inventory.ts";
+import { registerDbTask } from "./lib/inventory.ts";
 
 const t = suite("last good point");
 const MiB = 1024 * 1024;
@@ -76,36 +76,9 @@ t("the search finds the last point before the damage; a hanging check stops it c
   });
   try {
     const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-    await registerSitesAndHosts(c);
+    // the site runs without --retention: the task's mirror strategy asks for the points
+    await registerDbTask(c, topo, SIZE, { mirror: { retentionHours: 1, retentionBytes: 256 * MiB } });
     const files = topo.copies();
-    const ring = `${topo.dir}/gateway/journal.ring`;
-    for (
-      const [name, host, device, size] of [
-        ["vol0", "app1", files.lsp, SIZE],
-        ["lgp0", "lgw", files.lgp, SIZE],
-        ["buf0", "lgw", ring, 256 * MiB],
-        ["rgp0", "rgw", files["rgp-dr1"], SIZE],
-        ["rsp0", "standby", files["rsp-dr1"], SIZE],
-      ] as const
-    ) await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
-    await c.expect(201, "POST", "/api/tasks", {
-      name: "db",
-      group: {
-        local: {
-          site: "prod",
-          lsp: { host: "app1", device: files.lsp },
-          lgp: { host: "lgw", device: files.lgp },
-          buffer: { host: "lgw", device: ring },
-        },
-        remotes: [{
-          site: "dr1",
-          rgp: { host: "rgw", device: files["rgp-dr1"] },
-          rsp: { host: "standby", device: files["rsp-dr1"] },
-        }],
-      },
-      // the site runs without --retention: the task's mirror strategy asks for the points
-      mirror: { retentionHours: 1, retentionBytes: 256 * MiB },
-    });
     const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
     await c.expect(200, "POST", "/api/tasks/db/actions/start");
     await waitFor(async () => await state() === "protected", 90_000, "the task to be protected", 250);

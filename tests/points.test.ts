@@ -8,7 +8,7 @@ import * as assert from "uvu/assert";
 import { run, sha256File, startTopology, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { WebClient } from "./lib/browser.ts";
-import { ensureSite, registerSitesAndHosts } from "./lib/inventory.ts";
+import { registerDbTask } from "./lib/inventory.ts";
 
 const t = suite("recovery points");
 const MiB = 1024 * 1024;
@@ -34,46 +34,8 @@ t("a test copy at every point and every site equals the volume at that point", a
   });
   try {
     const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-    await registerSitesAndHosts(c);
-    await ensureSite(c, "dr2", "remote");
-    await c.expect(201, "POST", "/api/hosts", { name: "rgw2", site: "dr2", role: "gateway" });
-    await c.expect(201, "POST", "/api/hosts", { name: "standby2", site: "dr2", role: "application" });
+    await registerDbTask(c, topo, SIZE, { sites: ["dr1", "dr2"] });
     const files = topo.copies();
-    const ring = `${topo.dir}/gateway/journal.ring`;
-    for (
-      const [name, host, device, size] of [
-        ["vol0", "app1", files.lsp, SIZE],
-        ["lgp0", "lgw", files.lgp, SIZE],
-        ["buf0", "lgw", ring, 256 * MiB],
-        ["rgp0", "rgw", files["rgp-dr1"], SIZE],
-        ["rsp0", "standby", files["rsp-dr1"], SIZE],
-        ["rgp1", "rgw2", files["rgp-dr2"], SIZE],
-        ["rsp1", "standby2", files["rsp-dr2"], SIZE],
-      ] as const
-    ) await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
-    await c.expect(201, "POST", "/api/tasks", {
-      name: "db",
-      group: {
-        local: {
-          site: "prod",
-          lsp: { host: "app1", device: files.lsp },
-          lgp: { host: "lgw", device: files.lgp },
-          buffer: { host: "lgw", device: ring },
-        },
-        remotes: [
-          {
-            site: "dr1",
-            rgp: { host: "rgw", device: files["rgp-dr1"] },
-            rsp: { host: "standby", device: files["rsp-dr1"] },
-          },
-          {
-            site: "dr2",
-            rgp: { host: "rgw2", device: files["rgp-dr2"] },
-            rsp: { host: "standby2", device: files["rsp-dr2"] },
-          },
-        ],
-      },
-    });
     const state = async () => (await c.expect(200, "GET", "/api/tasks/db") as { state: string }).state;
     await c.expect(200, "POST", "/api/tasks/db/actions/start");
     await waitFor(async () => await state() === "protected", 90_000, "the task to be protected", 250);

@@ -167,6 +167,38 @@ t("a torn tail is cut off at open; the points before it stay", async () => {
   }
 });
 
+// regression: a task's retention reached the site after the volume's first resynchronisation had
+// filled the replica (sync records carry sequence 0); seeded at sequence 0, the log refused the
+// next captured write as out of sequence and kept no point at all
+t("a base seeded at no known sequence (after a resynchronisation) takes the next write's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cn-ret-" });
+  try {
+    const w = workload(5, 40, 9000);
+    // the replica as the resynchronisation left it: the content at sequence 20, whose number
+    // the site does not know
+    const seedAt = 20;
+    const rebaseSeed = async (into: string) => {
+      await Deno.writeFile(into, w.at.get(seedAt)!, { mode: 0o600 });
+      return { seq: 0, time: 0, consistent: true, rebase: true };
+    };
+    const l = await VolumeLog.open(`${dir}/v`, SIZE, rebaseSeed, 1 << 30);
+    assert.equal(l.points(10), [], "no point before the sequence is known");
+    for (const s of w.steps.filter((x) => x.h.seq > seedAt)) {
+      assert.ok(l.take(s.body, s.h), `record ${s.h.seq}`);
+    }
+    assert.is(l.index.newestSeq, w.last);
+    same(
+      await copyAt(l, seedAt, dir),
+      w.at.get(seedAt)!,
+      "the base, now at the sequence before the first write",
+    );
+    same(await copyAt(l, w.last, dir), w.at.get(w.last)!, "the newest point");
+    await l.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 t("expiry folds the oldest segments into the base; the points still held stay exact", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cn-ret-" });
   try {

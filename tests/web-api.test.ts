@@ -346,7 +346,14 @@ t("the state machine allows only its transitions, through the actions", async ()
   await step("recover", { mode: "manual", source: "rgp@dr1", strategy: "full", target: "lgp" }, "recovering");
   assert.equal(calls.at(-1), {
     action: "recover",
-    body: { mode: "manual", source: "rgp@dr1", strategy: "full", target: "lgp", force: false },
+    body: {
+      mode: "manual",
+      source: "rgp@dr1",
+      strategy: "full",
+      target: "lgp",
+      force: false,
+      method: "auto",
+    },
   });
   await illegal("pause");
   await server.store.applyEvent("t1", "recovered", "recovery 7 done");

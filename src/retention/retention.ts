@@ -4,7 +4,7 @@
 import { logger } from "../log.ts";
 import type { RetentionPolicy } from "./expiry.ts";
 import { type Point, PointError } from "./points.ts";
-import { type RecordHeaderLite, VolumeLog } from "./volume-log.ts";
+import { type RecordHeaderLite, type Seed, VolumeLog } from "./volume-log.ts";
 
 const log = logger("retention");
 
@@ -71,7 +71,7 @@ export class Retention {
   open(
     key: string,
     size: number,
-    seed: (into: string) => Promise<{ seq: number; time: number; consistent: boolean }>,
+    seed: (into: string) => Promise<Seed>,
     own?: Partial<RetentionPolicy>,
   ): Promise<VolumeLog> {
     if (own) this.own.set(key, own);

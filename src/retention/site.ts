@@ -39,7 +39,9 @@ export function siteRetention(d: SiteRetentionDeps) {
           return { seq: 0, time: 0, consistent: true };
         }
         const { seq, time } = await d.copyReplica(v, into);
-        return { seq, time, consistent: state === "consistent" };
+        // a replica a resynchronisation filled before any captured write reached it is at no
+        // sequence number yet: the base takes the one before the next captured write
+        return { seq, time, consistent: state === "consistent", ...(seq === 0 ? { rebase: true } : {}) };
       }, own),
 
     /** Takes a record the receiver verified; the mark its acknowledgement waits for. */

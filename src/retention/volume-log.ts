@@ -31,6 +31,17 @@ interface SegmentFile extends Segment {
   path: string;
 }
 
+/**
+ * What a seed wrote as the base image. `rebase`: its sequence is not known (a rebasing
+ * resynchronisation made it): it is the one before the next captured write.
+ */
+export interface Seed {
+  seq: number;
+  time: number;
+  consistent: boolean;
+  rebase?: boolean;
+}
+
 interface BaseFile extends Base {
   /** A fold to this offset was begun: at open it is completed (replaying is idempotent). */
   folding?: number;
@@ -85,7 +96,7 @@ export class VolumeLog {
   static async open(
     dir: string,
     size: number,
-    seed: (into: string) => Promise<{ seq: number; time: number; consistent: boolean }>,
+    seed: (into: string) => Promise<Seed>,
     segmentBytes = 64 << 20,
   ): Promise<VolumeLog> {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -101,7 +112,13 @@ export class VolumeLog {
       for (const s of segPaths) await Deno.remove(`${dir}/${s}`);
       segPaths.length = 0;
       const s = await seed(`${dir}/base.img`);
-      base = { seq: s.seq, time: s.time, logStart: 0, consistent: s.consistent };
+      base = {
+        seq: s.seq,
+        time: s.time,
+        logStart: 0,
+        consistent: s.consistent,
+        ...(s.rebase ? { rebase: true } : {}),
+      };
       await writeJson(`${dir}/base.json`, base);
     }
     const { folding: _, ...known } = base;
