@@ -3,7 +3,7 @@
 // bring up a copy 24 h back of a 1 GiB volume with 10 % churn over 48 h of points; (3) the
 // retention's space per GiB written.
 import { machine, median, table, writeSection } from "./lib.ts";
-import { run, startTopology, waitFor } from "../tests/lib/cluster.ts";
+import { run, startTopology } from "../tests/lib/cluster.ts";
 import { encodeRecord, Kind } from "../src/record/record.ts";
 import { VolumeLog } from "../src/retention/volume-log.ts";
 import { setLogSink } from "../src/log.ts";

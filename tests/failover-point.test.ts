@@ -6,23 +6,13 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { FailoverLab, Poller } from "./lib/failover-lab.ts";
+import { FailoverLab, Poller, writeMessage } from "./lib/failover-lab.ts";
 import { waitFor } from "./lib/cluster.ts";
-import { NbdClient } from "./lib/nbd-client.ts";
 
 const t = suite("failover to a point");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save"] };
 const GOOD = "the good data before the damage";
 const BAD = "ENCRYPTED BY RANSOMWARE";
-
-async function writeMessage(lab: FailoverLab, text: string): Promise<void> {
-  const c = await NbdClient.connect(`${lab.dir}/agent/nbd.sock`);
-  await c.go("vol0");
-  const block = new Uint8Array(4096);
-  block.set(new TextEncoder().encode(text));
-  await c.write(0, block, true);
-  await c.disconnect();
-}
 
 interface Status {
   volumes: { lastSeq: number }[];

@@ -6,7 +6,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { FailoverLab, Poller } from "./lib/failover-lab.ts";
+import { FailoverLab, Poller, writeMessage } from "./lib/failover-lab.ts";
 import { waitFor } from "./lib/cluster.ts";
 import { NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
 import { EPERM } from "./lib/nbd-protocol.ts";
@@ -14,15 +14,6 @@ import { EPERM } from "./lib/nbd-protocol.ts";
 const t = suite("failover");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save"] };
 const MESSAGE = "written before the failure";
-
-async function writeMessage(lab: FailoverLab, text: string): Promise<void> {
-  const c = await NbdClient.connect(`${lab.dir}/agent/nbd.sock`);
-  await c.go("vol0");
-  const block = new Uint8Array(4096);
-  block.set(new TextEncoder().encode(text));
-  await c.write(0, block, true);
-  await c.disconnect();
-}
 
 /** Until the site acknowledged every record (the standby applied them: --ack-after rsp). */
 async function replicated(lab: FailoverLab): Promise<void> {

@@ -1,28 +1,8 @@
 // What a recovery's progress says to a person (pure): the method and why, the sources
 // with their shares, bytes to move and moved, rate and time left.
 import { bytes, duration, rate } from "./format.ts";
-
-export interface SourceShare {
-  name: string;
-  bytesMoved: number;
-  chunks: number;
-  rateBps: number;
-  state: "active" | "failed";
-  error?: string;
-}
-
-export interface RecoveryProgress {
-  phase: "copying" | "verifying" | "done";
-  method: "full" | "scan" | "tracked";
-  chunks: number;
-  done: number;
-  bytesCompared: number;
-  bytesToMove: number;
-  bytesMoved: number;
-  rateBps: number;
-  etaMs: number | null;
-  sources: SourceShare[];
-}
+// the engine's own progress, as the API reports it
+import type { Progress as RecoveryProgress } from "../src/recovery/engine.ts";
 
 export interface RecoveryRow {
   id: number;

@@ -11,6 +11,7 @@ import { exec, inNs, mustExec, NetLab } from "./netns.ts";
 import type { FailbackReport } from "../../src/failover/failback.ts";
 import { keygen, RoleProcess, sparseImage, tempDir, waitFor, writeSecret } from "./cluster.ts";
 import { faketimeEnv, setClockOffset } from "./faketime.ts";
+import { NbdClient } from "./nbd-client.ts";
 
 const lib = new URL("./", import.meta.url).pathname;
 
@@ -521,4 +522,14 @@ while (true) {
   async stop(): Promise<void> {
     await this.proc.stop();
   }
+}
+
+/** Writes `text` at the start of the lab's volume (block 0), FUA, through the agent's NBD socket. */
+export async function writeMessage(lab: FailoverLab, text: string): Promise<void> {
+  const c = await NbdClient.connect(`${lab.dir}/agent/nbd.sock`);
+  await c.go("vol0");
+  const block = new Uint8Array(4096);
+  block.set(new TextEncoder().encode(text));
+  await c.write(0, block, true);
+  await c.disconnect();
 }
