@@ -418,6 +418,22 @@ t("bad bodies: 400 (or 413/415) JSON whose message names the field", async () =>
     description: "x".repeat(2 << 20),
   });
   assert.is(big.status, 413);
+  // the same without a declared length (chunked): refused as it streams in, not read whole
+  const chunk = new TextEncoder().encode("x".repeat(64 * 1024));
+  let sent = 0;
+  const streamed = await fetch(`${gw.url}/api/sites`, {
+    method: "POST",
+    headers: { "content-type": "application/json", cookie: admin.cookie!, "x-csrf-token": admin.csrf! },
+    body: new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (sent >= 4 << 20) return c.close();
+        sent += chunk.length;
+        c.enqueue(chunk);
+      },
+    }),
+  });
+  assert.is(streamed.status, 413);
+  assert.match((await streamed.json()).error, /too large/);
   const action = await admin.req("POST", "/api/tasks/x1/actions/recover", { mode: "manual" });
   assert.is(action.status, 400);
   assert.match((action.body as { error: string }).error, /^source: is required in manual mode/);
