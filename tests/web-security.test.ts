@@ -14,6 +14,7 @@ import { startWebServer } from "../src/web/web-server.ts";
 import { readTls } from "../src/web/status-server.ts";
 import { ActionError } from "../src/tasks/actions.ts";
 import type { TaskActions } from "../src/tasks/actions.ts";
+import { gatewayStatus } from "./lib/status.ts";
 
 const t = suite("web security");
 const VIEWER_PASSWORD = "viewer password 12345";
@@ -523,7 +524,7 @@ t("no default password: a one-time setup link, used once, that expires", async (
   const server = await startWebServer({
     listen: { transport: "tcp", hostname: "127.0.0.1", port: 0 },
     db,
-    status: () => ({}),
+    status: () => gatewayStatus(),
     actions: refusing,
     setupTtlMs: 300,
     printSetup: (l) => lines.push(l),

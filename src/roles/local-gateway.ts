@@ -11,6 +11,7 @@ import { GatewayListener } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
 import { readSecretFile } from "../wire/secret-file.ts";
 import { startWebServer } from "../web/web-server.ts";
+import type { GatewayStatus } from "../web/gateway-status.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
@@ -641,7 +642,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       followTasks: true,
       discovery,
       recoveries: () => recovery.list(),
-      status: () => ({
+      status: (): GatewayStatus => ({
         role: "local-gateway",
         site: str(p, "id"),
         uptimeMs: Math.round(performance.now() - started),

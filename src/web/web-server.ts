@@ -21,11 +21,11 @@ import { ApiTokens, FailureLimiter, readPasswordFile, SetupToken, Users } from "
 import { type SessionOptions, Sessions } from "./sessions.ts";
 import { accessControl, type AccessDeps, accessRoutes } from "./access.ts";
 import { EventBus, EventStreams, parseFilter, type RecoveryView, StatusCollector } from "./events.ts";
-import { type GatewayStatusLike, renderMetrics } from "./metrics.ts";
+import { renderMetrics } from "./metrics.ts";
+import type { GatewayStatus } from "./gateway-status.ts";
 import { taskRoutes } from "./task-routes.ts";
 import type { Discovery } from "../tasks/discovery.ts";
 import { discoveryRoutes } from "./discovery-routes.ts";
-import type { ProblemStatusView } from "../tasks/problems.ts";
 import { errorResponse, HttpError, MAX_BODY, tooLarge } from "./http.ts";
 import { INDEX_HTML, NOT_BUILT_HTML, readBundle } from "./ui-static.ts";
 import { serveHttp, type TlsFiles } from "./status-server.ts";
@@ -41,7 +41,7 @@ export interface WebServerOptions {
   fileToken?: string;
   /** Creates the user "admin" with this file's password when there is no user yet. */
   adminPasswordFile?: string;
-  status: () => unknown;
+  status: () => GatewayStatus;
   /** More routes (registered behind the access control). */
   routes?: (app: Hono) => void;
   actions: TaskActions;
@@ -222,7 +222,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
   });
   app.get("/metrics", async (c) => {
     const text = renderMetrics({
-      status: o.status() as GatewayStatusLike,
+      status: o.status(),
       rates: collector.rates.sites,
       recoveries: o.recoveries ? await o.recoveries().catch(() => []) : undefined,
       tasks: await store.listTasks(),
@@ -234,7 +234,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
     store,
     actions: o.actions,
     audit,
-    status: () => o.status() as ProblemStatusView,
+    status: o.status,
     adoptable: o.discovery ? (g) => o.discovery!.adoptable(g) : undefined,
   });
   if (o.discovery) discoveryRoutes(app, o.discovery);
