@@ -328,6 +328,9 @@ export class SiteServer {
           case FrameType.RecordDeflated:
             await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
             break;
+          case FrameType.Checkpoint:
+            await receiver.checkpoint(decodeJson(f.body));
+            break;
           case FrameType.HashRequest: {
             const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
             const v = receiver.volume(Number(q.volume));

@@ -582,6 +582,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           promoted: (agent) => promoted.has(agent),
           retain: points.take,
           retained: () => retention.synced,
+          checkpoint: points.mark,
           send,
         }),
       hashes: async (v, chunk) => {
@@ -672,8 +673,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
         }
-        if (m.type === "retention" || m.type === "point" || m.type === "points" || m.type === "checkpoint") {
-          return points.control(m);
+        if (m.type === "retention" || m.type === "point" || m.type === "points") {
+          return Promise.resolve(points.control(m));
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
