@@ -597,6 +597,10 @@ export class Session {
           began: false,
           only: onlyMissed ? missed.setChunks() : undefined,
         });
+      } else if (r && r.lastSeq > this.s.volume(id)!.ackedSeq) {
+        // the peer held records whose acknowledgement this gateway missed (it restarted): they are
+        // skipped as held, so they count as acknowledged, or the lag would show them until the next write
+        this.s.volume(id)!.ackedSeq = r.lastSeq;
       }
     }
     await this.requestHashes();
