@@ -158,8 +158,8 @@ static void write_inline(cvol *v, op_t *o) {
   check(v, o);
   free_ops(v);
   pthread_cond_broadcast(&v->quiet);
-  // what arrived meanwhile, or a sync asked for, is the writer's
-  if (v->q_local < v->q_release || v->sync_req != v->sync_done || v->stop) pthread_cond_broadcast(&v->work);
+  // the writer waited for this write (a resync read, later operations, a sync): it goes on now
+  if (v->writer_held) pthread_cond_broadcast(&v->work);
   pthread_mutex_unlock(&v->mu);
 }
 
@@ -400,7 +400,9 @@ static void *writer_main(void *arg) {
   for (;;) {
     if (v->local_busy) {
       // a reader is writing an operation it claimed: what follows waits for it (order, syncs)
+      v->writer_held = true;
       pthread_cond_wait(&v->work, &v->mu);
+      v->writer_held = false;
       continue;
     }
     op_t *head = v->q_release < v->q_head ? OP(v, v->q_release) : NULL;
