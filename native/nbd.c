@@ -440,6 +440,13 @@ static bool reply_alone(nbd_conn *c, uint64_t handle, uint32_t error) {
   return done;
 }
 
+bool nbd_alone(nbd_conn *c) {
+  pthread_mutex_lock(&c->mu);
+  bool alone = c->in_flight == 1;
+  pthread_mutex_unlock(&c->mu);
+  return alone;
+}
+
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error) {
   pthread_mutex_lock(&c->mu);
   if (reply_alone(c, handle, error)) {
