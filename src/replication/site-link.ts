@@ -67,9 +67,10 @@ export class SiteClient {
   private requests = new Map<number, (reply: Record<string, unknown>) => void>();
   private nextRequest = 1;
   /** Chunk operations on the site's copies (recovery). */
-  readonly chunks = new ChunkLink((b) => {
+  readonly chunks = new ChunkLink((head, payload) => {
     if (!this.writer || !this.connected) return false;
-    this.writer.send(b);
+    this.writer.send(head);
+    if (payload) this.writer.send(payload);
     return true;
   });
   connected = false;
