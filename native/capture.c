@@ -137,6 +137,32 @@ void capture_unhold(cvol *v) {
   pthread_mutex_unlock(&v->mu);
 }
 
+static int64_t apply_local(cvol *v, op_t *o);
+static void local_failed(cvol *v, int64_t err);
+
+/** A plain write, trim or zeroing: what a reader may write itself (syncs and resync reads stay with the writer). */
+static bool inline_eligible(const op_t *o) {
+  return o->kind != K_FLUSH && !needs_durable(o) && !o->resync && !o->voided && !o->local_done;
+}
+
+/** Writes an operation the reader claimed (v->local_busy held), then lets the writer go on. */
+static void write_inline(cvol *v, op_t *o) {
+  int64_t r = apply_local(v, o);
+  pthread_mutex_lock(&v->mu);
+  if (r < 0) {
+    o->error = nbd_code_for_errno((int)-r);
+    local_failed(v, r);
+  }
+  o->local_done = true;
+  v->local_busy = false;
+  check(v, o);
+  free_ops(v);
+  pthread_cond_broadcast(&v->quiet);
+  // the writer waited for this write (a resync read, later operations, a sync): it goes on now
+  if (v->writer_held) pthread_cond_broadcast(&v->work);
+  pthread_mutex_unlock(&v->mu);
+}
+
 int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flags, uint64_t offset, uint32_t length,
                    rbuf_t *r) {
   uint32_t payload = cmd == CMD_WRITE ? length : 0;
@@ -192,10 +218,22 @@ int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flag
   }
   v->writes++;
   v->bytes_written += payload;
+  // alone in the queue (queue depth one), the reader writes the operation itself after sending
+  // it: that saves waking the local writer, a thread hand-off on the latency of every write
+  v->inline_local = !v->local_busy && v->q_local == v->q_release;
   cvol_pump(v);
+  v->inline_local = false;
+  bool mine = !v->local_busy && v->q_local + 1 == v->q_release && OP(v, v->q_local) == o && inline_eligible(o);
+  if (mine) {
+    v->local_busy = true;
+    v->q_local++;
+  } else if (v->q_local < v->q_release) {
+    pthread_cond_broadcast(&v->work);
+  }
   pthread_mutex_unlock(&v->mu);
   agent_defer_send(false);
   agent_send_deferred(v->agent);
+  if (mine) write_inline(v, o);
   return 0;
 }
 
@@ -273,7 +311,7 @@ void cvol_pump(cvol *v) {
     o->released = true;
     v->q_release++;
   }
-  if (v->q_local < v->q_release) pthread_cond_broadcast(&v->work);
+  if (v->q_local < v->q_release && !v->inline_local) pthread_cond_broadcast(&v->work);
   if (sent) agent_wake_sender(a);
   // acknowledgements may have waited for operations to be sequenced (tracked ones need none)
   while (v->q_acc < v->q_release) {
@@ -301,6 +339,14 @@ static int64_t apply_local(cvol *v, op_t *o) {
   case K_ZERO: return io_zero(v->fd, o->offset, o->length, (o->flags & RF_MAY_TRIM) != 0);
   default: return 0;
   }
+}
+
+/** The gateway may hold what the disk refused: the chunk is resent from the disk later. */
+static void local_failed(cvol *v, int64_t err) {
+  v->dropped = true;
+  char e[64];
+  snprintf(e, sizeof e, "%s", strerror((int)-err));
+  log_vol(v, LOG_ERROR, "local write failed", "error", e, NULL, 0);
 }
 
 static bool all_zero(const uint8_t *p, size_t n) {
@@ -352,11 +398,19 @@ static void *writer_main(void *arg) {
   cvol *v = arg;
   pthread_mutex_lock(&v->mu);
   for (;;) {
+    if (v->local_busy) {
+      // a reader is writing an operation it claimed: what follows waits for it (order, syncs)
+      v->writer_held = true;
+      pthread_cond_wait(&v->work, &v->mu);
+      v->writer_held = false;
+      continue;
+    }
     op_t *head = v->q_release < v->q_head ? OP(v, v->q_release) : NULL;
     bool read_due = head && head->resync && head->read_started && !head->read_done && v->q_local == v->q_release;
     if (v->q_local < v->q_release) {
       uint64_t from = v->q_local, to = v->q_release;
       v->q_local = to;
+      v->local_busy = true;
       pthread_mutex_unlock(&v->mu);
       bool sync = false;
       int64_t first_err = 0;
@@ -371,13 +425,7 @@ static void *writer_main(void *arg) {
         if (needs_durable(o)) sync = true;
       }
       pthread_mutex_lock(&v->mu);
-      if (first_err) {
-        // the gateway may hold what the disk refused: the chunk is resent from the disk later
-        v->dropped = true;
-        char e[64];
-        snprintf(e, sizeof e, "%s", strerror((int)-first_err));
-        log_vol(v, LOG_ERROR, "local write failed", "error", e, NULL, 0);
-      }
+      if (first_err) local_failed(v, first_err);
       for (uint64_t i = from; i < to; i++) {
         op_t *o = OP(v, i);
         if (o->voided || o->resync || o->local_done || (sync && needs_durable(o) && !o->error)) continue;
@@ -402,6 +450,7 @@ static void *writer_main(void *arg) {
           log_vol(v, LOG_ERROR, "local write failed", "error", strerror(-r), NULL, 0);
         }
       }
+      v->local_busy = false;
       free_ops(v);
       pthread_cond_broadcast(&v->quiet);
       continue;

@@ -53,6 +53,9 @@ struct cvol {
   uint64_t q_head;    // next to allocate
   uint64_t q_release; // the queue head: next to sequence
   uint64_t q_local;   // next for the local writer
+  bool local_busy;    // a claimed range of local writes is in progress (one claimer at a time keeps their order)
+  bool inline_local;  // the submitting NBD reader writes the operation itself: the writer is not woken
+  bool writer_held;   // the local writer waits for a reader's claimed write to end
   uint64_t q_send;    // next for the link sender
   uint64_t q_acc;     // first whose acceptance is not settled yet
   uint64_t q_dur;     // first not known durable (or not needing it)

@@ -361,8 +361,8 @@ static void log_conn(nbd_conn *c, int level, const char *msg, const char *k1, co
   plane_log(c->srv->plane, level, "nbd", msg, json_end(&j));
 }
 
-static int conn_write(nbd_conn *c, const struct iovec *iov, int n) {
-  pthread_mutex_lock(&c->wmu);
+/** Writes all of iov (with c->wmu held). */
+static int conn_write_locked(nbd_conn *c, const struct iovec *iov, int n) {
   int r = 0;
   struct iovec v[4];
   memcpy(v, iov, sizeof(struct iovec) * (size_t)n);
@@ -383,6 +383,12 @@ static int conn_write(nbd_conn *c, const struct iovec *iov, int n) {
     }
   }
   if (c->write_failed && r == 0) r = -EPIPE;
+  return r;
+}
+
+static int conn_write(nbd_conn *c, const struct iovec *iov, int n) {
+  pthread_mutex_lock(&c->wmu);
+  int r = conn_write_locked(c, iov, n);
   pthread_mutex_unlock(&c->wmu);
   return r;
 }
@@ -401,8 +407,45 @@ static void reply_now(nbd_conn *c, uint64_t handle, uint32_t error) {
   conn_write(c, &v, 1);
 }
 
+/**
+ * The reply of a connection's only request in flight, written by the thread that completed it
+ * when the socket takes it at once: at queue depth one this saves waking the reply thread. Never
+ * blocks: with the socket busy or full it returns false and the reply thread writes it.
+ */
+static bool reply_alone(nbd_conn *c, uint64_t handle, uint32_t error) {
+  if (c->in_flight != 1 || c->nreplies != 0 || pthread_mutex_trylock(&c->wmu) != 0) return false;
+  bool done = false;
+  if (!c->write_failed) {
+    uint8_t b[NBD_REPLY_SIZE];
+    simple_reply(b, error, handle);
+    ssize_t w;
+    do {
+      w = send(c->fd, b, sizeof b, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (w < 0 && errno == EINTR);
+    if (w > 0 && w < (ssize_t)sizeof b) {
+      // a socket that took part of 16 bytes takes the rest: the reply must not be torn
+      struct iovec rest = {b + w, sizeof b - (size_t)w};
+      conn_write_locked(c, &rest, 1);
+      w = sizeof b;
+    }
+    if (w == (ssize_t)sizeof b) done = true;
+    else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) c->write_failed = true;
+  }
+  pthread_mutex_unlock(&c->wmu);
+  if (done) {
+    c->in_flight--;
+    pthread_cond_signal(&c->budget);
+    if (c->reader_done && c->in_flight == 0) pthread_cond_signal(&c->wake);
+  }
+  return done;
+}
+
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error) {
   pthread_mutex_lock(&c->mu);
+  if (reply_alone(c, handle, error)) {
+    pthread_mutex_unlock(&c->mu);
+    return;
+  }
   simple_reply(c->replies + (size_t)c->nreplies * NBD_REPLY_SIZE, error, handle);
   c->nreplies++;
   pthread_cond_signal(&c->wake);

@@ -5,10 +5,22 @@
 //   applying them in send order says, on the agent's disk and in the gateway's mirror;
 // - two connections writing the same blocks at once leave both copies equal;
 // - a write the local disk refuses (ENOSPC) fails alone, the others land, and the chunk
-//   the gateway holds from it is sent again from the disk, so the copies converge.
+//   the gateway holds from it is sent again from the disk, so the copies converge;
+// - writes one at a time (written by the NBD reader itself when alone in the queue) while the
+//   volume's chunks are resent all get their answers (a resync read waiting for such a write
+//   once stalled the queue for good).
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { sha256File, startPair, waitEqual, waitMirrorCaughtUp } from "./lib/cluster.ts";
+import {
+  Agent,
+  Gateway,
+  sha256File,
+  startPair,
+  tempDir,
+  waitEqual,
+  waitMirrorCaughtUp,
+  writeSecret,
+} from "./lib/cluster.ts";
 import { NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
 import { need } from "./lib/env.ts";
 import { mustExec } from "./lib/netns.ts";
@@ -142,5 +154,58 @@ t(
     }
   },
 );
+
+t("writes one at a time during the volume's first full resynchronisation are all answered", async () => {
+  const dir = await tempDir("order-resync");
+  const secret = `${dir}/agent.secret`;
+  await writeSecret(secret);
+  // random content: the gateway has no copy, so every chunk is read from this disk and resent
+  const img = `${dir}/vol0.img`;
+  const size = 1024 * MiB;
+  const f = await Deno.open(img, { create: true, write: true });
+  const block = new Uint8Array(MiB);
+  for (let i = 0; i < size / MiB; i++) {
+    crypto.getRandomValues(block.subarray(0, 65536));
+    block[0] = i;
+    await f.write(block);
+  }
+  f.close();
+  const gw = await new Gateway({ dir, agents: { a1: secret } }).start();
+  const agent = await new Agent({
+    dir,
+    id: "a1",
+    secretFile: secret,
+    gatewaySocket: gw.socket,
+    volumes: { vol0: img },
+  })
+    .start();
+  try {
+    const c = await NbdClient.connect(agent.socket);
+    await c.go("vol0");
+    // 1 MiB writes one after another, as a copy tool makes them: each alone in the queue
+    const data = new Uint8Array(MiB).fill(0x5a);
+    let done = 0;
+    const writes = (async () => {
+      for (; done < 600; done++) await c.write((done % (size / MiB)) * MiB, data);
+    })();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stalled = new Promise((_, reject) =>
+      timer = setTimeout(() => reject(new Error(`stalled after ${done} of 600 writes`)), 60_000)
+    );
+    await Promise.race([writes, stalled]).finally(() => clearTimeout(timer));
+    await c.flush();
+    await c.disconnect();
+    await agent.proc.waitForLog("every chunk that may differ was resent", 60_000);
+    await waitMirrorCaughtUp(gw, "a1", "vol0");
+    assert.is(
+      await sha256File(gw.mirrorPath("a1", "vol0")),
+      await sha256File(img),
+      "the mirror equals the disk",
+    );
+  } finally {
+    await agent.proc.stop();
+    await gw.proc.stop();
+  }
+});
 
 t.run();

@@ -12,6 +12,7 @@ import { openDatabase } from "../src/db/db.ts";
 import { setLogSink } from "../src/log.ts";
 import { startWebServer, type WebServer } from "../src/web/web-server.ts";
 import { ActionError, type TaskActions } from "../src/tasks/actions.ts";
+import { gatewayStatus } from "./lib/status.ts";
 
 const t = suite("fuzz: API bodies");
 const RUNS = Number(Deno.env.get("FUZZ_RUNS") ?? 150);
@@ -120,7 +121,7 @@ t.before(async () => {
     db,
     fileToken: TOKEN,
     adminPasswordFile: `${dir}/pw`,
-    status: () => ({ role: "local-gateway", agents: [], sites: [], volumes: [], journal: {} }),
+    status: () => gatewayStatus(),
     actions,
     loginLimit: { max: 1_000_000, windowMs: 60_000 },
   });

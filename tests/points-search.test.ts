@@ -11,61 +11,23 @@ import { hashAll, run, startTopology, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
 import { WebClient } from "./lib/browser.ts";
 import { registerDbTask } from "./lib/inventory.ts";
+import {
+  damagePhase,
+  EXT4_SQLITE_TOOLS,
+  goodPhase,
+  readDatabase,
+  SENTINEL_CHECK as CHECK,
+} from "./lib/ext4-sqlite.ts";
 
 const t = suite("last good point");
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 
-/** Mounts ext4 on the export (nbdfuse, fuse2fs), runs fn in it, unmounts (which flushes). */
-async function onFilesystem(uri: string, dir: string, fn: (fs: string) => Promise<void>, mkfs = false) {
-  const nbdDir = `${dir}/nbd`, fsDir = `${dir}/fs`;
-  await Deno.mkdir(nbdDir, { recursive: true });
-  await Deno.mkdir(fsDir, { recursive: true });
-  const nbdfuse = new Deno.Command("nbdfuse", { args: [nbdDir, uri], stdout: "null", stderr: "null" })
-    .spawn();
-  let mounted = false;
-  try {
-    await waitFor(async () => (await Deno.stat(`${nbdDir}/nbd`)).size === SIZE, 15_000, "nbdfuse");
-    if (mkfs) await run("mkfs.ext4", ["-F", "-q", `${nbdDir}/nbd`]);
-    const fuse2fs = new Deno.Command("fuse2fs", {
-      args: ["-f", `${nbdDir}/nbd`, fsDir, "-o", "fakeroot"],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    mounted = true;
-    await waitFor(
-      async () => (await run("mountpoint", ["-q", fsDir], { allowFail: true })).code === 0,
-      15_000,
-      "fuse2fs mount",
-    );
-    await fn(fsDir);
-    await run("fusermount3", ["-u", fsDir]);
-    mounted = false;
-    assert.ok((await fuse2fs.status).success, "fuse2fs exited cleanly");
-  } finally {
-    if (mounted) await run("fusermount3", ["-u", fsDir], { allowFail: true });
-    await run("fusermount3", ["-u", nbdDir], { allowFail: true });
-    await nbdfuse.status;
-  }
-}
-
-// the operator's check: the database on the copy opens and holds the sentinel row
-const CHECK = [
-  "sh",
-  "-c",
-  "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; " +
-  'qemu-img convert -f raw -O raw "$1" "$d/img"; ' +
-  'debugfs -R "dump /app.db $d/app.db" "$d/img" 2>/dev/null; ' +
-  'test "$(sqlite3 "$d/app.db" "SELECT v FROM sentinel WHERE k = \'canary\'")" = alive',
-  "sh",
-  "{uri}",
-];
-
 t("the search finds the last point before the damage; a hanging check stops it cleanly", async () => {
   if (
     !need("the last good point on ext4 + SQLite", {
       fuse: true,
-      tools: ["qemu-io", "qemu-img", "nbdfuse", "fuse2fs", "mkfs.ext4", "debugfs", "sqlite3", "fusermount3"],
+      tools: ["qemu-io", ...EXT4_SQLITE_TOOLS],
     })
   ) return;
   const allowed = new URL("../test-output/", import.meta.url).pathname;
@@ -86,37 +48,12 @@ t("the search finds the last point before the damage; a hanging check stops it c
     const uri = topo.agent.uri("vol0");
 
     // the good phase: the database with its sentinel, then more transactions, mounted three times
-    await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
-      await run("sqlite3", [
-        `${fs}/app.db`,
-        "CREATE TABLE sentinel(k TEXT PRIMARY KEY, v TEXT); INSERT INTO sentinel VALUES ('canary', 'alive'); " +
-        "CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT);",
-      ]);
-      await Deno.writeTextFile(`${fs}/notes.txt`, "the data that must survive\n".repeat(2000));
-    }, true);
-    for (let round = 0; round < 2; round++) {
-      await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
-        for (let i = 0; i < 5; i++) {
-          await run("sqlite3", [
-            `${fs}/app.db`,
-            `INSERT INTO orders(item) VALUES ('round ${round} order ${i}');`,
-          ]);
-        }
-      });
-    }
+    await goodPhase(uri, SIZE, `${topo.dir}/m`);
     await topo.caughtUp();
     const good = await lastSeq();
 
     // the damage: the database and the notes overwritten in place, as ransomware does
-    await onFilesystem(uri, `${topo.dir}/m`, async (fs) => {
-      for (const name of ["app.db", "notes.txt"]) {
-        const size = (await Deno.stat(`${fs}/${name}`)).size;
-        const f = await Deno.open(`${fs}/${name}`, { write: true });
-        await f.write(crypto.getRandomValues(new Uint8Array(size)));
-        await f.syncData();
-        f.close();
-      }
-    });
+    await damagePhase(uri, SIZE, `${topo.dir}/m`);
     await topo.caughtUp();
     const damaged = await lastSeq();
     // and the application goes on writing (more points after the damage)
@@ -172,11 +109,7 @@ t("the search finds the last point before the damage; a hanging check stops it c
       point: found.lastGood.seq,
     });
     const test = (await c.expect(200, "GET", "/api/status") as { tests: { export: string }[] }).tests[0];
-    const d = await Deno.makeTempDir({ dir: topo.dir });
-    await run("qemu-img", ["convert", "-f", "raw", "-O", "raw", test.export, `${d}/img`]);
-    await run("debugfs", ["-R", `dump /app.db ${d}/app.db`, `${d}/img`]);
-    const q = await run("sqlite3", [`${d}/app.db`, "SELECT count(*) FROM orders; SELECT v FROM sentinel;"]);
-    assert.is(q.stdout.trim(), "10\nalive");
+    assert.is(await readDatabase(test.export, topo.dir), "10\nalive");
     await c.expect(200, "POST", "/api/tasks/db/actions/end-test", {});
 
     // a check that hangs: killed at its timeout, the search stops with a clear error

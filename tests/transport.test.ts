@@ -31,6 +31,7 @@ import {
   subjectPublicKeyInfo,
 } from "../src/transport/identity.ts";
 import { runKeygen } from "../src/transport/keygen-cli.ts";
+import { need } from "./lib/env.ts";
 import {
   type AuthenticatedConn,
   connectSecure,
@@ -204,6 +205,44 @@ id("the fingerprint covers only the public key: PEM and DER agree, other fields 
   reissued[serial.end - 1] ^= 0xff;
   assert.is(certificateFingerprint(reissued), siteA.fingerprint);
   assert.is.not(certificateFingerprint(siteB.certPem), siteA.fingerprint);
+});
+
+/** openssl's verdict on a self-signed certificate: its own signature checked, it is its own anchor. */
+async function opensslVerify(certPem: string): Promise<{ ok: boolean; text: string }> {
+  const dir = await tempDir();
+  const path = `${dir}/cert.pem`;
+  await Deno.writeTextFile(path, certPem);
+  const out = await new Deno.Command("openssl", {
+    args: ["verify", "-check_ss_sig", "-partial_chain", "-trusted", path, path],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { ok: out.success, text: dec.decode(out.stdout) + dec.decode(out.stderr) };
+}
+
+id("openssl parses the generated certificate and verifies its Ed25519 signature", async () => {
+  if (!need("openssl reads site certificates", { tools: ["openssl"] })) return;
+  const dir = await tempDir();
+  const idy = await generateIdentity(`${dir}/keys`, { name: "dr-openssl" });
+  const parsed = await new Deno.Command("openssl", {
+    args: ["x509", "-in", identityPaths(`${dir}/keys`).cert, "-noout", "-text"],
+    stdout: "piped",
+  }).output();
+  assert.ok(parsed.success);
+  const text = dec.decode(parsed.stdout);
+  assert.match(text, /Version: 3 \(0x2\)/);
+  assert.match(text, /Signature Algorithm: ED25519/);
+  assert.match(text, /Subject: CN\s*=\s*dr-openssl/);
+  assert.match(text, /CA:FALSE/);
+  assert.match(text, /TLS Web Server Authentication, TLS Web Client Authentication/);
+  const good = await opensslVerify(idy.certPem);
+  assert.ok(good.ok, good.text);
+  // the same certificate with one bit of its signature flipped: openssl must refuse it
+  const der = pemDecode(idy.certPem, "CERTIFICATE");
+  der[der.length - 1] ^= 0x01;
+  const bad = await opensslVerify(pemEncode("CERTIFICATE", der));
+  assert.not.ok(bad.ok, bad.text);
+  assert.match(bad.text, /signature/i);
 });
 
 id("fingerprints given by people are canonicalised or refused", () => {

@@ -224,6 +224,11 @@ t("expiry folds the oldest segments into the base; the points still held stay ex
     for (const seq of [oldest, oldest + 1, Math.floor((oldest + w.last) / 2), w.last]) {
       same(await copyAt(l, seq, dir), w.at.get(seq)!, `point ${seq} after expiry`);
     }
+    // the stream names its checkpoints again at each session: an expired one is not kept again
+    await l.checkpoint("expired", oldest - 1);
+    assert.not.ok(l.names.has("expired"));
+    await l.checkpoint("held", oldest);
+    assert.equal(l.resolve("held").seq, oldest);
     // by space: the oldest go although the window keeps them, and that is reported
     const plan2 = await l.expire({ windowMs: 3_600_000, maxBytes: 100 * 1024 }, now);
     assert.ok(plan2.forced && l.forced === 1);

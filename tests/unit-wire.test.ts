@@ -1,9 +1,10 @@
-// Unit tests of the link framing (src/wire/frames.ts) and of reading secret files
-// (src/wire/secret-file.ts). The link's authentication and sealing run in native/seal.c:
+// Unit tests of the link framing (src/wire/frames.ts), of reading secret files
+// (src/wire/secret-file.ts) and of requests matched by id (src/wire/requests.ts). The link's authentication and sealing run in native/seal.c:
 // security-replay.test.ts and capture-bad-input.test.ts test them against live roles.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ConnReader, type Readable } from "../src/io/conn-reader.ts";
+import { PendingRequests } from "../src/wire/requests.ts";
 import {
   decodeHashes,
   decodeJson,
@@ -326,5 +327,53 @@ auth("readSecretFile refuses short secrets (the newline does not count) and miss
   }
 });
 
+const requests = suite("requests matched by id");
+
+async function rejectsWith(p: Promise<unknown>, re: RegExp): Promise<void> {
+  const e = await p.then(() => undefined, (e: Error) => e);
+  assert.ok(e, "rejected");
+  assert.match(e!.message, re);
+}
+
+requests("an answer settles its own request, a late or unknown one is refused", async () => {
+  const r = new PendingRequests<string>();
+  const sent: number[] = [];
+  const send = (id: number) => {
+    sent.push(id);
+    return true;
+  };
+  const a = r.request(send, 10_000, () => new Error("timeout a"));
+  const b = r.request(send, 10_000, () => new Error("timeout b"));
+  assert.equal(sent, [1, 2]);
+  assert.ok(r.answer(2, "for b"));
+  assert.ok(r.answer(1, "for a"));
+  assert.equal(await Promise.all([a, b]), ["for a", "for b"]);
+  assert.not.ok(r.answer(1, "again"), "an answered request takes no second answer");
+  assert.not.ok(r.answer(99, "never asked"));
+  assert.is(r.size, 0);
+});
+
+requests("no answer in time: the request fails with its own error and is forgotten", async () => {
+  const r = new PendingRequests<string>();
+  const p = r.request(() => true, 20, () => new Error("no answer from the peer"));
+  await rejectsWith(p, /no answer from the peer/);
+  assert.is(r.size, 0);
+  assert.not.ok(r.answer(1, "too late"));
+});
+
+requests("a link that cannot take the request fails it at once; a dropped link fails all", async () => {
+  const r = new PendingRequests<string>();
+  const unsent = r.request(() => false, 10_000, () => new Error("timeout"), () => new Error("link is down"));
+  await rejectsWith(unsent, /link is down/);
+  assert.is(r.size, 0, "its timer went with it");
+  const x = r.request(() => true, 10_000, () => new Error("timeout"));
+  const y = r.request(() => true, 10_000, () => new Error("timeout"));
+  r.failAll(new Error("connection lost"));
+  await rejectsWith(x, /connection lost/);
+  await rejectsWith(y, /connection lost/);
+  assert.is(r.size, 0);
+});
+
 frames.run();
 auth.run();
+requests.run();

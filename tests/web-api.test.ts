@@ -16,6 +16,7 @@ import { ActionError, type TaskActions } from "../src/tasks/actions.ts";
 import { type Task, TASK_STATES, TRANSITIONS } from "../src/tasks/model.ts";
 import { type RecoveryRow, taskEvent, type TaskStatusView } from "../src/tasks/gateway-actions.ts";
 import { registerSitesAndHosts } from "./lib/inventory.ts";
+import { gatewayStatus } from "./lib/status.ts";
 
 const t = suite("web API");
 const baseTask = {
@@ -112,7 +113,7 @@ t.before(async () => {
     db,
     fileToken: "file-token-for-tests-0123456789",
     adminPasswordFile: `${dir}/pw`,
-    status: () => structuredClone(status),
+    status: () => gatewayStatus(structuredClone(status)),
     actions,
     recoveries: () => Promise.resolve(structuredClone(recoveries)),
   });

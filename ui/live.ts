@@ -2,73 +2,11 @@
 // snapshots (every second) update `status` and a rolling history for the charts; other events
 // (detector, agent, switch, replication, recovery, audit, task) go to `events`.
 import { signal } from "@preact/signals";
+import type { GatewayStatus } from "../src/web/gateway-status.ts";
+import type { Rates } from "../src/web/events.ts";
 
-export interface SiteVolume {
-  id?: number;
-  agent?: string;
-  name?: string;
-  state: string;
-  ackedSeq?: number;
-  lagRecords?: number;
-}
-
-export interface SiteStatus {
-  site: string;
-  connected?: boolean;
-  lastError?: string | null;
-  lagBytes?: number;
-  lagSeconds?: number;
-  inFlightBytes?: number;
-  rttMs?: number | null;
-  ackedBytes?: number;
-  volumes?: SiteVolume[];
-}
-
-export interface Status {
-  role?: string;
-  site?: string;
-  uptimeMs?: number;
-  agents?: string[];
-  liveness?: {
-    agent: string;
-    state: string;
-    serviceHealthy?: boolean;
-    serviceDetail?: string;
-    sinceLastHeartbeatMs?: number;
-  }[];
-  services?: {
-    name: string;
-    agent: string;
-    state: string;
-    site: string;
-    service?: string;
-    target?: string;
-    fenced?: string | null;
-  }[];
-  journal?: { tail?: number; durable?: number; head?: number; capacity?: number; used?: number };
-  volumes?: {
-    agent: string;
-    name: string;
-    size?: number;
-    lastSeq?: number;
-    durableSeq?: number;
-    mirrorSeq?: number;
-  }[];
-  sites?: SiteStatus[];
-  /** Running failover tests: a task's writable copy at a remote site. */
-  tests?: FailoverTest[];
-  rates?: { sites: Record<string, { bps: number }> };
-}
-
-export interface FailoverTest {
-  task: string;
-  site: string;
-  volume: string;
-  seq: number;
-  export: string;
-  started: number;
-  expires: number;
-}
+/** A status snapshot as the stream sends it: the gateway's status and each site's throughput. */
+export type Status = GatewayStatus & { rates?: Rates };
 
 export interface LiveEvent {
   id: number;

@@ -16,7 +16,6 @@ import {
 } from "./components.tsx";
 import { dateTime, duration } from "./format.ts";
 import { status } from "./live.ts";
-import type { LinkQos } from "../src/failover/detector-qos.ts";
 import type { Drill } from "../src/drills/drills.ts";
 import type { TaskView } from "./types.ts";
 import type { Targets } from "../src/tasks/model.ts";
@@ -141,7 +140,7 @@ export function TargetsFields(
 
 /** Each agent link's detector: its targets, settings, guarantees and what it delivered. */
 export function DetectorPanel({ agents }: { agents?: string[] }) {
-  const links = ((status.value as { detectorQos?: LinkQos[] } | undefined)?.detectorQos ?? [])
+  const links = (status.value?.detectorQos ?? [])
     .filter((l) => !agents || agents.includes(l.agent));
   return (
     <section class="panel" aria-labelledby="h-detector" data-testid="detector-qos">

@@ -265,8 +265,8 @@ export const apiTokens = sqliteTable("api_tokens", {
 
 /**
  * Named checkpoints (issue 15): a name for a sequence number of a volume, the same point at every
- * remote site (each site keeps it with its recovery points; the gateway sends it again when it
- * lists a site's points, so a site that was away learns it).
+ * remote site (each site keeps it with its recovery points; it travels in each site's stream
+ * after the record it names, so a site that was away gets it when it catches up).
  */
 export const checkpoints = sqliteTable("checkpoints", {
   id: integer("id").primaryKey({ autoIncrement: true }),

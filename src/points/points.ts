@@ -1,6 +1,7 @@
-// Recovery points, the local gateway's half: named checkpoints (stored here, sent to every site
-// of the task, where each names the same sequence number) and the points each site holds, asked
-// over the site link. The sites' half is src/retention/.
+// Recovery points, the local gateway's half: named checkpoints (stored here and carried in each
+// site's stream right after the record they name, so each names the same sequence number at
+// every site) and the points each site holds, asked over the site link. The sites' half is
+// src/retention/.
 import { and, asc, eq } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { serialized } from "../db/db.ts";
@@ -26,6 +27,10 @@ export interface PointsDeps {
   ) => Promise<Record<string, unknown>>;
   /** The newest sequence of a volume (AGENT/NAME) in the local journal; undefined: not journaled here. */
   lastSeq: (volume: string) => number | undefined;
+  /** Puts a checkpoint of a volume (AGENT/NAME) in every site's stream. */
+  mark: (volume: string, c: Checkpoint) => void;
+  /** Whether the link to a site is up (its stream takes a checkpoint now, else when it is back). */
+  linked: (site: string) => boolean;
 }
 
 export interface Checkpoint {
@@ -55,7 +60,7 @@ export class RecoveryPoints {
 
   /**
    * Names the volume's newest journaled sequence (everything the application wrote before the
-   * request) and tells every site; a site away learns it when its points are next listed.
+   * request); the name goes to every site in its stream, to a site away when it catches up.
    */
   async checkpoint(
     task: string,
@@ -63,7 +68,7 @@ export class RecoveryPoints {
     sites: string[],
     name: string,
     by: string,
-  ): Promise<{ checkpoint: Checkpoint; sites: { site: string; ok: boolean; error?: string }[] }> {
+  ): Promise<{ checkpoint: Checkpoint; sites: { site: string; linked: boolean }[] }> {
     if (!CHECKPOINT_RE.test(name)) {
       throw new PointsError(`checkpoint name "${name}": 1 to 64 of A-Z a-z 0-9 . _ -`, 400);
     }
@@ -83,11 +88,11 @@ export class RecoveryPoints {
       cause: `checkpoint "${name}" of ${volume} at sequence ${seq} by ${by}`,
       detail: { volume, name, seq },
     });
-    const answers = await Promise.all(sites.map((site) => this.send(site, volume, c)));
-    return { checkpoint: c, sites: answers };
+    this.d.mark(volume, c);
+    return { checkpoint: c, sites: sites.map((site) => ({ site, linked: this.d.linked(site) })) };
   }
 
-  /** Each site's points of the volume (the checkpoints sent first, so every site knows them). */
+  /** Each site's points of the volume, with the checkpoints as this gateway holds them. */
   async list(
     volume: string,
     sites: string[],
@@ -96,7 +101,6 @@ export class RecoveryPoints {
     const cps = await this.checkpoints(volume);
     const out = await Promise.all(sites.map(async (site): Promise<SitePoints> => {
       try {
-        for (const c of cps) await this.send(site, volume, c);
         const a = await this.d.request(site, { type: "points", volume, limit }, 10_000);
         if (a.ok !== true) return { site, ok: false, error: String(a.error ?? "no reason given") };
         return {
@@ -112,17 +116,12 @@ export class RecoveryPoints {
     }));
     return { checkpoints: cps, sites: out };
   }
+}
 
-  private async send(site: string, volume: string, c: Checkpoint) {
-    try {
-      const a = await this.d.request(site, { type: "checkpoint", volume, name: c.name, seq: c.seq }, 10_000);
-      return a.ok === true
-        ? { site, ok: true }
-        : { site, ok: false, error: String(a.error ?? "no reason given") };
-    } catch (e) {
-      return { site, ok: false, error: `site ${site}: ${(e as Error).message}` };
-    }
-  }
+/** Every checkpoint stored (a restarted gateway puts them in the sites' streams again). */
+export async function allCheckpoints(db: Db): Promise<{ volume: string; name: string; seq: number }[]> {
+  return await db.select({ volume: checkpoints.volume, name: checkpoints.name, seq: checkpoints.seq })
+    .from(checkpoints).orderBy(asc(checkpoints.seq));
 }
 
 /** Whether `site` holds a recovery point of `volume`; rejects with the site's reason. */

@@ -9,6 +9,9 @@ import type { TaskStore } from "../tasks/store.ts";
 import { SearchError, searchLastGood } from "./bisect.ts";
 import { type CheckOutcome, runCheck } from "./check.ts";
 import { PointsError, type RecoveryPoints } from "./points.ts";
+import { logger } from "../log.ts";
+
+const log = logger("point-search");
 
 export interface SearchRequest {
   site: string;
@@ -165,7 +168,7 @@ export class PointSearch {
         "the search for the last good point is over",
         "testing",
       )
-        .catch(() => {});
+        .catch((e) => log.error("cannot record the end of a point search", { task, error: e }));
     }
   }
 }

@@ -4,6 +4,7 @@
 // them; the recovery orchestrator asks for them, locally or over a link.
 import * as native from "../native/mod.ts";
 import { FrameError, FrameType, mixedFrame, mixedHead } from "../wire/frames.ts";
+import { PendingRequests } from "../wire/requests.ts";
 
 export type CopyKind = "lsp" | "lgp" | "rgp" | "rsp";
 
@@ -205,11 +206,7 @@ export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000
  * as ChunkReply frames matched by id (the link's reader calls `answer`).
  */
 export class ChunkLink {
-  private nextId = 1;
-  private waiting = new Map<
-    number,
-    { resolve: (r: { header: ChunkReply; payload: Uint8Array }) => void; reject: (e: Error) => void }
-  >();
+  private requests = new PendingRequests<{ header: ChunkReply; payload: Uint8Array }>();
 
   constructor(
     /** Sends a frame: its head, then the payload as it is (a chunk is not copied into the head). */
@@ -218,51 +215,27 @@ export class ChunkLink {
   ) {}
 
   answer(header: ChunkReply, payload: Uint8Array): void {
-    const w = this.waiting.get(header.id);
-    this.waiting.delete(header.id);
-    w?.resolve({ header, payload });
+    this.requests.answer(header.id, { header, payload });
   }
 
   /** The link dropped: every request in flight fails. */
   fail(e: Error): void {
-    const down = new LinkDown(e.message);
-    for (const w of this.waiting.values()) w.reject(down);
-    this.waiting.clear();
+    this.requests.failAll(new LinkDown(e.message));
   }
 
   async call(
     req: Omit<ChunkRequest, "id">,
     data?: Uint8Array,
   ): Promise<{ header: ChunkReply; payload: Uint8Array }> {
-    const id = this.nextId++;
-    const p = new Promise<{ header: ChunkReply; payload: Uint8Array }>((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiting.delete(id);
-        reject(
-          new Error(
-            `no answer to ${req.op} on the ${req.kind} copy of ${req.volume} within ${this.timeoutMs} ms`,
-          ),
-        );
-      }, this.timeoutMs);
-      this.waiting.set(id, {
-        resolve: (r) => {
-          clearTimeout(t);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(t);
-          reject(e);
-        },
-      });
-    });
-    if (!this.send(mixedHead(FrameType.ChunkOp, { ...req, id }, data?.length ?? 0), data)) {
-      const down = new LinkDown(`the link to the ${req.kind} copy of ${req.volume} is down`);
-      this.waiting.get(id)?.reject(down); // clears its timer
-      this.waiting.delete(id);
-      p.catch(() => {});
-      throw down;
-    }
-    const r = await p;
+    const r = await this.requests.request(
+      (id) => this.send(mixedHead(FrameType.ChunkOp, { ...req, id }, data?.length ?? 0), data),
+      this.timeoutMs,
+      () =>
+        new Error(
+          `no answer to ${req.op} on the ${req.kind} copy of ${req.volume} within ${this.timeoutMs} ms`,
+        ),
+      () => new LinkDown(`the link to the ${req.kind} copy of ${req.volume} is down`),
+    );
     if (!r.header.ok) throw new Error(`${req.kind} copy of ${req.volume}: ${r.header.error ?? "failed"}`);
     return r;
   }

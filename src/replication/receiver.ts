@@ -1,7 +1,8 @@
 // The remote gateway's side of a site stream: verifies each record, drops what it
 // already holds, appends the rest to its own journal (from which its replica and
 // its standby server are fed), and acknowledges by count once a record is durable
-// and applied where --ack-after says.
+// and applied where --ack-after says. Named checkpoints come in the same stream, after the
+// record they name.
 import {
   decodeHeader,
   Kind,
@@ -12,7 +13,7 @@ import {
 } from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
-import { FrameType, seqFrame } from "../wire/frames.ts";
+import { FrameError, FrameType, seqFrame } from "../wire/frames.ts";
 
 /** Where the site acknowledges a volume's records: applied to the replica, or also by the standby. */
 export type AckPoint = "rgp" | "rsp";
@@ -60,6 +61,8 @@ export interface ReceiverOptions {
   retain?: (v: VolumeInfo, body: Uint8Array, h: RecordHeader) => number | undefined;
   /** Every retention mark up to this one is durable. */
   retained?: () => number;
+  /** A named checkpoint of a volume at a sequence (the site's retention keeps the name). */
+  checkpoint?: (v: VolumeInfo, name: string, seq: number) => Promise<void>;
   send: (frame: Uint8Array) => void;
 }
 
@@ -143,6 +146,18 @@ export class Receiver {
       this.o.setState(v, "consistent");
     }
     this.pending.push({ no, end: h.pos + body.length, agent: v.agent, ack: this.acks.get(v.id), mark });
+  }
+
+  /** A checkpoint frame: names a record this stream brought before it (not counted: no acknowledgement). */
+  async checkpoint(m: { volume?: unknown; name?: unknown; seq?: unknown }): Promise<void> {
+    const v = this.map.get(Number(m.volume));
+    if (!v) {
+      throw new RecordError(`checkpoint for volume ${String(m.volume)}, which the site did not announce`);
+    }
+    if (typeof m.name !== "string" || !Number.isSafeInteger(m.seq) || (m.seq as number) < 0) {
+      throw new FrameError("malformed checkpoint frame");
+    }
+    await this.o.checkpoint?.(v, m.name, m.seq as number);
   }
 
   /** Acknowledges every record now durable in the journal and applied where required. */

@@ -13,6 +13,7 @@ import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
 import { DirtyMap } from "../capture/dirty-map.ts";
 import { deflateRecord } from "../record/deflate.ts";
 import { addRecordChunks, type Part } from "../recovery/divergence.ts";
+import { CheckpointMarks } from "./marks.ts";
 
 const log = logger("sender");
 
@@ -95,11 +96,21 @@ export class Sender {
   private pulling = false;
   /** Bytes per second at most (0: no limit). */
   bandwidth: number;
+  /** Named checkpoints, sent in the stream after the records they name. */
+  readonly marks = new CheckpointMarks();
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
     this.syncChunk = o.syncChunk ?? 1024 * 1024;
     this.bandwidth = o.bandwidth ?? 0;
+  }
+
+  /**
+   * Names sequence `seq` of a volume: the name travels in the stream right after that record (now,
+   * when the peer has it already), and again at each session start for the records the peer holds.
+   */
+  checkpoint(volume: number, name: string, seq: number): void {
+    if (this.marks.add(volume, name, seq)) this.session?.mark(volume, name, seq);
   }
 
   /** A new bandwidth limit, in force from the next record sent. */
@@ -459,6 +470,8 @@ export class Session {
   /** Sequence number of the last captured write sent per volume (undefined: none yet after a SyncBegin). */
   private lastSent = new Map<number, number | undefined>();
   private peerLast = new Map<number, number>();
+  /** Per volume, the newest captured sequence the peer holds or was sent (checkpoints up to it go now). */
+  private through = new Map<number, number>();
   private syncs = new Map<number, SyncJob>();
   private hashWaiters = new Map<number, (h: Uint8Array | undefined) => void>();
   private wake: (() => void) | undefined;
@@ -484,6 +497,15 @@ export class Session {
 
   oldestUnackedMono(): number | undefined {
     return this.fifo.find((f) => f.seq > 0)?.mono;
+  }
+
+  /** A new checkpoint: sent now if its record went already, else right after it. */
+  mark(volume: number, name: string, seq: number): void {
+    if (this.s.volume(volume) && seq <= (this.through.get(volume) ?? 0)) this.sendMark(volume, name, seq);
+  }
+
+  private sendMark(volume: number, name: string, seq: number): void {
+    this.ch.send(jsonFrame(FrameType.Checkpoint, { volume, name, seq }));
   }
 
   /** The volume is no longer carried: its synchronisation, if one runs, ends here. */
@@ -554,6 +576,9 @@ export class Session {
       const r = reports.get(id);
       this.peerLast.set(id, r?.lastSeq ?? 0);
       this.lastSent.set(id, r?.lastSeq ?? 0);
+      // the checkpoints of records the peer holds: it may have missed them (away, or cut off)
+      this.through.set(id, r?.lastSeq ?? 0);
+      for (const m of this.s.marks.upTo(id, r?.lastSeq ?? 0)) this.sendMark(id, m.name, m.seq);
       if (this.needsSync(id, r)) {
         // after the sync the peer holds this journal's history, whatever it reported before
         // (a promoted copy numbers its own writes): nothing may be skipped as "held" then
@@ -572,6 +597,10 @@ export class Session {
           began: false,
           only: onlyMissed ? missed.setChunks() : undefined,
         });
+      } else if (r && r.lastSeq > this.s.volume(id)!.ackedSeq) {
+        // the peer held records whose acknowledgement this gateway missed (it restarted): they are
+        // skipped as held, so they count as acknowledged, or the lag would show them until the next write
+        this.s.volume(id)!.ackedSeq = r.lastSeq;
       }
     }
     await this.requestHashes();
@@ -725,6 +754,10 @@ export class Session {
     // (an entry read back from the ring after a restart: its age by the wall clocks when read)
     const mono = e.atMono ?? performance.now() - Math.max(0, Date.now() - h.time);
     this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time, mono);
+    if (between) return;
+    this.through.set(h.volume, h.seq);
+    const names = this.s.marks.at(h.volume, h.seq);
+    if (names) { for (const name of names) this.sendMark(h.volume, name, h.seq); }
   }
 
   /** SyncBegin rebases the peer's sequence: it takes the next captured write whatever its number. */

@@ -64,8 +64,7 @@ export class SiteClient {
   private wake: (() => void) | undefined;
   private reannouncing = false;
   private writer: ConnWriter | undefined;
-  private requests = new Map<number, (reply: Record<string, unknown>) => void>();
-  private nextRequest = 1;
+  private requests = new PendingRequests<Record<string, unknown>>();
   /** Chunk operations on the site's copies (recovery). */
   readonly chunks = new ChunkLink((head, payload) => {
     if (!this.writer || !this.connected) return false;
@@ -201,9 +200,7 @@ export class SiteClient {
           }
           case FrameType.Control: {
             const m = decodeJson<Record<string, unknown>>(f.body);
-            const done = this.requests.get(Number(m.id));
-            this.requests.delete(Number(m.id));
-            done?.(m);
+            this.requests.answer(Number(m.id), m);
             break;
           }
           case FrameType.Error:
@@ -218,10 +215,7 @@ export class SiteClient {
       clearInterval(idle);
       this.writer = undefined;
       this.chunks.fail(new Error(`the connection to site ${this.o.site} was lost`));
-      for (const done of this.requests.values()) {
-        done({ ok: false, error: "the connection to the site was lost" });
-      }
-      this.requests.clear();
+      this.requests.failAll(new Error(`the connection to site ${this.o.site} was lost`));
       if (this.session) this.o.sender.detach(this.session);
       this.session = undefined;
       if (this.connected && !this.reannouncing) log.warn("site disconnected", { site: this.o.site });
@@ -235,18 +229,14 @@ export class SiteClient {
   request(msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
     const w = this.writer;
     if (!w || !this.connected) return Promise.reject(new Error(`site ${this.o.site} is not connected`));
-    const id = this.nextRequest++;
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.requests.delete(id);
-        reject(new Error(`site ${this.o.site} did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.requests.set(id, (m) => {
-        clearTimeout(t);
-        resolve(m);
-      });
-      w.send(jsonFrame(FrameType.Control, { ...msg, id }));
-    });
+    return this.requests.request(
+      (id) => {
+        w.send(jsonFrame(FrameType.Control, { ...msg, id }));
+        return true;
+      },
+      timeoutMs,
+      () => new Error(`site ${this.o.site} did not answer within ${timeoutMs} ms`),
+    );
   }
 
   close(): void {
@@ -339,6 +329,9 @@ export class SiteServer {
           case FrameType.RecordDeflated:
             await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
             break;
+          case FrameType.Checkpoint:
+            await receiver.checkpoint(decodeJson(f.body));
+            break;
           case FrameType.HashRequest: {
             const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
             const v = receiver.volume(Number(q.volume));
@@ -410,6 +403,7 @@ export class SiteServer {
 }
 
 import { hashesFrame as hashesFrameFor } from "../wire/frames.ts";
+import { PendingRequests } from "../wire/requests.ts";
 
 /** A volume's retention as a hello announces it; anything malformed is ignored (the site's flags hold). */
 export function retentionOf(r: unknown): { windowMs: number; maxBytes?: number } | undefined {

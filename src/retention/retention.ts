@@ -115,6 +115,10 @@ export class Retention {
     return this.syncedMark;
   }
 
+  has(key: string): boolean {
+    return this.logs.has(key);
+  }
+
   log(key: string): VolumeLog {
     const l = this.logs.get(key);
     if (!l) {

@@ -1,7 +1,8 @@
 // The remote gateway's use of its retention: which volumes it opens and how their base image is
-// seeded, the control requests the local site sends about points (list, checkpoint), and the
-// copy of a volume at a point for a failover test.
+// seeded, the named checkpoints the stream brings, the control requests the local site sends
+// about points, and the copy of a volume at a point for a failover test.
 import type { VolumeInfo } from "../journal/journal.ts";
+import { logger } from "../log.ts";
 import { PointError } from "./points.ts";
 import type { Retention } from "./retention.ts";
 
@@ -24,6 +25,8 @@ export function parsePoint(raw: unknown): number | string {
   if (typeof raw === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(raw)) return raw;
   throw new PointError(`point ${JSON.stringify(raw)}: not a sequence number or a checkpoint name`, "unknown");
 }
+
+const log = logger("retention");
 
 export function siteRetention(d: SiteRetentionDeps) {
   const key = (v: VolumeInfo) => `${v.agent}/${v.name}`;
@@ -48,6 +51,19 @@ export function siteRetention(d: SiteRetentionDeps) {
     take: (v: VolumeInfo, body: Uint8Array, h: { kind: number; flags: number; seq: number; time: number }) =>
       d.retention.take(key(v), body, h),
 
+    /**
+     * A checkpoint from the stream names a sequence of a volume; without a retention for the
+     * volume there is nothing to name. A refused name is logged: the stream goes on.
+     */
+    async mark(v: VolumeInfo, name: string, seq: number): Promise<void> {
+      const l = d.retention.has(key(v)) ? d.retention.log(key(v)) : undefined;
+      try {
+        await l?.checkpoint(name, seq);
+      } catch (e) {
+        log.warn("checkpoint not kept", { volume: key(v), name, seq, error: e });
+      }
+    },
+
     /** Writes the copy of `volume` (AGENT/NAME) at `point` into `into`. */
     async copyAt(volume: string, point: number | string, into: string) {
       const l = d.retention.log(volume);
@@ -56,8 +72,8 @@ export function siteRetention(d: SiteRetentionDeps) {
       return { seq: p.seq, size: l.size, time: p.time };
     },
 
-    /** Answers the local site's `retention`, `point`, `points` and `checkpoint` requests. */
-    async control(m: Record<string, unknown>): Promise<Record<string, unknown>> {
+    /** Answers the local site's `retention`, `point` and `points` requests. */
+    control(m: Record<string, unknown>): Record<string, unknown> {
       try {
         if (m.type === "retention") {
           const { windowMs, maxBytes } = d.retention.policy;
@@ -77,15 +93,6 @@ export function siteRetention(d: SiteRetentionDeps) {
             retention: d.retention.status().find((s) => s.volume === volume),
             windowMs: d.retention.policyOf(volume).windowMs,
           };
-        }
-        if (m.type === "checkpoint") {
-          const name = String(m.name);
-          const seq = Number(m.seq);
-          if (!Number.isSafeInteger(seq) || seq < 0) {
-            throw new Error(`seq ${String(m.seq)}: not a sequence number`);
-          }
-          await d.retention.log(volume).checkpoint(name, seq);
-          return { ok: true };
         }
         return { ok: false, error: `unknown request "${String(m.type)}"` };
       } catch (e) {

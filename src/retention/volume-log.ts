@@ -253,11 +253,15 @@ export class VolumeLog {
     return n.length ? n : undefined;
   }
 
-  /** Names a sequence (the same checkpoint marks the same sequence at every site). */
+  /**
+   * Names a sequence (the same checkpoint marks the same sequence at every site). A name of a point
+   * that expired here is not kept: the stream sends names again at each session.
+   */
   async checkpoint(name: string, seq: number): Promise<void> {
     if (!NAME_RE.test(name)) throw new Error(`checkpoint name "${name}": letters, digits, . _ - (1 to 64)`);
     const had = this.names.get(name);
-    if (had === seq) return;
+    const base = this.index.base;
+    if (had === seq || (had === undefined && !base.rebase && seq < base.seq)) return;
     if (had !== undefined) throw new Error(`checkpoint "${name}" already names sequence ${had}`);
     this.names.set(name, seq);
     await writeJson(`${this.dir}/names.json`, Object.fromEntries(this.names));

@@ -11,6 +11,7 @@ import { GatewayListener } from "../link/gateway-listener.ts";
 import { type Address, parseAddress } from "../link/address.ts";
 import { readSecretFile } from "../wire/secret-file.ts";
 import { startWebServer } from "../web/web-server.ts";
+import type { GatewayStatus } from "../web/gateway-status.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
@@ -28,7 +29,7 @@ import { startHeartbeatReceiver } from "../heartbeat/channel.ts";
 import { failoverRoutes } from "../web/failover-routes.ts";
 import { recoveryRoutes } from "../web/recovery-routes.ts";
 import { pointsRoutes } from "../web/points-routes.ts";
-import { checkSitePoint, RecoveryPoints } from "../points/points.ts";
+import { allCheckpoints, checkSitePoint, RecoveryPoints } from "../points/points.ts";
 import { PointSearch } from "../points/search.ts";
 import { RetentionWatch } from "../points/watch.ts";
 import { type CopyInfo, RecoveryService, type SourceRef } from "../recovery/service.ts";
@@ -310,6 +311,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       policyOf,
       onLink: (site, up) => strategy.cp?.onSite(site, up),
     });
+    /** A named checkpoint goes in every site's stream, right after the record it names. */
+    const markCheckpoint = (key: string, c: { name: string; seq: number }) => {
+      const v = journal.volumes().find((x) => `${x.agent}/${x.name}` === key);
+      if (v) { for (const r of remotes) r.sender.checkpoint(v.id, c.name, c.seq); }
+    };
+    // before the first session: a site that missed a checkpoint gets it when it connects
+    for (const c of await allCheckpoints(db)) markCheckpoint(c.volume, c);
     mirror.start();
     cleanups.push(() => mirror.stop());
     for (const r of remotes) {
@@ -641,7 +649,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       followTasks: true,
       discovery,
       recoveries: () => recovery.list(),
-      status: () => ({
+      status: (): GatewayStatus => ({
         role: "local-gateway",
         site: str(p, "id"),
         uptimeMs: Math.round(performance.now() - started),
@@ -698,6 +706,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           audit,
           request: siteRequest,
           lastSeq: (key) => journal.volumes().find((v) => `${v.agent}/${v.name}` === key)?.lastSeq,
+          mark: markCheckpoint,
+          linked: (site) => remotes.find((r) => r.site === site)?.client.connected ?? false,
         });
         pointsRoutes(app, { store, points, search: new PointSearch({ store, audit, tests, points }) });
       },

@@ -36,6 +36,7 @@ import { siteDrill } from "../drills/site.ts";
 import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
 import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
+import { PendingRequests } from "../wire/requests.ts";
 
 const log = logger("remote-gateway");
 
@@ -354,8 +355,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         reports.delete(agent);
       },
     };
-    const answers = new Map<number, (m: StandbyAnswer) => void>();
-    let nextAsk = 1;
+    const answers = new PendingRequests<StandbyAnswer>();
     // the devices each standby agent may serve, for the local sites' inventories
     const standbyDevices = new StandbyDevices();
     const agents = await GatewayListener.listen({
@@ -384,7 +384,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           "rollback-set",
         ]
           .includes(String(m?.type));
-        if (answer) answers.get(Number(m.id))?.(m);
+        if (answer) answers.answer(Number(m.id), m);
       },
     });
 
@@ -486,22 +486,15 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       extra: Record<string, unknown> = {},
       timeoutMs = 60_000,
     ) => {
-      const id = nextAsk++;
-      const answer = new Promise<StandbyAnswer>((resolve) => {
-        answers.set(id, resolve);
-        setTimeout(
-          () =>
-            resolve({
-              ok: false,
-              error: `the agent did not finish its ${type} within ${Math.round(timeoutMs / 1000)} s`,
-            }),
-          timeoutMs,
-        );
-      });
-      agents.sendControl(agent, { type, id, ...extra });
-      const r = await answer;
-      answers.delete(id);
-      return r;
+      // an order that times out is an answer like any other: not done, with the reason
+      return await answers.request(
+        (id) => {
+          agents.sendControl(agent, { type, id, ...extra });
+          return true;
+        },
+        timeoutMs,
+        () => new Error(`the agent did not finish its ${type} within ${Math.round(timeoutMs / 1000)} s`),
+      ).catch((e): StandbyAnswer => ({ ok: false, error: (e as Error).message }));
     };
 
     /**
@@ -589,6 +582,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           promoted: (agent) => promoted.has(agent),
           retain: points.take,
           retained: () => retention.synced,
+          checkpoint: points.mark,
           send,
         }),
       hashes: async (v, chunk) => {
@@ -679,8 +673,8 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
           };
           return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
         }
-        if (m.type === "retention" || m.type === "point" || m.type === "points" || m.type === "checkpoint") {
-          return points.control(m);
+        if (m.type === "retention" || m.type === "point" || m.type === "points") {
+          return Promise.resolve(points.control(m));
         }
         if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
         if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));

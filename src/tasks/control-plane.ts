@@ -27,6 +27,7 @@ import type { Assignment } from "../capture/assignments.ts";
 import type { Host, Mirror, Task, Volume } from "./model.ts";
 import { DesiredState } from "./desired-state.ts";
 import type { TaskStore } from "./store.ts";
+import { PendingRequests } from "../wire/requests.ts";
 
 const log = logger("control-plane");
 
@@ -230,8 +231,7 @@ export interface ControlPlaneDeps {
 type Answer = Record<string, unknown>;
 
 export class ControlPlane {
-  private answers = new Map<number, (m: Answer) => void>();
-  private nextId = 1;
+  private requests = new PendingRequests<Answer>();
   private states = new Map<string, AssignmentState>();
   /** Each remote site's desired standby copies (per agent), re-sent until the site answered. */
   private plans: DesiredState<Record<string, Assignment[]>>;
@@ -385,9 +385,7 @@ export class ControlPlane {
   onControl(agent: string, msg: unknown): void {
     const m = msg as Answer;
     if (m?.type === "assigned" || m?.type === "unassigned") {
-      const done = this.answers.get(Number(m.id));
-      this.answers.delete(Number(m.id));
-      done?.(m);
+      this.requests.answer(Number(m.id), m);
     } else if (m?.type === "assignments" && Array.isArray(m.names)) {
       const names = m.names.filter((n): n is string => typeof n === "string");
       this.withdrawExtra(agent, names).catch((e) =>
@@ -529,18 +527,15 @@ export class ControlPlane {
 
   /** Sends an order and waits for its answer; undefined when the agent is not connected. */
   private async ask(agent: string, msg: Answer): Promise<Answer | undefined> {
-    const id = this.nextId++;
-    if (!this.d.send(agent, { ...msg, id })) return undefined;
-    // the answer comes in a later frame: waiting starts in time after the (synchronous) send
-    return await new Promise<Answer>((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.answers.delete(id);
-        reject(new Error(`agent ${agent} did not answer ${msg.type} within ${this.timeout / 1000} s`));
-      }, this.timeout);
-      this.answers.set(id, (m) => {
-        clearTimeout(t);
-        resolve(m);
-      });
+    let connected = true;
+    const answer = this.requests.request(
+      (id) => connected = this.d.send(agent, { ...msg, id }),
+      this.timeout,
+      () => new Error(`agent ${agent} did not answer ${msg.type} within ${this.timeout / 1000} s`),
+    );
+    return await answer.catch((e) => {
+      if (!connected) return undefined;
+      throw e;
     });
   }
 

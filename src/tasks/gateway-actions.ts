@@ -35,6 +35,9 @@ import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
 import type { FailoverTests } from "./failover-tests.ts";
+import { logger } from "../log.ts";
+
+const log = logger("gateway-actions");
 
 /** The parts of the RecoveryService the actions use. */
 export interface RecoveryApi {
@@ -356,7 +359,9 @@ async function settle(store: TaskStore, name: string, event: TaskEvent, cause: s
     const task = await store.getTask(name).catch(() => undefined);
     if (!task) return;
     if (task.state === "failing-back") {
-      await store.applyEvent(name, event, cause, "failing-back").catch(() => {});
+      await store.applyEvent(name, event, cause, "failing-back").catch((e) =>
+        log.error("cannot record the end of a failback", { task: name, event, error: e })
+      );
       return;
     }
     await new Promise((r) => setTimeout(r, 250));

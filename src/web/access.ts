@@ -10,6 +10,7 @@
 //   Sec-Fetch-Site), come from this origin.
 // - A viewer may only read, log out and change their own password.
 import type { Context, Hono, MiddlewareHandler } from "hono";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { z } from "zod";
 import { nameSchema } from "../tasks/model.ts";
 import type { Audit } from "../audit/audit.ts";
@@ -23,7 +24,7 @@ import {
   type SetupToken,
   type Users,
 } from "./auth.ts";
-import { sessionCookie, type Sessions } from "./sessions.ts";
+import { SESSION_COOKIE, type Sessions } from "./sessions.ts";
 import { HttpError, readBody } from "./http.ts";
 import { passwordProblem } from "./passwords.ts";
 
@@ -75,7 +76,7 @@ export function accessControl(d: AccessDeps): MiddlewareHandler {
         });
       }
     } else {
-      const s = await d.sessions.get(sessionCookie(c.req.header("cookie")));
+      const s = await d.sessions.get(getCookie(c, SESSION_COOKIE));
       const user = s && await d.users.get(s.user);
       if (s && user) {
         principal = {
@@ -94,6 +95,7 @@ export function accessControl(d: AccessDeps): MiddlewareHandler {
     }
     if (MUTATING.has(method)) {
       if (principal.session) {
+        // not hono/csrf: it checks only form-encoded bodies and has no per-session token
         const site = c.req.header("sec-fetch-site");
         const origin = c.req.header("origin");
         if (
@@ -156,10 +158,18 @@ function param(c: Context, what: string): string {
   return r.data;
 }
 
+/** The session cookie: never read by scripts, never sent cross-site, only over TLS where TLS is on. */
+function cookieOptions(secure: boolean) {
+  return { path: "/", httpOnly: true, sameSite: "Strict", secure } as const;
+}
+
 export function accessRoutes(app: Hono, d: AccessDeps): void {
   const startSession = async (c: Context, user: string, role: string) => {
     const { id, session } = await d.sessions.create(user);
-    c.header("set-cookie", d.sessions.cookie(id, d.secure));
+    setCookie(c, SESSION_COOKIE, id, {
+      ...cookieOptions(d.secure),
+      maxAge: Math.floor(d.sessions.maxAgeMs / 1000),
+    });
     return { user, role, csrf: session.csrf, expiresAt: session.expiresAt, idleMs: d.sessions.idleMs };
   };
 
@@ -191,7 +201,7 @@ export function accessRoutes(app: Hono, d: AccessDeps): void {
   app.post("/api/logout", async (c) => {
     const p = c.get("principal");
     if (p.session) await d.sessions.end(p.session.idHash);
-    c.header("set-cookie", d.sessions.clearCookie(d.secure));
+    deleteCookie(c, SESSION_COOKIE, cookieOptions(d.secure));
     return c.json({ ok: true });
   });
 

@@ -5,9 +5,12 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { eq } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
+import { logger } from "../log.ts";
 import { apiTokens, sessions, users } from "../db/schema.ts";
 import { hashPassword, passwordProblem, verifyPassword } from "./passwords.ts";
 import { tokenMatches } from "./token.ts";
+
+const log = logger("auth");
 
 export type Role = "admin" | "viewer";
 
@@ -207,7 +210,7 @@ export class ApiTokens {
         this.db,
         () => this.db.update(apiTokens).set({ lastUsed: now }).where(eq(apiTokens.name, row.name)),
       )
-        .catch(() => {});
+        .catch((e) => log.warn("cannot record an API token's last use", { token: row.name, error: e }));
     }
     return { kind: "token", name: row.name, role: row.role as Role };
   }

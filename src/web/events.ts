@@ -21,7 +21,7 @@ import { desc, gt } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { auditLog } from "../db/schema.ts";
 import { logger } from "../log.ts";
-import type { AssignmentState } from "../tasks/control-plane.ts";
+import type { GatewayStatus } from "./gateway-status.ts";
 
 const log = logger("events");
 
@@ -182,26 +182,6 @@ export class EventStreams {
 // ------------------------------------------------------------------------------ collector
 
 /** The parts of the local gateway's status the collector looks at (all optional). */
-export interface StatusView {
-  site?: string;
-  agents?: string[];
-  liveness?: { agent: string; state: string; serviceHealthy?: boolean; serviceDetail?: string }[];
-  services?: { name: string; state: string; site?: string }[];
-  journal?: { used?: number; capacity?: number };
-  volumes?: { agent: string; name: string; lastSeq?: number; durableSeq?: number; mirrorSeq?: number }[];
-  sites?: {
-    site: string;
-    connected?: boolean;
-    lagBytes?: number;
-    lagSeconds?: number;
-    ackedBytes?: number;
-    rttMs?: number | null;
-    volumes?: { agent?: string; name?: string; state: string; lagRecords?: number }[];
-  }[];
-  /** The tasks' copies as the control plane assigns them. */
-  assignments?: AssignmentState[];
-}
-
 export interface RecoveryView {
   id: number;
   volume: string;
@@ -219,7 +199,7 @@ export interface RecoveryView {
 
 export interface CollectorOptions {
   bus: EventBus;
-  status: () => unknown;
+  status: () => GatewayStatus;
   db?: Db;
   recoveries?: () => Promise<RecoveryView[]>;
   intervalMs?: number;
@@ -231,7 +211,7 @@ export interface Rates {
 }
 
 export class StatusCollector {
-  private prev: StatusView | undefined;
+  private prev: GatewayStatus | undefined;
   private prevAt = 0;
   private timers: ReturnType<typeof setInterval>[] = [];
   private auditAfter: number | undefined;
@@ -266,9 +246,9 @@ export class StatusCollector {
 
   /** Takes a snapshot, publishes it and the changes since the last one. */
   snapshot(): void {
-    let s: StatusView;
+    let s: GatewayStatus;
     try {
-      s = this.o.status() as StatusView;
+      s = this.o.status();
     } catch (e) {
       log.warn("status snapshot failed", { error: e });
       return;
@@ -289,7 +269,7 @@ export class StatusCollector {
     this.o.bus.publish({ kind: "status", message: "status", data: { ...s, rates }, time: Date.now() });
   }
 
-  private diff(p: StatusView, s: StatusView): void {
+  private diff(p: GatewayStatus, s: GatewayStatus): void {
     const bus = this.o.bus;
     for (const a of s.liveness ?? []) {
       const before = p.liveness?.find((x) => x.agent === a.agent);
@@ -360,7 +340,7 @@ export class StatusCollector {
   }
 
   /** A task's copy refused (or assigned after a refusal): an event of the task, which its pages follow. */
-  private assignmentEvents(p: StatusView, s: StatusView): void {
+  private assignmentEvents(p: GatewayStatus, s: GatewayStatus): void {
     const key = (a: { task: string; kind: string; site?: string }) => `${a.task}/${a.kind}/${a.site ?? ""}`;
     const before = new Map((p.assignments ?? []).map((a) => [key(a), a]));
     // a refused start is the task's own failure, published as such (TaskStore.onFailure)

@@ -5,6 +5,7 @@ import { TASK_STATES } from "../tasks/model.ts";
 import { type QosStatusLike, renderQosMetrics } from "./metrics-qos.ts";
 import { renderRetentionMetrics } from "./metrics-retention.ts";
 import type { SiteRetention } from "../points/watch.ts";
+import type { GatewayStatus } from "./gateway-status.ts";
 
 type Labels = Record<string, string | number>;
 
@@ -49,38 +50,8 @@ function formatValue(v: number): string {
   return String(v);
 }
 
-/** The local gateway's status as /api/status serves it (fields read defensively). */
-export interface GatewayStatusLike {
-  site?: string;
-  uptimeMs?: number;
-  agents?: string[];
-  refused?: Record<string, number>;
-  liveness?: { agent: string; state: string; serviceHealthy?: boolean; sinceLastHeartbeatMs?: number }[];
-  heartbeats?: { accepted?: number; dropped?: Record<string, number> };
-  services?: { name: string; state: string; site?: string }[];
-  journal?: { tail?: number; durable?: number; head?: number; capacity?: number; used?: number };
-  volumes?: {
-    agent: string;
-    name: string;
-    size?: number;
-    lastSeq?: number;
-    durableSeq?: number;
-    mirrorSeq?: number;
-  }[];
-  sites?: {
-    site: string;
-    connected?: boolean;
-    lagBytes?: number;
-    lagSeconds?: number;
-    inFlightBytes?: number;
-    rttMs?: number | null;
-    ackedBytes?: number;
-    volumes?: { agent?: string; name?: string; state: string; ackedSeq?: number; lagRecords?: number }[];
-  }[];
-}
-
 export interface MetricsInput {
-  status: GatewayStatusLike;
+  status: GatewayStatus;
   /** Acknowledged bytes per second per site, from the collector. */
   rates?: Record<string, { bps: number }>;
   recoveries?: RecoveryView[];

@@ -1,12 +1,15 @@
 // Login sessions: a random 256-bit id in the `continuum_session` cookie (HttpOnly,
-// SameSite=Strict, Path=/, Secure under TLS); the database keeps only its SHA-256, the user, a
+// SameSite=Strict, Path=/, Secure under TLS; set by access.ts); the database keeps only its SHA-256, the user, a
 // per-session CSRF token, and the times. A session ends at logout, after `idleMs` without a
 // request, or `maxAgeMs` after login, whichever comes first. Checks run from a cache; the last
 // use is written back at most once a minute.
 import { eq, lt } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
+import { logger } from "../log.ts";
 import { sessions } from "../db/schema.ts";
 import { randomToken, sha256 } from "./auth.ts";
+
+const log = logger("sessions");
 
 export const SESSION_COOKIE = "continuum_session";
 
@@ -77,8 +80,9 @@ export class Sessions {
     if (now - s.written > 60_000) {
       s.written = now;
       const h = idHash;
+      // a missed write only shortens what a restart remembers of the session's activity
       serialized(this.db, () => this.db.update(sessions).set({ lastSeen: now }).where(eq(sessions.idHash, h)))
-        .catch(() => {});
+        .catch((e) => log.warn("cannot record a session's last activity", { error: e }));
     }
     return s;
   }
@@ -99,27 +103,4 @@ export class Sessions {
   forgetUser(user: string, keep?: string): void {
     for (const [h, s] of this.cache) if (s.user === user && h !== keep) this.cache.delete(h);
   }
-
-  /** The Set-Cookie value for a new session. */
-  cookie(id: string, secure: boolean): string {
-    return `${SESSION_COOKIE}=${id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${
-      Math.floor(this.maxAgeMs / 1000)
-    }` +
-      (secure ? "; Secure" : "");
-  }
-
-  /** The Set-Cookie value that removes the cookie. */
-  clearCookie(secure: boolean): string {
-    return `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0` + (secure ? "; Secure" : "");
-  }
-}
-
-/** The session cookie's value in a Cookie header. */
-export function sessionCookie(header: string | undefined | null): string | undefined {
-  if (!header) return undefined;
-  for (const part of header.split(";")) {
-    const i = part.indexOf("=");
-    if (i > 0 && part.slice(0, i).trim() === SESSION_COOKIE) return part.slice(i + 1).trim();
-  }
-  return undefined;
 }

@@ -7,6 +7,8 @@
 // stdout as `setup-url=…/setup#TOKEN` — the token sits in the fragment, so it never reaches a
 // server log or a Referer header — and never goes through the JSON logger.
 import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { secureHeaders } from "hono/secure-headers";
 import { hostname as osHostname } from "node:os";
 import type { Db } from "../db/db.ts";
 import { Audit } from "../audit/audit.ts";
@@ -19,11 +21,11 @@ import { ApiTokens, FailureLimiter, readPasswordFile, SetupToken, Users } from "
 import { type SessionOptions, Sessions } from "./sessions.ts";
 import { accessControl, type AccessDeps, accessRoutes } from "./access.ts";
 import { EventBus, EventStreams, parseFilter, type RecoveryView, StatusCollector } from "./events.ts";
-import { type GatewayStatusLike, renderMetrics } from "./metrics.ts";
+import { renderMetrics } from "./metrics.ts";
+import type { GatewayStatus } from "./gateway-status.ts";
 import { taskRoutes } from "./task-routes.ts";
 import type { Discovery } from "../tasks/discovery.ts";
 import { discoveryRoutes } from "./discovery-routes.ts";
-import type { ProblemStatusView } from "../tasks/problems.ts";
 import { errorResponse, HttpError, MAX_BODY, tooLarge } from "./http.ts";
 import { INDEX_HTML, NOT_BUILT_HTML, readBundle } from "./ui-static.ts";
 import { serveHttp, type TlsFiles } from "./status-server.ts";
@@ -39,7 +41,7 @@ export interface WebServerOptions {
   fileToken?: string;
   /** Creates the user "admin" with this file's password when there is no user yet. */
   adminPasswordFile?: string;
-  status: () => unknown;
+  status: () => GatewayStatus;
   /** More routes (registered behind the access control). */
   routes?: (app: Hono) => void;
   actions: TaskActions;
@@ -68,17 +70,27 @@ export interface WebServer {
   close(): Promise<void>;
 }
 
-const SECURITY_HEADERS: Record<string, string> = {
-  "content-security-policy":
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-  "x-content-type-options": "nosniff",
-  "x-frame-options": "DENY",
-  "referrer-policy": "no-referrer",
-  "cross-origin-opener-policy": "same-origin",
-  "cross-origin-resource-policy": "same-origin",
-  "permissions-policy": "camera=(), microphone=(), geolocation=()",
-};
+/** What a browser may do with the UI's pages: only this origin's scripts, styles and connections. */
+function securityHeaders(tls: boolean) {
+  return secureHeaders({
+    contentSecurityPolicy: {
+      defaultSrc: ["'none'"],
+      scriptSrc: ["'self'"],
+      styleSrc: ["'self'"],
+      imgSrc: ["'self'", "data:"],
+      connectSrc: ["'self'"],
+      baseUri: ["'none'"],
+      formAction: ["'self'"],
+      frameAncestors: ["'none'"],
+    },
+    xFrameOptions: "DENY",
+    referrerPolicy: "no-referrer",
+    crossOriginOpenerPolicy: "same-origin",
+    crossOriginResourcePolicy: "same-origin",
+    permissionsPolicy: { camera: [], microphone: [], geolocation: [] },
+    strictTransportSecurity: tls ? "max-age=31536000" : false,
+  });
+}
 
 function urlHost(hostname: string): string {
   if (hostname === "0.0.0.0" || hostname === "::" || hostname === "") return osHostname();
@@ -161,19 +173,15 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
   };
 
   const app = new Hono();
+  app.use("*", securityHeaders(o.tls !== undefined));
   app.use("*", async (c, next) => {
     await next();
-    for (const [k, v] of Object.entries(SECURITY_HEADERS)) c.res.headers.set(k, v);
-    if (o.tls) c.res.headers.set("strict-transport-security", "max-age=31536000");
     if (c.req.path.startsWith("/api/") || c.req.path === "/metrics") {
       c.res.headers.set("cache-control", "no-store");
     }
   });
-  // bodies: a declared length over the limit is refused here; readJson caps streamed ones
-  app.use("/api/*", async (c, next) => {
-    if (Number(c.req.header("content-length") ?? 0) > MAX_BODY) throw tooLarge();
-    await next();
-  });
+  // bodies over the limit are refused before a route reads them, with or without a declared length
+  app.use("*", bodyLimit({ maxSize: MAX_BODY, onError: () => Promise.reject(tooLarge()) }));
   const guard = accessControl(access);
   app.use("/api/*", guard);
   app.use("/metrics", guard);
@@ -214,7 +222,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
   });
   app.get("/metrics", async (c) => {
     const text = renderMetrics({
-      status: o.status() as GatewayStatusLike,
+      status: o.status(),
       rates: collector.rates.sites,
       recoveries: o.recoveries ? await o.recoveries().catch(() => []) : undefined,
       tasks: await store.listTasks(),
@@ -226,7 +234,7 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
     store,
     actions: o.actions,
     audit,
-    status: () => o.status() as ProblemStatusView,
+    status: o.status,
     adoptable: o.discovery ? (g) => o.discovery!.adoptable(g) : undefined,
   });
   if (o.discovery) discoveryRoutes(app, o.discovery);

@@ -25,6 +25,8 @@ export const enum FrameType {
   Pong = 26,
   /** A record whose payload is deflated (src/record/deflate.ts), local gateway → remote gateway. */
   RecordDeflated = 27,
+  /** A named checkpoint {volume, name, seq}, right after the record it names in a site stream. */
+  Checkpoint = 28,
   // data recovery: chunk operations on a volume copy, and their answers
   ChunkOp = 30,
   ChunkReply = 31,
