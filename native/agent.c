@@ -229,6 +229,9 @@ static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len
     vol_release(a);
     return 0;
   }
+  case 30: // ChunkOp: a recovery's writes may be served here
+    if (agent_chunk_write(a, body, len)) return 0;
+    break;
   case F_ERROR: {
     char msg[400] = "error";
     json_get_str((const char *)body, len, "message", msg, sizeof msg);

@@ -111,6 +111,7 @@ struct cn_agent {
   pthread_mutex_t fence_mu; // a leaf lock: taken under a volume's
   char fence[512];
   bool fenced;
+  bool chunk_writes; // under fence_mu: the link thread serves recovery writes (chunks.c)
   pthread_mutex_t wake_mu; // a leaf lock: the sender's wake-ups
   bool send_pending;
   // link
@@ -136,6 +137,9 @@ struct outframe {
   uint64_t len;
   uint8_t bytes[];
 };
+
+/** chunks.c, for the link thread: 1 when it served a ChunkOp frame itself, 0 to leave it to TypeScript. */
+int agent_chunk_write(cn_agent *a, const uint8_t *body, uint32_t len);
 
 // capture.c, for agent.c. Lock order: the agent's mu, then a volume's mu, then the leaf locks
 // (fence_mu, wake_mu, a dirty map's, an NBD connection's).

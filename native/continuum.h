@@ -309,4 +309,13 @@ int32_t cn_nbd_request_check(const uint8_t *header, uint64_t size, int32_t read_
 /** Decodes and verifies one record; out[8] gets its fields. 0, or -1 bad header, -2 bad payload. */
 int32_t cn_record_check(const uint8_t *b, uint64_t len, uint32_t max_length, uint64_t *out);
 
+// ---- agent: recovery chunk writes in the data plane (chunks.c) ----
+
+/**
+ * While on, the agent's link thread serves the gateway's ChunkOp "write" frames for its captured
+ * volumes itself whenever the agent is fenced: positional write, then the ChunkReply. Other chunk
+ * operations, and writes it would not accept, reach TypeScript as frame events as before.
+ */
+void cn_agent_serve_chunk_writes(cn_agent *a, int32_t on);
+
 #endif

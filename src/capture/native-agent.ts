@@ -228,6 +228,14 @@ export class NativeAgent {
     native().cn_agent_fence(this.ptr, cstr(reason ?? ""));
   }
 
+  /**
+   * The link thread writes a recovery's chunks into the captured volumes itself while the agent
+   * is fenced (the rebuild of a primary's disk), instead of handing each chunk to TypeScript.
+   */
+  serveChunkWrites(): void {
+    if (!this.closed) native().cn_agent_serve_chunk_writes(this.ptr, 1);
+  }
+
   /** Announces a standby's copy (now if connected, and after every reconnection). */
   announce(v: LinkVolume): void {
     this.announced.set(v.linkId, v);

@@ -146,7 +146,7 @@ export class GatewayListener {
       const s: Session = {
         id: e.source,
         agent: m.agent,
-        chunks: new ChunkLink((b) => this.send(s, b)),
+        chunks: new ChunkLink((head, payload) => this.send(s, head, payload)),
       };
       this.sessions.set(s.id, s);
       this.byAgent.set(s.agent, s);

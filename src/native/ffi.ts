@@ -135,6 +135,8 @@ export const symbols = {
   cn_nbd_client_flags: { parameters: ["u32"], result: "i32" },
   cn_nbd_request_check: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   cn_record_check: { parameters: ["buffer", "u64", "u32", "buffer"], result: "i32" },
+  // agent: recovery chunk writes in the data plane
+  cn_agent_serve_chunk_writes: { parameters: ["pointer", "i32"], result: "void" },
 } as const;
 
 export type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];

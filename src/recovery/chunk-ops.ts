@@ -3,7 +3,7 @@
 // agent for its disk, a gateway for its mirror or replica, a standby agent) serves
 // them; the recovery orchestrator asks for them, locally or over a link.
 import * as native from "../native/mod.ts";
-import { FrameError, FrameType, mixedFrame } from "../wire/frames.ts";
+import { FrameError, FrameType, mixedFrame, mixedHead } from "../wire/frames.ts";
 import { PendingRequests } from "../wire/requests.ts";
 
 export type CopyKind = "lsp" | "lgp" | "rgp" | "rsp";
@@ -47,7 +47,8 @@ export interface ChunkStore {
   size(): Promise<number>;
   /** XXH3-128 of chunks index..index+count-1 (16 bytes each). */
   hashes(chunkSize: number, index: number, count: number): Promise<Uint8Array>;
-  read(chunkSize: number, index: number): Promise<Uint8Array>;
+  /** `into`: a buffer the chunk may be read into (its caller reuses it once done with the chunk). */
+  read(chunkSize: number, index: number, into?: Uint8Array): Promise<Uint8Array>;
   write(chunkSize: number, index: number, data: Uint8Array): Promise<void>;
   sync(): Promise<void>;
   /** The chunks written since a common point, for copies that track them (rejects otherwise). */
@@ -101,10 +102,11 @@ export class FileChunks implements ChunkStore {
     return await native.hashRange(this.fd, off, Math.min(count * chunkSize, this.bytes - off), chunkSize);
   }
 
-  async read(chunkSize: number, index: number): Promise<Uint8Array> {
+  async read(chunkSize: number, index: number, into?: Uint8Array): Promise<Uint8Array> {
     checkRange(this.bytes, chunkSize, index);
     const off = index * chunkSize;
-    const buf = new Uint8Array(Math.min(chunkSize, this.bytes - off));
+    const len = Math.min(chunkSize, this.bytes - off);
+    const buf = into && into.length >= len ? into.subarray(0, len) : new Uint8Array(len);
     const n = await native.pread(this.fd, buf, off);
     if (n < buf.length) buf.fill(0, n);
     return buf;
@@ -188,7 +190,7 @@ export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000
   return {
     size: () => again((s) => s.size()),
     hashes: (cs, i, n) => again((s) => s.hashes(cs, i, n)),
-    read: (cs, i) => again((s) => s.read(cs, i)),
+    read: (cs, i, into) => again((s) => s.read(cs, i, into)),
     write: (cs, i, d) => again((s) => s.write(cs, i, d)),
     sync: () => again((s) => s.sync()),
     divergence: () =>
@@ -206,7 +208,11 @@ export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000
 export class ChunkLink {
   private requests = new PendingRequests<{ header: ChunkReply; payload: Uint8Array }>();
 
-  constructor(private readonly send: (frame: Uint8Array) => boolean, private readonly timeoutMs = 120_000) {}
+  constructor(
+    /** Sends a frame: its head, then the payload as it is (a chunk is not copied into the head). */
+    private readonly send: (head: Uint8Array, payload?: Uint8Array) => boolean,
+    private readonly timeoutMs = 120_000,
+  ) {}
 
   answer(header: ChunkReply, payload: Uint8Array): void {
     this.requests.answer(header.id, { header, payload });
@@ -222,7 +228,7 @@ export class ChunkLink {
     data?: Uint8Array,
   ): Promise<{ header: ChunkReply; payload: Uint8Array }> {
     const r = await this.requests.request(
-      (id) => this.send(mixedFrame(FrameType.ChunkOp, { ...req, id }, data)),
+      (id) => this.send(mixedHead(FrameType.ChunkOp, { ...req, id }, data?.length ?? 0), data),
       this.timeoutMs,
       () =>
         new Error(

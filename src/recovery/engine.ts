@@ -278,6 +278,8 @@ class CopyPool {
 
   private async worker(si: number): Promise<void> {
     const src = this.sources[si], stat = this.stats[si];
+    // one buffer a worker for local reads: a chunk is done with once written (a link copies it)
+    const buf = new Uint8Array(this.cs);
     for (;;) {
       if (stat.state === "failed") return;
       const j = await this.take();
@@ -289,7 +291,7 @@ class CopyPool {
       }
       let data: Uint8Array;
       try {
-        data = await src.store.read(this.cs, j);
+        data = await src.store.read(this.cs, j, buf);
       } catch (e) {
         this.inFlight--;
         this.queue.splice(this.head, 0, j); // another source takes it next

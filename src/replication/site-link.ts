@@ -66,9 +66,10 @@ export class SiteClient {
   private writer: ConnWriter | undefined;
   private requests = new PendingRequests<Record<string, unknown>>();
   /** Chunk operations on the site's copies (recovery). */
-  readonly chunks = new ChunkLink((b) => {
+  readonly chunks = new ChunkLink((head, payload) => {
     if (!this.writer || !this.connected) return false;
-    this.writer.send(b);
+    this.writer.send(head);
+    if (payload) this.writer.send(payload);
     return true;
   });
   connected = false;

@@ -695,6 +695,7 @@ async function runPrimary(c: Common): Promise<RoleHandle> {
       devices.connected();
     },
   });
+  agent.serveChunkWrites();
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   let server: NbdServer | undefined;
   let prot: Awaited<ReturnType<typeof protect>> | undefined;

@@ -128,16 +128,27 @@ export function decodeTime(body: Uint8Array): number {
 }
 
 /** A frame carrying a JSON header and a binary payload: u32 JSON length, JSON, payload. */
-export function mixedFrame(type: FrameType, header: unknown, payload?: Uint8Array): Uint8Array {
+/**
+ * The head of a mixed frame (frame header, then the JSON header) whose payload of
+ * `payloadLength` bytes is sent right after it, as it is: a large payload is not copied.
+ */
+export function mixedHead(type: FrameType, header: unknown, payloadLength = 0): Uint8Array {
   const json = encoder.encode(JSON.stringify(header));
-  const plen = payload?.length ?? 0;
-  const b = new Uint8Array(FRAME_HEADER + 4 + json.length + plen);
+  const b = new Uint8Array(FRAME_HEADER + 4 + json.length);
   const v = new DataView(b.buffer);
-  v.setUint32(0, 1 + 4 + json.length + plen);
+  v.setUint32(0, 1 + 4 + json.length + payloadLength);
   b[4] = type;
   v.setUint32(5, json.length);
   b.set(json, FRAME_HEADER + 4);
-  if (payload) b.set(payload, FRAME_HEADER + 4 + json.length);
+  return b;
+}
+
+export function mixedFrame(type: FrameType, header: unknown, payload?: Uint8Array): Uint8Array {
+  const head = mixedHead(type, header, payload?.length ?? 0);
+  if (!payload) return head;
+  const b = new Uint8Array(head.length + payload.length);
+  b.set(head);
+  b.set(payload, head.length);
   return b;
 }
 

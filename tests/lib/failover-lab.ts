@@ -81,6 +81,11 @@ export interface LabOptions {
    * control file in the lab's directory (`clockFile(role)`), at offset 0 until a test steps it.
    */
   faketime?: boolean;
+  /**
+   * The site link goes through a relay (tests/lib/site-relay.ts, in the gw namespace) that can
+   * keep the gateway's records from the site while the link stays up (`holdRecords`).
+   */
+  siteRelay?: boolean;
 }
 
 export type ClockRole = "agent" | "local-gateway" | "remote-gateway";
@@ -95,6 +100,8 @@ export class FailoverLab {
   agent!: RoleProcess;
   appService: RoleProcess | undefined;
   private extra: RoleProcess[] = [];
+  /** The site relay, with `siteRelay`. */
+  relay: RoleProcess | undefined;
   token = "";
   lsp = "";
   rsp = "";
@@ -307,6 +314,19 @@ export class FailoverLab {
     );
     await this.standby.waitForLog("agent ready");
 
+    let siteAddress = "10.77.3.2:7900";
+    if (o.siteRelay) {
+      const relay = new RoleProcess(
+        "site relay",
+        ["10.77.3.1", "7901", "10.77.3.2", "7900", `${d}/local-keys`, `${d}/remote-keys`, this.relayControl],
+        `${d}/site-relay.log`,
+        { netns: this.ns.gw, script: `${lib}site-relay.ts` },
+      );
+      await waitFor(() => relay.log.includes("ready"), 15_000, "the site relay");
+      this.relay = relay;
+      this.extra.push(relay);
+      siteAddress = "10.77.3.1:7901";
+    }
     let heartbeatPort = 7810;
     if (o.jitter) {
       heartbeatPort = 7811;
@@ -347,7 +367,7 @@ export class FailoverLab {
       "--buffer-size",
       "128M",
       "--remote",
-      "dr1=10.77.3.2:7900",
+      `dr1=${siteAddress}`,
       "--remote-fingerprint",
       `dr1=${remoteFp}`,
       "--service",
@@ -386,6 +406,25 @@ export class FailoverLab {
     await this.agent.waitForLog("agent ready");
     await this.startAppService();
     return this;
+  }
+
+  private get relayControl(): string {
+    return `${this.dir}/site-relay.control`;
+  }
+
+  /**
+   * With `siteRelay`: keep the gateway's records from the site from now on (`true`), or send
+   * what was kept, in order, and let records flow again (`false`).
+   */
+  async holdRecords(on: boolean): Promise<void> {
+    await Deno.writeTextFile(this.relayControl, on ? "hold" : "pass");
+    const relay = this.relay;
+    if (!relay) return;
+    await waitFor(
+      () => (relay.records().filter((r) => "holding" in r).at(-1)?.holding ?? false) === on,
+      5000,
+      "the site relay to take the order",
+    );
   }
 
   async startGateway(): Promise<void> {

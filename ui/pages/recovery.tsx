@@ -21,7 +21,8 @@ function Recoveries() {
       : undefined;
     if (!d) return;
     setLive((m) => new Map(m).set(d.id, d.progress));
-    if (d.status !== "running") list.reload();
+    // a recovery started since the list was read (elsewhere: API, ctl, policy) needs its row
+    if (d.status !== "running" || !list.data?.some((r) => r.id === d.id)) list.reload();
   }, [last?.id]);
   const rows = [...(list.data ?? [])].sort((a, b) => b.id - a.id).slice(0, 10);
   return (
