@@ -8,8 +8,15 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { run, startTopology, tempDir, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
-import { ADMIN_PASSWORD, haveChromium, launchChromium, WebClient, WebGateway } from "./lib/browser.ts";
-import { ensureSite } from "./lib/inventory.ts";
+import {
+  ADMIN_PASSWORD,
+  failureWithScreenshot,
+  haveChromium,
+  launchChromium,
+  WebClient,
+  WebGateway,
+} from "./lib/browser.ts";
+import { registerSitesAndHosts } from "./lib/inventory.ts";
 
 const t = suite("web UI in a browser");
 const MiB = 1024 * 1024;
@@ -37,16 +44,7 @@ t(
       // the inventory (the wizard can add it too; here the API does, as automation would)
       const api = new WebClient(base, { token: topo.gw.token });
       await api.expect(201, "POST", "/api/users", { ...VIEWER, role: "viewer" });
-      await ensureSite(api, "prod", "local");
-      await ensureSite(api, "dr1", "remote");
-      for (
-        const [name, site, role, agent] of [
-          ["app1", "prod", "application", "a1"],
-          ["lgw", "prod", "gateway"],
-          ["rgw", "dr1", "gateway"],
-          ["standby", "dr1", "application"],
-        ]
-      ) await api.expect(201, "POST", "/api/hosts", { name, site, role, ...(agent ? { agent } : {}) });
+      await registerSitesAndHosts(api);
       const files = topo.copies();
       const devices: Record<string, [string, string, number]> = {
         lsp: ["app1", files.lsp, 16 * MiB],
@@ -233,12 +231,7 @@ t(
       await context.close();
       assert.equal(problems, [], problems.join("\n"));
     } catch (e) {
-      await current?.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {});
-      throw new Error(
-        `${(e as Error).message}\n(screenshot ${out}/failure.png)${
-          problems.length ? `\n${problems.join("\n")}` : ""
-        }`,
-      );
+      throw await failureWithScreenshot(e, current, out, problems);
     } finally {
       await browser.close();
       await topo.stop();

@@ -8,7 +8,14 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { run, sha256File, startTopology, tempDir, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
-import { ADMIN_PASSWORD, haveChromium, launchChromium, WebClient } from "./lib/browser.ts";
+import {
+  ADMIN_PASSWORD,
+  failureWithScreenshot,
+  haveChromium,
+  launchChromium,
+  logInAsAdmin,
+  WebClient,
+} from "./lib/browser.ts";
 import { registerDbTask } from "./lib/inventory.ts";
 
 const t = suite("recovery points in the web UI");
@@ -73,11 +80,7 @@ t(
         if (m.type() === "error" && !/status of 40[19]/.test(m.text())) problems.push(`console: ${m.text()}`);
       });
       page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-      await page.goto(`${base}/login`);
-      await page.getByLabel("User name").fill("admin");
-      await page.getByLabel("Password").fill(ADMIN_PASSWORD);
-      await page.getByRole("button", { name: "Log in" }).click();
-      await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+      await logInAsAdmin(page, base);
       await page.goto(`${base}/tasks/db`);
 
       // the site's window, size and points; the checkpoint on the timeline and in the list
@@ -139,8 +142,7 @@ t(
       await page.locator('.badge[data-state="protected"]').first().waitFor({ timeout: 30_000 });
       assert.equal(problems, [], problems.join("\n"));
     } catch (e) {
-      await page?.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {});
-      throw new Error(`${(e as Error).message}\n(screenshot ${out}/failure.png)\n${problems.join("\n")}`);
+      throw await failureWithScreenshot(e, page, out, problems);
     } finally {
       await browser.close();
       await topo.stop();

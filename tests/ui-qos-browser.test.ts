@@ -6,7 +6,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { tempDir, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
-import { ADMIN_PASSWORD, haveChromium, launchChromium, WebClient } from "./lib/browser.ts";
+import { ADMIN_PASSWORD, haveChromium, launchChromium, logInAsAdmin, WebClient } from "./lib/browser.ts";
 import { FailoverLab } from "./lib/failover-lab.ts";
 import { labDevices, registerLabInventory } from "./lib/lab-inventory.ts";
 
@@ -45,11 +45,7 @@ t(
         }
       });
       page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-      await page.goto(`${base}/login`);
-      await page.getByLabel("User name").fill("admin");
-      await page.getByLabel("Password").fill(ADMIN_PASSWORD);
-      await page.getByRole("button", { name: "Log in" }).click();
-      await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+      await logInAsAdmin(page, base);
 
       // ---------------------------------------------------------------- the wizard, with targets
       await page.getByRole("link", { name: "New task" }).click();

@@ -7,8 +7,15 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { run, startTopology, tempDir, waitFor } from "./lib/cluster.ts";
 import { need } from "./lib/env.ts";
-import { ADMIN_PASSWORD, haveChromium, launchChromium, WebClient } from "./lib/browser.ts";
-import { ensureSite } from "./lib/inventory.ts";
+import {
+  ADMIN_PASSWORD,
+  failureWithScreenshot,
+  haveChromium,
+  launchChromium,
+  logInAsAdmin,
+  WebClient,
+} from "./lib/browser.ts";
+import { registerDbTask } from "./lib/inventory.ts";
 
 const t = suite("recovery progress in a browser");
 const MiB = 1024 * 1024;
@@ -40,50 +47,14 @@ t("a running recovery's method, sources, bytes, rate and time left, then its end
 
     // a task over the topology's copies, so that its recovery page has its task (not started)
     const api = new WebClient(base, { token: topo.gw.token });
-    await ensureSite(api, "prod", "local");
-    await ensureSite(api, "dr1", "remote");
-    for (
-      const [name, site, role, agent] of [
-        ["app1", "prod", "application", "a1"],
-        ["lgw", "prod", "gateway"],
-        ["rgw", "dr1", "gateway"],
-        ["standby", "dr1", "application"],
-      ]
-    ) await api.expect(201, "POST", "/api/hosts", { name, site, role, ...(agent ? { agent } : {}) });
-    const files = topo.copies();
-    const ref = (host: string, device: string) => ({ host, device });
-    for (
-      const [name, host, device, size] of [
-        ["vol0", "app1", files.lsp, SIZE],
-        ["lgp", "lgw", files.lgp, SIZE],
-        ["buffer", "lgw", `${topo.dir}/gateway/journal.ring`, 256 * MiB],
-        ["rgp-dr1", "rgw", files["rgp-dr1"], SIZE],
-        ["rsp-dr1", "standby", files["rsp-dr1"], SIZE],
-      ] as const
-    ) await api.expect(201, "POST", "/api/volumes", { name, host, device, size });
-    await api.expect(201, "POST", "/api/tasks", {
-      name: "db",
-      group: {
-        local: {
-          site: "prod",
-          lsp: ref("app1", files.lsp),
-          lgp: ref("lgw", files.lgp),
-          buffer: ref("lgw", `${topo.dir}/gateway/journal.ring`),
-        },
-        remotes: [{ site: "dr1", rgp: ref("rgw", files["rgp-dr1"]), rsp: ref("standby", files["rsp-dr1"]) }],
-      },
-    });
+    await registerDbTask(api, topo, SIZE);
 
     page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
     page.on("console", (m) => {
       if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
     });
     page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-    await page.goto(`${base}/login`);
-    await page.getByLabel("User name").fill("admin");
-    await page.getByLabel("Password").fill(ADMIN_PASSWORD);
-    await page.getByRole("button", { name: "Log in" }).click();
-    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    await logInAsAdmin(page, base);
     await page.goto(`${base}/tasks/db/recovery`);
     await page.getByRole("heading", { name: "Recovery of db" }).waitFor();
     await page.getByText("No recovery yet.").waitFor();
@@ -145,12 +116,7 @@ t("a running recovery's method, sources, bytes, rate and time left, then its end
     await page.screenshot({ path: `${out}/recovery-done.png`, fullPage: true });
     assert.equal(problems, [], problems.join("\n"));
   } catch (e) {
-    await page?.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {});
-    throw new Error(
-      `${(e as Error).message}\n(screenshot ${out}/failure.png)${
-        problems.length ? `\n${problems.join("\n")}` : ""
-      }`,
-    );
+    throw await failureWithScreenshot(e, page, out, problems);
   } finally {
     await browser.close();
     await topo.stop();

@@ -4,6 +4,7 @@
 // playwright-core.
 import { freePort, mainTs, tempDir, terminate, waitFor } from "./cluster.ts";
 import { inCI, which } from "./env.ts";
+import type { Page } from "playwright-core";
 
 export const ADMIN_PASSWORD = "correct horse battery staple";
 
@@ -277,4 +278,28 @@ export async function launchChromium() {
     headless: true,
     args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
   });
+}
+
+/** Logs in as admin on the UI's login page and waits for the dashboard. */
+export async function logInAsAdmin(page: Page, base: string): Promise<void> {
+  await page.goto(`${base}/login`);
+  await page.getByLabel("User name").fill("admin");
+  await page.getByLabel("Password").fill(ADMIN_PASSWORD);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+}
+
+/** A browser test's failure: a screenshot of the page (if any) and the page's problems, with the error. */
+export async function failureWithScreenshot(
+  e: unknown,
+  page: { screenshot(o: { path: string; fullPage: boolean }): Promise<unknown> } | undefined,
+  out: string,
+  problems: string[],
+): Promise<Error> {
+  await page?.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {}); // best effort
+  return new Error(
+    `${(e as Error).message}\n(screenshot ${out}/failure.png)${
+      problems.length ? `\n${problems.join("\n")}` : ""
+    }`,
+  );
 }
