@@ -11,16 +11,7 @@
 //   once stalled the queue for good).
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import {
-  Agent,
-  Gateway,
-  sha256File,
-  startPair,
-  tempDir,
-  waitEqual,
-  waitMirrorCaughtUp,
-  writeSecret,
-} from "./lib/cluster.ts";
+import { sha256File, startPair, waitEqual, waitMirrorCaughtUp } from "./lib/cluster.ts";
 import { NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
 import { need } from "./lib/env.ts";
 import { mustExec } from "./lib/netns.ts";
@@ -156,29 +147,20 @@ t(
 );
 
 t("writes one at a time during the volume's first full resynchronisation are all answered", async () => {
-  const dir = await tempDir("order-resync");
-  const secret = `${dir}/agent.secret`;
-  await writeSecret(secret);
-  // random content: the gateway has no copy, so every chunk is read from this disk and resent
-  const img = `${dir}/vol0.img`;
   const size = 1024 * MiB;
-  const f = await Deno.open(img, { create: true, write: true });
-  const block = new Uint8Array(MiB);
-  for (let i = 0; i < size / MiB; i++) {
-    crypto.getRandomValues(block.subarray(0, 65536));
-    block[0] = i;
-    await f.write(block);
-  }
-  f.close();
-  const gw = await new Gateway({ dir, agents: { a1: secret } }).start();
-  const agent = await new Agent({
-    dir,
-    id: "a1",
-    secretFile: secret,
-    gatewaySocket: gw.socket,
-    volumes: { vol0: img },
-  })
-    .start();
+  // random content: the gateway has no copy, so every chunk is read from this disk and resent
+  const pair = await startPair("order-resync", { vol0: size }, [], async ({ vol0 }) => {
+    const f = await Deno.open(vol0, { write: true });
+    const block = new Uint8Array(MiB);
+    for (let i = 0; i < size / MiB; i++) {
+      crypto.getRandomValues(block.subarray(0, 65536));
+      block[0] = i;
+      await f.write(block);
+    }
+    f.close();
+  });
+  const { gw, agent } = pair;
+  const img = pair.paths.vol0;
   try {
     const c = await NbdClient.connect(agent.socket);
     await c.go("vol0");
@@ -203,8 +185,7 @@ t("writes one at a time during the volume's first full resynchronisation are all
       "the mirror equals the disk",
     );
   } finally {
-    await agent.proc.stop();
-    await gw.proc.stop();
+    await pair.stop();
   }
 });
 

@@ -342,7 +342,13 @@ export async function waitEqual(a: string, b: string, timeoutMs = 60_000): Promi
 }
 
 /** A two-role setup in one temp dir: one gateway, one agent with the given volumes. */
-export async function startPair(prefix: string, volumes: Record<string, number>, agentExtra: string[] = []) {
+export async function startPair(
+  prefix: string,
+  volumes: Record<string, number>,
+  agentExtra: string[] = [],
+  /** Run on the volumes' images before the agent starts (fill them). */
+  prepare?: (paths: Record<string, string>) => Promise<void>,
+) {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
   await writeSecret(secret);
@@ -351,6 +357,7 @@ export async function startPair(prefix: string, volumes: Record<string, number>,
   for (const [name, size] of Object.entries(volumes)) {
     paths[name] = await sparseImage(`${dir}/${name}.img`, size);
   }
+  await prepare?.(paths);
   const agent = await new Agent({
     dir,
     id: "a1",
