@@ -151,6 +151,28 @@ chen("restart: numbering starts over", () => {
   assert.is(d.nextDeadline(500), 630);
 });
 
+chen("a stall of the watcher: deadlines in it wait for the queued heartbeats, once per heartbeat", () => {
+  // scripted: τ = 540, FAILURE at 640; the watcher stalled from 500 to 700
+  const d = scripted();
+  assert.ok(d.watcherPaused(500, 700, 720));
+  assert.is(d.state(719), "TRUST");
+  assert.is(d.nextDeadline(719), 720);
+  // the heartbeat that waited in the socket is read at 705: no verdict was passed on the silence
+  assert.ok(d.heartbeat(5, 705));
+  assert.equal(d.poll(705), []);
+  // nothing queued: both verdicts at the end of the grace, not before
+  const e = scripted();
+  assert.ok(e.watcherPaused(500, 700, 720));
+  assert.not.ok(e.watcherPaused(700, 719, 740), "a second stall before a heartbeat moves nothing");
+  assert.equal(e.poll(730).map((t) => [t.to, t.at]), [["SUSPECT", 720], ["FAILURE", 720]]);
+  // a deadline before the stall stands; one after it too
+  const f = scripted();
+  assert.not.ok(f.watcherPaused(541, 600, 620), "SUSPECT at 540 was seen before the stall");
+  assert.ok(f.watcherPaused(541, 660, 680), "FAILURE at 640 fell in the stall");
+  assert.equal(f.poll(700).map((t) => [t.to, t.at]), [["SUSPECT", 540], ["FAILURE", 680]]);
+  assert.not.ok(scripted().watcherPaused(400, 530, 550), "no deadline in (400, 530]");
+});
+
 chen.run();
 
 const phi = suite("phi");

@@ -95,6 +95,10 @@ export class ChenDetector implements Detector {
     return this.timeline.poll(now);
   }
 
+  watcherPaused(from: number, to: number, until: number): boolean {
+    return this.timeline.watcherPaused(from, to, until);
+  }
+
   private plan(expectedSeq: number | null, ea: number): Plan {
     const suspect: ChenEvidence = {
       kind: "chen",

@@ -137,6 +137,10 @@ export class PhiDetector implements Detector {
     return this.timeline.poll(now);
   }
 
+  watcherPaused(from: number, to: number, until: number): boolean {
+    return this.timeline.watcherPaused(from, to, until);
+  }
+
   private distribution(): { mean: number; sd: number } {
     // until real intervals exist, assume η with a wide spread
     if (this.intervals.count === 0) return { mean: this.eta, sd: Math.max(this.eta / 4, this.minStdDev) };

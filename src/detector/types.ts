@@ -45,6 +45,12 @@ export interface Detector {
   nextDeadline(now: number): number | undefined;
   /** Transitions since the previous poll, oldest first. */
   poll(now: number): Transition[];
+  /**
+   * The process watching did not run over (from, to] (its event loop stalled): a deadline that fell
+   * in there moves to `until`, once per heartbeat, so heartbeats that waited in its socket meanwhile
+   * are read before the silence is judged. True when a deadline moved.
+   */
+  watcherPaused(from: number, to: number, until: number): boolean;
 }
 
 /** The deadlines a detector derives from its last heartbeat, with what to report at each. */
@@ -66,6 +72,8 @@ export class TimedStates {
   private pending: Transition[] = [];
   private lastSeq: number | null = null;
   private lastArrivalMs: number | null = null;
+  /** The deadlines were already moved for a pause of the watcher since the last heartbeat. */
+  private deferred = false;
 
   constructor(private plan: Plan) {}
 
@@ -86,6 +94,23 @@ export class TimedStates {
     if (this.current !== "TRUST") this.move("TRUST", now, evidence);
     // a deadline before the arrival would stamp transitions out of order
     this.plan = { ...plan, suspectAt: Math.max(plan.suspectAt, now), failAt: Math.max(plan.failAt, now) };
+    this.deferred = false;
+  }
+
+  watcherPaused(from: number, to: number, until: number): boolean {
+    // once per heartbeat: a watcher that stalls again and again still judges, one grace late
+    if (this.deferred) return false;
+    const inPause = (at: number) => at > from && at <= to;
+    let moved = false;
+    if (this.current === "TRUST" && inPause(this.plan.suspectAt)) {
+      this.plan = { ...this.plan, suspectAt: until, failAt: Math.max(this.plan.failAt, until) };
+      moved = true;
+    } else if (this.current !== "FAILURE" && inPause(this.plan.failAt)) {
+      this.plan = { ...this.plan, failAt: until };
+      moved = true;
+    }
+    this.deferred = moved;
+    return moved;
   }
 
   state(now: number): DetectorState {

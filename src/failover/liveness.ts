@@ -46,7 +46,7 @@ export type FailureCause = "host" | "service";
 
 export interface LivenessOptions {
   settings: DetectorSettings;
-  audit: Audit;
+  audit: Pick<Audit, "record">;
   /** An agent's host stopped (FAILURE) or its service failed. */
   onFailure: (agent: string, cause: FailureCause, detail: Record<string, unknown>) => void;
   /** Every detector transition (the observed QoS). */
@@ -54,15 +54,44 @@ export interface LivenessOptions {
   clock?: () => number;
 }
 
+/** A gap between two looks at the clock this much longer than the poll period is a stall. */
+const STALL_MS = 20;
+
 export class Liveness {
   private agents = new Map<string, Watched>();
   private timer: ReturnType<typeof setInterval>;
   private readonly clock: () => number;
+  private readonly pollMs: number;
+  /** When this process last read the clock here: it was running then. */
+  private lastLook: number | undefined;
 
   constructor(private readonly o: LivenessOptions) {
     this.clock = o.clock ?? (() => performance.now());
     // detectors hold no timers of their own: polling at a fraction of η bounds the reaction delay
-    this.timer = setInterval(() => this.tick(), Math.max(5, Math.floor(o.settings.etaMs / 10)));
+    this.pollMs = Math.max(5, Math.floor(o.settings.etaMs / 10));
+    this.timer = setInterval(() => this.poll(), this.pollMs);
+  }
+
+  /**
+   * The clock, after checking that this process was running since it last looked. Heartbeats are
+   * stamped when this thread reads them, so a stall here (a long GC, a busy turn of the event loop)
+   * looks like silence from every agent while their heartbeats wait in the socket: the deadlines that
+   * fell in the stall wait one poll more, for those heartbeats (Cassandra's failure detector skips
+   * its verdicts after a local pause for the same reason). A real failure is detected that much later.
+   */
+  private look(now = this.clock()): number {
+    const last = this.lastLook;
+    this.lastLook = Math.max(now, last ?? now);
+    if (last === undefined || now - last <= this.pollMs + STALL_MS) return now;
+    const until = now + Math.max(this.pollMs, STALL_MS);
+    const moved = [...this.agents].filter(([, w]) => w.detector.watcherPaused(last, now, until));
+    if (moved.length) {
+      log.warn("this gateway stalled: deadlines that passed meanwhile wait for the heartbeats queued", {
+        stalledMs: Math.round(now - last),
+        agents: moved.map(([agent]) => agent),
+      });
+    }
+    return now;
   }
 
   private newDetector(now: number, tuning: Tuning): Detector {
@@ -90,6 +119,7 @@ export class Liveness {
     meta: HeartbeatMeta,
     tuning: Tuning = { etaMs: this.o.settings.etaMs, alphaMs: this.o.settings.alphaMs },
   ): void {
+    this.look(now);
     let w = this.agents.get(agent);
     if (!w) {
       // watched from the first heartbeat: an agent never heard from is unknown, not failed
@@ -138,8 +168,9 @@ export class Liveness {
     if (w.state === "TRUST" && w.serviceHealthy) w.reported = false;
   }
 
-  private tick(): void {
-    const now = this.clock();
+  /** Judges every agent now and reports what changed (the timer does this every η/10). */
+  poll(): void {
+    const now = this.look();
     for (const [agent, w] of this.agents) this.record(agent, w, w.detector.poll(now));
   }
 
@@ -172,21 +203,21 @@ export class Liveness {
   hostUntrusted(agent: string): string | undefined {
     const w = this.agents.get(agent);
     if (!w) return `no heartbeat from ${agent} yet`;
-    const state = w.detector.state(this.clock());
+    const state = w.detector.state(this.look());
     return state === "TRUST" ? undefined : `${agent} is ${state}`;
   }
 
   unhealthy(agent: string): string | undefined {
     const w = this.agents.get(agent);
     if (!w) return `no heartbeat from ${agent} yet`;
-    const state = w.detector.state(this.clock());
+    const state = w.detector.state(this.look());
     if (state !== "TRUST") return `${agent} is ${state}`;
     if (!w.serviceHealthy) return `the service of ${agent} fails its checks: ${w.detail}`;
     return undefined;
   }
 
   status() {
-    const now = this.clock();
+    const now = this.look();
     return [...this.agents].map(([agent, w]) => ({
       agent,
       state: w.detector.state(now),
