@@ -378,6 +378,36 @@ t("the state machine allows only its transitions, through the actions", async ()
   );
 });
 
+t("a failback that goes on in the background ends failing-back when it ends, done or failed", async () => {
+  const state = async () => (await api.expect(200, "GET", "/api/tasks/t1") as { state: string }).state;
+  const original = actions.failback;
+  try {
+    for (const [outcome, end] of [["done", "syncing"], ["failed", "failed-over"]] as const) {
+      await server.store.applyEvent("t1", "synced", "every copy consistent");
+      await server.store.applyEvent("t1", "failover", "drill");
+      let finish!: (e: { event: "failed-back" | "failback-failed"; cause: string }) => void;
+      actions.failback = () =>
+        Promise.resolve({ later: new Promise((r) => finish = r), message: "failback started" });
+      const fb = await api.expect(200, "POST", "/api/tasks/t1/actions/failback", { strategy: "full" }) as {
+        to: string;
+      };
+      assert.is(fb.to, "failing-back");
+      assert.is(await state(), "failing-back", "still going on");
+      finish(
+        outcome === "done"
+          ? { event: "failed-back", cause: "done" }
+          : { event: "failback-failed", cause: "x" },
+      );
+      await waitFor(async () => await state() === end, 5000, `failback ${outcome}: ${end}`);
+    }
+  } finally {
+    actions.failback = original;
+  }
+  // back to where the next tests expect the task
+  await server.store.applyEvent("t1", "failback", "test");
+  await server.store.applyEvent("t1", "failed-back", "test");
+});
+
 t("recovery candidates, schedules and their checks", async () => {
   const c = await api.expect(200, "GET", "/api/tasks/t1/recovery-candidates?point=seq:10&strategy=full") as {
     chosen: string;

@@ -131,6 +131,8 @@ export interface CandidateList {
 export interface ActionResult {
   message?: string;
   then?: TaskEvent[];
+  /** An action that goes on in the background: the event that ends it, applied after `then`. */
+  later?: Promise<{ event: TaskEvent; cause: string }>;
   detail?: Record<string, unknown>;
 }
 

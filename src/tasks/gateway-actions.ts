@@ -35,9 +35,6 @@ import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
 import type { FailoverTests } from "./failover-tests.ts";
-import { logger } from "../log.ts";
-
-const log = logger("gateway-actions");
 
 /** The parts of the RecoveryService the actions use. */
 export interface RecoveryApi {
@@ -318,12 +315,16 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
           detail: { service: s.name },
         };
       }
-      run.then(
-        () => settle(d.store, task.name, "failed-back", `failback of service ${s.name} done`),
-        (e: Error) =>
-          settle(d.store, task.name, "failback-failed", `failback of service ${s.name} failed: ${e.message}`),
-      );
-      return { message: `failback of service ${s.name} started: the local copies are brought back first` };
+      return {
+        message: `failback of service ${s.name} started: the local copies are brought back first`,
+        later: run.then(
+          () => ({ event: "failed-back" as const, cause: `failback of service ${s.name} done` }),
+          (e: Error) => ({
+            event: "failback-failed" as const,
+            cause: `failback of service ${s.name} failed: ${e.message}`,
+          }),
+        ),
+      };
     },
     recoveryCandidates: async (task, point, strategy) => {
       const k = await key(task);
@@ -348,24 +349,6 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
       await recovering(() => d.recovery.cancel(Number(id)));
     },
   };
-}
-
-/**
- * Records the end of a background failback once the task is failing-back (the API records that
- * transition right after the action returns).
- */
-async function settle(store: TaskStore, name: string, event: TaskEvent, cause: string): Promise<void> {
-  for (let i = 0; i < 40; i++) {
-    const task = await store.getTask(name).catch(() => undefined);
-    if (!task) return;
-    if (task.state === "failing-back") {
-      await store.applyEvent(name, event, cause, "failing-back").catch((e) =>
-        log.error("cannot record the end of a failback", { task: name, event, error: e })
-      );
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 /** The parts of the gateway's status taskEvent looks at. */

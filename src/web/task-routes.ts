@@ -35,6 +35,9 @@ import {
   type TaskActions,
 } from "../tasks/actions.ts";
 import { HttpError, readBody, readJson, validate } from "./http.ts";
+import { logger } from "../log.ts";
+
+const log = logger("task-routes");
 
 export function who(c: Context): string {
   const p = c.get("principal");
@@ -250,6 +253,10 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
     for (const e of result.then ?? []) {
       final = (await store.applyEvent(name, e, `${e} (${action} by ${who(c)} done)`)).task;
     }
+    const from = final.state;
+    result.later?.then(({ event, cause }) => store.applyEvent(name, event, cause, from)).catch((e) =>
+      log.error("cannot record the end of a background action", { task: name, action, error: e })
+    );
     return c.json({
       task: view(await store.getTask(name).catch(() => final)),
       from: change.from,
