@@ -53,6 +53,7 @@ typedef struct {
 typedef struct {
   bool used, required;
   uint64_t released;
+  uint64_t pace; // a reader in step: appends wait while it is this many bytes behind (0: not paced)
 } cursor_t;
 
 typedef struct {
@@ -82,6 +83,7 @@ struct cn_journal {
   uint64_t ck_gen;
   uint32_t waiting; // appends waiting for space
   int64_t last_pressure;
+  int64_t lag_bound_ns; // 0: none
   // volumes (pointers never move)
   jvol_t **vols;
   uint32_t nvols;
@@ -587,6 +589,28 @@ static void signal_pressure(cn_journal *j) {
   plane_flag(j->plane, CN_FL_PRESSURE);
 }
 
+static int64_t entered_at(cn_journal *j, uint64_t pos);
+
+/**
+ * A paced reader is behind by more than its byte allowance (what it takes in the lag bound at the
+ * rate it acknowledges), or its oldest unreleased record entered longer than the bound ago
+ * (unknown: older). The allowance keeps a fast writer from putting more in than the reader takes
+ * in the bound; the age catches a reader that slowed since its rate was measured.
+ */
+static bool over_lag(cn_journal *j) {
+  if (!j->lag_bound_ns) return false;
+  uint64_t min = UINT64_MAX;
+  for (int i = 0; i < MAX_CURSORS; i++) {
+    const cursor_t *c = &j->cursors[i];
+    if (!c->used || !c->pace || c->released >= j->head) continue;
+    if (j->head - c->released > c->pace) return true;
+    min = MIN(min, c->released);
+  }
+  if (min >= j->written) return false;
+  int64_t t = entered_at(j, min);
+  return t == 0 || mono_ns() - t > j->lag_bound_ns;
+}
+
 typedef struct {
   uint64_t pos;
   uint32_t idx; // record index, or UINT32_MAX for a Wrap filler
@@ -611,22 +635,26 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
     while (j->res_n == RES_CAP && !j->failure && !j->closing) pthread_cond_wait(&j->space_cv, &j->mu);
     uint32_t np = 0, nf = 0, k = done;
     uint64_t start = j->head, pos = j->head;
+    bool lagging = over_lag(j);
     while (k < n && np < 250 && nf < 4 && !j->failure && !j->closing) {
       bool filler;
       uint64_t at = place(j, pos, lens[k], &filler);
       jvol_t *v = vol(j, vols[k]); // checked above; volumes are never removed
       bool bounded = v->bound && v->held > 0 && v->held + lens[k] > v->bound;
-      if (!fits(j, at, lens[k]) || bounded) {
+      bool full = !fits(j, at, lens[k]) || bounded;
+      if (full || lagging) {
         if (k > done) break; // what is placed goes first; the rest waits in the next round
         if (partial && done > 0) break; // the caller takes what is in and asks again
         j->waiting++;
-        signal_pressure(j);
+        // a lag wait is no shortage of space: pulling a site ahead for it would defeat the bound
+        if (full) signal_pressure(j);
         // a commit makes the released space usable (its tail durable)
         pthread_cond_broadcast(&j->commit_cv);
         struct timespec until = deadline_in(100);
         cond_wait_until(&j->space_cv, &j->mu, &until);
         j->waiting--;
         start = pos = j->head;
+        lagging = over_lag(j);
         continue;
       }
       if (filler) {
@@ -911,7 +939,7 @@ EXPORT int32_t cn_journal_cursor(cn_journal *j, uint64_t pos, int32_t required) 
   int id = -ENOSPC;
   for (int i = 0; i < MAX_CURSORS; i++) {
     if (!j->cursors[i].used) {
-      j->cursors[i] = (cursor_t){true, required != 0, MAX(pos, j->tail)};
+      j->cursors[i] = (cursor_t){true, required != 0, MAX(pos, j->tail), 0};
       id = i;
       break;
     }
@@ -927,6 +955,24 @@ EXPORT void cn_journal_cursor_release(cn_journal *j, int32_t id, uint64_t pos) {
   if (c->used && pos > c->released) {
     c->released = pos;
     advance_tail(j);
+    if (c->pace && j->waiting) pthread_cond_broadcast(&j->space_cv);
+  }
+  pthread_mutex_unlock(&j->mu);
+}
+
+EXPORT void cn_journal_set_lag_bound(cn_journal *j, uint32_t ms) {
+  pthread_mutex_lock(&j->mu);
+  j->lag_bound_ns = (int64_t)ms * 1000000;
+  pthread_cond_broadcast(&j->space_cv);
+  pthread_mutex_unlock(&j->mu);
+}
+
+EXPORT void cn_journal_cursor_pace(cn_journal *j, int32_t id, uint64_t bytes) {
+  if (id < 0 || id >= MAX_CURSORS) return;
+  pthread_mutex_lock(&j->mu);
+  if (j->cursors[id].used) {
+    j->cursors[id].pace = bytes;
+    pthread_cond_broadcast(&j->space_cv);
   }
   pthread_mutex_unlock(&j->mu);
 }
@@ -945,7 +991,9 @@ EXPORT void cn_journal_cursor_drop(cn_journal *j, int32_t id) {
   if (id < 0 || id >= MAX_CURSORS) return;
   pthread_mutex_lock(&j->mu);
   j->cursors[id].used = false;
+  j->cursors[id].pace = 0;
   advance_tail(j);
+  pthread_cond_broadcast(&j->space_cv);
   pthread_mutex_unlock(&j->mu);
 }
 

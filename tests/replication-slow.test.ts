@@ -1,10 +1,11 @@
 // One slow site (bandwidth-limited) and one fast: the fast one keeps up; with
 // `block` the journal holds records for the slow one; with `pull-ahead` the slow
-// one becomes degraded, then consistent again with equal bytes.
+// one becomes degraded, then consistent again with equal bytes; with `--max-lag`
+// the writes slow to the slow site's pace and its lag stays near the bound.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { hashAll, type SiteStatus, startTopology } from "./lib/cluster.ts";
+import { hashAll, run, type SiteStatus, startTopology } from "./lib/cluster.ts";
 
 const t = suite("replication: a slow site");
 const MiB = 1024 * 1024;
@@ -34,7 +35,7 @@ async function sample(topo: Awaited<ReturnType<typeof startTopology>>) {
   return {
     used: s.journal.used,
     fast: sites.find((x) => x.site === "dr1")!,
-    slow: sites.find((x) => x.site === "dr2")!,
+    slow: sites.find((x) => x.site === "dr2")! as SiteStatus & { paceBytes: number },
   };
 }
 
@@ -106,5 +107,60 @@ t("pull-ahead: the slow site becomes degraded, later consistent with equal bytes
     await topo.stop();
   }
 });
+
+t(
+  "max-lag: the writes slow to a slow site's pace, its lag stays near the bound; a silent site is not waited for",
+  async () => {
+    if (!need("slow site", { tools: ["fio", "qemu-io"] })) return;
+    const topo = await startTopology("rep-max-lag", {
+      size: 64 * MiB,
+      sites: ["dr1", "dr2"],
+      proxied: ["dr2"],
+      gatewayExtra: ["--buffer-size", "80M", "--max-lag", "500ms"],
+    });
+    try {
+      topo.proxies.dr2.rateBps = 4 * MiB;
+      const w = fio(topo.agent.uri("vol0"), 8);
+      const t0 = performance.now();
+      let held = 0, slowLag = 0, paced = false;
+      while (
+        (await Promise.race([
+          w.status.then(() => true),
+          new Promise((r) => setTimeout(() => r(false), 250)),
+        ])) === false
+      ) {
+        const s = await sample(topo);
+        paced ||= s.slow.paceBytes > 0;
+        // the first second: the rate is being measured, the first allowance is a guess
+        if (performance.now() - t0 < 1000) continue;
+        held = Math.max(held, s.used);
+        slowLag = Math.max(slowLag, s.slow.lagSeconds);
+      }
+      console.log(
+        `\n  journal held up to ${(held / MiB).toFixed(1)} MiB; slow site's lag at most ${
+          slowLag.toFixed(2)
+        } s`,
+      );
+      assert.ok(paced, "the slow site was paced");
+      assert.ok(slowLag < 1.5, `the slow site's lag stayed near the 0.5 s bound (at most ${slowLag} s)`);
+      assert.ok(held < 16 * MiB, `the journal held little (${held} bytes; without the bound it fills)`);
+      await topo.caughtUp(60_000);
+
+      // the link goes silent: the writes wait for it at most a few seconds, not the link's 10 s timeout
+      topo.proxies.dr2.cut();
+      const started = performance.now();
+      await run("qemu-io", ["-f", "raw", topo.agent.uri("vol0"), "-c", "write -P 0x5a 0 24M", "-c", "flush"]);
+      const took = (performance.now() - started) / 1000;
+      console.log(`  24 MiB written in ${took.toFixed(1)} s with the slow site's link silent`);
+      assert.ok(took < 7, `a silent site is not waited for (${took} s)`);
+      topo.proxies.dr2.heal();
+      await topo.caughtUp(120_000);
+      const sums = await hashAll(topo.copies());
+      for (const [k, v] of Object.entries(sums)) assert.is(v, sums.lsp, `${k} equals the agent's volume`);
+    } finally {
+      await topo.stop();
+    }
+  },
+);
 
 t.run();

@@ -794,6 +794,44 @@ pressure(
   },
 );
 
+pressure(
+  "the lag bound: appends wait for a paced reader beyond its allowance or the bound, not for others",
+  async () => {
+    const dir = await tempDir();
+    const gw = await openGw(dir, { maxLagMs: 300 });
+    try {
+      const v = await gw.j.registerVolume("a", "d", 1024 ** 3, "/m");
+      const site = gw.j.cursor("site", 0);
+      gw.j.cursor("other", 0);
+      readersReady(gw.j);
+      const put = (seq: number, len: number) => {
+        const r = rec(seq, len);
+        return gw.j.append(v.id, r.bytes, r.header);
+      };
+      // not paced: nothing waits for it
+      for (let seq = 1; seq <= 4; seq++) await within(put(seq, MiB), 2000, `unpaced append ${seq}`);
+      // paced with an allowance of 2 MiB while 4 MiB behind: the next append waits until it reads
+      site.pace = 2 * MiB;
+      const waiting = put(5, 4096);
+      assert.not.ok(await settlesWithin(waiting, 150), "waits: the reader is past its allowance");
+      const read = await site.next(3 * MiB);
+      site.release(read.at(-1)!.end);
+      await within(waiting, 2000, "append once the reader is within its allowance");
+      // within the allowance but its oldest unread record older than the bound: waits again
+      await sleep(400);
+      assert.not.ok(
+        await settlesWithin(put(6, 4096), 150),
+        "waits: the oldest unread record is older than 0.3 s",
+      );
+      site.pace = 0;
+      await within(put(7, 4096), 2000, "append once the reader is no longer paced");
+    } finally {
+      await gw.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 pressure("a non-required cursor does not hold space; dropping a required one frees it", async () => {
   const dir = await tempDir();
   const gw = await openGw(dir);

@@ -55,6 +55,8 @@ export interface JournalOptions {
   commitBytes?: number;
   /** Keep at least the newest this-many bytes even when every reader is past them. */
   retainBytes?: number;
+  /** The replication lag bound: appends wait while a paced reader is further behind (0: none). */
+  maxLagMs?: number;
 }
 
 type DurableListener = (volume: number, seq: number) => void;
@@ -92,6 +94,7 @@ export class Journal {
   }[] = [];
   /** The data plane is taking queued appends (flushed() waits for them). */
   private appending: Promise<void> | undefined;
+  private lagBound = 0;
   /** What the journal said last, once it is closed and freed (shutdown still reads positions). */
   private final: { status: number[]; volumes: Map<number, number[] | undefined> } | undefined;
 
@@ -171,6 +174,8 @@ export class Journal {
       db,
       opened.head,
     );
+    j.lagBound = opts.maxLagMs ?? 0;
+    if (j.lagBound > 0) native().cn_journal_set_lag_bound(ptr, j.lagBound);
     try {
       if (state && (state.ringId !== opened.ringId || state.ringSize !== opened.dataSize)) {
         throw new Error(
@@ -429,6 +434,11 @@ export class Journal {
     if (!this.closed) native().cn_journal_set_bound(this.ptr, volume, BigInt(bytes ?? 0));
   }
 
+  /** The replication lag bound (0: none); readers in step are paced by it (Cursor.paced). */
+  get maxLagMs(): number {
+    return this.lagBound;
+  }
+
   /** The journal moved (commits, the tail, the mirror): durable listeners, readers and waiters, the index. */
   private progress(): void {
     this.wakeReaders();
@@ -638,6 +648,7 @@ export class Cursor {
   released: number;
   position: number;
   private req: boolean;
+  private paceBytes = 0;
   /** @internal the journal is gone: nothing is released any more */
   closed = false;
 
@@ -662,6 +673,22 @@ export class Cursor {
   set required(r: boolean) {
     this.req = r;
     if (!this.closed) native().cn_journal_cursor_required(this.ptr, this.id, r ? 1 : 0);
+  }
+
+  /**
+   * The bytes this reader may be behind before appends wait for it (0: not paced); the journal's
+   * lag bound holds them too. For a site in step.
+   */
+  get pace(): number {
+    return this.paceBytes;
+  }
+
+  set pace(bytes: number) {
+    if (bytes === this.paceBytes) return;
+    this.paceBytes = bytes;
+    if (!this.closed) {
+      native().cn_journal_cursor_pace(this.ptr, this.id, BigInt(Math.max(0, Math.round(bytes))));
+    }
   }
 
   /** The next entries (waits for at least one); advances the read position. */

@@ -77,6 +77,11 @@ export interface Channel {
   readonly pending: number;
 }
 
+/** A paced peer's smallest allowance: what its first measurement and a short round trip need. */
+const MIN_PACE_BYTES = 1024 * 1024;
+/** A paced peer that acknowledged nothing this long (or 4 lag bounds) while behind is not waited for. */
+const SILENT_MS = 2000;
+
 export class Sender {
   private cursor!: Cursor;
   private readonly vols = new Map<number, VolState>();
@@ -98,6 +103,9 @@ export class Sender {
   bandwidth: number;
   /** Named checkpoints, sent in the stream after the records they name. */
   readonly marks = new CheckpointMarks();
+  /** Bytes per second the peer acknowledges when it has more to take (0: not measured yet). */
+  private capacity = 0;
+  private busy: { at: number; acked: number } | undefined;
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
@@ -377,10 +385,61 @@ export class Sender {
   detach(s: Session): void {
     s.stop();
     if (this.session === s) this.session = undefined;
+    this.pace();
   }
 
-  /** Persists the position and volume states (coalesced: one write at a time). */
+  /** Seconds the oldest record this peer has not acknowledged has waited (0 when it has them all). */
+  lagSeconds(): number {
+    if (this.cursor.released >= this.o.journal.positions.durable) return 0;
+    return (performance.now() - (this.session?.oldestUnackedMono() ?? this.ackedMono)) / 1000;
+  }
+
+  /**
+   * Paces this peer under the journal's lag bound: while it is connected, every copy it holds is
+   * consistent and it has caught up within the bound, the agents' writes wait whenever it is more
+   * than it takes in the bound behind (its measured rate × the bound). A peer down, silent,
+   * resynchronising or catching up after a reconnection is not waited for: the application would
+   * stop for as long. Called at each acknowledgement and each ping.
+   */
+  pace(): void {
+    const bound = this.o.journal.maxLagMs;
+    const s = this.session;
+    const silent = this.cursor.released < this.o.journal.positions.durable &&
+      performance.now() - this.ackedMono > Math.max(SILENT_MS, 4 * bound);
+    const inStep = bound > 0 && s !== undefined && !s.stopped && !silent &&
+      [...this.vols.values()].every((v) => v.state === "consistent");
+    if (!inStep) {
+      this.cursor.pace = 0;
+      this.busy = undefined;
+      return;
+    }
+    this.measure();
+    if (this.cursor.pace === 0 && this.lagSeconds() * 1000 >= bound) return;
+    this.cursor.pace = Math.max(MIN_PACE_BYTES, this.capacity * bound / 1000);
+  }
+
+  /** The peer's rate: bytes per second it acknowledged over spans in which it had more to take. */
+  private measure(): void {
+    const now = performance.now();
+    const behind = this.cursor.released < this.o.journal.positions.durable;
+    if (!this.busy) {
+      if (behind) this.busy = { at: now, acked: this.ackedBytes };
+      return;
+    }
+    if (!behind) {
+      // it took all there was: the span says what was written, not what it can take
+      this.busy = undefined;
+      return;
+    }
+    if (now - this.busy.at < 250) return;
+    const rate = (this.ackedBytes - this.busy.acked) / ((now - this.busy.at) / 1000);
+    this.capacity = this.capacity ? 0.7 * this.capacity + 0.3 * rate : rate;
+    this.busy = { at: now, acked: this.ackedBytes };
+  }
+
+  /** Persists the position and volume states (coalesced: one write at a time); re-paces the peer. */
   save(): void {
+    this.pace();
     if (this.saving) {
       this.saveAgain = true;
       return;
@@ -403,12 +462,13 @@ export class Sender {
   status() {
     const j = this.o.journal;
     const s = this.session;
-    const behind = this.cursor.released < j.positions.durable;
     return {
       peer: this.o.name,
       connected: s !== undefined && !s.stopped,
+      /** Bytes it may be behind before the application's writes wait for it (0: not paced). */
+      paceBytes: Math.round(this.cursor.pace),
       lagBytes: Math.max(0, j.positions.durable - this.cursor.released),
-      lagSeconds: behind ? (performance.now() - (s?.oldestUnackedMono() ?? this.ackedMono)) / 1000 : 0,
+      lagSeconds: this.lagSeconds(),
       inFlightBytes: s?.inFlightBytes ?? 0,
       rttMs: this.rttMs ?? null,
       ackedBytes: this.ackedBytes,
@@ -489,6 +549,7 @@ export class Session {
 
   stop(): void {
     this.stopped = true;
+    this.s.pace();
     this.signal.aborted = true;
     this.s.journal.wakeAll();
     this.wake?.();
@@ -604,7 +665,10 @@ export class Session {
       }
     }
     await this.requestHashes();
-    const ping = setInterval(() => this.ch.send(timeFrame(FrameType.Ping, performance.now())), 1000);
+    const ping = setInterval(() => {
+      this.ch.send(timeFrame(FrameType.Ping, performance.now()));
+      this.s.pace();
+    }, 1000);
     try {
       await this.stream();
     } finally {

@@ -115,6 +115,13 @@ export const localGatewayFlags: FlagSpec[] = [
     default: "100ms",
   },
   {
+    name: "max-lag",
+    type: "duration",
+    description:
+      "replication lag bound: the agents' writes wait while a connected, caught-up site is further behind (0: none)",
+    default: "0",
+  },
+  {
     name: "remote",
     type: "string",
     multiple: true,
@@ -299,6 +306,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       {
         retainBytes: num(p, "retain"),
         commitDelayMs: num(p, "commit-delay"),
+        maxLagMs: num(p, "max-lag"),
       },
     );
     cleanups.push(() => journal.close());
