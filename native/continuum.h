@@ -265,7 +265,7 @@ void cn_gateway_close(cn_gateway *g);
 /** Frees a gateway (closing it first if needed). */
 void cn_gateway_free(cn_gateway *g);
 
-// ---- a persistent chunk bitmap (the agent's dirty map; a site's missed chunks) ----
+// ---- a persistent chunk bitmap (the agent's dirty map; what a site missed, or its promoted copy lacks) ----
 
 /** BLOCKING. Opens or creates the map; a missing or mismatched one starts all set (*fresh = 1). */
 cn_dirty *cn_dirty_open(const char *path, uint64_t volume_size, uint64_t chunk, int32_t *fresh, char *err,
@@ -274,6 +274,8 @@ cn_dirty *cn_dirty_open(const char *path, uint64_t volume_size, uint64_t chunk, 
 int32_t cn_dirty_mark(cn_dirty *d, uint64_t offset, uint64_t length);
 /** BLOCKING. Sets every chunk, durably (1). */
 int32_t cn_dirty_mark_all(cn_dirty *d);
+/** BLOCKING. Sets chunks (u32 indexes; out of range ones ignored), durably, in one write: 1 when that took one. */
+int32_t cn_dirty_mark_chunks(cn_dirty *d, const uint32_t *chunks, uint32_t count);
 /** BLOCKING. Clears chunks (u32 indexes), durably. */
 int32_t cn_dirty_clear(cn_dirty *d, const uint32_t *chunks, uint32_t count);
 /** Copies the bitmap (chunks/8 bytes, bit c of byte c/8) into out; returns the set count. */

@@ -107,20 +107,23 @@ void dirty_range(const cn_dirty *d, uint64_t offset, uint64_t length, uint64_t *
   if (*first > *last) *first = *last;
 }
 
+/** With d->mu held: sets a chunk; returns whether it still has to be made durable. */
+static bool set_chunk_locked(cn_dirty *d, uint64_t c) {
+  uint64_t i = c >> 3;
+  uint8_t m = (uint8_t)(1u << (c & 7));
+  if (!(d->bits[i] & m)) {
+    d->bits[i] |= m;
+    page_touched(d, i);
+  }
+  return !(d->durable[i] & m);
+}
+
 uint64_t dirty_mark(cn_dirty *d, uint64_t offset, uint64_t length) {
   uint64_t first, last;
   dirty_range(d, offset, length, &first, &last);
   pthread_mutex_lock(&d->mu);
   bool needed = false;
-  for (uint64_t c = first; c <= last; c++) {
-    uint64_t i = c >> 3;
-    uint8_t m = (uint8_t)(1u << (c & 7));
-    if (!(d->bits[i] & m)) {
-      d->bits[i] |= m;
-      page_touched(d, i);
-    }
-    if (!(d->durable[i] & m)) needed = true;
-  }
+  for (uint64_t c = first; c <= last; c++) needed |= set_chunk_locked(d, c);
   uint64_t gen = 0;
   if (needed) gen = ++d->changes;
   pthread_mutex_unlock(&d->mu);
@@ -247,6 +250,20 @@ EXPORT int32_t cn_dirty_mark(cn_dirty *d, uint64_t offset, uint64_t length) {
 
 EXPORT int32_t cn_dirty_mark_all(cn_dirty *d) {
   dirty_mark_all(d);
+  int r = dirty_persist(d);
+  return r < 0 ? r : 1;
+}
+
+EXPORT int32_t cn_dirty_mark_chunks(cn_dirty *d, const uint32_t *chunks, uint32_t count) {
+  pthread_mutex_lock(&d->mu);
+  bool needed = false;
+  for (uint32_t k = 0; k < count; k++) {
+    if (chunks[k] < d->chunks) needed |= set_chunk_locked(d, chunks[k]);
+  }
+  if (needed) ++d->changes;
+  pthread_mutex_unlock(&d->mu);
+  if (!needed) return 0;
+  // one write for the whole list: a snapshot of thousands of chunks costs one fdatasync
   int r = dirty_persist(d);
   return r < 0 ? r : 1;
 }

@@ -97,6 +97,23 @@ map(
   },
 );
 
+map("a list of chunks is marked with one write, and only when one is not durable yet", async () => {
+  const p = path();
+  const m = await cleared(p, 16 * MiB, MiB);
+  assert.is(await m.markChunks([2, 9, 2, 15, 99]), true, "out of range ones are ignored");
+  assert.equal(m.setChunks(), [2, 9, 15]);
+  assert.is(await m.markChunks([9, 15]), false, "durable already");
+  assert.is(await m.markChunks([]), false);
+  assert.is(await m.markChunks([9, 10]), true);
+  await m.close();
+  const r = await DirtyMap.open(p, 16 * MiB, MiB);
+  try {
+    assert.equal(r.setChunks(), [2, 9, 10, 15]);
+  } finally {
+    await r.close();
+  }
+});
+
 map("a range crossing chunk boundaries marks every chunk it touches", async () => {
   const m = await cleared(path(), 16 * MiB, MiB);
   try {

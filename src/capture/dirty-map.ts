@@ -1,7 +1,7 @@
 // A persistent bitmap of volume chunks that may differ between two copies (native/dirty.c;
 // the agent's own map lives inside its data plane). A site's sender keeps one per volume of
-// the chunks a pull-ahead skipped. Changes are applied in the order they are made, each
-// durable when its promise settles.
+// the chunks a pull-ahead skipped, and one of those a promoted copy at the site lacks.
+// Changes are applied in the order they are made, each durable when its promise settles.
 import { cstr, fromCstr, native, NativeError } from "../native/ffi.ts";
 
 export class DirtyMap {
@@ -52,6 +52,16 @@ export class DirtyMap {
   /** Sets the chunks of a byte range; resolves once they are durable, with whether that took a write. */
   mark(offset: number, length: number): Promise<boolean> {
     return this.chain("mark", () => native().cn_dirty_mark(this.ptr, BigInt(offset), BigInt(length)));
+  }
+
+  /** Sets chunks by index, all durable with one write; resolves with whether that took one. */
+  markChunks(chunks: readonly number[]): Promise<boolean> {
+    if (chunks.length === 0) return Promise.resolve(false);
+    const list = Uint32Array.from(chunks);
+    return this.chain(
+      "mark",
+      () => native().cn_dirty_mark_chunks(this.ptr, new Uint8Array(list.buffer), list.length),
+    );
   }
 
   /** Sets every chunk (a full resynchronisation is needed). */

@@ -39,6 +39,8 @@ export interface ControllerOptions {
   services: ServiceConfig[];
   /** Asks the site to promote its standby of the agent; resolves once its service is healthy there. */
   promote: (site: string, agent: string, point?: number | string) => Promise<void>;
+  /** No service of the agent runs at the site any more (failback): its failover there is over. */
+  failedBack?: (site: string, agent: string) => Promise<void>;
   /** Makes the agent's volumes read-only (told now if connected, and at every connection). */
   fence: (agent: string, reason: string) => void;
   unfence: (agent: string) => void;
@@ -103,6 +105,13 @@ export class FailoverController {
 
   private desired(): Switch[] {
     return [...this.entries.values()].flatMap((e) => e.rule ? [e.rule] : []);
+  }
+
+  /** Whether a service of the agent runs at the site, or is moving there. */
+  away(agent: string, site: string): boolean {
+    return [...this.entries.values()].some((e) =>
+      e.config.agent === agent && e.config.site === site && e.state !== "protected"
+    );
   }
 
   /** Services whose server is this agent. */
@@ -258,6 +267,13 @@ export class FailoverController {
       if (this.o.manageRules) await applySwitches(this.desired(), this.o.switchOptions);
     } finally {
       this.busy.delete(name);
+    }
+    const { agent, site } = e.config;
+    if (!this.away(agent, site)) {
+      // traffic moved already: a failure here leaves a stale map, dropped at the next start
+      await this.o.failedBack?.(site, agent).catch((err) =>
+        log.error("the end of a failover was not recorded", { service: name, error: err })
+      );
     }
     // the old primary stays fenced until recovery brings its data back (unfence)
     await this.o.audit.record({

@@ -126,6 +126,7 @@ export const symbols = {
   },
   cn_dirty_mark: { parameters: ["pointer", "u64", "u64"], result: "i32", nonblocking: nb },
   cn_dirty_mark_all: { parameters: ["pointer"], result: "i32", nonblocking: nb },
+  cn_dirty_mark_chunks: { parameters: ["pointer", "buffer", "u32"], result: "i32", nonblocking: nb },
   cn_dirty_clear: { parameters: ["pointer", "buffer", "u32"], result: "i32", nonblocking: nb },
   cn_dirty_bits: { parameters: ["pointer", "buffer", "u64"], result: "i64" },
   cn_dirty_close: { parameters: ["pointer"], result: "void" },

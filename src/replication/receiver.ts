@@ -127,7 +127,10 @@ export class Receiver {
       throw new RecordError(`record ${h.seq} of ${v.name} reaches past the end of the volume`);
     }
     const st = this.seqs.get(v.id)!;
-    // a promoted copy is the primary now: what the old primary's site still sends is dropped
+    // a promoted copy is the primary now: what the old primary's site still sends is dropped, and
+    // acknowledged: acknowledgements count records in stream order, so holding one back would stall
+    // every other volume of the link; the sender keeps what a promoted copy lacks itself
+    // (Sender.failedOver, docs/decisions.md)
     const verdict = this.o.promoted(v.agent) ? "skip" : admit(st, h);
     const no = ++this.received;
     if (verdict === "gap") {

@@ -12,7 +12,7 @@ import { FRAME_HEADER, FrameType, jsonFrame, timeFrame, writeFrameHeader } from 
 import type { CopyState, CursorStore, StoredVolume } from "./cursor-store.ts";
 import { DirtyMap } from "../capture/dirty-map.ts";
 import { deflateRecord } from "../record/deflate.ts";
-import { addRecordChunks, type Part } from "../recovery/divergence.ts";
+import { addRecordChunks, type Part, union } from "../recovery/divergence.ts";
 import { CheckpointMarks } from "./marks.ts";
 
 const log = logger("sender");
@@ -98,6 +98,8 @@ export class Sender {
   /** Set by the connection owner: drop the connection so a new session starts. */
   onReset: (() => void) | undefined;
   private readonly missed = new Map<number, DirtyMap>();
+  /** Per volume whose copy at this peer was promoted: the chunks it may lack (see failedOver). */
+  private readonly promoted = new Map<number, DirtyMap>();
   private pulling = false;
   /** Bytes per second at most (0: no limit). */
   bandwidth: number;
@@ -155,6 +157,8 @@ export class Sender {
       for (const [id, v] of s.vols) {
         const path = s.missedPath(id);
         if (v.state === "degraded" && await exists(path)) s.missed.set(id, await s.openMissed(id));
+        // a failover outlives a restart: its map is dropped only when it ends (failedBack)
+        if (await exists(s.promotedPath(id))) s.promoted.set(id, await s.openPromoted(id));
       }
     }
     if (o.congestion) {
@@ -179,11 +183,27 @@ export class Sender {
     return `${this.o.stateDir}/${this.o.name.replace(/[^A-Za-z0-9._-]/g, "_")}-${volume}.missed`;
   }
 
+  private promotedPath(volume: number): string {
+    return `${this.o.stateDir}/${this.o.name.replace(/[^A-Za-z0-9._-]/g, "_")}-${volume}.promoted`;
+  }
+
   private async openMissed(volume: number): Promise<DirtyMap> {
     const info = this.o.journal.volume(volume)!;
     const m = await DirtyMap.open(this.missedPath(volume), info.size, this.syncChunk);
     // a map created now starts all-set ("nothing known"); pull-ahead marks exactly what it skips
     if (m.fresh) {
+      m.clear(m.setChunks());
+      await m.settle();
+    }
+    return m;
+  }
+
+  private async openPromoted(volume: number): Promise<DirtyMap> {
+    const path = this.promotedPath(volume);
+    const existed = await exists(path);
+    const m = await DirtyMap.open(path, this.o.journal.volume(volume)!.size, this.syncChunk);
+    // a new map starts empty (failedOver marks it); one that cannot be read stays all-set
+    if (m.fresh && !existed) {
       m.clear(m.setChunks());
       await m.settle();
     }
@@ -205,23 +225,33 @@ export class Sender {
     this.onReset?.();
   }
 
-  /** Chunks of a volume a pull-ahead skipped, if a bitmap is kept for it. */
   /**
    * The chunks (of `chunkSize`) this peer's copy of a volume may lack: those of the records it
-   * has not acknowledged, read from the journal after its cursor, and those it missed while
-   * pulling ahead. Rejects when that is not known (its copy was being synchronised, or it lost
-   * its place in the journal with no map of what it missed).
+   * has not acknowledged, read from the journal after its cursor, those it missed while
+   * pulling ahead, and, once the copy was promoted, those it lacked then or was sent since (it
+   * acknowledges them but drops them). Rejects when that is not known (its copy was being
+   * synchronised before any promotion, or it lost its place in the journal with no map of what
+   * it missed).
    */
   async unreceived(volume: number, chunkSize: number): Promise<Part[]> {
     const v = this.vols.get(volume);
     if (!v) throw new Error(`${this.o.name} does not carry volume ${volume}`);
-    if (v.state === "syncing") throw new Error(`${this.o.name}'s copy was being synchronised`);
+    const p = this.promoted.get(volume);
+    // a promoted copy takes nothing from here: a synchronisation since changes nothing in it
+    if (v.state === "syncing" && !p) throw new Error(`${this.o.name}'s copy was being synchronised`);
     const j = this.o.journal;
     const m = this.missed.get(volume);
     if (this.cursor.released < j.positions.tail && v.state !== "degraded") {
       throw new Error(`${this.o.name} lost its place in the journal`);
     }
     const parts: Part[] = [];
+    if (p) {
+      parts.push({
+        what: `records ${this.o.name} had not acknowledged at its promotion or got since`,
+        chunkSize: p.chunkSize,
+        chunks: p.setChunks(),
+      });
+    }
     if (m) {
       parts.push({ what: `chunks ${this.o.name} missed`, chunkSize: m.chunkSize, chunks: m.setChunks() });
     }
@@ -238,8 +268,70 @@ export class Sender {
     return parts;
   }
 
+  /** Chunks of a volume a pull-ahead skipped, if a bitmap is kept for it. */
   missedChunks(volume: number): DirtyMap | undefined {
     return this.missed.get(volume);
+  }
+
+  /**
+   * The peer is about to promote its copies of an agent's volumes (the service fails over to it):
+   * from then on it drops this journal's records of them and acknowledges them all the same
+   * (see Receiver), so an acknowledgement no longer says the copy holds a record. Kept per
+   * volume, durably, until failedBack: the chunks of every record it has not acknowledged now
+   * (or a pull-ahead skipped), and of every record sent to it later. Failback moves them
+   * whatever the peer acknowledges meanwhile. A copy whose difference is not known now (being
+   * synchronised, or degraded with no map of what it missed) gets every chunk. Called again (a
+   * failover retried), it adds to the map.
+   */
+  async failedOver(agent: string): Promise<void> {
+    if (!this.o.stateDir) return;
+    for (const [id, v] of this.vols) {
+      if (this.o.journal.volume(id)?.agent !== agent) continue;
+      let m = this.promoted.get(id);
+      const known = m !== undefined || v.state === "consistent" ||
+        (v.state === "degraded" && this.missed.has(id));
+      // in place before the snapshot is read: records sent meanwhile are marked by the stream
+      if (!m) this.promoted.set(id, m = await this.openPromoted(id));
+      const parts = known ? await this.unreceived(id, this.syncChunk).catch(() => undefined) : undefined;
+      if (parts) await m.markChunks(union(parts, this.syncChunk).chunks);
+      else await m.markAll();
+      log.warn("a remote site promotes its copy: the chunks it may lack are kept for failback", {
+        peer: this.o.name,
+        volume: id,
+        chunks: m.count,
+      });
+    }
+  }
+
+  /** The failover of an agent to this peer ended (failback): its copies take the journal again. */
+  async failedBack(agent: string): Promise<void> {
+    for (const [id, m] of [...this.promoted]) {
+      if (this.o.journal.volume(id)?.agent !== agent) continue;
+      this.promoted.delete(id);
+      await m.close();
+      await Deno.remove(this.promotedPath(id)).catch(() => {});
+    }
+  }
+
+  /** Agents whose copies at this peer are promoted, as far as this sender knows. */
+  promotedAgents(): string[] {
+    return [...new Set([...this.promoted.keys()].map((id) => this.o.journal.volume(id)?.agent ?? ""))]
+      .filter((a) => a !== "");
+  }
+
+  /** Marks the chunks a record sent to a promoted copy touches (it drops them); nothing for another copy. */
+  promotedMark(h: RecordHeader): void {
+    const m = this.promoted.get(h.volume);
+    if (!m) return;
+    const chunks = new Set<number>();
+    addRecordChunks(chunks, [h], h.volume, m.chunkSize);
+    m.markChunks([...chunks]).catch((e) =>
+      log.error("cannot keep a chunk a promoted copy lacks", {
+        peer: this.o.name,
+        volume: h.volume,
+        error: e,
+      })
+    );
   }
 
   /**
@@ -276,6 +368,8 @@ export class Sender {
           let m = this.missed.get(h.volume);
           if (!m) this.missed.set(h.volume, m = await this.openMissed(h.volume));
           await m.mark(h.offset, h.length);
+          // a promoted copy's map outlives the synchronisation that clears the missed one
+          await this.promoted.get(h.volume)?.mark(h.offset, h.length);
           v.state = "degraded";
           skipped++;
         }
@@ -448,7 +542,10 @@ export class Sender {
     const snapshot = new Map(
       [...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state, voidUpTo: v.voidUpTo }]),
     );
-    this.o.store.save(this.o.name, this.cursor.released, snapshot).catch((e) =>
+    const pos = this.cursor.released;
+    // a promoted copy's marks of the records acknowledged are durable before the position passes them
+    const marked = Promise.all([...this.promoted.values()].map((m) => m.settle()));
+    marked.then(() => this.o.store.save(this.o.name, pos, snapshot)).catch((e) =>
       log.error("cannot persist replication position", { peer: this.o.name, error: e })
     ).finally(() => {
       this.saving = false;
@@ -819,6 +916,7 @@ export class Session {
     const mono = e.atMono ?? performance.now() - Math.max(0, Date.now() - h.time);
     this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time, mono);
     if (between) return;
+    this.s.promotedMark(h);
     this.through.set(h.volume, h.seq);
     const names = this.s.marks.at(h.volume, h.seq);
     if (names) { for (const name of names) this.sendMark(h.volume, name, h.seq); }

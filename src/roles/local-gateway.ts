@@ -362,6 +362,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       services: configs,
       promote: async (site, agent, point) => {
         const r = remotes.find((x) => x.site === site)!;
+        // from the promotion the site drops this gateway's records (acknowledged): the sender keeps what it lacks
+        await r.sender.failedOver(agent);
         // a rollback to a point rebuilds the standby's differing chunks first: give it time
         const answer = await r.client.request(
           { type: "promote", agent, ...(point === undefined ? {} : { point }) },
@@ -381,9 +383,16 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       },
       // called on failback, once the detectors below exist
       unhealthy: (agent) => liveness.unhealthy(agent),
+      failedBack: async (site, agent) => await remotes.find((x) => x.site === site)?.sender.failedBack(agent),
       manageRules: configs.length > 0 || (await hasRecordedRules(db)),
     });
     await controller.start();
+    // a failover that ended just before a restart (or whose service is no longer configured) ends now
+    for (const r of remotes) {
+      for (const agent of r.sender.promotedAgents()) {
+        if (!controller.away(agent, r.site)) await r.sender.failedBack(agent);
+      }
+    }
     const plane0: { store?: TaskStore } = {};
     const qos = new DetectorQos({
       mode: str(p, "detector") as "chen" | "phi",
