@@ -69,6 +69,8 @@ export class StandbyApplier {
   private received = 0;
   private queued: { v: StandbyVolume; op?: BatchOp }[] = [];
   private running = false;
+  /** The applying loop in progress (settled once it stops). */
+  private loopDone: Promise<void> = Promise.resolve();
   private acked = 0;
   private failed: Error | undefined;
   private frozen = false;
@@ -96,7 +98,10 @@ export class StandbyApplier {
     this.failed = undefined;
   }
 
-  /** Stops applying (the copy is promoted): what was received is applied, later records are ignored. */
+  /**
+   * Stops applying (the copy is promoted): what was received is applied, later records are ignored.
+   * Throws when the copy could not apply what it received (a promotion must not take it silently).
+   */
   async freeze(): Promise<void> {
     this.frozen = true;
     await this.drain();
@@ -153,7 +158,7 @@ export class StandbyApplier {
   private kick(): void {
     if (!this.running) {
       this.running = true;
-      setImmediate(() => this.loop());
+      this.loopDone = new Promise<void>((r) => setImmediate(r)).then(() => this.loop());
     }
   }
 
@@ -184,11 +189,14 @@ export class StandbyApplier {
     }
   }
 
+  /** Waits until everything received is applied; throws what stopped the applying. */
   private async drain(): Promise<void> {
     while (this.running || this.queued.length > 0) {
-      if (!this.running) this.kick();
-      await new Promise((r) => setTimeout(r, 1));
+      if (this.failed) break;
+      this.kick();
+      await this.loopDone;
     }
+    if (this.failed) throw this.failed;
   }
 
   /** Hashes a volume for a differential synchronisation, once everything received is applied. */
