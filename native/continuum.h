@@ -187,15 +187,10 @@ void cn_journal_cursor_release(cn_journal *j, int32_t id, uint64_t pos);
 void cn_journal_cursor_required(cn_journal *j, int32_t id, int32_t required);
 void cn_journal_cursor_drop(cn_journal *j, int32_t id);
 /**
- * The replication lag bound (0: none): appends wait (the agents' writes with them) while a paced
- * reader is more than its allowance behind, or its oldest unreleased record entered the journal
- * more than ms ago.
- */
-void cn_journal_set_lag_bound(cn_journal *j, uint32_t ms);
-/**
- * Paces a reader (bytes > 0: the allowance, what it takes within the lag bound) or not (0). A reader
- * is paced while it is in step (its site connected and caught up); a disconnected or
- * resynchronising one is not, or the application would wait for it.
+ * Paces a reader (the replication lag bound): with bytes > 0 appends wait (the agents' writes with
+ * them) while it is more than bytes behind; 0 stops. The sender paces a site that is in step
+ * (connected and caught up) with what it takes in the bound; a disconnected or resynchronising one
+ * is not paced, or the application would wait for it.
  */
 void cn_journal_cursor_pace(cn_journal *j, int32_t id, uint64_t bytes);
 /**

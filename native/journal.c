@@ -83,7 +83,6 @@ struct cn_journal {
   uint64_t ck_gen;
   uint32_t waiting; // appends waiting for space
   int64_t last_pressure;
-  int64_t lag_bound_ns; // 0: none
   // volumes (pointers never move)
   jvol_t **vols;
   uint32_t nvols;
@@ -589,26 +588,16 @@ static void signal_pressure(cn_journal *j) {
   plane_flag(j->plane, CN_FL_PRESSURE);
 }
 
-static int64_t entered_at(cn_journal *j, uint64_t pos);
-
 /**
- * A paced reader is behind by more than its byte allowance (what it takes in the lag bound at the
- * rate it acknowledges), or its oldest unreleased record entered longer than the bound ago
- * (unknown: older). The allowance keeps a fast writer from putting more in than the reader takes
- * in the bound; the age catches a reader that slowed since its rate was measured.
+ * A paced reader is more behind than its allowance: what it takes in the lag bound at the rate
+ * it acknowledges (the sender measures both), so a fast writer cannot put more in than that.
  */
 static bool over_lag(cn_journal *j) {
-  if (!j->lag_bound_ns) return false;
-  uint64_t min = UINT64_MAX;
   for (int i = 0; i < MAX_CURSORS; i++) {
     const cursor_t *c = &j->cursors[i];
-    if (!c->used || !c->pace || c->released >= j->head) continue;
-    if (j->head - c->released > c->pace) return true;
-    min = MIN(min, c->released);
+    if (c->used && c->pace && c->released < j->head && j->head - c->released > c->pace) return true;
   }
-  if (min >= j->written) return false;
-  int64_t t = entered_at(j, min);
-  return t == 0 || mono_ns() - t > j->lag_bound_ns;
+  return false;
 }
 
 typedef struct {
@@ -957,13 +946,6 @@ EXPORT void cn_journal_cursor_release(cn_journal *j, int32_t id, uint64_t pos) {
     advance_tail(j);
     if (c->pace && j->waiting) pthread_cond_broadcast(&j->space_cv);
   }
-  pthread_mutex_unlock(&j->mu);
-}
-
-EXPORT void cn_journal_set_lag_bound(cn_journal *j, uint32_t ms) {
-  pthread_mutex_lock(&j->mu);
-  j->lag_bound_ns = (int64_t)ms * 1000000;
-  pthread_cond_broadcast(&j->space_cv);
   pthread_mutex_unlock(&j->mu);
 }
 

@@ -55,7 +55,7 @@ export interface JournalOptions {
   commitBytes?: number;
   /** Keep at least the newest this-many bytes even when every reader is past them. */
   retainBytes?: number;
-  /** The replication lag bound: appends wait while a paced reader is further behind (0: none). */
+  /** The replication lag bound, for the senders that pace their sites (0: none). */
   maxLagMs?: number;
 }
 
@@ -175,7 +175,6 @@ export class Journal {
       opened.head,
     );
     j.lagBound = opts.maxLagMs ?? 0;
-    if (j.lagBound > 0) native().cn_journal_set_lag_bound(ptr, j.lagBound);
     try {
       if (state && (state.ringId !== opened.ringId || state.ringSize !== opened.dataSize)) {
         throw new Error(
@@ -434,9 +433,14 @@ export class Journal {
     if (!this.closed) native().cn_journal_set_bound(this.ptr, volume, BigInt(bytes ?? 0));
   }
 
-  /** The replication lag bound (0: none); readers in step are paced by it (Cursor.paced). */
+  /** The replication lag bound (0: none): the senders pace their sites in step by it (Cursor.pace). */
   get maxLagMs(): number {
     return this.lagBound;
+  }
+
+  /** Appends waiting now (for space, a volume's bound, or a paced reader). */
+  get waitingAppends(): number {
+    return this.status()[8];
   }
 
   /** The journal moved (commits, the tail, the mirror): durable listeners, readers and waiters, the index. */
@@ -675,10 +679,7 @@ export class Cursor {
     if (!this.closed) native().cn_journal_cursor_required(this.ptr, this.id, r ? 1 : 0);
   }
 
-  /**
-   * The bytes this reader may be behind before appends wait for it (0: not paced); the journal's
-   * lag bound holds them too. For a site in step.
-   */
+  /** The bytes this reader may be behind before appends wait for it (0: not paced). For a site in step. */
   get pace(): number {
     return this.paceBytes;
   }

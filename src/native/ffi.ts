@@ -88,7 +88,6 @@ export const symbols = {
   cn_journal_cursor_release: { parameters: ["pointer", "i32", "u64"], result: "void" },
   cn_journal_cursor_required: { parameters: ["pointer", "i32", "i32"], result: "void" },
   cn_journal_cursor_drop: { parameters: ["pointer", "i32"], result: "void" },
-  cn_journal_set_lag_bound: { parameters: ["pointer", "u32"], result: "void" },
   cn_journal_cursor_pace: { parameters: ["pointer", "i32", "u64"], result: "void" },
   cn_journal_read: { parameters: ["pointer", "u64", "u64", "buffer", "u64"], result: "i64", nonblocking: nb },
   cn_journal_status: { parameters: ["pointer", "buffer"], result: "void" },

@@ -512,15 +512,19 @@ export class Sender {
     this.cursor.pace = Math.max(MIN_PACE_BYTES, this.capacity * bound / 1000);
   }
 
-  /** The peer's rate: bytes per second it acknowledged over spans in which it had more to take. */
+  /**
+   * The peer's rate: bytes per second it acknowledged over spans in which it had more to take, or
+   * the writer waited (for it: its allowance is then what limits it, and grows with the rate).
+   */
   private measure(): void {
     const now = performance.now();
-    const behind = this.cursor.released < this.o.journal.positions.durable;
+    const j = this.o.journal;
+    const busy = this.cursor.released < j.positions.durable || j.waitingAppends > 0;
     if (!this.busy) {
-      if (behind) this.busy = { at: now, acked: this.ackedBytes };
+      if (busy) this.busy = { at: now, acked: this.ackedBytes };
       return;
     }
-    if (!behind) {
+    if (!busy) {
       // it took all there was: the span says what was written, not what it can take
       this.busy = undefined;
       return;
