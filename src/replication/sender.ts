@@ -497,10 +497,11 @@ export class Sender {
    */
   pace(): void {
     const bound = this.o.journal.maxLagMs;
+    if (bound <= 0) return;
     const s = this.session;
     const silent = this.cursor.released < this.o.journal.positions.durable &&
       performance.now() - this.ackedMono > Math.max(SILENT_MS, 4 * bound);
-    const inStep = bound > 0 && s !== undefined && !s.stopped && !silent &&
+    const inStep = s !== undefined && !s.stopped && !silent &&
       [...this.vols.values()].every((v) => v.state === "consistent");
     if (!inStep) {
       this.cursor.pace = 0;
