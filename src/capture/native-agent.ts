@@ -324,9 +324,18 @@ export class NativeAgent {
         }
         return;
       }
-      case FrameType.Control:
-        this.o.onControl?.(decodeJson<unknown>(body));
+      case FrameType.Control: {
+        let m: unknown;
+        try {
+          m = decodeJson(body);
+        } catch (e) {
+          // refused like a malformed message (src/wire/control.ts): logged, the link stays up
+          log.error("control message refused", { from: "gateway", error: (e as Error).message });
+          return;
+        }
+        this.o.onControl?.(m);
         return;
+      }
       default:
         if (!this.o.onFrame) {
           log.warn("unexpected frame from the gateway", { type: e.aux });

@@ -184,7 +184,14 @@ export class GatewayListener {
         this.o.standby?.frame(s.agent, { type: e.aux, body });
         return;
       case FrameType.Control: {
-        const m = decodeJson<{ type?: string }>(body);
+        let m: { type?: string } | null;
+        try {
+          m = decodeJson(body);
+        } catch (e) {
+          // refused like a malformed message (src/wire/control.ts): logged, the link stays up
+          log.error("control message refused", { from: s.agent, error: (e as Error).message });
+          return;
+        }
         if (m?.type === "standby-ready" && this.o.standby) {
           const ptr = this.ptr, id = s.id, closed = () => this.closed;
           this.o.standby.ready(s.agent, {

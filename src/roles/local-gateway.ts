@@ -15,6 +15,7 @@ import type { GatewayStatus } from "../web/gateway-status.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
+import { agentReports, receiver } from "../wire/control.ts";
 import { FailoverTests } from "../tasks/failover-tests.ts";
 import { Discovery } from "../tasks/discovery.ts";
 import { imageDevices, ringDevice } from "../tasks/site-inventory.ts";
@@ -460,9 +461,12 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           log.error("cannot send an agent its assignments", { agent, error: e })
         );
       },
-      onControl: (agent, msg) => {
-        if (!plane.discovery?.onControl(agent, msg)) plane.cp?.onControl(agent, msg);
-      },
+      onControl: receiver(agentReports, {
+        assigned: (m) => plane.cp?.onAnswer(m),
+        unassigned: (m) => plane.cp?.onAnswer(m),
+        assignments: (m, agent) => plane.cp?.onAssignments(agent, m.names),
+        devices: (m, agent) => plane.discovery?.onDevices(agent, m.devices),
+      }, log),
       fenced: (agent) => controller.isFenced(agent),
       onVolume: (v) => {
         mirror.prepare(v);

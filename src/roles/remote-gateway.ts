@@ -37,6 +37,7 @@ import { type Assignment, parseAssignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
 import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
 import { PendingRequests } from "../wire/requests.ts";
+import { receiver, type StandbyOrder, standbyReports } from "../wire/control.ts";
 
 const log = logger("remote-gateway");
 
@@ -365,28 +366,24 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       mirrorPath: (agent, volume) => `${replicaDir}/${agent}/${volume}.img`,
       onVolume: (v) => applier.prepare(v),
       standby,
-      onControl: (agent, msg) => {
-        const m = msg as { type?: string; id?: number; ok?: boolean; error?: string; names?: unknown };
-        if (standbyDevices.onControl(agent, msg)) return;
-        if (m?.type === "assignments" && Array.isArray(m.names)) {
-          // a standby agent connected and says what it remembers: reconcile it
-          remembered.set(agent, new Set(m.names.filter((n): n is string => typeof n === "string")));
-          reconcileStandby(agent);
-          return;
-        }
-        const answer = [
-          "promoted",
-          "demoted",
-          "assigned",
-          "unassigned",
-          "drill-ready",
-          "drill-stopped",
-          "rollback-set",
-        ]
-          .includes(String(m?.type));
-        if (answer) answers.answer(Number(m.id), m);
-      },
+      onControl: (agent, msg) => fromStandby(agent, msg),
     });
+    const answer = (m: { id: number } & StandbyAnswer) => void answers.answer(m.id, m);
+    const fromStandby = receiver(standbyReports, {
+      devices: (m, agent) => standbyDevices.report(agent, m.devices),
+      // a standby agent connected and says what it remembers: reconcile it
+      assignments: (m, agent) => {
+        remembered.set(agent, new Set(m.names));
+        reconcileStandby(agent);
+      },
+      assigned: answer,
+      unassigned: answer,
+      promoted: answer,
+      demoted: answer,
+      "rollback-set": answer,
+      "drill-ready": answer,
+      "drill-stopped": answer,
+    }, log);
 
     /**
      * Promotes the standby of an agent: this site stops taking the old primary's
@@ -482,7 +479,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
     const ask = async (
       agent: string,
-      type: "promote" | "demote" | "assign" | "unassign" | "drill-up" | "drill-down" | "rollback",
+      type: StandbyOrder["type"],
       extra: Record<string, unknown> = {},
       timeoutMs = 60_000,
     ) => {

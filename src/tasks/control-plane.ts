@@ -1,6 +1,6 @@
 // The local gateway's control plane: it turns the tasks into the agents' work. The task store is
 // the source of truth; an agent started with only its identity learns its volumes from the
-// orders sent over its authenticated link:
+// orders sent over its authenticated link (typed and checked by src/wire/control.ts):
 //   {type: "assign", id, volumes: [{name, path, size}]}   answered {type: "assigned", id, results}
 //   {type: "unassign", id, name}                          answered {type: "unassigned", id, ok, error?}
 // and reports the assignments it remembers after every connection ({type: "assignments", names}),
@@ -28,6 +28,7 @@ import type { Host, Mirror, Task, Volume } from "./model.ts";
 import { DesiredState } from "./desired-state.ts";
 import type { TaskStore } from "./store.ts";
 import { PendingRequests } from "../wire/requests.ts";
+import type { AgentReport } from "../wire/control.ts";
 
 const log = logger("control-plane");
 
@@ -229,9 +230,11 @@ export interface ControlPlaneDeps {
 }
 
 type Answer = Record<string, unknown>;
+/** An agent's answer to an order. */
+type AgentAnswer = Extract<AgentReport, { type: "assigned" | "unassigned" }>;
 
 export class ControlPlane {
-  private requests = new PendingRequests<Answer>();
+  private requests = new PendingRequests<AgentAnswer>();
   private states = new Map<string, AssignmentState>();
   /** Each remote site's desired standby copies (per agent), re-sent until the site answered. */
   private plans: DesiredState<Record<string, Assignment[]>>;
@@ -381,17 +384,16 @@ export class ControlPlane {
     }
   }
 
-  /** A control message from an agent: answers to orders, and its report after connecting. */
-  onControl(agent: string, msg: unknown): void {
-    const m = msg as Answer;
-    if (m?.type === "assigned" || m?.type === "unassigned") {
-      this.requests.answer(Number(m.id), m);
-    } else if (m?.type === "assignments" && Array.isArray(m.names)) {
-      const names = m.names.filter((n): n is string => typeof n === "string");
-      this.withdrawExtra(agent, names).catch((e) =>
-        log.error("cannot reconcile an agent's assignments", { agent, error: e })
-      );
-    }
+  /** An agent's answer to an order (assign, unassign), matched to the order by its id. */
+  onAnswer(m: AgentAnswer): void {
+    this.requests.answer(m.id, m);
+  }
+
+  /** An agent connected and reports the assignments it remembers: withdraw what no task asks for. */
+  onAssignments(agent: string, names: string[]): void {
+    this.withdrawExtra(agent, names).catch((e) =>
+      log.error("cannot reconcile an agent's assignments", { agent, error: e })
+    );
   }
 
   private async withdrawExtra(agent: string, remembered: string[]): Promise<void> {
@@ -526,7 +528,7 @@ export class ControlPlane {
   }
 
   /** Sends an order and waits for its answer; undefined when the agent is not connected. */
-  private async ask(agent: string, msg: Answer): Promise<Answer | undefined> {
+  private async ask(agent: string, msg: Answer): Promise<AgentAnswer | undefined> {
     let connected = true;
     const answer = this.requests.request(
       (id) => connected = this.d.send(agent, { ...msg, id }),
@@ -547,9 +549,7 @@ export class ControlPlane {
   private async assign(agent: string, volumes: Assignment[]): Promise<boolean> {
     const r = await this.ask(agent, { type: "assign", volumes });
     if (!r) return false;
-    const results = Array.isArray(r.results)
-      ? r.results as { name?: string; ok?: boolean; error?: string }[]
-      : [];
+    const results = r.type === "assigned" ? r.results : [];
     const failed = results.filter((x) => x.ok !== true);
     for (const s of this.states.values()) {
       if (s.agent !== agent) continue;
@@ -561,9 +561,7 @@ export class ControlPlane {
     }
     if (failed.length) {
       throw new Error(
-        failed.map((x) =>
-          `agent ${agent} cannot serve volume ${x.name ?? "?"}: ${x.error ?? "no reason given"}`
-        )
+        failed.map((x) => `agent ${agent} cannot serve volume ${x.name}: ${x.error ?? "no reason given"}`)
           .join("; "),
       );
     }
@@ -573,7 +571,13 @@ export class ControlPlane {
   private async unassign(agent: string, name: string): Promise<void> {
     const r = await this.ask(agent, { type: "unassign", name });
     if (!r) throw new Error(`agent ${agent} is not connected`);
-    if (r.ok !== true) throw new Error(`agent ${agent} did not unassign ${name}: ${r.error ?? "no reason"}`);
+    if (r.type !== "unassigned" || !r.ok) {
+      throw new Error(
+        `agent ${agent} did not unassign ${name}: ${
+          (r.type === "unassigned" ? r.error : undefined) ?? "no reason"
+        }`,
+      );
+    }
   }
 }
 

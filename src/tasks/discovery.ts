@@ -16,7 +16,7 @@ import type { Group, PartitionRef, Volume } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import { deviceName, gatewayHostOf, type Observation, type ObservedHost } from "./discovery-plan.ts";
 import { type GatewayView, type Proposal, propose } from "./proposal.ts";
-import { deviceReport, parseSiteInventory, type SiteInventory } from "./site-inventory.ts";
+import { parseSiteInventory, type SiteInventory } from "./site-inventory.ts";
 
 const log = logger("discovery");
 
@@ -73,13 +73,10 @@ export class Discovery {
     await this.running;
   }
 
-  /** A control message of a local agent; true when it was its device report. */
-  onControl(agent: string, msg: unknown): boolean {
-    const devices = deviceReport(msg);
-    if (!devices) return false;
+  /** A local agent's device report (its `devices` control message). */
+  onDevices(agent: string, devices: DeviceInfo[]): void {
     this.reports.set(agent, { devices, at: performance.now() });
     void this.refresh();
-    return true;
   }
 
   /** Observes and updates the inventory (one run at a time: a call meanwhile waits for it). */

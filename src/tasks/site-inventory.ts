@@ -1,7 +1,8 @@
 // What a remote site tells its local sites about itself for their inventories (discovery.ts):
 // its standby agents (connected or not, and how long ago they were heard from) with the
 // devices each may serve, its journal and its replica images. Agents report their devices in a
-// control message {type: "devices", devices: [{path, size}]} (src/capture/devices.ts); the
+// control message {type: "devices", devices: [{path, size}]} (src/capture/devices.ts,
+// src/wire/control.ts); the
 // remote gateway keeps the last report of each standby agent (StandbyDevices) and answers a
 // local site's {type: "inventory"} request with siteInventory(). Times travel as ages (ms ago),
 // so the two sites' clocks need not agree.
@@ -31,12 +32,6 @@ export function parseDevices(raw: unknown): DeviceInfo[] | undefined {
     out.push({ path: d.path, size: d.size });
   }
   return out;
-}
-
-/** An agent's device report (a control message); undefined when the message is not one. */
-export function deviceReport(msg: unknown): DeviceInfo[] | undefined {
-  const m = msg as { type?: unknown; devices?: unknown } | null;
-  return m?.type === "devices" ? parseDevices(m.devices) ?? [] : undefined;
 }
 
 export interface SiteAgent {
@@ -88,12 +83,9 @@ export class StandbyDevices {
   /** Each standby agent's last report, and when it was last connected (monotonic: only ages leave here). */
   private reports = new Map<string, { devices: DeviceInfo[]; lastSeen: number }>();
 
-  /** A control message from a standby agent; true when it was a device report. */
-  onControl(agent: string, msg: unknown): boolean {
-    const devices = deviceReport(msg);
-    if (!devices) return false;
+  /** A standby agent's device report (its `devices` control message). */
+  report(agent: string, devices: DeviceInfo[]): void {
     this.reports.set(agent, { devices, lastSeen: performance.now() });
-    return true;
   }
 
   /** The answer to a local site's inventory request. */

@@ -1,0 +1,492 @@
+// Fuzzing the control messages of the agent and standby links (src/wire/control.ts, fast-check).
+// An independent reading of the messages (SPEC below, written from the links' documentation, not
+// from the zod schemas) is the oracle. Properties, for each direction of each link:
+// - every valid message generated from SPEC survives JSON and parses back to itself;
+// - random JSON values, valid messages with a field replaced (wrong types, huge numbers, long
+//   strings, '..' in paths), removed, added to or retyped, and random bytes: the parser accepts
+//   exactly what the oracle accepts (stripped to the known fields), refuses everything else with
+//   a ControlError naming the link (and the type and field, when a single field is at fault), and
+//   never throws anything else;
+// - a receiver hands each valid message to its type's handler and logs each refused one.
+// Planted bugs: a parser that trusts the fields once the type is known (the casts the receivers
+// used before), and one without the '..' check of assigned paths, must both be caught.
+//
+// Budget: FUZZ_RUNS (per property and link), FUZZ_SEED.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { fc, fcParams, fuzzRuns } from "./lib/fuzz.ts";
+import {
+  type AgentOrder,
+  agentOrders,
+  type AgentReport,
+  agentReports,
+  ControlError,
+  type ControlLink,
+  parseControl,
+  receiver,
+  type StandbyOrder,
+  standbyOrders,
+  type StandbyReport,
+  standbyReports,
+} from "../src/wire/control.ts";
+import { decodeJson, FrameError } from "../src/wire/frames.ts";
+
+const RUNS = fuzzRuns(2000);
+const SEED = 20261203;
+
+// ---------------------------------------------------------------------------
+// the oracle: each message's fields, as the links' documentation describes them
+
+type Kind =
+  | "id"
+  | "name"
+  | "string"
+  | "boolean"
+  | "number"
+  | "eta"
+  | "assignments"
+  | "devices"
+  | "results"
+  | "names";
+/** A field's kind; a trailing "?" makes it optional. */
+type Fields = Record<string, Kind | `${Kind}?`>;
+
+const answer: Fields = { id: "id", ok: "boolean", error: "string?" };
+const assign: Fields = { id: "id", volumes: "assignments" };
+const unassign: Fields = { id: "id", name: "name" };
+const assigned: Fields = { id: "id", results: "results" };
+const unassigned: Fields = { id: "id", name: "string", ok: "boolean", error: "string?" };
+const assignments: Fields = { names: "names" };
+const devices: Fields = { devices: "devices" };
+
+// typed by the unions: a message type missing here does not compile
+const AGENT_ORDERS: Record<AgentOrder["type"], Fields> = {
+  assign,
+  unassign,
+  fence: { reason: "string?" },
+  unfence: {},
+  "heartbeat-interval": { etaMs: "eta" },
+};
+const AGENT_REPORTS: Record<AgentReport["type"], Fields> = { assigned, unassigned, assignments, devices };
+const STANDBY_ORDERS: Record<StandbyOrder["type"], Fields> = {
+  assign,
+  unassign,
+  promote: { id: "id", equal: "boolean" },
+  demote: { id: "id" },
+  rollback: { id: "id", on: "boolean" },
+  "drill-up": { id: "id", export: "string", volume: "string", timeoutMs: "number?" },
+  "drill-down": { id: "id", export: "string", volume: "string" },
+};
+const STANDBY_REPORTS: Record<StandbyReport["type"], Fields> = {
+  assigned,
+  unassigned,
+  assignments,
+  devices,
+  promoted: answer,
+  demoted: answer,
+  "rollback-set": answer,
+  "drill-ready": { ...answer, checkMs: "number?" },
+  "drill-stopped": answer,
+};
+
+interface Case {
+  link: ControlLink<{ type: string }>;
+  spec: Record<string, Fields>;
+}
+const CASES: Case[] = [
+  { link: agentOrders, spec: AGENT_ORDERS },
+  { link: agentReports, spec: AGENT_REPORTS },
+  { link: standbyOrders, spec: STANDBY_ORDERS },
+  { link: standbyReports, spec: STANDBY_REPORTS },
+];
+const ALL_TYPES = [...new Set(CASES.flatMap((c) => Object.keys(c.spec)))];
+
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+type Json = unknown;
+
+function isObject(v: Json): v is Record<string, Json> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+const posInt = (v: Json) => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+const absPath = (v: Json) => typeof v === "string" && v.startsWith("/") && !v.split("/").includes("..");
+
+/** The value of a field of this kind, stripped to its known parts; undefined when it is not one. */
+function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
+  const ok = (b: boolean) => b ? { value: v } : undefined;
+  switch (kind) {
+    case "id":
+      return ok(typeof v === "number" && Number.isSafeInteger(v) && v >= 0);
+    case "name":
+      return ok(typeof v === "string" && NAME_RE.test(v));
+    case "string":
+      return ok(typeof v === "string");
+    case "boolean":
+      return ok(typeof v === "boolean");
+    case "number":
+      return ok(typeof v === "number" && Number.isFinite(v));
+    case "eta":
+      return ok(typeof v === "number" && v >= 1 && v <= 60_000);
+    case "names":
+      return ok(Array.isArray(v) && v.every((x) => typeof x === "string"));
+    case "assignments":
+      return list(
+        v,
+        (x) =>
+          typeof x.name === "string" && NAME_RE.test(x.name) && absPath(x.path) && posInt(x.size)
+            ? { name: x.name, path: x.path, size: x.size }
+            : undefined,
+      );
+    case "devices":
+      return list(
+        v,
+        (x) =>
+          typeof x.path === "string" && x.path.startsWith("/") && posInt(x.size)
+            ? { path: x.path, size: x.size }
+            : undefined,
+      );
+    case "results":
+      return list(v, (x) =>
+        typeof x.name === "string" && typeof x.ok === "boolean" &&
+          (x.error === undefined || typeof x.error === "string")
+          ? { name: x.name, ok: x.ok, ...(x.error === undefined ? {} : { error: x.error }) }
+          : undefined);
+  }
+}
+
+function list(v: Json, item: (x: Record<string, Json>) => Json | undefined): { value: Json } | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const out = [];
+  for (const x of v) {
+    const y = isObject(x) ? item(x) : undefined;
+    if (y === undefined) return undefined;
+    out.push(y);
+  }
+  return { value: out };
+}
+
+/** The oracle: the message as a receiver must see it (known fields only), or undefined: refused. */
+function oracle(spec: Record<string, Fields>, raw: Json): Record<string, Json> | undefined {
+  if (!isObject(raw) || typeof raw.type !== "string" || !Object.hasOwn(spec, raw.type)) return undefined;
+  const out: Record<string, Json> = { type: raw.type };
+  for (const [field, k] of Object.entries(spec[raw.type])) {
+    const optional = k.endsWith("?");
+    const kind = k.replace("?", "") as Kind;
+    const v = Object.hasOwn(raw, field) ? raw[field] : undefined;
+    if (v === undefined) {
+      if (optional) continue;
+      return undefined;
+    }
+    const r = checkKind(kind, v);
+    if (!r) return undefined;
+    out[field] = r.value;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// generators
+
+const segment = fc.stringMatching(/^[a-z0-9._-]{1,8}$/).filter((s) => s !== "..");
+const absPathArb = fc.array(segment, { minLength: 1, maxLength: 4 }).map((p) => `/${p.join("/")}`);
+const nameArb = fc.stringMatching(NAME_RE);
+const sizeArb = fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
+
+function validOf(kind: Kind): fc.Arbitrary<Json> {
+  switch (kind) {
+    case "id":
+      return fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER));
+    case "name":
+      return nameArb;
+    case "string":
+      return fc.string({ maxLength: 40, unit: "grapheme" });
+    case "boolean":
+      return fc.boolean();
+    case "number":
+      return fc.double({ noNaN: true, noDefaultInfinity: true });
+    case "eta":
+      return fc.double({ min: 1, max: 60_000, noNaN: true });
+    case "names":
+      return fc.array(fc.string({ maxLength: 20 }), { maxLength: 4 });
+    case "assignments":
+      return fc.array(fc.record({ name: nameArb, path: absPathArb, size: sizeArb }), { maxLength: 4 });
+    case "devices":
+      return fc.array(fc.record({ path: absPathArb, size: sizeArb }), { maxLength: 4 });
+    case "results":
+      return fc.array(
+        fc.record({ name: nameArb, ok: fc.boolean(), error: fc.string({ maxLength: 30 }) }, {
+          requiredKeys: ["name", "ok"],
+        }),
+        { maxLength: 4 },
+      );
+  }
+}
+
+function messageArb(spec: Record<string, Fields>): fc.Arbitrary<Record<string, Json>> {
+  return fc.oneof(
+    ...Object.entries(spec).map(([type, fields]) => {
+      const shape: Record<string, fc.Arbitrary<Json>> = {};
+      const required: string[] = [];
+      for (const [f, k] of Object.entries(fields)) {
+        shape[f] = validOf(k.replace("?", "") as Kind);
+        if (!k.endsWith("?")) required.push(f);
+      }
+      return fc.record(shape, { requiredKeys: required }) // as a peer's JSON reaches the parser: plain objects
+        .map((m) => JSON.parse(JSON.stringify({ type, ...m })));
+    }),
+  );
+}
+
+/** Absolute paths that climb out of their directory. */
+const climbingPathArb = fc.array(fc.oneof(segment, fc.constant("..")), { minLength: 1, maxLength: 5 })
+  .filter((p) => p.includes(".."))
+  .map((p) => `/${p.join("/")}`);
+
+/** Values that break a field: other types, bounds, huge sizes, '..' paths, deep nesting. */
+const badValueArb: fc.Arbitrary<Json> = fc.oneof(
+  { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 2 }) },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      -1,
+      0,
+      0.5,
+      1e308,
+      -1e308,
+      2 ** 53,
+      Number.MAX_SAFE_INTEGER + 2,
+      60_001,
+      "",
+      "..",
+      "relative/path",
+      "a b",
+      "x".repeat(65),
+      null,
+      true,
+      [],
+      {},
+    ),
+  },
+  { weight: 2, arbitrary: climbingPathArb },
+  { weight: 1, arbitrary: fc.constant("é".repeat(200_000)) },
+  { weight: 1, arbitrary: fc.constant(Array.from({ length: 20_000 }, (_, i) => i)) },
+  { weight: 1, arbitrary: fc.constant(JSON.parse("[".repeat(500) + "]".repeat(500))) },
+);
+
+/** Every place in a message a value sits at: top-level fields and the members of its lists. */
+function paths(v: Json, at: (string | number)[] = []): (string | number)[][] {
+  const out: (string | number)[][] = at.length ? [at] : [];
+  if (Array.isArray(v)) v.forEach((x, i) => out.push(...paths(x, [...at, i])));
+  else if (isObject(v)) { for (const k of Object.keys(v)) out.push(...paths(v[k], [...at, k])); }
+  return out;
+}
+
+type Edit =
+  | { kind: "replace"; pick: number; value: Json }
+  | { kind: "remove"; pick: number }
+  | { kind: "retype"; type: Json }
+  | { kind: "append"; pick: number; value: Json };
+
+const editArb: fc.Arbitrary<Edit> = fc.oneof(
+  {
+    weight: 5,
+    arbitrary: fc.record({ kind: fc.constant("replace" as const), pick: fc.nat(), value: badValueArb }),
+  },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant("remove" as const), pick: fc.nat() }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("retype" as const),
+      type: fc.oneof(
+        fc.constantFrom(...ALL_TYPES),
+        fc.string({ maxLength: 12 }),
+        fc.jsonValue({ maxDepth: 1 }),
+      ),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant("append" as const), pick: fc.nat(), value: badValueArb }),
+  },
+);
+
+/** The edited copy, and the top-level field the edit touched (undefined for a retype). */
+function applyEdit(m: Record<string, Json>, e: Edit): { raw: Json; field?: string } {
+  const copy = structuredClone(m);
+  if (e.kind === "retype") return { raw: { ...copy, type: e.type } };
+  const all = paths(copy).filter((p) => p[0] !== "type");
+  const lists = all.filter((p) => Array.isArray(get(copy, p)));
+  const pool = e.kind === "append" ? lists : all;
+  if (pool.length === 0) return { raw: copy };
+  const p = pool[e.pick % pool.length];
+  const parent = get(copy, p.slice(0, -1)) as Record<string | number, Json>;
+  const key = p[p.length - 1];
+  if (e.kind === "replace") parent[key] = e.value;
+  else if (e.kind === "append") (parent[key] as Json[]).push(e.value);
+  else if (Array.isArray(parent)) parent.splice(key as number, 1);
+  else delete parent[key];
+  return { raw: copy, field: String(p[0]) };
+}
+
+function get(v: Json, p: (string | number)[]): Json {
+  return p.reduce((x: Json, k) => (x as Record<string | number, Json>)[k], v);
+}
+
+type Parser = (l: ControlLink<{ type: string }>, raw: unknown) => { type: string };
+
+/** The property over one direction of a link: the parser agrees with the oracle, refusals are ControlErrors. */
+function agreesProperty(c: Case, parse: Parser) {
+  const inputArb = fc.oneof(
+    {
+      weight: 1,
+      arbitrary: fc.jsonValue({ maxDepth: 3 }).map((raw) => ({
+        raw,
+        field: undefined as string | undefined,
+      })),
+    },
+    { weight: 6, arbitrary: fc.tuple(messageArb(c.spec), editArb).map(([m, e]) => applyEdit(m, e)) },
+    {
+      weight: 1,
+      arbitrary: messageArb(c.spec).map((raw) => ({ raw, field: undefined as string | undefined })),
+    },
+  );
+  return fc.property(inputArb, ({ raw, field }) => {
+    const want = oracle(c.spec, raw);
+    let got: { type: string } | undefined;
+    try {
+      got = parse(c.link, raw);
+    } catch (e) {
+      if (!(e instanceof ControlError)) throw new Error(`not a ControlError: ${String(e)}`);
+      if (want) throw new Error(`a valid message was refused: ${e.message}`);
+      if (!e.message.startsWith(c.link.name)) {
+        throw new Error(`the error does not name the link: ${e.message}`);
+      }
+      const type = isObject(raw) ? raw.type : undefined;
+      // a single field at fault in a message of a known type: the error names both
+      if (field !== undefined && typeof type === "string" && Object.hasOwn(c.spec, type)) {
+        if (!e.message.includes(`"${type}"`) || !e.message.includes(field)) {
+          throw new Error(`the error does not name the type and the field ${field}: ${e.message}`);
+        }
+      }
+      return;
+    }
+    if (!want) throw new Error(`a malformed message was accepted: ${JSON.stringify(raw).slice(0, 300)}`);
+    assert.equal(got, want, "accepted as the oracle reads it");
+  });
+}
+
+const t = suite("fuzz: control messages");
+
+t("every message type of every link is in the oracle, and no other", () => {
+  for (const c of CASES) assert.equal([...c.link.types].sort(), Object.keys(c.spec).sort(), c.link.name);
+});
+
+t("valid messages generated from the messages' description survive JSON and parse back to themselves", () => {
+  for (const c of CASES) {
+    fc.assert(
+      fc.property(messageArb(c.spec), (m) => {
+        assert.equal(parseControl(c.link, JSON.parse(JSON.stringify(m))), m);
+      }),
+      fcParams(RUNS, { seed: SEED }),
+    );
+  }
+});
+
+t(
+  "malformed, unknown, mistyped, incomplete and huge messages are refused with a ControlError, nothing else",
+  () => {
+    for (const c of CASES) fc.assert(agreesProperty(c, parseControl), fcParams(RUNS));
+  },
+);
+
+t("random bytes in a control frame: a FrameError (not JSON) or the parser's answer, nothing else", () => {
+  const enc = new TextEncoder();
+  const bytesArb = fc.oneof(
+    fc.uint8Array({ maxLength: 64 }),
+    fc.string({ maxLength: 64 }).map((s) => enc.encode(s)),
+    fc.jsonValue({ maxDepth: 2 }).map((v) => enc.encode(JSON.stringify(v) ?? "")),
+  );
+  fc.assert(
+    fc.property(bytesArb, fc.constantFrom(...CASES), (b, c) => {
+      try {
+        parseControl(c.link, decodeJson(b));
+      } catch (e) {
+        if (!(e instanceof FrameError || e instanceof ControlError)) throw e;
+      }
+    }),
+    fcParams(RUNS),
+  );
+});
+
+t("a receiver calls the handler of the message's type, and logs a refused message with its sender", () => {
+  const called: string[] = [];
+  const logged: Record<string, unknown>[] = [];
+  const on = (m: { type: string }, from: string) => void called.push(`${from}:${m.type}`);
+  const r = receiver(agentOrders, {
+    assign: on,
+    unassign: on,
+    fence: on,
+    unfence: on,
+    "heartbeat-interval": on,
+  }, { error: (msg, fields) => logged.push({ msg, ...fields }) });
+  r("gw", { type: "fence", reason: "failover" });
+  r("gw", { type: "unassign", id: 3, name: "vol0" });
+  r("gw", { type: "promote", id: 1, equal: true });
+  r("gw", { type: "heartbeat-interval", etaMs: "fast" });
+  r("gw", "not an object");
+  assert.equal(called, ["gw:fence", "gw:unassign"]);
+  assert.is(logged.length, 3);
+  assert.ok(logged.every((l) => l.msg === "control message refused" && l.from === "gw"));
+  assert.match(String(logged[0].error), /unknown message type "promote"/);
+  assert.match(String(logged[1].error), /"heartbeat-interval" message refused: etaMs:/);
+});
+
+// ---------------------------------------------------------------------------
+// planted bugs
+
+function expectCaught(name: string, parse: Parser): void {
+  const found = CASES.map((c) => fc.check(agreesProperty(c, parse), { numRuns: RUNS, seed: SEED }));
+  const hit = found.find((d) => d.failed);
+  assert.ok(hit, `${name}: the fuzzer found no counterexample in ${RUNS} runs per link`);
+  console.log(
+    `  ${name}: counterexample after ${hit!.numRuns} run(s): ${
+      fc.stringify(hit!.counterexample).slice(0, 160)
+    }`,
+  );
+}
+
+t("planted bug: a parser that trusts the fields once the type is known (the old casts) is caught", () => {
+  expectCaught("type-only parser", (l, raw) => {
+    const type = (raw as { type?: unknown } | null)?.type;
+    if (typeof type !== "string" || !(l.types as readonly string[]).includes(type)) {
+      throw new ControlError(`${l.name}: unknown message type`);
+    }
+    return raw as { type: string };
+  });
+});
+
+t("planted bug: a parser without the '..' check of assigned paths is caught", () => {
+  // the real parser, shown the assigned paths with their '..' segments renamed: as if the check
+  // were not there; what it accepts is the original message, '..' and all
+  const hide = (raw: unknown): unknown => {
+    if (!isObject(raw) || !Array.isArray(raw.volumes)) return raw;
+    const volumes = raw.volumes.map((v) =>
+      isObject(v) && typeof v.path === "string"
+        ? { ...v, path: v.path.split("/").map((s) => s === ".." ? "dd" : s).join("/") }
+        : v
+    );
+    return { ...raw, volumes };
+  };
+  expectCaught("parser without the '..' check", (l, raw) => {
+    const m = parseControl(l, hide(raw)) as { type: string; volumes?: { path: string }[] };
+    const orig = raw as { volumes?: { path: string }[] };
+    m.volumes?.forEach((v, i) => v.path = orig.volumes![i].path);
+    return m;
+  });
+  // the control: the real parser passes with the same seed
+  for (const c of CASES) {
+    const d = fc.check(agreesProperty(c, parseControl), { numRuns: RUNS, seed: SEED });
+    assert.not.ok(d.failed, `${c.link.name}: ${fc.stringify(d.counterexample)} ${String(d.errorInstance)}`);
+  }
+});
+
+t.run();
