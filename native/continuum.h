@@ -193,6 +193,8 @@ void cn_journal_cursor_drop(cn_journal *j, int32_t id);
  * is not paced, or the application would wait for it.
  */
 void cn_journal_cursor_pace(cn_journal *j, int32_t id, uint64_t bytes);
+/** When the record at pos entered the journal (cn_mono_ns), or 0 if unknown (not written, or too old). */
+int64_t cn_journal_entered(cn_journal *j, uint64_t pos);
 /**
  * BLOCKING (disk). Copies durable records from pos (about max_bytes) into out:
  * [u64 pos][u64 end][i64 entered (cn_mono_ns, 0 if unknown)][u32 length][record], each

@@ -992,6 +992,13 @@ static int64_t entered_at(cn_journal *j, uint64_t pos) {
   return j->times[lo % TIMES_CAP].t;
 }
 
+EXPORT int64_t cn_journal_entered(cn_journal *j, uint64_t pos) {
+  pthread_mutex_lock(&j->mu);
+  int64_t t = pos < j->written ? entered_at(j, pos) : 0;
+  pthread_mutex_unlock(&j->mu);
+  return t;
+}
+
 EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, uint8_t *out, uint64_t cap) {
   pthread_mutex_lock(&j->mu);
   uint64_t durable = j->durable;

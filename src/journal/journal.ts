@@ -438,6 +438,13 @@ export class Journal {
     return this.lagBound;
   }
 
+  /** When the record at pos entered the journal (performance.now() clock), if still known. */
+  enteredMono(pos: number): number | undefined {
+    if (this.closed) return undefined;
+    const ns = Number(native().cn_journal_entered(this.ptr, BigInt(pos)));
+    return ns ? ns / 1e6 + this.clock.mono : undefined;
+  }
+
   /** Appends waiting now (for space, a volume's bound, or a paced reader). */
   get waitingAppends(): number {
     return this.status()[8];

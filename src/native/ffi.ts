@@ -89,6 +89,7 @@ export const symbols = {
   cn_journal_cursor_required: { parameters: ["pointer", "i32", "i32"], result: "void" },
   cn_journal_cursor_drop: { parameters: ["pointer", "i32"], result: "void" },
   cn_journal_cursor_pace: { parameters: ["pointer", "i32", "u64"], result: "void" },
+  cn_journal_entered: { parameters: ["pointer", "u64"], result: "i64" },
   cn_journal_read: { parameters: ["pointer", "u64", "u64", "buffer", "u64"], result: "i64", nonblocking: nb },
   cn_journal_status: { parameters: ["pointer", "buffer"], result: "void" },
   cn_journal_take_index: { parameters: ["pointer", "buffer"], result: "void" },
