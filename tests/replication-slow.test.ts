@@ -48,7 +48,8 @@ t("block: the fast site keeps up while the journal holds records for the slow on
   });
   try {
     const w = fio(topo.agent.uri("vol0"), 8);
-    let held = 0, fastLag = 0, slowLag = 0;
+    let held = 0;
+    const fastLags: number[] = [], slowLags: number[] = [];
     while (
       (await Promise.race([
         w.status.then(() => true),
@@ -57,17 +58,20 @@ t("block: the fast site keeps up while the journal holds records for the slow on
     ) {
       const s = await sample(topo);
       held = Math.max(held, s.used);
-      fastLag = Math.max(fastLag, s.fast.lagSeconds);
-      slowLag = Math.max(slowLag, s.slow.lagSeconds);
+      fastLags.push(s.fast.lagSeconds);
+      slowLags.push(s.slow.lagSeconds);
     }
+    // the median: on a loaded machine a sample can catch the fast site's processes waiting for a core
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const fastLag = median(fastLags), slowLag = median(slowLags);
     console.log(
-      `\n  journal held up to ${(held / MiB).toFixed(1)} MiB; lag: fast ${fastLag.toFixed(2)} s, slow ${
-        slowLag.toFixed(2)
-      } s`,
+      `\n  journal held up to ${(held / MiB).toFixed(1)} MiB; median lag: fast ${
+        fastLag.toFixed(2)
+      } s (at most ${Math.max(...fastLags).toFixed(2)}), slow ${slowLag.toFixed(2)} s`,
     );
     assert.ok(held > 16 * MiB, "the journal held records for the slow site");
-    assert.ok(fastLag < 1.5, `the fast site kept up (max lag ${fastLag}s)`);
-    assert.ok(slowLag > fastLag, "the slow site lagged");
+    assert.ok(fastLag < 1, `the fast site kept up (median lag ${fastLag}s)`);
+    assert.ok(slowLag > 2 * fastLag, "the slow site lagged");
     await topo.caughtUp(180_000);
     const sums = await hashAll(topo.copies());
     for (const [k, v] of Object.entries(sums)) assert.is(v, sums.lsp, `${k} equals the agent's volume`);

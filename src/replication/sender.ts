@@ -79,8 +79,6 @@ export interface Channel {
 
 /** A paced peer's smallest allowance: what its first measurement and a short round trip need. */
 const MIN_PACE_BYTES = 1024 * 1024;
-/** The allowance grows to at most this many times the measured rate × the bound. */
-const MAX_GAIN = 8;
 /** A paced peer that acknowledged nothing this long (or 4 lag bounds) while behind is not waited for. */
 const SILENT_MS = 2000;
 
@@ -110,8 +108,6 @@ export class Sender {
   /** Bytes per second the peer acknowledges when it has more to take (0: not measured yet). */
   private capacity = 0;
   private busy: { at: number; acked: number } | undefined;
-  /** How far the allowance goes past rate × bound (the lag says whether the peer takes more). */
-  private gain = 1;
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
@@ -520,7 +516,7 @@ export class Sender {
     }
     this.measure();
     if (this.cursor.pace === 0 && this.lagSeconds() * 1000 >= bound) return;
-    this.cursor.pace = Math.max(MIN_PACE_BYTES, this.capacity * this.gain * bound / 1000);
+    this.cursor.pace = Math.max(MIN_PACE_BYTES, this.capacity * bound / 1000);
   }
 
   /**
@@ -544,11 +540,6 @@ export class Sender {
     const rate = (this.ackedBytes - this.busy.acked) / ((now - this.busy.at) / 1000);
     this.capacity = this.capacity ? 0.7 * this.capacity + 0.3 * rate : rate;
     this.busy = { at: now, acked: this.ackedBytes };
-    // rate × bound is what the peer took while it was held to it, not what it could take: while
-    // the lag stays well inside the bound the allowance grows past it, and shrinks beyond the bound
-    const lagMs = this.lagSeconds() * 1000, bound = this.o.journal.maxLagMs;
-    if (lagMs < 0.6 * bound) this.gain = Math.min(MAX_GAIN, this.gain * 1.25);
-    else if (lagMs > bound) this.gain = Math.max(1, this.gain * 0.7);
   }
 
   /** Persists the position and volume states (coalesced: one write at a time); re-paces the peer. */
