@@ -53,16 +53,22 @@ t("a stall of the gateway with heartbeats queued in its socket is no failure", (
   }
 });
 
-t("an agent silent through a stall of the gateway fails one grace after it", () => {
+t("an agent silent through a stall of the gateway fails half the stall after it", () => {
   const w = watch();
   try {
     w.beat("app1", 100, 1000);
+    // the last poll at 1010, the next at 4010: 3 s stalled, the verdict waits until 4010 + 1.5 s
     w.set(4010);
     assert.is(w.live.hostUntrusted("app1"), undefined, "not judged while the queue is unread");
-    w.set(4031);
-    assert.is(w.live.hostUntrusted("app1"), "app1 is FAILURE");
+    for (let at = 4020; at < 5510; at += 10) {
+      w.set(at);
+      w.live.poll();
+    }
+    assert.equal(w.failures, [], "still within the grace");
+    w.set(5510);
     w.live.poll();
     assert.equal(w.failures, ["app1"]);
+    assert.equal(w.transitions, ["app1 SUSPECT", "app1 FAILURE"]);
   } finally {
     w.live.close();
   }

@@ -76,14 +76,17 @@ export class Liveness {
    * The clock, after checking that this process was running since it last looked. Heartbeats are
    * stamped when this thread reads them, so a stall here (a long GC, a busy turn of the event loop)
    * looks like silence from every agent while their heartbeats wait in the socket: the deadlines that
-   * fell in the stall wait one poll more, for those heartbeats (Cassandra's failure detector skips
-   * its verdicts after a local pause for the same reason). A real failure is detected that much later.
+   * fell in the stall wait for those heartbeats, half the stall's length more (Cassandra's failure
+   * detector skips its verdicts after a local pause for the same reason). A real failure is detected
+   * that much later.
    */
   private look(now = this.clock()): number {
     const last = this.lastLook;
     this.lastLook = Math.max(now, last ?? now);
     if (last === undefined || now - last <= this.pollMs + STALL_MS) return now;
-    const until = now + Math.max(this.pollMs, STALL_MS);
+    // the loop has a backlog to work through before it reads the socket: the longer the stall, the
+    // longer (a 0.5 s stall once took 37 ms more to deliver the heartbeat that waited)
+    const until = now + Math.max(this.pollMs, STALL_MS, (now - last) / 2);
     const moved = [...this.agents].filter(([, w]) => w.detector.watcherPaused(last, now, until));
     if (moved.length) {
       log.warn("this gateway stalled: deadlines that passed meanwhile wait for the heartbeats queued", {

@@ -63,6 +63,8 @@ export class SiteClient {
   private backoffMs = 200;
   private wake: (() => void) | undefined;
   private reannouncing = false;
+  /** A new session must announce a change once the requests in flight are answered. */
+  private announce = false;
   private writer: ConnWriter | undefined;
   private requests = new PendingRequests<Record<string, unknown>>();
   /** Chunk operations on the site's copies (recovery). */
@@ -81,9 +83,19 @@ export class SiteClient {
     this.loop();
   }
 
-  /** The set of volumes changed: start a new session announcing it. */
+  /**
+   * The set of volumes changed: start a new session announcing it. A request in flight (a
+   * promotion, a drill) would fail with the connection, so the restart waits for its answer.
+   */
   reannounce(): void {
     if (!this.conn) return;
+    this.announce = true;
+    this.restartToAnnounce();
+  }
+
+  private restartToAnnounce(): void {
+    if (!this.announce || !this.conn || this.requests.size > 0) return;
+    this.announce = false;
     log.info("new volume: restarting the site session to announce it", { site: this.o.site });
     this.reannouncing = true;
     this.conn.close();
@@ -140,6 +152,7 @@ export class SiteClient {
     }, 1000);
     try {
       const vols = this.o.volumes();
+      this.announce = false; // this hello announces them all
       writer.send(jsonFrame(FrameType.SiteHello, {
         v: 1,
         site: this.o.localSite,
@@ -229,7 +242,7 @@ export class SiteClient {
   request(msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
     const w = this.writer;
     if (!w || !this.connected) return Promise.reject(new Error(`site ${this.o.site} is not connected`));
-    return this.requests.request(
+    const answer = this.requests.request(
       (id) => {
         w.send(jsonFrame(FrameType.Control, { ...msg, id }));
         return true;
@@ -237,6 +250,9 @@ export class SiteClient {
       timeoutMs,
       () => new Error(`site ${this.o.site} did not answer within ${timeoutMs} ms`),
     );
+    const settled = () => this.restartToAnnounce();
+    answer.then(settled, settled);
+    return answer;
   }
 
   close(): void {
