@@ -406,9 +406,12 @@ export class Sender {
     return this.cursor;
   }
 
-  /** A volume registered after this peer was configured: its whole history is in the journal. */
-  volumeAdded(v: VolumeInfo): void {
-    if (!this.o.carries(v) || this.vols.has(v.id)) return;
+  /**
+   * A volume registered after this peer was configured: its whole history is in the journal.
+   * True when this peer did not carry it yet (a new session must announce it).
+   */
+  volumeAdded(v: VolumeInfo): boolean {
+    if (!this.o.carries(v) || this.vols.has(v.id)) return false;
     this.vols.set(v.id, {
       ackedSeq: 0,
       state: "consistent",
@@ -418,6 +421,7 @@ export class Sender {
       ackedTime: Date.now(),
     });
     this.save();
+    return true;
   }
 
   /**

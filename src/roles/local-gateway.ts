@@ -471,10 +471,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onVolume: (v) => {
         mirror.prepare(v);
         journal.setBound(v.id, policyOf(v)?.bufferBound);
-        for (const r of remotes) {
-          r.sender.volumeAdded(v);
-          r.client.reannounce();
-        }
+        // an agent reconnecting opens its volumes again: only a volume new to a site restarts its session
+        for (const r of remotes) if (r.sender.volumeAdded(v)) r.client.reannounce();
       },
     });
     agentsIn.listener = listener;
