@@ -48,6 +48,7 @@ typedef struct {
   uint64_t size, chunk;
   char volume[200], kind[8];
   uint32_t n, sent, settled;
+  bool advised; // its chunks were asked of the kernel ahead (copy_advise)
   uint32_t idx[COPY_MAX];
   uint8_t state[COPY_MAX];
   uint8_t hash[COPY_MAX][16];
@@ -160,6 +161,35 @@ static void ack_frame(uint8_t *b, uint8_t type, uint32_t link_id, uint64_t seq) 
   put64(b + FRAME_HEADER + 4, seq);
 }
 
+/**
+ * Asks the kernel to read an order's chunks ahead (POSIX_FADV_WILLNEED, one call a contiguous
+ * run): a cold source is then read many requests deep while the sender seals and sends, as
+ * parallel readers would have it read. Without s->mu (submitting may wait for the disk's queue);
+ * what it reads of the order does not change once the order is made, and an order with chunks
+ * unsent stays.
+ */
+static void copy_advise(const copy_t *c) {
+  for (uint32_t k = 0; k < c->n;) {
+    uint32_t e = k + 1;
+    while (e < c->n && c->idx[e] == c->idx[e - 1] + 1) e++;
+    uint64_t off = (uint64_t)c->idx[k] * c->chunk;
+    uint64_t end = MIN((uint64_t)c->idx[e - 1] * c->chunk + c->chunk, c->size);
+    posix_fadvise(c->fd, (off_t)off, (off_t)(end - off), POSIX_FADV_WILLNEED);
+    k = e;
+  }
+}
+
+/** The order that follows c (the next serial) not yet read ahead, if any. */
+static copy_t *copy_after(gsess *s, const copy_t *c) {
+  copy_t *best = NULL;
+  for (int i = 0; i < COPY_SLOTS; i++) {
+    copy_t *o = &s->copies[i];
+    if (!o->used || o->advised || (int32_t)(o->serial - c->serial) <= 0) continue;
+    if (!best || (int32_t)(o->serial - best->serial) < 0) best = o;
+  }
+  return best;
+}
+
 /** The copy order whose next chunk goes out first (the oldest with one unsent); NULL when none or ending. */
 static copy_t *next_copy(gsess *s) {
   if (s->ending) return NULL;
@@ -191,15 +221,20 @@ static void copy_post(gsess *s, uint32_t order, uint32_t index, int32_t status, 
 
 /** What the sender takes of a copy order for one chunk (a snapshot: it reads outside the lock). */
 typedef struct {
-  copy_t *c;
+  copy_t *c, *advise[2]; // orders to read ahead (copy_advise), or NULL
   uint32_t k, index, serial, order;
   int fd;
-  uint64_t off, len, next_off, next_len;
+  uint64_t off, len;
   char volume[200], kind[8];
   uint64_t chunk;
 } copy_job;
 
 static void copy_claim(gsess *s, copy_t *c, copy_job *j) {
+  // this order's chunks and the next order's are read ahead, so the disk always has work queued
+  j->advise[0] = c->advised ? NULL : c;
+  c->advised = true;
+  j->advise[1] = copy_after(s, c);
+  if (j->advise[1]) j->advise[1]->advised = true;
   j->c = c;
   j->k = c->sent++;
   c->state[j->k] = CHUNK_SENT;
@@ -210,14 +245,8 @@ static void copy_claim(gsess *s, copy_t *c, copy_job *j) {
   j->chunk = c->chunk;
   j->off = (uint64_t)j->index * c->chunk;
   j->len = MIN(c->chunk, c->size - j->off);
-  j->next_len = 0;
-  if (c->sent < c->n) {
-    j->next_off = (uint64_t)c->idx[c->sent] * c->chunk;
-    j->next_len = MIN(c->chunk, c->size - j->next_off);
-  }
   memcpy(j->volume, c->volume, sizeof j->volume);
   memcpy(j->kind, c->kind, sizeof j->kind);
-  UNUSED(s);
 }
 
 /**
@@ -236,8 +265,6 @@ static int64_t copy_frame(const copy_job *j, uint8_t *out, uint8_t hash[16]) {
   json_uint(&js, "id", COPY_ID_BASE + (uint64_t)j->serial * 256 + j->k);
   uint32_t jl = (uint32_t)strlen(json_end(&js));
   uint8_t *data = out + FRAME_HEADER + 4 + jl;
-  // the next chunk is read ahead by the kernel while this one is sealed and sent
-  if (j->next_len) posix_fadvise(j->fd, (off_t)j->next_off, (off_t)j->next_len, POSIX_FADV_WILLNEED);
   int64_t r = io_pread(j->fd, data, j->len, j->off);
   if (r < 0) return r;
   if ((uint64_t)r < j->len) memset(data + r, 0, j->len - (uint64_t)r); // past the file's end: zeroes
@@ -297,6 +324,9 @@ static void *sender_main(void *arg) {
       free(f);
     }
     if (copy) {
+      for (int i = 0; i < 2; i++) {
+        if (job.advise[i]) copy_advise(job.advise[i]);
+      }
       uint8_t hash[16];
       int64_t fl = copy_frame(&job, s->tx_buf + at, hash);
       pthread_mutex_lock(&s->mu);
@@ -1090,6 +1120,7 @@ EXPORT int32_t cn_gateway_copy(cn_gateway *g, uint32_t sid, uint32_t order, int3
     snprintf(c->kind, sizeof c->kind, "%s", kind);
     c->n = count;
     c->sent = c->settled = 0;
+    c->advised = false;
     memcpy(c->idx, indexes, count * sizeof *indexes);
     memset(c->state, CHUNK_UNSENT, sizeof c->state);
     pthread_cond_signal(&s->cv);
