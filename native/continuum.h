@@ -16,8 +16,8 @@
 //                   authenticate, read acknowledgements) and one link sender (seals batches of
 //                   record frames); one housekeeping thread (timeouts, dirty-map sweeps).
 //   gateway         one accept thread per listener; per agent session a reader (verify, append
-//                   to the journal, acknowledge accepted) and a sender (durable acknowledgements,
-//                   frames TypeScript sends).
+//                   to the journal, acknowledge accepted; answers to copied chunks) and a sender
+//                   (durable acknowledgements, frames TypeScript sends, copied chunks).
 //   journal         the committer (group commit: one fdatasync of the ring per commit, its
 //                   checkpoint in the ring's superblock) and the mirror applier with its syncer.
 // Locks are never held across a socket or disk wait, except a volume's ring space wait.
@@ -32,7 +32,10 @@
 // CN_EV_SESSION (gateway; source: session id; aux 1 authenticated, 0 ended; body: JSON),
 // CN_EV_REFUSED (gateway; body: reason), CN_EV_MARKER (journal; source: volume id; aux: record
 // kind SyncBegin 6 / SyncEnd 7, reported once the mirror image holding it is synced),
-// CN_EV_FAILED (source: CN_SRC_*; body: message: the object stopped and says why).
+// CN_EV_FAILED (source: CN_SRC_*; body: message: the object stopped and says why),
+// CN_EV_COPIED (gateway; source: session id; aux: the order of cn_gateway_copy; body: [u32
+// chunk index][i32 0 written, 1 the agent refused the write, -errno the source could not be
+// read][16-byte XXH3-128 of the chunk as sent][reason, when it failed]).
 #ifndef CONTINUUM_H
 #define CONTINUUM_H
 
@@ -55,6 +58,7 @@ enum {
   CN_EV_REFUSED = 7,
   CN_EV_MARKER = 8,
   CN_EV_FAILED = 9,
+  CN_EV_COPIED = 10,
 };
 /** Journal positions, commits or the mirror moved (cn_journal_status). */
 #define CN_FL_JOURNAL 1u
@@ -253,6 +257,19 @@ int32_t cn_gateway_open_volume(cn_gateway *g, uint32_t session, uint32_t link_id
  */
 int32_t cn_gateway_send(cn_gateway *g, uint32_t session, const uint8_t *frame, uint64_t len, const uint8_t *body,
                         uint64_t blen);
+/**
+ * Copies chunks of a local file (a recovery's source: the mirror's image) to an agent's copy of
+ * a volume, in the data plane: for each index, in order, the session's sender reads the chunk
+ * (`chunk` bytes at index × chunk; the last one up to `size`, zeroes past the file's end)
+ * straight into its sealed batch, takes its XXH3-128 there and sends it as a ChunkOp "write" of
+ * `volume` (agent/name) in the copy `kind`; the reader takes the agent's answers. Every chunk's
+ * outcome is a CN_EV_COPIED event with `order` as aux. fd is duplicated (the caller's may close).
+ * At most 16 orders of 1 to 64 chunks per session are in flight: -EBUSY beyond; -ENOTCONN when
+ * the session is gone (chunks in flight when it ends get no event: the session's end says it),
+ * -EINVAL for a chunk size outside 4 KiB–16 MiB or an index past size.
+ */
+int32_t cn_gateway_copy(cn_gateway *g, uint32_t session, uint32_t order, int32_t fd, uint64_t size, uint64_t chunk,
+                        const char *volume, const char *kind, const uint32_t *indexes, uint32_t count);
 /** Bytes queued for an agent's session and not yet written (a standby's stream paces itself by it). */
 int64_t cn_gateway_queued(cn_gateway *g, uint32_t session);
 /** An agent's writes are refused (its service runs elsewhere); NULL or "" lifts it. */

@@ -3,12 +3,15 @@
 // sequence, bounds, the agent's fence), appends a batch of them to the journal with one
 // system call and acknowledges them accepted; a sender acknowledges them durable once the
 // group commit covering them is done and carries the frames TypeScript sends (Opened,
-// control, chunk operations, a standby's stream). Frames the data plane does not handle
-// (Open, Control, chunk replies, a standby's acknowledgements) go to TypeScript as events.
+// control, chunk operations, a standby's stream) and a recovery's chunk copies: chunks of a
+// local file (the mirror) read straight into its sealed batch, hashed there, their agent's
+// answers taken by the reader (cn_gateway_copy). Frames the data plane does not handle
+// (Open, Control, other chunk replies, a standby's acknowledgements) go to TypeScript as events.
 #include "journal.h"
 #include "listener.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
@@ -19,6 +22,37 @@
 #define MAX_SESSION_VOLS 256
 #define LINK_MAX_PLAIN (MAX_HASHES_FRAME + FRAME_HEADER + 64)
 #define APPEND_BATCH 256
+#define F_CHUNK_OP 30
+#define F_CHUNK_REPLY 31
+/** Copy orders in flight per session, and chunks per order (cn_gateway_copy). */
+#define COPY_SLOTS 16
+#define COPY_MAX 64
+/**
+ * The request ids of the chunks the data plane copies: COPY_ID_BASE + serial × 256 + k (the
+ * order's serial in its session, the chunk's place in it). TypeScript's own ids count from 1
+ * and stay far below; both fit a JSON number exactly (below 2^53).
+ */
+#define COPY_ID_BASE (1ull << 52)
+#define COPY_HEAD_MAX 512
+#define COPY_CHUNK_MIN 4096u
+#define COPY_CHUNK_MAX (16u * 1024 * 1024)
+
+enum { CHUNK_UNSENT = 0, CHUNK_SENT = 1, CHUNK_SETTLED = 2 };
+
+/** A copy order: chunks of a file to an agent's copy of a volume, sent in order. */
+typedef struct {
+  bool used;
+  uint32_t order;  // the caller's id (the events' aux)
+  uint32_t serial; // this session's number for it (in the request ids)
+  int fd;          // a duplicate of the caller's descriptor, closed once the order settles
+  uint64_t size, chunk;
+  char volume[200], kind[8];
+  uint32_t n, sent, settled;
+  bool advised; // its chunks were asked of the kernel ahead (copy_advise)
+  uint32_t idx[COPY_MAX];
+  uint8_t state[COPY_MAX];
+  uint8_t hash[COPY_MAX][16];
+} copy_t;
 
 typedef struct frame_node {
   struct frame_node *next;
@@ -52,6 +86,8 @@ typedef struct gsess {
   pthread_t reader, sender;
   uint8_t *rx_buf, *tx_buf;
   size_t rx_cap, tx_cap;
+  copy_t copies[COPY_SLOTS];
+  uint32_t copy_serial;
 } gsess;
 
 typedef struct secret_s {
@@ -125,6 +161,119 @@ static void ack_frame(uint8_t *b, uint8_t type, uint32_t link_id, uint64_t seq) 
   put64(b + FRAME_HEADER + 4, seq);
 }
 
+/**
+ * Asks the kernel to read an order's chunks ahead (POSIX_FADV_WILLNEED, one call a contiguous
+ * run): a cold source is then read many requests deep while the sender seals and sends, as
+ * parallel readers would have it read. Without s->mu (submitting may wait for the disk's queue);
+ * what it reads of the order does not change once the order is made, and an order with chunks
+ * unsent stays.
+ */
+static void copy_advise(const copy_t *c) {
+  for (uint32_t k = 0; k < c->n;) {
+    uint32_t e = k + 1;
+    while (e < c->n && c->idx[e] == c->idx[e - 1] + 1) e++;
+    uint64_t off = (uint64_t)c->idx[k] * c->chunk;
+    uint64_t end = MIN((uint64_t)c->idx[e - 1] * c->chunk + c->chunk, c->size);
+    posix_fadvise(c->fd, (off_t)off, (off_t)(end - off), POSIX_FADV_WILLNEED);
+    k = e;
+  }
+}
+
+/** The order that follows c (the next serial) not yet read ahead, if any. */
+static copy_t *copy_after(gsess *s, const copy_t *c) {
+  copy_t *best = NULL;
+  for (int i = 0; i < COPY_SLOTS; i++) {
+    copy_t *o = &s->copies[i];
+    if (!o->used || o->advised || (int32_t)(o->serial - c->serial) <= 0) continue;
+    if (!best || (int32_t)(o->serial - best->serial) < 0) best = o;
+  }
+  return best;
+}
+
+/** The copy order whose next chunk goes out first (the oldest with one unsent); NULL when none or ending. */
+static copy_t *next_copy(gsess *s) {
+  if (s->ending) return NULL;
+  copy_t *best = NULL;
+  for (int i = 0; i < COPY_SLOTS; i++) {
+    copy_t *c = &s->copies[i];
+    if (c->used && c->sent < c->n && (!best || (int32_t)(c->serial - best->serial) < 0)) best = c;
+  }
+  return best;
+}
+
+/** Closes a settled copy order's slot (with s->mu held). */
+static void copy_release(copy_t *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  c->used = false;
+}
+
+/** A chunk's outcome to TypeScript: [u32 index][i32 0, 1 refused by the agent, or -errno][16 hash][reason]. */
+static void copy_post(gsess *s, uint32_t order, uint32_t index, int32_t status, const uint8_t *hash,
+                      const char *reason) {
+  uint8_t b[24];
+  put32(b, index);
+  put32(b + 4, (uint32_t)status);
+  if (hash) memcpy(b + 8, hash, 16);
+  else memset(b + 8, 0, 16);
+  plane_post(s->g->plane, CN_EV_COPIED, s->id, order, b, sizeof b, reason, reason ? strlen(reason) : 0, true);
+}
+
+/** What the sender takes of a copy order for one chunk (a snapshot: it reads outside the lock). */
+typedef struct {
+  copy_t *c, *advise[2]; // orders to read ahead (copy_advise), or NULL
+  uint32_t k, index, serial, order;
+  int fd;
+  uint64_t off, len;
+  char volume[200], kind[8];
+  uint64_t chunk;
+} copy_job;
+
+static void copy_claim(gsess *s, copy_t *c, copy_job *j) {
+  // this order's chunks and the next order's are read ahead, so the disk always has work queued
+  j->advise[0] = c->advised ? NULL : c;
+  c->advised = true;
+  j->advise[1] = copy_after(s, c);
+  if (j->advise[1]) j->advise[1]->advised = true;
+  j->c = c;
+  j->k = c->sent++;
+  c->state[j->k] = CHUNK_SENT;
+  j->index = c->idx[j->k];
+  j->serial = c->serial;
+  j->order = c->order;
+  j->fd = c->fd;
+  j->chunk = c->chunk;
+  j->off = (uint64_t)j->index * c->chunk;
+  j->len = MIN(c->chunk, c->size - j->off);
+  memcpy(j->volume, c->volume, sizeof j->volume);
+  memcpy(j->kind, c->kind, sizeof j->kind);
+}
+
+/**
+ * Lays the chunk's ChunkOp "write" frame at out: its head, then the chunk read from the file
+ * straight after it, hashed there. Returns the frame's length, or -errno when the read failed.
+ */
+static int64_t copy_frame(const copy_job *j, uint8_t *out, uint8_t hash[16]) {
+  char *json = (char *)out + FRAME_HEADER + 4;
+  json_t js;
+  json_begin(&js, json, COPY_HEAD_MAX - FRAME_HEADER - 4);
+  json_str(&js, "op", "write");
+  json_str(&js, "volume", j->volume);
+  json_str(&js, "kind", j->kind);
+  json_uint(&js, "chunkSize", j->chunk);
+  json_uint(&js, "index", j->index);
+  json_uint(&js, "id", COPY_ID_BASE + (uint64_t)j->serial * 256 + j->k);
+  uint32_t jl = (uint32_t)strlen(json_end(&js));
+  uint8_t *data = out + FRAME_HEADER + 4 + jl;
+  int64_t r = io_pread(j->fd, data, j->len, j->off);
+  if (r < 0) return r;
+  if ((uint64_t)r < j->len) memset(data + r, 0, j->len - (uint64_t)r); // past the file's end: zeroes
+  hash128(data, j->len, hash);
+  frame_header(out, F_CHUNK_OP, 4 + jl + (uint32_t)j->len);
+  put32(out + FRAME_HEADER, jl);
+  return (int64_t)(FRAME_HEADER + 4 + jl + j->len);
+}
+
 static void *sender_main(void *arg) {
   thread_name("cn-gw-ack");
   gsess *s = arg;
@@ -132,17 +281,23 @@ static void *sender_main(void *arg) {
   for (;;) {
     bool durable = false;
     for (uint32_t i = 0; i < s->nvols && !durable; i++) durable = s->vols[i].durable > s->vols[i].acked_durable;
-    if (!s->q_head && !durable) {
+    copy_t *copy = next_copy(s);
+    if (!s->q_head && !durable && !copy) {
       if (s->ending) break;
       pthread_cond_wait(&s->cv, &s->mu);
       continue;
     }
-    // one batch: queued frames in order, then the durable acknowledgements
+    // one batch: queued frames in order, the durable acknowledgements, then at most one copied chunk
     frame_node *take = s->q_head;
     s->q_head = s->q_tail = NULL;
     s->q_bytes = 0;
     size_t need = 4 + SEAL_TAG + (size_t)s->nvols * (FRAME_HEADER + 12);
     for (frame_node *f = take; f; f = f->next) need += f->len;
+    copy_job job;
+    if (copy) {
+      copy_claim(s, copy, &job);
+      need += COPY_HEAD_MAX + job.len;
+    }
     if (need > s->tx_cap) {
       uint8_t *b = realloc(s->tx_buf, need);
       if (!b) break;
@@ -168,9 +323,34 @@ static void *sender_main(void *arg) {
       take = f->next;
       free(f);
     }
-    pthread_mutex_lock(&s->wmu);
-    int r = send_sealed(s, s->tx_buf, (uint32_t)(at - 4));
-    pthread_mutex_unlock(&s->wmu);
+    if (copy) {
+      for (int i = 0; i < 2; i++) {
+        if (job.advise[i]) copy_advise(job.advise[i]);
+      }
+      uint8_t hash[16];
+      int64_t fl = copy_frame(&job, s->tx_buf + at, hash);
+      pthread_mutex_lock(&s->mu);
+      if (fl < 0) {
+        // unreadable: the chunk settles failed and is not sent
+        copy->state[job.k] = CHUNK_SETTLED;
+        if (++copy->settled == copy->n) copy_release(copy);
+      } else {
+        memcpy(copy->hash[job.k], hash, 16); // before it is sent: the answer may come at once
+        at += (size_t)fl;
+      }
+      pthread_mutex_unlock(&s->mu);
+      if (fl < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "reading chunk %u of the source: %s", job.index, strerror((int)-fl));
+        copy_post(s, job.order, job.index, (int32_t)fl, NULL, why);
+      }
+    }
+    int r = 0;
+    if (at > 4) {
+      pthread_mutex_lock(&s->wmu);
+      r = send_sealed(s, s->tx_buf, (uint32_t)(at - 4));
+      pthread_mutex_unlock(&s->wmu);
+    }
     pthread_mutex_lock(&s->mu);
     if (r < 0) {
       s->ending = true;
@@ -180,6 +360,43 @@ static void *sender_main(void *arg) {
   s->sender_done = true;
   pthread_mutex_unlock(&s->mu);
   return NULL;
+}
+
+/**
+ * An agent's answer to a chunk this session copied: the chunk settles and TypeScript hears of
+ * it. False when the answer is to one of TypeScript's own requests.
+ */
+static bool copy_reply(gsess *s, const uint8_t *body, uint32_t len) {
+  if (len < 4) return false;
+  uint32_t jl = get32(body);
+  if (jl > len - 4) return false;
+  const char *json = (const char *)body + 4;
+  double id;
+  if (!json_get_num(json, jl, "id", &id) || id < (double)COPY_ID_BASE || id > 9007199254740991.0) return false;
+  uint64_t rel = (uint64_t)id - COPY_ID_BASE;
+  uint32_t serial = (uint32_t)(rel >> 8), k = (uint32_t)(rel & 255);
+  bool ok = false;
+  json_get_bool(json, jl, "ok", &ok);
+  char error[300] = "";
+  if (!ok && !json_get_str(json, jl, "error", error, sizeof error)) snprintf(error, sizeof error, "failed");
+  uint32_t order = 0, index = 0;
+  uint8_t hash[16];
+  bool found = false;
+  pthread_mutex_lock(&s->mu);
+  for (int i = 0; i < COPY_SLOTS && !found; i++) {
+    copy_t *c = &s->copies[i];
+    if (!c->used || c->serial != serial || k >= c->n || c->state[k] != CHUNK_SENT) continue;
+    found = true;
+    c->state[k] = CHUNK_SETTLED;
+    order = c->order;
+    index = c->idx[k];
+    memcpy(hash, c->hash[k], 16);
+    if (++c->settled == c->n) copy_release(c);
+  }
+  pthread_mutex_unlock(&s->mu);
+  // an answer to no chunk in flight (a duplicate) is dropped
+  if (found) copy_post(s, order, index, ok ? 0 : 1, hash, ok ? NULL : error);
+  return true;
 }
 
 static void queue_frame(gsess *s, frame_node *f) {
@@ -488,11 +705,11 @@ static int take_record(gsess *s, batch_t *b, uint8_t *body, uint32_t len, const 
 
 static bool passes(uint8_t type) {
   // the agent's Open and control; a recovery's chunk replies; a standby's acknowledgements, hashes, pongs
-  return type == F_OPEN || type == F_CONTROL || type == 31 || type == F_ACCEPTED || type == 23 || type == 26;
+  return type == F_OPEN || type == F_CONTROL || type == F_CHUNK_REPLY || type == F_ACCEPTED || type == 23 || type == 26;
 }
 
 static uint32_t frame_limit(uint8_t type) {
-  if (type == F_RECORD || type == 31) return MAX_FRAME;
+  if (type == F_RECORD || type == F_CHUNK_REPLY) return MAX_FRAME;
   if (type == 23) return MAX_HASHES_FRAME;
   return MAX_CONTROL_FRAME;
 }
@@ -562,6 +779,7 @@ static void serve(gsess *s, char *why, size_t cap) {
         bad = 2;
         break;
       }
+      if (type == F_CHUNK_REPLY && copy_reply(s, body, blen)) continue;
       if (!passes(type)) {
         snprintf(why, cap, "unexpected frame type %u from agent", type);
         bad = 1;
@@ -659,6 +877,10 @@ static void *conn_main(void *arg) {
     frame_node *f = s->q_head;
     s->q_head = f->next;
     free(f);
+  }
+  // copy orders still in flight end with the session (TypeScript fails them on its end event)
+  for (int i = 0; i < COPY_SLOTS; i++) {
+    if (s->copies[i].used) copy_release(&s->copies[i]);
   }
   sealer_free(s->tx);
   sealer_free(s->rx);
@@ -860,6 +1082,52 @@ EXPORT int32_t cn_gateway_send(cn_gateway *g, uint32_t sid, const uint8_t *frame
   pthread_mutex_unlock(&s->mu);
   pthread_mutex_unlock(&g->mu);
   return 0;
+}
+
+EXPORT int32_t cn_gateway_copy(cn_gateway *g, uint32_t sid, uint32_t order, int32_t fd, uint64_t size,
+                               uint64_t chunk, const char *volume, const char *kind, const uint32_t *indexes,
+                               uint32_t count) {
+  if (count < 1 || count > COPY_MAX || chunk < COPY_CHUNK_MIN || chunk > COPY_CHUNK_MAX || size == 0 ||
+      strlen(volume) >= sizeof ((copy_t *)0)->volume || strlen(kind) >= sizeof ((copy_t *)0)->kind) {
+    return -EINVAL;
+  }
+  for (uint32_t k = 0; k < count; k++) {
+    if ((uint64_t)indexes[k] * chunk >= size) return -EINVAL;
+  }
+  pthread_mutex_lock(&g->mu);
+  gsess *s = session(g, sid);
+  if (!s) {
+    pthread_mutex_unlock(&g->mu);
+    return -ENOTCONN;
+  }
+  pthread_mutex_lock(&s->mu);
+  copy_t *c = NULL;
+  for (int i = 0; i < COPY_SLOTS && !c; i++) {
+    if (!s->copies[i].used) c = &s->copies[i];
+  }
+  int32_t r = 0;
+  int dup_fd = -1;
+  if (!c) r = -EBUSY;
+  else if ((dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) r = -errno;
+  else {
+    c->used = true;
+    c->order = order;
+    c->serial = s->copy_serial++; // serial × 256 stays far below 2^52
+    c->fd = dup_fd;
+    c->size = size;
+    c->chunk = chunk;
+    snprintf(c->volume, sizeof c->volume, "%s", volume);
+    snprintf(c->kind, sizeof c->kind, "%s", kind);
+    c->n = count;
+    c->sent = c->settled = 0;
+    c->advised = false;
+    memcpy(c->idx, indexes, count * sizeof *indexes);
+    memset(c->state, CHUNK_UNSENT, sizeof c->state);
+    pthread_cond_signal(&s->cv);
+  }
+  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&g->mu);
+  return r;
 }
 
 EXPORT int64_t cn_gateway_queued(cn_gateway *g, uint32_t sid) {

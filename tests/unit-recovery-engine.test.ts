@@ -3,11 +3,20 @@
 // exactly its set and hashes only an audit sample besides, falling back to a scan
 // when the sample finds a difference it missed; several sources share the work by
 // rate, one killed half-way leaves its chunks to the others; a source at another
-// point is caught; resume and cancel.
+// point is caught; resume and cancel; a local reference copied by the target itself
+// (copyFrom, as the gateway's data plane does to an agent), across a link that drops.
+import { closeSync, openSync } from "node:fs";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import * as native from "../src/native/mod.ts";
-import type { ChunkStore } from "../src/recovery/chunk-ops.ts";
+import {
+  type ChunkStore,
+  copyThrough,
+  FileChunks,
+  LinkDown,
+  type LocalFile,
+  relinking,
+} from "../src/recovery/chunk-ops.ts";
 import { auditSample, type Progress, recover, runs } from "../src/recovery/engine.ts";
 import { addRecordChunks, rechunk, union } from "../src/recovery/divergence.ts";
 import { decodeChunks, encodeChunks } from "../src/recovery/chunk-ops.ts";
@@ -281,6 +290,60 @@ t("a resume starts at the checkpoint and a cancel stops", async () => {
   }).then(() => undefined, (e) => e as Error);
   assert.match(err?.message ?? "", /cancelled/);
 });
+
+t(
+  "a local reference is copied by the target itself, and a dropped link redoes only what was not reported",
+  async () => {
+    const vol = randomVolume();
+    const path = await Deno.makeTempFile();
+    await Deno.writeFile(path, vol);
+    const fd = openSync(path, "r");
+    try {
+      const target = new MemCopy(new Uint8Array(vol.length));
+      const orders: number[][] = [];
+      let reported = 0;
+      const link = (first: boolean): ChunkStore => ({
+        size: () => target.size(),
+        hashes: (cs, i, c) => target.hashes(cs, i, c),
+        read: (cs, i) => target.read(cs, i),
+        write: (cs, i, d) => target.write(cs, i, d),
+        sync: () => target.sync(),
+        copyFrom: (f: LocalFile, cs, list, done) => {
+          orders.push([...list]);
+          return copyThrough(target, f, cs, list, (j, h, b) => {
+            if (first && reported >= 40) {
+              // the link drops: the next one is there when the copy is asked again
+              current = link(false);
+              throw new LinkDown("dropped");
+            }
+            reported++;
+            done(j, h, b);
+          });
+        },
+      });
+      let current = link(true);
+      const o = await recover({
+        sources: [{ name: "lgp", store: new FileChunks(fd, vol.length, false) }],
+        target: relinking(() => current, 5_000),
+        strategy: "full",
+        chunkSize: CS,
+      });
+      assert.ok(o.verified, "verified");
+      assert.is(o.bytesMoved, vol.length);
+      assert.ok(equal(target.data, vol), "the target equals the source");
+      assert.is(target.reads, 0, "no chunk was read back through the engine");
+      assert.ok(orders.every((l) => l.length <= 8), "runs of at most 8 chunks per order");
+      assert.is(new Set(orders.flat()).size, CHUNKS, "every chunk went through copyFrom");
+      assert.ok(
+        orders.flat().length < CHUNKS + 8 * 8,
+        "after the drop only unreported chunks were asked again",
+      );
+    } finally {
+      closeSync(fd);
+      await Deno.remove(path);
+    }
+  },
+);
 
 t("runs and audit samples", () => {
   assert.equal(runs([1, 2, 3, 7, 8, 20], 2), [

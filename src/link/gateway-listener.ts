@@ -5,10 +5,19 @@
 // tasks' bounds), carries the control plane's messages, a recovery's chunk operations, and
 // a remote site's stream to its standby agents.
 import { logger } from "../log.ts";
-import { cstr, fromCstr, native } from "../native/ffi.ts";
+import { cstr, fromCstr, native, NativeError } from "../native/ffi.ts";
 import { Ev, eventJson, type NativeEvent, Plane } from "../native/plane.ts";
 import { type Address, formatAddress } from "./address.ts";
-import { ChunkLink, type ChunkReply } from "../recovery/chunk-ops.ts";
+import {
+  ChunkLink,
+  type ChunkReply,
+  type ChunkStore,
+  type CopiedChunk,
+  type CopyKind,
+  LinkDown,
+  type LocalFile,
+  SourceReadError,
+} from "../recovery/chunk-ops.ts";
 import { decodeJson, decodeMixed, type Frame, FrameType, jsonFrame } from "../wire/frames.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { Channel } from "../replication/sender.ts";
@@ -50,7 +59,28 @@ interface Session {
   id: number;
   agent: string;
   chunks: ChunkLink;
+  /** Copy orders in flight in the data plane (cn_gateway_copy), by order id. */
+  copies: Map<number, CopyOrder>;
+  /** Callers waiting for one of the session's order slots. */
+  slotWaiters: (() => void)[];
 }
+
+/** A copy order: its chunks' outcomes come as Copied events. */
+interface CopyOrder {
+  left: number;
+  chunkSize: number;
+  size: number;
+  done: CopiedChunk;
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+  timedOut: () => void;
+}
+
+/** Chunks per copy order (the data plane takes up to 64), and the wait for a chunk's answer. */
+const COPY_ORDER_MAX = 64;
+const COPY_TIMEOUT_MS = 120_000;
+const EBUSY = 16, ENOTCONN = 107;
 
 interface OpenMessage {
   id?: unknown;
@@ -68,6 +98,7 @@ export class GatewayListener {
   /** The session of each agent (the newest). */
   private byAgent = new Map<string, Session>();
   private closed = false;
+  private nextOrder = 0;
   readonly addresses: Address[] = [];
   /** Refused connections, by reason (for status and tests). */
   readonly refused = new Map<string, number>();
@@ -84,7 +115,8 @@ export class GatewayListener {
         const reason = new TextDecoder().decode(e.body);
         this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
       })
-      .on(Ev.Frame, (e) => this.onFrame(e));
+      .on(Ev.Frame, (e) => this.onFrame(e))
+      .on(Ev.Copied, (e) => this.onCopied(e));
   }
 
   static async listen(o: GatewayListenerOptions): Promise<GatewayListener> {
@@ -113,6 +145,134 @@ export class GatewayListener {
   /** Chunk operations on an agent's volumes (recovery), if it is connected. */
   chunks(agent: string): ChunkLink | undefined {
     return this.byAgent.get(agent)?.chunks;
+  }
+
+  /**
+   * An agent's copy of a volume (`volume`: agent/name) for chunk operations, if the agent is
+   * connected: those of its ChunkLink, and copyFrom done by the data plane.
+   */
+  store(agent: string, volume: string, kind: CopyKind): ChunkStore | undefined {
+    const s = this.byAgent.get(agent);
+    if (!s) return undefined;
+    return {
+      ...s.chunks.store(volume, kind),
+      copyFrom: (file, chunkSize, indexes, done) =>
+        this.copy(s, volume, kind, file, chunkSize, indexes, done),
+    };
+  }
+
+  /** Chunks of a local file to an agent's copy, read, hashed, sealed and sent by the session's sender. */
+  private async copy(
+    s: Session,
+    volume: string,
+    kind: CopyKind,
+    file: LocalFile,
+    chunkSize: number,
+    indexes: readonly number[],
+    done: CopiedChunk,
+  ): Promise<void> {
+    const orders: Promise<void>[] = [];
+    for (let k = 0; k < indexes.length; k += COPY_ORDER_MAX) {
+      orders.push(
+        this.copyOrder(s, volume, kind, file, chunkSize, indexes.slice(k, k + COPY_ORDER_MAX), done),
+      );
+    }
+    // the first failure is the answer; the others are seen, not left unhandled
+    for (const o of orders) o.catch(() => {});
+    await Promise.all(orders);
+  }
+
+  private async copyOrder(
+    s: Session,
+    volume: string,
+    kind: CopyKind,
+    file: LocalFile,
+    chunkSize: number,
+    list: readonly number[],
+    done: CopiedChunk,
+  ): Promise<void> {
+    for (;;) {
+      if (this.closed || this.sessions.get(s.id) !== s) throw new LinkDown(`agent ${s.agent} disconnected`);
+      const order = this.nextOrder = (this.nextOrder + 1) >>> 0;
+      const idx = new Uint32Array(list);
+      const r = native().cn_gateway_copy(
+        this.ptr,
+        s.id,
+        order,
+        file.fd,
+        BigInt(file.size),
+        BigInt(chunkSize),
+        cstr(volume),
+        cstr(kind),
+        new Uint8Array(idx.buffer),
+        list.length,
+      );
+      if (r === -EBUSY) {
+        await new Promise<void>((res) => s.slotWaiters.push(res));
+        continue;
+      }
+      if (r === -ENOTCONN) throw new LinkDown(`agent ${s.agent} disconnected`);
+      if (r < 0) throw new NativeError("copy", -r);
+      return await new Promise<void>((resolve, reject) => {
+        const timedOut = () => {
+          this.endOrder(s, order);
+          reject(
+            new Error(
+              `no answer to a chunk write on the ${kind} copy of ${volume} within ${COPY_TIMEOUT_MS} ms`,
+            ),
+          );
+        };
+        s.copies.set(order, {
+          left: list.length,
+          chunkSize,
+          size: file.size,
+          done,
+          resolve,
+          reject,
+          timer: setTimeout(timedOut, COPY_TIMEOUT_MS),
+          timedOut,
+        });
+      });
+    }
+  }
+
+  /** Forgets an order (settled, failed or given up); a caller waiting for a slot may try again. */
+  private endOrder(s: Session, order: number): void {
+    const o = s.copies.get(order);
+    if (!o) return;
+    clearTimeout(o.timer);
+    s.copies.delete(order);
+    s.slotWaiters.shift()?.();
+  }
+
+  private onCopied(e: NativeEvent): void {
+    const s = this.sessions.get(e.source);
+    const o = s?.copies.get(e.aux);
+    if (!s || !o) return;
+    const dv = new DataView(e.body.buffer, e.body.byteOffset, e.body.length);
+    const index = dv.getUint32(0), status = dv.getInt32(4);
+    if (status !== 0) {
+      this.endOrder(s, e.aux);
+      const reason = new TextDecoder().decode(e.body.subarray(24));
+      o.reject(status < 0 ? new SourceReadError(reason) : new Error(reason));
+      return;
+    }
+    clearTimeout(o.timer);
+    o.timer = setTimeout(o.timedOut, COPY_TIMEOUT_MS);
+    o.done(index, e.body.slice(8, 24), Math.min(o.chunkSize, o.size - index * o.chunkSize));
+    if (--o.left === 0) {
+      this.endOrder(s, e.aux);
+      o.resolve();
+    }
+  }
+
+  /** The session ended: its copy orders fail (the chunks may be copied again on the next one). */
+  private failCopies(s: Session): void {
+    for (const [order, o] of [...s.copies]) {
+      this.endOrder(s, order);
+      o.reject(new LinkDown(`agent ${s.agent} disconnected`));
+    }
+    for (const w of s.slotWaiters.splice(0)) w();
   }
 
   connectedAgents(): string[] {
@@ -147,6 +307,8 @@ export class GatewayListener {
         id: e.source,
         agent: m.agent,
         chunks: new ChunkLink((head, payload) => this.send(s, head, payload)),
+        copies: new Map(),
+        slotWaiters: [],
       };
       this.sessions.set(s.id, s);
       this.byAgent.set(s.agent, s);
@@ -160,6 +322,7 @@ export class GatewayListener {
     this.sessions.delete(s.id);
     if (m.reason) log.debug("agent session ended", { agent: s.agent, reason: m.reason });
     s.chunks.fail(new Error(`agent ${s.agent} disconnected`));
+    this.failCopies(s);
     if (this.byAgent.get(s.agent) === s) {
       this.byAgent.delete(s.agent);
       this.o.standby?.closed(s.agent);
@@ -266,7 +429,10 @@ export class GatewayListener {
     await native().cn_gateway_close(this.ptr);
     await this.plane.close();
     native().cn_gateway_free(this.ptr);
-    for (const s of this.sessions.values()) s.chunks.fail(new Error(`agent ${s.agent} disconnected`));
+    for (const s of this.sessions.values()) {
+      s.chunks.fail(new Error(`agent ${s.agent} disconnected`));
+      this.failCopies(s);
+    }
   }
 
   describe(): string[] {

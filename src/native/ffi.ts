@@ -114,6 +114,10 @@ export const symbols = {
     result: "i32",
   },
   cn_gateway_send: { parameters: ["pointer", "u32", "buffer", "u64", "buffer", "u64"], result: "i32" },
+  cn_gateway_copy: {
+    parameters: ["pointer", "u32", "u32", "i32", "u64", "u64", "buffer", "buffer", "buffer", "u32"],
+    result: "i32",
+  },
   cn_gateway_queued: { parameters: ["pointer", "u32"], result: "i64" },
   cn_gateway_fence: { parameters: ["pointer", "buffer", "buffer"], result: "void" },
   cn_gateway_close: { parameters: ["pointer"], result: "void", nonblocking: nb },

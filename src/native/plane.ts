@@ -14,6 +14,7 @@ export const enum Ev {
   Refused = 7,
   Marker = 8,
   Failed = 9,
+  Copied = 10,
 }
 export const FL_JOURNAL = 1;
 export const FL_PRESSURE = 2;

@@ -42,8 +42,22 @@ export interface Tracked {
   since: string;
 }
 
+/** A copy held in a local file the data plane may read itself (the mirror's image). */
+export interface LocalFile {
+  fd: number;
+  size: number;
+}
+
+/** A chunk copied: its index, the XXH3-128 of what was written, its length. */
+export type CopiedChunk = (index: number, hash: Uint8Array, bytes: number) => void;
+
+/** Reading the source of a copy failed (not the target): another source may take the chunks. */
+export class SourceReadError extends Error {}
+
 /** The operations a copy offers; implemented over a local file, or over a link. */
 export interface ChunkStore {
+  /** Set when the copy is a local file (a source the data plane may read without JavaScript). */
+  readonly local?: LocalFile;
   size(): Promise<number>;
   /** XXH3-128 of chunks index..index+count-1 (16 bytes each). */
   hashes(chunkSize: number, index: number, count: number): Promise<Uint8Array>;
@@ -53,6 +67,36 @@ export interface ChunkStore {
   sync(): Promise<void>;
   /** The chunks written since a common point, for copies that track them (rejects otherwise). */
   divergence?(): Promise<Tracked>;
+  /**
+   * Writes chunks of a local file into this copy, each reported to `done` once written (with the
+   * hash of what was read). Rejects at the first failure (SourceReadError when reading failed);
+   * the chunks reported before it are written. A copy behind an agent's link does it in the data
+   * plane: the chunks never pass through JavaScript.
+   */
+  copyFrom?(file: LocalFile, chunkSize: number, indexes: readonly number[], done: CopiedChunk): Promise<void>;
+}
+
+/** copyFrom for a store without its own: each chunk read, hashed and written from here. */
+export async function copyThrough(
+  target: ChunkStore,
+  file: LocalFile,
+  chunkSize: number,
+  indexes: readonly number[],
+  done: CopiedChunk,
+): Promise<void> {
+  const source = new FileChunks(file.fd, file.size, false);
+  const buf = new Uint8Array(chunkSize);
+  for (const j of indexes) {
+    let data: Uint8Array;
+    try {
+      data = await source.read(chunkSize, j, buf);
+    } catch (e) {
+      throw new SourceReadError((e as Error).message);
+    }
+    const hash = native.xxh3(data);
+    await target.write(chunkSize, j, data);
+    done(j, hash, data.length);
+  }
 }
 
 const MAX_CHUNK = 16 * 1024 * 1024;
@@ -91,6 +135,10 @@ export class FileChunks implements ChunkStore {
     /** Where this copy's divergence is tracked (its dirty map), if anywhere. */
     readonly divergence?: () => Promise<Tracked>,
   ) {}
+
+  get local(): LocalFile {
+    return { fd: this.fd, size: this.bytes };
+  }
 
   size(): Promise<number> {
     return Promise.resolve(this.bytes);
@@ -198,6 +246,19 @@ export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000
         if (!s.divergence) throw new Error("this copy tracks no divergence");
         return s.divergence();
       }),
+    // on the next link, only the chunks not yet reported are copied again
+    copyFrom: (file, chunkSize, indexes, done) => {
+      const left = new Set(indexes);
+      const once: CopiedChunk = (j, hash, bytes) => {
+        if (left.delete(j)) done(j, hash, bytes);
+      };
+      return again((s) => {
+        const todo = indexes.filter((j) => left.has(j));
+        return s.copyFrom
+          ? s.copyFrom(file, chunkSize, todo, once)
+          : copyThrough(s, file, chunkSize, todo, once);
+      });
+    },
   };
 }
 

@@ -9,7 +9,7 @@
 // verification compare against it. Progress, checkpoints (an interrupted run
 // resumes where it stopped) and verification by hash.
 import * as native from "../native/mod.ts";
-import type { ChunkStore } from "./chunk-ops.ts";
+import { type ChunkStore, type LocalFile, SourceReadError } from "./chunk-ops.ts";
 
 export type Strategy = "full" | "fast";
 export type Method = "full" | "scan" | "tracked";
@@ -119,6 +119,9 @@ export function auditSample(chunks: number, skip: ReadonlySet<number>, n: number
   return [...out].sort((a, b) => a - b);
 }
 
+/** Chunks per order when the target copies from a local reference itself (CopyPool.copier). */
+const COPY_RUN = 8;
+
 /** Beyond this many chunks no per-chunk hash is kept (64 MiB): verification asks the reference instead. */
 const MAX_KEPT = 1 << 22;
 
@@ -215,8 +218,14 @@ class CopyPool {
       state: "active" as const,
     }));
     this.live = sources.length;
-    sources.forEach((_, si) => {
-      for (let w = 0; w < parallel; w++) this.worker(si).catch((e) => this.fail(e as Error));
+    sources.forEach((s, si) => {
+      // the reference in a local file, to a target that copies from one itself (an agent's disk
+      // behind its link): the chunks go through the data plane, never through JavaScript; another
+      // source's chunks are compared with the reference's hash before they are written, so not so
+      const local = si === 0 && target.copyFrom ? s.store.local : undefined;
+      for (let w = 0; w < parallel; w++) {
+        (local ? this.copier(si, local) : this.worker(si)).catch((e) => this.fail(e as Error));
+      }
     });
   }
 
@@ -258,6 +267,13 @@ class CopyPool {
     this.failure ??= e;
     this.failed(this.failure);
     this.wakeAll();
+  }
+
+  /** The next chunks queued, up to max, without waiting (after one taken by `take`). */
+  private takeMore(list: number[], max: number): void {
+    while (list.length < max && this.head < this.queue.length && !this.failure) {
+      list.push(this.queue[this.head++]);
+    }
   }
 
   private async take(): Promise<number | undefined> {
@@ -319,6 +335,45 @@ class CopyPool {
       this.inFlight--;
       this.onCopied(j, data.length);
       this.check();
+    }
+  }
+
+  /** A worker of a local reference copied by the target itself: a run of chunks per order. */
+  private async copier(si: number, file: LocalFile): Promise<void> {
+    const stat = this.stats[si];
+    for (;;) {
+      if (stat.state === "failed") return;
+      const j = await this.take();
+      if (j === undefined) return;
+      const list = [j];
+      this.takeMore(list, COPY_RUN);
+      this.inFlight += list.length;
+      if (this.signal?.aborted) {
+        this.inFlight -= list.length;
+        throw new Cancelled();
+      }
+      const done = new Set<number>();
+      try {
+        await this.target.copyFrom!(file, this.cs, list, (c, hash, bytes) => {
+          if (done.has(c)) return;
+          done.add(c);
+          this.moved.add(c);
+          this.fromReference.set(c, hash);
+          stat.bytesMoved += bytes;
+          stat.chunks++;
+          stat.rateBps = stat.bytesMoved / Math.max(1e-3, (performance.now() - this.started) / 1000);
+          this.inFlight--;
+          this.onCopied(c, bytes);
+          this.check();
+        });
+      } catch (e) {
+        const rest = list.filter((c) => !done.has(c));
+        this.inFlight -= rest.length;
+        if (!(e instanceof SourceReadError)) throw e;
+        this.queue.splice(this.head, 0, ...rest); // another source takes them next
+        this.retire(si, e);
+        return;
+      }
     }
   }
 

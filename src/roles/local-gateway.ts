@@ -894,7 +894,7 @@ async function openRecovery(
       if (kind === "lgp") return new FileChunks(mirror.imageFd(v.id), v.size, writable === true);
       if (kind === "lsp") {
         if (!listener.chunks(v.agent)) return undefined;
-        return relinking(() => listener.chunks(v.agent)?.store(key, "lsp"));
+        return relinking(() => listener.store(v.agent, key, "lsp"));
       }
       const r = remotes.find((x) => x.site === site);
       return r?.client.connected ? r.client.chunks.store(key, kind, point) : undefined;
