@@ -5,7 +5,8 @@
 // whether the rebuilt disk equals the mirror, and the CPU time of each thread of the gateway and
 // the agent during the rebuild (/proc/PID/task/*/stat). Writes no section of docs/benchmarks.md.
 import { median } from "./lib.ts";
-import { run, startTopology, waitFor } from "../tests/lib/cluster.ts";
+import { recoveryClient } from "./recoveries.ts";
+import { run, startTopology } from "../tests/lib/cluster.ts";
 
 const MiB = 1024 * 1024, SIZE = 1024 * MiB, ROUNDS = Number(Deno.env.get("ROUNDS") ?? 3);
 async function dropCaches() {
@@ -42,26 +43,7 @@ const load = async () => (await Deno.readTextFile("/proc/loadavg")).split(" ").s
 const topo = await startTopology("bench-recovery-full", { size: SIZE, sites: [] });
 const rows: { full: number; nbdcopy: number }[] = [];
 try {
-  const api = (path: string, init?: RequestInit) =>
-    fetch(`http://127.0.0.1:${topo.gw.httpPort}${path}`, {
-      ...init,
-      headers: { authorization: `Bearer ${topo.gw.token}`, "content-type": "application/json" },
-    }).then((r) => r.json());
-  const recover = async (body: Record<string, unknown>) => {
-    const { id, error } = await api("/api/recoveries", { method: "POST", body: JSON.stringify(body) });
-    if (!id) throw new Error(`recovery refused: ${error}`);
-    return await waitFor(
-      async () => {
-        // deno-lint-ignore no-explicit-any
-        const me = (await api("/api/recoveries") as any[]).find((x) => x.id === id)!;
-        if (me.status === "failed") throw new Error(`recovery failed: ${me.error}`);
-        return me.status === "done" ? me : undefined;
-      },
-      600_000,
-      "the recovery",
-      10,
-    );
-  };
+  const recover = recoveryClient(topo);
   const random = `${topo.dir}/random.img`;
   await run("sh", ["-c", `head -c ${SIZE} /dev/urandom > ${random}`]);
   await run("nbdcopy", [random, topo.agent.uri("vol0")]);

@@ -10,7 +10,8 @@
 // and from two sites at once, each behind a 50 MB/s link. Also the native chunk-hash
 // scan rate, cold and warm.
 import { machine, median, writeSection } from "./lib.ts";
-import { run, startTopology, waitFor } from "../tests/lib/cluster.ts";
+import { recoveryClient } from "./recoveries.ts";
+import { run, startTopology } from "../tests/lib/cluster.ts";
 import * as native from "../src/native/mod.ts";
 import { closeSync, openSync } from "node:fs";
 
@@ -77,38 +78,6 @@ async function scanRate(path: string, warm: boolean): Promise<number> {
   }
 }
 
-type Topo = Awaited<ReturnType<typeof startTopology>>;
-interface Row {
-  id: number;
-  status: string;
-  error: string | null;
-  bytesMoved: number;
-  method: string;
-  methodReason: string | null;
-}
-
-function client(topo: Topo) {
-  const api = (path: string, init?: RequestInit) =>
-    fetch(`http://127.0.0.1:${topo.gw.httpPort}${path}`, {
-      ...init,
-      headers: { authorization: `Bearer ${topo.gw.token}`, "content-type": "application/json" },
-    }).then((r) => r.json());
-  return async (body: Record<string, unknown>): Promise<Row> => {
-    const { id, error } = await api("/api/recoveries", { method: "POST", body: JSON.stringify(body) });
-    if (!id) throw new Error(`recovery refused: ${error}`);
-    return await waitFor(
-      async () => {
-        const me = (await api("/api/recoveries") as Row[]).find((x) => x.id === id)!;
-        if (me.status === "failed") throw new Error(`recovery failed: ${me.error}`);
-        return me.status === "done" ? me : undefined;
-      },
-      600_000,
-      "the recovery",
-      10,
-    );
-  };
-}
-
 const rows: {
   scan: number;
   tracked: number;
@@ -121,7 +90,7 @@ const rows: {
 let scanCold = 0, scanWarm = 0;
 const topo = await startTopology("bench-recovery", { size: SIZE, sites: [] });
 try {
-  const recover = client(topo);
+  const recover = recoveryClient(topo);
   const random = `${topo.dir}/random.img`;
   await run("sh", ["-c", `head -c ${SIZE} /dev/urandom > ${random}`]);
   await run("nbdcopy", [random, topo.agent.uri("vol0")]);
@@ -209,7 +178,7 @@ const mt = await startTopology("bench-recovery-multi", {
   proxied: ["dr1", "dr2"],
 });
 try {
-  const recover = client(mt);
+  const recover = recoveryClient(mt);
   const random = `${mt.dir}/random.img`;
   await run("sh", ["-c", `head -c ${MULTI_SIZE} /dev/urandom > ${random}`]);
   await run("nbdcopy", [random, mt.agent.uri("vol0")]);
