@@ -83,6 +83,7 @@ struct cn_journal {
   uint64_t ck_gen;
   uint32_t waiting; // appends waiting for space
   int64_t last_pressure;
+  uint32_t paced; // readers with an allowance (none: appends skip the lag check)
   // volumes (pointers never move)
   jvol_t **vols;
   uint32_t nvols;
@@ -593,6 +594,7 @@ static void signal_pressure(cn_journal *j) {
  * it acknowledges (the sender measures both), so a fast writer cannot put more in than that.
  */
 static bool over_lag(cn_journal *j) {
+  if (!j->paced) return false;
   for (int i = 0; i < MAX_CURSORS; i++) {
     const cursor_t *c = &j->cursors[i];
     if (c->used && c->pace && c->released < j->head && j->head - c->released > c->pace) return true;
@@ -952,8 +954,10 @@ EXPORT void cn_journal_cursor_release(cn_journal *j, int32_t id, uint64_t pos) {
 EXPORT void cn_journal_cursor_pace(cn_journal *j, int32_t id, uint64_t bytes) {
   if (id < 0 || id >= MAX_CURSORS) return;
   pthread_mutex_lock(&j->mu);
-  if (j->cursors[id].used) {
-    j->cursors[id].pace = bytes;
+  cursor_t *c = &j->cursors[id];
+  if (c->used) {
+    j->paced += (bytes != 0) - (c->pace != 0);
+    c->pace = bytes;
     pthread_cond_broadcast(&j->space_cv);
   }
   pthread_mutex_unlock(&j->mu);
@@ -972,6 +976,7 @@ EXPORT void cn_journal_cursor_required(cn_journal *j, int32_t id, int32_t requir
 EXPORT void cn_journal_cursor_drop(cn_journal *j, int32_t id) {
   if (id < 0 || id >= MAX_CURSORS) return;
   pthread_mutex_lock(&j->mu);
+  if (j->cursors[id].used && j->cursors[id].pace) j->paced--;
   j->cursors[id].used = false;
   j->cursors[id].pace = 0;
   advance_tail(j);

@@ -491,10 +491,10 @@ export class Sender {
    * has them all). With nothing in flight that is the next record to send: counting from the last
    * acknowledgement instead showed a peer idle for a while as lagging that long at the next write.
    */
-  lagSeconds(): number {
-    const j = this.o.journal;
-    if (this.cursor.released >= j.positions.durable) return 0;
-    const oldest = this.session?.oldestUnackedMono() ?? j.enteredMono(this.cursor.released) ?? this.ackedMono;
+  lagSeconds(durable = this.o.journal.positions.durable): number {
+    if (this.cursor.released >= durable) return 0;
+    const oldest = this.session?.oldestUnackedMono() ?? this.o.journal.enteredMono(this.cursor.released) ??
+      this.ackedMono;
     return Math.max(0, performance.now() - oldest) / 1000;
   }
 
@@ -509,8 +509,9 @@ export class Sender {
     const bound = this.o.journal.maxLagMs;
     if (bound <= 0) return;
     const s = this.session;
-    const silent = this.cursor.released < this.o.journal.positions.durable &&
-      performance.now() - this.ackedMono > Math.max(SILENT_MS, 4 * bound);
+    const durable = this.o.journal.positions.durable; // read once: each read asks the data plane
+    const behind = this.cursor.released < durable;
+    const silent = behind && performance.now() - this.ackedMono > Math.max(SILENT_MS, 4 * bound);
     const inStep = s !== undefined && !s.stopped && !silent &&
       [...this.vols.values()].every((v) => v.state === "consistent");
     if (!inStep) {
@@ -518,8 +519,8 @@ export class Sender {
       this.busy = undefined;
       return;
     }
-    this.measure();
-    if (this.cursor.pace === 0 && this.lagSeconds() * 1000 >= bound) return;
+    this.measure(behind);
+    if (this.cursor.pace === 0 && this.lagSeconds(durable) * 1000 >= bound) return;
     this.cursor.pace = Math.max(MIN_PACE_BYTES, this.capacity * bound / 1000);
   }
 
@@ -527,10 +528,9 @@ export class Sender {
    * The peer's rate: bytes per second it acknowledged over spans in which it had more to take, or
    * the writer waited (for it: its allowance is then what limits it, and grows with the rate).
    */
-  private measure(): void {
+  private measure(behind: boolean): void {
     const now = performance.now();
-    const j = this.o.journal;
-    const busy = this.cursor.released < j.positions.durable || j.waitingAppends > 0;
+    const busy = behind || this.o.journal.waitingAppends > 0;
     if (!this.busy) {
       if (busy) this.busy = { at: now, acked: this.ackedBytes };
       return;
@@ -574,13 +574,14 @@ export class Sender {
   status() {
     const j = this.o.journal;
     const s = this.session;
+    const durable = j.positions.durable;
     return {
       peer: this.o.name,
       connected: s !== undefined && !s.stopped,
       /** Bytes it may be behind before the application's writes wait for it (0: not paced). */
       paceBytes: Math.round(this.cursor.pace),
-      lagBytes: Math.max(0, j.positions.durable - this.cursor.released),
-      lagSeconds: this.lagSeconds(),
+      lagBytes: Math.max(0, durable - this.cursor.released),
+      lagSeconds: this.lagSeconds(durable),
       inFlightBytes: s?.inFlightBytes ?? 0,
       rttMs: this.rttMs ?? null,
       ackedBytes: this.ackedBytes,
