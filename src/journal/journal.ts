@@ -95,6 +95,8 @@ export class Journal {
   /** The data plane is taking queued appends (flushed() waits for them). */
   private appending: Promise<void> | undefined;
   private lagBound = 0;
+  /** Per volume, the durable sequence the listeners were last told. */
+  private readonly heard = new Map<number, number>();
   /** What the journal said last, once it is closed and freed (shutdown still reads positions). */
   private final: { status: number[]; volumes: Map<number, number[] | undefined> } | undefined;
 
@@ -206,6 +208,7 @@ export class Journal {
           retired: row.retired !== 0,
         };
         j.vols.set(v.id, v);
+        j.heard.set(v.id, v.durableSeq);
         check("volume", native().cn_journal_add_volume(ptr, v.id, BigInt(v.size), BigInt(lastSeq), -1));
       }
       const r = opened.recovered;
@@ -458,9 +461,11 @@ export class Journal {
     if (durable === this.durable) return;
     this.durable = durable;
     for (const v of this.vols.values()) {
-      const before = v.durableSeq;
       this.refresh(v);
-      if (v.durableSeq !== before) { for (const l of this.listeners) l(v.id, v.durableSeq); }
+      // against what the listeners heard, not v.durableSeq: volume() and the index refresh it too
+      if (v.durableSeq === (this.heard.get(v.id) ?? 0)) continue;
+      this.heard.set(v.id, v.durableSeq);
+      for (const l of this.listeners) l(v.id, v.durableSeq);
     }
     this.index();
   }
