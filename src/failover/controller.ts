@@ -64,6 +64,9 @@ export class FailoverController {
   private busy = new Set<string>();
   /** A data failback's current phase, per service. */
   private phases = new Map<string, string>();
+  /** Automatic failovers that failed, waiting for their next attempt. */
+  private closed = false;
+  private retries = new Map<string, { timer: ReturnType<typeof setTimeout>; attempt: number }>();
 
   constructor(private readonly o: ControllerOptions) {}
 
@@ -96,9 +99,12 @@ export class FailoverController {
     // a switch interrupted by a crash: its rule is in place only if the promotion had completed
     for (const e of this.entries.values()) {
       if (e.state === "failing-over") {
-        log.warn("a failover was interrupted by a restart; run failover again or fail back", {
-          service: e.config.name,
-        });
+        log.warn(
+          "a failover was interrupted by a restart; run failover again or fail back (--auto-failover resumes it)",
+          {
+            service: e.config.name,
+          },
+        );
       }
     }
   }
@@ -223,6 +229,52 @@ export class FailoverController {
     } finally {
       this.busy.delete(name);
     }
+  }
+
+  /**
+   * An automatic failover (the detector's FAILURE). One that fails (the site's link lost, its
+   * standby not yet healthy) is tried again after a growing pause (1 s, doubling, at most 30 s)
+   * for as long as the service is still failing over: the old primary is fenced from the first
+   * attempt on, so the service is down until one succeeds or the operator fails back.
+   */
+  failoverAutomatically(name: string, cause: string, detail: Record<string, unknown> = {}): void {
+    const attempt = (this.retries.get(name)?.attempt ?? 0) + 1;
+    this.retries.delete(name);
+    this.failover(name, cause, { ...detail, ...(attempt > 1 ? { attempt } : {}) }).catch((err) => {
+      const e = this.entries.get(name);
+      if (e?.state !== "failing-over" || this.closed) return;
+      const delayMs = Math.min(30_000, 1000 * 2 ** (attempt - 1));
+      log.error("automatic failover failed; trying again", {
+        service: name,
+        attempt,
+        inMs: delayMs,
+        error: err,
+      });
+      const timer = setTimeout(() => {
+        if (this.entries.get(name)?.state === "failing-over") this.failoverAutomatically(name, cause, detail);
+        else this.retries.delete(name);
+      }, delayMs);
+      this.retries.set(name, { timer, attempt });
+    });
+  }
+
+  /**
+   * Failovers that a restart interrupted are tried again (with --auto-failover): their old
+   * primary is fenced already, so nothing serves until one completes.
+   */
+  resumeInterrupted(): void {
+    for (const e of this.entries.values()) {
+      if (e.state === "failing-over") {
+        this.failoverAutomatically(e.config.name, "a failover interrupted by a restart");
+      }
+    }
+  }
+
+  /** Stops the pending retries (the process is stopping). */
+  close(): void {
+    this.closed = true;
+    for (const r of this.retries.values()) clearTimeout(r.timer);
+    this.retries.clear();
   }
 
   /** Fences an agent (a recovery rebuilds its volumes; nobody may write them meanwhile). */

@@ -1,13 +1,15 @@
 // A standby server's copy of a volume (the paper's RSP): while standby, the agent
 // applies the records its site's gateway streams to it, in order, and
 // acknowledges them once they are on stable storage. Its position and state are
-// kept in a small file so a restart resumes where the disk is.
+// kept in a slot file (overwritten in place, one sector write and fdatasync per
+// applied batch) so a restart resumes where the disk is.
 import { logger } from "../log.ts";
 import * as native from "../native/mod.ts";
 import type { BatchOp } from "../native/mod.ts";
 import { decodeHeader, Kind, MAX_PAYLOAD, payloadIntact, RecordError, recordOp } from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
 import type { Volume } from "../volume/volume.ts";
+import { SlotFile } from "../io/slot-file.ts";
 import { FrameType, hashesFrame, seqFrame } from "../wire/frames.ts";
 import { setImmediate } from "node:timers";
 
@@ -29,38 +31,46 @@ export class StandbyVolume {
   private constructor(
     readonly name: string,
     readonly volume: Volume,
-    private readonly file: string,
+    private readonly file: SlotFile,
     p: Persisted,
+    /** The position file of older versions, removed once the slot file holds the position. */
+    private legacy: string | undefined,
   ) {
     this.seq = { lastSeq: p.lastSeq, rebase: false };
     this.state = p.state;
   }
 
   static async open(name: string, volume: Volume, dataDir: string): Promise<StandbyVolume> {
-    const file = `${dataDir}/${name}.standby.json`;
-    let p: Persisted = { lastSeq: 0, state: "empty" };
+    const { file, value } = await SlotFile.open(`${dataDir}/${name}.standby.pos`);
+    const legacy = `${dataDir}/${name}.standby.json`;
+    let raw: unknown;
     try {
-      const raw = JSON.parse(await Deno.readTextFile(file));
-      if (Number.isSafeInteger(raw.lastSeq) && ["empty", "consistent", "inconsistent"].includes(raw.state)) {
-        p = raw;
-      }
+      raw = JSON.parse(value ? new TextDecoder().decode(value) : await Deno.readTextFile(legacy));
     } catch {
-      // no file: a copy never replicated into, or whose progress is unknown (reported as is)
+      // no position: a copy never replicated into, or whose progress is unknown (reported as is)
     }
-    return new StandbyVolume(name, volume, file, p);
+    const p = valid(raw) ? raw : { lastSeq: 0, state: "empty" as const };
+    return new StandbyVolume(name, volume, file, p, value ? undefined : legacy);
   }
 
-  /** Writes position and state (after the data they describe is synced). */
+  /** Writes position and state durably (after the data they describe is synced). */
   async persist(): Promise<void> {
-    const tmp = `${this.file}.tmp`;
-    await Deno.writeTextFile(tmp, JSON.stringify({ lastSeq: this.seq.lastSeq, state: this.state }), {
-      mode: 0o600,
-    });
-    const f = await Deno.open(tmp, { write: true });
-    await f.syncData();
-    f.close();
-    await Deno.rename(tmp, this.file);
+    await this.file.save(
+      new TextEncoder().encode(JSON.stringify({ lastSeq: this.seq.lastSeq, state: this.state })),
+    );
+    if (this.legacy) {
+      await Deno.remove(this.legacy).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      });
+      this.legacy = undefined;
+    }
   }
+}
+
+function valid(raw: unknown): raw is Persisted {
+  const p = raw as Persisted | undefined;
+  return typeof p === "object" && p !== null && Number.isSafeInteger(p.lastSeq) &&
+    ["empty", "consistent", "inconsistent"].includes(p.state);
 }
 
 /** Applies a gateway's stream to the standby volumes and answers its hash requests. */

@@ -388,6 +388,8 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       manageRules: configs.length > 0 || (await hasRecordedRules(db)),
     });
     await controller.start();
+    cleanups.push(() => controller.close());
+    if (p["auto-failover"] === true) controller.resumeInterrupted();
     // a failover that ended just before a restart (or whose service is no longer configured) ends now
     for (const r of remotes) {
       for (const agent of r.sender.promotedAgents()) {
@@ -427,9 +429,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
           const why = cause === "host"
             ? `agent ${agent} failed (no heartbeats)`
             : `service of ${agent} failed its checks`;
-          controller.failover(name, why, detail).catch((e) =>
-            log.error("automatic failover failed", { service: name, error: e })
-          );
+          controller.failoverAutomatically(name, why, detail);
         }
       },
     });
