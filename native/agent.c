@@ -1,8 +1,9 @@
 // The agent's persistent, authenticated link to its local gateway. The link thread connects
 // (with backoff), proves the agent's identity, and reads what the gateway sends: its
-// acknowledgements go to the captured volumes, everything else to TypeScript. The sender
-// seals batches of frames (records of every volume, frames TypeScript queued) and writes
-// them; what to resend after a reconnect is each volume's decision (cvol_on_opened).
+// acknowledgements go to the captured volumes, a recovery's chunk writes to the chunk writers
+// (chunks.c), everything else to TypeScript. The sender seals batches of frames (records of
+// every volume, frames TypeScript queued) and writes them; what to resend after a reconnect is
+// each volume's decision (cvol_on_opened).
 #include "capture.h"
 
 #include <linux/sockios.h>
@@ -17,6 +18,7 @@
 /** The largest sealed batch: a frame of chunk hashes of a large volume fits alone. */
 #define LINK_MAX_PLAIN (MAX_HASHES_FRAME + FRAME_HEADER + 64)
 #define HOUSEKEEPING_MS 250
+#define F_CHUNK_OP 30
 
 static void link_log(cn_agent *a, int level, const char *msg, const char *k, const char *v) {
   if (!plane_logs(a->plane, level)) return;
@@ -180,13 +182,17 @@ static int handshake(cn_agent *a, int fd, char *why, size_t cap) {
 
 static uint32_t frame_limit(uint8_t type) {
   // records and chunk operations carry payloads; hashes of a large volume are large too
-  if (type == F_RECORD || type == 27 || type == 30 || type == 31) return MAX_FRAME;
+  if (type == F_RECORD || type == 27 || type == F_CHUNK_OP || type == 31) return MAX_FRAME;
   if (type == 23) return MAX_HASHES_FRAME;
   return MAX_CONTROL_FRAME;
 }
 
-/** Handles one frame from the gateway; 0, or -1 with why set (the connection is dropped). */
-static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len, char *why, size_t cap) {
+/**
+ * Handles one frame from the gateway; 0, or -1 with why set (the connection is dropped). A chunk
+ * write unsealed into a writer's buffer comes as its head (body, len) and the buffer s.
+ */
+static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len, cw_slot *s, uint64_t slen,
+                    uint64_t epoch, char *why, size_t cap) {
   switch (type) {
   case F_ACCEPTED:
   case F_DURABLE: {
@@ -229,9 +235,21 @@ static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len
     vol_release(a);
     return 0;
   }
-  case 30: // ChunkOp: a recovery's writes may be served here
-    if (agent_chunk_write(a, body, len)) return 0;
-    break;
+  case F_CHUNK_OP: { // a recovery's writes are served in the data plane (chunks.c)
+    const uint8_t *data = s ? chunk_slot_data(s) : NULL;
+    uint64_t dlen = slen;
+    if (!s) {
+      if (len < 4 || get32(body) > len - 4) break; // malformed: TypeScript says so
+      uint32_t jl = get32(body);
+      data = body + 4 + jl;
+      dlen = len - 4 - jl;
+      len = 4 + jl;
+    }
+    if (agent_chunk_write(a, body, len, data, dlen, s, epoch)) return 0;
+    plane_post(a->plane, CN_EV_FRAME, 0, type, body, len, data, dlen, true);
+    if (s) chunk_slot_drop(a, s);
+    return 0;
+  }
   case F_ERROR: {
     char msg[400] = "error";
     json_get_str((const char *)body, len, "message", msg, sizeof msg);
@@ -245,10 +263,83 @@ static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len
   return 0;
 }
 
-/** Reads sealed batches until the connection ends; the reason goes to why. */
-static void read_loop(cn_agent *a, int fd, char *why, size_t cap) {
+/** A frame of a batch whose chunk was unsealed into a writer's buffer. */
+typedef struct {
+  size_t at;         // the frame's place in the batch
+  uint32_t head_len; // its head: u32 JSON length, JSON (the payload is in the buffer)
+  cw_slot *slot;
+} claim_t;
+
+static void drop_claims(cn_agent *a, claim_t *claims, int from, int n) {
+  for (int i = from; i < n; i++) chunk_slot_drop(a, claims[i].slot);
+}
+
+/**
+ * Unseals a batch frame by frame: the payload of a recovery chunk write straight into a free
+ * buffer of the chunk writers (no copy of it, and none in place), everything else in place.
+ * Returns how many frames were so claimed (claims, in batch order), or -1 with why set (the
+ * batch is unusable, nothing claimed).
+ */
+static int unseal_batch(cn_agent *a, const uint8_t lp[4], uint8_t *buf, uint32_t n, claim_t *claims, char *why,
+                        size_t cap) {
+  sealer_t *rx = a->rx;
+  int nc = 0, r = unseal_begin(rx, lp);
+  // once a chunk write could not take a buffer, the batch's later ones are not given any: that
+  // one waits for a buffer when its turn comes, which only the writes before it may hold
+  bool claiming = true;
+  char bad[160] = "";
+  size_t at = 0;
+  while (r == 0 && at < n) {
+    if (n - at < FRAME_HEADER) {
+      snprintf(bad, sizeof bad, "batch ends inside a frame header");
+      break;
+    }
+    if ((r = unseal_update(rx, buf + at, buf + at, FRAME_HEADER)) < 0) break;
+    uint32_t fl = get32(buf + at);
+    uint8_t type = buf[at + 4];
+    if (fl < 1 || fl > frame_limit(type) || fl - 1 > n - at - FRAME_HEADER) {
+      snprintf(bad, sizeof bad, "malformed frame from the gateway (type %u, %u bytes)", type, fl);
+      break;
+    }
+    uint8_t *body = buf + at + FRAME_HEADER;
+    uint32_t len = fl - 1, done = 0;
+    if (type == F_CHUNK_OP && len >= 4 && (r = unseal_update(rx, body, body, 4)) == 0) {
+      uint32_t jl = get32(body);
+      done = 4;
+      if (jl <= len - 4 && jl <= MAX_CONTROL_FRAME && (r = unseal_update(rx, body + 4, body + 4, jl)) == 0) {
+        done += jl;
+        if (chunk_write_wanted(body, done, len - done)) {
+          cw_slot *s = claiming ? chunk_slot_take(a, nc == 0) : NULL;
+          if (s && (r = unseal_update(rx, chunk_slot_data(s), body + done, len - done)) == 0) {
+            claims[nc++] = (claim_t){at, done, s};
+            done = len;
+          } else {
+            if (s) chunk_slot_drop(a, s);
+            claiming = false;
+          }
+        }
+      }
+    }
+    if (r == 0) r = unseal_update(rx, body + done, body + done, len - done);
+    at += FRAME_HEADER + len;
+  }
+  // a malformed batch is reported as such only when it is authentic
+  if (r == 0 && at < n) r = unseal_update(rx, buf + at, buf + at, n - at);
+  if (r == 0) r = unseal_end(rx, buf + n);
+  if (r < 0 || bad[0]) {
+    if (r < 0) snprintf(why, cap, "a batch from the gateway failed authentication (altered, replayed or reordered)");
+    else snprintf(why, cap, "%s", bad);
+    drop_claims(a, claims, 0, nc);
+    return -1;
+  }
+  return nc;
+}
+
+/** Reads sealed batches until the connection ends (epoch: its number); the reason goes to why. */
+static void read_loop(cn_agent *a, int fd, uint64_t epoch, char *why, size_t cap) {
   uint8_t *buf = NULL;
   size_t bcap = 0;
+  claim_t claims[CHUNK_WRITE_SLOTS];
   for (;;) {
     uint8_t lp[4];
     int r = read_full(fd, lp, 4);
@@ -276,29 +367,27 @@ static void read_loop(cn_agent *a, int fd, char *why, size_t cap) {
       snprintf(why, cap, "gateway closed the connection inside a batch");
       break;
     }
-    if (unseal(a->rx, lp, buf, n) < 0) {
-      snprintf(why, cap, "a batch from the gateway failed authentication (altered, replayed or reordered)");
-      break;
-    }
+    int nc = unseal_batch(a, lp, buf, n, claims, why, cap);
+    if (nc < 0) break;
+    // the batch is authentic: its frames, in order (the frame structure was checked unsealing it)
     size_t at = 0;
+    int c = 0;
     bool bad = false;
     while (at < n && !bad) {
-      if (n - at < FRAME_HEADER) {
-        snprintf(why, cap, "batch ends inside a frame header");
-        bad = true;
-        break;
-      }
       uint32_t fl = get32(buf + at);
-      uint8_t type = buf[at + 4];
-      if (fl < 1 || fl > frame_limit(type) || fl - 1 > n - at - FRAME_HEADER) {
-        snprintf(why, cap, "malformed frame from the gateway (type %u, %u bytes)", type, fl);
-        bad = true;
-        break;
+      const uint8_t *body = buf + at + FRAME_HEADER;
+      if (c < nc && claims[c].at == at) {
+        claim_t *k = &claims[c++];
+        bad = on_frame(a, buf[at + 4], body, k->head_len, k->slot, fl - 1 - k->head_len, epoch, why, cap) < 0;
+      } else {
+        bad = on_frame(a, buf[at + 4], body, fl - 1, NULL, 0, epoch, why, cap) < 0;
       }
-      if (on_frame(a, type, buf + at + FRAME_HEADER, fl - 1, why, cap) < 0) bad = true;
       at += FRAME_HEADER + fl - 1;
     }
-    if (bad) break;
+    if (bad) {
+      drop_claims(a, claims, c, nc);
+      break;
+    }
   }
   free(buf);
 }
@@ -368,8 +457,9 @@ static void *link_main(void *arg) {
         plane_log(a->plane, LOG_INFO, "link", "connected to gateway", json_end(&j));
       }
       plane_post(a->plane, CN_EV_LINK, 0, 1, a->gateway_text, strlen(a->gateway_text), NULL, 0, true);
+      uint64_t epoch = a->conn_epoch; // this thread alone changes it
       agent_wake_sender(a);
-      read_loop(a, fd, why, sizeof why);
+      read_loop(a, fd, epoch, why, sizeof why);
       pthread_mutex_lock(&a->mu);
       a->connected = false;
       shutdown(fd, SHUT_RDWR);
@@ -623,9 +713,11 @@ EXPORT cn_agent *cn_agent_new(cn_plane *p, const char *id, const uint8_t *secret
   a->vols_cap = 16;
   a->vols = calloc(a->vols_cap, sizeof(cvol *));
   a->sbuf = malloc(4 + LINK_MAX_PLAIN + SEAL_TAG);
-  if (!a->vols || !a->sbuf) {
+  a->cw = chunk_writers_new();
+  if (!a->vols || !a->sbuf || !a->cw) {
     free(a->vols);
     free(a->sbuf);
+    chunk_writers_free(a);
     free(a);
     return NULL;
   }
@@ -733,20 +825,29 @@ EXPORT int32_t cn_agent_remove_volume(cn_agent *a, uint32_t link_id, int32_t wai
 }
 
 EXPORT void cn_agent_fence(cn_agent *a, const char *reason) {
+  bool lift = !reason || !reason[0];
+  // no recovery write lands once clients may write: those queued are refused, those in progress end
+  if (lift) chunk_writes_hold(a);
   pthread_mutex_lock(&a->fence_mu);
-  a->fenced = reason && reason[0];
-  snprintf(a->fence, sizeof a->fence, "%s", a->fenced ? reason : "");
+  a->fenced = !lift;
+  snprintf(a->fence, sizeof a->fence, "%s", lift ? "" : reason);
   pthread_mutex_unlock(&a->fence_mu);
+  if (lift) chunk_writes_resume(a);
 }
 
 EXPORT int32_t cn_agent_send(cn_agent *a, const uint8_t *frame, uint64_t len) {
   if (len < FRAME_HEADER || get32(frame) != len - 4 || len > LINK_MAX_PLAIN) return -EINVAL;
+  return agent_send_on(a, frame, len, 0);
+}
+
+int agent_send_on(cn_agent *a, const uint8_t *frame, uint64_t len, uint64_t epoch) {
   struct outframe *f = malloc(sizeof *f + len);
   if (!f) return -ENOMEM;
   f->len = len;
   memcpy(f->bytes, frame, len);
   pthread_mutex_lock(&a->mu);
-  if (!a->connected) {
+  // an answer to a request of a connection gone must not reach the next one (its ids mean other chunks)
+  if (!a->connected || (epoch && a->conn_epoch != epoch)) {
     pthread_mutex_unlock(&a->mu);
     free(f);
     return -ENOTCONN;
@@ -813,8 +914,9 @@ EXPORT void cn_agent_close(cn_agent *a) {
   pthread_cond_broadcast(&a->house_cv);
   bool started = a->started;
   pthread_mutex_unlock(&a->mu);
+  if (started) pthread_join(a->link_thr, NULL);
+  chunk_writers_free(a); // their answers go nowhere now
   if (started) {
-    pthread_join(a->link_thr, NULL);
     agent_wake_sender(a);
     pthread_join(a->sender_thr, NULL);
     pthread_join(a->house_thr, NULL);

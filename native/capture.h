@@ -111,7 +111,8 @@ struct cn_agent {
   pthread_mutex_t fence_mu; // a leaf lock: taken under a volume's
   char fence[512];
   bool fenced;
-  bool chunk_writes; // under fence_mu: the link thread serves recovery writes (chunks.c)
+  bool chunk_writes; // under fence_mu: recovery writes are served in the data plane (chunks.c)
+  struct chunk_writers *cw; // chunks.c: the threads and buffers that write them
   pthread_mutex_t wake_mu; // a leaf lock: the sender's wake-ups
   bool send_pending;
   // link
@@ -138,11 +139,42 @@ struct outframe {
   uint8_t bytes[];
 };
 
-/** chunks.c, for the link thread: 1 when it served a ChunkOp frame itself, 0 to leave it to TypeScript. */
-int agent_chunk_write(cn_agent *a, const uint8_t *body, uint32_t len);
+// chunks.c, for agent.c: recovery chunk writes, written by the chunk writers off the link thread.
 
-// capture.c, for agent.c. Lock order: the agent's mu, then a volume's mu, then the leaf locks
-// (fence_mu, wake_mu, a dirty map's, an NBD connection's).
+/** A chunk writer's buffer (CHUNK_WRITE_SLOTS of them): a chunk unsealed into it waits there for a writer. */
+typedef struct cw_slot cw_slot;
+#define CHUNK_WRITE_SLOTS 4
+struct chunk_writers *chunk_writers_new(void);
+/** Once the link thread ended: queued writes are dropped, those in progress end, the writers stop. */
+void chunk_writers_free(cn_agent *a);
+/**
+ * Before the fence lifts (or chunk writes are switched off): queued writes are refused (answered),
+ * those in progress end, and none is taken until chunk_writes_resume.
+ */
+void chunk_writes_hold(cn_agent *a);
+void chunk_writes_resume(cn_agent *a);
+/** Whether a ChunkOp of this head (u32 JSON length, JSON) and payload length is a write worth unsealing into a writer's buffer. */
+bool chunk_write_wanted(const uint8_t *head, uint32_t head_len, uint64_t data_len);
+/**
+ * A free buffer for a chunk write (the writers start with the first): waits for one when `wait`
+ * (backpressure). NULL when the agent takes no chunk write now (not fenced), none is free and
+ * !wait, or the writers cannot start. Given back by agent_chunk_write or chunk_slot_drop.
+ */
+cw_slot *chunk_slot_take(cn_agent *a, bool wait);
+uint8_t *chunk_slot_data(cw_slot *s);
+void chunk_slot_drop(cn_agent *a, cw_slot *s);
+/**
+ * A ChunkOp frame from the gateway (head: u32 JSON length and the JSON; data: its payload, in
+ * slot s when one was taken for it): 1 when it is queued for the writers (who answer it on the
+ * connection `epoch`; s is theirs), 0 to leave it to TypeScript (s stays the caller's).
+ */
+int agent_chunk_write(cn_agent *a, const uint8_t *head, uint32_t head_len, const uint8_t *data, uint64_t len,
+                      cw_slot *s, uint64_t epoch);
+/** agent.c: queues a frame on the link's connection `epoch` (0: the one up); -ENOTCONN when it is gone. */
+int agent_send_on(cn_agent *a, const uint8_t *frame, uint64_t len, uint64_t epoch);
+
+// capture.c, for agent.c. Lock order: the chunk writers', the agent's mu, then a volume's mu, then
+// the leaf locks (fence_mu, wake_mu, a dirty map's, an NBD connection's).
 int cvol_new(cn_agent *a, uint32_t link_id, const char *name, int fd, uint64_t size, const char *dirty_path,
              uint64_t chunk, int dirty_mode, cvol **out, char *err, size_t errcap);
 void cvol_free(cvol *v);

@@ -13,8 +13,11 @@
 //                   writer (replies to writes as they complete, many per system call).
 //   agent           per captured volume a local writer (operations in sequence order, fdatasync
 //                   for FLUSH/FUA) and a dirty-map persister; one link thread (connect,
-//                   authenticate, read acknowledgements) and one link sender (seals batches of
-//                   record frames); one housekeeping thread (timeouts, dirty-map sweeps).
+//                   authenticate, read acknowledgements; unseal a recovery's chunk writes into the
+//                   chunk writers' buffers) and one link sender (seals batches of record frames);
+//                   one housekeeping thread (timeouts, dirty-map sweeps); from the first recovery
+//                   chunk write on, two chunk writers (write a chunk from their 4 buffers of 16 MiB,
+//                   answer the gateway).
 //   gateway         one accept thread per listener; per agent session a reader (verify, append
 //                   to the journal, acknowledge accepted; answers to copied chunks) and a sender
 //                   (durable acknowledgements, frames TypeScript sends, copied chunks).
@@ -143,7 +146,11 @@ int64_t cn_agent_volume_dirty(cn_agent *a, uint32_t link_id, uint8_t *out, uint6
  * agree, clears the dirty map.
  */
 int32_t cn_agent_remove_volume(cn_agent *a, uint32_t link_id, int32_t wait_ms);
-/** Makes every captured volume read-only (EPERM to writers) with a reason; NULL or "" lifts it. */
+/**
+ * Makes every captured volume read-only (EPERM to writers) with a reason; NULL or "" lifts it.
+ * Lifting it refuses the recovery chunk writes still queued and waits for the ones being
+ * written (at most two chunks into the page cache; none unless a recovery is running).
+ */
 void cn_agent_fence(cn_agent *a, const char *reason);
 /** Queues a whole frame (5-byte header and body) on the link; -ENOTCONN when it is down. */
 int32_t cn_agent_send(cn_agent *a, const uint8_t *frame, uint64_t len);
@@ -340,9 +347,14 @@ int32_t cn_record_check(const uint8_t *b, uint64_t len, uint32_t max_length, uin
 // ---- agent: recovery chunk writes in the data plane (chunks.c) ----
 
 /**
- * While on, the agent's link thread serves the gateway's ChunkOp "write" frames for its captured
- * volumes itself whenever the agent is fenced: positional write, then the ChunkReply. Other chunk
- * operations, and writes it would not accept, reach TypeScript as frame events as before.
+ * While on, the agent serves the gateway's ChunkOp "write" frames for its captured volumes itself
+ * whenever it is fenced: the link thread unseals the chunk straight into a free buffer of the
+ * chunk writers (waiting for one when all 4 are taken), and a writer writes it and sends the
+ * ChunkReply. Writes of the same bytes land in the order they came; replies to writes of
+ * distinct chunks may come out of order. A reply is sent on the connection that asked only. Other
+ * chunk operations, and writes it would not accept (not fenced, unknown volume, wrong length),
+ * reach TypeScript as frame events as before. Switching it off acts as lifting the fence does on
+ * the writes queued and in progress.
  */
 void cn_agent_serve_chunk_writes(cn_agent *a, int32_t on);
 

@@ -229,6 +229,14 @@ int seal_update(sealer_t *s, uint8_t *out, const uint8_t *in, size_t len);
 int seal_end(sealer_t *s, uint8_t *tag);
 /** Verifies and decrypts a batch in place (buf holds plain_len bytes then the tag). */
 int unseal(sealer_t *s, const uint8_t len_prefix[4], uint8_t *buf, uint32_t plain_len);
+/**
+ * The same in pieces, each decrypted wherever the caller wants it (a chunk into a writer's buffer):
+ * begin, update for every byte of the batch in order, then end, which checks the tag (-EBADMSG).
+ * Nothing decrypted may be acted on before end said the batch is authentic.
+ */
+int unseal_begin(sealer_t *s, const uint8_t len_prefix[4]);
+int unseal_update(sealer_t *s, uint8_t *out, const uint8_t *in, size_t len);
+int unseal_end(sealer_t *s, const uint8_t *tag);
 
 /** HMAC-SHA256 over the concatenation of parts. */
 void hmac256(const uint8_t *key, size_t key_len, const void *const *parts, const size_t *lens, int n,

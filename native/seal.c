@@ -78,25 +78,40 @@ int seal_end(sealer_t *s, uint8_t *tag) {
   return 0;
 }
 
-int unseal(sealer_t *s, const uint8_t len_prefix[4], uint8_t *buf, uint32_t plain_len) {
+int unseal_begin(sealer_t *s, const uint8_t len_prefix[4]) {
   uint8_t iv[12];
   nonce_of(s->counter++, iv);
   int n;
   if (EVP_DecryptInit_ex(s->ctx, NULL, NULL, s->key, iv) != 1) return -EIO;
   if (EVP_DecryptUpdate(s->ctx, NULL, &n, len_prefix, 4) != 1) return -EIO;
-  uint8_t *p = buf;
-  size_t left = plain_len;
-  while (left > 0) {
-    int chunk = (int)MIN(left, (size_t)1 << 30);
-    if (EVP_DecryptUpdate(s->ctx, p, &n, p, chunk) != 1 || n != chunk) return -EIO;
-    p += chunk;
-    left -= (size_t)chunk;
+  return 0;
+}
+
+int unseal_update(sealer_t *s, uint8_t *out, const uint8_t *in, size_t len) {
+  while (len > 0) {
+    int chunk = (int)MIN(len, (size_t)1 << 30), n;
+    if (EVP_DecryptUpdate(s->ctx, out, &n, in, chunk) != 1 || n != chunk) return -EIO;
+    out += chunk;
+    in += chunk;
+    len -= (size_t)chunk;
   }
-  if (EVP_CIPHER_CTX_ctrl(s->ctx, EVP_CTRL_GCM_SET_TAG, SEAL_TAG, buf + plain_len) != 1) return -EIO;
+  return 0;
+}
+
+int unseal_end(sealer_t *s, const uint8_t *tag) {
+  if (EVP_CIPHER_CTX_ctrl(s->ctx, EVP_CTRL_GCM_SET_TAG, SEAL_TAG, (void *)tag) != 1) return -EIO;
   uint8_t scratch[16];
+  int n;
   // a wrong tag: the batch was altered, replayed or reordered
   if (EVP_DecryptFinal_ex(s->ctx, scratch, &n) != 1) return -EBADMSG;
   return 0;
+}
+
+int unseal(sealer_t *s, const uint8_t len_prefix[4], uint8_t *buf, uint32_t plain_len) {
+  int r = unseal_begin(s, len_prefix);
+  if (r == 0) r = unseal_update(s, buf, buf, plain_len);
+  if (r == 0) r = unseal_end(s, buf + plain_len);
+  return r;
 }
 
 void hmac256(const uint8_t *key, size_t key_len, const void *const *parts, const size_t *lens, int n,

@@ -64,6 +64,33 @@ export function sealBatch(key: Uint8Array, counter: bigint, plain: Uint8Array): 
   return out;
 }
 
+/** Opens batch number `counter` sealed under `key` (lp: its length prefix; sealed: the rest, tag last); throws if not authentic. */
+export function unsealBatch(
+  key: Uint8Array,
+  counter: bigint,
+  lp: Uint8Array,
+  sealed: Uint8Array,
+): Uint8Array {
+  const n = sealed.length - 16;
+  const d = createDecipheriv("aes-256-gcm", key, nonceOf(counter));
+  d.setAAD(lp);
+  d.setAuthTag(sealed.subarray(n));
+  const plain = new Uint8Array(d.update(sealed.subarray(0, n)));
+  d.final();
+  return plain;
+}
+
+/** The frames laid end to end in an unsealed batch. */
+export function batchFrames(plain: Uint8Array): Frame[] {
+  const out: Frame[] = [];
+  for (let at = 0; at < plain.length;) {
+    const len = new DataView(plain.buffer, plain.byteOffset + at, 4).getUint32(0);
+    out.push({ type: plain[at + 4], body: plain.slice(at + 5, at + 4 + len) });
+    at += 4 + len;
+  }
+  return out;
+}
+
 export class LinkClient {
   private txCounter = 0n;
   private rxCounter = 0n;
@@ -134,16 +161,7 @@ export class LinkClient {
       const n = new DataView(lp.buffer).getUint32(0);
       const sealed = await this.reader.readExact(n + 16);
       if (!sealed) return undefined;
-      const d = createDecipheriv("aes-256-gcm", this.rxKey, nonceOf(this.rxCounter++));
-      d.setAAD(lp);
-      d.setAuthTag(sealed.subarray(n));
-      const plain = new Uint8Array(d.update(sealed.subarray(0, n)));
-      d.final();
-      for (let at = 0; at < plain.length;) {
-        const len = new DataView(plain.buffer, at, 4).getUint32(0);
-        this.pending.push({ type: plain[at + 4], body: plain.slice(at + 5, at + 4 + len) });
-        at += 4 + len;
-      }
+      this.pending.push(...batchFrames(unsealBatch(this.rxKey, this.rxCounter++, lp, sealed)));
     }
     return this.pending.shift();
   }
