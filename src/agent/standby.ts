@@ -303,25 +303,30 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       },
     );
   };
-  const orders = receiver(standbyOrders, {
-    assign: (m) => serial(() => assignCopies(m)),
-    unassign: (m) => serial(() => unassignCopy(m)),
-    "drill-up": (m) => drills.order(m),
-    "drill-down": (m) => drills.order(m),
-    // the gateway stopped feeding this standby and rolls its copies back to a point (or is done)
-    rollback: (m) => {
-      if (m.on && primary) {
-        return void agent.sendControl(
-          { type: "rollback-set", id: m.id, ok: false, error: "promoted already" } satisfies StandbyReport,
-        );
-      }
-      rollingBack = m.on;
-      log.warn(m.on ? "rollback: the gateway rewrites the standby copies" : "rollback ended");
-      agent.sendControl({ type: "rollback-set", id: m.id, ok: true } satisfies StandbyReport);
+  const orders = receiver(
+    standbyOrders,
+    {
+      assign: (m) => serial(() => assignCopies(m)),
+      unassign: (m) => serial(() => unassignCopy(m)),
+      "drill-up": (m) => drills.order(m),
+      "drill-down": (m) => drills.order(m),
+      // the gateway stopped feeding this standby and rolls its copies back to a point (or is done)
+      rollback: (m) => {
+        if (m.on && primary) {
+          return void agent.sendControl(
+            { type: "rollback-set", id: m.id, ok: false, error: "promoted already" } satisfies StandbyReport,
+          );
+        }
+        rollingBack = m.on;
+        log.warn(m.on ? "rollback: the gateway rewrites the standby copies" : "rollback ended");
+        agent.sendControl({ type: "rollback-set", id: m.id, ok: true } satisfies StandbyReport);
+      },
+      promote: (m) => answered("promote", m.id, () => promote(m.equal)),
+      demote: (m) => answered("demote", m.id, demote),
     },
-    promote: (m) => answered("promote", m.id, () => promote(m.equal)),
-    demote: (m) => answered("demote", m.id, demote),
-  }, log);
+    log,
+    (_, id, error) => agent.sendControl({ type: "refused", id, error }),
+  );
 
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   copies.forEach(announce);

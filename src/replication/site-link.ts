@@ -22,6 +22,7 @@ import {
   decodeTime,
   FrameError,
   FrameType,
+  hashesFrame as hashesFrameFor,
   jsonFrame,
   mixedFrame,
   readFrame,
@@ -30,6 +31,19 @@ import {
 import type { PeerReport, Sender, Session } from "./sender.ts";
 import type { AckPoint, Receiver, SiteVolume } from "./receiver.ts";
 import { MAX_PAYLOAD, RecordError } from "../record/record.ts";
+import { PendingRequests } from "../wire/requests.ts";
+import {
+  type Answerers,
+  answering,
+  receiver as controlReceiver,
+  type SiteAnswer,
+  type SiteAnswerBodies,
+  siteAnswers,
+  type SiteAnswerTo,
+  type SiteRequest,
+  siteRequests,
+  type Unsent,
+} from "../wire/control.ts";
 import { inflateRecord } from "../record/deflate.ts";
 
 const log = logger("site-link");
@@ -66,7 +80,33 @@ export class SiteClient {
   /** A new session must announce a change once the requests in flight are answered. */
   private announce = false;
   private writer: ConnWriter | undefined;
-  private requests = new PendingRequests<Record<string, unknown>>();
+  private requests = new PendingRequests<SiteAnswer>();
+  /** The site's answers, by the id of the request they answer; a malformed one fails its request. */
+  private readonly answers = (() => {
+    const byId = (m: Exclude<SiteAnswer, { type: "refused" }>) => void this.requests.answer(m.id, m);
+    return controlReceiver(
+      siteAnswers,
+      {
+        promote: byId,
+        demote: byId,
+        "drill-up": byId,
+        "drill-down": byId,
+        "test-start": byId,
+        "test-renew": byId,
+        "test-stop": byId,
+        retention: byId,
+        point: byId,
+        points: byId,
+        copies: byId,
+        standbys: byId,
+        inventory: byId,
+        refused: (m, site) =>
+          void this.requests.fail(m.id, new Error(`site ${site} refused the request: ${m.error}`)),
+      },
+      log,
+      (site, id, error) => this.requests.fail(id, new Error(`site ${site}: ${error}`)),
+    );
+  })();
   /** Chunk operations on the site's copies (recovery). */
   readonly chunks = new ChunkLink((head, payload) => {
     if (!this.writer || !this.connected) return false;
@@ -211,11 +251,9 @@ export class SiteClient {
             this.chunks.answer(m.header, m.payload);
             break;
           }
-          case FrameType.Control: {
-            const m = decodeJson<Record<string, unknown>>(f.body);
-            this.requests.answer(Number(m.id), m);
+          case FrameType.Control:
+            this.answers(this.o.site, decodeJson(f.body));
             break;
-          }
           case FrameType.Error:
             throw new Error(
               `remote site reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
@@ -238,13 +276,13 @@ export class SiteClient {
     }
   }
 
-  /** Sends a control request to the site and waits for its answer. */
-  request(msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
+  /** Sends a control request to the site and waits for its answer; rejects when the site refused it. */
+  request<M extends Unsent<SiteRequest>>(msg: M, timeoutMs: number): Promise<SiteAnswerTo<M["type"]>> {
     const w = this.writer;
     if (!w || !this.connected) return Promise.reject(new Error(`site ${this.o.site} is not connected`));
     const answer = this.requests.request(
       (id) => {
-        w.send(jsonFrame(FrameType.Control, { ...msg, id }));
+        w.send(jsonFrame(FrameType.Control, { ...msg, id } satisfies SiteRequest));
         return true;
       },
       timeoutMs,
@@ -252,7 +290,13 @@ export class SiteClient {
     );
     const settled = () => this.restartToAnnounce();
     answer.then(settled, settled);
-    return answer;
+    // a request is answered by its id with its own type
+    return answer.then((a) => {
+      if (a.type !== msg.type) {
+        throw new Error(`site ${this.o.site} answered a ${msg.type} request with a ${a.type} answer`);
+      }
+      return a as SiteAnswerTo<M["type"]>;
+    });
   }
 
   close(): void {
@@ -273,8 +317,8 @@ export interface SiteServerOptions {
   newReceiver: (send: (frame: Uint8Array) => void) => Receiver;
   /** Chunk hashes of a replica (the journal volume), taken once everything received is applied. */
   hashes: (v: VolumeInfo, chunkSize: number) => Promise<Uint8Array>;
-  /** Control requests from a local site (promotion); the answer is sent back with the request's id. */
-  onControl?: (site: string, msg: Record<string, unknown>) => Promise<Record<string, unknown>>;
+  /** The control requests of a local site (promotion, tests, …); each answer goes back by the request's id. */
+  requests: Answerers<SiteRequest, SiteAnswerBodies>;
   /** Chunk operations on this site's copies (a recovery at the local site reads them); resolves with the reply frame. */
   onChunkOp?: (req: ChunkRequest, payload: Uint8Array) => Promise<Uint8Array>;
   onRejected?: (remote: string, reason: string) => void;
@@ -316,6 +360,18 @@ export class SiteServer {
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn);
     const receiver = this.o.newReceiver((b) => writer.send(b));
+    const answer = (m: SiteAnswer) => writer.send(jsonFrame(FrameType.Control, m));
+    const requests = controlReceiver(
+      siteRequests,
+      answering(this.o.requests, (m, a) =>
+        answer(
+          a instanceof Error
+            ? { type: m.type, id: m.id, ok: false, error: a.message }
+            : { ...a, type: m.type, id: m.id } as SiteAnswer,
+        )),
+      log,
+      (_, id, error) => answer({ type: "refused", id, error }),
+    );
     const old = this.sessions.get(c.peer);
     if (old) old.conn.close();
     this.sessions.set(c.peer, { conn, receiver });
@@ -380,17 +436,10 @@ export class SiteServer {
             );
             break;
           }
-          case FrameType.Control: {
-            const m = decodeJson<Record<string, unknown>>(f.body);
-            const answer = this.o.onControl
-              ? this.o.onControl(c.peer, m)
-              : Promise.resolve({ ok: false, error: "unsupported" });
+          case FrameType.Control:
             // answered when ready: the record stream goes on meanwhile
-            answer.catch((e) => ({ ok: false, error: (e as Error).message })).then((r) =>
-              writer.send(jsonFrame(FrameType.Control, { ...r, id: m.id }))
-            );
+            requests(c.peer, decodeJson(f.body));
             break;
-          }
           default:
             throw new FrameError(`unexpected frame ${f.type} from site ${c.peer}`);
         }
@@ -417,9 +466,6 @@ export class SiteServer {
     for (const s of this.sessions.values()) s.conn.close();
   }
 }
-
-import { hashesFrame as hashesFrameFor } from "../wire/frames.ts";
-import { PendingRequests } from "../wire/requests.ts";
 
 /** A volume's retention as a hello announces it; anything malformed is ignored (the site's flags hold). */
 export function retentionOf(r: unknown): { windowMs: number; maxBytes?: number } | undefined {

@@ -33,11 +33,17 @@ import { PointImages } from "../retention/point-images.ts";
 import type { VolumeLog } from "../retention/volume-log.ts";
 import type { Point } from "../retention/points.ts";
 import { siteDrill } from "../drills/site.ts";
-import { type Assignment, parseAssignment } from "../capture/assignments.ts";
+import type { Assignment } from "../capture/assignments.ts";
 import { reconcile } from "../tasks/control-plane.ts";
 import { imageDevices, ringDevice, StandbyDevices } from "../tasks/site-inventory.ts";
 import { PendingRequests } from "../wire/requests.ts";
-import { receiver, type StandbyOrder, standbyReports } from "../wire/control.ts";
+import {
+  receiver,
+  type SiteAnswerBody,
+  type StandbyOrder,
+  standbyReports,
+  type Unsent,
+} from "../wire/control.ts";
 
 const log = logger("remote-gateway");
 
@@ -369,28 +375,35 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       onControl: (agent, msg) => fromStandby(agent, msg),
     });
     const answer = (m: { id: number } & StandbyAnswer) => void answers.answer(m.id, m);
-    const fromStandby = receiver(standbyReports, {
-      devices: (m, agent) => standbyDevices.report(agent, m.devices),
-      // a standby agent connected and says what it remembers: reconcile it
-      assignments: (m, agent) => {
-        remembered.set(agent, new Set(m.names));
-        reconcileStandby(agent);
+    const fromStandby = receiver(
+      standbyReports,
+      {
+        devices: (m, agent) => standbyDevices.report(agent, m.devices),
+        // a standby agent connected and says what it remembers: reconcile it
+        assignments: (m, agent) => {
+          remembered.set(agent, new Set(m.names));
+          reconcileStandby(agent);
+        },
+        assigned: answer,
+        unassigned: answer,
+        promoted: answer,
+        demoted: answer,
+        "rollback-set": answer,
+        "drill-ready": answer,
+        "drill-stopped": answer,
+        refused: (m, agent) =>
+          void answers.fail(m.id, new Error(`standby agent ${agent} refused the order: ${m.error}`)),
       },
-      assigned: answer,
-      unassigned: answer,
-      promoted: answer,
-      demoted: answer,
-      "rollback-set": answer,
-      "drill-ready": answer,
-      "drill-stopped": answer,
-    }, log);
+      log,
+      (agent, id, error) => void answers.fail(id, new Error(`standby agent ${agent}: ${error}`)),
+    );
 
     /**
      * Promotes the standby of an agent: this site stops taking the old primary's
      * records for it, the standby feeder's claim on the journal ends, and the
      * standby agent runs its promotion (its service must answer its check).
      */
-    const promote = async (agent: string, point?: unknown): Promise<Record<string, unknown>> => {
+    const promote = async (agent: string, point?: number | string): Promise<SiteAnswerBody<"promote">> => {
       if (!agents.connectedAgents().includes(agent)) {
         return { ok: false, error: `standby agent ${agent} is not connected to site ${site}` };
       }
@@ -414,13 +427,13 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       // promoted volume needs no resynchronisation into this site's journal
       let equal = await standbyLevel(agent, 30_000);
       await closeFeeder(agent);
-      const rolledBack: Record<string, unknown>[] = [];
+      const rolledBack: { volume: string; seq: number; bytesMoved: number; verified: unknown }[] = [];
       if (rollTo.length) {
         // the standby takes chunk writes while it is rolled back; the replica is then ahead of it,
         // so the promoted volume brings this site's copies level (by its dirty map, all set)
         equal = false;
         const link = agents.chunks(agent);
-        const open = await ask(agent, "rollback", { on: true });
+        const open = await ask(agent, { type: "rollback", on: true });
         if (!link || open.ok !== true) {
           return {
             ok: false,
@@ -447,12 +460,12 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
             );
           }
         } catch (e) {
-          await ask(agent, "rollback", { on: false });
+          await ask(agent, { type: "rollback", on: false });
           return { ok: false, error: `the rollback of standby ${agent} failed: ${(e as Error).message}` };
         }
       }
       if (equal) { for (const v of journal.volumes()) if (v.agent === agent) v.known = true; }
-      const r = await ask(agent, "promote", { equal });
+      const r = await ask(agent, { type: "promote", equal });
       log.warn(r.ok ? "standby promoted" : "promotion failed", { agent, error: r.error });
       return { ok: r.ok === true, error: r.error, ...(rolledBack.length ? { rolledBack } : {}) };
     };
@@ -477,20 +490,16 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
 
     /** Sends an order to a standby agent and waits (bounded) for its answer. */
-    const ask = async (
-      agent: string,
-      type: StandbyOrder["type"],
-      extra: Record<string, unknown> = {},
-      timeoutMs = 60_000,
-    ) => {
-      // an order that times out is an answer like any other: not done, with the reason
+    const ask = async (agent: string, order: Unsent<StandbyOrder>, timeoutMs = 60_000) => {
+      // an order that times out or is refused is an answer like any other: not done, with the reason
       return await answers.request(
         (id) => {
-          agents.sendControl(agent, { type, id, ...extra });
+          agents.sendControl(agent, { ...order, id });
           return true;
         },
         timeoutMs,
-        () => new Error(`the agent did not finish its ${type} within ${Math.round(timeoutMs / 1000)} s`),
+        () =>
+          new Error(`the agent did not finish its ${order.type} within ${Math.round(timeoutMs / 1000)} s`),
       ).catch((e): StandbyAnswer => ({ ok: false, error: (e as Error).message }));
     };
 
@@ -500,14 +509,14 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
      * the service's final data (the local site copies it back from here), and the
      * local site's stream is taken again.
      */
-    const demote = async (agent: string): Promise<Record<string, unknown>> => {
+    const demote = async (agent: string): Promise<SiteAnswerBody<"demote">> => {
       if (!promoted.has(agent)) return { ok: true, note: "not promoted here" };
       if (!agents.connectedAgents().includes(agent)) {
         return { ok: false, error: `agent ${agent} is not connected to site ${site}` };
       }
       // the feeder exists before the agent re-registers as a standby, so it attaches to it
       await openFeeder(agent);
-      const r = await ask(agent, "demote");
+      const r = await ask(agent, { type: "demote" });
       if (!r.ok) {
         await closeFeeder(agent); // a feeder without its standby would hold the journal
         log.error("demotion failed", { agent, error: r.error });
@@ -638,56 +647,43 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         }
         return await serveChunkOp(new FileChunks(applier.imageFd(v.id), v.size, false), req, payload);
       },
-      onControl: (from, m) => {
-        if (m.type === "promote" && typeof m.agent === "string") {
-          const agent = m.agent;
-          return tests.stopAgent(agent, "a real failover promotes its standby").then(() =>
-            promote(agent, m.point)
-          );
-        }
-        if (m.type === "drill-up" || m.type === "drill-down") {
-          return siteDrill(
-            {
-              find: (s, id) => tests.find(s, id),
-              connected: (agent) => agents.connectedAgents().includes(agent),
-              ask,
-            },
-            from,
-            m,
-          );
-        }
-        if (m.type === "test-start") {
-          return tests.start(from, m).then((test) => ({ ok: true, test }));
-        }
-        if (m.type === "test-renew" && typeof m.test === "string") {
+      requests: {
+        promote: async (m) => {
+          await tests.stopAgent(m.agent, "a real failover promotes its standby");
+          return await promote(m.agent, m.point);
+        },
+        demote: (m) => demote(m.agent),
+        "drill-up": (m, from) => siteDrill(drillDeps, from, m),
+        "drill-down": (m, from) => siteDrill(drillDeps, from, m),
+        "test-start": async (m, from) => ({ ok: true, test: await tests.start(from, m) }),
+        "test-renew": (m, from) => {
           const test = tests.renew(from, m.test);
           return Promise.resolve(test ? { ok: true, test } : { ok: false, error: `no test ${m.test} here` });
-        }
-        if (m.type === "test-stop") {
-          const which = {
-            id: typeof m.test === "string" ? m.test : undefined,
-            task: typeof m.task === "string" ? m.task : undefined,
-          };
-          return tests.stop(from, which, `site ${from} ended it`).then((found) => ({ ok: true, found }));
-        }
-        if (m.type === "retention" || m.type === "point" || m.type === "points") {
-          return Promise.resolve(points.control(m));
-        }
-        if (m.type === "demote" && typeof m.agent === "string") return demote(m.agent);
-        if (m.type === "copies" && typeof m.volume === "string") return Promise.resolve(copies(m.volume));
-        if (m.type === "standbys") return standbysWanted(from, m.agents);
-        if (m.type === "inventory") {
-          return Promise.resolve(standbyDevices.inventory({
+        },
+        "test-stop": async (m, from) => ({
+          ok: true,
+          found: await tests.stop(from, { id: m.test, task: m.task }, `site ${from} ended it`),
+        }),
+        retention: () => Promise.resolve(points.retentionStatus()),
+        point: (m) => Promise.resolve(points.point(m.volume, m.point)),
+        points: (m) => Promise.resolve(points.points(m.volume, m.limit)),
+        copies: (m) => Promise.resolve(copies(m.volume)),
+        standbys: (m, from) => standbysWanted(from, m.agents),
+        inventory: () =>
+          Promise.resolve(standbyDevices.inventory({
             site,
             connected: agents.connectedAgents(),
             journal: ringDevice(journal.ring),
             replicaDir,
             replicas: imageDevices(journal.volumes()),
-          }));
-        }
-        return Promise.resolve({ ok: false, error: `unknown request "${String(m.type)}"` });
+          })),
       },
     });
+    const drillDeps = {
+      find: (s: string, id: string) => tests.find(s, id),
+      connected: (agent: string) => agents.connectedAgents().includes(agent),
+      ask,
+    };
     /** Stops (true) or resumes (false) feeding a volume of an agent to its standby. */
     const feedStandby = async (agent: string, name: string, retired: boolean): Promise<void> => {
       const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
@@ -742,7 +738,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       const everyone = [...new Set(trusted.values())].every((s) => plans.has(s));
       for (const name of everyone ? reconcile(desired, [...mem]).unassign : []) {
         await feedStandby(agent, name, true);
-        const r = await ask(agent, "unassign", { name });
+        const r = await ask(agent, { type: "unassign", name });
         if (r.ok === true) remembered.get(agent)?.delete(name);
         else {
           // a copy the standby keeps (its --volume) is fed as before
@@ -752,7 +748,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       }
       if (desired.length) {
         for (const a of desired) await feedStandby(agent, a.name, false);
-        const r = await ask(agent, "assign", { volumes: desired });
+        const r = await ask(agent, { type: "assign", volumes: desired });
         for (const a of desired) {
           const x = (r.results ?? []).find((y) => y.name === a.name);
           if (x?.ok === true) {
@@ -773,17 +769,11 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
 
     /** A local site's desired standby copies: reconciled now, answered with each copy's state. */
-    const standbysWanted = async (from: string, raw: unknown): Promise<Record<string, unknown>> => {
-      if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
-        return { ok: false, error: "standbys: agents must be an object {AGENT: [assignment]}" };
-      }
-      const plan = new Map<string, Assignment[]>();
-      for (const [agent, list] of Object.entries(raw as Record<string, unknown>)) {
-        const parsed = (Array.isArray(list) ? list : [null]).map(parseAssignment);
-        const bad = parsed.find((a): a is string => typeof a === "string");
-        if (bad) return { ok: false, error: `standbys: agent ${agent}: ${bad}` };
-        plan.set(agent, parsed as Assignment[]);
-      }
+    const standbysWanted = async (
+      from: string,
+      wanted: Record<string, Assignment[]>,
+    ): Promise<SiteAnswerBody<"standbys">> => {
+      const plan = new Map(Object.entries(wanted));
       // connected standbys too: what they remember may be no task's any more
       const touched = new Set([...(plans.get(from)?.keys() ?? []), ...plan.keys(), ...remembered.keys()]);
       const before = new Map([...touched].map((a) => [a, JSON.stringify(desiredOf(a))]));
@@ -806,7 +796,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
     };
 
     /** What this site's copies of a volume hold: its replica (RGP) and its standby's (RSP). */
-    const copies = (key: string): Record<string, unknown> => {
+    const copies = (key: string): SiteAnswerBody<"copies"> => {
       const [agent, name] = key.split("/");
       const v = journal.volumes().find((x) => x.agent === agent && x.name === name);
       if (!v) return { ok: false, error: `no volume ${key} here` };
