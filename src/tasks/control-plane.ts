@@ -16,7 +16,7 @@
 // of the protected agent holds the copy under the LSP volume's name). It is sent when the tasks
 // change, whenever the site's link comes up, and again while the site's answer (each copy
 // assigned, pending or failed, with the reason) leaves a copy pending, and every few seconds for
-// the status; the site reconciles its standby agents with it (src/roles/remote-gateway.ts). A
+// the status; the site reconciles its standby agents with it (src/site/standby-copies.ts). A
 // start sends it before assigning the LSP, so the standby holds its copy before the stream
 // reaches the site, and is refused when a standby refuses its copy.
 //

@@ -13,7 +13,7 @@
 //   to the agent:   assign, unassign (each answered by its id), fence, unfence, heartbeat-interval
 //   to the gateway: assigned, unassigned (the answers), refused, assignments (what the agent
 //                   remembers, after every connection), devices (src/capture/devices.ts)
-// The standby link (remote gateway ↔ standby agent; src/site/standby-orders.ts):
+// The standby link (remote gateway ↔ standby agent; src/site/standby-link.ts):
 //   to the standby: assign, unassign, promote, demote, rollback, drill-up, drill-down (each answered)
 //   to the gateway: their answers (assigned, unassigned, promoted, demoted, rollback-set,
 //                   drill-ready, drill-stopped), refused, assignments, devices
