@@ -3,9 +3,8 @@
 // volume's acknowledgement point says (the replica synced; the standby applied, at rsp; the
 // retention durable); hash requests are answered from the replica; chunk operations and control
 // requests go to their handlers (src/site/chunk-ops.ts, src/site/site-requests.ts).
-import type { VolumeInfo } from "../journal/journal.ts";
 import * as native from "../native/mod.ts";
-import { Receiver } from "../replication/receiver.ts";
+import { Receiver, type ReceiverOptions } from "../replication/receiver.ts";
 import { SiteServer } from "../replication/site-link.ts";
 import type { Retention } from "../retention/retention.ts";
 import type { siteRetention } from "../retention/site.ts";
@@ -23,12 +22,7 @@ export interface SiteListenerOptions extends SiteContext {
   retention: Retention;
   points: ReturnType<typeof siteRetention>;
   /** Registers (or finds) a volume a site announced, with its task's retention. */
-  register: (
-    agent: string,
-    name: string,
-    size: number,
-    own?: { windowMs: number; maxBytes?: number },
-  ) => Promise<VolumeInfo>;
+  register: ReceiverOptions["register"];
   chunkOp: (req: ChunkRequest, payload: Uint8Array) => Promise<Uint8Array>;
   requests: Answerers<SiteRequest, SiteAnswerBodies>;
 }
