@@ -329,12 +329,26 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
   );
 
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
-  copies.forEach(announce);
+  // a promoted standby that restarted serves its copies read-write again, journaled by its
+  // gateway as before the restart (its role is persisted), and can be demoted (failback)
+  if (c.state.promoted) {
+    await applier.freeze();
+    primary = await protect(c, agent, nextLinkId, (e) => fail(e));
+    nextLinkId += primary.exports.length;
+  } else copies.forEach(announce);
   agent.start();
   const server = await serveNbd(c.p, c.dataDir);
   nbd.server = server;
-  copies.forEach(exportCopy);
-  log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });
+  if (primary) {
+    for (const pv of primary.exports) exportCaptured(server, agent, pv);
+    await primary.ready();
+  } else copies.forEach(exportCopy);
+  log.info("agent ready", {
+    agent: c.id,
+    standby: true,
+    promoted: primary !== undefined,
+    volumes: copies.map((s) => s.name),
+  });
   return {
     fatal,
     stop: async () => {
