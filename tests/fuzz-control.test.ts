@@ -572,33 +572,43 @@ t("a refused message with a usable id is handed on by that id; one without is on
   assert.match(String((byId[1] as { error: string }).error), /unknown message type "no-such-request"/);
 });
 
-t("requests answered later: each answer goes back with its request, a failure as its error", async () => {
-  const replies: { m: { type: string; id: number }; a: unknown }[] = [];
-  let done!: () => void;
-  const all = new Promise<void>((r) => done = r);
-  const table = Object.fromEntries(
-    siteRequests.types.map((type) => [type, () => Promise.resolve({ ok: true })]),
-  ) as unknown as Parameters<typeof answering<SiteRequest, Record<SiteRequest["type"], { ok: boolean }>>>[0];
-  table.copies = (m) =>
-    m.volume === "a1/bad" ? Promise.reject(new Error("no volume")) : Promise.resolve({ ok: true });
-  const r = receiver(
-    siteRequests,
-    answering(table, (m, a) => {
-      replies.push({ m, a });
-      if (replies.length === 3) done();
-    }),
-    { error: () => {} },
-  );
-  r("prod", { type: "copies", id: 1, volume: "a1/bad" });
-  r("prod", { type: "inventory", id: 2 });
-  r("prod", { type: "copies", id: 3, volume: "a1/vol0" });
-  await all;
-  const byId = new Map(replies.map((x) => [x.m.id, x.a]));
-  assert.instance(byId.get(1), Error);
-  assert.is((byId.get(1) as Error).message, "no volume");
-  assert.equal(byId.get(2), { ok: true });
-  assert.equal(byId.get(3), { ok: true });
-});
+t(
+  "requests answered later: each answer goes back with its request, a failure (thrown or rejected) as its error",
+  async () => {
+    const replies: { m: { type: string; id: number }; a: unknown }[] = [];
+    let done!: () => void;
+    const all = new Promise<void>((r) => done = r);
+    const table = Object.fromEntries(
+      siteRequests.types.map((type) => [type, () => Promise.resolve({ ok: true })]),
+    ) as unknown as Parameters<
+      typeof answering<SiteRequest, Record<SiteRequest["type"], { ok: boolean }>>
+    >[0];
+    table.copies = (m) =>
+      m.volume === "a1/bad" ? Promise.reject(new Error("no volume")) : Promise.resolve({ ok: true });
+    table.retention = () => {
+      throw new Error("thrown before any promise");
+    };
+    const r = receiver(
+      siteRequests,
+      answering(table, (m, a) => {
+        replies.push({ m, a });
+        if (replies.length === 4) done();
+      }),
+      { error: () => {} },
+    );
+    r("prod", { type: "copies", id: 1, volume: "a1/bad" });
+    r("prod", { type: "inventory", id: 2 });
+    r("prod", { type: "copies", id: 3, volume: "a1/vol0" });
+    r("prod", { type: "retention", id: 4 });
+    await all;
+    const byId = new Map(replies.map((x) => [x.m.id, x.a]));
+    assert.instance(byId.get(1), Error);
+    assert.is((byId.get(1) as Error).message, "no volume");
+    assert.equal(byId.get(2), { ok: true });
+    assert.equal(byId.get(3), { ok: true });
+    assert.is((byId.get(4) as Error).message, "thrown before any promise");
+  },
+);
 
 // ---------------------------------------------------------------------------
 // planted bugs

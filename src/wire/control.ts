@@ -320,11 +320,13 @@ export function answering<M extends { type: string; id: number }, B extends { [K
 ): Handlers<M> {
   const out: Record<string, (m: M, from: string) => void> = {};
   for (const [type, handle] of Object.entries(table)) {
+    // a handler that throws before its promise fails the request like one that rejects
     out[type] = (m, from) =>
-      void (handle as (m: M, from: string) => Promise<B[M["type"]]>)(m, from).then(
-        (a) => reply(m, a),
-        (e) => reply(m, e instanceof Error ? e : new Error(String(e))),
-      );
+      void Promise.resolve().then(() => (handle as (m: M, from: string) => Promise<B[M["type"]]>)(m, from))
+        .then(
+          (a) => reply(m, a),
+          (e) => reply(m, e instanceof Error ? e : new Error(String(e))),
+        );
   }
   return out as unknown as Handlers<M>;
 }
