@@ -1,4 +1,5 @@
-// Fuzzing the control messages of the agent, standby and site links (src/wire/control.ts, fast-check).
+// Fuzzing the control messages of the agent, standby and site links (src/wire/control.ts, fast-check),
+// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts).
 // An independent reading of the messages (SPEC below, written from the links' documentation, not
 // from the zod schemas) is the oracle. Properties, for each direction of each link:
 // - every valid message generated from SPEC survives JSON and parses back to itself;
@@ -39,6 +40,15 @@ import {
   standbyReports,
 } from "../src/wire/control.ts";
 import { decodeJson, FrameError } from "../src/wire/frames.ts";
+import {
+  checkpointSchema,
+  hashRequestSchema,
+  helloVolumeSchema,
+  parseFrame,
+  siteHelloSchema,
+  siteWelcomeSchema,
+} from "../src/wire/site-frames.ts";
+import type { z } from "zod";
 
 const RUNS = fuzzRuns(2000);
 const SEED = 20261203;
@@ -607,6 +617,52 @@ t(
     assert.equal(byId.get(2), { ok: true });
     assert.equal(byId.get(3), { ok: true });
     assert.is((byId.get(4) as Error).message, "thrown before any promise");
+  },
+);
+
+t(
+  "the site link's stream frames: random bodies parse or are a FrameError naming the frame, nothing else",
+  () => {
+    const frames = [
+      { schema: siteHelloSchema, what: "site hello" },
+      { schema: helloVolumeSchema, what: "hello volume" },
+      { schema: siteWelcomeSchema, what: "site welcome" },
+      { schema: checkpointSchema, what: "checkpoint frame" },
+      { schema: hashRequestSchema, what: "hash request" },
+    ] as { schema: z.ZodType<unknown>; what: string }[];
+    const bodyArb = fc.oneof(
+      fc.jsonValue({ maxDepth: 3 }),
+      fc.record({ volume: badValueArb, name: badValueArb, seq: badValueArb, chunkSize: badValueArb }, {
+        requiredKeys: [],
+      }),
+      fc.record({ volumes: fc.array(badValueArb, { maxLength: 3 }), site: badValueArb }, {
+        requiredKeys: [],
+      }),
+    );
+    fc.assert(
+      fc.property(bodyArb, fc.constantFrom(...frames), (raw, f) => {
+        try {
+          parseFrame(f.schema, f.what, raw);
+        } catch (e) {
+          if (!(e instanceof FrameError)) throw e;
+          assert.ok(e.message.startsWith(`malformed ${f.what}: `), e.message);
+        }
+      }),
+      fcParams(RUNS),
+    );
+    // the fields each reader relies on are checked
+    const refused = (f: () => unknown, field: RegExp) =>
+      assert.throws(f, (e: Error) => field.test(e.message));
+    refused(
+      () => parseFrame(checkpointSchema, "checkpoint frame", { volume: 1, name: "x", seq: -1 }),
+      /seq:/,
+    );
+    refused(() => parseFrame(hashRequestSchema, "hash request", { volume: "1", chunkSize: 4096 }), /volume:/);
+    refused(
+      () => parseFrame(siteWelcomeSchema, "site welcome", { volumes: [{ id: 1, lastSeq: 2 }] }),
+      /state/,
+    );
+    assert.not.ok(helloVolumeSchema.safeParse({ id: 1, agent: "a/b", name: "v", size: 1 }).success, "agent");
   },
 );
 

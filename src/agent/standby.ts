@@ -11,6 +11,7 @@ import { type Assignment, AssignmentFile } from "../capture/assignments.ts";
 import { DeviceReporter, outsidePrefixes } from "../capture/devices.ts";
 import * as io from "../native/mod.ts";
 import { StandbyDrills } from "../drills/standby.ts";
+import { hashRequestSchema, parseFrame } from "../wire/site-frames.ts";
 import {
   type AssignOrder,
   receiver,
@@ -176,8 +177,8 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
           await applier.record(f.body);
           break;
         case FrameType.HashRequest: {
-          const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
-          agent.send(await applier.hashes(Number(q.volume), Number(q.chunkSize)));
+          const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
+          agent.send(await applier.hashes(q.volume, q.chunkSize));
           break;
         }
         case FrameType.Ping:

@@ -35,6 +35,7 @@ import { PendingRequests } from "../wire/requests.ts";
 import {
   type Answerers,
   answering,
+  fieldErrors,
   receiver as controlReceiver,
   type SiteAnswer,
   type SiteAnswerBodies,
@@ -44,6 +45,14 @@ import {
   siteRequests,
   type Unsent,
 } from "../wire/control.ts";
+import {
+  checkpointSchema,
+  hashRequestSchema,
+  helloVolumeSchema,
+  parseFrame,
+  siteHelloSchema,
+  siteWelcomeSchema,
+} from "../wire/site-frames.ts";
 import { inflateRecord } from "../record/deflate.ts";
 
 const log = logger("site-link");
@@ -207,13 +216,11 @@ export class SiteClient {
       }));
       const w = await readFrame(reader);
       if (!w || w.type !== FrameType.SiteWelcome) throw new Error("the remote site did not answer the hello");
-      const welcome = decodeJson<
-        { site?: string; volumes?: { id: number; lastSeq: number; state: string }[] }
-      >(w.body);
+      const welcome = parseFrame(siteWelcomeSchema, "site welcome", decodeJson(w.body));
       const reports = new Map<number, PeerReport>();
       for (const r of welcome.volumes ?? []) {
         const state = r.state === "consistent" || r.state === "inconsistent" ? r.state : "empty";
-        reports.set(Number(r.id), { lastSeq: Number(r.lastSeq) || 0, state });
+        reports.set(r.id, { lastSeq: r.lastSeq, state });
       }
       this.connected = true;
       this.lastError = "";
@@ -378,16 +385,7 @@ export class SiteServer {
     try {
       const hello = await readFrame(reader);
       if (!hello || hello.type !== FrameType.SiteHello) throw new FrameError("expected a site hello");
-      const m = decodeJson<{ volumes?: SiteVolume[] }>(hello.body);
-      const vols = (m.volumes ?? []).filter((v) =>
-        Number.isInteger(v.id) && typeof v.agent === "string" && typeof v.name === "string" &&
-        Number.isSafeInteger(v.size) &&
-        /^[A-Za-z0-9._-]{1,64}$/.test(v.name) && /^[A-Za-z0-9._-]{1,128}$/.test(v.agent)
-      ).map((v) => ({
-        ...v,
-        ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined,
-        retention: retentionOf(v.retention),
-      }));
+      const vols = helloVolumes(c.peer, decodeJson(hello.body));
       const welcome = await receiver.hello(vols);
       writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
       log.info("site stream started", { site: c.peer, volumes: vols.length });
@@ -402,17 +400,19 @@ export class SiteServer {
             await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
             break;
           case FrameType.Checkpoint:
-            await receiver.checkpoint(decodeJson(f.body));
+            await receiver.checkpoint(parseFrame(checkpointSchema, "checkpoint frame", decodeJson(f.body)));
             break;
           case FrameType.HashRequest: {
-            const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
-            const v = receiver.volume(Number(q.volume));
-            const chunk = Number(q.chunkSize);
-            if (!v || !Number.isInteger(chunk) || chunk < 4096 || chunk > 64 << 20) {
-              throw new FrameError("bad hash request");
+            const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
+            const v = receiver.volume(q.volume);
+            if (!v) {
+              throw new FrameError(`hash request for volume ${q.volume}, which the site did not announce`);
             }
-            const hashes = await this.o.hashes(v, chunk);
-            writer.send(hashesFrameFor(Number(q.volume), chunk, v.lastSeq, hashes));
+            if (q.chunkSize < 4096 || q.chunkSize > 64 << 20) {
+              throw new FrameError(`hash request: chunkSize ${q.chunkSize} is not 4 KiB to 64 MiB`);
+            }
+            const hashes = await this.o.hashes(v, q.chunkSize);
+            writer.send(hashesFrameFor(q.volume, q.chunkSize, v.lastSeq, hashes));
             break;
           }
           case FrameType.Ping:
@@ -465,6 +465,32 @@ export class SiteServer {
     this.listener?.close();
     for (const s of this.sessions.values()) s.conn.close();
   }
+}
+
+/**
+ * The volumes a hello announces. One that is malformed is left out, with the reason logged: the
+ * others stream (its records are then refused as the site did not announce it).
+ */
+function helloVolumes(site: string, raw: unknown): SiteVolume[] {
+  const hello = parseFrame(siteHelloSchema, "site hello", raw);
+  const out: SiteVolume[] = [];
+  for (const [i, x] of (hello.volumes ?? []).entries()) {
+    const r = helloVolumeSchema.safeParse(x);
+    if (!r.success) {
+      log.warn("a volume of the hello left out", { site, volume: i, error: fieldErrors(r.error) });
+      continue;
+    }
+    const v = r.data;
+    out.push({
+      id: v.id,
+      agent: v.agent,
+      name: v.name,
+      size: v.size,
+      ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined,
+      retention: retentionOf(v.retention),
+    });
+  }
+  return out;
 }
 
 /** A volume's retention as a hello announces it; anything malformed is ignored (the site's flags hold). */

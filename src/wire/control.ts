@@ -263,10 +263,13 @@ export function parseControl<M extends { type: string }>(l: ControlLink<M>, raw:
   }
   const r = l.schema.safeParse(raw);
   if (r.success) return r.data;
-  const fields = r.error.issues.slice(0, 4).map((i) =>
-    `${i.path.map(String).join(".") || "(message)"}: ${i.message}`
-  );
-  throw new ControlError(`${l.name}: "${type}" message refused: ${fields.join("; ")}`);
+  throw new ControlError(`${l.name}: "${type}" message refused: ${fieldErrors(r.error)}`);
+}
+
+/** The first fields at fault in a refused JSON body, each with its path and why. */
+export function fieldErrors(e: z.ZodError): string {
+  return e.issues.slice(0, 4).map((i) => `${i.path.map(String).join(".") || "(message)"}: ${i.message}`)
+    .join("; ");
 }
 
 function kindOf(v: unknown): string {
