@@ -8,7 +8,8 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ControlPlane } from "../src/tasks/control-plane.ts";
 import type { TaskStore } from "../src/tasks/store.ts";
-import type { Host, Task, Volume } from "../src/tasks/model.ts";
+import type { Host, Volume } from "../src/tasks/model.ts";
+import { taskFixture } from "./lib/task-fixture.ts";
 import { agentOrders, type AgentReport, agentReports, receiver } from "../src/wire/control.ts";
 import { setLogSink } from "../src/log.ts";
 
@@ -17,21 +18,7 @@ const t = suite("agent link refusals");
 
 const hosts: Host[] = [{ name: "app1", site: "prod", role: "application", agent: "a1" }];
 const volumes: Volume[] = [{ name: "vol0", host: "app1", device: "/dev/../sdb", size: 4096 }];
-const ref = { host: "gw", device: "/dev/x" };
-const task: Task = {
-  name: "db",
-  description: "",
-  group: {
-    local: { site: "prod", lsp: { host: "app1", device: "/dev/../sdb" }, lgp: ref, buffer: ref },
-    remotes: [],
-  },
-  mirror: { ackPoint: "lgp", congestion: "block", bandwidthLimit: 0, compression: false },
-  recovery: { strategy: "fast", mode: "policy" },
-  state: "configured",
-  stateSince: 0,
-  createdAt: 0,
-  updatedAt: 0,
-};
+const task = taskFixture({ sites: [], lspDevice: "/dev/../sdb", state: "configured" });
 
 t("an assign the agent refuses fails the task's start at once with the agent's reason", async () => {
   const store = {
