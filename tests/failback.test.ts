@@ -8,7 +8,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
 import { FailoverLab, Poller, writeServiceText } from "./lib/failover-lab.ts";
-import { run, waitFor } from "./lib/cluster.ts";
+import { RoleProcess, run, waitFor } from "./lib/cluster.ts";
 
 const t = suite("failback");
 const prereq = { root: true, tools: ["ip", "iptables", "iptables-save", "qemu-io"] };
@@ -44,18 +44,23 @@ async function forwardCaughtUp(lab: FailoverLab): Promise<void> {
   });
 }
 
+/** The lab with the local service started on unfence, and its two NBD sockets. */
+async function startLab(sizeMiB: number) {
+  // a wide detector margin: these tests are about failback, and a loaded machine must not fail over early
+  const lab = await new FailoverLab().start({
+    sizeMiB,
+    serviceOnUnfence: true,
+    gatewayExtra: ["--detector-alpha", "1s"],
+  });
+  return { lab, agentSock: `${lab.dir}/agent/nbd.sock`, standbySock: `${lab.dir}/standby/nbd.sock` };
+}
+
 t(
   "failback brings the remote's writes home, switches back within seconds, and replicates forward again",
   async () => {
     if (!need("failback in namespaces", prereq)) return;
-    // a wide detector margin: this test is about failback, and a loaded machine must not fail over early
-    const lab = await new FailoverLab().start({
-      sizeMiB: 256,
-      serviceOnUnfence: true,
-      gatewayExtra: ["--detector-alpha", "1s"],
-    });
+    const { lab, agentSock, standbySock } = await startLab(256);
     const poller = new Poller(lab);
-    const agentSock = `${lab.dir}/agent/nbd.sock`, standbySock = `${lab.dir}/standby/nbd.sock`;
     try {
       await writeServiceText(agentSock, "written before the failure");
       await run("qemu-io", [
@@ -154,6 +159,41 @@ t(
       assert.ok(kinds.includes("online-copy") && kinds.includes("done"), "failback is in the audit log");
     } finally {
       await poller.stop();
+      await lab.stop();
+    }
+  },
+);
+
+t(
+  "a promoted standby that restarted comes back promoted and can be demoted: failback completes",
+  async () => {
+    if (!need("failback in namespaces", prereq)) return;
+    const { lab, agentSock, standbySock } = await startLab(32);
+    try {
+      await writeServiceText(agentSock, "written before the failure");
+      await forwardCaughtUp(lab);
+      await lab.appService!.stop();
+      await waitFor(() => lab.serviceState().then((s) => s === "failed-over"), 30_000, "failover", 100);
+      await writeServiceText(standbySock, "written at dr1 before its agent restarted");
+
+      // the promoted standby's agent dies and starts again with the same flags (--standby)
+      const old = lab.standby;
+      old.kill();
+      await old.exited;
+      lab.standby = new RoleProcess(old.name, old.args, old.logPath, old.opts);
+      const ready = await lab.standby.waitForLog("agent ready");
+      assert.is(ready.promoted, true, "it knows it is promoted (its role is persisted)");
+      await writeServiceText(standbySock, "written at dr1 after its agent restarted");
+
+      const t0 = performance.now();
+      const { status, body } = await lab.failback();
+      assert.is(status, 200, JSON.stringify(body));
+      console.log(`\n  failback after the standby's restart: ${Math.round(performance.now() - t0)} ms`);
+      assert.match(lab.standby.log, /demoted: standby again/, "the restarted standby took the demotion");
+      assert.not.match(lab.standby.log, /control message refused/, "and refused no order");
+      const head = await Deno.readFile(lab.lsp).then((d) => new TextDecoder().decode(d.subarray(0, 40)));
+      assert.is(head, "written at dr1 after its agent restarted", "the local volume has dr1's last write");
+    } finally {
       await lab.stop();
     }
   },

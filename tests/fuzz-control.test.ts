@@ -1,4 +1,5 @@
-// Fuzzing the control messages of the agent and standby links (src/wire/control.ts, fast-check).
+// Fuzzing the control messages of the agent, standby and site links (src/wire/control.ts, fast-check),
+// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts).
 // An independent reading of the messages (SPEC below, written from the links' documentation, not
 // from the zod schemas) is the oracle. Properties, for each direction of each link:
 // - every valid message generated from SPEC survives JSON and parses back to itself;
@@ -7,9 +8,12 @@
 //   exactly what the oracle accepts (stripped to the known fields), refuses everything else with
 //   a ControlError naming the link (and the type and field, when a single field is at fault), and
 //   never throws anything else;
-// - a receiver hands each valid message to its type's handler and logs each refused one.
+// - a receiver hands each valid message to its type's handler and logs each refused one; a refused
+//   one with a usable id is handed on by that id (its request is answered or failed at once);
+// - requests answered later are answered by their type and id, or with their error.
 // Planted bugs: a parser that trusts the fields once the type is known (the casts the receivers
-// used before), and one without the '..' check of assigned paths, must both be caught.
+// used before), one without the '..' check of assigned paths, and one that takes any string as a
+// site request's volume (the old `String(m.volume)`), must all be caught.
 //
 // Budget: FUZZ_RUNS (per property and link), FUZZ_SEED.
 import { suite } from "uvu";
@@ -20,16 +24,31 @@ import {
   agentOrders,
   type AgentReport,
   agentReports,
+  answering,
   ControlError,
   type ControlLink,
+  type Handlers,
   parseControl,
   receiver,
+  type SiteAnswer,
+  siteAnswers,
+  type SiteRequest,
+  siteRequests,
   type StandbyOrder,
   standbyOrders,
   type StandbyReport,
   standbyReports,
 } from "../src/wire/control.ts";
 import { decodeJson, FrameError } from "../src/wire/frames.ts";
+import {
+  checkpointSchema,
+  hashRequestSchema,
+  helloVolumeSchema,
+  parseFrame,
+  siteHelloSchema,
+  siteWelcomeSchema,
+} from "../src/wire/site-frames.ts";
+import type { z } from "zod";
 
 const RUNS = fuzzRuns(2000);
 const SEED = 20261203;
@@ -47,7 +66,15 @@ type Kind =
   | "assignments"
   | "devices"
   | "results"
-  | "names";
+  | "names"
+  | "agent"
+  | "volume"
+  | "point"
+  | "count"
+  | "plan"
+  | "held"
+  | "numberOrNull"
+  | "any";
 /** A field's kind; a trailing "?" makes it optional. */
 type Fields = Record<string, Kind | `${Kind}?`>;
 
@@ -58,6 +85,7 @@ const assigned: Fields = { id: "id", results: "results" };
 const unassigned: Fields = { id: "id", name: "string", ok: "boolean", error: "string?" };
 const assignments: Fields = { names: "names" };
 const devices: Fields = { devices: "devices" };
+const refused: Fields = { id: "id", error: "string" };
 
 // typed by the unions: a message type missing here does not compile
 const AGENT_ORDERS: Record<AgentOrder["type"], Fields> = {
@@ -67,7 +95,13 @@ const AGENT_ORDERS: Record<AgentOrder["type"], Fields> = {
   unfence: {},
   "heartbeat-interval": { etaMs: "eta" },
 };
-const AGENT_REPORTS: Record<AgentReport["type"], Fields> = { assigned, unassigned, assignments, devices };
+const AGENT_REPORTS: Record<AgentReport["type"], Fields> = {
+  assigned,
+  unassigned,
+  refused,
+  assignments,
+  devices,
+};
 const STANDBY_ORDERS: Record<StandbyOrder["type"], Fields> = {
   assign,
   unassign,
@@ -80,6 +114,7 @@ const STANDBY_ORDERS: Record<StandbyOrder["type"], Fields> = {
 const STANDBY_REPORTS: Record<StandbyReport["type"], Fields> = {
   assigned,
   unassigned,
+  refused,
   assignments,
   devices,
   promoted: answer,
@@ -87,6 +122,44 @@ const STANDBY_REPORTS: Record<StandbyReport["type"], Fields> = {
   "rollback-set": answer,
   "drill-ready": { ...answer, checkMs: "number?" },
   "drill-stopped": answer,
+};
+const SITE_REQUESTS: Record<SiteRequest["type"], Fields> = {
+  promote: { id: "id", agent: "agent", point: "point?" },
+  demote: { id: "id", agent: "agent" },
+  "drill-up": { id: "id", test: "string", timeoutMs: "number?" },
+  "drill-down": { id: "id", test: "string" },
+  "test-start": { id: "id", task: "name", volume: "volume", durationSeconds: "count", point: "point?" },
+  "test-renew": { id: "id", test: "string" },
+  "test-stop": { id: "id", test: "string?", task: "string?" },
+  retention: { id: "id" },
+  point: { id: "id", volume: "volume", point: "point" },
+  points: { id: "id", volume: "volume", limit: "count?" },
+  copies: { id: "id", volume: "volume" },
+  standbys: { id: "id", agents: "plan" },
+  inventory: { id: "id" },
+};
+const SITE_ANSWERS: Record<SiteAnswer["type"], Fields> = {
+  promote: { ...answer, rolledBack: "any?" },
+  demote: { ...answer, note: "string?", held: "held?" },
+  "drill-up": { ...answer, checkMs: "numberOrNull?" },
+  "drill-down": answer,
+  "test-start": { ...answer, test: "any?" },
+  "test-renew": { ...answer, test: "any?" },
+  "test-stop": { ...answer, found: "boolean?" },
+  retention: { ...answer, windowMs: "number?", maxBytes: "number?", volumes: "any?" },
+  point: { ...answer, seq: "number?", time: "number?" },
+  points: { ...answer, points: "any?", retention: "any?", windowMs: "number?" },
+  copies: { ...answer, rgp: "any?", rsp: "any?" },
+  standbys: { ...answer, agents: "any?" },
+  inventory: {
+    ...answer,
+    site: "string?",
+    journal: "any?",
+    replicaDir: "string?",
+    replicas: "any?",
+    agents: "any?",
+  },
+  refused,
 };
 
 interface Case {
@@ -98,10 +171,15 @@ const CASES: Case[] = [
   { link: agentReports, spec: AGENT_REPORTS },
   { link: standbyOrders, spec: STANDBY_ORDERS },
   { link: standbyReports, spec: STANDBY_REPORTS },
+  { link: siteRequests, spec: SITE_REQUESTS },
+  { link: siteAnswers, spec: SITE_ANSWERS },
 ];
+const SITE_CASES = CASES.slice(4);
 const ALL_TYPES = [...new Set(CASES.flatMap((c) => Object.keys(c.spec)))];
 
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const AGENT_RE = /^[A-Za-z0-9._-]{1,128}$/;
+const VOLUME_RE = /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/;
 type Json = unknown;
 
 function isObject(v: Json): v is Record<string, Json> {
@@ -128,6 +206,30 @@ function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
       return ok(typeof v === "number" && v >= 1 && v <= 60_000);
     case "names":
       return ok(Array.isArray(v) && v.every((x) => typeof x === "string"));
+    case "agent":
+      return ok(typeof v === "string" && AGENT_RE.test(v));
+    case "volume":
+      return ok(typeof v === "string" && VOLUME_RE.test(v));
+    case "point":
+      return ok(typeof v === "string" || (typeof v === "number" && Number.isFinite(v)));
+    case "count":
+      return ok(posInt(v));
+    case "numberOrNull":
+      return ok(v === null || (typeof v === "number" && Number.isFinite(v)));
+    case "any":
+      return ok(true);
+    case "held":
+      return ok(isObject(v) && Object.values(v).every((x) => typeof x === "number" && Number.isFinite(x)));
+    case "plan": {
+      if (!isObject(v)) return undefined;
+      const out: Record<string, Json> = {};
+      for (const [agent, x] of Object.entries(v)) {
+        const l = AGENT_RE.test(agent) ? checkKind("assignments", x) : undefined;
+        if (!l) return undefined;
+        out[agent] = l.value;
+      }
+      return { value: out };
+    }
     case "assignments":
       return list(
         v,
@@ -189,7 +291,11 @@ function oracle(spec: Record<string, Fields>, raw: Json): Record<string, Json> |
 const segment = fc.stringMatching(/^[a-z0-9._-]{1,8}$/).filter((s) => s !== "..");
 const absPathArb = fc.array(segment, { minLength: 1, maxLength: 4 }).map((p) => `/${p.join("/")}`);
 const nameArb = fc.stringMatching(NAME_RE);
+const agentArb = fc.stringMatching(AGENT_RE);
 const sizeArb = fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
+const assignmentsArb = fc.array(fc.record({ name: nameArb, path: absPathArb, size: sizeArb }), {
+  maxLength: 4,
+});
 
 function validOf(kind: Kind): fc.Arbitrary<Json> {
   switch (kind) {
@@ -207,8 +313,24 @@ function validOf(kind: Kind): fc.Arbitrary<Json> {
       return fc.double({ min: 1, max: 60_000, noNaN: true });
     case "names":
       return fc.array(fc.string({ maxLength: 20 }), { maxLength: 4 });
+    case "agent":
+      return agentArb;
+    case "volume":
+      return fc.tuple(agentArb, nameArb).map(([a, n]) => `${a}/${n}`);
+    case "point":
+      return fc.oneof(fc.nat(), nameArb, fc.string({ maxLength: 20 }));
+    case "count":
+      return fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
+    case "numberOrNull":
+      return fc.oneof(fc.constant(null), fc.double({ noNaN: true, noDefaultInfinity: true }));
+    case "any":
+      return fc.jsonValue({ maxDepth: 2 });
+    case "held":
+      return fc.dictionary(nameArb, fc.nat(), { maxKeys: 3 });
+    case "plan":
+      return fc.dictionary(agentArb, assignmentsArb, { maxKeys: 3 });
     case "assignments":
-      return fc.array(fc.record({ name: nameArb, path: absPathArb, size: sizeArb }), { maxLength: 4 });
+      return assignmentsArb;
     case "devices":
       return fc.array(fc.record({ path: absPathArb, size: sizeArb }), { maxLength: 4 });
     case "results":
@@ -440,11 +562,115 @@ t("a receiver calls the handler of the message's type, and logs a refused messag
   assert.match(String(logged[1].error), /"heartbeat-interval" message refused: etaMs:/);
 });
 
+t("a refused message with a usable id is handed on by that id; one without is only logged", () => {
+  const byId: unknown[] = [];
+  const logged: unknown[] = [];
+  const never = () => assert.unreachable("a refused message reached a handler");
+  const r = receiver(
+    siteRequests,
+    Object.fromEntries(siteRequests.types.map((type) => [type, never])) as unknown as Handlers<SiteRequest>,
+    { error: (_, fields) => logged.push(fields) },
+    (from, id, error) => byId.push({ from, id, error }),
+  );
+  r("prod", { type: "points", id: 7, volume: "a1/vol0", limit: -1 });
+  r("prod", { type: "no-such-request", id: 8 });
+  r("prod", { type: "copies", volume: "a1" }); // no id: nobody waits for an answer
+  r("prod", { type: "copies", id: -1, volume: "a1/vol0" });
+  assert.is(logged.length, 4);
+  assert.equal(byId.map((x) => (x as { id: number }).id), [7, 8]);
+  assert.match(String((byId[0] as { error: string }).error), /"points" message refused: limit:/);
+  assert.match(String((byId[1] as { error: string }).error), /unknown message type "no-such-request"/);
+});
+
+t(
+  "requests answered later: each answer goes back with its request, a failure (thrown or rejected) as its error",
+  async () => {
+    const replies: { m: { type: string; id: number }; a: unknown }[] = [];
+    let done!: () => void;
+    const all = new Promise<void>((r) => done = r);
+    const table = Object.fromEntries(
+      siteRequests.types.map((type) => [type, () => Promise.resolve({ ok: true })]),
+    ) as unknown as Parameters<
+      typeof answering<SiteRequest, Record<SiteRequest["type"], { ok: boolean }>>
+    >[0];
+    table.copies = (m) =>
+      m.volume === "a1/bad" ? Promise.reject(new Error("no volume")) : Promise.resolve({ ok: true });
+    table.retention = () => {
+      throw new Error("thrown before any promise");
+    };
+    const r = receiver(
+      siteRequests,
+      answering(table, (m, a) => {
+        replies.push({ m, a });
+        if (replies.length === 4) done();
+      }),
+      { error: () => {} },
+    );
+    r("prod", { type: "copies", id: 1, volume: "a1/bad" });
+    r("prod", { type: "inventory", id: 2 });
+    r("prod", { type: "copies", id: 3, volume: "a1/vol0" });
+    r("prod", { type: "retention", id: 4 });
+    await all;
+    const byId = new Map(replies.map((x) => [x.m.id, x.a]));
+    assert.instance(byId.get(1), Error);
+    assert.is((byId.get(1) as Error).message, "no volume");
+    assert.equal(byId.get(2), { ok: true });
+    assert.equal(byId.get(3), { ok: true });
+    assert.is((byId.get(4) as Error).message, "thrown before any promise");
+  },
+);
+
+t(
+  "the site link's stream frames: random bodies parse or are a FrameError naming the frame, nothing else",
+  () => {
+    const frames = [
+      { schema: siteHelloSchema, what: "site hello" },
+      { schema: helloVolumeSchema, what: "hello volume" },
+      { schema: siteWelcomeSchema, what: "site welcome" },
+      { schema: checkpointSchema, what: "checkpoint frame" },
+      { schema: hashRequestSchema, what: "hash request" },
+    ] as { schema: z.ZodType<unknown>; what: string }[];
+    const bodyArb = fc.oneof(
+      fc.jsonValue({ maxDepth: 3 }),
+      fc.record({ volume: badValueArb, name: badValueArb, seq: badValueArb, chunkSize: badValueArb }, {
+        requiredKeys: [],
+      }),
+      fc.record({ volumes: fc.array(badValueArb, { maxLength: 3 }), site: badValueArb }, {
+        requiredKeys: [],
+      }),
+    );
+    fc.assert(
+      fc.property(bodyArb, fc.constantFrom(...frames), (raw, f) => {
+        try {
+          parseFrame(f.schema, f.what, raw);
+        } catch (e) {
+          if (!(e instanceof FrameError)) throw e;
+          assert.ok(e.message.startsWith(`malformed ${f.what}: `), e.message);
+        }
+      }),
+      fcParams(RUNS),
+    );
+    // the fields each reader relies on are checked
+    const refused = (f: () => unknown, field: RegExp) =>
+      assert.throws(f, (e: Error) => field.test(e.message));
+    refused(
+      () => parseFrame(checkpointSchema, "checkpoint frame", { volume: 1, name: "x", seq: -1 }),
+      /seq:/,
+    );
+    refused(() => parseFrame(hashRequestSchema, "hash request", { volume: "1", chunkSize: 4096 }), /volume:/);
+    refused(
+      () => parseFrame(siteWelcomeSchema, "site welcome", { volumes: [{ id: 1, lastSeq: 2 }] }),
+      /state/,
+    );
+    assert.not.ok(helloVolumeSchema.safeParse({ id: 1, agent: "a/b", name: "v", size: 1 }).success, "agent");
+  },
+);
+
 // ---------------------------------------------------------------------------
 // planted bugs
 
-function expectCaught(name: string, parse: Parser): void {
-  const found = CASES.map((c) => fc.check(agreesProperty(c, parse), { numRuns: RUNS, seed: SEED }));
+function expectCaught(name: string, parse: Parser, cases = CASES): void {
+  const found = cases.map((c) => fc.check(agreesProperty(c, parse), { numRuns: RUNS, seed: SEED }));
   const hit = found.find((d) => d.failed);
   assert.ok(hit, `${name}: the fuzzer found no counterexample in ${RUNS} runs per link`);
   console.log(
@@ -483,10 +709,27 @@ t("planted bug: a parser without the '..' check of assigned paths is caught", ()
     return m;
   });
   // the control: the real parser passes with the same seed
+  controlPasses();
+});
+
+t("planted bug: a site request's volume taken as any string (the old String(m.volume)) is caught", () => {
+  // the real parser, shown a well-formed volume in place of the request's own: as if it were not
+  // checked; what it accepts is the original request, its volume and all
+  const hide = (raw: unknown): unknown =>
+    isObject(raw) && typeof raw.volume === "string" ? { ...raw, volume: "a1/vol0" } : raw;
+  expectCaught("site parser without the AGENT/NAME check", (l, raw) => {
+    const m = parseControl(l, hide(raw)) as { type: string; volume?: unknown };
+    if (isObject(raw) && typeof raw.volume === "string") m.volume = raw.volume;
+    return m;
+  }, SITE_CASES);
+  controlPasses();
+});
+
+function controlPasses(): void {
   for (const c of CASES) {
     const d = fc.check(agreesProperty(c, parseControl), { numRuns: RUNS, seed: SEED });
     assert.not.ok(d.failed, `${c.link.name}: ${fc.stringify(d.counterexample)} ${String(d.errorInstance)}`);
   }
-});
+}
 
 t.run();

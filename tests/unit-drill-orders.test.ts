@@ -119,8 +119,8 @@ t("the site relays an order for its own running test only", async () => {
   const deps = {
     find: (site: string, id: string) => site === "prod" && id === "t1" ? copy : undefined,
     connected: (agent: string) => agent === "a1",
-    ask: (agent: string, type: string, extra: Record<string, unknown>, timeoutMs: number) => {
-      asked.push({ agent, type, extra, timeoutMs });
+    ask: (agent: string, order: Record<string, unknown>, timeoutMs: number) => {
+      asked.push({ agent, order, timeoutMs });
       return Promise.resolve({ ok: true, checkMs: 12 });
     },
   };
@@ -130,8 +130,7 @@ t("the site relays an order for its own running test only", async () => {
   });
   assert.equal(asked, [{
     agent: "a1",
-    type: "drill-up",
-    extra: { export: copy.export, volume: "vol0", timeoutMs: 3000 },
+    order: { type: "drill-up", export: copy.export, volume: "vol0", timeoutMs: 3000 },
     timeoutMs: 13_000,
   }]);
   assert.equal(await siteDrill(deps, "other", { type: "drill-up", test: "t1" }), {

@@ -14,6 +14,7 @@ import { ActionError } from "../src/tasks/actions.ts";
 import { setLogSink } from "../src/log.ts";
 import { tempDir, waitFor } from "./lib/cluster.ts";
 import { taskFixture } from "./lib/task-fixture.ts";
+import type { SiteRequester } from "../src/wire/control.ts";
 
 const g = suite("drill grade");
 
@@ -105,13 +106,16 @@ async function service(o: { state?: Task["state"]; up?: Record<string, unknown>;
     volumeKey: () => Promise.resolve("a1/vol0"),
     site: (_t, _k, requested) => requested ?? "dr1",
     durableSeq: () => 42,
-    request: (site, msg) => {
+    // a site's answers as the requester gets them (by the request's type)
+    request: ((site: string, msg: { type: string }) => {
       calls.push(`${site} ${msg.type}`);
       if (msg.type === "drill-up") {
-        return new Promise((r) => setTimeout(() => r(o.up ?? { ok: true, checkMs: 30 }), 30));
+        return new Promise<unknown>((r) =>
+          setTimeout(() => r({ type: msg.type, id: 1, ...(o.up ?? { ok: true, checkMs: 30 }) }), 30)
+        );
       }
-      return Promise.resolve({ ok: true });
-    },
+      return Promise.resolve<unknown>({ type: msg.type, id: 1, ok: true });
+    }) as SiteRequester,
     checkEveryMs: 20,
   };
   return { db, deps, drills: new Drills(deps), calls, alarms };

@@ -56,17 +56,22 @@ export async function runPrimary(c: AgentContext): Promise<RoleHandle> {
     },
   });
   agent.serveChunkWrites();
-  const orders = receiver(agentOrders, {
-    assign: (m) => assigned.assign(m),
-    unassign: (m) => assigned.unassign(m),
-    fence: (m) => fence(c, agent, m.reason ?? "fenced by the gateway"),
-    unfence: () => unfence(c, agent),
-    // the gateway's QoS configuration sets the period (its bounds are the schema's)
-    "heartbeat-interval": (m) => {
-      c.heartbeats?.setInterval(m.etaMs);
-      log.info("heartbeat period set by the gateway", { etaMs: m.etaMs });
+  const orders = receiver(
+    agentOrders,
+    {
+      assign: (m) => assigned.assign(m),
+      unassign: (m) => assigned.unassign(m),
+      fence: (m) => fence(c, agent, m.reason ?? "fenced by the gateway"),
+      unfence: () => unfence(c, agent),
+      // the gateway's QoS configuration sets the period (its bounds are the schema's)
+      "heartbeat-interval": (m) => {
+        c.heartbeats?.setInterval(m.etaMs);
+        log.info("heartbeat period set by the gateway", { etaMs: m.etaMs });
+      },
     },
-  }, log);
+    log,
+    (_, id, error) => agent.sendControl({ type: "refused", id, error }),
+  );
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
   let server: NbdServer | undefined;
   let prot: Awaited<ReturnType<typeof protect>> | undefined;

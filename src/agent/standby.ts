@@ -11,6 +11,7 @@ import { type Assignment, AssignmentFile } from "../capture/assignments.ts";
 import { DeviceReporter, outsidePrefixes } from "../capture/devices.ts";
 import * as io from "../native/mod.ts";
 import { StandbyDrills } from "../drills/standby.ts";
+import { hashRequestSchema, parseFrame } from "../wire/site-frames.ts";
 import {
   type AssignOrder,
   receiver,
@@ -176,8 +177,8 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
           await applier.record(f.body);
           break;
         case FrameType.HashRequest: {
-          const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
-          agent.send(await applier.hashes(Number(q.volume), Number(q.chunkSize)));
+          const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
+          agent.send(await applier.hashes(q.volume, q.chunkSize));
           break;
         }
         case FrameType.Ping:
@@ -303,33 +304,52 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       },
     );
   };
-  const orders = receiver(standbyOrders, {
-    assign: (m) => serial(() => assignCopies(m)),
-    unassign: (m) => serial(() => unassignCopy(m)),
-    "drill-up": (m) => drills.order(m),
-    "drill-down": (m) => drills.order(m),
-    // the gateway stopped feeding this standby and rolls its copies back to a point (or is done)
-    rollback: (m) => {
-      if (m.on && primary) {
-        return void agent.sendControl(
-          { type: "rollback-set", id: m.id, ok: false, error: "promoted already" } satisfies StandbyReport,
-        );
-      }
-      rollingBack = m.on;
-      log.warn(m.on ? "rollback: the gateway rewrites the standby copies" : "rollback ended");
-      agent.sendControl({ type: "rollback-set", id: m.id, ok: true } satisfies StandbyReport);
+  const orders = receiver(
+    standbyOrders,
+    {
+      assign: (m) => serial(() => assignCopies(m)),
+      unassign: (m) => serial(() => unassignCopy(m)),
+      "drill-up": (m) => drills.order(m),
+      "drill-down": (m) => drills.order(m),
+      // the gateway stopped feeding this standby and rolls its copies back to a point (or is done)
+      rollback: (m) => {
+        if (m.on && primary) {
+          return void agent.sendControl(
+            { type: "rollback-set", id: m.id, ok: false, error: "promoted already" } satisfies StandbyReport,
+          );
+        }
+        rollingBack = m.on;
+        log.warn(m.on ? "rollback: the gateway rewrites the standby copies" : "rollback ended");
+        agent.sendControl({ type: "rollback-set", id: m.id, ok: true } satisfies StandbyReport);
+      },
+      promote: (m) => answered("promote", m.id, () => promote(m.equal)),
+      demote: (m) => answered("demote", m.id, demote),
     },
-    promote: (m) => answered("promote", m.id, () => promote(m.equal)),
-    demote: (m) => answered("demote", m.id, demote),
-  }, log);
+    log,
+    (_, id, error) => agent.sendControl({ type: "refused", id, error }),
+  );
 
   const devices = new DeviceReporter(c.devicePrefixes, (m) => agent.sendControl(m));
-  copies.forEach(announce);
+  // a promoted standby that restarted serves its copies read-write again, journaled by its
+  // gateway as before the restart (its role is persisted), and can be demoted (failback)
+  if (c.state.promoted) {
+    await applier.freeze();
+    primary = await protect(c, agent, nextLinkId, (e) => fail(e));
+    nextLinkId += primary.exports.length;
+  } else copies.forEach(announce);
   agent.start();
   const server = await serveNbd(c.p, c.dataDir);
   nbd.server = server;
-  copies.forEach(exportCopy);
-  log.info("agent ready", { agent: c.id, standby: true, volumes: copies.map((s) => s.name) });
+  if (primary) {
+    for (const pv of primary.exports) exportCaptured(server, agent, pv);
+    await primary.ready();
+  } else copies.forEach(exportCopy);
+  log.info("agent ready", {
+    agent: c.id,
+    standby: true,
+    promoted: primary !== undefined,
+    volumes: copies.map((s) => s.name),
+  });
   return {
     fatal,
     stop: async () => {

@@ -3,6 +3,7 @@
 // and when the list changes, so the gateway's inventory offers them without anyone typing a
 // path (src/tasks/discovery.ts); an assignment outside these directories is refused.
 import { logger } from "../log.ts";
+import type { AgentReport } from "../wire/control.ts";
 
 const log = logger("devices");
 
@@ -73,7 +74,7 @@ export class DeviceReporter {
 
   constructor(
     private readonly prefixes: readonly string[],
-    private readonly send: (msg: Record<string, unknown>) => boolean,
+    private readonly send: (msg: Extract<AgentReport, { type: "devices" }>) => boolean,
     private readonly everyMs = 5000,
   ) {
     if (prefixes.length) {

@@ -8,6 +8,7 @@ import { check, cstr, fromCstr, native, NativeError } from "../native/ffi.ts";
 import { Ev, eventJson, type NativeEvent, Plane } from "../native/plane.ts";
 import { type Address, formatAddress } from "../link/address.ts";
 import { decodeJson, type Frame, FrameType, jsonFrame } from "../wire/frames.ts";
+import type { AgentReport, StandbyReport } from "../wire/control.ts";
 
 const log = logger("agent");
 
@@ -255,7 +256,8 @@ export class NativeAgent {
     return r === 0;
   }
 
-  sendControl(msg: unknown): boolean {
+  /** Sends a control message to the gateway (src/wire/control.ts; `standby-ready` is the link's own). */
+  sendControl(msg: AgentReport | StandbyReport | { type: "standby-ready" }): boolean {
     return this.send(jsonFrame(FrameType.Control, msg));
   }
 

@@ -18,6 +18,7 @@ import type { Targets, Task } from "../tasks/model.ts";
 import type { FailoverTest } from "../tasks/failover-tests.ts";
 import { ActionError } from "../tasks/actions.ts";
 import { copyLag, type DrillTargets, gradeDrill } from "./grade.ts";
+import type { SiteRequester } from "../wire/control.ts";
 
 const log = logger("drills");
 
@@ -39,11 +40,7 @@ export interface DrillDeps {
   /** The volume's durable sequence at this gateway now. */
   durableSeq: (key: string) => number;
   /** A control request to a remote site. */
-  request: (
-    site: string,
-    msg: Record<string, unknown>,
-    timeoutMs: number,
-  ) => Promise<Record<string, unknown>>;
+  request: SiteRequester;
   /** How often scheduled drills are looked for. */
   checkEveryMs?: number;
 }

@@ -4,6 +4,7 @@
 // and starts the service on it), then waits for the service check to pass; `drill-down` runs
 // --on-demote with the same environment. The standby's own copy and its stream are not touched.
 // Each order is answered (`drill-ready`, `drill-stopped`) with its id.
+import type { StandbyReport } from "../wire/control.ts";
 
 export interface StandbyDrillDeps {
   /** Runs --on-promote or --on-demote with extra environment; rejects when it fails. */
@@ -12,7 +13,7 @@ export interface StandbyDrillDeps {
   waitHealthy?: (timeoutMs: number) => Promise<void>;
   /** This standby is promoted: it serves the real service, a drill cannot run here. */
   promoted(): boolean;
-  send(m: Record<string, unknown>): void;
+  send(m: Extract<StandbyReport, { type: "drill-ready" | "drill-stopped" }>): void;
 }
 
 const EXPORT_RE = /^nbd(\+unix)?:\/\/[^\s]{1,400}$/;
@@ -30,7 +31,7 @@ export class StandbyDrills {
     if (m?.type !== "drill-up" && m?.type !== "drill-down") return false;
     const answer = m.type === "drill-up" ? "drill-ready" : "drill-stopped";
     const reply = (r: { ok: boolean; error?: string; checkMs?: number }) =>
-      this.d.send({ type: answer, id: m.id, ...r });
+      this.d.send({ type: answer, id: Number(m.id), ...r });
     this.run(m).then(reply, (e) => reply({ ok: false, error: (e as Error).message }));
     return true;
   }

@@ -21,6 +21,7 @@ import {
 import { decodeJson, decodeMixed, type Frame, FrameType, jsonFrame } from "../wire/frames.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { Channel } from "../replication/sender.ts";
+import type { AgentOrder, StandbyOrder } from "../wire/control.ts";
 
 const log = logger("ingest");
 const noBody = new Uint8Array(0);
@@ -289,7 +290,7 @@ export class GatewayListener {
   }
 
   /** Sends a control message to a connected agent; false if it is not connected. */
-  sendControl(agent: string, msg: unknown): boolean {
+  sendControl(agent: string, msg: AgentOrder | StandbyOrder): boolean {
     const s = this.byAgent.get(agent);
     return s !== undefined && this.send(s, jsonFrame(FrameType.Control, msg));
   }

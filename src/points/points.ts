@@ -7,6 +7,7 @@ import type { Db } from "../db/db.ts";
 import { serialized } from "../db/db.ts";
 import { checkpoints } from "../db/schema.ts";
 import type { Audit } from "../audit/audit.ts";
+import type { SiteRequester } from "../wire/control.ts";
 
 export const CHECKPOINT_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -20,11 +21,7 @@ export class PointsError extends Error {
 export interface PointsDeps {
   db: Db;
   audit: Audit;
-  request: (
-    site: string,
-    msg: Record<string, unknown>,
-    timeoutMs: number,
-  ) => Promise<Record<string, unknown>>;
+  request: SiteRequester;
   /** The newest sequence of a volume (AGENT/NAME) in the local journal; undefined: not journaled here. */
   lastSeq: (volume: string) => number | undefined;
   /** Puts a checkpoint of a volume (AGENT/NAME) in every site's stream. */

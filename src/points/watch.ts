@@ -1,6 +1,7 @@
 // What each remote site retains (its window, space bound and each volume's points), asked over
 // the site link every few seconds for the status, /metrics and the alarms.
 import type { RetentionStatus } from "../retention/retention.ts";
+import type { SiteRequester } from "../wire/control.ts";
 
 export interface SiteRetention {
   site: string;
@@ -19,11 +20,7 @@ export class RetentionWatch {
 
   constructor(
     private readonly sites: () => string[],
-    private readonly request: (
-      site: string,
-      msg: Record<string, unknown>,
-      timeoutMs: number,
-    ) => Promise<Record<string, unknown>>,
+    private readonly request: SiteRequester,
     private readonly everyMs = 5000,
   ) {}
 

@@ -13,7 +13,8 @@ import {
 } from "../record/record.ts";
 import { admit, type SeqState } from "../record/sequence.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
-import { FrameError, FrameType, seqFrame } from "../wire/frames.ts";
+import { FrameType, seqFrame } from "../wire/frames.ts";
+import type { CheckpointFrame } from "../wire/site-frames.ts";
 
 /** Where the site acknowledges a volume's records: applied to the replica, or also by the standby. */
 export type AckPoint = "rgp" | "rsp";
@@ -152,15 +153,10 @@ export class Receiver {
   }
 
   /** A checkpoint frame: names a record this stream brought before it (not counted: no acknowledgement). */
-  async checkpoint(m: { volume?: unknown; name?: unknown; seq?: unknown }): Promise<void> {
-    const v = this.map.get(Number(m.volume));
-    if (!v) {
-      throw new RecordError(`checkpoint for volume ${String(m.volume)}, which the site did not announce`);
-    }
-    if (typeof m.name !== "string" || !Number.isSafeInteger(m.seq) || (m.seq as number) < 0) {
-      throw new FrameError("malformed checkpoint frame");
-    }
-    await this.o.checkpoint?.(v, m.name, m.seq as number);
+  async checkpoint(m: CheckpointFrame): Promise<void> {
+    const v = this.map.get(m.volume);
+    if (!v) throw new RecordError(`checkpoint for volume ${m.volume}, which the site did not announce`);
+    await this.o.checkpoint?.(v, m.name, m.seq);
   }
 
   /** Acknowledges every record now durable in the journal and applied where required. */

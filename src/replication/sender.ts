@@ -14,6 +14,7 @@ import { DirtyMap } from "../capture/dirty-map.ts";
 import { deflateRecord } from "../record/deflate.ts";
 import { addRecordChunks, type Part, union } from "../recovery/divergence.ts";
 import { CheckpointMarks } from "./marks.ts";
+import type { CheckpointFrame, HashRequest } from "../wire/site-frames.ts";
 
 const log = logger("sender");
 
@@ -679,7 +680,7 @@ export class Session {
   }
 
   private sendMark(volume: number, name: string, seq: number): void {
-    this.ch.send(jsonFrame(FrameType.Checkpoint, { volume, name, seq }));
+    this.ch.send(jsonFrame(FrameType.Checkpoint, { volume, name, seq } satisfies CheckpointFrame));
   }
 
   /** The volume is no longer carried: its synchronisation, if one runs, ends here. */
@@ -805,7 +806,12 @@ export class Session {
         continue;
       }
       const answer = new Promise<Uint8Array | undefined>((r) => this.hashWaiters.set(job.volume, r));
-      this.ch.send(jsonFrame(FrameType.HashRequest, { volume: job.volume, chunkSize: job.chunkSize }));
+      this.ch.send(
+        jsonFrame(
+          FrameType.HashRequest,
+          { volume: job.volume, chunkSize: job.chunkSize } satisfies HashRequest,
+        ),
+      );
       const hashes = await answer;
       this.hashWaiters.delete(job.volume);
       if (this.stopped) return;

@@ -22,6 +22,7 @@ import {
   decodeTime,
   FrameError,
   FrameType,
+  hashesFrame as hashesFrameFor,
   jsonFrame,
   mixedFrame,
   readFrame,
@@ -30,6 +31,28 @@ import {
 import type { PeerReport, Sender, Session } from "./sender.ts";
 import type { AckPoint, Receiver, SiteVolume } from "./receiver.ts";
 import { MAX_PAYLOAD, RecordError } from "../record/record.ts";
+import { PendingRequests } from "../wire/requests.ts";
+import {
+  type Answerers,
+  answering,
+  fieldErrors,
+  receiver as controlReceiver,
+  type SiteAnswer,
+  type SiteAnswerBodies,
+  siteAnswers,
+  type SiteAnswerTo,
+  type SiteRequest,
+  siteRequests,
+  type Unsent,
+} from "../wire/control.ts";
+import {
+  checkpointSchema,
+  hashRequestSchema,
+  helloVolumeSchema,
+  parseFrame,
+  siteHelloSchema,
+  siteWelcomeSchema,
+} from "../wire/site-frames.ts";
 import { inflateRecord } from "../record/deflate.ts";
 
 const log = logger("site-link");
@@ -66,7 +89,33 @@ export class SiteClient {
   /** A new session must announce a change once the requests in flight are answered. */
   private announce = false;
   private writer: ConnWriter | undefined;
-  private requests = new PendingRequests<Record<string, unknown>>();
+  private requests = new PendingRequests<SiteAnswer>();
+  /** The site's answers, by the id of the request they answer; a malformed one fails its request. */
+  private readonly answers = (() => {
+    const byId = (m: Exclude<SiteAnswer, { type: "refused" }>) => void this.requests.answer(m.id, m);
+    return controlReceiver(
+      siteAnswers,
+      {
+        promote: byId,
+        demote: byId,
+        "drill-up": byId,
+        "drill-down": byId,
+        "test-start": byId,
+        "test-renew": byId,
+        "test-stop": byId,
+        retention: byId,
+        point: byId,
+        points: byId,
+        copies: byId,
+        standbys: byId,
+        inventory: byId,
+        refused: (m, site) =>
+          void this.requests.fail(m.id, new Error(`site ${site} refused the request: ${m.error}`)),
+      },
+      log,
+      (site, id, error) => this.requests.fail(id, new Error(`site ${site}: ${error}`)),
+    );
+  })();
   /** Chunk operations on the site's copies (recovery). */
   readonly chunks = new ChunkLink((head, payload) => {
     if (!this.writer || !this.connected) return false;
@@ -167,13 +216,11 @@ export class SiteClient {
       }));
       const w = await readFrame(reader);
       if (!w || w.type !== FrameType.SiteWelcome) throw new Error("the remote site did not answer the hello");
-      const welcome = decodeJson<
-        { site?: string; volumes?: { id: number; lastSeq: number; state: string }[] }
-      >(w.body);
+      const welcome = parseFrame(siteWelcomeSchema, "site welcome", decodeJson(w.body));
       const reports = new Map<number, PeerReport>();
       for (const r of welcome.volumes ?? []) {
         const state = r.state === "consistent" || r.state === "inconsistent" ? r.state : "empty";
-        reports.set(Number(r.id), { lastSeq: Number(r.lastSeq) || 0, state });
+        reports.set(r.id, { lastSeq: r.lastSeq, state });
       }
       this.connected = true;
       this.lastError = "";
@@ -211,11 +258,9 @@ export class SiteClient {
             this.chunks.answer(m.header, m.payload);
             break;
           }
-          case FrameType.Control: {
-            const m = decodeJson<Record<string, unknown>>(f.body);
-            this.requests.answer(Number(m.id), m);
+          case FrameType.Control:
+            this.answers(this.o.site, decodeJson(f.body));
             break;
-          }
           case FrameType.Error:
             throw new Error(
               `remote site reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
@@ -238,13 +283,13 @@ export class SiteClient {
     }
   }
 
-  /** Sends a control request to the site and waits for its answer. */
-  request(msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
+  /** Sends a control request to the site and waits for its answer; rejects when the site refused it. */
+  request<M extends Unsent<SiteRequest>>(msg: M, timeoutMs: number): Promise<SiteAnswerTo<M["type"]>> {
     const w = this.writer;
     if (!w || !this.connected) return Promise.reject(new Error(`site ${this.o.site} is not connected`));
     const answer = this.requests.request(
       (id) => {
-        w.send(jsonFrame(FrameType.Control, { ...msg, id }));
+        w.send(jsonFrame(FrameType.Control, { ...msg, id } satisfies SiteRequest));
         return true;
       },
       timeoutMs,
@@ -252,7 +297,13 @@ export class SiteClient {
     );
     const settled = () => this.restartToAnnounce();
     answer.then(settled, settled);
-    return answer;
+    // a request is answered by its id with its own type
+    return answer.then((a) => {
+      if (a.type !== msg.type) {
+        throw new Error(`site ${this.o.site} answered a ${msg.type} request with a ${a.type} answer`);
+      }
+      return a as SiteAnswerTo<M["type"]>;
+    });
   }
 
   close(): void {
@@ -273,8 +324,8 @@ export interface SiteServerOptions {
   newReceiver: (send: (frame: Uint8Array) => void) => Receiver;
   /** Chunk hashes of a replica (the journal volume), taken once everything received is applied. */
   hashes: (v: VolumeInfo, chunkSize: number) => Promise<Uint8Array>;
-  /** Control requests from a local site (promotion); the answer is sent back with the request's id. */
-  onControl?: (site: string, msg: Record<string, unknown>) => Promise<Record<string, unknown>>;
+  /** The control requests of a local site (promotion, tests, …); each answer goes back by the request's id. */
+  requests: Answerers<SiteRequest, SiteAnswerBodies>;
   /** Chunk operations on this site's copies (a recovery at the local site reads them); resolves with the reply frame. */
   onChunkOp?: (req: ChunkRequest, payload: Uint8Array) => Promise<Uint8Array>;
   onRejected?: (remote: string, reason: string) => void;
@@ -316,22 +367,25 @@ export class SiteServer {
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn);
     const receiver = this.o.newReceiver((b) => writer.send(b));
+    const answer = (m: SiteAnswer) => writer.send(jsonFrame(FrameType.Control, m));
+    const requests = controlReceiver(
+      siteRequests,
+      answering(this.o.requests, (m, a) =>
+        answer(
+          a instanceof Error
+            ? { type: m.type, id: m.id, ok: false, error: a.message }
+            : { ...a, type: m.type, id: m.id } as SiteAnswer,
+        )),
+      log,
+      (_, id, error) => answer({ type: "refused", id, error }),
+    );
     const old = this.sessions.get(c.peer);
     if (old) old.conn.close();
     this.sessions.set(c.peer, { conn, receiver });
     try {
       const hello = await readFrame(reader);
       if (!hello || hello.type !== FrameType.SiteHello) throw new FrameError("expected a site hello");
-      const m = decodeJson<{ volumes?: SiteVolume[] }>(hello.body);
-      const vols = (m.volumes ?? []).filter((v) =>
-        Number.isInteger(v.id) && typeof v.agent === "string" && typeof v.name === "string" &&
-        Number.isSafeInteger(v.size) &&
-        /^[A-Za-z0-9._-]{1,64}$/.test(v.name) && /^[A-Za-z0-9._-]{1,128}$/.test(v.agent)
-      ).map((v) => ({
-        ...v,
-        ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined,
-        retention: retentionOf(v.retention),
-      }));
+      const vols = helloVolumes(c.peer, decodeJson(hello.body));
       const welcome = await receiver.hello(vols);
       writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
       log.info("site stream started", { site: c.peer, volumes: vols.length });
@@ -346,17 +400,19 @@ export class SiteServer {
             await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
             break;
           case FrameType.Checkpoint:
-            await receiver.checkpoint(decodeJson(f.body));
+            await receiver.checkpoint(parseFrame(checkpointSchema, "checkpoint frame", decodeJson(f.body)));
             break;
           case FrameType.HashRequest: {
-            const q = decodeJson<{ volume?: number; chunkSize?: number }>(f.body);
-            const v = receiver.volume(Number(q.volume));
-            const chunk = Number(q.chunkSize);
-            if (!v || !Number.isInteger(chunk) || chunk < 4096 || chunk > 64 << 20) {
-              throw new FrameError("bad hash request");
+            const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
+            const v = receiver.volume(q.volume);
+            if (!v) {
+              throw new FrameError(`hash request for volume ${q.volume}, which the site did not announce`);
             }
-            const hashes = await this.o.hashes(v, chunk);
-            writer.send(hashesFrameFor(Number(q.volume), chunk, v.lastSeq, hashes));
+            if (q.chunkSize < 4096 || q.chunkSize > 64 << 20) {
+              throw new FrameError(`hash request: chunkSize ${q.chunkSize} is not 4 KiB to 64 MiB`);
+            }
+            const hashes = await this.o.hashes(v, q.chunkSize);
+            writer.send(hashesFrameFor(q.volume, q.chunkSize, v.lastSeq, hashes));
             break;
           }
           case FrameType.Ping:
@@ -380,17 +436,10 @@ export class SiteServer {
             );
             break;
           }
-          case FrameType.Control: {
-            const m = decodeJson<Record<string, unknown>>(f.body);
-            const answer = this.o.onControl
-              ? this.o.onControl(c.peer, m)
-              : Promise.resolve({ ok: false, error: "unsupported" });
+          case FrameType.Control:
             // answered when ready: the record stream goes on meanwhile
-            answer.catch((e) => ({ ok: false, error: (e as Error).message })).then((r) =>
-              writer.send(jsonFrame(FrameType.Control, { ...r, id: m.id }))
-            );
+            requests(c.peer, decodeJson(f.body));
             break;
-          }
           default:
             throw new FrameError(`unexpected frame ${f.type} from site ${c.peer}`);
         }
@@ -418,8 +467,31 @@ export class SiteServer {
   }
 }
 
-import { hashesFrame as hashesFrameFor } from "../wire/frames.ts";
-import { PendingRequests } from "../wire/requests.ts";
+/**
+ * The volumes a hello announces. One that is malformed is left out, with the reason logged: the
+ * others stream (its records are then refused as the site did not announce it).
+ */
+function helloVolumes(site: string, raw: unknown): SiteVolume[] {
+  const hello = parseFrame(siteHelloSchema, "site hello", raw);
+  const out: SiteVolume[] = [];
+  for (const [i, x] of (hello.volumes ?? []).entries()) {
+    const r = helloVolumeSchema.safeParse(x);
+    if (!r.success) {
+      log.warn("a volume of the hello left out", { site, volume: i, error: fieldErrors(r.error) });
+      continue;
+    }
+    const v = r.data;
+    out.push({
+      id: v.id,
+      agent: v.agent,
+      name: v.name,
+      size: v.size,
+      ack: v.ack === "rgp" || v.ack === "rsp" ? v.ack : undefined,
+      retention: retentionOf(v.retention),
+    });
+  }
+  return out;
+}
 
 /** A volume's retention as a hello announces it; anything malformed is ignored (the site's flags hold). */
 export function retentionOf(r: unknown): { windowMs: number; maxBytes?: number } | undefined {

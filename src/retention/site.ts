@@ -5,6 +5,7 @@ import type { VolumeInfo } from "../journal/journal.ts";
 import { logger } from "../log.ts";
 import { PointError } from "./points.ts";
 import type { Retention } from "./retention.ts";
+import type { SiteAnswerBody } from "../wire/control.ts";
 
 export interface SiteRetentionDeps {
   retention: Retention;
@@ -27,6 +28,15 @@ export function parsePoint(raw: unknown): number | string {
 }
 
 const log = logger("retention");
+
+/** An answer, or the error it failed with (named with this site). */
+function answered<A extends { ok: boolean }>(site: string, f: () => A): A | { ok: false; error: string } {
+  try {
+    return f();
+  } catch (e) {
+    return { ok: false, error: `site ${site}: ${(e as Error).message}` };
+  }
+}
 
 export function siteRetention(d: SiteRetentionDeps) {
   const key = (v: VolumeInfo) => `${v.agent}/${v.name}`;
@@ -72,32 +82,26 @@ export function siteRetention(d: SiteRetentionDeps) {
       return { seq: p.seq, size: l.size, time: p.time };
     },
 
-    /** Answers the local site's `retention`, `point` and `points` requests. */
-    control(m: Record<string, unknown>): Record<string, unknown> {
-      try {
-        if (m.type === "retention") {
-          const { windowMs, maxBytes } = d.retention.policy;
-          return { ok: true, windowMs, maxBytes, volumes: d.retention.status() };
-        }
-        const volume = String(m.volume);
-        if (m.type === "point") {
-          const p = d.retention.log(volume).resolve(parsePoint(m.point));
-          return { ok: true, seq: p.seq, time: p.time };
-        }
-        if (m.type === "points") {
-          const limit = Number.isInteger(m.limit) && (m.limit as number) > 0 ? m.limit as number : 1000;
-          const l = d.retention.log(volume);
-          return {
-            ok: true,
-            points: l.points(limit),
-            retention: d.retention.status().find((s) => s.volume === volume),
-            windowMs: d.retention.policyOf(volume).windowMs,
-          };
-        }
-        return { ok: false, error: `unknown request "${String(m.type)}"` };
-      } catch (e) {
-        return { ok: false, error: `site ${d.site}: ${(e as Error).message}` };
-      }
+    /** Answers the local site's `retention` request: the policy and each volume's retention. */
+    retentionStatus: (): SiteAnswerBody<"retention"> => {
+      const { windowMs, maxBytes } = d.retention.policy;
+      return { ok: true, windowMs, maxBytes, volumes: d.retention.status() };
     },
+
+    /** Answers a `point` request: the sequence and time of a volume's point. */
+    point: (volume: string, point: number | string): SiteAnswerBody<"point"> =>
+      answered(d.site, () => {
+        const p = d.retention.log(volume).resolve(parsePoint(point));
+        return { ok: true, seq: p.seq, time: p.time };
+      }),
+
+    /** Answers a `points` request: a volume's points (at most `limit`, 1000 when absent). */
+    points: (volume: string, limit = 1000): SiteAnswerBody<"points"> =>
+      answered(d.site, () => ({
+        ok: true,
+        points: d.retention.log(volume).points(limit),
+        retention: d.retention.status().find((s) => s.volume === volume),
+        windowMs: d.retention.policyOf(volume).windowMs,
+      })),
   };
 }

@@ -203,7 +203,8 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
     devicePrefixes,
     monitor,
   };
-  const role = p["standby"] === true && !c.state.promoted ? await runStandby(c) : await runPrimary(c);
+  // a promoted standby stays a standby agent (promoted): its site can demote it
+  const role = p["standby"] === true ? await runStandby(c) : await runPrimary(c);
   monitor?.start();
   const heartbeats = startHeartbeats(c);
   c.heartbeats = heartbeats;

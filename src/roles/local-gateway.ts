@@ -15,7 +15,7 @@ import type { GatewayStatus } from "../web/gateway-status.ts";
 import { gatewayActions } from "../tasks/gateway-actions.ts";
 import { TaskStore } from "../tasks/store.ts";
 import { ControlPlane, type MirrorPlan, siteLimit } from "../tasks/control-plane.ts";
-import { agentReports, receiver } from "../wire/control.ts";
+import { agentReports, receiver, type SiteRequester } from "../wire/control.ts";
 import { FailoverTests } from "../tasks/failover-tests.ts";
 import { Discovery } from "../tasks/discovery.ts";
 import { imageDevices, ringDevice } from "../tasks/site-inventory.ts";
@@ -464,6 +464,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       onControl: receiver(agentReports, {
         assigned: (m) => plane.cp?.onAnswer(m),
         unassigned: (m) => plane.cp?.onAnswer(m),
+        refused: (m) => plane.cp?.onAnswer(m),
         assignments: (m, agent) => plane.cp?.onAssignments(agent, m.names),
         devices: (m, agent) => plane.discovery?.onDevices(agent, m.devices),
       }, log),
@@ -530,7 +531,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     }
     const store = new TaskStore(db, prefixes);
     plane0.store = store;
-    const siteRequest = (site: string, msg: Record<string, unknown>, timeoutMs: number) => {
+    const siteRequest: SiteRequester = (site, msg, timeoutMs) => {
       const r = remotes.find((x) => x.site === site);
       if (!r) return Promise.reject(new Error(`no --remote ${site} on this gateway`));
       return r.client.request(msg, timeoutMs);

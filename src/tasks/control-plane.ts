@@ -16,7 +16,7 @@
 // of the protected agent holds the copy under the LSP volume's name). It is sent when the tasks
 // change, whenever the site's link comes up, and again while the site's answer (each copy
 // assigned, pending or failed, with the reason) leaves a copy pending, and every few seconds for
-// the status; the site reconciles its standby agents with it (src/roles/remote-gateway.ts). A
+// the status; the site reconciles its standby agents with it (src/site/standby-copies.ts). A
 // start sends it before assigning the LSP, so the standby holds its copy before the stream
 // reaches the site, and is refused when a standby refuses its copy.
 //
@@ -28,7 +28,7 @@ import type { Host, Mirror, Task, Volume } from "./model.ts";
 import { DesiredState } from "./desired-state.ts";
 import type { TaskStore } from "./store.ts";
 import { PendingRequests } from "../wire/requests.ts";
-import type { AgentReport } from "../wire/control.ts";
+import type { AgentOrder, AgentReport, SiteAnswer, SiteRequest, Unsent } from "../wire/control.ts";
 
 const log = logger("control-plane");
 
@@ -215,11 +215,11 @@ export interface AssignmentState {
 export interface ControlPlaneDeps {
   store: TaskStore;
   /** Sends a control message to a connected agent; false when it is not connected. */
-  send: (agent: string, msg: Record<string, unknown>) => boolean;
+  send: (agent: string, msg: AgentOrder) => boolean;
   /** Stops (true) or resumes (false) sending a volume (AGENT/NAME) to the remote sites. */
   retire: (agent: string, name: string, retired: boolean) => Promise<void>;
   /** A control request to a remote site (its answer); rejects when the site is not connected. */
-  siteRequest: (site: string, msg: Record<string, unknown>) => Promise<Answer>;
+  siteRequest: (site: string, msg: Unsent<Extract<SiteRequest, { type: "standbys" }>>) => Promise<SiteAnswer>;
   /** The remote sites this gateway replicates to (--remote). */
   sites: () => string[];
   /** Applies the tasks' mirror strategies (called at the first refresh and whenever they change). */
@@ -230,11 +230,11 @@ export interface ControlPlaneDeps {
 }
 
 type Answer = Record<string, unknown>;
-/** An agent's answer to an order. */
-type AgentAnswer = Extract<AgentReport, { type: "assigned" | "unassigned" }>;
+/** An agent's answer to an order: done (per volume, with the reasons), or refused as a whole. */
+type AgentAnswer = Extract<AgentReport, { type: "assigned" | "unassigned" | "refused" }>;
 
 export class ControlPlane {
-  private requests = new PendingRequests<AgentAnswer>();
+  private requests = new PendingRequests<Exclude<AgentAnswer, { type: "refused" }>>();
   private states = new Map<string, AssignmentState>();
   /** Each remote site's desired standby copies (per agent), re-sent until the site answered. */
   private plans: DesiredState<Record<string, Assignment[]>>;
@@ -386,7 +386,9 @@ export class ControlPlane {
 
   /** An agent's answer to an order (assign, unassign), matched to the order by its id. */
   onAnswer(m: AgentAnswer): void {
-    this.requests.answer(m.id, m);
+    // a refused order fails now with the agent's reason: the task shows it (no wait for the timeout)
+    if (m.type === "refused") this.requests.fail(m.id, new Error(`the agent refused the order: ${m.error}`));
+    else this.requests.answer(m.id, m);
   }
 
   /** An agent connected and reports the assignments it remembers: withdraw what no task asks for. */
@@ -528,7 +530,10 @@ export class ControlPlane {
   }
 
   /** Sends an order and waits for its answer; undefined when the agent is not connected. */
-  private async ask(agent: string, msg: Answer): Promise<AgentAnswer | undefined> {
+  private async ask(
+    agent: string,
+    msg: Unsent<Extract<AgentOrder, { id: number }>>,
+  ): Promise<AgentAnswer | undefined> {
     let connected = true;
     const answer = this.requests.request(
       (id) => connected = this.d.send(agent, { ...msg, id }),

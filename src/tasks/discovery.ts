@@ -17,6 +17,7 @@ import type { TaskStore } from "./store.ts";
 import { deviceName, gatewayHostOf, type Observation, type ObservedHost } from "./discovery-plan.ts";
 import { type GatewayView, type Proposal, propose } from "./proposal.ts";
 import { parseSiteInventory, type SiteInventory } from "./site-inventory.ts";
+import type { SiteRequester } from "../wire/control.ts";
 
 const log = logger("discovery");
 
@@ -34,7 +35,7 @@ export interface DiscoveryDeps {
   /** The --remote sites and whether their links are up. */
   remotes: () => { site: string; connected: boolean }[];
   /** A request to a remote site (its answer). */
-  siteRequest: (site: string, msg: Record<string, unknown>, timeoutMs: number) => Promise<unknown>;
+  siteRequest: SiteRequester;
   refreshMs?: number;
   /** How often a linked remote site is asked for its inventory. */
   siteEveryMs?: number;

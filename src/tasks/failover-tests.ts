@@ -10,6 +10,7 @@
 // why (the task's audit log and event stream show it).
 import { logger } from "../log.ts";
 import type { TaskStore } from "./store.ts";
+import type { SiteRequester } from "../wire/control.ts";
 
 const log = logger("failover-test");
 
@@ -33,11 +34,7 @@ export interface FailoverTest {
 export interface FailoverTestsOptions {
   store: TaskStore;
   /** A control request to a remote site over its link (rejects when the link is down). */
-  request: (
-    site: string,
-    msg: Record<string, unknown>,
-    timeoutMs: number,
-  ) => Promise<Record<string, unknown>>;
+  request: SiteRequester;
   renewMs?: number;
   /** With no renewal answered for this long, the test is over (the site discards it after as long). */
   leaseMs?: number;

@@ -95,7 +95,7 @@ export class StandbyDevices {
     journal: DeviceInfo;
     replicaDir: string;
     replicas: (DeviceInfo & { agent: string; name: string })[];
-  }): Record<string, unknown> {
+  }): SiteInventory & { ok: true } {
     const now = performance.now();
     for (const agent of o.connected) {
       const r = this.reports.get(agent);

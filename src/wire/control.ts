@@ -1,22 +1,29 @@
-// The control messages of the agent and standby links: JSON objects in Control frames
+// The control messages of the agent, standby and site links: JSON objects in Control frames
 // (src/wire/frames.ts), one zod union per direction of each link, discriminated by `type`. Every
 // receiver parses what it gets (parseControl) and hands it to the handler of its type in a table
-// typed from the union (Handlers: a type without a handler does not compile). A message that is
-// not an object, has no type or an unknown one, or a field of the wrong shape is refused with an
-// error naming the link, the type and the field; the receiver logs it with the peer's name and
-// the link stays up, as for any frame it cannot use.
+// typed from the union (Handlers: a type without a handler does not compile); every sender builds
+// its messages as the union's types (a wrong or missing field does not compile). A message that
+// is not an object, has no type or an unknown one, or a field of the wrong shape is refused with
+// an error naming the link, the type and the field; the receiver logs it with the peer's name and
+// the link stays up, as for any frame it cannot use. A refused request that carries a usable id
+// is answered at once with a `refused` message by that id (the error): its requester fails then,
+// with the receiver's reason, instead of waiting for its timeout.
 //
 // The agent link (local gateway ↔ agent; the control plane, src/tasks/control-plane.ts):
 //   to the agent:   assign, unassign (each answered by its id), fence, unfence, heartbeat-interval
-//   to the gateway: assigned, unassigned (the answers), assignments (what the agent remembers,
-//                   after every connection), devices (src/capture/devices.ts)
-// The standby link (remote gateway ↔ standby agent; src/roles/remote-gateway.ts):
+//   to the gateway: assigned, unassigned (the answers), refused, assignments (what the agent
+//                   remembers, after every connection), devices (src/capture/devices.ts)
+// The standby link (remote gateway ↔ standby agent; src/site/standby-link.ts):
 //   to the standby: assign, unassign, promote, demote, rollback, drill-up, drill-down (each answered)
 //   to the gateway: their answers (assigned, unassigned, promoted, demoted, rollback-set,
-//                   drill-ready, drill-stopped), assignments, devices
+//                   drill-ready, drill-stopped), refused, assignments, devices
 // A standby's `standby-ready` (its copies are announced: the stream may start) is the link's own:
-// src/link/gateway-listener.ts takes it before any receiver. The site link's requests
-// (src/replication/site-link.ts) are not typed here yet.
+// src/link/gateway-listener.ts takes it before any receiver.
+// The site link (local gateway → remote gateway; src/replication/site-link.ts): every request
+// (promote, demote, drill-up/-down, test-start/-renew/-stop, retention, point, points, copies,
+// standbys, inventory) is answered by its id with a message of the request's own type (ok, error,
+// and what that request returns), or `refused`. The site link's other JSON frames (the hello,
+// the welcome, checkpoints, hash requests) are not control messages: src/replication/ reads them.
 import { z } from "zod";
 import { MAX_INTERVAL_MS, MIN_INTERVAL_MS } from "../heartbeat/channel.ts";
 
@@ -63,6 +70,9 @@ const heartbeatInterval = z.object({
   etaMs: z.number().min(MIN_INTERVAL_MS).max(MAX_INTERVAL_MS),
 });
 
+/** A message refused by its receiver: the request with this id fails with the error. */
+const refused = z.object({ type: z.literal("refused"), id: requestId, error: z.string() });
+
 // --- the standby link's own
 const promote = z.object({ type: z.literal("promote"), id: requestId, equal: z.boolean() });
 const demote = z.object({ type: z.literal("demote"), id: requestId });
@@ -85,6 +95,63 @@ const drillDown = z.object({
 const outcome = <T extends string>(type: T) =>
   z.object({ type: z.literal(type), id: requestId, ok: z.boolean(), error: z.string().optional() });
 const drillReady = outcome("drill-ready").extend({ checkMs: z.number().optional() });
+
+// --- the site link (local gateway → remote gateway, each request answered by its type and id)
+const agentName = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1 to 128 of A-Z a-z 0-9 . _ -");
+/** A volume as the sites name it: AGENT/NAME. */
+const volumeKey = z.string().regex(
+  /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/,
+  "must be AGENT/NAME",
+);
+/** A point of a volume's retention: a sequence or a checkpoint's name (src/retention/site.ts parsePoint). */
+const point = z.union([z.number(), z.string()]);
+const request = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) =>
+  z.object({ type: z.literal(type), id: requestId, ...shape });
+const siteRequestList = [
+  request("promote", { agent: agentName, point: point.optional() }),
+  request("demote", { agent: agentName }),
+  request("drill-up", { test: z.string(), timeoutMs: z.number().optional() }),
+  request("drill-down", { test: z.string() }),
+  request("test-start", {
+    task: volumeName,
+    volume: volumeKey,
+    durationSeconds: z.number().int().positive(),
+    point: point.optional(),
+  }),
+  request("test-renew", { test: z.string() }),
+  request("test-stop", { test: z.string().optional(), task: z.string().optional() }),
+  request("retention", {}),
+  request("point", { volume: volumeKey, point }),
+  request("points", { volume: volumeKey, limit: z.number().int().positive().optional() }),
+  request("copies", { volume: volumeKey }),
+  // a local site's whole desired state of this site's standby copies, per standby agent
+  request("standbys", { agents: z.record(agentName, z.array(assignmentSchema)) }),
+  request("inventory", {}),
+] as const;
+/** What a site's answer holds beyond ok and error: the parts each consumer reads itself are any JSON. */
+const json = z.unknown().optional();
+const answer = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) => outcome(type).extend(shape);
+const siteAnswerList = [
+  answer("promote", { rolledBack: json }),
+  answer("demote", { note: z.string().optional(), held: z.record(z.string(), z.number()).optional() }),
+  answer("drill-up", { checkMs: z.number().nullable().optional() }),
+  answer("drill-down", {}),
+  answer("test-start", { test: json }),
+  answer("test-renew", { test: json }),
+  answer("test-stop", { found: z.boolean().optional() }),
+  answer("retention", { windowMs: z.number().optional(), maxBytes: z.number().optional(), volumes: json }),
+  answer("point", { seq: z.number().optional(), time: z.number().optional() }),
+  answer("points", { points: json, retention: json, windowMs: z.number().optional() }),
+  answer("copies", { rgp: json, rsp: json }),
+  answer("standbys", { agents: json }),
+  answer("inventory", {
+    site: z.string().optional(),
+    journal: json,
+    replicaDir: z.string().optional(),
+    replicas: json,
+    agents: json,
+  }),
+] as const;
 
 /** One direction of a link: its name (for errors), its union, and the types it carries. */
 export interface ControlLink<M extends { type: string }> {
@@ -121,6 +188,7 @@ export const agentOrders = link("agent link (gateway to agent)", [
 export const agentReports = link("agent link (agent to gateway)", [
   assigned,
   unassigned,
+  refused,
   assignments,
   devices,
 ]);
@@ -133,6 +201,7 @@ export const standbyOrders = link(
 export const standbyReports = link("standby link (standby to gateway)", [
   assigned,
   unassigned,
+  refused,
   assignments,
   devices,
   outcome("promoted"),
@@ -142,10 +211,34 @@ export const standbyReports = link("standby link (standby to gateway)", [
   outcome("drill-stopped"),
 ]);
 
+/** Local gateway → remote gateway. */
+export const siteRequests = link("site link (local to remote gateway)", siteRequestList);
+/** Remote gateway → local gateway: each request's answer, by its id. */
+export const siteAnswers = link("site link (remote to local gateway)", [...siteAnswerList, refused]);
+
 export type AgentOrder = z.infer<typeof agentOrders.schema>;
 export type AgentReport = z.infer<typeof agentReports.schema>;
 export type StandbyOrder = z.infer<typeof standbyOrders.schema>;
 export type StandbyReport = z.infer<typeof standbyReports.schema>;
+export type SiteRequest = z.infer<typeof siteRequests.schema>;
+export type SiteAnswer = z.infer<typeof siteAnswers.schema>;
+/** What a site answers to a request of type K, without the type and id its link adds. */
+export type SiteAnswerBody<K extends SiteRequest["type"]> = Omit<
+  Extract<SiteAnswer, { type: K }>,
+  "type" | "id"
+>;
+/** Each site request's answer body, by type (the remote gateway's handlers resolve with these). */
+export type SiteAnswerBodies = { [K in SiteRequest["type"]]: SiteAnswerBody<K> };
+/** A message as its sender builds it: the request helper adds the id. */
+export type Unsent<M> = M extends unknown ? Omit<M, "id"> : never;
+/** The answer to a site request of type K (a refused request rejects instead). */
+export type SiteAnswerTo<K extends SiteRequest["type"]> = Extract<SiteAnswer, { type: K }>;
+/** A request to a remote site and its answer (rejects when the site is not linked or refused it). */
+export type SiteRequester = <M extends Unsent<SiteRequest>>(
+  site: string,
+  msg: M,
+  timeoutMs: number,
+) => Promise<SiteAnswerTo<M["type"]>>;
 export type AssignOrder = z.infer<typeof assign>;
 export type UnassignOrder = z.infer<typeof unassign>;
 export type DrillOrder = z.infer<typeof drillUp> | z.infer<typeof drillDown>;
@@ -170,10 +263,13 @@ export function parseControl<M extends { type: string }>(l: ControlLink<M>, raw:
   }
   const r = l.schema.safeParse(raw);
   if (r.success) return r.data;
-  const fields = r.error.issues.slice(0, 4).map((i) =>
-    `${i.path.map(String).join(".") || "(message)"}: ${i.message}`
-  );
-  throw new ControlError(`${l.name}: "${type}" message refused: ${fields.join("; ")}`);
+  throw new ControlError(`${l.name}: "${type}" message refused: ${fieldErrors(r.error)}`);
+}
+
+/** The first fields at fault in a refused JSON body, each with its path and why. */
+export function fieldErrors(e: z.ZodError): string {
+  return e.issues.slice(0, 4).map((i) => `${i.path.map(String).join(".") || "(message)"}: ${i.message}`)
+    .join("; ");
 }
 
 function kindOf(v: unknown): string {
@@ -187,21 +283,53 @@ export type Handlers<M extends { type: string }> = {
 
 /**
  * A receiver: each message is parsed and handed to its type's handler. A refused one is logged
- * with the peer's name (`from`) and dropped: nothing throws, the link stays up.
+ * with the peer's name (`from`) and dropped: nothing throws, the link stays up. One that carries
+ * a usable id goes to `refusedById` too: a request's receiver answers it (a `refused` message),
+ * an answer's receiver fails the request waiting for it.
  */
 export function receiver<M extends { type: string }>(
   l: ControlLink<M>,
   handlers: Handlers<M>,
   log: { error(msg: string, fields: Record<string, unknown>): void },
+  refusedById?: (from: string, id: number, error: string) => void,
 ): (from: string, raw: unknown) => void {
   return (from, raw) => {
     let m: M;
     try {
       m = parseControl(l, raw);
     } catch (e) {
-      log.error("control message refused", { from, error: (e as Error).message });
+      const error = (e as Error).message;
+      log.error("control message refused", { from, error });
+      const id = requestId.safeParse((raw as { id?: unknown } | null)?.id);
+      if (id.success) refusedById?.(from, id.data, error);
       return;
     }
     (handlers[m.type as M["type"]] as (m: M, from: string) => void)(m, from);
   };
+}
+
+/** A table of requests' handlers, each resolving with its answer's body (the link adds type and id). */
+export type Answerers<M extends { type: string; id: number }, B extends { [K in M["type"]]: unknown }> = {
+  [K in M["type"]]: (m: Extract<M, { type: K }>, from: string) => Promise<B[K]>;
+};
+
+/**
+ * The handlers of a receiver of requests that are answered later: each request's answer (or the
+ * error it failed with) goes to `reply` with the request.
+ */
+export function answering<M extends { type: string; id: number }, B extends { [K in M["type"]]: unknown }>(
+  table: Answerers<M, B>,
+  reply: (m: M, answer: B[M["type"]] | Error) => void,
+): Handlers<M> {
+  const out: Record<string, (m: M, from: string) => void> = {};
+  for (const [type, handle] of Object.entries(table)) {
+    // a handler that throws before its promise fails the request like one that rejects
+    out[type] = (m, from) =>
+      void Promise.resolve().then(() => (handle as (m: M, from: string) => Promise<B[M["type"]]>)(m, from))
+        .then(
+          (a) => reply(m, a),
+          (e) => reply(m, e instanceof Error ? e : new Error(String(e))),
+        );
+  }
+  return out as unknown as Handlers<M>;
 }

@@ -43,6 +43,13 @@ export class PendingRequests<A> {
     return w !== undefined;
   }
 
+  /** The request was refused (its receiver could not read it): it fails with this error. */
+  fail(id: number, e: Error): boolean {
+    const w = this.settle(id);
+    w?.reject(e);
+    return w !== undefined;
+  }
+
   /** The link dropped: every request in flight fails with this error. */
   failAll(e: Error): void {
     for (const id of [...this.waiting.keys()]) this.settle(id)?.reject(e);
