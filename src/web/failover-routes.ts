@@ -23,6 +23,7 @@ export function failoverRoutes(
     // an optional body {"point": SEQ | NAME}: the standby is rolled back to that point first
     let point: number | string | undefined;
     if (Number(c.req.header("content-length") ?? 0) > 0) {
+      // a body that is not JSON is refused below like any other wrong body
       const body = await c.req.json().catch(() => undefined) as { point?: unknown } | undefined;
       const p = body?.point;
       const valid = (typeof p === "number" && Number.isSafeInteger(p) && p >= 0) ||
