@@ -157,10 +157,6 @@ export class RemoteSites {
     return this.remotes.map((r) => r.site);
   }
 
-  has(site: string): boolean {
-    return this.remotes.some((r) => r.site === site);
-  }
-
   connected(site: string): boolean {
     return this.find(site)?.client.connected ?? false;
   }

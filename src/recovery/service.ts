@@ -145,7 +145,7 @@ export function parseSource(text: string): SourceRef {
 export class RecoveryService {
   private running = new Map<number, { signal: { aborted: boolean }; progress?: Progress }>();
   private timer: ReturnType<typeof setInterval> | undefined;
-  /** A recovery ended, was cancelled or stopped: waits for one look again. */
+  /** Told when a recovery ends or is cancelled, or the service stops: whatever waits on one looks again. */
   private readonly changed = new Changes();
 
   constructor(private readonly d: RecoveryDeps) {}
