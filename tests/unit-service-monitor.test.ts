@@ -7,12 +7,12 @@ import { ServiceMonitor } from "../src/health/service-check.ts";
 
 const t = suite("service monitor");
 
-/** A monitor whose check passes while `flag` exists. */
-async function monitor(intervalMs = 50) {
+/** A monitor whose check (taking `checkSeconds`) passes while `flag` exists. */
+async function monitor(intervalMs = 50, checkSeconds = 0) {
   const dir = await Deno.makeTempDir();
   const flag = `${dir}/up`;
   const m = new ServiceMonitor({
-    spec: { kind: "exec", command: `test -f ${flag}` },
+    spec: { kind: "exec", command: `sleep ${checkSeconds}; test -f ${flag}` },
     intervalMs,
     failures: 1,
   });
@@ -47,24 +47,17 @@ t("waitHealthy resolves at the first passing check after the service comes up", 
 
 t("a check already running when the wait began does not count", async () => {
   // each check takes 300 ms; the next starts 500 ms after one ends
-  const dir = await Deno.makeTempDir();
-  const flag = `${dir}/up`;
-  const m = new ServiceMonitor({
-    spec: { kind: "exec", command: `sleep 0.3; test -f ${flag}` },
-    intervalMs: 500,
-    failures: 1,
-  });
+  const x = await monitor(500, 0.3);
   try {
     const t0 = performance.now();
-    m.start(); // the first check runs now and will find the service up
-    await Deno.writeTextFile(flag, "");
-    await m.waitHealthy(5000);
+    x.m.start(); // the first check runs now and will find the service up
+    await x.up();
+    await x.m.waitHealthy(5000);
     const ms = performance.now() - t0;
     // the first check passed at ~300 ms but had started before the wait: the wait took the next
     assert.ok(ms >= 750, `resolved by the check after the running one (${Math.round(ms)} ms)`);
   } finally {
-    m.stop();
-    await Deno.remove(dir, { recursive: true });
+    await x.done();
   }
 });
 
