@@ -86,7 +86,9 @@ t("a real failover during a test discards the test copy before the service moves
         calls.push(`failover ${name}`);
         return Promise.resolve();
       },
-      failback: () => Promise.resolve(),
+      failback: () => {
+        throw new Error("no failback in this test");
+      },
     },
     volumes: () => [{ agent: "a1", name: "vol0", size: MiB }],
     sites: () => ["dr1", "dr2"],

@@ -19,10 +19,10 @@ function watch() {
   const live = new Liveness({
     settings,
     audit: { record: () => Promise.resolve() },
-    onFailure: (agent) => failures.push(agent),
     onTransition: (agent, tr) => transitions.push(`${agent} ${tr.to}`),
     clock: () => now,
   });
+  live.onFailure((agent) => failures.push(agent));
   // heartbeats every η up to `until`, with the gateway's own poll in between
   const beat = (agent: string, from: number, until: number) => {
     for (let at = from; at <= until; at += 100) {

@@ -193,7 +193,9 @@ t("a failover to a point: checked at the site before anything moves", async () =
         calls.push(`failover ${name} ${point} (${cause})`);
         return Promise.resolve();
       },
-      failback: () => Promise.resolve(),
+      failback: () => {
+        throw new Error("no failback in this test");
+      },
     },
     checkPoint: (site, volume, point) => {
       calls.push(`check ${site} ${volume} ${point}`);

@@ -15,7 +15,7 @@ import { startWebServer, type WebServer } from "../src/web/web-server.ts";
 import { ActionError, type TaskActions } from "../src/tasks/actions.ts";
 import { type Task, TASK_STATES, TRANSITIONS } from "../src/tasks/model.ts";
 import { type RecoveryRow, taskEvent, type TaskStatusView } from "../src/tasks/gateway-actions.ts";
-import { registerSitesAndHosts } from "./lib/inventory.ts";
+import { registerDbTask } from "./lib/inventory.ts";
 import { gatewayStatus } from "./lib/status.ts";
 
 const t = suite("web API");
@@ -676,19 +676,7 @@ t("a real gateway: a task adopts the agent's volume, follows it to protected, re
   });
   try {
     const c = new WebClient(`http://127.0.0.1:${topo.gw.httpPort}`, { token: topo.gw.token });
-    await registerSitesAndHosts(c);
-    const files = topo.copies();
-    const vols: [string, string, string][] = [
-      ["vol0", "app1", files.lsp],
-      ["lgp0", "lgw", files.lgp],
-      ["buf0", "lgw", `${topo.dir}/gateway/journal.ring`],
-      ["rgp0", "rgw", files["rgp-dr1"]],
-      ["rsp0", "standby", files["rsp-dr1"]],
-    ];
-    for (const [name, host, device] of vols) {
-      const size = name === "buf0" ? 256 * MiB : SIZE;
-      await c.expect(201, "POST", "/api/volumes", { name, host, device, size });
-    }
+    await registerDbTask(c, topo, SIZE);
     const outside = await c.req("POST", "/api/volumes", {
       name: "etc",
       host: "app1",
@@ -696,22 +684,6 @@ t("a real gateway: a task adopts the agent's volume, follows it to protected, re
       size: 512,
     });
     assert.is(outside.status, 400, "the gateway's --device-prefix is the allowed list");
-    await c.expect(201, "POST", "/api/tasks", {
-      name: "db",
-      group: {
-        local: {
-          site: "prod",
-          lsp: { host: "app1", device: files.lsp },
-          lgp: { host: "lgw", device: files.lgp },
-          buffer: { host: "lgw", device: `${topo.dir}/gateway/journal.ring` },
-        },
-        remotes: [{
-          site: "dr1",
-          rgp: { host: "rgw", device: files["rgp-dr1"] },
-          rsp: { host: "standby", device: files["rsp-dr1"] },
-        }],
-      },
-    });
     const started = await c.expect(200, "POST", "/api/tasks/db/actions/start") as {
       to: string;
       message: string;

@@ -54,6 +54,7 @@ export async function scanDevices(prefixes: readonly string[]): Promise<DeviceIn
     for (const e of entries) {
       if (e.name.startsWith(".")) continue;
       const path = `${dir}/${e.name}`;
+      // an entry gone or unreadable since the listing is no device to offer
       const st = await Deno.stat(path).catch(() => undefined);
       if (!st || !(st.isFile || st.isBlockDevice)) continue;
       const size = await sizeOf(path);

@@ -74,6 +74,7 @@ const writeQueues = new WeakMap<Db, Promise<unknown>>();
  */
 export function serialized<T>(db: Db, fn: () => Promise<T>): Promise<T> {
   const prev = writeQueues.get(db) ?? Promise.resolve();
+  // the previous write's failure is its caller's: this one runs all the same
   const next = prev.catch(() => {}).then(fn);
   writeQueues.set(db, next);
   return next;

@@ -52,12 +52,35 @@ export class FailbackError extends Error {
   }
 }
 
-export async function failback(d: FailbackDeps, name: string): Promise<FailbackReport> {
+/** A failback asked for: refused before anything moved, or under way. */
+export type StartedFailback = { refused: FailbackError } | { done: Promise<FailbackReport> };
+
+/**
+ * Starts a failback: its refusals (no such service, not failed over, the local server not ready)
+ * come back at once, before anything moves; otherwise `done` ends with its report.
+ */
+export function startFailback(d: FailbackDeps, name: string): StartedFailback {
   const s = d.service(name);
-  if (!s) throw new FailbackError(404, `no protected service "${name}"`);
-  if (!s.failedOver) throw new FailbackError(409, `service ${name} is not failed over`);
+  if (!s) return { refused: new FailbackError(404, `no protected service "${name}"`) };
+  if (!s.failedOver) return { refused: new FailbackError(409, `service ${name} is not failed over`) };
   const unready = d.hostUnready(s.agent);
-  if (unready) throw new FailbackError(409, `the local server of ${name} is not ready (${unready})`);
+  if (unready) {
+    return { refused: new FailbackError(409, `the local server of ${name} is not ready (${unready})`) };
+  }
+  return { done: run(d, name, s) };
+}
+
+export async function failback(d: FailbackDeps, name: string): Promise<FailbackReport> {
+  const started = startFailback(d, name);
+  if ("refused" in started) throw started.refused;
+  return await started.done;
+}
+
+async function run(
+  d: FailbackDeps,
+  name: string,
+  s: { agent: string; site: string },
+): Promise<FailbackReport> {
   const volumes = d.volumes(s.agent);
   const sleep = d.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const phase = (p: FailbackPhase | undefined) => d.onPhase?.(name, p);

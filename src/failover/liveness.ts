@@ -44,11 +44,12 @@ interface Watched {
 
 export type FailureCause = "host" | "service";
 
+/** An agent's host stopped (FAILURE) or its service failed. */
+export type FailureListener = (agent: string, cause: FailureCause, detail: Record<string, unknown>) => void;
+
 export interface LivenessOptions {
   settings: DetectorSettings;
   audit: Pick<Audit, "record">;
-  /** An agent's host stopped (FAILURE) or its service failed. */
-  onFailure: (agent: string, cause: FailureCause, detail: Record<string, unknown>) => void;
   /** Every detector transition (the observed QoS). */
   onTransition?: (agent: string, t: Transition) => void;
   clock?: () => number;
@@ -59,6 +60,7 @@ const STALL_MS = 20;
 
 export class Liveness {
   private agents = new Map<string, Watched>();
+  private readonly failureListeners: FailureListener[] = [];
   private timer: ReturnType<typeof setInterval>;
   private readonly clock: () => number;
   private readonly pollMs: number;
@@ -198,7 +200,12 @@ export class Liveness {
   private fail(agent: string, w: Watched, cause: FailureCause, detail: Record<string, unknown>): void {
     if (w.reported) return;
     w.reported = true;
-    this.o.onFailure(agent, cause, detail);
+    for (const l of this.failureListeners) l(agent, cause, detail);
+  }
+
+  /** Registers a listener told of every failure reported from now on (once per failure). */
+  onFailure(l: FailureListener): void {
+    this.failureListeners.push(l);
   }
 
   /** Why an agent cannot be relied on now, or undefined when it is trusted and its service healthy. */

@@ -159,6 +159,7 @@ export class TestCopies {
       log.warn("failover test copy exported", { ...copy });
       return copy;
     } catch (e) {
+      // cleanup of the failed export (its image may not exist): the error thrown says what failed
       await Deno.remove(path).catch(() => {});
       if (this.tests.size === 0) await this.closeServer();
       throw e;
@@ -227,6 +228,7 @@ export class TestCopies {
     if (this.tests.get(t.copy.id) !== t) return;
     this.tests.delete(t.copy.id);
     // its clients get their requests in flight answered, then ESHUTDOWN
+    // a server that failed to start was reported to the export that started it: nothing to withdraw
     const server = await this.server?.catch(() => undefined);
     await server?.withdraw(t.exportName);
     t.image.close();
@@ -252,6 +254,7 @@ export class TestCopies {
   private async closeServer(): Promise<void> {
     const s = this.server;
     this.server = undefined;
+    // as in discard: a server that never started has nothing to close
     await (await s?.catch(() => undefined))?.close();
   }
 

@@ -75,28 +75,49 @@ export interface MonitorOptions {
   timeoutMs?: number;
 }
 
-/** Runs the check periodically and keeps the current verdict. */
+/** Someone waiting for a check to pass: only a check started after it began waiting counts. */
+interface PassWaiter {
+  after: number;
+  pass: () => void;
+  fail: (e: Error) => void;
+}
+
+/**
+ * Runs the check periodically and keeps the current verdict; waitHealthy() waits for the next
+ * check that passes (each check's outcome is the event, no second loop checks beside it).
+ */
 export class ServiceMonitor {
   private consecutive = 0;
   private last = "not checked yet";
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private started = false;
   private stopped = false;
+  /** Checks started so far, and whether one runs now. */
+  private checks = 0;
+  private checking = false;
+  private readonly waiters = new Set<PassWaiter>();
   healthy = true;
 
   constructor(private readonly o: MonitorOptions) {}
 
   start(): void {
+    if (this.started) return;
+    this.started = true;
     this.tick();
   }
 
   private async tick(): Promise<void> {
     if (this.stopped) return;
+    const check = ++this.checks;
+    this.checking = true;
     const why = await runCheck(this.o.spec, this.o.timeoutMs ?? Math.max(100, this.o.intervalMs));
+    this.checking = false;
     if (why === undefined) {
       if (!this.healthy) log.info("service healthy again");
       this.consecutive = 0;
       this.healthy = true;
       this.last = "ok";
+      for (const w of this.waiters) if (w.after < check) w.pass();
     } else {
       this.consecutive++;
       this.last = why;
@@ -108,14 +129,39 @@ export class ServiceMonitor {
     if (!this.stopped) this.timer = setTimeout(() => this.tick(), this.o.intervalMs);
   }
 
-  /** Resolves once the service is healthy (checked now and then), or rejects after timeoutMs. */
-  async waitHealthy(timeoutMs: number): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    while (performance.now() < deadline) {
-      if (await runCheck(this.o.spec, 1000) === undefined) return;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    throw new Error(`service not healthy within ${timeoutMs} ms: ${this.last}`);
+  /**
+   * Resolves at the first check started from now on that passes (one starts at once unless one
+   * is running; the monitor starts if it had not), or rejects after timeoutMs.
+   */
+  waitHealthy(timeoutMs: number): Promise<void> {
+    if (this.stopped) return Promise.reject(new Error("the service monitor is stopped"));
+    return new Promise((resolve, reject) => {
+      const end = () => {
+        clearTimeout(timer);
+        this.waiters.delete(w);
+      };
+      const w: PassWaiter = {
+        after: this.checks,
+        pass: () => {
+          end();
+          resolve();
+        },
+        fail: (e) => {
+          end();
+          reject(e);
+        },
+      };
+      const timer = setTimeout(
+        () => w.fail(new Error(`service not healthy within ${timeoutMs} ms: ${this.last}`)),
+        timeoutMs,
+      );
+      this.waiters.add(w);
+      if (!this.started) this.start();
+      else if (!this.checking && !this.stopped) {
+        clearTimeout(this.timer);
+        this.tick();
+      }
+    });
   }
 
   get detail(): string {
@@ -125,5 +171,6 @@ export class ServiceMonitor {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    for (const w of this.waiters) w.fail(new Error("the service monitor stopped"));
   }
 }

@@ -45,6 +45,12 @@ export interface GatewayListenerOptions {
   handshakeTimeoutMs?: number;
 }
 
+/** What the listener tells of its agents. */
+export type ListenerHandlers = Pick<
+  GatewayListenerOptions,
+  "onVolume" | "onControl" | "standby" | "onAgent" | "fenced"
+>;
+
 /** What a remote gateway does with standby agents. */
 export interface StandbyHandler {
   /** A standby volume was announced; resolves with the journal's id for it. */
@@ -104,7 +110,7 @@ export class GatewayListener {
   /** Refused connections, by reason (for status and tests). */
   readonly refused = new Map<string, number>();
 
-  private constructor(private readonly o: GatewayListenerOptions) {
+  private constructor(private o: GatewayListenerOptions) {
     this.plane = new Plane();
     this.ptr = native().cn_gateway_new(this.plane.ptr, o.journal.ptr, o.handshakeTimeoutMs ?? 10_000);
     for (const [agent, secret] of o.secrets) {
@@ -122,25 +128,39 @@ export class GatewayListener {
 
   static async listen(o: GatewayListenerOptions): Promise<GatewayListener> {
     const g = new GatewayListener(o);
+    await g.accept();
+    return g;
+  }
+
+  /**
+   * The gateway's data plane, not accepting agents yet: fences set now hold from the first
+   * session, and whoever handles the agents can be built with it before accept().
+   */
+  static create(o: GatewayListenerOptions): GatewayListener {
+    return new GatewayListener(o);
+  }
+
+  /** Accepts agents on the options' addresses; `handlers` (the options' otherwise) hear of them. */
+  async accept(handlers: ListenerHandlers = {}): Promise<void> {
+    this.o = { ...this.o, ...handlers };
     try {
-      for (const a of o.listen) {
+      for (const a of this.o.listen) {
         const port = new Int32Array(1);
         const err = new Uint8Array(512);
         const r = await native().cn_gateway_listen(
-          g.ptr,
+          this.ptr,
           cstr(formatAddress(a)),
           new Uint8Array(port.buffer),
           err,
           BigInt(err.length),
         );
         if (r < 0) throw new Error(fromCstr(err));
-        g.addresses.push(a.transport === "tcp" ? { ...a, port: port[0] } : a);
+        this.addresses.push(a.transport === "tcp" ? { ...a, port: port[0] } : a);
       }
     } catch (e) {
-      await g.close();
+      await this.close();
       throw e;
     }
-    return g;
   }
 
   /** Chunk operations on an agent's volumes (recovery), if it is connected. */

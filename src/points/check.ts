@@ -42,7 +42,8 @@ export async function runCheck(
     throw new Error(`cannot run the check ${command[0]}: ${(e as Error).message}`);
   }
   const out = { text: "" };
-  // the readers end when the pipes close; a grandchild holding them is not waited for
+  // the readers end when the pipes close; a grandchild holding them is not waited for (a pipe that
+  // fails only shortens the output kept for the message)
   const readers = Promise.all([tail(child.stdout, out), tail(child.stderr, out)]).catch(() => {});
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<"timeout">((r) => timer = setTimeout(() => r("timeout"), timeoutMs));

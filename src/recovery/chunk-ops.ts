@@ -220,8 +220,14 @@ export class LinkDown extends Error {}
  * A copy behind links that come and go (an agent reconnecting, e.g. when a fence drops its
  * session): each operation is asked on the current link and asked again on the next one when
  * the link went down under it. Operations are positional, so asking again is harmless.
+ * `relinked` resolves when a new link may be there (the agent connected) or after the time
+ * given; after waitMs without a link the operation fails with its LinkDown.
  */
-export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000): ChunkStore {
+export function relinking(
+  current: () => ChunkStore | undefined,
+  relinked: (timeoutMs: number) => Promise<void>,
+  waitMs = 15_000,
+): ChunkStore {
   const again = async <T>(op: (s: ChunkStore) => Promise<T>): Promise<T> => {
     const deadline = performance.now() + waitMs;
     for (;;) {
@@ -230,8 +236,9 @@ export function relinking(current: () => ChunkStore | undefined, waitMs = 15_000
         if (!s) throw new LinkDown("not connected");
         return await op(s);
       } catch (e) {
-        if (!(e instanceof LinkDown) || performance.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 200));
+        const left = deadline - performance.now();
+        if (!(e instanceof LinkDown) || left <= 0) throw e;
+        await relinked(left);
       }
     }
   };

@@ -471,7 +471,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
       await o.target.sync();
       await o.checkpoint!(next, c, m);
     });
-    checkpointing.catch(() => {});
+    checkpointing.catch(() => {}); // awaited after the copy phase, where a failure stops the recovery
   };
   const runPool = (expected: (j: number) => Uint8Array | undefined) =>
     new CopyPool(o.sources, o.target, cs, chunks, o.parallel ?? 8, expected, (j, bytes) => {

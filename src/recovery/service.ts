@@ -12,6 +12,7 @@ import { recoveries } from "../db/schema.ts";
 import type { Audit } from "../audit/audit.ts";
 import { logger } from "../log.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
+import { Changes, nextOf } from "../io/changes.ts";
 import type { ChunkStore, CopyKind } from "./chunk-ops.ts";
 import { type NamedSource, type Progress, recover, type Strategy, type Verify } from "./engine.ts";
 
@@ -101,6 +102,8 @@ export interface RecoveryDeps {
   copies: (volume: VolumeInfo) => Promise<{ ref: SourceRef; info: CopyInfo | undefined }[]>;
   /** Bytes per second a source's data can travel to this site. */
   throughput: (ref: SourceRef) => number;
+  /** Notified when an agent or a site connects: a copy that was unreachable may be reachable now. */
+  linked: Changes;
   /** Waits until this gateway's mirror holds everything journaled (so its copy is complete). */
   mirrorCaughtUp: () => Promise<void>;
   fence: (agent: string, reason: string) => Promise<void>;
@@ -121,6 +124,11 @@ export interface RecoveryDeps {
 }
 
 const DEFAULT_CHUNK = 1024 * 1024;
+/**
+ * How often a request asks again for a remote copy's state while it is not known: a copy held
+ * behind a connected site (its standby reconnecting there) changes with no event here.
+ */
+const COPY_RETRY_MS = 500;
 const HASH_RATE = 1e9; // bytes per second both ends can hash (measured here: see docs/benchmarks.md)
 
 export function describeSource(r: SourceRef): string {
@@ -137,6 +145,8 @@ export function parseSource(text: string): SourceRef {
 export class RecoveryService {
   private running = new Map<number, { signal: { aborted: boolean }; progress?: Progress }>();
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** Told when a recovery ends or is cancelled, or the service stops: whatever waits on one looks again. */
+  private readonly changed = new Changes();
 
   constructor(private readonly d: RecoveryDeps) {}
 
@@ -158,6 +168,7 @@ export class RecoveryService {
   stop(): void {
     clearInterval(this.timer);
     for (const r of this.running.values()) r.signal.aborted = true;
+    this.changed.notify();
   }
 
   private volume(key: string): VolumeInfo {
@@ -205,6 +216,7 @@ export class RecoveryService {
       } else c.valid = true;
       if (c.valid && strategy === "fast" && targetStore) {
         const source = this.d.store(v, ref.kind, ref.site);
+        // an estimate that cannot be made counts the whole volume: the cost is then an upper bound
         if (source) c.bytesToMove = await estimateDifference(source, targetStore, v.size).catch(() => v.size);
       }
       // fast recovery also hashes both ends and ships one 16-byte hash per chunk over the link
@@ -272,12 +284,14 @@ export class RecoveryService {
           throw new RecoveryError(409, `cannot recover ${req.volume} at point ${source.point}: ${e.message}`);
         });
       }
-      // a site link that is reconnecting answers within seconds: give it that long
+      // a site link that is reconnecting answers within seconds: give it that long (asked again
+      // at once when a link comes up)
       let info: CopyInfo | undefined;
       for (const deadline = performance.now() + 10_000;;) {
         info = (await this.d.copies(v)).find((c) => describeSource(c.ref) === describeSource(source))?.info;
-        if (info || performance.now() > deadline) break;
-        await new Promise((r) => setTimeout(r, 500));
+        const left = deadline - performance.now();
+        if (info || left <= 0) break;
+        await this.d.linked.next(Math.min(left, COPY_RETRY_MS));
       }
       if (!info) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
       // at a point, what counts is the point (checked above), not the replica's state now
@@ -339,7 +353,15 @@ export class RecoveryService {
     if (this.busy(volumeKey)) throw new RecoveryError(409, `a recovery of ${volumeKey} is already running`);
     const from = this.d.store(v, source.kind, source.site);
     if (!from) throw new RecoveryError(409, `source ${describeSource(source)} is unreachable`);
-    const d = await this.d.divergence?.(v, source, "lsp", chunkSize).catch(() => undefined);
+    const d = await this.d.divergence?.(v, source, "lsp", chunkSize).catch((e) => {
+      // without a known divergence the online pass scans: slower, never wrong
+      log.warn("the tracked divergence cannot be read: the online pass scans", {
+        volume: volumeKey,
+        source: describeSource(source),
+        error: e,
+      });
+      return undefined;
+    });
     if (d?.known) return { bytesMoved: 0, bytesCompared: 0, skipped: `divergence tracked (${d.reason})` };
     let moved = 0, compared = 0;
     for (const target of ["lsp", "lgp"] as const) {
@@ -361,11 +383,18 @@ export class RecoveryService {
 
   /** Resolves with a recovery's final row once it is done, failed or cancelled. */
   async settled(id: number): Promise<typeof recoveries.$inferSelect> {
-    for (;;) {
-      const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
-      if (!r) throw new RecoveryError(404, `no recovery ${id}`);
-      if (!["running", "scheduled"].includes(r.status) && !this.running.has(id)) return r;
-      await new Promise((res) => setTimeout(res, 50));
+    const done = new AbortController();
+    try {
+      for (;;) {
+        // registered before the look: an end between the look and the wait is not missed
+        const ended = this.changed.next(undefined, done.signal);
+        const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
+        if (!r) throw new RecoveryError(404, `no recovery ${id}`);
+        if (!["running", "scheduled"].includes(r.status) && !this.running.has(id)) return r;
+        await ended;
+      }
+    } finally {
+      done.abort();
     }
   }
 
@@ -382,6 +411,7 @@ export class RecoveryService {
     }
     const live = this.running.get(id);
     if (live) live.signal.aborted = true;
+    this.changed.notify();
     await this.finish(id, "cancelled", "cancelled by the operator");
   }
 
@@ -422,6 +452,7 @@ export class RecoveryService {
     }).finally(() => {
       this.running.delete(id);
       this.volumeOf.delete(id);
+      this.changed.notify();
     });
   }
 
@@ -433,6 +464,7 @@ export class RecoveryService {
           and(eq(recoveries.id, id), inArray(recoveries.status, ["running", "scheduled"])),
         ),
     );
+    this.changed.notify();
     const [r] = await this.d.db.select().from(recoveries).where(eq(recoveries.id, id));
     if (r) {
       await this.d.audit.record({
@@ -453,12 +485,12 @@ export class RecoveryService {
     const source = JSON.parse(r.source) as SourceRef;
     const target = r.target as "lsp" | "lgp";
     // after a gateway restart the agents and sites reconnect within seconds: wait for them
-    const sourceStore = await reachable(
+    const sourceStore = await this.reachable(
       () => this.d.store(v, source.kind, source.site, false, source.point),
       signal,
     );
     if (!sourceStore) throw new Error(`source ${describeSource(source)} is unreachable`);
-    const targetStore = await reachable(() => this.d.store(v, target, undefined, true), signal);
+    const targetStore = await this.reachable(() => this.d.store(v, target, undefined, true), signal);
     if (!targetStore) {
       throw new Error(`the ${target} copy of ${r.volume} is unreachable (is its agent connected?)`);
     }
@@ -483,6 +515,20 @@ export class RecoveryService {
       throw e;
     }
     if (!wasFenced) await this.d.unfence(v.agent, `recovery of ${r.volume} done`);
+  }
+
+  /** Waits for a store until it appears (an agent or a site connecting), the recovery stops, or a minute passes. */
+  private async reachable(
+    get: () => ChunkStore | undefined,
+    signal: { aborted: boolean },
+  ): Promise<ChunkStore | undefined> {
+    const deadline = performance.now() + REACH_WAIT_MS;
+    for (;;) {
+      const s = get();
+      const left = deadline - performance.now();
+      if (s || signal.aborted || left <= 0) return s;
+      await nextOf(left, this.d.linked, this.changed);
+    }
   }
 
   /** Tracked or scan (or full), with why: the tracked divergence when it is known (or asked for). */
@@ -673,16 +719,3 @@ function mib(n: number): string {
 }
 
 const REACH_WAIT_MS = 60_000;
-
-/** Polls for a store until it appears, the recovery is cancelled, or a minute passes. */
-async function reachable(
-  get: () => ChunkStore | undefined,
-  signal: { aborted: boolean },
-): Promise<ChunkStore | undefined> {
-  const deadline = performance.now() + REACH_WAIT_MS;
-  for (;;) {
-    const s = get();
-    if (s || signal.aborted || performance.now() > deadline) return s;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}

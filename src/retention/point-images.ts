@@ -23,6 +23,7 @@ export class PointImages {
 
   /** Removes what a previous run left in `dir`. */
   static async open(dir: string, retention: Retention): Promise<PointImages> {
+    // a first run has nothing to remove; mkdir below fails loudly if the directory is unusable
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     return new PointImages(dir, retention);
@@ -40,6 +41,7 @@ export class PointImages {
       const image = l.materialize(p, path).then(() => Volume.open(path, { readOnly: true }));
       h = { image, path, used: performance.now() };
       this.held.set(key, h);
+      // the failure goes to whoever awaits the image; here only its partial file goes
       image.catch(() => {
         this.held.delete(key);
         Deno.remove(path).catch(() => {});
@@ -53,6 +55,7 @@ export class PointImages {
     for (const [key, h] of [...this.held]) {
       if (h.used > before) continue;
       this.held.delete(key);
+      // an image that failed was reported to its reader and its file removed then
       (await h.image.catch(() => undefined))?.close();
       await Deno.remove(h.path).catch(() => {});
     }

@@ -168,12 +168,14 @@ export class Retention {
         } catch (e) {
           // the site's acknowledgements wait: nothing is lost, the stream stalls until it works
           log.error("cannot write the retention log", { error: e });
+          // a retry backoff: a failing disk is not hammered
           await new Promise((r) => setTimeout(r, 1000));
         }
         continue;
       }
+      // nothing to make durable: sleep until the next expiry is due, or a record is taken (take wakes it)
       await new Promise<void>((r) => {
-        const t = setTimeout(r, Math.min(every, 50));
+        const t = setTimeout(r, Math.max(0, every - (performance.now() - this.lastExpiry)));
         this.wake = () => {
           clearTimeout(t);
           r();

@@ -32,6 +32,7 @@ export async function rollBack(o: {
       image.close();
     }
   } finally {
+    // the temporary image of the point, removed on every path (it may not exist if making it failed)
     await Deno.remove(path).catch(() => {});
   }
 }

@@ -52,6 +52,7 @@ class Serial {
   private tail: Promise<unknown> = Promise.resolve();
   run<T>(job: () => Promise<T>): Promise<T> {
     const p = this.tail.then(job);
+    // a job's failure reaches its caller through p; the next job runs all the same
     this.tail = p.catch(() => {});
     return p;
   }

@@ -119,7 +119,7 @@ export async function readSwitches(opts: SwitchOptions = {}): Promise<NatState> 
 let tail: Promise<unknown> = Promise.resolve();
 function serialized<T>(fn: () => Promise<T>): Promise<T> {
   const next = tail.then(fn, fn);
-  tail = next.catch(() => {});
+  tail = next.catch(() => {}); // its failure is its caller's (next); the chain goes on
   return next;
 }
 

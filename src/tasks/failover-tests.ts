@@ -163,6 +163,7 @@ export class FailoverTests {
         await this.settle(task, `its duration is over: the copy at site ${t.site} is discarded`);
         continue;
       }
+      // unanswered (link down, timeout): it counts against the lease below
       const answer = await this.o.request(t.site, { type: "test-renew", test: t.id }, this.renewMs)
         .catch(() => undefined);
       if (this.running.get(task) !== r) continue; // ended meanwhile

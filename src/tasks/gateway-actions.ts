@@ -35,6 +35,7 @@ import type { Task, TaskEvent } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import type { ControlPlane } from "./control-plane.ts";
 import type { FailoverTests } from "./failover-tests.ts";
+import type { StartedFailback } from "../failover/failback.ts";
 
 /** The parts of the RecoveryService the actions use. */
 export interface RecoveryApi {
@@ -72,8 +73,8 @@ export interface ServiceSwitch {
   status(): { name: string; state: string; site: string }[];
   /** `point`: the standby is rolled back to that recovery point of its site before promotion. */
   failover(name: string, cause: string, point?: number | string): Promise<void>;
-  /** Resolves when the service runs locally again (its data brought back first). */
-  failback(name: string): Promise<unknown>;
+  /** Brings the service home with its data: refused at once, or under way until it runs locally again. */
+  failback(name: string): StartedFailback;
 }
 
 export interface GatewayActionDeps {
@@ -299,25 +300,15 @@ export function gatewayActions(d: GatewayActionDeps): TaskActions {
         detail: { service: s.name, site: s.site, ...(req.point === undefined ? {} : { point: req.point }) },
       };
     },
+    // deno-lint-ignore require-await -- async so that its refusals reject like every action's
     failback: async (task) => {
       const s = service(task);
-      const run = d.services.failback(s.name);
-      // refusals found before anything moved are answered now; a long one ends in the background
-      const early = await Promise.race([
-        run.then(() => "done" as const, (e: Error) => e),
-        new Promise<"running">((r) => setTimeout(() => r("running"), 500)),
-      ]);
-      if (early instanceof Error) throw new ActionError(early.message, 409);
-      if (early === "done") {
-        return {
-          message: `service ${s.name} runs locally again`,
-          then: ["failed-back"],
-          detail: { service: s.name },
-        };
-      }
+      // refusals found before anything moved are answered now; the failback ends in the background
+      const started = d.services.failback(s.name);
+      if ("refused" in started) throw new ActionError(started.refused.message, 409);
       return {
         message: `failback of service ${s.name} started: the local copies are brought back first`,
-        later: run.then(
+        later: started.done.then(
           () => ({ event: "failed-back" as const, cause: `failback of service ${s.name} done` }),
           (e: Error) => ({
             event: "failback-failed" as const,

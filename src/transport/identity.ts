@@ -212,6 +212,7 @@ export async function generateIdentity(
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     await Deno.chmod(dir, 0o700); // whatever the umask
   }
+  // replacing (or creating): the old files may not exist; createNew below refuses whatever is left
   for (const p of [paths.key, paths.cert]) await Deno.remove(p).catch(() => {});
   const enc = new TextEncoder();
   // createNew: never write the key through a file or symlink planted at that path

@@ -2,7 +2,7 @@
 // server's GET /api/audit).
 import type { Hono } from "hono";
 import type { FailoverController } from "../failover/controller.ts";
-import { FailbackError, type FailbackReport } from "../failover/failback.ts";
+import { FailbackError, type StartedFailback } from "../failover/failback.ts";
 import { logger } from "../log.ts";
 
 const log = logger("http");
@@ -10,7 +10,7 @@ const log = logger("http");
 export function failoverRoutes(
   app: Hono,
   controller: FailoverController,
-  dataFailback: (name: string) => Promise<FailbackReport>,
+  dataFailback: (name: string) => StartedFailback,
   /** Rejects with the reason when the service's site does not hold the point for every volume. */
   checkPoint?: (agent: string, site: string, point: number | string) => Promise<void>,
 ): void {
@@ -23,6 +23,7 @@ export function failoverRoutes(
     // an optional body {"point": SEQ | NAME}: the standby is rolled back to that point first
     let point: number | string | undefined;
     if (Number(c.req.header("content-length") ?? 0) > 0) {
+      // a body that is not JSON is refused below like any other wrong body
       const body = await c.req.json().catch(() => undefined) as { point?: unknown } | undefined;
       const p = body?.point;
       const valid = (typeof p === "number" && Number.isSafeInteger(p) && p >= 0) ||
@@ -67,23 +68,17 @@ export function failoverRoutes(
         return c.json({ error: (e as Error).message }, 409);
       }
     }
-    const run = dataFailback(name);
+    // refusals found before anything moved are answered now
+    const started = dataFailback(name);
+    if ("refused" in started) return c.json({ error: started.refused.message }, started.refused.status);
     if (c.req.query("wait") === "1") {
       try {
-        return c.json({ ok: true, report: await run });
+        return c.json({ ok: true, report: await started.done });
       } catch (e) {
         return c.json({ error: (e as Error).message }, e instanceof FailbackError ? e.status : 409);
       }
     }
-    run.catch((e) => log.error("failback stopped", { service: name, error: e }));
-    // refusals found before anything moved are answered now
-    const early = await Promise.race([
-      run.then(() => undefined, (e) => e),
-      new Promise((r) => setTimeout(r, 200)),
-    ]);
-    if (early instanceof Error) {
-      return c.json({ error: early.message }, early instanceof FailbackError ? early.status : 409);
-    }
+    started.done.catch((e) => log.error("failback stopped", { service: name, error: e }));
     return c.json(
       { ok: true, started: true, service: controller.status().find((s) => s.name === name) },
       202,

@@ -258,6 +258,7 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
       log.error("cannot record the end of a background action", { task: name, action, error: e })
     );
     return c.json({
+      // an action that deleted the task (remove) answers with the task as it left it
       task: view(await store.getTask(name).catch(() => final)),
       from: change.from,
       to: final.state,

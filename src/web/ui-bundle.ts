@@ -35,6 +35,7 @@ export async function bundleUi(
     env: { NO_COLOR: "1" },
   }).output();
   if (r.code !== 0) {
+    // cleanup of the failed bundle (it may not exist): the error below says why it failed
     await Deno.remove(tmp).catch(() => {});
     const err = new TextDecoder().decode(r.stderr).replace(/\n*Stack backtrace:[\s\S]*$/, "").trim();
     throw new Error(`bundling the UI failed (deno ${args.join(" ")}):\n${err}`);

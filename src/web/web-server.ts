@@ -224,7 +224,13 @@ export async function startWebServer(o: WebServerOptions): Promise<WebServer> {
     const text = renderMetrics({
       status: o.status(),
       rates: collector.rates.sites,
-      recoveries: o.recoveries ? await o.recoveries().catch(() => []) : undefined,
+      recoveries: o.recoveries
+        ? await o.recoveries().catch((e) => {
+          // the other metrics are still worth serving
+          log.warn("cannot read the recoveries for /metrics", { error: e });
+          return [];
+        })
+        : undefined,
       tasks: await store.listTasks(),
       web: { loginFailures: counters.loginFailures, eventStreams: streams.count },
     });

@@ -1,0 +1,78 @@
+// The agent's service monitor: waitHealthy waits for the monitor's own next passing check (no
+// second loop polls beside it), counts only a check started after the wait began, and ends with
+// the monitor.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { ServiceMonitor } from "../src/health/service-check.ts";
+
+const t = suite("service monitor");
+
+/** A monitor whose check (taking `checkSeconds`) passes while `flag` exists. */
+async function monitor(intervalMs = 50, checkSeconds = 0) {
+  const dir = await Deno.makeTempDir();
+  const flag = `${dir}/up`;
+  const m = new ServiceMonitor({
+    spec: { kind: "exec", command: `sleep ${checkSeconds}; test -f ${flag}` },
+    intervalMs,
+    failures: 1,
+  });
+  return {
+    m,
+    up: () => Deno.writeTextFile(flag, ""),
+    done: async () => {
+      m.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+t("waitHealthy resolves at the first passing check after the service comes up", async () => {
+  const x = await monitor();
+  try {
+    x.m.start();
+    const waited = x.m.waitHealthy(5000);
+    let passed = false;
+    waited.then(() => passed = true);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.not.ok(passed, "not healthy while the check fails");
+    const up = performance.now();
+    await x.up();
+    await waited;
+    assert.ok(performance.now() - up < 1000, "resolved within a few check periods");
+    assert.ok(x.m.healthy);
+  } finally {
+    await x.done();
+  }
+});
+
+t("a check already running when the wait began does not count", async () => {
+  // each check takes 300 ms; the next starts 500 ms after one ends
+  const x = await monitor(500, 0.3);
+  try {
+    const t0 = performance.now();
+    x.m.start(); // the first check runs now and will find the service up
+    await x.up();
+    await x.m.waitHealthy(5000);
+    const ms = performance.now() - t0;
+    // the first check passed at ~300 ms but had started before the wait: the wait took the next
+    assert.ok(ms >= 750, `resolved by the check after the running one (${Math.round(ms)} ms)`);
+  } finally {
+    await x.done();
+  }
+});
+
+t("waitHealthy ends when the monitor stops, and refuses once stopped", async () => {
+  const x = await monitor();
+  try {
+    x.m.start();
+    const waited = x.m.waitHealthy(60_000).then(() => undefined, (e) => e as Error);
+    x.m.stop();
+    assert.match((await waited)?.message ?? "", /stopped/);
+    const after = await x.m.waitHealthy(1000).then(() => undefined, (e) => e as Error);
+    assert.match(after?.message ?? "", /stopped/);
+  } finally {
+    await x.done();
+  }
+});
+
+t.run();
