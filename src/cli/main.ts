@@ -7,7 +7,8 @@ import { type Level, logger, setLogLevel } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { agentFlags, runAgent } from "../roles/agent.ts";
 import { localGatewayFlags, runLocalGateway } from "../roles/local-gateway.ts";
-import { remoteGatewayFlags, runRemoteGateway } from "../roles/remote-gateway.ts";
+import { runRemoteGateway } from "../roles/remote-gateway.ts";
+import { remoteGatewayFlags } from "../site/flags.ts";
 import { keygenUsage, runKeygen } from "../transport/keygen-cli.ts";
 import { runCtl } from "./ctl.ts";
 

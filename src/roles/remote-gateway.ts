@@ -5,7 +5,7 @@
 // the replica applier starts, so that their positions hold the journal), the
 // retention, the standby link and the reconciliation of its copies, promotion,
 // failover tests, the site listener answering the local sites, the HTTP status.
-import type { FlagSpec, Parsed } from "../cli/flags.ts";
+import type { Parsed } from "../cli/flags.ts";
 import { UsageError } from "../cli/flags.ts";
 import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
 import { logger } from "../log.ts";
@@ -35,134 +35,6 @@ import { siteStatus } from "../site/status.ts";
 import { listenForSites } from "../site/site-listener.ts";
 
 const log = logger("remote-gateway");
-
-export const remoteGatewayFlags: FlagSpec[] = [
-  { name: "id", type: "string", description: "name of this site", default: "dr" },
-  {
-    name: "data-dir",
-    type: "string",
-    description: "state directory (database, journal, replicas, keys, API token)",
-    default: "/var/lib/continuum/remote",
-    placeholder: "DIR",
-  },
-  {
-    name: "listen",
-    type: "string",
-    description: "where local gateways connect (TLS)",
-    default: "127.0.0.1:7900",
-    placeholder: "ADDR",
-  },
-  {
-    name: "key-dir",
-    type: "string",
-    description: "this site's key pair (made by `continuum keygen`) [default: DATA-DIR/keys]",
-    placeholder: "DIR",
-  },
-  {
-    name: "trust",
-    type: "string",
-    multiple: true,
-    description: "a local site allowed to stream here, pinned by its fingerprint",
-    placeholder: "NAME=FINGERPRINT",
-  },
-  {
-    name: "agent-listen",
-    type: "string",
-    multiple: true,
-    description: "where this site's standby agents connect",
-    default: ["127.0.0.1:7801"],
-    placeholder: "ADDR",
-  },
-  {
-    name: "agent-secret",
-    type: "string",
-    multiple: true,
-    description: "a standby agent allowed to connect and the file holding its secret",
-    placeholder: "NAME=FILE",
-  },
-  {
-    name: "ack-after",
-    type: "string",
-    description: "acknowledge a record once applied to the replica (rgp) or also to the standby server (rsp)",
-    choices: ["rgp", "rsp"],
-    default: "rsp",
-  },
-  {
-    name: "database",
-    type: "string",
-    description: "libsql database URL [default: file:DATA-DIR/gateway.db]",
-    placeholder: "URL",
-  },
-  {
-    name: "database-token",
-    type: "string",
-    description: "auth token for a libsql server URL",
-    placeholder: "TOKEN",
-  },
-  {
-    name: "buffer",
-    type: "string",
-    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
-    placeholder: "PATH",
-  },
-  {
-    name: "buffer-size",
-    type: "size",
-    description: "journal buffer size when it is a file created here",
-    default: "1G",
-  },
-  {
-    name: "commit-delay",
-    type: "duration",
-    description: "longest wait before an unforced group commit",
-    default: "100ms",
-  },
-  {
-    name: "replica-dir",
-    type: "string",
-    description: "directory of the replica images [default: DATA-DIR/replicas]",
-    placeholder: "DIR",
-  },
-  {
-    name: "sync-chunk",
-    type: "size",
-    description: "chunk size when a standby copy is synchronised",
-    default: "1M",
-  },
-  {
-    name: "retention",
-    type: "duration",
-    description: "how long every point of each replica is kept (0: no retention; e.g. 24h)",
-    default: "0",
-  },
-  {
-    name: "retention-size",
-    type: "size",
-    description: "space bound of each volume's retention log (the oldest points expire beyond it)",
-    default: "10G",
-  },
-  {
-    name: "retention-dir",
-    type: "string",
-    description: "directory of the retention logs and base images [default: DATA-DIR/retention]",
-    placeholder: "DIR",
-  },
-  {
-    name: "http-listen",
-    type: "string",
-    description: "HTTP API address (HOST:PORT, port 0 picks one)",
-    default: "127.0.0.1:7881",
-    placeholder: "ADDR",
-  },
-  {
-    name: "test-listen",
-    type: "string",
-    description:
-      "where failover test copies are exported over NBD while a test runs (HOST:PORT, port 0 picks one, or unix:PATH)",
-    default: "127.0.0.1:0",
-    placeholder: "ADDR",
-  },
-];
 
 export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
   const dataDir = str(p, "data-dir");
