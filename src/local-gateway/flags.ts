@@ -1,5 +1,6 @@
 // The local gateway's flags, and the configuration read from them: every flag is parsed and
 // checked here, before the role opens anything, so a usage error leaves nothing half-started.
+import { gatewayStateFlags } from "../cli/state-flags.ts";
 import type { FlagSpec, Parsed } from "../cli/flags.ts";
 import { parseSize, UsageError } from "../cli/flags.ts";
 import { list, num, optStr, pairs, str } from "../cli/common.ts";
@@ -38,42 +39,14 @@ export const localGatewayFlags: FlagSpec[] = [
     description: "an agent allowed to connect and the file holding its secret",
     placeholder: "NAME=FILE",
   },
-  {
-    name: "database",
-    type: "string",
-    description: "libsql database URL (file:PATH or libsql://…) [default: file:DATA-DIR/gateway.db]",
-    placeholder: "URL",
-  },
-  {
-    name: "database-token",
-    type: "string",
-    description: "auth token for a libsql server URL",
-    placeholder: "TOKEN",
-  },
-  {
-    name: "buffer",
-    type: "string",
-    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
-    placeholder: "PATH",
-  },
-  {
-    name: "buffer-size",
-    type: "size",
-    description: "journal buffer size when it is a file created here",
-    default: "1G",
-  },
+
   {
     name: "retain",
     type: "size",
     description: "journal bytes kept after every reader is done with them",
     default: "0",
   },
-  {
-    name: "commit-delay",
-    type: "duration",
-    description: "longest wait before an unforced group commit",
-    default: "100ms",
-  },
+
   {
     name: "max-lag",
     type: "duration",
@@ -229,6 +202,7 @@ export const localGatewayFlags: FlagSpec[] = [
       "first start only: create the web user admin with this file's password (mode 0600); without it a one-time setup link is printed",
     placeholder: "FILE",
   },
+  ...gatewayStateFlags,
 ];
 
 /** One --remote site: where it is, its pinned key, its --remote-bandwidth (bytes/s, 0: none). */

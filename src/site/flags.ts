@@ -1,4 +1,5 @@
 // The remote gateway's command-line flags (`continuum --role remote-gateway --help`).
+import { gatewayStateFlags } from "../cli/state-flags.ts";
 import type { FlagSpec } from "../cli/flags.ts";
 
 export const remoteGatewayFlags: FlagSpec[] = [
@@ -52,36 +53,7 @@ export const remoteGatewayFlags: FlagSpec[] = [
     choices: ["rgp", "rsp"],
     default: "rsp",
   },
-  {
-    name: "database",
-    type: "string",
-    description: "libsql database URL [default: file:DATA-DIR/gateway.db]",
-    placeholder: "URL",
-  },
-  {
-    name: "database-token",
-    type: "string",
-    description: "auth token for a libsql server URL",
-    placeholder: "TOKEN",
-  },
-  {
-    name: "buffer",
-    type: "string",
-    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
-    placeholder: "PATH",
-  },
-  {
-    name: "buffer-size",
-    type: "size",
-    description: "journal buffer size when it is a file created here",
-    default: "1G",
-  },
-  {
-    name: "commit-delay",
-    type: "duration",
-    description: "longest wait before an unforced group commit",
-    default: "100ms",
-  },
+
   {
     name: "replica-dir",
     type: "string",
@@ -127,4 +99,5 @@ export const remoteGatewayFlags: FlagSpec[] = [
     default: "127.0.0.1:0",
     placeholder: "ADDR",
   },
+  ...gatewayStateFlags,
 ];

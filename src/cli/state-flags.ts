@@ -1,0 +1,36 @@
+// The flags of a gateway's durable state, the same for the local and the remote gateway: its
+// database and its journal buffer.
+import type { FlagSpec } from "./flags.ts";
+
+export const gatewayStateFlags: FlagSpec[] = [
+  {
+    name: "database",
+    type: "string",
+    description: "libsql database URL (file:PATH or libsql://…) [default: file:DATA-DIR/gateway.db]",
+    placeholder: "URL",
+  },
+  {
+    name: "database-token",
+    type: "string",
+    description: "auth token for a libsql server URL",
+    placeholder: "TOKEN",
+  },
+  {
+    name: "buffer",
+    type: "string",
+    description: "journal buffer file or device [default: DATA-DIR/journal.ring]",
+    placeholder: "PATH",
+  },
+  {
+    name: "buffer-size",
+    type: "size",
+    description: "journal buffer size when it is a file created here",
+    default: "1G",
+  },
+  {
+    name: "commit-delay",
+    type: "duration",
+    description: "longest wait before an unforced group commit",
+    default: "100ms",
+  },
+];
