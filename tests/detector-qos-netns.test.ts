@@ -36,7 +36,9 @@ async function settled(lab: FailoverLab, what: string, differs?: LinkQos["runnin
       // and measured again at that period
       return runs && moved && last.link !== null && last.predicted !== null;
     },
-    150_000,
+    // a new link profile can take several derivations: while the loss estimate has seen no drop
+    // the period moves a little, and each new period measures the link anew (about 25 s at ~0.5 s)
+    240_000,
     what,
     500,
   ).catch((e) => {
