@@ -64,8 +64,9 @@ export class FailoverController {
   private busy = new Set<string>();
   /** A data failback's current phase, per service. */
   private phases = new Map<string, string>();
-  /** Automatic failovers that failed, waiting for their next attempt. */
+  /** Stopped: a failed automatic failover is no longer tried again. */
   private closed = false;
+  /** Automatic failovers that failed, waiting for their next attempt. */
   private retries = new Map<string, { timer: ReturnType<typeof setTimeout>; attempt: number }>();
 
   constructor(private readonly o: ControllerOptions) {}
