@@ -218,6 +218,27 @@ t("a source killed half-way leaves its chunks to the others, and the result veri
   assert.is(o.sources[0].chunks + o.sources[1].chunks, CHUNKS);
 });
 
+t("a source failing after the others drained the queue leaves its chunks in flight to them", async () => {
+  const good = randomVolume();
+  const a = new MemCopy(good), b = new MemCopy(good), dst = new MemCopy(new Uint8Array(good.length));
+  // b holds its first chunks for 200 ms and then fails them, long after a took every other chunk
+  b.readDelayMs = 200;
+  b.failAfterReads = 0;
+  const o = await Promise.race([
+    recover({
+      sources: [{ name: "lgp", store: a }, { name: "rgp@dr1", store: b }],
+      target: dst,
+      strategy: "full",
+      chunkSize: CS,
+    }),
+    delay(5000).then(() => Promise.reject(new Error("the recovery hung with b's chunks given back"))),
+  ]);
+  assert.ok(o.verified);
+  assert.ok(equal(dst.data, good));
+  assert.is(o.sources[1].state, "failed");
+  assert.is(o.sources[0].chunks, CHUNKS, "a moved every chunk, b's included");
+});
+
 t("every source failing fails the recovery with each reason", async () => {
   const good = randomVolume();
   const a = new MemCopy(good), b = new MemCopy(good);

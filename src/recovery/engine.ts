@@ -250,7 +250,10 @@ class CopyPool {
   }
 
   private check(): void {
-    if (this.closed && this.pending === 0) this.finished();
+    if (this.closed && this.pending === 0) {
+      this.finished();
+      this.wakeAll(); // the workers still waiting for work end
+    }
   }
 
   /** Stops handing out chunks (the caller gave up). */
@@ -287,7 +290,9 @@ class CopyPool {
         }
         return j;
       }
-      if (this.closed) return undefined;
+      // a chunk in flight at another source comes back to the queue if that source fails,
+      // so a worker ends only when nothing is in flight either
+      if (this.closed && this.inFlight === 0) return undefined;
       await new Promise<void>((r) => this.wake.push(r));
     }
   }
@@ -310,7 +315,7 @@ class CopyPool {
         data = await src.store.read(this.cs, j, buf);
       } catch (e) {
         this.inFlight--;
-        this.queue.splice(this.head, 0, j); // another source takes it next
+        this.giveBack([j]);
         this.retire(si, e as Error);
         return;
       }
@@ -319,7 +324,7 @@ class CopyPool {
       if (want && si !== 0 && !sameHash(want, 0, hash, 0)) {
         // a source that is not at the reference's point: the reference moves this chunk
         this.inFlight--;
-        this.queue.splice(this.head, 0, j);
+        this.giveBack([j]);
         if (this.stats[0].state === "failed") {
           throw new Error(`chunk ${j} of ${src.name} differs from the reference, which is gone`);
         }
@@ -370,11 +375,17 @@ class CopyPool {
         const rest = list.filter((c) => !done.has(c));
         this.inFlight -= rest.length;
         if (!(e instanceof SourceReadError)) throw e;
-        this.queue.splice(this.head, 0, ...rest); // another source takes them next
+        this.giveBack(rest);
         this.retire(si, e);
         return;
       }
     }
+  }
+
+  /** Chunks a source could not move go first to whichever source takes work next. */
+  private giveBack(list: number[]): void {
+    this.queue.splice(this.head, 0, ...list);
+    this.wakeAll();
   }
 
   private retire(si: number, e: Error): void {
