@@ -3,8 +3,9 @@
 import { ensureSetup } from "../tests/lib/setup.ts";
 
 const all = ["capture", "replication", "recovery", "switch", "detector-qos", "points"];
-// run only when named: the full-recovery rounds alone, with CPU per thread (no section of its own)
-const extra = ["recovery-full"];
+// run only when named (no section of their own): the full-recovery rounds alone with CPU per
+// thread; a lone write's time to a site's acknowledgement
+const extra = ["recovery-full", "lone-record"];
 const names = Deno.args.length > 0 ? Deno.args : all;
 await ensureSetup();
 for (const n of names) {

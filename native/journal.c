@@ -78,6 +78,8 @@ struct cn_journal {
   uint64_t barrier_at;
   int64_t first_unsynced_ns, dirty_since_ns;
   int64_t commit_delay_ns;
+  /** Commit once appends paused this long (-1: never for a pause alone); when the last one ended. */
+  int64_t commit_idle_ns, last_written_ns;
   uint64_t commit_bytes;
   bool state_dirty;
   uint64_t ck_gen;
@@ -336,7 +338,8 @@ static void discard(cn_journal *j) {
 
 EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size, uint64_t db_tail, uint64_t db_head,
                                    uint64_t db_mirror, const uint8_t *vols, uint32_t nvols, int32_t commit_delay_ms,
-                                   uint64_t commit_bytes, uint64_t retain_bytes, char *info, uint64_t infocap) {
+                                   int32_t commit_idle_ms, uint64_t commit_bytes, uint64_t retain_bytes, char *info,
+                                   uint64_t infocap) {
   cn_journal *j = calloc(1, sizeof *j);
   if (!j) return NULL;
   j->fd = -1;
@@ -349,6 +352,7 @@ EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size,
     return NULL;
   }
   j->commit_delay_ns = (int64_t)commit_delay_ms * 1000000;
+  j->commit_idle_ns = commit_idle_ms >= 0 ? (int64_t)commit_idle_ms * 1000000 : -1;
   j->commit_bytes = commit_bytes ? commit_bytes : 32u << 20;
   j->retain = retain_bytes;
   ck_t ck = {0, db_tail, db_head, db_mirror};
@@ -752,7 +756,7 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
     while (j->res_n > 0 && j->res[j->res_first].done) {
       j->written = j->res[j->res_first].end;
       j->times[j->times_n % TIMES_CAP].end = j->written;
-      j->times[j->times_n % TIMES_CAP].t = mono_ns();
+      j->times[j->times_n % TIMES_CAP].t = j->last_written_ns = mono_ns();
       j->times_n++;
       j->res_first = (j->res_first + 1) % RES_CAP;
       j->res_n--;
@@ -885,7 +889,10 @@ static void *committer_main(void *arg) {
     int64_t now = mono_ns();
     bool pending = j->head > j->durable;
     bool barrier = j->barrier_at > j->durable;
-    bool due = pending && (barrier || j->head - j->durable >= j->commit_bytes ||
+    // a pause in the appends: nobody gains by waiting longer, and a lone record's commit (which
+    // its replication waits for) would otherwise wait the whole delay
+    bool idle = j->commit_idle_ns >= 0 && j->written == j->head && now - j->last_written_ns >= j->commit_idle_ns;
+    bool due = pending && (barrier || idle || j->head - j->durable >= j->commit_bytes ||
                            now - j->first_unsynced_ns >= j->commit_delay_ns || j->closing);
     bool state = j->state_dirty && (now - j->dirty_since_ns >= j->commit_delay_ns || j->waiting > 0 || j->closing);
     if (j->failure || (!due && !state)) {
@@ -893,6 +900,8 @@ static void *committer_main(void *arg) {
       if (j->failure && j->closing) break;
       int64_t wait_ns = 1000000000;
       if (pending) wait_ns = MAX(1000000, j->first_unsynced_ns + j->commit_delay_ns - now);
+      if (pending && j->commit_idle_ns >= 0)
+        wait_ns = MIN(wait_ns, MAX(1000000, j->last_written_ns + j->commit_idle_ns - now));
       if (j->state_dirty) wait_ns = MIN(wait_ns, MAX(1000000, j->dirty_since_ns + j->commit_delay_ns - now));
       struct timespec until = deadline_in(wait_ns / 1000000);
       cond_wait_until(&j->commit_cv, &j->mu, &until);

@@ -303,6 +303,30 @@ basics("a FUA record or a FLUSH is committed at once, without waiting for the co
   }
 });
 
+basics("a pause in the appends commits at once (--commit-idle); a stream keeps them together", async () => {
+  const dir = await tempDir();
+  const gw = await openGw(dir, { commitDelayMs: 60_000, commitIdleMs: 300 });
+  try {
+    const v = await gw.j.registerVolume("a", "d", 64 * MiB, "/m");
+    const heard: number[] = [];
+    gw.j.onDurable((_vol, seq) => heard.push(seq));
+    const sums = new Map<number, string>();
+    // appends every 10 ms: never a 300 ms pause, so no commit while they go on
+    for (let s = 1; s <= 10; s++) {
+      await appendAll(gw.j, v.id, [rec(s, 100)], sums);
+      await sleep(10);
+    }
+    assert.equal(heard, [], "a steady stream waits for a pause (or the delay, or a barrier)");
+    const t0 = Date.now();
+    while (heard.at(-1) !== 10 && Date.now() - t0 < 5000) await sleep(2);
+    assert.equal(heard, [10], "one commit for the whole stream, once it paused");
+    assert.ok(Date.now() - t0 < 2000, `committed ${Date.now() - t0} ms after the pause began`);
+  } finally {
+    await gw.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 basics("a FUA record queued behind a ring write in flight is still committed at once", async () => {
   const dir = await tempDir();
   const gw = await openGw(dir, { commitDelayMs: 60_000, commitBytes: 2 ** 40 });

@@ -33,4 +33,12 @@ export const gatewayStateFlags: FlagSpec[] = [
     description: "longest wait before an unforced group commit",
     default: "100ms",
   },
+  {
+    name: "commit-idle",
+    type: "duration",
+    // the sites receive only committed records: a lone write would otherwise wait --commit-delay here
+    // and again at the site before its replication is acknowledged
+    description: "commit at once when the incoming writes pause this long",
+    default: "2ms",
+  },
 ];

@@ -51,6 +51,8 @@ export interface VolumeInfo {
 export interface JournalOptions {
   /** Commit at the latest this long after a write, even without a barrier. */
   commitDelayMs?: number;
+  /** Commit as soon as the appends paused this long (absent: a pause alone does not commit). */
+  commitIdleMs?: number;
   /** Commit as soon as this many bytes wait. */
   commitBytes?: number;
   /** Keep at least the newest this-many bytes even when every reader is past them. */
@@ -146,6 +148,7 @@ export class Journal {
       known,
       rows.length,
       opts.commitDelayMs ?? 100,
+      opts.commitIdleMs ?? -1,
       BigInt(opts.commitBytes ?? 32 * 1024 * 1024),
       BigInt(opts.retainBytes ?? 0),
       info,

@@ -238,7 +238,14 @@ export interface GatewayConfig {
   prefixes: string[];
   services: ServiceConfig[];
   database: { url: string; token?: string };
-  journal: { path: string; size: number; retainBytes: number; commitDelayMs: number; maxLagMs: number };
+  journal: {
+    path: string;
+    size: number;
+    retainBytes: number;
+    commitDelayMs: number;
+    commitIdleMs: number;
+    maxLagMs: number;
+  };
   remotes: RemoteFlags;
   detector: DetectorSettings;
   autoFailover: boolean;
@@ -305,6 +312,7 @@ export function gatewayConfig(p: Parsed): GatewayConfig {
       size: num(p, "buffer-size"),
       retainBytes: num(p, "retain"),
       commitDelayMs: num(p, "commit-delay"),
+      commitIdleMs: num(p, "commit-idle"),
       maxLagMs: num(p, "max-lag"),
     },
     remotes,

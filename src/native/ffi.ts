@@ -69,6 +69,7 @@ export const symbols = {
       "buffer",
       "u32",
       "i32",
+      "i32",
       "u64",
       "u64",
       "buffer",

@@ -60,6 +60,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
     const journal = await Journal.open(db, cfg.journal.path, cfg.journal.size, {
       retainBytes: cfg.journal.retainBytes,
       commitDelayMs: cfg.journal.commitDelayMs,
+      commitIdleMs: cfg.journal.commitIdleMs,
       maxLagMs: cfg.journal.maxLagMs,
     });
     cleanups.push(() => journal.close());

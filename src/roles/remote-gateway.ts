@@ -77,6 +77,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       num(p, "buffer-size"),
       {
         commitDelayMs: num(p, "commit-delay"),
+        commitIdleMs: num(p, "commit-idle"),
         // the replica applies only durable records: small commits keep it (and the acks) moving
         commitBytes: 8 << 20,
       },
