@@ -1,5 +1,6 @@
 // Fuzzing the control messages of the agent, standby and site links (src/wire/control.ts, fast-check),
-// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts).
+// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts: hello, welcome,
+// checkpoint, hash request, error).
 // An independent reading of the messages (SPEC below, written from the links' documentation, not
 // from the zod schemas) is the oracle. Properties, for each direction of each link:
 // - every valid message generated from SPEC survives JSON and parses back to itself;
@@ -47,6 +48,7 @@ import {
   hashRequestSchema,
   helloVolumeSchema,
   parseFrame,
+  siteErrorSchema,
   siteHelloSchema,
   siteWelcomeSchema,
 } from "../src/wire/site-frames.ts";
@@ -938,6 +940,7 @@ t(
       { schema: siteWelcomeSchema, what: "site welcome" },
       { schema: checkpointSchema, what: "checkpoint frame" },
       { schema: hashRequestSchema, what: "hash request" },
+      { schema: siteErrorSchema, what: "site error" },
     ] as { schema: z.ZodType<unknown>; what: string }[];
     const bodyArb = fc.oneof(
       fc.jsonValue({ maxDepth: 3 }),
@@ -971,6 +974,15 @@ t(
       () => parseFrame(siteWelcomeSchema, "site welcome", { volumes: [{ id: 1, lastSeq: 2 }] }),
       /state/,
     );
+    // a site's Error frame ends the link with its message; a malformed one with the field at fault
+    assert.equal(parseFrame(siteErrorSchema, "site error", { message: "bad record" }), {
+      message: "bad record",
+    });
+    refused(
+      () => parseFrame(siteErrorSchema, "site error", { message: 7 }),
+      /^malformed site error: message:/,
+    );
+    refused(() => parseFrame(siteErrorSchema, "site error", {}), /^malformed site error: message:/);
     assert.not.ok(helloVolumeSchema.safeParse({ id: 1, agent: "a/b", name: "v", size: 1 }).success, "agent");
   },
 );
