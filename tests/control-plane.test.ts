@@ -12,13 +12,13 @@ import {
   desiredFor,
   lspAssignment,
   mirrorPlan,
-  parseStandbyReport,
   reconcile,
   rspAssignments,
   siteLimit,
   standbysFor,
 } from "../src/tasks/control-plane.ts";
 import { DesiredState } from "../src/tasks/desired-state.ts";
+import { parseControl, siteAnswers } from "../src/wire/control.ts";
 import { parseAssignment } from "../src/capture/assignments.ts";
 import type { Host, Task, Volume } from "../src/tasks/model.ts";
 
@@ -195,15 +195,15 @@ t("desired state per peer: sent on change and on (re)connection, repeated until 
   );
 });
 
-t("a site's report of its standby copies is checked", () => {
-  assert.equal(parseStandbyReport({ a1: [{ name: "vol0", state: "failed", error: "no device" }] }), {
-    a1: [{ name: "vol0", state: "failed", error: "no device" }],
-  });
-  assert.equal(parseStandbyReport({}), {});
+t("a site's report of its standby copies is checked (the standbys answer's schema)", () => {
+  const answer = (agents: unknown) => ({ type: "standbys", id: 1, ok: true, agents });
+  const report = { a1: [{ name: "vol0", state: "failed", error: "no device" }] };
+  assert.equal(parseControl(siteAnswers, answer(report)), answer(report));
+  assert.equal(parseControl(siteAnswers, answer({})), answer({}));
   for (
     const bad of [null, [], { a1: {} }, { a1: [{ name: 1, state: "assigned" }] }, { a1: [{ name: "v" }] }]
   ) {
-    assert.is(parseStandbyReport(bad), undefined, JSON.stringify(bad));
+    assert.throws(() => parseControl(siteAnswers, answer(bad)), /"standbys" message refused: agents/);
   }
 });
 

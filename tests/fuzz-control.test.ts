@@ -1,5 +1,6 @@
 // Fuzzing the control messages of the agent, standby and site links (src/wire/control.ts, fast-check),
-// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts).
+// and the JSON bodies of the site link's stream frames (src/wire/site-frames.ts: hello, welcome,
+// checkpoint, hash request, error).
 // An independent reading of the messages (SPEC below, written from the links' documentation, not
 // from the zod schemas) is the oracle. Properties, for each direction of each link:
 // - every valid message generated from SPEC survives JSON and parses back to itself;
@@ -12,8 +13,10 @@
 //   one with a usable id is handed on by that id (its request is answered or failed at once);
 // - requests answered later are answered by their type and id, or with their error.
 // Planted bugs: a parser that trusts the fields once the type is known (the casts the receivers
-// used before), one without the '..' check of assigned paths, and one that takes any string as a
-// site request's volume (the old `String(m.volume)`), must all be caught.
+// used before), one without the '..' check of assigned paths, one that takes any string as a
+// site request's volume (the old `String(m.volume)`), and one that takes what a site's answer
+// returns (inventory, points, test copy, copies, standbys) as any JSON once its type, id and ok
+// are checked (the old `z.unknown()` fields), must all be caught.
 //
 // Budget: FUZZ_RUNS (per property and link), FUZZ_SEED.
 import { suite } from "uvu";
@@ -45,6 +48,7 @@ import {
   hashRequestSchema,
   helloVolumeSchema,
   parseFrame,
+  siteErrorSchema,
   siteHelloSchema,
   siteWelcomeSchema,
 } from "../src/wire/site-frames.ts";
@@ -74,9 +78,32 @@ type Kind =
   | "plan"
   | "held"
   | "numberOrNull"
-  | "any";
+  | "any"
+  | "device"
+  | "replicas"
+  | "siteAgents"
+  | "sitePoints"
+  | "retention"
+  | "testCopy"
+  | "copy"
+  | "copyOrNull"
+  | "states";
 /** A field's kind; a trailing "?" makes it optional. */
 type Fields = Record<string, Kind | `${Kind}?`>;
+/**
+ * A site answer that is done (`ok: true`, with every field it returns) or not (`ok: false`, with
+ * the reason alone): its other fields are not read then.
+ */
+type DoneOrNot = { done: Fields };
+type Spec = Fields | DoneOrNot;
+const isDoneOrNot = (s: Spec): s is DoneOrNot => typeof s.done === "object";
+const notDone: Fields = { id: "id", ok: "boolean", error: "string?" };
+/** The fields of a message as it stands: a done-or-not answer's by its `ok` (undefined: neither). */
+function fieldsOf(s: Spec, raw: Record<string, Json>): Fields | undefined {
+  if (!isDoneOrNot(s)) return s;
+  if (raw.ok === true) return { id: "id", ok: "boolean", ...s.done };
+  return raw.ok === false ? notDone : undefined;
+}
 
 const answer: Fields = { id: "id", ok: "boolean", error: "string?" };
 const assign: Fields = { id: "id", volumes: "assignments" };
@@ -123,7 +150,7 @@ const STANDBY_REPORTS: Record<StandbyReport["type"], Fields> = {
   "drill-ready": { ...answer, checkMs: "number?" },
   "drill-stopped": answer,
 };
-const SITE_REQUESTS: Record<SiteRequest["type"], Fields> = {
+const SITE_REQUESTS: Record<SiteRequest["type"], Spec> = {
   promote: { id: "id", agent: "agent", point: "point?" },
   demote: { id: "id", agent: "agent" },
   "drill-up": { id: "id", test: "string", timeoutMs: "number?" },
@@ -138,33 +165,34 @@ const SITE_REQUESTS: Record<SiteRequest["type"], Fields> = {
   standbys: { id: "id", agents: "plan" },
   inventory: { id: "id" },
 };
-const SITE_ANSWERS: Record<SiteAnswer["type"], Fields> = {
+const SITE_ANSWERS: Record<SiteAnswer["type"], Spec> = {
   promote: { ...answer, rolledBack: "any?" },
   demote: { ...answer, note: "string?", held: "held?" },
   "drill-up": { ...answer, checkMs: "numberOrNull?" },
   "drill-down": answer,
-  "test-start": { ...answer, test: "any?" },
-  "test-renew": { ...answer, test: "any?" },
+  "test-start": { done: { test: "testCopy" } },
+  "test-renew": { done: { test: "testCopy" } },
   "test-stop": { ...answer, found: "boolean?" },
   retention: { ...answer, windowMs: "number?", maxBytes: "number?", volumes: "any?" },
   point: { ...answer, seq: "number?", time: "number?" },
-  points: { ...answer, points: "any?", retention: "any?", windowMs: "number?" },
-  copies: { ...answer, rgp: "any?", rsp: "any?" },
-  standbys: { ...answer, agents: "any?" },
+  points: { done: { points: "sitePoints", retention: "retention?", windowMs: "number" } },
+  copies: { done: { rgp: "copy", rsp: "copyOrNull" } },
+  standbys: { done: { agents: "states" } },
   inventory: {
-    ...answer,
-    site: "string?",
-    journal: "any?",
-    replicaDir: "string?",
-    replicas: "any?",
-    agents: "any?",
+    done: {
+      site: "string",
+      journal: "device",
+      replicaDir: "string",
+      replicas: "replicas",
+      agents: "siteAgents",
+    },
   },
   refused,
 };
 
 interface Case {
   link: ControlLink<{ type: string }>;
-  spec: Record<string, Fields>;
+  spec: Record<string, Spec>;
 }
 const CASES: Case[] = [
   { link: agentOrders, spec: AGENT_ORDERS },
@@ -186,6 +214,27 @@ function isObject(v: Json): v is Record<string, Json> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 const posInt = (v: Json) => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+const nat = (v: Json) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const num = (v: Json) => typeof v === "number" && Number.isFinite(v);
+const str = (v: Json) => typeof v === "string";
+/** An object with these fields (a trailing "?": optional), stripped to them; undefined when it is not one. */
+function shaped(v: Json, fields: Record<string, (x: Json) => boolean>): Record<string, Json> | undefined {
+  if (!isObject(v)) return undefined;
+  const out: Record<string, Json> = {};
+  for (const [k, check] of Object.entries(fields)) {
+    const f = k.replace("?", "");
+    if (!Object.hasOwn(v, f) || v[f] === undefined) {
+      if (k.endsWith("?")) continue;
+      return undefined;
+    }
+    if (!check(v[f])) return undefined;
+    out[f] = v[f];
+  }
+  return out;
+}
+const DEVICE = { path: (x: Json) => str(x) && (x as string).startsWith("/"), size: posInt };
+const SEQ_TIME = { seq: nat, time: num };
+const COPY = { state: str, lastSeq: nat, lastTime: num };
 const absPath = (v: Json) => typeof v === "string" && v.startsWith("/") && !v.split("/").includes("..");
 
 /** The value of a field of this kind, stripped to its known parts; undefined when it is not one. */
@@ -246,6 +295,81 @@ function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
             ? { path: x.path, size: x.size }
             : undefined,
       );
+    case "device":
+      return wrap(shaped(v, DEVICE));
+    case "replicas":
+      return list(v, (x) => shaped(x, { ...DEVICE, agent: str, name: str }));
+    case "siteAgents":
+      return list(v, (x) => {
+        const a = shaped(x, {
+          agent: (y) => str(y) && NAME_RE.test(y as string),
+          connected: (y) => typeof y === "boolean",
+          agoMs: (y) => num(y) && (y as number) >= 0,
+        });
+        const devices = isObject(x) ? checkKind("devices", x.devices) : undefined;
+        return a && devices ? { ...a, devices: devices.value } : undefined;
+      });
+    case "sitePoints":
+      return list(v, (x) =>
+        shaped(x, {
+          seq: nat,
+          time: num,
+          end: nat,
+          kind: (y) => ["barrier", "sync", "base", "record"].includes(y as string),
+          "names?": (y) => Array.isArray(y) && y.every(str),
+        }));
+    case "retention": {
+      const r = shaped(v, {
+        volume: str,
+        windowMs: num,
+        maxBytes: num,
+        bytes: nat,
+        points: nat,
+        "oldest?": (y) => shaped(y, SEQ_TIME) !== undefined,
+        newest: (y) => shaped(y, SEQ_TIME) !== undefined,
+        consistent: (y) => typeof y === "boolean",
+        forcedExpiries: nat,
+        "error?": str,
+      });
+      if (!r) return undefined;
+      // the points' positions stripped too
+      for (const k of ["oldest", "newest"]) if (r[k] !== undefined) r[k] = shaped(r[k], SEQ_TIME);
+      return { value: r };
+    }
+    case "testCopy":
+      return wrap(shaped(v, {
+        id: str,
+        site: str,
+        task: str,
+        volume: str,
+        seq: nat,
+        time: num,
+        size: nat,
+        export: str,
+        started: num,
+        expires: num,
+      }));
+    case "copy":
+      return wrap(shaped(v, COPY));
+    case "copyOrNull":
+      return v === null ? { value: null } : wrap(shaped(v, COPY));
+    case "states": {
+      if (!isObject(v)) return undefined;
+      const out: Record<string, Json> = {};
+      for (const [agent, x] of Object.entries(v)) {
+        const l = AGENT_RE.test(agent)
+          ? list(x, (y) =>
+            shaped(y, {
+              name: str,
+              state: (st) => st === "pending" || st === "assigned" || st === "failed",
+              "error?": str,
+            }))
+          : undefined;
+        if (!l) return undefined;
+        out[agent] = l.value;
+      }
+      return { value: out };
+    }
     case "results":
       return list(v, (x) =>
         typeof x.name === "string" && typeof x.ok === "boolean" &&
@@ -253,6 +377,10 @@ function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
           ? { name: x.name, ok: x.ok, ...(x.error === undefined ? {} : { error: x.error }) }
           : undefined);
   }
+}
+
+function wrap(v: Json | undefined): { value: Json } | undefined {
+  return v === undefined ? undefined : { value: v };
 }
 
 function list(v: Json, item: (x: Record<string, Json>) => Json | undefined): { value: Json } | undefined {
@@ -267,10 +395,12 @@ function list(v: Json, item: (x: Record<string, Json>) => Json | undefined): { v
 }
 
 /** The oracle: the message as a receiver must see it (known fields only), or undefined: refused. */
-function oracle(spec: Record<string, Fields>, raw: Json): Record<string, Json> | undefined {
+function oracle(spec: Record<string, Spec>, raw: Json): Record<string, Json> | undefined {
   if (!isObject(raw) || typeof raw.type !== "string" || !Object.hasOwn(spec, raw.type)) return undefined;
   const out: Record<string, Json> = { type: raw.type };
-  for (const [field, k] of Object.entries(spec[raw.type])) {
+  const fields = fieldsOf(spec[raw.type], raw);
+  if (!fields) return undefined;
+  for (const [field, k] of Object.entries(fields)) {
     const optional = k.endsWith("?");
     const kind = k.replace("?", "") as Kind;
     const v = Object.hasOwn(raw, field) ? raw[field] : undefined;
@@ -293,6 +423,14 @@ const absPathArb = fc.array(segment, { minLength: 1, maxLength: 4 }).map((p) => 
 const nameArb = fc.stringMatching(NAME_RE);
 const agentArb = fc.stringMatching(AGENT_RE);
 const sizeArb = fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
+const natArb = fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER));
+const timeArb = fc.double({ min: 0, max: 4e12, noNaN: true });
+const deviceArb = fc.record({ path: absPathArb, size: sizeArb });
+const copyArb = fc.record({
+  state: fc.constantFrom("consistent", "syncing", "degraded"),
+  lastSeq: natArb,
+  lastTime: timeArb,
+});
 const assignmentsArb = fc.array(fc.record({ name: nameArb, path: absPathArb, size: sizeArb }), {
   maxLength: 4,
 });
@@ -333,6 +471,87 @@ function validOf(kind: Kind): fc.Arbitrary<Json> {
       return assignmentsArb;
     case "devices":
       return fc.array(fc.record({ path: absPathArb, size: sizeArb }), { maxLength: 4 });
+    case "device":
+      return deviceArb;
+    case "replicas":
+      return fc.array(fc.record({ path: absPathArb, size: sizeArb, agent: nameArb, name: nameArb }), {
+        maxLength: 3,
+      });
+    case "siteAgents":
+      return fc.array(
+        fc.record({
+          agent: nameArb,
+          connected: fc.boolean(),
+          agoMs: fc.double({ min: 0, max: 1e9, noNaN: true }),
+          devices: fc.array(deviceArb, { maxLength: 3 }),
+        }),
+        { maxLength: 3 },
+      );
+    case "sitePoints":
+      return fc.array(
+        fc.record({
+          seq: natArb,
+          time: timeArb,
+          end: natArb,
+          kind: fc.constantFrom("barrier", "sync", "base", "record"),
+          names: fc.array(nameArb, { maxLength: 2 }),
+        }, { requiredKeys: ["seq", "time", "end", "kind"] }),
+        { maxLength: 4 },
+      );
+    case "retention":
+      return fc.record({
+        volume: fc.tuple(agentArb, nameArb).map(([a, n]) => `${a}/${n}`),
+        windowMs: timeArb,
+        maxBytes: sizeArb,
+        bytes: natArb,
+        points: natArb,
+        oldest: fc.record({ seq: natArb, time: timeArb }),
+        newest: fc.record({ seq: natArb, time: timeArb }),
+        consistent: fc.boolean(),
+        forcedExpiries: natArb,
+        error: fc.string({ maxLength: 20 }),
+      }, {
+        requiredKeys: [
+          "volume",
+          "windowMs",
+          "maxBytes",
+          "bytes",
+          "points",
+          "newest",
+          "consistent",
+          "forcedExpiries",
+        ],
+      });
+    case "testCopy":
+      return fc.record({
+        id: fc.string({ maxLength: 12 }),
+        site: nameArb,
+        task: nameArb,
+        volume: fc.tuple(agentArb, nameArb).map(([a, n]) => `${a}/${n}`),
+        seq: natArb,
+        time: timeArb,
+        size: sizeArb,
+        export: fc.string({ maxLength: 30 }),
+        started: timeArb,
+        expires: timeArb,
+      });
+    case "copy":
+      return copyArb;
+    case "copyOrNull":
+      return fc.oneof(fc.constant(null), copyArb);
+    case "states":
+      return fc.dictionary(
+        agentArb,
+        fc.array(
+          fc.record({
+            name: nameArb,
+            state: fc.constantFrom("pending", "assigned", "failed"),
+            error: fc.string({ maxLength: 20 }),
+          }, { requiredKeys: ["name", "state"] }),
+          { maxLength: 3 },
+        ),
+        { maxKeys: 3 },
+      );
     case "results":
       return fc.array(
         fc.record({ name: nameArb, ok: fc.boolean(), error: fc.string({ maxLength: 30 }) }, {
@@ -343,18 +562,23 @@ function validOf(kind: Kind): fc.Arbitrary<Json> {
   }
 }
 
-function messageArb(spec: Record<string, Fields>): fc.Arbitrary<Record<string, Json>> {
+function messageArb(spec: Record<string, Spec>): fc.Arbitrary<Record<string, Json>> {
+  const of = (type: string, fields: Fields, fixed: Record<string, Json> = {}) => {
+    const shape: Record<string, fc.Arbitrary<Json>> = {};
+    const required: string[] = [];
+    for (const [f, k] of Object.entries(fields)) {
+      shape[f] = validOf(k.replace("?", "") as Kind);
+      if (!k.endsWith("?")) required.push(f);
+    }
+    return fc.record(shape, { requiredKeys: required }) // as a peer's JSON reaches the parser: plain objects
+      .map((m) => JSON.parse(JSON.stringify({ type, ...m, ...fixed })));
+  };
   return fc.oneof(
-    ...Object.entries(spec).map(([type, fields]) => {
-      const shape: Record<string, fc.Arbitrary<Json>> = {};
-      const required: string[] = [];
-      for (const [f, k] of Object.entries(fields)) {
-        shape[f] = validOf(k.replace("?", "") as Kind);
-        if (!k.endsWith("?")) required.push(f);
-      }
-      return fc.record(shape, { requiredKeys: required }) // as a peer's JSON reaches the parser: plain objects
-        .map((m) => JSON.parse(JSON.stringify({ type, ...m })));
-    }),
+    ...Object.entries(spec).map(([type, s]) =>
+      isDoneOrNot(s)
+        ? fc.oneof(of(type, { id: "id", ...s.done }, { ok: true }), of(type, notDone, { ok: false }))
+        : of(type, s)
+    ),
   );
 }
 
@@ -483,8 +707,11 @@ function agreesProperty(c: Case, parse: Parser) {
         throw new Error(`the error does not name the link: ${e.message}`);
       }
       const type = isObject(raw) ? raw.type : undefined;
-      // a single field at fault in a message of a known type: the error names both
-      if (field !== undefined && typeof type === "string" && Object.hasOwn(c.spec, type)) {
+      // a single field at fault in a message of a known type: the error names both (an answer's
+      // `ok` turned from false to true leaves the fields of a done answer missing: they are named)
+      const okFlipped = field === "ok" && typeof type === "string" && Object.hasOwn(c.spec, type) &&
+        isDoneOrNot(c.spec[type]) && (raw as Record<string, Json>).ok === true;
+      if (field !== undefined && !okFlipped && typeof type === "string" && Object.hasOwn(c.spec, type)) {
         if (!e.message.includes(`"${type}"`) || !e.message.includes(field)) {
           throw new Error(`the error does not name the type and the field ${field}: ${e.message}`);
         }
@@ -583,6 +810,90 @@ t("a refused message with a usable id is handed on by that id; one without is on
 });
 
 t(
+  "a site's malformed answer to each request that returns data is refused by its id, naming the field",
+  () => {
+    const byId = new Map<number, string>();
+    const never = () => assert.unreachable("a malformed answer reached its request");
+    const r = receiver(
+      siteAnswers,
+      Object.fromEntries(siteAnswers.types.map((type) => [type, never])) as unknown as Handlers<SiteAnswer>,
+      { error: () => {} },
+      (_, id, error) => byId.set(id, error),
+    );
+    const device = { path: "/d/journal.ring", size: 8192 };
+    const inventory = { site: "dr1", journal: device, replicaDir: "/d/replicas", replicas: [], agents: [] };
+    const test = {
+      id: "t1",
+      site: "prod",
+      task: "db",
+      volume: "a1/vol0",
+      seq: 9,
+      time: 1,
+      size: 4096,
+      export: "nbd://dr1/t1",
+      started: 1,
+      expires: 2,
+    };
+    const cases: [Record<string, Json>, RegExp][] = [
+      [{
+        type: "inventory",
+        ok: true,
+        ...inventory,
+        agents: [{ agent: "../x", connected: true, agoMs: 0, devices: [] }],
+      }, /"inventory" message refused: agents\.0\.agent:/],
+      [
+        { type: "inventory", ok: true, ...inventory, journal: { path: "relative", size: 1 } },
+        /"inventory" message refused: journal\.path:/,
+      ],
+      [{ type: "inventory", ok: true, site: "dr1" }, /"inventory" message refused: journal:/],
+      [
+        { type: "points", ok: true, points: [{ seq: 1, time: 1, end: 2, kind: "later" }], windowMs: 1 },
+        /"points" message refused: points\.0\.kind:/,
+      ],
+      [
+        { type: "points", ok: true, points: [], retention: { volume: "a1/vol0" }, windowMs: 1 },
+        /"points" message refused: retention\./,
+      ],
+      [
+        { type: "test-start", ok: true, test: { ...test, seq: "9" } },
+        /"test-start" message refused: test\.seq:/,
+      ],
+      [{ type: "test-renew", ok: true }, /"test-renew" message refused: test:/],
+      [
+        { type: "copies", ok: true, rgp: { state: "consistent", lastSeq: -1, lastTime: 0 }, rsp: null },
+        /"copies" message refused: rgp\.lastSeq:/,
+      ],
+      [
+        { type: "copies", ok: true, rgp: { state: "consistent", lastSeq: 1, lastTime: 0 } },
+        /"copies" message refused: rsp:/,
+      ],
+      [
+        { type: "standbys", ok: true, agents: { a1: [{ name: "vol0", state: "done" }] } },
+        /"standbys" message refused: agents\.a1\.0\.state:/,
+      ],
+      [{ type: "standbys", ok: "yes", agents: {} }, /"standbys" message refused: ok:/],
+    ];
+    cases.forEach(([m, error], id) => {
+      r("dr1", { ...m, id });
+      assert.match(byId.get(id) ?? "(not refused)", error, JSON.stringify(m));
+    });
+    // an answer that is not done carries its reason alone: what else it holds is not read
+    const fine: unknown[] = [];
+    const r2 = receiver(
+      siteAnswers,
+      Object.fromEntries(
+        siteAnswers.types.map((type) => [type, (m: unknown) => fine.push(m)]),
+      ) as unknown as Handlers<
+        SiteAnswer
+      >,
+      { error: () => assert.unreachable("refused") },
+    );
+    r2("dr1", { type: "copies", id: 1, ok: false, error: "no volume a1/vol0 here", rgp: "?" });
+    assert.equal(fine, [{ type: "copies", id: 1, ok: false, error: "no volume a1/vol0 here" }]);
+  },
+);
+
+t(
   "requests answered later: each answer goes back with its request, a failure (thrown or rejected) as its error",
   async () => {
     const replies: { m: { type: string; id: number }; a: unknown }[] = [];
@@ -629,6 +940,7 @@ t(
       { schema: siteWelcomeSchema, what: "site welcome" },
       { schema: checkpointSchema, what: "checkpoint frame" },
       { schema: hashRequestSchema, what: "hash request" },
+      { schema: siteErrorSchema, what: "site error" },
     ] as { schema: z.ZodType<unknown>; what: string }[];
     const bodyArb = fc.oneof(
       fc.jsonValue({ maxDepth: 3 }),
@@ -662,6 +974,15 @@ t(
       () => parseFrame(siteWelcomeSchema, "site welcome", { volumes: [{ id: 1, lastSeq: 2 }] }),
       /state/,
     );
+    // a site's Error frame ends the link with its message; a malformed one with the field at fault
+    assert.equal(parseFrame(siteErrorSchema, "site error", { message: "bad record" }), {
+      message: "bad record",
+    });
+    refused(
+      () => parseFrame(siteErrorSchema, "site error", { message: 7 }),
+      /^malformed site error: message:/,
+    );
+    refused(() => parseFrame(siteErrorSchema, "site error", {}), /^malformed site error: message:/);
     assert.not.ok(helloVolumeSchema.safeParse({ id: 1, agent: "a/b", name: "v", size: 1 }).success, "agent");
   },
 );
@@ -722,6 +1043,20 @@ t("planted bug: a site request's volume taken as any string (the old String(m.vo
     if (isObject(raw) && typeof raw.volume === "string") m.volume = raw.volume;
     return m;
   }, SITE_CASES);
+  controlPasses();
+});
+
+t("planted bug: a site's answers read as any JSON past ok and error (the old z.unknown()) are caught", () => {
+  // a done answer's type and id checked, what it returns taken as it comes
+  const returning = ["inventory", "points", "test-start", "test-renew", "copies", "standbys"];
+  expectCaught("site answers trusted past their outcome", (l, raw) => {
+    if (!isObject(raw) || raw.ok !== true || !returning.includes(raw.type as string)) {
+      return parseControl(l, raw);
+    }
+    const head = parseControl(l, { type: raw.type, id: raw.id, ok: false });
+    const rest = Object.entries(raw).filter(([k]) => !["type", "id", "ok", "error"].includes(k));
+    return { ...head, ok: true, ...Object.fromEntries(rest) };
+  }, CASES.filter((c) => c.link === siteAnswers));
   controlPasses();
 });
 

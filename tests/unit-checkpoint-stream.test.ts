@@ -138,7 +138,11 @@ t(
       name: "site:dr1",
       journal: j as unknown as Journal,
       store,
-      source: { imageFd: () => -1, appliedPos: () => Number.MAX_SAFE_INTEGER },
+      source: {
+        imageFd: () => -1,
+        appliedPos: () => Number.MAX_SAFE_INTEGER,
+        changed: () => new Promise(() => {}),
+      },
       carries: () => true,
     });
     for (let seq = 1; seq <= 3; seq++) j.append(seq === 2 ? Kind.Flush : Kind.Write, seq);

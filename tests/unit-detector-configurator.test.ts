@@ -8,6 +8,7 @@ import {
   configureNfdS,
   DEFAULT_LIMITS,
   delayTail,
+  keepPeriod,
   type LinkStats,
   logRecurrence,
   meets,
@@ -131,6 +132,45 @@ t("bad inputs are refused with the field named", () => {
   assert.throws(() => configure({ ...ok, detectionMs: -1 }, wan), /detectionMs must be positive/);
   assert.throws(() => configure(ok, { ...wan, lossProbability: 1 }), /loss probability must be in \[0, 1\)/);
   assert.throws(() => configure(ok, { ...wan, delayVarianceMs2: -1 }), /must not be negative/);
+});
+
+t("hysteresis: a few % change of the measured link keeps the running period, a large change moves it", () => {
+  // a link where T_MR^L binds η (below the longest period asked of an agent): the longest period
+  // meeting the targets moves with every measurement
+  const limits = { ...DEFAULT_LIMITS, maxEtaMs: 500 };
+  const targets: QosTargets = { detectionMs: 1500, mistakeRecurrenceMs: 30 * DAY, mistakeDurationMs: 5000 };
+  const base: LinkStats = { lossProbability: 0.01, meanDelayMs: 20, delayVarianceMs2: 400 };
+  const worse = (f: number): LinkStats => ({
+    lossProbability: base.lossProbability * f,
+    meanDelayMs: base.meanDelayMs * f,
+    delayVarianceMs2: base.delayVarianceMs2 * f,
+  });
+  const first = configure(targets, base, limits);
+  assert.ok(first.ok);
+  const running = first.setting.etaMs;
+  assert.ok(running < 500, `T_MR binds the period: ${running}`);
+  for (const f of [0.97, 0.99, 1.01, 1.02, 1.03]) {
+    const now = configure(targets, worse(f), limits);
+    assert.ok(now.ok);
+    assert.is.not(now.setting.etaMs, running, `the longest period moved with a ${f}× link`);
+    const kept = keepPeriod(targets, worse(f), running, now.setting.etaMs, limits);
+    assert.ok(kept, `a ${f}× link keeps η ${running} ms`);
+    assert.is(kept.setting.etaMs, running);
+    // the margin follows the link: detection within the target on the link as measured
+    assert.ok(kept.predicted.detectionMs <= targets.detectionMs * (1 + 1e-9));
+    if (f < 1) assert.ok(meets(kept.predicted, targets), "a better link: met outright");
+  }
+  for (const f of [1.1, 1.5, 4]) {
+    const now = configure(targets, worse(f), limits);
+    assert.ok(now.ok);
+    assert.is(
+      keepPeriod(targets, worse(f), running, now.setting.etaMs, limits),
+      undefined,
+      `a ${f}× link moves η`,
+    );
+  }
+  // a period the configurator would now choose more than a fifth away is not kept, met or not
+  assert.is(keepPeriod(targets, base, running, running * 1.25, limits), undefined);
 });
 
 const e = suite("link estimator");

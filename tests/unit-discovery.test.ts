@@ -13,7 +13,8 @@ import {
 } from "../src/tasks/discovery-plan.ts";
 import { propose } from "../src/tasks/proposal.ts";
 import { retryable, taskProblems } from "../src/tasks/problems.ts";
-import { parseSiteInventory, StandbyDevices } from "../src/tasks/site-inventory.ts";
+import { StandbyDevices } from "../src/tasks/site-inventory.ts";
+import { parseControl, siteAnswers } from "../src/wire/control.ts";
 import { outsidePrefixes, scanDevices, underPrefix } from "../src/capture/devices.ts";
 import { type Task, taskInputSchema, validateTask, volumeSchema, zodIssues } from "../src/tasks/model.ts";
 import { tempDir } from "./lib/cluster.ts";
@@ -405,18 +406,26 @@ t("a site's inventory answer: what its standby agents reported, ages instead of 
     replicaDir: "/d/replicas",
     replicas: [{ agent: "app1", name: "vol0", path: "/d/replicas/app1/vol0.img", size: 4096 }],
   });
-  const inv = parseSiteInventory(answer);
-  assert.ok(inv);
-  assert.equal(inv!.agents.map((a) => [a.agent, a.connected, a.devices.length]), [["app1", true, 1], [
+  // the answer as the local site's link reads it (src/wire/control.ts)
+  const read = (a: unknown) => parseControl(siteAnswers, { ...(a as object), type: "inventory", id: 1 });
+  const inv = read(answer);
+  assert.ok(inv.type === "inventory" && inv.ok);
+  if (inv.type !== "inventory" || !inv.ok) return;
+  assert.equal(inv.agents.map((a) => [a.agent, a.connected, a.devices.length]), [["app1", true, 1], [
     "app2",
     false,
     0,
   ]]);
-  assert.ok(inv!.agents.every((a) => a.agoMs >= 0 && a.agoMs < 1000));
-  assert.is(inv!.replicaDir, "/d/replicas");
-  assert.is(parseSiteInventory({ ok: false, error: "unknown request" }), undefined, "an older site");
-  assert.is(parseSiteInventory({ ...answer, agents: [{ agent: "../x", devices: [] }] }), undefined);
-  assert.is(parseSiteInventory({ ...answer, journal: { path: "rel", size: 1 } }), undefined);
+  assert.ok(inv.agents.every((a) => a.agoMs >= 0 && a.agoMs < 1000));
+  assert.is(inv.replicaDir, "/d/replicas");
+  assert.equal(read({ ok: false, error: "unknown request" }), {
+    type: "inventory",
+    id: 1,
+    ok: false,
+    error: "unknown request",
+  }, "an older site: its reason");
+  assert.throws(() => read({ ...answer, agents: [{ agent: "../x", devices: [] }] }), /agents\.0\.agent/);
+  assert.throws(() => read({ ...answer, journal: { path: "rel", size: 1 } }), /journal\.path/);
 });
 
 t(

@@ -3,6 +3,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { failback, type FailbackDeps, FailbackError } from "../src/failover/failback.ts";
+import { Liveness } from "../src/failover/liveness.ts";
 
 const t = suite("unit: failback");
 
@@ -20,7 +21,7 @@ function fake(over: Partial<FailbackDeps> = {}) {
     unfence: (agent) => (steps.push(`unfence ${agent}`), Promise.resolve()),
     switchBack: (name) => (steps.push(`switch ${name}`), Promise.resolve()),
     record: (e) => (steps.push(`audit ${e.to}`), Promise.resolve()),
-    sleep: () => Promise.resolve(),
+    healthChanged: () => Promise.resolve(),
     ...over,
   };
   return { d, steps };
@@ -76,7 +77,7 @@ t("a local service that never turns healthy keeps the traffic at the site", asyn
   const { d, steps } = fake({
     serviceUnhealthy: () => "connection refused",
     healthyWithinMs: 1000,
-    sleep: (ms) => (now += ms, Promise.resolve()),
+    healthChanged: (_agent, ms) => (now += ms, Promise.resolve()),
   });
   const realNow = performance.now;
   performance.now = () => now;
@@ -86,6 +87,52 @@ t("a local service that never turns healthy keeps the traffic at the site", asyn
     assert.not.ok(steps.includes("switch web"));
   } finally {
     performance.now = realNow;
+  }
+});
+
+t("the wait for the local service's health wakes on its heartbeats, not on a poll", async () => {
+  let looks = 0;
+  let healthy = false;
+  const beats: (() => void)[] = [];
+  const { d, steps } = fake({
+    serviceUnhealthy: () => (looks++, healthy ? undefined : "check failing"),
+    healthChanged: () => new Promise((r) => beats.push(r)),
+  });
+  const run = failback(d, "web");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.is(looks, 1, "looked at once, then waited for a heartbeat");
+  assert.not.ok(steps.includes("switch web"));
+  // a heartbeat of a still failing service, then one of a healthy one
+  beats.shift()!();
+  await new Promise((r) => setTimeout(r, 0));
+  assert.is(looks, 2);
+  healthy = true;
+  beats.shift()!();
+  await run;
+  assert.is(looks, 3);
+  assert.ok(steps.includes("switch web"));
+});
+
+t("Liveness.changed resolves at the agent's next heartbeat, or at its bound", async () => {
+  const live = new Liveness({
+    settings: { mode: "chen", etaMs: 100, alphaMs: 50, window: 10, phiSuspect: 3, phiFailure: 8 },
+    audit: { record: () => Promise.resolve() },
+  });
+  try {
+    const meta = { boot: 1n, newBoot: false, peer: "10.0.0.2:7001" };
+    let other = false, mine = false;
+    live.changed("a2", 10_000).then(() => other = true);
+    const at = performance.now();
+    const wait = live.changed("a1", 10_000).then(() => mine = true);
+    live.heartbeat("a1", 1, { healthy: true, detail: "" }, performance.now(), meta);
+    await wait;
+    assert.ok(mine && performance.now() - at < 1000, "woken by the heartbeat");
+    assert.not.ok(other, "another agent's wait goes on");
+    const t0 = performance.now();
+    await live.changed("a1", 30);
+    assert.ok(performance.now() - t0 >= 25, "bounded by its time");
+  } finally {
+    live.close();
   }
 });
 

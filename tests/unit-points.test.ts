@@ -95,8 +95,9 @@ function fakes(points: number[], firstBad: number) {
             points: points.map((seq) => ({
               seq,
               time: seq * 10,
-              kind: "barrier",
-              names: seq === 20 ? ["good"] : undefined,
+              end: seq * 100,
+              kind: "barrier" as const,
+              ...(seq === 20 ? { names: ["good"] } : {}),
             })),
           }],
         }),

@@ -21,23 +21,28 @@ function answerEverything(seen: string[]): Answerers<SiteRequest, SiteAnswerBodi
     seen.push(m.type);
     return Promise.resolve({ ok: true });
   };
+  // the requests that return data: not asked here
+  const no = (m: { type: string }) => {
+    seen.push(m.type);
+    return Promise.resolve({ ok: false as const, error: "not in this test" });
+  };
   return {
     promote: ok,
     demote: ok,
     "drill-up": ok,
     "drill-down": ok,
-    "test-start": ok,
-    "test-renew": ok,
+    "test-start": no,
+    "test-renew": no,
     "test-stop": ok,
     retention: ok,
     point: ok,
-    points: ok,
+    points: no,
     copies: (m) => {
       seen.push(`copies ${m.volume}`);
-      return Promise.resolve({ ok: true, rgp: { state: "consistent", lastSeq: 7 }, rsp: null });
+      return Promise.resolve({ ok: true, rgp: { state: "consistent", lastSeq: 7, lastTime: 0 }, rsp: null });
     },
-    standbys: ok,
-    inventory: ok,
+    standbys: no,
+    inventory: no,
   };
 }
 
@@ -94,7 +99,7 @@ t("a refused request fails at the requester at once with the site's reason; the 
       type: "copies",
       id: fine.id,
       ok: true,
-      rgp: { state: "consistent", lastSeq: 7 },
+      rgp: { state: "consistent", lastSeq: 7, lastTime: 0 },
       rsp: null,
     });
 

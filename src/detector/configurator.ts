@@ -281,21 +281,60 @@ function search(t: QosTargets, link: LinkStats, limits: Limits): Found {
   return { ok: false, reason: "no period of whole tenths of a millisecond meets the targets" };
 }
 
+/** How a running period is kept (see keepPeriod). */
+export interface Hysteresis {
+  /** The running period stays while the newly chosen one is within this fraction of it… */
+  drift: number;
+  /**
+   * …and it still meets T_MR^L and T_M^U on the link as measured with its loss and delay variance
+   * this fraction lower (the detection target: on the link as measured).
+   */
+  slack: number;
+}
+
+export const DEFAULT_HYSTERESIS: Hysteresis = { drift: 0.2, slack: 0.05 };
+
 /**
- * The margin for a given period: the whole detection budget, if that meets the targets (a period
- * the agent already sends at need not change, and the link need not be measured anew).
+ * Hysteresis for the period: each new period measures the link anew (the gateway's estimate starts
+ * over, about 25 s), and the measurement moves by a few % between two derivations, which moves the
+ * longest period meeting the targets by a fraction of a percent (where T_MR^L bounds it, a link 1 %
+ * worse takes 3–4 % off the T_MR a period guarantees). So the running period stays, with its margin
+ * fitted to the link as measured now, while the period chosen now is within `drift` of it and it
+ * still meets the targets with `slack` (stillMeets); undefined when it must change.
  */
-export function configureAt(
+export function keepPeriod(
   t: QosTargets,
   link: LinkStats,
-  etaMs: number,
+  runningEtaMs: number,
+  chosenEtaMs: number,
   limits = DEFAULT_LIMITS,
+  h = DEFAULT_HYSTERESIS,
 ): { setting: DetectorSetting; predicted: PredictedQos } | undefined {
+  if (Math.abs(chosenEtaMs - runningEtaMs) > h.drift * runningEtaMs) return undefined;
   const room = t.detectionMs - link.meanDelayMs - overheadMs(link, limits);
-  const setting = { etaMs, alphaMs: Math.floor((room - 2 * etaMs) * 10) / 10 };
-  if (setting.alphaMs < 0) return undefined;
-  const predicted = predictQos(link, setting, limits);
-  return meets(predicted, t) ? { setting, predicted } : undefined;
+  const setting = { etaMs: runningEtaMs, alphaMs: Math.floor((room - 2 * runningEtaMs) * 10) / 10 };
+  if (setting.alphaMs < 0 || !stillMeets(t, link, setting, limits, h)) return undefined;
+  return { setting, predicted: predictQos(link, setting, limits) };
+}
+
+/**
+ * Whether a running setting still meets the targets: detection on the link as measured, T_MR^L
+ * and T_M^U on it with its loss and delay variance `h.slack` lower.
+ */
+export function stillMeets(
+  t: QosTargets,
+  link: LinkStats,
+  setting: DetectorSetting,
+  limits = DEFAULT_LIMITS,
+  h = DEFAULT_HYSTERESIS,
+): boolean {
+  const eased = {
+    ...link,
+    lossProbability: link.lossProbability * (1 - h.slack),
+    delayVarianceMs2: link.delayVarianceMs2 * (1 - h.slack),
+  };
+  return predictQos(link, setting, limits).detectionMs <= t.detectionMs * (1 + 1e-9) &&
+    meets(predictQos(eased, setting, limits), t);
 }
 
 /**

@@ -2,9 +2,11 @@
 // link's measurement (src/detector/link-estimator.ts; a probe a second gives the round trip); every
 // few seconds the agent's targets (its tasks' and --service's, the strictest of each) and the
 // link's upper-bound statistics go through the configurator. A derived period within a fifth of
-// the running one is not taken: the running period stays and only the margin is fitted to the link
-// (a new period means measuring the link anew); a new period is taken when none runs yet, when
-// the link drifted further, or when the targets became (un)meetable. The margin the gateway's
+// the running one is not taken while the running one still meets the targets on the link as
+// measured now, with a slack of 5 % on its loss and delay variance (keepPeriod in
+// src/detector/configurator.ts): the running period stays and only the margin is fitted to the
+// link (a new period means measuring the link anew); a new period is taken when none runs yet,
+// when the link drifted further, or when the targets became (un)meetable. The margin the gateway's
 // reaction needs includes how late its timers fired over the last minute. The agent is told its
 // period over its control link (again every 2 s until its heartbeats report it); its heartbeats
 // are judged with the margin derived for the period they report. When no setting meets the
@@ -14,14 +16,15 @@ import { logger } from "../log.ts";
 import type { Audit } from "../audit/audit.ts";
 import {
   configure,
-  configureAt,
+  DEFAULT_HYSTERESIS,
   DEFAULT_LIMITS,
   type DetectorSetting,
+  keepPeriod,
   type Limits,
-  meets,
   type PredictedQos,
   predictQos,
   type QosTargets,
+  stillMeets,
 } from "../detector/configurator.ts";
 import {
   DEFAULT_ESTIMATOR,
@@ -119,7 +122,7 @@ export interface LinkQos {
   observed: ObservedQos;
 }
 
-const DRIFT = 0.2;
+const DRIFT = DEFAULT_HYSTERESIS.drift;
 const TICK_MS = 250;
 
 export class DetectorQos {
@@ -301,15 +304,19 @@ export class DetectorQos {
       return;
     }
     const cur = l.derived?.setting;
-    // a period within a fifth of the running one stays when it can meet the targets: only the
-    // margin follows the link, which is not measured anew (that starts over with every new period)
+    // hysteresis: a period within a fifth of the running one stays while the running one still
+    // meets the targets on the link as measured, with a slack of 5 % on its loss and delay variance:
+    // only the margin follows the link, which is not measured anew (that starts over with every new
+    // period); see keepPeriod
     const near = cur !== undefined && Math.abs(chosen.setting.etaMs - cur.etaMs) <= DRIFT * cur.etaMs;
-    const kept = near && c.ok ? configureAt(targets.targets, est.upper, cur!.etaMs, limits) : undefined;
+    const kept = cur && c.ok
+      ? keepPeriod(targets.targets, est.upper, cur.etaMs, chosen.setting.etaMs, limits)
+      : undefined;
     if (kept) chosen = kept;
     const margin = (x: DetectorSetting) => x.alphaMs + x.etaMs;
     const adopt = !cur || state !== l.state ||
       (kept
-        ? !meets(predictQos(est.upper, cur, limits), targets.targets) ||
+        ? !stillMeets(targets.targets, est.upper, cur, limits) ||
           Math.abs(margin(kept.setting) - margin(cur)) > 0.05 * margin(cur)
         : c.ok || !near || Math.abs(margin(chosen.setting) - margin(cur)) > DRIFT * margin(cur));
     if (adopt) {

@@ -36,7 +36,11 @@ export interface FailbackDeps {
   ) => Promise<void>;
   onPhase?: (name: string, phase: FailbackPhase | undefined) => void;
   healthyWithinMs?: number;
-  sleep?: (ms: number) => Promise<void>;
+  /**
+   * Resolves when the agent's health may have changed (its next heartbeat or detector
+   * transition), or after `ms` at the latest: the wait for the local service to turn healthy.
+   */
+  healthChanged: (agent: string, ms: number) => Promise<void>;
 }
 
 export interface FailbackReport {
@@ -82,7 +86,6 @@ async function run(
   s: { agent: string; site: string },
 ): Promise<FailbackReport> {
   const volumes = d.volumes(s.agent);
-  const sleep = d.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const phase = (p: FailbackPhase | undefined) => d.onPhase?.(name, p);
   const subject = `service:${name}`;
   // the phase is set before the first await: a second request meanwhile is refused as running
@@ -118,7 +121,7 @@ async function run(
             `start the service and run failback again`,
         );
       }
-      await sleep(50);
+      await d.healthChanged(s.agent, deadline - performance.now() + 1);
     }
     phase("switching");
     await d.switchBack(name);

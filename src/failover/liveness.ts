@@ -61,6 +61,8 @@ const STALL_MS = 20;
 export class Liveness {
   private agents = new Map<string, Watched>();
   private readonly failureListeners: FailureListener[] = [];
+  /** Waiting for an agent's next heartbeat or transition (see changed). */
+  private readonly changeWaiters = new Map<string, (() => void)[]>();
   private timer: ReturnType<typeof setInterval>;
   private readonly clock: () => number;
   private readonly pollMs: number;
@@ -171,6 +173,35 @@ export class Liveness {
       if (!status.healthy) this.fail(agent, w, "service", { seq, check: status.detail });
     }
     if (w.state === "TRUST" && w.serviceHealthy) w.reported = false;
+    this.changedFor(agent);
+  }
+
+  /**
+   * Resolves at the agent's next heartbeat or detector transition (what can change `unhealthy`
+   * and `hostUntrusted`; a wait re-checks them then), or after `ms`.
+   */
+  changed(agent: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const waiters = this.changeWaiters.get(agent) ?? [];
+      this.changeWaiters.set(agent, waiters);
+      const timer = setTimeout(() => {
+        const i = waiters.indexOf(done);
+        if (i >= 0) waiters.splice(i, 1);
+        resolve();
+      }, Math.max(0, ms));
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      waiters.push(done);
+    });
+  }
+
+  private changedFor(agent: string): void {
+    const waiters = this.changeWaiters.get(agent);
+    if (!waiters?.length) return;
+    this.changeWaiters.delete(agent);
+    for (const w of waiters) w();
   }
 
   /** Judges every agent now and reports what changed (the timer does this every η/10). */
@@ -195,6 +226,7 @@ export class Liveness {
         this.fail(agent, w, "host", { lastSeq: t.lastSeq, lastArrivalMs: t.lastArrivalMs, ...t.evidence });
       }
     }
+    if (ts.length) this.changedFor(agent);
   }
 
   private fail(agent: string, w: Watched, cause: FailureCause, detail: Record<string, unknown>): void {
@@ -240,5 +272,6 @@ export class Liveness {
 
   close(): void {
     clearInterval(this.timer);
+    for (const agent of [...this.changeWaiters.keys()]) this.changedFor(agent);
   }
 }

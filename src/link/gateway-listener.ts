@@ -19,6 +19,8 @@ import {
   SourceReadError,
 } from "../recovery/chunk-ops.ts";
 import { decodeJson, decodeMixed, type Frame, FrameType, jsonFrame } from "../wire/frames.ts";
+import { parseFrame } from "../wire/site-frames.ts";
+import { z } from "zod";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { Channel } from "../replication/sender.ts";
 import type { AgentOrder, StandbyOrder } from "../wire/control.ts";
@@ -89,14 +91,19 @@ const COPY_ORDER_MAX = 64;
 const COPY_TIMEOUT_MS = 120_000;
 const EBUSY = 16, ENOTCONN = 107;
 
-interface OpenMessage {
-  id?: unknown;
-  name?: unknown;
-  size?: unknown;
-  standby?: unknown;
-  lastSeq?: unknown;
-  state?: unknown;
-}
+/**
+ * An agent announcing a volume on its link (an Open frame): a captured volume (native/agent.c) by
+ * its link id, name and size; a standby's copy (src/capture/native-agent.ts) also with its state.
+ */
+export const openSchema = z.object({
+  id: z.number().int().nonnegative().max(0xffffffff),
+  name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -"),
+  size: z.number().int().positive(),
+  standby: z.boolean().optional(),
+  lastSeq: z.number().int().nonnegative().optional(),
+  state: z.enum(["empty", "consistent", "inconsistent"]).optional(),
+});
+export type OpenMessage = z.infer<typeof openSchema>;
 
 export class GatewayListener {
   private readonly plane: Plane;
@@ -356,7 +363,7 @@ export class GatewayListener {
     const body = e.body.slice();
     switch (e.aux) {
       case FrameType.Open:
-        return await this.open(s, decodeJson<OpenMessage>(body));
+        return await this.open(s, body);
       case FrameType.ChunkReply: {
         const m = decodeMixed<ChunkReply>(body);
         s.chunks.answer(m.header, m.payload);
@@ -391,22 +398,28 @@ export class GatewayListener {
     }
   }
 
-  private async open(s: Session, m: OpenMessage): Promise<void> {
-    const id = Number(m.id);
-    const name = typeof m.name === "string" ? m.name : "";
-    const size = Number(m.size);
+  private async open(s: Session, body: Uint8Array): Promise<void> {
+    let raw: { id?: unknown } | null | undefined;
+    let m: OpenMessage;
+    try {
+      raw = decodeJson(body);
+      m = parseFrame(openSchema, "volume description", raw);
+    } catch (e) {
+      // answered by its id when it has one the agent can know it by
+      const id = openSchema.shape.id.safeParse(raw?.id).data ?? null;
+      log.warn("volume refused", { agent: s.agent, error: (e as Error).message });
+      return void this.send(s, jsonFrame(FrameType.Opened, { id, error: (e as Error).message }));
+    }
+    const { id, name, size } = m;
     const refuse = (error: string) => this.send(s, jsonFrame(FrameType.Opened, { id, error }));
-    const bad = !Number.isInteger(id) || id < 0 || id > 0xffffffff || !/^[A-Za-z0-9._-]{1,64}$/.test(name) ||
-      !Number.isSafeInteger(size) || size <= 0;
-    if (bad) return void refuse("malformed volume description");
     if (m.standby === true) {
       if (!this.o.standby) return void refuse("this gateway does not feed standby servers");
       try {
         const journalId = await this.o.standby.open(s.agent, {
           name,
           size,
-          lastSeq: Number(m.lastSeq) || 0,
-          state: String(m.state ?? "empty"),
+          lastSeq: m.lastSeq ?? 0,
+          state: m.state ?? "empty",
         });
         this.send(s, jsonFrame(FrameType.Opened, { id, journalId }));
       } catch (e) {

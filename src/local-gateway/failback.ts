@@ -34,6 +34,7 @@ export function gatewayFailback(g: FailbackParts): (name: string) => StartedFail
           ? g.liveness.hostUntrusted(agent)
           : `agent ${agent} is not connected`,
       serviceUnhealthy: (agent) => g.liveness.unhealthy(agent),
+      healthChanged: (agent, ms) => g.liveness.changed(agent, ms),
       onlineCopy: (volume, site) => recovery.precopy(volume, { kind: "rgp", site }),
       demote: (site, agent) => g.sites.demote(site, agent),
       finalCopy: async (volume, site) => {

@@ -104,9 +104,9 @@ async function copies(
         return undefined;
       })
       : undefined;
-    const ok = answer?.ok === true;
-    out.push({ ref: { kind: "rgp", site }, info: ok ? answer!.rgp as CopyInfo : undefined });
-    out.push({ ref: { kind: "rsp", site }, info: ok && answer!.rsp ? answer!.rsp as CopyInfo : undefined });
+    const copies = answer?.ok ? answer : undefined;
+    out.push({ ref: { kind: "rgp", site }, info: copies?.rgp });
+    out.push({ ref: { kind: "rsp", site }, info: copies?.rsp ?? undefined });
   }
   return out;
 }

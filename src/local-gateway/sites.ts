@@ -65,7 +65,11 @@ export class RemoteSites {
         name: `site:${f.site}`,
         journal,
         store,
-        source: { imageFd: (id) => mirror.imageFd(id), appliedPos: () => mirror.appliedPos },
+        source: {
+          imageFd: (id) => mirror.imageFd(id),
+          appliedPos: () => mirror.appliedPos,
+          changed: () => journal.changed(),
+        },
         // a retired volume (its task paused or deleted) is not sent
         carries: (v) => !v.retired,
         windowBytes: o.windowBytes,

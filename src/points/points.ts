@@ -7,7 +7,7 @@ import type { Db } from "../db/db.ts";
 import { serialized } from "../db/db.ts";
 import { checkpoints } from "../db/schema.ts";
 import type { Audit } from "../audit/audit.ts";
-import type { SiteRequester } from "../wire/control.ts";
+import type { SitePoint, SiteRequester, SiteRetention } from "../wire/control.ts";
 
 export const CHECKPOINT_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -41,8 +41,8 @@ export interface SitePoints {
   site: string;
   ok: boolean;
   error?: string;
-  points?: unknown[];
-  retention?: unknown;
+  points?: SitePoint[];
+  retention?: SiteRetention;
   windowMs?: number;
 }
 
@@ -99,14 +99,8 @@ export class RecoveryPoints {
     const out = await Promise.all(sites.map(async (site): Promise<SitePoints> => {
       try {
         const a = await this.d.request(site, { type: "points", volume, limit }, 10_000);
-        if (a.ok !== true) return { site, ok: false, error: String(a.error ?? "no reason given") };
-        return {
-          site,
-          ok: true,
-          points: a.points as unknown[],
-          retention: a.retention,
-          windowMs: Number(a.windowMs),
-        };
+        if (!a.ok) return { site, ok: false, error: a.error ?? "no reason given" };
+        return { site, ok: true, points: a.points, retention: a.retention, windowMs: a.windowMs };
       } catch (e) {
         return { site, ok: false, error: `site ${site}: ${(e as Error).message}` };
       }

@@ -9,6 +9,7 @@ import type { TaskStore } from "../tasks/store.ts";
 import { SearchError, searchLastGood } from "./bisect.ts";
 import { type CheckOutcome, runCheck } from "./check.ts";
 import { PointsError, type RecoveryPoints } from "./points.ts";
+import type { SitePoint } from "../wire/control.ts";
 import { logger } from "../log.ts";
 
 const log = logger("point-search");
@@ -19,13 +20,6 @@ export interface SearchRequest {
   good?: number | string;
   check: string[];
   timeoutSeconds: number;
-}
-
-interface SitePoint {
-  seq: number;
-  time: number;
-  kind: string;
-  names?: string[];
 }
 
 export interface ProbeReport extends Omit<CheckOutcome, "passed"> {
@@ -73,7 +67,7 @@ export class PointSearch {
     const listed = await this.d.points.list(volume, [req.site], 100_000);
     const site = listed.sites[0];
     if (!site?.ok) throw new PointsError(`cannot list the points at site ${req.site}: ${site?.error}`, 409);
-    const all = (site.points ?? []) as SitePoint[];
+    const all = site.points ?? [];
     const from = req.good === undefined
       ? 0
       : all.findIndex((p) =>

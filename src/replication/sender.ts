@@ -22,6 +22,8 @@ const log = logger("sender");
 export interface SyncSource {
   imageFd(volumeId: number): number;
   appliedPos(): number;
+  /** Resolves when appliedPos() may have moved (a wait re-checks it then; a session's stop resolves it too). */
+  changed(): Promise<void>;
 }
 
 /** What the peer says of its copy of a volume when a session starts. */
@@ -109,6 +111,8 @@ export class Sender {
   /** Bytes per second the peer acknowledges when it has more to take (0: not measured yet). */
   private capacity = 0;
   private busy: { at: number; acked: number } | undefined;
+  /** Waiting for the peer's progress (see changed). */
+  private progressWaiters: (() => void)[] = [];
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
@@ -405,6 +409,16 @@ export class Sender {
 
   get theCursor(): Cursor {
     return this.cursor;
+  }
+
+  /** Resolves at the peer's next progress: journal space released, a copy made consistent (a wait re-checks then). */
+  changed(): Promise<void> {
+    return new Promise((r) => this.progressWaiters.push(r));
+  }
+
+  /** @internal the session released journal space or changed a copy's state */
+  progressed(): void {
+    for (const w of this.progressWaiters.splice(0)) w();
   }
 
   /**
@@ -727,6 +741,7 @@ export class Session {
     if (this.fifo.length === 0) release = this.frontier;
     if (release >= 0) this.s.theCursor.release(release);
     this.s.save();
+    this.s.progressed();
     this.wake?.();
   }
 
@@ -926,7 +941,10 @@ export class Session {
       // nothing to send; its space is freed with the record sent before it (or now)
       const last = this.fifo[this.fifo.length - 1];
       if (last) last.end = this.frontier;
-      else this.s.theCursor.release(this.frontier);
+      else {
+        this.s.theCursor.release(this.frontier);
+        this.s.progressed();
+      }
       return;
     }
     if (sync && !sync.began) this.beginSync(sync);
@@ -963,7 +981,7 @@ export class Session {
       if (!job.began) this.beginSync(job);
       while (job.next < job.chunks && spent < budget && !this.stopped && this.syncs.has(job.volume)) {
         if (this.s.source.appliedPos() < this.frontier) {
-          if (idle) await new Promise((r) => setTimeout(r, 2));
+          if (idle) await this.appliedMoved();
           return;
         }
         await this.windowOpen();
@@ -988,6 +1006,13 @@ export class Session {
         this.syncs.delete(job.volume);
       }
     }
+  }
+
+  /** Until the local image applied more (or a record came, or the session stops), at most 100 ms. */
+  private async appliedMoved(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.s.source.changed(), new Promise((r) => timer = setTimeout(r, 100))]);
+    clearTimeout(timer);
   }
 
   private async copyChunk(job: SyncJob): Promise<number> {

@@ -50,6 +50,8 @@ import {
   hashRequestSchema,
   helloVolumeSchema,
   parseFrame,
+  type SiteError,
+  siteErrorSchema,
   siteHelloSchema,
   siteWelcomeSchema,
 } from "../wire/site-frames.ts";
@@ -262,8 +264,11 @@ export class SiteClient {
             this.answers(this.o.site, decodeJson(f.body));
             break;
           case FrameType.Error:
+            // a malformed one ends the link too, as a FrameError naming the field
             throw new Error(
-              `remote site reported: ${decodeJson<{ message?: string }>(f.body).message ?? "error"}`,
+              `remote site reported: ${
+                parseFrame(siteErrorSchema, "site error", decodeJson(f.body)).message
+              }`,
             );
           default:
             throw new FrameError(`unexpected frame ${f.type} from the remote site`);
@@ -449,7 +454,7 @@ export class SiteServer {
         const msg = (e as Error).message;
         log.warn("site stream dropped", { site: c.peer, error: msg });
         if (e instanceof FrameError || e instanceof RecordError) {
-          writer.send(jsonFrame(FrameType.Error, { message: msg }));
+          writer.send(jsonFrame(FrameType.Error, { message: msg } satisfies SiteError));
         }
       }
     } finally {

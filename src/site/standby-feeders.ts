@@ -75,7 +75,11 @@ export class StandbyFeeders {
         name: `standby:${agent}`,
         journal: o.journal,
         store: o.store,
-        source: { imageFd: (id) => o.applier.imageFd(id), appliedPos: () => o.applier.appliedPos },
+        source: {
+          imageFd: (id) => o.applier.imageFd(id),
+          appliedPos: () => o.applier.appliedPos,
+          changed: () => o.journal.changed(),
+        },
         // a retired volume (its standby copy unassigned) is not fed
         carries: (v) => v.agent === agent && !v.retired,
         required: this.required(agent),
@@ -116,13 +120,22 @@ export class StandbyFeeders {
     if (!f || !this.sessions.has(agent)) return false;
     await this.o.applier.caughtUp();
     const vols = this.o.journal.volumes().filter((v) => v.agent === agent);
-    const deadline = performance.now() + ms;
-    while (performance.now() < deadline) {
-      const level = f.theCursor.released >= this.o.journal.positions.durable &&
-        vols.every((v) => f.volume(v.id)?.state === "consistent");
-      if (level) return true;
-      await new Promise((r) => setTimeout(r, 20));
+    const level = () =>
+      f.theCursor.released >= this.o.journal.positions.durable &&
+      vols.every((v) => f.volume(v.id)?.state === "consistent");
+    // only the feeder's progress makes it level: each acknowledgement or release wakes this
+    let over = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<void>((r) => timer = setTimeout(() => r(void (over = true)), ms));
+    try {
+      while (!over) {
+        if (level()) return true;
+        await Promise.race([f.changed(), expired]);
+      }
+    } finally {
+      clearTimeout(timer);
     }
+    if (level()) return true;
     log.warn("the standby did not catch up with the replica: its promoted volumes are resynchronised", {
       agent,
     });

@@ -28,7 +28,7 @@ import type { Host, Mirror, Task, Volume } from "./model.ts";
 import { DesiredState } from "./desired-state.ts";
 import type { TaskStore } from "./store.ts";
 import { PendingRequests } from "../wire/requests.ts";
-import type { AgentOrder, AgentReport, SiteAnswer, SiteRequest, Unsent } from "../wire/control.ts";
+import type { AgentOrder, AgentReport, SiteAnswerTo, SiteRequest, Unsent } from "../wire/control.ts";
 
 const log = logger("control-plane");
 
@@ -177,26 +177,6 @@ export type StandbyReport = Record<
   { name: string; state: AssignmentState["state"]; error?: string }[]
 >;
 
-/** Checks a site's answer; undefined when it is not one. */
-export function parseStandbyReport(raw: unknown): StandbyReport | undefined {
-  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return undefined;
-  const out: StandbyReport = {};
-  for (const [agent, list] of Object.entries(raw as Record<string, unknown>)) {
-    if (!Array.isArray(list)) return undefined;
-    out[agent] = [];
-    for (const x of list as Record<string, unknown>[]) {
-      const state = x?.state;
-      if (
-        typeof x?.name !== "string" || (state !== "pending" && state !== "assigned" && state !== "failed")
-      ) {
-        return undefined;
-      }
-      out[agent].push({ name: x.name, state, ...(typeof x.error === "string" ? { error: x.error } : {}) });
-    }
-  }
-  return out;
-}
-
 /** The state of one task's assignment (its LSP at its agent, or an RSP at a remote site), for status and errors. */
 export interface AssignmentState {
   task: string;
@@ -219,7 +199,10 @@ export interface ControlPlaneDeps {
   /** Stops (true) or resumes (false) sending a volume (AGENT/NAME) to the remote sites. */
   retire: (agent: string, name: string, retired: boolean) => Promise<void>;
   /** A control request to a remote site (its answer); rejects when the site is not connected. */
-  siteRequest: (site: string, msg: Unsent<Extract<SiteRequest, { type: "standbys" }>>) => Promise<SiteAnswer>;
+  siteRequest: (
+    site: string,
+    msg: Unsent<Extract<SiteRequest, { type: "standbys" }>>,
+  ) => Promise<SiteAnswerTo<"standbys">>;
   /** The remote sites this gateway replicates to (--remote). */
   sites: () => string[];
   /** Applies the tasks' mirror strategies (called at the first refresh and whenever they change). */
@@ -229,7 +212,6 @@ export interface ControlPlaneDeps {
   refreshMs?: number;
 }
 
-type Answer = Record<string, unknown>;
 /** An agent's answer to an order: done (per volume, with the reasons), or refused as a whole. */
 type AgentAnswer = Extract<AgentReport, { type: "assigned" | "unassigned" | "refused" }>;
 
@@ -324,16 +306,17 @@ export class ControlPlane {
       if (!current) return;
       const { desired, version } = current;
       this.plans.sent(site);
-      const answer: Answer = await this.d.siteRequest(site, { type: "standbys", agents: desired }).catch((
+      // a malformed answer is refused by the site link (src/wire/control.ts): the request fails
+      const answer = await this.d.siteRequest(site, { type: "standbys", agents: desired }).catch((
         e,
-      ) => ({ ok: false, error: (e as Error).message }));
-      const report = answer.ok === true ? parseStandbyReport(answer.agents) : undefined;
-      if (!report) {
+      ) => ({ ok: false as const, error: (e as Error).message }));
+      if (!answer.ok) {
         this.plans.failed(site, performance.now());
-        const error = String(answer.error ?? "the site's answer is not a report of its standby copies");
+        const error = answer.error ?? "the site did not say why";
         this.reports.set(site, { report: pendingAll(desired, error), at: Date.now() });
         return;
       }
+      const report: StandbyReport = answer.agents;
       this.reports.set(site, { report, at: Date.now() });
       const settled = Object.values(report).every((l) => l.every((x) => x.state !== "pending"));
       this.plans.acked(site, version, settled, performance.now());

@@ -16,7 +16,7 @@ import type { Group, PartitionRef, Volume } from "./model.ts";
 import type { TaskStore } from "./store.ts";
 import { deviceName, gatewayHostOf, type Observation, type ObservedHost } from "./discovery-plan.ts";
 import { type GatewayView, type Proposal, propose } from "./proposal.ts";
-import { parseSiteInventory, type SiteInventory } from "./site-inventory.ts";
+import type { SiteInventory } from "./site-inventory.ts";
 import type { SiteRequester } from "../wire/control.ts";
 
 const log = logger("discovery");
@@ -107,9 +107,17 @@ export class Discovery {
         if (!connected || now - s.askedAt < (this.d.siteEveryMs ?? 5000)) return;
         s.askedAt = now;
         try {
-          const inv = parseSiteInventory(await this.d.siteRequest(site, { type: "inventory" }, 5000));
-          if (!inv) throw new Error("the answer is not an inventory (an older Continuum at that site?)");
-          Object.assign(s, { inventory: inv, at: Date.now(), error: undefined });
+          // a malformed answer is refused by the site link (src/wire/control.ts): the request fails
+          const a = await this.d.siteRequest(site, { type: "inventory" }, 5000);
+          if (!a.ok) throw new Error(`site ${site}: ${a.error ?? "no inventory given"}`);
+          const inventory: SiteInventory = {
+            site: a.site,
+            journal: a.journal,
+            replicaDir: a.replicaDir,
+            replicas: a.replicas,
+            agents: a.agents,
+          };
+          Object.assign(s, { inventory, at: Date.now(), error: undefined });
         } catch (e) {
           s.error = (e as Error).message;
         }

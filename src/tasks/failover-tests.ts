@@ -108,18 +108,18 @@ export class FailoverTests {
       { type: "test-start", task, volume, durationSeconds, ...(point === undefined ? {} : { point }) },
       120_000,
     );
-    const t = answer.test as Record<string, unknown> | undefined;
-    if (answer.ok !== true || !t) throw new Error(`site ${site}: ${answer.error ?? "no reason given"}`);
+    if (!answer.ok) throw new Error(`site ${site}: ${answer.error ?? "no reason given"}`);
+    const t = answer.test;
     const test: FailoverTest = {
       task,
       site,
       volume,
-      id: String(t.id),
-      seq: Number(t.seq),
-      time: Number(t.time ?? 0) || 0,
-      export: String(t.export),
-      started: Number(t.started),
-      expires: Number(t.expires),
+      id: t.id,
+      seq: t.seq,
+      time: t.time,
+      export: t.export,
+      started: t.started,
+      expires: t.expires,
     };
     // deadlines on this host's monotonic clock: the site's wall clock (started, expires) is for display
     const now = performance.now();

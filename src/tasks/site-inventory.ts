@@ -2,13 +2,12 @@
 // its standby agents (connected or not, and how long ago they were heard from) with the
 // devices each may serve, its journal and its replica images. Agents report their devices in a
 // control message {type: "devices", devices: [{path, size}]} (src/capture/devices.ts,
-// src/wire/control.ts); the
-// remote gateway keeps the last report of each standby agent (StandbyDevices) and answers a
-// local site's {type: "inventory"} request with siteInventory(). Times travel as ages (ms ago),
-// so the two sites' clocks need not agree.
+// src/wire/control.ts); the remote gateway keeps the last report of each standby agent
+// (StandbyDevices) and answers a local site's {type: "inventory"} request with its inventory(),
+// which the local site's link checks against the answer's schema (src/wire/control.ts). Times
+// travel as ages (ms ago), so the two sites' clocks need not agree.
 import { resolve } from "node:path";
 import type { DeviceInfo } from "../capture/devices.ts";
-import { NAME_RE } from "./model.ts";
 
 /** A journal's ring as a device: its path and the bytes it holds records in (whole sectors). */
 export function ringDevice(ring: { path: string; dataSize: number }): DeviceInfo {
@@ -20,18 +19,6 @@ export function imageDevices(
   volumes: { agent: string; name: string; mirrorPath: string; size: number }[],
 ): (DeviceInfo & { agent: string; name: string })[] {
   return volumes.map((v) => ({ agent: v.agent, name: v.name, path: v.mirrorPath, size: v.size }));
-}
-
-/** A device report's list, checked; undefined when it is not one. */
-export function parseDevices(raw: unknown): DeviceInfo[] | undefined {
-  if (!Array.isArray(raw)) return undefined;
-  const out: DeviceInfo[] = [];
-  for (const d of raw as Record<string, unknown>[]) {
-    if (typeof d?.path !== "string" || !d.path.startsWith("/")) return undefined;
-    if (typeof d.size !== "number" || !Number.isSafeInteger(d.size) || d.size <= 0) return undefined;
-    out.push({ path: d.path, size: d.size });
-  }
-  return out;
 }
 
 export interface SiteAgent {
@@ -50,32 +37,6 @@ export interface SiteInventory {
   replicaDir: string;
   replicas: (DeviceInfo & { agent: string; name: string })[];
   agents: SiteAgent[];
-}
-
-/** Checks a site's answer; undefined when it is not an inventory. */
-export function parseSiteInventory(raw: unknown): SiteInventory | undefined {
-  const r = raw as Record<string, unknown> | null;
-  if (r?.ok !== true || typeof r.site !== "string" || typeof r.replicaDir !== "string") return undefined;
-  const journal = parseDevices([r.journal])?.[0];
-  if (!journal || !Array.isArray(r.replicas) || !Array.isArray(r.agents)) return undefined;
-  const replicas = [];
-  for (const x of r.replicas as Record<string, unknown>[]) {
-    const d = parseDevices([x])?.[0];
-    if (!d || typeof x.agent !== "string" || typeof x.name !== "string") return undefined;
-    replicas.push({ ...d, agent: x.agent, name: x.name });
-  }
-  const agents: SiteAgent[] = [];
-  for (const a of r.agents as Record<string, unknown>[]) {
-    const devices = parseDevices(a?.devices);
-    if (typeof a?.agent !== "string" || !NAME_RE.test(a.agent) || !devices) return undefined;
-    agents.push({
-      agent: a.agent,
-      connected: a.connected === true,
-      agoMs: typeof a.agoMs === "number" && a.agoMs >= 0 ? a.agoMs : 0,
-      devices,
-    });
-  }
-  return { site: r.site, journal, replicaDir: r.replicaDir, replicas, agents };
 }
 
 /** The remote gateway's record of its standby agents' device reports. */

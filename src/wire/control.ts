@@ -131,26 +131,99 @@ const siteRequestList = [
 /** What a site's answer holds beyond ok and error: the parts each consumer reads itself are any JSON. */
 const json = z.unknown().optional();
 const answer = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) => outcome(type).extend(shape);
+/**
+ * An answer that is done, with everything it returns (each field as the remote gateway's handler
+ * builds it, src/site/site-requests.ts), or not done, with the reason.
+ */
+const doneOrNot = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) =>
+  z.discriminatedUnion("ok", [
+    z.object({ type: z.literal(type), id: requestId, ok: z.literal(true), ...shape }),
+    z.object({ type: z.literal(type), id: requestId, ok: z.literal(false), error: z.string().optional() }),
+  ]);
+/** A name as the task model checks it (src/tasks/model.ts NAME_RE): a discovered standby agent is a host. */
+const hostName = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+const count = z.number().int().nonnegative();
+/** A point of a volume's retention (src/retention/points.ts Point). */
+const sitePoint = z.object({
+  seq: count,
+  time: z.number(),
+  end: count,
+  kind: z.enum(["barrier", "sync", "base", "record"]),
+  names: z.array(z.string()).optional(),
+});
+const seqAndTime = z.object({ seq: count, time: z.number() });
+/** A volume's retention at a site (src/retention/retention.ts RetentionStatus). */
+const siteRetention = z.object({
+  volume: z.string(),
+  windowMs: z.number(),
+  maxBytes: z.number(),
+  bytes: count,
+  points: count,
+  oldest: seqAndTime.optional(),
+  newest: seqAndTime,
+  consistent: z.boolean(),
+  forcedExpiries: count,
+  error: z.string().optional(),
+});
+/** A failover test's copy at a site (src/failover/test-copies.ts TestCopy). */
+const testCopy = z.object({
+  id: z.string(),
+  site: z.string(),
+  task: z.string(),
+  volume: z.string(),
+  seq: count,
+  time: z.number(),
+  size: count,
+  export: z.string(),
+  started: z.number(),
+  expires: z.number(),
+});
+/** What one of a site's copies of a volume holds (src/recovery/service.ts CopyInfo). */
+const copyInfo = z.object({ state: z.string(), lastSeq: count, lastTime: z.number() });
+/** A site's inventory (src/tasks/site-inventory.ts SiteInventory). */
+const siteInventory = {
+  site: z.string(),
+  journal: deviceSchema,
+  replicaDir: z.string(),
+  replicas: z.array(deviceSchema.extend({ agent: z.string(), name: z.string() })),
+  agents: z.array(z.object({
+    agent: hostName,
+    connected: z.boolean(),
+    /** How long ago it was last connected (0 while it is): ages, so the sites' clocks need not agree. */
+    agoMs: z.number().nonnegative(),
+    devices: z.array(deviceSchema),
+  })),
+};
 const siteAnswerList = [
   answer("promote", { rolledBack: json }),
   answer("demote", { note: z.string().optional(), held: z.record(z.string(), z.number()).optional() }),
   answer("drill-up", { checkMs: z.number().nullable().optional() }),
   answer("drill-down", {}),
-  answer("test-start", { test: json }),
-  answer("test-renew", { test: json }),
+  doneOrNot("test-start", { test: testCopy }),
+  doneOrNot("test-renew", { test: testCopy }),
   answer("test-stop", { found: z.boolean().optional() }),
   answer("retention", { windowMs: z.number().optional(), maxBytes: z.number().optional(), volumes: json }),
   answer("point", { seq: z.number().optional(), time: z.number().optional() }),
-  answer("points", { points: json, retention: json, windowMs: z.number().optional() }),
-  answer("copies", { rgp: json, rsp: json }),
-  answer("standbys", { agents: json }),
-  answer("inventory", {
-    site: z.string().optional(),
-    journal: json,
-    replicaDir: z.string().optional(),
-    replicas: json,
-    agents: json,
+  // a volume without a retention yet has no status: `retention` is absent then
+  doneOrNot("points", {
+    points: z.array(sitePoint),
+    retention: siteRetention.optional(),
+    windowMs: z.number(),
   }),
+  // the standby's copy is null while it is not fed
+  doneOrNot("copies", { rgp: copyInfo, rsp: copyInfo.nullable() }),
+  // each desired copy's state, per standby agent
+  doneOrNot("standbys", {
+    agents: z.record(
+      agentName,
+      z.array(z.object({
+        name: z.string(),
+        state: z.enum(["pending", "assigned", "failed"]),
+        error: z.string().optional(),
+      })),
+    ),
+  }),
+  doneOrNot("inventory", siteInventory),
 ] as const;
 
 /** One direction of a link: its name (for errors), its union, and the types it carries. */
@@ -160,19 +233,23 @@ export interface ControlLink<M extends { type: string }> {
   types: readonly M["type"][];
 }
 
-function link<
-  O extends readonly [
-    z.ZodObject<{ type: z.ZodLiteral<string> }>,
-    ...z.ZodObject<{ type: z.ZodLiteral<string> }>[],
-  ],
->(
+/** A message of a link: one object, or (an answer done or not) a union of objects of one type. */
+type Message =
+  | z.ZodObject<{ type: z.ZodLiteral<string> }>
+  | z.ZodDiscriminatedUnion<z.ZodObject<{ type: z.ZodLiteral<string> }>[]>;
+
+function typeOf(m: Message): string {
+  return m instanceof z.ZodObject ? m.shape.type.value : typeOf(m.options[0]);
+}
+
+function link<O extends readonly [Message, ...Message[]]>(
   name: string,
   options: O,
 ): ControlLink<z.infer<O[number]>> {
   return {
     name,
     schema: z.discriminatedUnion("type", options),
-    types: options.map((o) => o.shape.type.value),
+    types: options.map(typeOf),
   };
 }
 
@@ -223,10 +300,9 @@ export type StandbyReport = z.infer<typeof standbyReports.schema>;
 export type SiteRequest = z.infer<typeof siteRequests.schema>;
 export type SiteAnswer = z.infer<typeof siteAnswers.schema>;
 /** What a site answers to a request of type K, without the type and id its link adds. */
-export type SiteAnswerBody<K extends SiteRequest["type"]> = Omit<
-  Extract<SiteAnswer, { type: K }>,
-  "type" | "id"
->;
+export type SiteAnswerBody<K extends SiteRequest["type"]> = Bare<Extract<SiteAnswer, { type: K }>>;
+/** A message without its type and id (each member of a union on its own: done or not). */
+type Bare<M> = M extends unknown ? Omit<M, "type" | "id"> : never;
 /** Each site request's answer body, by type (the remote gateway's handlers resolve with these). */
 export type SiteAnswerBodies = { [K in SiteRequest["type"]]: SiteAnswerBody<K> };
 /** A message as its sender builds it: the request helper adds the id. */
@@ -240,6 +316,9 @@ export type SiteRequester = <M extends Unsent<SiteRequest>>(
   timeoutMs: number,
 ) => Promise<SiteAnswerTo<M["type"]>>;
 export type AssignOrder = z.infer<typeof assign>;
+/** A point of a volume's retention at a site, and the volume's retention there (a `points` answer). */
+export type SitePoint = z.infer<typeof sitePoint>;
+export type SiteRetention = z.infer<typeof siteRetention>;
 export type UnassignOrder = z.infer<typeof unassign>;
 export type DrillOrder = z.infer<typeof drillUp> | z.infer<typeof drillDown>;
 

@@ -1,8 +1,8 @@
 // The JSON bodies of the site link's stream frames (src/replication/site-link.ts), besides its
 // control messages (src/wire/control.ts): the hello that starts a session (the volumes the local
 // site streams), the welcome that answers it (what the remote holds of each), a named checkpoint
-// in the record stream, and a request for a copy's chunk hashes (sent to a site, or by a
-// standby's feeder to its agent). Each is parsed by its reader; a malformed one is a FrameError
+// in the record stream, a request for a copy's chunk hashes (sent to a site, or by a standby's
+// feeder to its agent), and the error a site ends a stream with. Each is parsed by its reader; a malformed one is a FrameError
 // naming the frame and the field (the stream is reset, as for any frame it cannot use).
 import { z } from "zod";
 import { FrameError } from "./frames.ts";
@@ -30,7 +30,8 @@ export const siteWelcomeSchema = z.object({
   volumes: z.array(z.object({ id: z.number().int(), lastSeq: seq, state: z.string() })).optional(),
 });
 export const checkpointSchema = z.object({ volume: z.number().int(), name: z.string(), seq });
-/** A site hashes in chunks of 4 KiB to 64 MiB; a standby answers other sizes with no hashes. */
+/** Why the other side ended the stream (its Error frame, src/replication/site-link.ts). */
+export const siteErrorSchema = z.object({ message: z.string() });
 /** A site hashes in chunks of 4 KiB to 64 MiB; a standby answers other sizes with no hashes. */
 export const hashRequestSchema = z.object({
   volume: z.number().int(),
@@ -40,6 +41,7 @@ export const hashRequestSchema = z.object({
 export type SiteWelcome = z.infer<typeof siteWelcomeSchema>;
 export type CheckpointFrame = z.infer<typeof checkpointSchema>;
 export type HashRequest = z.infer<typeof hashRequestSchema>;
+export type SiteError = z.infer<typeof siteErrorSchema>;
 
 /** Checks a stream frame's decoded body; `what` names the frame in the FrameError. */
 export function parseFrame<T>(schema: z.ZodType<T>, what: string, raw: unknown): T {

@@ -1,0 +1,224 @@
+// Waits on the feeders' events, not on polls (issue 18): a promotion's check that the standby is
+// level with the replica (StandbyFeeders.level) wakes on the feeder's acknowledgements, and a
+// synchronisation whose local image has not applied what was sent yet (Sender's syncStep) wakes
+// when the image applies more. Each is counted by how often the condition is looked at while
+// nothing happens: a poll looks every few milliseconds, an event wait does not.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { type Channel, type PeerReport, Sender } from "../src/replication/sender.ts";
+import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication/cursor-store.ts";
+import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.ts";
+import type { MirrorApplier } from "../src/mirror/applier.ts";
+import { StandbyFeeders } from "../src/site/standby-feeders.ts";
+import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
+import { FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
+import { Volume } from "../src/volume/volume.ts";
+import { setLogSink } from "../src/log.ts";
+
+await (await import("../native/build.ts")).buildNative();
+setLogSink(() => {});
+const t = suite("feeders wait on events");
+
+const volume = (): VolumeInfo => ({
+  id: 1,
+  agent: "a1",
+  name: "vol0",
+  size: 1 << 20,
+  mirrorPath: "/nonexistent",
+  lastSeq: 0,
+  durableSeq: 0,
+  known: true,
+});
+
+/** A journal in memory; `durableReads` counts the looks at its durable position. */
+class FakeJournal {
+  entries: JournalEntry[] = [];
+  private waiters: (() => void)[] = [];
+  tail = 0;
+  durable = 0;
+  durableReads = 0;
+  maxLagMs = 0;
+  constructor(readonly vol: VolumeInfo) {}
+
+  get positions() {
+    const look = () => (this.durableReads++, this.durable);
+    return {
+      tail: this.tail,
+      get durable() {
+        return look();
+      },
+    };
+  }
+
+  append(seq: number): void {
+    const h: RecordHeader = {
+      kind: Kind.Write,
+      flags: 0,
+      volume: this.vol.id,
+      length: 512,
+      seq,
+      offset: 0,
+      time: Date.now(),
+      pos: this.durable,
+    };
+    const bytes = encodeRecord(h, new Uint8Array(512).fill(seq));
+    const pos = this.durable;
+    this.entries.push({ header: h, bytes, pos, end: pos + bytes.length });
+    this.durable += bytes.length;
+    this.vol.lastSeq = this.vol.durableSeq = seq;
+    this.wakeAll();
+  }
+
+  volumes() {
+    return [this.vol];
+  }
+
+  volume(id: number) {
+    return id === this.vol.id ? this.vol : undefined;
+  }
+
+  wakeAll() {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  changed(): Promise<void> {
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  dropCursor() {}
+
+  cursor(_name: string, from: number) {
+    let position = from;
+    const c = {
+      released: from,
+      required: true,
+      next: async (_max: number, signal?: { aborted: boolean }) => {
+        while (!signal?.aborted) {
+          const out = this.entries.filter((e) => e.pos >= position);
+          if (out.length > 0) {
+            position = out[out.length - 1].end;
+            return out;
+          }
+          await new Promise<void>((r) => this.waiters.push(r));
+        }
+        return [];
+      },
+      release: (pos: number) => c.released = Math.max(c.released, pos),
+      rewind: (pos: number) => position = Math.max(pos, c.released),
+    };
+    return c;
+  }
+}
+
+class Wire implements Channel {
+  records = 0;
+  hashRequests = 0;
+  pending = 0;
+  send(frame: Uint8Array): void {
+    if (frame[4] === FrameType.Record) this.records++;
+    if (frame[4] === FrameType.HashRequest) this.hashRequests++;
+  }
+}
+
+const storeOf = (state: "consistent" | "degraded") =>
+  ({
+    load: (): Promise<StoredCursor> =>
+      Promise.resolve({
+        pos: 0,
+        volumes: new Map<number, StoredVolume>([[1, { ackedSeq: 0, state, voidUpTo: 0 }]]),
+      }),
+    save: () => Promise.resolve(),
+    remove: () => Promise.resolve(),
+  }) as unknown as CursorStore;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function settle(until: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !until(); i++) await sleep(5);
+  assert.ok(until(), "the stream went on");
+}
+
+t("a promotion's level check wakes on the standby's acknowledgement, not on a poll", async () => {
+  const j = new FakeJournal(volume());
+  for (let seq = 1; seq <= 3; seq++) j.append(seq);
+  const applier = { caughtUp: () => Promise.resolve(), imageFd: () => -1, appliedPos: j.durable };
+  const feeders = await StandbyFeeders.open({
+    journal: j as unknown as Journal,
+    store: storeOf("consistent"),
+    applier: applier as unknown as MirrorApplier,
+    ackAfter: "rgp",
+    syncChunk: 64 << 10,
+    promoted: new Set(),
+  }, ["a1"]);
+  const handler = feeders.handler(() => Promise.resolve(j.vol));
+  await handler.open("a1", { name: "vol0", size: 1 << 20, lastSeq: 0, state: "consistent" });
+  const wire = new Wire();
+  handler.ready("a1", wire);
+  await settle(() => wire.records === 3);
+
+  let result: boolean | undefined;
+  const level = feeders.level("a1", 5000).then((r) => result = r);
+  await sleep(20);
+  j.durableReads = 0;
+  await sleep(300);
+  const looks = j.durableReads;
+  assert.is(result, undefined, "not level before the standby acknowledged");
+  handler.frame("a1", {
+    type: FrameType.Accepted,
+    body: seqFrame(FrameType.Accepted, 1, 3).subarray(FRAME_HEADER),
+  });
+  const acked = performance.now();
+  await level;
+  assert.is(result, true);
+  assert.ok(performance.now() - acked < 50, "level as soon as the acknowledgement came");
+  assert.ok(looks <= 3, `the condition was looked at ${looks} times in 300 ms with nothing happening`);
+  handler.closed("a1");
+});
+
+t("a synchronisation waits for the image to apply more, not on a poll", async () => {
+  const dir = await Deno.makeTempDir();
+  const image = Volume.createSparse(`${dir}/image`, 1 << 20);
+  try {
+    const j = new FakeJournal(volume());
+    j.append(1);
+    let applied = 0;
+    let looks = 0;
+    const moved: (() => void)[] = [];
+    const sender = await Sender.open({
+      name: "site:dr1",
+      journal: j as unknown as Journal,
+      store: storeOf("degraded"),
+      source: {
+        imageFd: () => image.fd,
+        appliedPos: () => (looks++, applied),
+        changed: () => new Promise((r) => moved.push(r)),
+      },
+      carries: () => true,
+      syncChunk: 64 << 10,
+    });
+    const wire = new Wire();
+    const s = sender.attach(wire, new Map<number, PeerReport>([[1, { lastSeq: 0, state: "inconsistent" }]]));
+    await settle(() => wire.hashRequests === 1);
+    s.onHashes(1, new Uint8Array(0)); // no hashes: every chunk is copied
+    // SyncBegin and the record: the image has not applied it, so no chunk may be read yet
+    await settle(() => wire.records === 2);
+    await sleep(20);
+    looks = 0;
+    await sleep(300);
+    const idleLooks = looks;
+    assert.is(wire.records, 2, "no chunk before the image applied what was sent");
+    applied = j.durable;
+    for (const w of moved.splice(0)) w();
+    const at = performance.now();
+    // 16 chunks of zeros and the SyncEnd
+    await settle(() => wire.records === 2 + 16 + 1);
+    assert.ok(performance.now() - at < 80, "the chunks went as soon as the image applied");
+    assert.ok(idleLooks <= 8, `the image's position was looked at ${idleLooks} times in 300 ms`);
+    sender.detach(s);
+  } finally {
+    image.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+t.run();
