@@ -882,6 +882,14 @@ EXPORT int32_t cn_agent_volume_status(cn_agent *a, uint32_t link_id, uint64_t *o
   return 0;
 }
 
+EXPORT int32_t cn_agent_volume_wait_quiet(cn_agent *a, uint32_t link_id, int32_t wait_ms) {
+  cvol *v = vol_take(a, link_id);
+  if (!v) return -ENOENT;
+  int32_t quiet = cvol_wait_quiet(v, wait_ms);
+  vol_release(a);
+  return quiet;
+}
+
 EXPORT int64_t cn_agent_volume_dirty(cn_agent *a, uint32_t link_id, uint8_t *out, uint64_t cap, uint64_t *chunk) {
   cvol *v = vol_take(a, link_id);
   if (!v) return -ENOENT;

@@ -763,15 +763,31 @@ void cvol_tick(cvol *v, int64_t now) {
       v->idle_since = INT64_MAX / 2;
     }
   }
+  // the link coming up or a resend ending may be what made it quiescent: its waiters re-check
+  if (cvol_quiescent(v)) pthread_cond_broadcast(&v->quiet);
   pthread_mutex_unlock(&v->mu);
+}
+
+/** With v->mu held: waits until quiescent or the deadline passed; whether it is. */
+static bool wait_quiet_locked(cvol *v, const struct timespec *until) {
+  while (!cvol_quiescent(v)) {
+    if (!cond_wait_until(&v->quiet, &v->mu, until)) return cvol_quiescent(v);
+  }
+  return true;
+}
+
+bool cvol_wait_quiet(cvol *v, int wait_ms) {
+  pthread_mutex_lock(&v->mu);
+  struct timespec until = deadline_in(wait_ms);
+  bool quiet = wait_quiet_locked(v, &until);
+  pthread_mutex_unlock(&v->mu);
+  return quiet;
 }
 
 void cvol_drain(cvol *v, int wait_ms) {
   pthread_mutex_lock(&v->mu);
   struct timespec until = deadline_in(wait_ms);
-  while (!cvol_quiescent(v)) {
-    if (!cond_wait_until(&v->quiet, &v->mu, &until)) break;
-  }
+  wait_quiet_locked(v, &until);
   v->sync_req++;
   uint64_t want = v->sync_req;
   pthread_cond_broadcast(&v->work);

@@ -193,6 +193,8 @@ uint32_t cvol_take_frames(cvol *v, const uint8_t **ptrs, uint32_t *lens, uint32_
 void cvol_sent(cvol *v, uint64_t through);
 bool cvol_has_frames(cvol *v);
 bool cvol_quiescent(cvol *v);
+/** Waits up to wait_ms until the volume is quiescent; whether it is. */
+bool cvol_wait_quiet(cvol *v, int wait_ms);
 /** Waits (bounded) for the gateway to hold everything, syncs, clears the map when both sides agree. */
 void cvol_drain(cvol *v, int wait_ms);
 void cvol_status(cvol *v, uint64_t *out);

@@ -162,6 +162,11 @@ void cn_agent_reconnect(cn_agent *a);
  * remaining, quiescent, read-only, writes, bytes written.
  */
 int32_t cn_agent_volume_status(cn_agent *a, uint32_t link_id, uint64_t *out);
+/**
+ * BLOCKING. Waits up to wait_ms until the volume is quiescent (nothing queued or unsettled, the
+ * link up, the gateway holding every record durably): 1 when it is, 0 when the time ran out.
+ */
+int32_t cn_agent_volume_wait_quiet(cn_agent *a, uint32_t link_id, int32_t wait_ms);
 /** The link: out[4] = up, queued bytes, connected since (wall ms), sealed batches sent; err gets the last error. */
 void cn_agent_link_status(cn_agent *a, uint64_t *out, char *err, uint64_t errcap);
 /** BLOCKING. Sends what is queued, closes the link, stops every thread, frees. */

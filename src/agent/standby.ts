@@ -128,11 +128,8 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
     const server = nbd.server!;
     for (const pv of primary.exports) await server.withdraw(pv.name);
     // every write made here must be durable at the gateway before the copies change hands
-    const deadline = performance.now() + 10_000;
-    while (primary.exports.some((e) => !e.quiescent) && performance.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const stuck = primary.exports.filter((e) => !e.quiescent).map((e) => e.name);
+    const quiet = await Promise.all(primary.exports.map((e) => e.quiescence(10_000)));
+    const stuck = primary.exports.filter((_, i) => !quiet[i]).map((e) => e.name);
     if (stuck.length) throw new Error(`writes to ${stuck.join(", ")} not confirmed by the gateway`);
     await primary.close();
     primary = undefined;

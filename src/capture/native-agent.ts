@@ -89,14 +89,13 @@ export class ProtectedVolume {
     this.answer(e);
   }
 
-  /** True once nothing waits and the gateway holds every record durably. */
-  get quiescent(): boolean {
-    const out = new BigUint64Array(16);
+  /**
+   * Resolves true once quiescent (nothing waits, the link is up and the gateway holds every
+   * record durably), false if it is not within `ms`.
+   */
+  async quiescence(ms: number): Promise<boolean> {
     if (this.closed || !this.agent.open) return false;
-    if (native().cn_agent_volume_status(this.agent.ptr, this.linkId, new Uint8Array(out.buffer)) < 0) {
-      return false;
-    }
-    return out[11] === 1n;
+    return await native().cn_agent_volume_wait_quiet(this.agent.ptr, this.linkId, ms) === 1;
   }
 
   /**

@@ -54,6 +54,7 @@ export const symbols = {
   cn_agent_send: { parameters: ["pointer", "buffer", "u64"], result: "i32" },
   cn_agent_reconnect: { parameters: ["pointer"], result: "void", nonblocking: nb },
   cn_agent_volume_status: { parameters: ["pointer", "u32", "buffer"], result: "i32" },
+  cn_agent_volume_wait_quiet: { parameters: ["pointer", "u32", "i32"], result: "i32", nonblocking: nb },
   cn_agent_volume_dirty: { parameters: ["pointer", "u32", "buffer", "u64", "buffer"], result: "i64" },
   cn_agent_link_status: { parameters: ["pointer", "buffer", "buffer", "u64"], result: "void" },
   cn_agent_close: { parameters: ["pointer"], result: "void", nonblocking: nb },
