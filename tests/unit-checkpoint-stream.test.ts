@@ -11,6 +11,7 @@ import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.t
 import { decodeHeader, encodeRecord, HEADER_SIZE, Kind, type RecordHeader } from "../src/record/record.ts";
 import { decodeJson, FRAME_HEADER, FrameType } from "../src/wire/frames.ts";
 import { setLogSink } from "../src/log.ts";
+import { memoryCursor } from "./lib/memory-cursor.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
@@ -65,25 +66,7 @@ class FakeJournal {
   }
 
   cursor(_name: string, from: number) {
-    let position = from;
-    const c = {
-      released: from,
-      required: true,
-      next: async (_max: number, signal?: { aborted: boolean }) => {
-        while (!signal?.aborted) {
-          const out = this.entries.filter((e) => e.pos >= position);
-          if (out.length > 0) {
-            position = out[out.length - 1].end;
-            return out;
-          }
-          await new Promise<void>((r) => this.waiters.push(r));
-        }
-        return [];
-      },
-      release: (pos: number) => c.released = Math.max(c.released, pos),
-      rewind: (pos: number) => position = Math.max(pos, c.released),
-    };
-    return c;
+    return memoryCursor(() => this.entries, () => new Promise<void>((r) => this.waiters.push(r)), from);
   }
 }
 

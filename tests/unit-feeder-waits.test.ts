@@ -14,6 +14,7 @@ import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
 import { FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
+import { memoryCursor } from "./lib/memory-cursor.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
@@ -88,25 +89,7 @@ class FakeJournal {
   dropCursor() {}
 
   cursor(_name: string, from: number) {
-    let position = from;
-    const c = {
-      released: from,
-      required: true,
-      next: async (_max: number, signal?: { aborted: boolean }) => {
-        while (!signal?.aborted) {
-          const out = this.entries.filter((e) => e.pos >= position);
-          if (out.length > 0) {
-            position = out[out.length - 1].end;
-            return out;
-          }
-          await new Promise<void>((r) => this.waiters.push(r));
-        }
-        return [];
-      },
-      release: (pos: number) => c.released = Math.max(c.released, pos),
-      rewind: (pos: number) => position = Math.max(pos, c.released),
-    };
-    return c;
+    return memoryCursor(() => this.entries, () => new Promise<void>((r) => this.waiters.push(r)), from);
   }
 }
 
