@@ -15,11 +15,26 @@ export async function tempDir(prefix: string): Promise<string> {
   return await Deno.makeTempDir({ dir: base, prefix: `${prefix}-` });
 }
 
+const handedOut = new Set<number>();
+
+/**
+ * A port free now for a role to listen on later. Not the kernel's choice: that comes from the
+ * ephemeral range, where a role's own port-0 listeners and outgoing connections take theirs
+ * meanwhile, and two calls in a row may get the same one (a remote gateway's site and HTTP
+ * ports once did). Below that range, and never the same one twice in this process.
+ */
 export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (handedOut.has(port)) continue;
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+    } catch {
+      continue; // taken
+    }
+    handedOut.add(port);
+    return port;
+  }
 }
 
 export async function writeSecret(path: string): Promise<void> {
