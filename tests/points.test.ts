@@ -28,6 +28,7 @@ interface SitePoints {
 t("a test copy at every point and every site equals the volume at that point", async () => {
   if (!need("recovery points on a real topology", { tools: ["qemu-io"] })) return;
   const allowed = new URL("../test-output/", import.meta.url).pathname;
+  let passed = false;
   const topo = await startTopology("pt-topo", {
     size: SIZE,
     sites: ["dr1", "dr2"],
@@ -219,7 +220,8 @@ t("a test copy at every point and every site equals the volume at that point", a
     // the recovery replaced the content without a new write: the sites' resynchronisation ends at the
     // same sequence as the last write before it, which now names the recovered content (the newest
     // state with that number)
-    kept.set(await lastSeq(), kept.get(cpSeq)!);
+    const recSeq = await lastSeq();
+    kept.set(recSeq, kept.get(cpSeq)!);
     const recAudit = await c.expect(200, "GET", "/api/audit?limit=100") as { cause: string }[];
     assert.ok(
       recAudit.some((a) => /recovery of the lsp from rgp@dr2 at point before-damage verified/.test(a.cause)),
@@ -257,7 +259,8 @@ t("a test copy at every point and every site equals the volume at that point", a
     assert.is(await testAt("dr2", nowSeq), nowHash, "dr2 at its newest point after expiry");
     for (const [seq, hash] of kept) {
       if (seq >= held[0].seq && seq <= nowSeq) {
-        assert.is(await testAt("dr2", seq), hash, `dr2 at ${seq} after expiry`);
+        const where = `the recovery's ${recSeq}, the newest ${nowSeq}, held from ${held[0].seq}`;
+        assert.is(await testAt("dr2", seq), hash, `dr2 at ${seq} after expiry (${where})`);
       }
     }
 
@@ -266,9 +269,11 @@ t("a test copy at every point and every site equals the volume at that point", a
     };
     assert.is(status.retention.windowMs, 3_600_000);
     assert.ok(status.retention.volumes[0].points >= 5);
+    passed = true;
   } finally {
     await topo.stop();
-    await Deno.remove(topo.dir, { recursive: true }).catch(() => {});
+    // a failure keeps the roles' logs and copies for a look
+    if (passed) await Deno.remove(topo.dir, { recursive: true });
   }
 });
 
