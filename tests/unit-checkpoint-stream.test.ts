@@ -7,26 +7,17 @@ import * as assert from "uvu/assert";
 import { type Channel, type PeerReport, Sender } from "../src/replication/sender.ts";
 import { CheckpointMarks } from "../src/replication/marks.ts";
 import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication/cursor-store.ts";
-import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.ts";
-import { decodeHeader, encodeRecord, HEADER_SIZE, Kind, type RecordHeader } from "../src/record/record.ts";
+import type { Journal, JournalEntry } from "../src/journal/journal.ts";
+import { decodeHeader, HEADER_SIZE, Kind } from "../src/record/record.ts";
 import { decodeJson, FRAME_HEADER, FrameType } from "../src/wire/frames.ts";
 import { setLogSink } from "../src/log.ts";
-import { memoryCursor } from "./lib/memory-cursor.ts";
+import { entryAt, memoryCursor, testVolume } from "./lib/memory-journal.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
 const t = suite("checkpoints in the stream");
 
-const VOL: VolumeInfo = {
-  id: 1,
-  agent: "a1",
-  name: "vol0",
-  size: 1 << 20,
-  mirrorPath: "/nonexistent",
-  lastSeq: 0,
-  durableSeq: 0,
-  known: true,
-};
+const VOL = testVolume();
 
 /** A journal of records in memory: a cursor reads them in order and waits for more. */
 class FakeJournal {
@@ -35,20 +26,9 @@ class FakeJournal {
   positions = { tail: 0, durable: 0 };
 
   append(kind: Kind, seq: number): void {
-    const h: RecordHeader = {
-      kind,
-      flags: 0,
-      volume: VOL.id,
-      length: kind === Kind.Write ? 512 : 0,
-      seq,
-      offset: 0,
-      time: Date.now(),
-      pos: this.positions.durable,
-    };
-    const bytes = encodeRecord(h, kind === Kind.Write ? new Uint8Array(512).fill(seq) : undefined);
-    const pos = this.positions.durable;
-    this.entries.push({ header: h, bytes, pos, end: pos + bytes.length });
-    this.positions.durable += bytes.length;
+    const e = entryAt(VOL, kind, seq, this.positions.durable);
+    this.entries.push(e);
+    this.positions.durable = e.end;
     VOL.lastSeq = VOL.durableSeq = seq;
     for (const w of this.waiters.splice(0)) w();
   }

@@ -10,26 +10,15 @@ import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication
 import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.ts";
 import type { MirrorApplier } from "../src/mirror/applier.ts";
 import { StandbyFeeders } from "../src/site/standby-feeders.ts";
-import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
+import { Kind } from "../src/record/record.ts";
 import { FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
-import { memoryCursor } from "./lib/memory-cursor.ts";
+import { entryAt, memoryCursor, testVolume } from "./lib/memory-journal.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
 const t = suite("feeders wait on events");
-
-const volume = (): VolumeInfo => ({
-  id: 1,
-  agent: "a1",
-  name: "vol0",
-  size: 1 << 20,
-  mirrorPath: "/nonexistent",
-  lastSeq: 0,
-  durableSeq: 0,
-  known: true,
-});
 
 /** A journal in memory; `durableReads` counts the looks at its durable position. */
 class FakeJournal {
@@ -52,20 +41,9 @@ class FakeJournal {
   }
 
   append(seq: number): void {
-    const h: RecordHeader = {
-      kind: Kind.Write,
-      flags: 0,
-      volume: this.vol.id,
-      length: 512,
-      seq,
-      offset: 0,
-      time: Date.now(),
-      pos: this.durable,
-    };
-    const bytes = encodeRecord(h, new Uint8Array(512).fill(seq));
-    const pos = this.durable;
-    this.entries.push({ header: h, bytes, pos, end: pos + bytes.length });
-    this.durable += bytes.length;
+    const e = entryAt(this.vol, Kind.Write, seq, this.durable);
+    this.entries.push(e);
+    this.durable = e.end;
     this.vol.lastSeq = this.vol.durableSeq = seq;
     this.wakeAll();
   }
@@ -122,7 +100,7 @@ async function settle(until: () => boolean): Promise<void> {
 }
 
 t("a promotion's level check wakes on the standby's acknowledgement, not on a poll", async () => {
-  const j = new FakeJournal(volume());
+  const j = new FakeJournal(testVolume());
   for (let seq = 1; seq <= 3; seq++) j.append(seq);
   const applier = { caughtUp: () => Promise.resolve(), imageFd: () => -1, appliedPos: j.durable };
   const feeders = await StandbyFeeders.open({
@@ -162,7 +140,7 @@ t("a synchronisation waits for the image to apply more, not on a poll", async ()
   const dir = await Deno.makeTempDir();
   const image = Volume.createSparse(`${dir}/image`, 1 << 20);
   try {
-    const j = new FakeJournal(volume());
+    const j = new FakeJournal(testVolume());
     j.append(1);
     let applied = 0;
     let looks = 0;

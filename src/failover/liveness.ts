@@ -9,6 +9,7 @@ import type { HeartbeatMeta } from "../heartbeat/channel.ts";
 import type { HeartbeatStatus } from "../heartbeat/codec.ts";
 import type { Audit } from "../audit/audit.ts";
 import { logger } from "../log.ts";
+import { Changes } from "../io/changes.ts";
 
 const log = logger("liveness");
 
@@ -61,8 +62,8 @@ const STALL_MS = 20;
 export class Liveness {
   private agents = new Map<string, Watched>();
   private readonly failureListeners: FailureListener[] = [];
-  /** Waiting for an agent's next heartbeat or transition (see changed). */
-  private readonly changeWaiters = new Map<string, (() => void)[]>();
+  /** Each agent's heartbeats and transitions (see changed). */
+  private readonly changes = new Map<string, Changes>();
   private timer: ReturnType<typeof setInterval>;
   private readonly clock: () => number;
   private readonly pollMs: number;
@@ -181,27 +182,13 @@ export class Liveness {
    * and `hostUntrusted`; a wait re-checks them then), or after `ms`.
    */
   changed(agent: string, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const waiters = this.changeWaiters.get(agent) ?? [];
-      this.changeWaiters.set(agent, waiters);
-      const timer = setTimeout(() => {
-        const i = waiters.indexOf(done);
-        if (i >= 0) waiters.splice(i, 1);
-        resolve();
-      }, Math.max(0, ms));
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      waiters.push(done);
-    });
+    let c = this.changes.get(agent);
+    if (!c) this.changes.set(agent, c = new Changes());
+    return c.next(ms);
   }
 
   private changedFor(agent: string): void {
-    const waiters = this.changeWaiters.get(agent);
-    if (!waiters?.length) return;
-    this.changeWaiters.delete(agent);
-    for (const w of waiters) w();
+    this.changes.get(agent)?.notify();
   }
 
   /** Judges every agent now and reports what changed (the timer does this every η/10). */
@@ -272,6 +259,6 @@ export class Liveness {
 
   close(): void {
     clearInterval(this.timer);
-    for (const agent of [...this.changeWaiters.keys()]) this.changedFor(agent);
+    for (const c of this.changes.values()) c.notify();
   }
 }

@@ -15,6 +15,7 @@ import { deflateRecord } from "../record/deflate.ts";
 import { addRecordChunks, type Part, union } from "../recovery/divergence.ts";
 import { CheckpointMarks } from "./marks.ts";
 import type { CheckpointFrame, HashRequest } from "../wire/site-frames.ts";
+import { Changes } from "../io/changes.ts";
 
 const log = logger("sender");
 
@@ -111,8 +112,8 @@ export class Sender {
   /** Bytes per second the peer acknowledges when it has more to take (0: not measured yet). */
   private capacity = 0;
   private busy: { at: number; acked: number } | undefined;
-  /** Waiting for the peer's progress (see changed). */
-  private progressWaiters: (() => void)[] = [];
+  /** The peer's progress: journal space released, a copy made consistent (see changed). */
+  private readonly progress = new Changes();
 
   private constructor(readonly o: SenderOptions) {
     this.windowBytes = o.windowBytes ?? 256 * 1024 * 1024;
@@ -411,14 +412,17 @@ export class Sender {
     return this.cursor;
   }
 
-  /** Resolves at the peer's next progress: journal space released, a copy made consistent (a wait re-checks then). */
-  changed(): Promise<void> {
-    return new Promise((r) => this.progressWaiters.push(r));
+  /**
+   * Resolves at the peer's next progress: journal space released, a copy made consistent (a wait
+   * re-checks then), or after timeoutMs.
+   */
+  changed(timeoutMs?: number): Promise<void> {
+    return this.progress.next(timeoutMs);
   }
 
   /** @internal the session released journal space or changed a copy's state */
   progressed(): void {
-    for (const w of this.progressWaiters.splice(0)) w();
+    this.progress.notify();
   }
 
   /**

@@ -124,16 +124,11 @@ export class StandbyFeeders {
       f.theCursor.released >= this.o.journal.positions.durable &&
       vols.every((v) => f.volume(v.id)?.state === "consistent");
     // only the feeder's progress makes it level: each acknowledgement or release wakes this
-    let over = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const expired = new Promise<void>((r) => timer = setTimeout(() => r(void (over = true)), ms));
-    try {
-      while (!over) {
-        if (level()) return true;
-        await Promise.race([f.changed(), expired]);
-      }
-    } finally {
-      clearTimeout(timer);
+    const deadline = performance.now() + ms;
+    while (!level()) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      await f.changed(left);
     }
     if (level()) return true;
     log.warn("the standby did not catch up with the replica: its promoted volumes are resynchronised", {

@@ -1,0 +1,58 @@
+// The pieces of an in-memory journal the sender's unit tests fake: a volume, its records as
+// journal entries, and a cursor that reads them in order from a position and waits for more when
+// it has read them all.
+import type { JournalEntry, VolumeInfo } from "../../src/journal/journal.ts";
+import { encodeRecord, Kind, type RecordHeader } from "../../src/record/record.ts";
+
+/** A 1 MiB volume of agent a1 with nothing written yet. */
+export function testVolume(): VolumeInfo {
+  return {
+    id: 1,
+    agent: "a1",
+    name: "vol0",
+    size: 1 << 20,
+    mirrorPath: "/nonexistent",
+    lastSeq: 0,
+    durableSeq: 0,
+    known: true,
+  };
+}
+
+/** A record of the volume at journal position pos: a write carries 512 bytes filled with its seq. */
+export function entryAt(vol: VolumeInfo, kind: Kind, seq: number, pos: number): JournalEntry {
+  const write = kind === Kind.Write;
+  const header: RecordHeader = {
+    kind,
+    flags: 0,
+    volume: vol.id,
+    length: write ? 512 : 0,
+    seq,
+    offset: 0,
+    time: Date.now(),
+    pos,
+  };
+  const bytes = encodeRecord(header, write ? new Uint8Array(512).fill(seq) : undefined);
+  return { header, bytes, pos, end: pos + bytes.length };
+}
+
+export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<void>, from: number) {
+  let position = from;
+  const c = {
+    released: from,
+    required: true,
+    next: async (_max: number, signal?: { aborted: boolean }) => {
+      while (!signal?.aborted) {
+        const out = entries().filter((e) => e.pos >= position);
+        if (out.length > 0) {
+          position = out[out.length - 1].end;
+          return out;
+        }
+        await more();
+      }
+      return [];
+    },
+    release: (pos: number) => c.released = Math.max(c.released, pos),
+    rewind: (pos: number) => position = Math.max(pos, c.released),
+  };
+  return c;
+}
