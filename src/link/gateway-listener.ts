@@ -23,7 +23,7 @@ import { parseFrame } from "../wire/site-frames.ts";
 import { z } from "zod";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { Channel } from "../replication/sender.ts";
-import type { AgentOrder, StandbyOrder } from "../wire/control.ts";
+import { type AgentOrder, name64, type StandbyOrder } from "../wire/control.ts";
 
 const log = logger("ingest");
 const noBody = new Uint8Array(0);
@@ -97,7 +97,7 @@ const EBUSY = 16, ENOTCONN = 107;
  */
 export const openSchema = z.object({
   id: z.number().int().nonnegative().max(0xffffffff),
-  name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -"),
+  name: name64,
   size: z.number().int().positive(),
   standby: z.boolean().optional(),
   lastSeq: z.number().int().nonnegative().optional(),

@@ -28,7 +28,10 @@ import { z } from "zod";
 import { MAX_INTERVAL_MS, MIN_INTERVAL_MS } from "../heartbeat/channel.ts";
 
 /** A volume's name on the links (as the gateways and agents check it elsewhere). */
-const volumeName = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+/** A name of a volume, a task or a host (src/tasks/model.ts NAME_RE). */
+export const name64 = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+/** An agent's name as the links carry it. */
+export const name128 = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1 to 128 of A-Z a-z 0-9 . _ -");
 /** A request's id, echoed by its answer (src/wire/requests.ts). */
 const requestId = z.number().int().nonnegative();
 const byteCount = z.number().int().positive();
@@ -38,7 +41,7 @@ const absolutePath = z.string().startsWith("/", "must be an absolute path").refi
 );
 
 /** A volume an agent serves because its gateway assigns it (src/capture/assignments.ts). */
-export const assignmentSchema = z.object({ name: volumeName, path: absolutePath, size: byteCount });
+export const assignmentSchema = z.object({ name: name64, path: absolutePath, size: byteCount });
 const deviceSchema = z.object({
   path: z.string().startsWith("/", "must be an absolute path"),
   size: byteCount,
@@ -46,7 +49,7 @@ const deviceSchema = z.object({
 
 // --- the orders and reports both links share
 const assign = z.object({ type: z.literal("assign"), id: requestId, volumes: z.array(assignmentSchema) });
-const unassign = z.object({ type: z.literal("unassign"), id: requestId, name: volumeName });
+const unassign = z.object({ type: z.literal("unassign"), id: requestId, name: name64 });
 const assigned = z.object({
   type: z.literal("assigned"),
   id: requestId,
@@ -97,7 +100,6 @@ const outcome = <T extends string>(type: T) =>
 const drillReady = outcome("drill-ready").extend({ checkMs: z.number().optional() });
 
 // --- the site link (local gateway → remote gateway, each request answered by its type and id)
-const agentName = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1 to 128 of A-Z a-z 0-9 . _ -");
 /** A volume as the sites name it: AGENT/NAME. */
 const volumeKey = z.string().regex(
   /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/,
@@ -108,12 +110,12 @@ const point = z.union([z.number(), z.string()]);
 const request = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) =>
   z.object({ type: z.literal(type), id: requestId, ...shape });
 const siteRequestList = [
-  request("promote", { agent: agentName, point: point.optional() }),
-  request("demote", { agent: agentName }),
+  request("promote", { agent: name128, point: point.optional() }),
+  request("demote", { agent: name128 }),
   request("drill-up", { test: z.string(), timeoutMs: z.number().optional() }),
   request("drill-down", { test: z.string() }),
   request("test-start", {
-    task: volumeName,
+    task: name64,
     volume: volumeKey,
     durationSeconds: z.number().int().positive(),
     point: point.optional(),
@@ -125,7 +127,7 @@ const siteRequestList = [
   request("points", { volume: volumeKey, limit: z.number().int().positive().optional() }),
   request("copies", { volume: volumeKey }),
   // a local site's whole desired state of this site's standby copies, per standby agent
-  request("standbys", { agents: z.record(agentName, z.array(assignmentSchema)) }),
+  request("standbys", { agents: z.record(name128, z.array(assignmentSchema)) }),
   request("inventory", {}),
 ] as const;
 /** What a site's answer holds beyond ok and error: the parts each consumer reads itself are any JSON. */
@@ -140,8 +142,6 @@ const doneOrNot = <T extends string, S extends z.ZodRawShape>(type: T, shape: S)
     z.object({ type: z.literal(type), id: requestId, ok: z.literal(true), ...shape }),
     z.object({ type: z.literal(type), id: requestId, ok: z.literal(false), error: z.string().optional() }),
   ]);
-/** A name as the task model checks it (src/tasks/model.ts NAME_RE): a discovered standby agent is a host. */
-const hostName = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
 const count = z.number().int().nonnegative();
 /** A point of a volume's retention (src/retention/points.ts Point). */
 const sitePoint = z.object({
@@ -187,7 +187,7 @@ const siteInventory = {
   replicaDir: z.string(),
   replicas: z.array(deviceSchema.extend({ agent: z.string(), name: z.string() })),
   agents: z.array(z.object({
-    agent: hostName,
+    agent: name64, // a discovered standby agent becomes a host of the task model
     connected: z.boolean(),
     /** How long ago it was last connected (0 while it is): ages, so the sites' clocks need not agree. */
     agoMs: z.number().nonnegative(),
@@ -215,7 +215,7 @@ const siteAnswerList = [
   // each desired copy's state, per standby agent
   doneOrNot("standbys", {
     agents: z.record(
-      agentName,
+      name128,
       z.array(z.object({
         name: z.string(),
         state: z.enum(["pending", "assigned", "failed"]),

@@ -6,10 +6,8 @@
 // naming the frame and the field (the stream is reset, as for any frame it cannot use).
 import { z } from "zod";
 import { FrameError } from "./frames.ts";
-import { fieldErrors } from "./control.ts";
+import { fieldErrors, name128, name64 } from "./control.ts";
 
-const name64 = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
-const name128 = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1 to 128 of A-Z a-z 0-9 . _ -");
 const seq = z.number().int().nonnegative();
 
 /**
