@@ -1,7 +1,8 @@
 // Waits on the feeders' events, not on polls (issue 18): a promotion's check that the standby is
-// level with the replica (StandbyFeeders.level) wakes on the feeder's acknowledgements, and a
+// level with the replica (StandbyFeeders.level) wakes on the feeder's acknowledgements, a
 // synchronisation whose local image has not applied what was sent yet (Sender's syncStep) wakes
-// when the image applies more. Each is counted by how often the condition is looked at while
+// when the image applies more, and a site's acknowledgements (Receiver) go out at the move that
+// allows them (the journal, a standby's acknowledgement, the retention's sync). Each is counted by how often the condition is looked at while
 // nothing happens: a poll looks every few milliseconds, an event wait does not.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -10,8 +11,10 @@ import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication
 import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.ts";
 import type { MirrorApplier } from "../src/mirror/applier.ts";
 import { StandbyFeeders } from "../src/site/standby-feeders.ts";
-import { Kind } from "../src/record/record.ts";
-import { FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
+import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
+import { decodeSeqFrame, FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
+import { Receiver } from "../src/replication/receiver.ts";
+import { Changes } from "../src/io/changes.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
 import { entryAt, memoryCursor, testVolume } from "./lib/memory-journal.ts";
@@ -180,6 +183,81 @@ t("a synchronisation waits for the image to apply more, not on a poll", async ()
     image.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+t("a site acknowledges at the move that allows it (standby, retention), not on a timer", async () => {
+  const vol = testVolume();
+  let looks = 0;
+  let durable = 0;
+  let pos = 0;
+  const journalMoves = new Changes();
+  const journal = {
+    open: true,
+    positions: {
+      get durable() {
+        return (looks++, durable);
+      },
+    },
+    changed: () => journalMoves.next(),
+    append(_volume: number, bytes: Uint8Array, h: RecordHeader): Promise<void> {
+      h.pos = pos;
+      pos += bytes.length;
+      return Promise.resolve();
+    },
+  };
+  let standby = 0;
+  let retained = 0;
+  const standbyMoves = new Changes();
+  const retentionMoves = new Changes();
+  const acked: number[] = [];
+  const receiver = new Receiver({
+    journal: journal as unknown as Journal,
+    register: () => Promise.resolve(vol),
+    copyState: () => "consistent",
+    setState: () => {},
+    replicaPos: () => durable,
+    standbyPos: () => standby,
+    promoted: () => false,
+    retain: () => 2, // the second mark: the retention syncs the first one first
+    retained: () => retained,
+    send: (f) => {
+      if (f[4] === FrameType.Accepted) acked.push(decodeSeqFrame(f.subarray(FRAME_HEADER)).seq);
+    },
+    moves: [(s) => standbyMoves.next(undefined, s), (s) => retentionMoves.next(undefined, s)],
+  });
+  try {
+    await receiver.hello([{ id: 0, agent: vol.agent, name: vol.name, size: vol.size }]);
+    const h = { kind: Kind.Write, flags: 0, volume: 0, length: 4096, seq: 1, offset: 0, time: 1, pos: 0 };
+    await receiver.record(encodeRecord(h, new Uint8Array(4096)));
+    durable = pos;
+    journalMoves.notify();
+    looks = 0;
+    await sleep(300);
+    assert.equal(acked, [], "not before the standby and the retention");
+    assert.ok(
+      looks <= 2,
+      `the acknowledgement point was looked at ${looks} times in 300 ms with nothing happening`,
+    );
+
+    standby = pos;
+    standbyMoves.notify();
+    retained = 1;
+    retentionMoves.notify();
+    await sleep(0);
+    assert.equal(acked, [], "the retention's mark 2 is not durable yet");
+    retained = 2;
+    retentionMoves.notify();
+    await sleep(0); // before any timer of a few milliseconds could fire
+    assert.equal(acked, [1], "acknowledged at the retention's sync");
+  } finally {
+    receiver.close();
+  }
+  looks = 0;
+  standbyMoves.notify();
+  retentionMoves.notify();
+  journalMoves.notify();
+  await sleep(0);
+  assert.is(looks, 0, "a closed receiver looks at nothing");
 });
 
 t.run();

@@ -44,7 +44,7 @@ export interface ReceiverOptions {
   copyState: (v: VolumeInfo) => "empty" | "consistent" | "inconsistent";
   /** Records a state change of the replica (SyncBegin journaled: inconsistent; first record: consistent). */
   setState: (v: VolumeInfo, state: "consistent" | "inconsistent") => void;
-  /** Journal position through which the replica images are synced. */
+  /** Journal position through which the replica images are synced (it moves with the journal's events). */
   replicaPos: () => number;
   /**
    * Journal position through which the standby server of an agent has applied, or undefined if
@@ -65,6 +65,11 @@ export interface ReceiverOptions {
   /** A named checkpoint of a volume at a sequence (the site's retention keeps the name). */
   checkpoint?: (v: VolumeInfo, name: string, seq: number) => Promise<void>;
   send: (frame: Uint8Array) => void;
+  /**
+   * Besides the journal, what moves the acknowledgement point (the standbys' acknowledgements, the
+   * retention's sync): each resolves at that thing's next move, or when the signal aborts.
+   */
+  moves?: ((signal: AbortSignal) => Promise<void>)[];
 }
 
 interface Pending {
@@ -83,14 +88,23 @@ export class Receiver {
   private received = 0;
   private ackedNo = 0;
   private pending: Pending[] = [];
-  private timer: ReturnType<typeof setInterval>;
-  private unlisten: () => void;
+  private readonly stop = new AbortController();
   /** Records dropped because the replica already held them (after a reconnect). */
   duplicates = 0;
 
   constructor(private readonly o: ReceiverOptions) {
-    this.timer = setInterval(() => this.ack(), 5);
-    this.unlisten = o.journal.onDurable(() => this.ack());
+    void this.watch(() => o.journal.changed());
+    for (const m of o.moves ?? []) void this.watch(m);
+  }
+
+  /** Acknowledges again at each move of one thing the acknowledgements wait for (one wait at a time). */
+  private async watch(next: (signal: AbortSignal) => Promise<void>): Promise<void> {
+    const { signal } = this.stop;
+    // a closed journal answers changed() at once: the loop ends with it
+    while (!signal.aborted && this.o.journal.open) {
+      await next(signal);
+      if (!signal.aborted) this.ack();
+    }
   }
 
   /** Registers the announced volumes and describes the local copies: what the sender resumes from. */
@@ -142,6 +156,7 @@ export class Receiver {
     if (verdict === "skip") {
       this.duplicates++;
       this.pending.push({ no, end: -1, agent: v.agent, ack: this.acks.get(v.id), mark });
+      this.ack(); // nothing may move for it
       return;
     }
     if (h.kind === Kind.SyncBegin) this.o.setState(v, "inconsistent");
@@ -183,8 +198,7 @@ export class Receiver {
   }
 
   close(): void {
-    clearInterval(this.timer);
-    this.unlisten();
+    this.stop.abort();
   }
 
   status() {

@@ -63,6 +63,8 @@ export interface SenderOptions {
   compress?: (volume: number) => boolean;
   /** Where this peer's bitmaps of missed chunks are kept. */
   stateDir?: string;
+  /** Told at each of the peer's progress, as changed() waiters are (one listener for a set of peers). */
+  onProgress?: () => void;
 }
 
 export interface VolState extends StoredVolume {
@@ -423,6 +425,7 @@ export class Sender {
   /** @internal the session released journal space or changed a copy's state */
   progressed(): void {
     this.progress.notify();
+    this.o.onProgress?.();
   }
 
   /**

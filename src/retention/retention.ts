@@ -1,6 +1,7 @@
 // A remote site's retention: one VolumeLog per volume it receives, a syncer that makes the
 // records taken durable (the site acknowledges a record only once it is, so a restart loses no
 // point it acknowledged), and expiry by the site's window and space bound.
+import { Changes } from "../io/changes.ts";
 import { logger } from "../log.ts";
 import type { RetentionPolicy } from "./expiry.ts";
 import { type Point, PointError } from "./points.ts";
@@ -38,6 +39,7 @@ export class Retention {
   private opening = new Map<string, Promise<VolumeLog>>();
   private written = 0;
   private syncedMark = 0;
+  private readonly syncs = new Changes();
   private running = true;
   private wake: (() => void) | undefined;
   private readonly loop: Promise<void>;
@@ -115,6 +117,11 @@ export class Retention {
     return this.syncedMark;
   }
 
+  /** Resolves when `synced` next moves, or when `signal` aborts. */
+  syncedMoved(signal: AbortSignal): Promise<void> {
+    return this.syncs.next(undefined, signal);
+  }
+
   has(key: string): boolean {
     return this.logs.has(key);
   }
@@ -165,6 +172,7 @@ export class Retention {
         try {
           await Promise.all([...this.logs.values()].map((l) => l.flush()));
           this.syncedMark = mark;
+          this.syncs.notify();
         } catch (e) {
           // the site's acknowledgements wait: nothing is lost, the stream stalls until it works
           log.error("cannot write the retention log", { error: e });

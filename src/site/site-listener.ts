@@ -49,6 +49,7 @@ export async function listenForSites(o: SiteListenerOptions): Promise<SiteServer
         retained: () => o.retention.synced,
         checkpoint: points.mark,
         send,
+        moves: [(signal) => feeders.changed(signal), (signal) => o.retention.syncedMoved(signal)],
       }),
     hashes: async (v, chunk) => {
       await applier.caughtUp();

@@ -5,6 +5,7 @@
 // replica applier starts, so that its position holds the journal. It holds journal space only
 // when the site's acknowledgement waits for the standby (a volume acknowledged at rsp); an
 // optional one that falls behind is resynchronised.
+import { Changes } from "../io/changes.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import type { StandbyHandler } from "../link/gateway-listener.ts";
 import { logger } from "../log.ts";
@@ -35,6 +36,8 @@ export class StandbyFeeders {
   private readonly reports = new Map<string, Map<number, PeerReport>>();
   /** Each volume's acknowledgement point, as its local site announced it (its task's). */
   private readonly ackOf = new Map<number, AckPoint | undefined>();
+  /** Any feeder's progress (a standby's acknowledgement moves what released() says). */
+  private readonly progress = new Changes();
 
   private constructor(private readonly o: StandbyFeedersOptions) {}
 
@@ -61,6 +64,11 @@ export class StandbyFeeders {
     return (ack ?? this.o.ackAfter) === "rsp" ? this.feeders.get(agent)?.theCursor.released : undefined;
   }
 
+  /** Resolves at any feeder's next progress, or when `signal` aborts. */
+  changed(signal: AbortSignal): Promise<void> {
+    return this.progress.next(undefined, signal);
+  }
+
   /** A new volume: every feeder hears of it (each carries only its own agent's). */
   volumeAdded(v: VolumeInfo): void {
     for (const f of this.feeders.values()) f.volumeAdded(v);
@@ -84,6 +92,7 @@ export class StandbyFeeders {
         carries: (v) => v.agent === agent && !v.retired,
         required: this.required(agent),
         syncChunk: o.syncChunk,
+        onProgress: () => this.progress.notify(),
       }),
     );
   }
@@ -97,6 +106,7 @@ export class StandbyFeeders {
     this.o.journal.dropCursor(f.name);
     await this.o.store.remove(f.name);
     this.feeders.delete(agent);
+    this.progress.notify(); // its records no longer wait for it
   }
 
   /** Stops (true) or resumes (false) feeding one volume of an agent to its standby. */
