@@ -205,9 +205,10 @@ const CASES: Case[] = [
 const SITE_CASES = CASES.slice(4);
 const ALL_TYPES = [...new Set(CASES.flatMap((c) => Object.keys(c.spec)))];
 
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
-const AGENT_RE = /^[A-Za-z0-9._-]{1,128}$/;
-const VOLUME_RE = /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/;
+// names are also files' and directories' names: "." and ".." are not names
+const NAME_RE = /^(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/;
+const AGENT_RE = /^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$/;
+const VOLUME_RE = /^(?!\.\.?\/)[A-Za-z0-9._-]{1,128}\/(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/;
 type Json = unknown;
 
 function isObject(v: Json): v is Record<string, Json> {
@@ -420,8 +421,9 @@ function oracle(spec: Record<string, Spec>, raw: Json): Record<string, Json> | u
 
 const segment = fc.stringMatching(/^[a-z0-9._-]{1,8}$/).filter((s) => s !== "..");
 const absPathArb = fc.array(segment, { minLength: 1, maxLength: 4 }).map((p) => `/${p.join("/")}`);
-const nameArb = fc.stringMatching(NAME_RE);
-const agentArb = fc.stringMatching(AGENT_RE);
+const notDots = (n: string) => n !== "." && n !== "..";
+const nameArb = fc.stringMatching(/^[A-Za-z0-9._-]{1,64}$/).filter(notDots);
+const agentArb = fc.stringMatching(/^[A-Za-z0-9._-]{1,128}$/).filter(notDots);
 const sizeArb = fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
 const natArb = fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER));
 const timeArb = fc.double({ min: 0, max: 4e12, noNaN: true });

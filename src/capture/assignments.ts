@@ -1,6 +1,7 @@
 // The volumes the gateway assigned to this agent (the control plane), remembered in the data
 // directory so a restart without the gateway still serves them. Flags (--volume) are not kept
 // here: they are given again at every start and win over an assignment of the same name.
+import { assignmentSchema, fieldErrors } from "../wire/control.ts";
 import { logger } from "../log.ts";
 
 const log = logger("assignments");
@@ -12,22 +13,14 @@ export interface Assignment {
   size: number;
 }
 
-const NAME = /^[A-Za-z0-9._-]{1,64}$/;
-
-/** Checks one entry of an `assign` message; returns it, or a message saying what is wrong. */
+/** Checks one remembered assignment (by the `assign` message's schema); returns it, or what is wrong. */
 export function parseAssignment(raw: unknown): Assignment | string {
-  const a = raw as Partial<Record<keyof Assignment, unknown>> | null;
-  if (!a || typeof a !== "object") return "an assignment must be an object {name, path, size}";
-  if (typeof a.name !== "string" || !NAME.test(a.name)) {
-    return `assignment name ${JSON.stringify(a.name)}: must be 1 to 64 of A-Z a-z 0-9 . _ -`;
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
+    return "an assignment must be an object {name, path, size}";
   }
-  if (typeof a.path !== "string" || !a.path.startsWith("/") || a.path.split("/").includes("..")) {
-    return `assignment ${a.name}: path ${JSON.stringify(a.path)} must be absolute, without '..'`;
-  }
-  if (typeof a.size !== "number" || !Number.isSafeInteger(a.size) || a.size <= 0) {
-    return `assignment ${a.name}: size must be a positive number of bytes`;
-  }
-  return { name: a.name, path: a.path, size: a.size };
+  const r = assignmentSchema.safeParse(raw);
+  if (r.success) return r.data;
+  return `assignment ${JSON.stringify((raw as { name?: unknown }).name)}: ${fieldErrors(r.error)}`;
 }
 
 export class AssignmentFile {

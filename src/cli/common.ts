@@ -1,4 +1,5 @@
 // Flags every role shares, and helpers to read role-specific flag values.
+import { NAME_HINT, NAME_RE } from "../names.ts";
 import type { FlagSpec, Parsed } from "./flags.ts";
 import { UsageError } from "./flags.ts";
 import { levels } from "../log.ts";
@@ -33,8 +34,8 @@ export function pairs(flag: string, values: unknown): Map<string, string> {
     const i = v.indexOf("=");
     if (i <= 0 || i === v.length - 1) throw new UsageError(`--${flag} expects NAME=VALUE (got "${v}")`);
     const name = v.slice(0, i);
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
-      throw new UsageError(`--${flag}: name "${name}" may only hold letters, digits, '.', '_' and '-'`);
+    if (!NAME_RE.test(name)) {
+      throw new UsageError(`--${flag}: name "${name}" ${NAME_HINT}`);
     }
     if (out.has(name)) throw new UsageError(`--${flag}: "${name}" given twice`);
     out.set(name, v.slice(i + 1));

@@ -4,6 +4,7 @@
 // and starts the service on it), then waits for the service check to pass; `drill-down` runs
 // --on-demote with the same environment. The standby's own copy and its stream are not touched.
 // Each order is answered (`drill-ready`, `drill-stopped`) with its id.
+import { NAME_RE } from "../names.ts";
 import type { StandbyReport } from "../wire/control.ts";
 
 export interface StandbyDrillDeps {
@@ -17,7 +18,6 @@ export interface StandbyDrillDeps {
 }
 
 const EXPORT_RE = /^nbd(\+unix)?:\/\/[^\s]{1,400}$/;
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export class StandbyDrills {
   /** The export of the drill under way. */

@@ -2,6 +2,7 @@
 // NAME=agent:AGENT,address:IP:PORT,site:SITE,target:IP:PORT[,protocol:tcp|udp]
 //   [,td:DURATION,tmr:DURATION,tm:DURATION][,rto:DURATION][,rpo:DURATION]
 // td, tmr, tm: the detection targets T_D^U, T_MR^L, T_M^U (all three or none); rto, rpo: a drill's.
+import { NAME_RE } from "../names.ts";
 import { validateAddress, validatePort } from "../switch/rules.ts";
 import type { ServiceConfig } from "./controller.ts";
 import { parseDuration } from "../cli/flags.ts";
@@ -56,8 +57,8 @@ export function parseService(name: string, spec: string): ServiceConfig {
   }
   const agent = fields.get("agent") ?? "";
   const site = fields.get("site") ?? "";
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(agent)) throw new Error(`${where}: agent:NAME is required`);
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(site)) throw new Error(`${where}: site:NAME is required`);
+  if (!NAME_RE.test(agent)) throw new Error(`${where}: agent:NAME is required`);
+  if (!NAME_RE.test(site)) throw new Error(`${where}: site:NAME is required`);
   const protocol = fields.get("protocol") ?? "tcp";
   if (protocol !== "tcp" && protocol !== "udp") throw new Error(`${where}: protocol must be tcp or udp`);
   const targets = parseTargets(where, fields);

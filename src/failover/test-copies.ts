@@ -7,6 +7,7 @@
 // ends it, when its duration is over, when the lease lapses (the local gateway or the link is
 // gone), when the volume's standby is promoted (a real failover), and at start: a restarted
 // gateway exports no copy, so whatever a previous run left in the directory goes.
+import { NAME_RE, VOLUME_KEY_RE } from "../names.ts";
 import { logger } from "../log.ts";
 import type { Address } from "../link/address.ts";
 import { NbdServer } from "../nbd/server.ts";
@@ -17,9 +18,6 @@ const log = logger("failover-test");
 
 /** How long a test lives without a renewal from the local site. */
 export const TEST_LEASE_MS = 15_000;
-
-const VOLUME_RE = /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/;
-const TASK_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export interface TestCopiesOptions {
   dir: string;
@@ -100,8 +98,8 @@ export class TestCopies {
   async start(site: string, req: Record<string, unknown>): Promise<TestCopy> {
     const { task, volume, durationSeconds } = req;
     const point = req.point === undefined ? undefined : parsePoint(req.point);
-    if (typeof task !== "string" || !TASK_RE.test(task)) throw new Error("task: not a task name");
-    if (typeof volume !== "string" || !VOLUME_RE.test(volume)) throw new Error("volume: not AGENT/NAME");
+    if (typeof task !== "string" || !NAME_RE.test(task)) throw new Error("task: not a task name");
+    if (typeof volume !== "string" || !VOLUME_KEY_RE.test(volume)) throw new Error("volume: not AGENT/NAME");
     if (!Number.isInteger(durationSeconds) || (durationSeconds as number) < 1) {
       throw new Error("durationSeconds: not a whole number of seconds");
     }

@@ -2,14 +2,13 @@
 // site's stream right after the record they name, so each names the same sequence number at
 // every site) and the points each site holds, asked over the site link. The sites' half is
 // src/retention/.
+import { NAME_HINT, NAME_RE } from "../names.ts";
 import { and, asc, eq } from "drizzle-orm";
 import type { Db } from "../db/db.ts";
 import { serialized } from "../db/db.ts";
 import { checkpoints } from "../db/schema.ts";
 import type { Audit } from "../audit/audit.ts";
 import type { SitePoint, SiteRequester, SiteRetention } from "../wire/control.ts";
-
-export const CHECKPOINT_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export class PointsError extends Error {
   constructor(message: string, readonly status: 400 | 404 | 409) {
@@ -66,8 +65,8 @@ export class RecoveryPoints {
     name: string,
     by: string,
   ): Promise<{ checkpoint: Checkpoint; sites: { site: string; linked: boolean }[] }> {
-    if (!CHECKPOINT_RE.test(name)) {
-      throw new PointsError(`checkpoint name "${name}": 1 to 64 of A-Z a-z 0-9 . _ -`, 400);
+    if (!NAME_RE.test(name)) {
+      throw new PointsError(`checkpoint name "${name}": ${NAME_HINT}`, 400);
     }
     if (/^\d+$/.test(name)) {
       throw new PointsError(`checkpoint name "${name}": a number names a sequence`, 400);

@@ -6,6 +6,7 @@
 // and the other valid copies at the same point pull their share beside it. A fast
 // recovery moves the tracked divergence when both copies share a known common
 // point (no scan), and scans otherwise; the row says which and why.
+import { SOURCE_RE } from "../tasks/model.ts";
 import { and, eq, inArray } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { recoveries } from "../db/schema.ts";
@@ -137,9 +138,9 @@ export function describeSource(r: SourceRef): string {
 
 export function parseSource(text: string): SourceRef {
   if (text === "lgp") return { kind: "lgp" };
-  const m = /^(rgp|rsp)@([A-Za-z0-9._-]{1,64})$/.exec(text);
+  const m = SOURCE_RE.exec(text);
   if (!m) throw new Error(`source "${text}": use lgp, rgp@SITE or rsp@SITE`);
-  return { kind: m[1] as "rgp" | "rsp", site: m[2] };
+  return { kind: m[2] as "rgp" | "rsp", site: text.slice(4) };
 }
 
 export class RecoveryService {

@@ -1,6 +1,7 @@
 // The remote gateway's use of its retention: which volumes it opens and how their base image is
 // seeded, the named checkpoints the stream brings, the control requests the local site sends
 // about points, and the copy of a volume at a point for a failover test.
+import { NAME_RE } from "../names.ts";
 import type { VolumeInfo } from "../journal/journal.ts";
 import { logger } from "../log.ts";
 import { PointError } from "./points.ts";
@@ -23,7 +24,7 @@ export interface SiteRetentionDeps {
 export function parsePoint(raw: unknown): number | string {
   if (typeof raw === "number" && Number.isSafeInteger(raw) && raw >= 0) return raw;
   if (typeof raw === "string" && /^\d{1,15}$/.test(raw)) return Number(raw);
-  if (typeof raw === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(raw)) return raw;
+  if (typeof raw === "string" && NAME_RE.test(raw)) return raw;
   throw new PointError(`point ${JSON.stringify(raw)}: not a sequence number or a checkpoint name`, "unknown");
 }
 

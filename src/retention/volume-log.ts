@@ -6,6 +6,7 @@
 //
 // Layout of DIR: base.img, base.json ({seq, time, logStart, consistent, folding?}),
 // names.json (checkpoint name → sequence), and 0000000000000000.seg … named by log offset.
+import { NAME_HINT, NAME_RE } from "../names.ts";
 import { logger } from "../log.ts";
 import * as native from "../native/mod.ts";
 import {
@@ -24,8 +25,6 @@ import { type ExpiryPlan, planExpiry, type RetentionPolicy, type Segment } from 
 import { type Base, type Point, PointError, PointIndex } from "./points.ts";
 
 const log = logger("retention");
-
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 interface SegmentFile extends Segment {
   path: string;
@@ -259,7 +258,7 @@ export class VolumeLog {
    * that expired here is not kept: the stream sends names again at each session.
    */
   async checkpoint(name: string, seq: number): Promise<void> {
-    if (!NAME_RE.test(name)) throw new Error(`checkpoint name "${name}": letters, digits, . _ - (1 to 64)`);
+    if (!NAME_RE.test(name)) throw new Error(`checkpoint name "${name}": ${NAME_HINT}`);
     const had = this.names.get(name);
     const base = this.index.base;
     if (had === seq || (had === undefined && !base.rebase && seq < base.seq)) return;

@@ -3,7 +3,7 @@
 // only then records the transition. gatewayActions (gateway-actions.ts) is the local gateway's
 // implementation; tests inject their own.
 import { z } from "zod";
-import { must, nameSchema, SOURCE_RE, type Task, type TaskEvent } from "./model.ts";
+import { heldPointSchema, must, nameSchema, SOURCE_RE, type Task, type TaskEvent } from "./model.ts";
 import type { Candidate } from "../recovery/service.ts";
 
 /** An action refused or failed, with the HTTP status the API answers. */
@@ -40,10 +40,7 @@ export const failoverTestSchema = z.object({
   durationSeconds: z.number({ error: must("a number of seconds") }).int("must be a whole number")
     .min(60, "must be at least 60 s").max(86400, "must be at most 86400 s (one day)").default(600),
   /** A recovery point held at the site: a sequence number or a checkpoint name (default: now). */
-  point: z.union([
-    z.number().int("must be a whole number").nonnegative("must not be negative"),
-    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
-  ]).optional(),
+  point: heldPointSchema.optional(),
 }).strict();
 export type FailoverTestRequest = z.infer<typeof failoverTestSchema>;
 
@@ -52,10 +49,7 @@ export const failoverSchema = z.object({
   site: nameSchema.optional(),
   reason: reason.default("operator request"),
   /** Roll the standby back to this recovery point of its site first (sequence or checkpoint name). */
-  point: z.union([
-    z.number().int("must be a whole number").nonnegative("must not be negative"),
-    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
-  ]).optional(),
+  point: heldPointSchema.optional(),
 }).strict();
 export type FailoverRequest = z.infer<typeof failoverSchema>;
 

@@ -6,7 +6,8 @@
 // what to create and what to mark seen. Matching never renames or moves what an operator
 // registered: an observed host is the registered host of the same site, role and agent id,
 // a device is the registered volume of the same host and path.
-import { type Host, NAME_RE, type Site, type Task, type Volume, volumeSchema } from "./model.ts";
+import { NAME_RE } from "../names.ts";
+import { type Host, type Site, type Task, type Volume, volumeSchema } from "./model.ts";
 
 export interface ObservedDevice {
   path: string;

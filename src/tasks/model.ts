@@ -10,11 +10,9 @@
 // Sites (centers), hosts and volumes (partitions: host + device + size) are the inventory a
 // group is made of. The schemas check each object alone; validateTask checks a task against the
 // inventory (known hosts, the right sites, equal sizes, partitions not shared).
+import { NAME_HINT, NAME_PATTERN, NAME_RE } from "../names.ts";
 import { z } from "zod";
 import { underPrefix } from "../capture/devices.ts";
-
-export const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
-const NAME_HINT = "must be 1 to 64 characters: letters, digits, '.', '_' or '-'";
 
 /** A zod error message: "is required" when the field is missing, else "must be WHAT". */
 export function must(what: string) {
@@ -136,7 +134,13 @@ export const mirrorSchema = z.object({
 }).strict();
 export type Mirror = z.infer<typeof mirrorSchema>;
 
-export const SOURCE_RE = /^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/;
+export const SOURCE_RE = new RegExp(`^(lgp|(rgp|rsp)@${NAME_PATTERN})$`);
+
+/** A point a site holds, as requests name it: a sequence number or a checkpoint's name. */
+export const heldPointSchema = z.union([
+  z.number().int("must be a whole number").nonnegative("must not be negative"),
+  z.string().regex(NAME_RE, "must be a sequence number or a checkpoint name"),
+]);
 const sourceSchema = z.string({ error: must("a string") }).regex(SOURCE_RE, "use lgp, rgp@SITE or rsp@SITE");
 
 export const recoverySchema = z.object({

@@ -6,8 +6,9 @@
 //                                  one; ?remotes=dr1,dr2, else every --remote site)
 // The discovered sites, hosts and devices themselves are in /api/sites, /api/hosts and
 // /api/volumes (discovered, lastSeen).
+import { NAME_RE } from "../names.ts";
 import type { Hono } from "hono";
-import { describeIssues, devicePathSchema, type Issue, NAME_RE, type PartitionRef } from "../tasks/model.ts";
+import { describeIssues, devicePathSchema, type Issue, type PartitionRef } from "../tasks/model.ts";
 import type { Discovery } from "../tasks/discovery.ts";
 import { HttpError } from "./http.ts";
 

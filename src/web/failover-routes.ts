@@ -1,5 +1,6 @@
 // API routes for the service switch: operator failover and failback (the audit log is the web
 // server's GET /api/audit).
+import { heldPointSchema } from "../tasks/model.ts";
 import type { Hono } from "hono";
 import type { FailoverController } from "../failover/controller.ts";
 import { FailbackError, type StartedFailback } from "../failover/failback.ts";
@@ -26,8 +27,7 @@ export function failoverRoutes(
       // a body that is not JSON is refused below like any other wrong body
       const body = await c.req.json().catch(() => undefined) as { point?: unknown } | undefined;
       const p = body?.point;
-      const valid = (typeof p === "number" && Number.isSafeInteger(p) && p >= 0) ||
-        (typeof p === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(p));
+      const valid = heldPointSchema.safeParse(p).success;
       if (!body || Object.keys(body).some((k) => k !== "point") || (p !== undefined && !valid)) {
         return c.json({ error: 'the body is {"point": SEQUENCE or CHECKPOINT NAME}' }, 400);
       }

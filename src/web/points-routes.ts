@@ -2,7 +2,7 @@
 // its retention window, and named checkpoints.
 import type { Hono } from "hono";
 import { z } from "zod";
-import { must, nameSchema } from "../tasks/model.ts";
+import { heldPointSchema, must, nameSchema } from "../tasks/model.ts";
 import type { TaskStore } from "../tasks/store.ts";
 import { volumeKey } from "../tasks/gateway-actions.ts";
 import { PointsError, type RecoveryPoints } from "../points/points.ts";
@@ -14,10 +14,7 @@ const searchSchema = z.object({
   /** The remote center whose points are searched (default: the task's first). */
   site: nameSchema.optional(),
   /** The known-good point: a sequence number or a checkpoint name (default: the oldest held). */
-  good: z.union([
-    z.number().int("must be a whole number").nonnegative("must not be negative"),
-    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be a sequence number or a checkpoint name"),
-  ]).optional(),
+  good: heldPointSchema.optional(),
   /** The check: a program and its arguments (no shell); "{uri}" is the test copy's NBD URI. */
   check: z.array(z.string().min(1).max(4096), { error: must("a list of strings (program, arguments)") })
     .min(1, "must name a program").max(64),
@@ -25,7 +22,7 @@ const searchSchema = z.object({
     .min(1, "must be at least 1 s").max(3600, "must be at most 3600 s").default(300),
 }).strict();
 
-const checkpointSchema = z.object({
+const checkheldPointSchema = z.object({
   name: z.string({ error: must("a checkpoint name") }),
 }).strict();
 
@@ -61,7 +58,7 @@ export function pointsRoutes(
   });
   app.post("/api/tasks/:name/checkpoints", async (c) => {
     const { task, volume, sites } = await taskVolume(d.store, param(c, "task"));
-    const body = await readBody(c, checkpointSchema);
+    const body = await readBody(c, checkheldPointSchema);
     const made = await d.points.checkpoint(task.name, volume, sites, body.name, who(c)).catch(asHttp);
     return c.json({ volume, ...made }, 201);
   });

@@ -1,24 +1,20 @@
 // API routes for data recovery: candidates (policy), start or schedule, list, cancel.
+import { VOLUME_KEY_RE } from "../names.ts";
+import { heldPointSchema, SOURCE_RE } from "../tasks/model.ts";
 import type { Hono } from "hono";
 import { z } from "zod";
 import { parseSource, type RecoveryError, type RecoveryService } from "../recovery/service.ts";
 
-const sourceText = z.string().regex(
-  /^(lgp|(rgp|rsp)@[A-Za-z0-9._-]{1,64})$/,
-  "use lgp, rgp@SITE or rsp@SITE",
-);
+const sourceText = z.string().regex(SOURCE_RE, "use lgp, rgp@SITE or rsp@SITE");
 
 const body = z.object({
-  volume: z.string().regex(/^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/, "volume must be AGENT/NAME"),
+  volume: z.string().regex(VOLUME_KEY_RE, "volume must be AGENT/NAME"),
   mode: z.enum(["manual", "policy"]),
   strategy: z.enum(["full", "fast"]).default("fast"),
   source: sourceText.optional(),
   target: z.enum(["lsp", "lgp"]).default("lsp"),
   /** Manual mode from rgp@SITE: the site's replica at this recovery point (sequence or checkpoint). */
-  sourcePoint: z.union([
-    z.number().int().nonnegative(),
-    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "a sequence number or a checkpoint name"),
-  ]).optional(),
+  sourcePoint: heldPointSchema.optional(),
   point: z.object({
     seq: z.number().int().nonnegative().optional(),
     time: z.number().int().positive().optional(),

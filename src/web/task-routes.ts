@@ -1,6 +1,7 @@
 // The task API: CRUD of sites, hosts, volumes (partitions) and tasks, the task actions through
 // the state machine and the injected TaskActions, schedules and recovery candidates. Bodies are
 // checked with the model's schemas; every change is written to the audit log with who made it.
+import { NAME_RE } from "../names.ts";
 import type { Context, Hono } from "hono";
 import { z } from "zod";
 import type { Audit } from "../audit/audit.ts";
@@ -9,7 +10,6 @@ import {
   type Group,
   hostSchema,
   type Issue,
-  NAME_RE,
   nameSchema,
   siteSchema,
   type Task,
@@ -329,7 +329,7 @@ export function taskRoutes(app: Hono, d: TaskRoutesDeps): void {
   app.delete("/api/tasks/:name/schedules/:id", async (c) => {
     const name = param(c, "task");
     const id = c.req.param("id");
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
+    if (!NAME_RE.test(id)) {
       throw new HttpError(400, "schedule id in the URL: not a valid id");
     }
     const task = await store.getTask(name);

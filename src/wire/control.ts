@@ -24,14 +24,14 @@
 // standbys, inventory) is answered by its id with a message of the request's own type (ok, error,
 // and what that request returns), or `refused`. The site link's other JSON frames (the hello,
 // the welcome, checkpoints, hash requests) are not control messages: src/replication/ reads them.
+import { AGENT_NAME_HINT, AGENT_NAME_RE, NAME_HINT, NAME_RE, VOLUME_KEY_RE } from "../names.ts";
 import { z } from "zod";
 import { MAX_INTERVAL_MS, MIN_INTERVAL_MS } from "../heartbeat/channel.ts";
 
-/** A volume's name on the links (as the gateways and agents check it elsewhere). */
-/** A name of a volume, a task or a host (src/tasks/model.ts NAME_RE). */
-export const name64 = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+/** A name of a volume, a task or a host (src/names.ts). */
+export const name64 = z.string().regex(NAME_RE, NAME_HINT);
 /** An agent's name as the links carry it. */
-export const name128 = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1 to 128 of A-Z a-z 0-9 . _ -");
+export const name128 = z.string().regex(AGENT_NAME_RE, AGENT_NAME_HINT);
 /** A request's id, echoed by its answer (src/wire/requests.ts). */
 const requestId = z.number().int().nonnegative();
 const byteCount = z.number().int().positive();
@@ -101,10 +101,7 @@ const drillReady = outcome("drill-ready").extend({ checkMs: z.number().optional(
 
 // --- the site link (local gateway → remote gateway, each request answered by its type and id)
 /** A volume as the sites name it: AGENT/NAME. */
-const volumeKey = z.string().regex(
-  /^[A-Za-z0-9._-]{1,128}\/[A-Za-z0-9._-]{1,64}$/,
-  "must be AGENT/NAME",
-);
+const volumeKey = z.string().regex(VOLUME_KEY_RE, "must be AGENT/NAME");
 /** A point of a volume's retention: a sequence or a checkpoint's name (src/retention/site.ts parsePoint). */
 const point = z.union([z.number(), z.string()]);
 const request = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) =>

@@ -7,6 +7,7 @@
 // (the forms of step 2). Every step is checked by the server (POST /api/tasks/check) as it is
 // filled in, and each problem is shown at its field with the field's label; a button that
 // cannot be used says why. The strategies step also takes the QoS targets (ui/qos.tsx).
+import { NAME_RE } from "../../src/names.ts";
 import { Fragment } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, isAdmin, type Issue, post } from "../api.ts";
@@ -28,8 +29,6 @@ import {
   stepOf,
   STEPS,
 } from "../wizard-model.ts";
-
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export function WizardPage() {
   const sites = useResource<(Site & Stored)[]>("/api/sites");
