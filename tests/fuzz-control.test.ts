@@ -78,12 +78,13 @@ type Kind =
   | "plan"
   | "held"
   | "numberOrNull"
-  | "any"
+  | "rolledBack"
   | "device"
   | "replicas"
   | "siteAgents"
   | "sitePoints"
   | "retention"
+  | "retentions"
   | "testCopy"
   | "copy"
   | "copyOrNull"
@@ -166,14 +167,14 @@ const SITE_REQUESTS: Record<SiteRequest["type"], Spec> = {
   inventory: { id: "id" },
 };
 const SITE_ANSWERS: Record<SiteAnswer["type"], Spec> = {
-  promote: { ...answer, rolledBack: "any?" },
+  promote: { ...answer, rolledBack: "rolledBack?" },
   demote: { ...answer, note: "string?", held: "held?" },
   "drill-up": { ...answer, checkMs: "numberOrNull?" },
   "drill-down": answer,
   "test-start": { done: { test: "testCopy" } },
   "test-renew": { done: { test: "testCopy" } },
   "test-stop": { ...answer, found: "boolean?" },
-  retention: { ...answer, windowMs: "number?", maxBytes: "number?", volumes: "any?" },
+  retention: { ...answer, windowMs: "number?", maxBytes: "number?", volumes: "retentions?" },
   point: { ...answer, seq: "number?", time: "number?" },
   points: { done: { points: "sitePoints", retention: "retention?", windowMs: "number" } },
   copies: { done: { rgp: "copy", rsp: "copyOrNull" } },
@@ -218,6 +219,7 @@ const posInt = (v: Json) => typeof v === "number" && Number.isSafeInteger(v) && 
 const nat = (v: Json) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 const num = (v: Json) => typeof v === "number" && Number.isFinite(v);
 const str = (v: Json) => typeof v === "string";
+const bool = (v: Json) => typeof v === "boolean";
 /** An object with these fields (a trailing "?": optional), stripped to them; undefined when it is not one. */
 function shaped(v: Json, fields: Record<string, (x: Json) => boolean>): Record<string, Json> | undefined {
   if (!isObject(v)) return undefined;
@@ -266,8 +268,19 @@ function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
       return ok(posInt(v));
     case "numberOrNull":
       return ok(v === null || (typeof v === "number" && Number.isFinite(v)));
-    case "any":
-      return ok(true);
+    case "rolledBack":
+      return list(
+        v,
+        (x) =>
+          shaped(x, {
+            volume: (y) => str(y) && VOLUME_RE.test(y as string),
+            seq: nat,
+            bytesMoved: nat,
+            verified: bool,
+          }),
+      );
+    case "retentions":
+      return list(v, (x) => checkKind("retention", x)?.value);
     case "held":
       return ok(isObject(v) && Object.values(v).every((x) => typeof x === "number" && Number.isFinite(x)));
     case "plan": {
@@ -463,8 +476,18 @@ function validOf(kind: Kind): fc.Arbitrary<Json> {
       return fc.oneof(fc.integer({ min: 1, max: 1 << 30 }), fc.constant(Number.MAX_SAFE_INTEGER));
     case "numberOrNull":
       return fc.oneof(fc.constant(null), fc.double({ noNaN: true, noDefaultInfinity: true }));
-    case "any":
-      return fc.jsonValue({ maxDepth: 2 });
+    case "rolledBack":
+      return fc.array(
+        fc.record({
+          volume: fc.tuple(agentArb, nameArb).map(([a, n]) => `${a}/${n}`),
+          seq: natArb,
+          bytesMoved: natArb,
+          verified: fc.boolean(),
+        }),
+        { maxLength: 3 },
+      );
+    case "retentions":
+      return fc.array(validOf("retention"), { maxLength: 3 });
     case "held":
       return fc.dictionary(nameArb, fc.nat(), { maxKeys: 3 });
     case "plan":

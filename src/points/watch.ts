@@ -44,9 +44,9 @@ export class RetentionWatch {
               ? {
                 site,
                 ok: true,
-                windowMs: Number(a.windowMs),
-                maxBytes: Number(a.maxBytes),
-                volumes: a.volumes as RetentionStatus[],
+                windowMs: a.windowMs ?? 0,
+                maxBytes: a.maxBytes ?? 0,
+                volumes: a.volumes ?? [],
               }
               : { site, ok: false, error: String(a.error ?? "no reason given") },
           );

@@ -300,7 +300,16 @@ export class Sender {
         (v.state === "degraded" && this.missed.has(id));
       // in place before the snapshot is read: records sent meanwhile are marked by the stream
       if (!m) this.promoted.set(id, m = await this.openPromoted(id));
-      const parts = known ? await this.unreceived(id, this.syncChunk).catch(() => undefined) : undefined;
+      const parts = known
+        ? await this.unreceived(id, this.syncChunk).catch((e) => {
+          log.warn("what the promoted copy lacks is not known: every chunk is kept for failback", {
+            peer: this.o.name,
+            volume: id,
+            error: e,
+          });
+          return undefined;
+        })
+        : undefined;
       if (parts) await m.markChunks(union(parts, this.syncChunk).chunks);
       else await m.markAll();
       log.warn("a remote site promotes its copy: the chunks it may lack are kept for failback", {

@@ -24,7 +24,7 @@ export interface RetentionStatus {
   maxBytes: number;
   bytes: number;
   points: number;
-  oldest: { seq: number; time: number } | undefined;
+  oldest?: { seq: number; time: number };
   newest: { seq: number; time: number };
   consistent: boolean;
   forcedExpiries: number;

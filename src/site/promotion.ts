@@ -11,7 +11,7 @@ import type { Retention } from "../retention/retention.ts";
 import { rollBack } from "../retention/rollback.ts";
 import { parsePoint } from "../retention/site.ts";
 import type { VolumeLog } from "../retention/volume-log.ts";
-import type { SiteAnswerBody } from "../wire/control.ts";
+import type { RolledBack, SiteAnswerBody } from "../wire/control.ts";
 import type { StandbyCopies } from "./standby-copies.ts";
 import type { SiteContext } from "./context.ts";
 import type { StandbyLink } from "./standby-link.ts";
@@ -55,7 +55,7 @@ export class Promotion {
     // promoted volume needs no resynchronisation into this site's journal
     let equal = await this.o.feeders.level(agent, 30_000);
     await this.o.feeders.end(agent);
-    let rolledBack: { volume: string; seq: number; bytesMoved: number; verified: unknown }[] = [];
+    let rolledBack: RolledBack[] = [];
     if (rollTo.length) {
       // the standby takes chunk writes while it is rolled back; the replica is then ahead of it,
       // so the promoted volume brings this site's copies level (by its dirty map, all set)
@@ -109,7 +109,7 @@ export class Promotion {
     if (!chunks || open.ok !== true) {
       return { ok: false, error: `standby ${agent} cannot be rolled back: ${open.error ?? "not connected"}` };
     }
-    const done: { volume: string; seq: number; bytesMoved: number; verified: unknown }[] = [];
+    const done: RolledBack[] = [];
     try {
       for (const r of rollTo) {
         const out = await rollBack({

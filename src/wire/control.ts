@@ -127,8 +127,6 @@ const siteRequestList = [
   request("standbys", { agents: z.record(name128, z.array(assignmentSchema)) }),
   request("inventory", {}),
 ] as const;
-/** What a site's answer holds beyond ok and error: the parts each consumer reads itself are any JSON. */
-const json = z.unknown().optional();
 const answer = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) => outcome(type).extend(shape);
 /**
  * An answer that is done, with everything it returns (each field as the remote gateway's handler
@@ -162,6 +160,9 @@ const siteRetention = z.object({
   forcedExpiries: count,
   error: z.string().optional(),
 });
+/** A standby copy rolled back to a point before its promotion (src/site/promotion.ts). */
+const rolledBack = z.object({ volume: volumeKey, seq: count, bytesMoved: count, verified: z.boolean() });
+export type RolledBack = z.infer<typeof rolledBack>;
 /** A failover test's copy at a site (src/failover/test-copies.ts TestCopy). */
 const testCopy = z.object({
   id: z.string(),
@@ -192,14 +193,18 @@ const siteInventory = {
   })),
 };
 const siteAnswerList = [
-  answer("promote", { rolledBack: json }),
+  answer("promote", { rolledBack: z.array(rolledBack).optional() }),
   answer("demote", { note: z.string().optional(), held: z.record(z.string(), z.number()).optional() }),
   answer("drill-up", { checkMs: z.number().nullable().optional() }),
   answer("drill-down", {}),
   doneOrNot("test-start", { test: testCopy }),
   doneOrNot("test-renew", { test: testCopy }),
   answer("test-stop", { found: z.boolean().optional() }),
-  answer("retention", { windowMs: z.number().optional(), maxBytes: z.number().optional(), volumes: json }),
+  answer("retention", {
+    windowMs: z.number().optional(),
+    maxBytes: z.number().optional(),
+    volumes: z.array(siteRetention).optional(),
+  }),
   answer("point", { seq: z.number().optional(), time: z.number().optional() }),
   // a volume without a retention yet has no status: `retention` is absent then
   doneOrNot("points", {
