@@ -707,13 +707,19 @@ void cvol_tick(cvol *v, int64_t now) {
   case 0: {
     bool idle = !v->sticky && v->link == LINK_SYNCED && !v->dropped && !v->resync_active && v->resync_in_flight == 0;
     if (!idle || now < v->sweep_at) break;
+    // chunks written during the last interval stay marked: hot chunks would otherwise be
+    // cleared and marked again (a dirty map sync each) over and over. With none left to clear
+    // (every marked chunk written since: a steady load over the whole volume) the sweep would
+    // only cost a sync of the disk: it waits for the next interval
     pthread_mutex_lock(&v->dirty->mu);
     bool any = false;
-    for (uint64_t i = 0; i < v->dirty->bytes && !any; i++) any = v->dirty->bits[i] != 0;
+    for (uint64_t i = 0; i < v->dirty->bytes && !any; i++) any = (v->dirty->bits[i] & ~v->touched[i]) != 0;
     pthread_mutex_unlock(&v->dirty->mu);
-    if (!any) break;
-    // chunks written during the last interval stay marked: hot chunks would otherwise be
-    // cleared and marked again (a dirty map sync each) over and over
+    if (!any) {
+      memset(v->touched, 0, v->dirty->bytes);
+      v->sweep_at = now + SWEEP_INTERVAL_NS;
+      break;
+    }
     memcpy(v->recent, v->touched, v->dirty->bytes);
     memset(v->touched, 0, v->dirty->bytes);
     v->sweep_mark = v->q_head;

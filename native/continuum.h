@@ -236,8 +236,9 @@ int32_t cn_journal_volume_status(cn_journal *j, uint32_t id, uint64_t *out);
 int32_t cn_journal_flush(cn_journal *j);
 /**
  * Starts applying durable records to the volumes' images, in journal order. Images are synced
- * after sync_bytes, sync_interval_ms, or (idle_sync_ms ≥ 0) that long without new records;
- * records are released to the journal once their images are synced. Start it once every
+ * after sync_bytes, sync_interval_ms, (idle_sync_ms ≥ 0) that long without new records, or at
+ * once when an append waits for space; records are released to the journal once their images
+ * are synced. Start it once every
  * reader's cursor is registered: until then no journal space is released.
  */
 int32_t cn_journal_mirror_start(cn_journal *j, uint64_t sync_bytes, int32_t sync_interval_ms, int32_t idle_sync_ms);

@@ -114,6 +114,7 @@ struct cn_journal {
   int64_t sync_interval_ns, idle_sync_ns;
   // a sync handed to the syncer
   bool sync_busy, sync_has_job;
+  bool space_wanted; // an append waits for space: the mirror syncs what it applied now, to release it
   uint64_t sync_end;
   int *sync_fds;
   uint32_t sync_nfds;
@@ -642,7 +643,11 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
         if (partial && done > 0) break; // the caller takes what is in and asks again
         j->waiting++;
         // a lag wait is no shortage of space: pulling a site ahead for it would defeat the bound
-        if (full) signal_pressure(j);
+        if (full) {
+          signal_pressure(j);
+          j->space_wanted = true;
+          pthread_cond_broadcast(&j->mirror_cv);
+        }
         // a commit makes the released space usable (its tail durable)
         pthread_cond_broadcast(&j->commit_cv);
         struct timespec until = deadline_in(100);
@@ -1195,7 +1200,8 @@ static void *mirror_main(void *arg) {
     bool work = !j->hold && j->mirror_applied < j->durable;
     bool due = (unsynced >= j->sync_bytes) || (unsynced > 0 && now - first_unsynced >= j->sync_interval_ns) ||
                (unsynced > 0 && j->idle_sync_ns >= 0 && !work && now - last_record >= j->idle_sync_ns) ||
-               (unsynced == 0 && !work && j->mirror_applied > j->mirror_released && !j->sync_busy);
+               (unsynced == 0 && !work && j->mirror_applied > j->mirror_released && !j->sync_busy) ||
+               (j->space_wanted && (unsynced > 0 || j->mirror_applied > j->mirror_released));
     if (due && !j->sync_busy && (nfds > 0 || nmarkers > 0 || j->mirror_applied > j->mirror_released)) {
       // one sync at a time, in order; it runs while the next batch is applied
       memcpy(sync_fds, fds, nfds * sizeof(int));
@@ -1205,6 +1211,7 @@ static void *mirror_main(void *arg) {
       j->sync_nmarkers = nmarkers;
       j->sync_end = j->mirror_applied;
       j->sync_has_job = j->sync_busy = true;
+      j->space_wanted = false;
       pthread_cond_signal(&j->sync_cv);
       nfds = nmarkers = 0;
       unsynced = 0;

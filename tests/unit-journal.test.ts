@@ -22,6 +22,7 @@ import {
 } from "../src/record/record.ts";
 import { xxh3 } from "../src/native/mod.ts";
 import { setLogSink } from "../src/log.ts";
+import { Volume } from "../src/volume/volume.ts";
 
 await (await import("../native/build.ts")).buildNative();
 
@@ -776,6 +777,36 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+pressure(
+  "an append waiting for space makes the mirror sync at once, however rarely it syncs else",
+  async () => {
+    const dir = await tempDir();
+    const gw = await openGw(dir);
+    const img = Volume.createSparse(`${dir}/image`, 1024 ** 3);
+    try {
+      const v = await gw.j.registerVolume("a", "d", 1024 ** 3, `${dir}/image`);
+      gw.j.setImage(v, img.fd);
+      // synced after 2^40 bytes or a minute: only an append that waits for space makes it sync sooner
+      assert.is(native().cn_journal_mirror_start(gw.j.ptr, 1n << 40n, 60_000, -1), 0);
+      const { seq } = await fillRing(gw, v.id, new Map());
+      assert.is(gw.j.positions.tail, 0, "the mirror holds everything it applied");
+      const next = rec(seq + 1, 4 * MiB);
+      await within(gw.j.append(v.id, next.bytes, next.header), 5000, "the append once the mirror synced");
+      assert.ok(gw.j.positions.tail > 0, "the synced records are released");
+      await gw.j.flushed();
+      const t0 = Date.now();
+      while (gw.j.mirrorPositions.applied < gw.j.positions.durable && Date.now() - t0 < 5000) await sleep(5);
+      const last = new Uint8Array(4 * MiB);
+      await img.read(next.header.offset, last);
+      assert.is(hex(xxh3(last)), next.sum, "and the mirror applies the new record too");
+    } finally {
+      await gw.close();
+      img.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 pressure(
   "a volume over its bound waits; the tail passing a record frees room; lifting the bound frees it",

@@ -64,7 +64,13 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       maxLagMs: cfg.journal.maxLagMs,
     });
     cleanups.push(() => journal.close());
-    const mirror = new MirrorApplier(journal);
+    // the mirror is the journal applied, not a copy of its own: it is synced to release journal
+    // space (an eighth of the ring, or when an append waits for space), else as rarely as the
+    // kernel writes dirty pages back anyway; the records stay in the ring until then
+    const mirror = new MirrorApplier(journal, {
+      syncBytes: journal.ring.dataSize / 8,
+      syncIntervalMs: 30_000,
+    });
     const strategies = new MirrorStrategies(journal);
     const sites = await RemoteSites.open(cfg.remotes, cfg.site, cfg.dataDir, journal, mirror, strategies);
     // before the first session: a site that missed a checkpoint gets it when it connects
