@@ -83,8 +83,12 @@ export interface Channel {
   readonly pending: number;
 }
 
-/** A paced peer's smallest allowance: what its first measurement and a short round trip need. */
-const MIN_PACE_BYTES = 1024 * 1024;
+/**
+ * A paced peer's smallest allowance: what its first measurement and a short round trip need. Small
+ * writes at a low rate (one at a time, each with a flush) run on it alone: 1 MiB was 0.6 s of such
+ * writes in flight, on top of the bound (docs/benchmarks.md).
+ */
+const MIN_PACE_BYTES = 256 * 1024;
 /** A paced peer that acknowledged nothing this long (or 4 lag bounds) while behind is not waited for. */
 const SILENT_MS = 2000;
 

@@ -64,12 +64,14 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       maxLagMs: cfg.journal.maxLagMs,
     });
     cleanups.push(() => journal.close());
-    // the mirror is the journal applied, not a copy of its own: it is synced to release journal
-    // space (an eighth of the ring, or when an append waits for space), else as rarely as the
-    // kernel writes dirty pages back anyway; the records stay in the ring until then
+    // the mirror is the journal applied, not a copy of its own: under writes it is synced to
+    // release journal space (an eighth of the ring, or when an append waits for space), else as
+    // rarely as the kernel writes dirty pages back anyway; once the writes pause, at once (the
+    // journal then empties). The records stay in the ring until their images are synced
     const mirror = new MirrorApplier(journal, {
       syncBytes: journal.ring.dataSize / 8,
       syncIntervalMs: 30_000,
+      idleSyncMs: 1000,
     });
     const strategies = new MirrorStrategies(journal);
     const sites = await RemoteSites.open(cfg.remotes, cfg.site, cfg.dataDir, journal, mirror, strategies);
