@@ -238,8 +238,8 @@ int32_t cn_journal_flush(cn_journal *j);
  * Starts applying durable records to the volumes' images, in journal order. Images are synced
  * after sync_bytes, sync_interval_ms, (idle_sync_ms ≥ 0) that long without new records, or at
  * once when an append waits for space; records are released to the journal once their images
- * are synced. Start it once every
- * reader's cursor is registered: until then no journal space is released.
+ * are synced. Start it once every reader's cursor is registered: until then no journal space is
+ * released.
  */
 int32_t cn_journal_mirror_start(cn_journal *j, uint64_t sync_bytes, int32_t sync_interval_ms, int32_t idle_sync_ms);
 /** BLOCKING. Stops applying once the batch in progress is done (the images stay put). */

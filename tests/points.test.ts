@@ -199,6 +199,8 @@ t("a test copy at every point and every site equals the volume at that point", a
     await refusedRecovery({ ...base, source: "rsp@dr2", sourcePoint: "before-damage" }, 400, /use rgp@SITE/);
     await refusedRecovery({ ...base, sourcePoint: 3 }, 400, /sourcePoint: needs a source/);
     assert.equal(await c.expect(200, "GET", "/api/recoveries"), [], "nothing was started");
+    const resyncs = () => topo.gw.proc.log.match(/"replica synchronised"/g)?.length ?? 0;
+    const resyncsBefore = resyncs();
     const rec = await c.expect(202, "POST", "/api/recoveries", {
       ...base,
       source: "rgp@dr2",
@@ -232,7 +234,15 @@ t("a test copy at every point and every site equals the volume at that point", a
     );
 
     // expiry: dr2 started again with a window of 2 s; the old points go, the ones still held stay exact
-    // the recovery resynchronised the sites (a rebase: its end learns its sequence from the next write)
+    // the recovery resynchronised the sites (a rebase: its end learns its sequence from the next write);
+    // the write below comes after both resynchronisations, or the recovered content without it would
+    // never be a point at a site (the task's state may still say protected right after the recovery)
+    await waitFor(
+      () => resyncs() >= resyncsBefore + 2,
+      60_000,
+      "both sites resynchronised after the recovery",
+      100,
+    );
     await waitFor(async () => await state() === "protected", 60_000, "the task to be protected again", 250);
     await run("qemu-io", ["-f", "raw", topo.agent.uri("vol0"), "-c", "write -P 0x77 7M 512k", "-c", "flush"]);
     await topo.caughtUp();

@@ -8,6 +8,7 @@
 // work to the others. The first source is the reference: the scan and the
 // verification compare against it. Progress, checkpoints (an interrupted run
 // resumes where it stopped) and verification by hash.
+import { Changes } from "../io/changes.ts";
 import * as native from "../native/mod.ts";
 import { type ChunkStore, type LocalFile, SourceReadError } from "./chunk-ops.ts";
 
@@ -182,6 +183,8 @@ class CopyPool {
   private head = 0;
   private closed = false;
   private wake: (() => void)[] = [];
+  /** A chunk done, or the pool failed: what `below` waits on. */
+  private readonly progress = new Changes();
   private failure: Error | undefined;
   private live: number;
   private finished!: () => void;
@@ -245,11 +248,18 @@ class CopyPool {
     return this.queue.length - this.head + this.inFlight;
   }
 
+  /** Waits until at most `limit` chunks are queued or in flight; throws the pool's failure. */
+  async below(limit: number): Promise<void> {
+    while (this.pending > limit && !this.failure) await this.progress.next();
+    if (this.failure) throw this.failure;
+  }
+
   private wakeAll(): void {
     for (const w of this.wake.splice(0)) w();
   }
 
   private check(): void {
+    this.progress.notify();
     if (this.closed && this.pending === 0) {
       this.finished();
       this.wakeAll(); // the workers still waiting for work end
@@ -270,6 +280,7 @@ class CopyPool {
     this.failure ??= e;
     this.failed(this.failure);
     this.wakeAll();
+    this.progress.notify();
   }
 
   /** The next chunks queued, up to max, without waiting (after one taken by `take`). */
@@ -516,7 +527,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
           const u: Unit = { end, pending: 0, listed: false };
           units.push(u);
           queue(u, part);
-          while (pool.pending > 64 * window) await Promise.race([pool.settled, delay(5)]);
+          await pool.below(64 * window);
         }
         if (list.length === 0) units.push({ end: chunks, pending: 0, listed: true });
         compared = (o.bytesCompared ?? 0) + rangeBytes(from, chunks);
@@ -559,7 +570,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
           queue(u, list);
           report("copying");
           // bound the queue: a slow copy should not let the scan hold every hash in memory
-          while (pool.pending > 64 * window) await Promise.race([pool.settled, delay(5)]);
+          await pool.below(64 * window);
         }
       }
       pool.close();
@@ -701,8 +712,4 @@ async function inParallel<T, R>(
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return out;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
