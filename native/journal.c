@@ -383,10 +383,13 @@ EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size,
         if (w[i].id == h.volume) v = &w[i];
       }
       if (!v) break; // no volume of this journal: stale data
+      // before the checkpoint's head every record was written and synced before the checkpoint:
+      // it is this lap's, whatever sequence the index expects (an index is never the truth here)
+      bool committed = has_ck && pos < ck.head;
       bool ok;
       if (h.kind == K_SYNC_BEGIN) ok = v->rebase = true;
-      else if (rec_between(&h)) ok = v->rebase ? h.seq == 0 : h.seq == v->last;
-      else if (v->rebase || (!seqs_known && !v->seen)) {
+      else if (rec_between(&h)) ok = committed || (v->rebase ? h.seq == 0 : h.seq == v->last);
+      else if (committed || v->rebase || (!seqs_known && !v->seen)) {
         ok = true;
         v->rebase = false;
         v->last = h.seq;
@@ -944,7 +947,8 @@ EXPORT int32_t cn_journal_cursor(cn_journal *j, uint64_t pos, int32_t required) 
   int id = -ENOSPC;
   for (int i = 0; i < MAX_CURSORS; i++) {
     if (!j->cursors[i].used) {
-      j->cursors[i] = (cursor_t){true, required != 0, MAX(pos, j->tail), 0};
+      // never past the head: a position the ring no longer holds (records lost before a checkpoint) reads on from it
+      j->cursors[i] = (cursor_t){true, required != 0, MIN(MAX(pos, j->tail), j->head), 0};
       id = i;
       break;
     }
@@ -1089,15 +1093,22 @@ EXPORT void cn_journal_status(cn_journal *j, uint64_t *out) {
   pthread_mutex_unlock(&j->mu);
 }
 
-EXPORT void cn_journal_take_index(cn_journal *j, uint64_t *out) {
+EXPORT uint32_t cn_journal_take_index(cn_journal *j, uint64_t *out, uint64_t *seqs, uint32_t cap) {
+  // one lock: a commit between reading the position and the sequences would make the index
+  // name sequences its head does not hold, and a restart's walk from that head stop short
   pthread_mutex_lock(&j->mu);
   out[0] = j->durable;
   out[1] = j->records_total - j->indexed_records;
   out[2] = j->since_first;
   out[3] = j->since_last;
+  out[4] = j->tail;
+  out[5] = j->mirror_applied;
   j->indexed_records = j->records_total;
   j->since_first = j->since_last = 0;
+  uint32_t n = MIN(cap, j->nvols);
+  for (uint32_t i = 0; i < n; i++) seqs[i] = j->vols[i] ? j->vols[i]->durable_seq : 0;
   pthread_mutex_unlock(&j->mu);
+  return n;
 }
 
 EXPORT int32_t cn_journal_volume_status(cn_journal *j, uint32_t id, uint64_t *out) {

@@ -1060,6 +1060,67 @@ recovery("records in the ring beyond the index are re-indexed on open", async ()
   }
 });
 
+recovery("a reader saved past the head (records lost to corruption) reads on from the head", async () => {
+  const dir = await tempDir();
+  const sums = new Map<number, string>();
+  try {
+    const { id, head } = await prepared(dir, 3, sums);
+    logs.length = 0;
+    const gw = await openGw(dir);
+    try {
+      readersReady(gw.j);
+      const c = gw.j.cursor("site", head + 5000);
+      assert.is(c.position, head);
+      assert.ok(logs.some((l) => l.includes("past the journal's head")), "said so");
+      await appendAll(gw.j, id, [rec(4, 700)], sums);
+      await gw.j.flushed();
+      const [e] = await c.next(1 << 20);
+      assert.is(e.header.seq, 4, "the next record, not a read inside it");
+      checkEntry(e, id, sums);
+      c.release(e.end);
+      assert.ok(gw.j.positions.tail <= gw.j.positions.head, "the tail never passes the head");
+    } finally {
+      await gw.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+recovery(
+  "an index whose sequences are ahead of its head (a commit between the two reads) loses no committed record",
+  async () => {
+    const dir = await tempDir();
+    const sums = new Map<number, string>();
+    try {
+      const gw = await openGw(dir);
+      const v = await gw.j.registerVolume("agent-a", "disk", 1024 ** 3, "/m");
+      await appendAll(gw.j, v.id, Array.from({ length: 10 }, (_, i) => rec(i + 1, 2000)), sums);
+      await gw.j.flushed();
+      const [, , , fourth] = await gw.j.cursor("probe", 0).next(4 * 2072);
+      await gw.close();
+      // the index as a kill left it (CI saw it): its head before record 4, its sequence 8
+      const o = await openDatabase(`${dir}/${DB_FILE}`);
+      await o.db.update(journalState).set({ tail: 0, head: fourth.pos, appliedPos: 0 });
+      await o.db.update(volumes).set({ lastSeq: 8 });
+      o.close();
+      logs.length = 0;
+      const gw2 = await openGw(dir);
+      try {
+        assert.not.ok(logs.some((l) => l.includes("unreadable")), logs.join("\n"));
+        assert.is(gw2.j.volume(v.id)!.lastSeq, 10);
+        const { entries } = await readUpToDurable(gw2.j, gw2.j.cursor("r", 0));
+        assert.equal(entries.map((e) => e.header.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        for (const e of entries) checkEntry(e, v.id, sums);
+      } finally {
+        await gw2.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 recovery(
   "recovery stops at a corrupted record (flipped payload byte) and new appends reuse its place",
   async () => {

@@ -224,7 +224,17 @@ export class Journal {
       }
       // the index catches up with what the ring holds (a crash between commit and index)
       j.indexed = Math.min(state?.head ?? 0, r.from);
-      await j.writeIndex({ records: r.records, first: r.firstTime, last: r.lastTime, durable: r.to });
+      // nothing appends yet: the status and the volumes describe r.to
+      const s = j.status();
+      await j.writeIndex({
+        records: r.records,
+        first: r.firstTime,
+        last: r.lastTime,
+        durable: r.to,
+        tail: s[0],
+        applied: s[5],
+        seqs: [...j.vols.values()].map((v) => ({ id: v.id, seq: v.durableSeq })),
+      });
     } catch (e) {
       await j.close();
       throw e;
@@ -499,11 +509,15 @@ export class Journal {
     }
     this.indexedAt = performance.now();
     this.indexing = (async () => {
-      const out = new BigUint64Array(4);
-      native().cn_journal_take_index(this.ptr, new Uint8Array(out.buffer));
-      const [durable, records, first, last] = [...out].map(Number);
+      const out = new BigUint64Array(6);
+      const ids = Math.max(0, ...this.vols.keys()) + 1;
+      const at = new BigUint64Array(ids);
+      native().cn_journal_take_index(this.ptr, new Uint8Array(out.buffer), new Uint8Array(at.buffer), ids);
+      const [durable, records, first, last, tail, applied] = [...out].map(Number);
+      // each volume's sequence as of `durable`, not of a commit that came after it
+      const seqs = [...this.vols.keys()].map((id) => ({ id, seq: Number(at[id]) }));
       try {
-        await this.writeIndex({ records, first, last, durable });
+        await this.writeIndex({ records, first, last, durable, tail, applied, seqs });
       } catch (e) {
         // the ring's checkpoint is the truth: a missed index row is written with the next one
         log.warn("journal index not written", { error: e });
@@ -517,16 +531,17 @@ export class Journal {
     });
   }
 
-  private async writeIndex(
-    c: { records: number; first: number; last: number; durable: number },
-  ): Promise<void> {
-    const from = this.indexed, to = c.durable;
-    const s = this.status();
-    const tail = s[0], applied = s[5];
-    const seqs = [...this.vols.values()].map((v) => {
-      this.refresh(v);
-      return { id: v.id, seq: v.durableSeq };
-    });
+  /** One row of the index: a snapshot the data plane took at one instant (take_index). */
+  private async writeIndex(c: {
+    records: number;
+    first: number;
+    last: number;
+    durable: number;
+    tail: number;
+    applied: number;
+    seqs: { id: number; seq: number }[];
+  }): Promise<void> {
+    const from = this.indexed, to = c.durable, { tail, applied, seqs } = c;
     await serialized(this.db, () =>
       this.db.transaction(async (tx) => {
         if (to > from) {
@@ -563,9 +578,19 @@ export class Journal {
   cursor(name: string, from: number, required = true): Cursor {
     if (this.closed) throw new Error("journal closed");
     this.cursors.get(name)?.drop();
+    const { tail, head } = this.positions;
+    if (from > head) {
+      // the ring lost records this reader had read (unreadable before the checkpoint): it reads on
+      // from the head, and a site's sequence past this journal's makes it resynchronise
+      log.error("a journal reader's position is past the journal's head", {
+        reader: name,
+        position: from,
+        head,
+      });
+    }
     const id = native().cn_journal_cursor(this.ptr, BigInt(from), required ? 1 : 0);
     if (id < 0) throw new Error(`journal: too many readers (${name})`);
-    const c = new Cursor(this, this.ptr, id, name, Math.max(from, this.positions.tail), required);
+    const c = new Cursor(this, this.ptr, id, name, Math.min(Math.max(from, tail), head), required);
     this.cursors.set(name, c);
     return c;
   }

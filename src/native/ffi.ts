@@ -94,7 +94,7 @@ export const symbols = {
   cn_journal_entered: { parameters: ["pointer", "u64"], result: "i64" },
   cn_journal_read: { parameters: ["pointer", "u64", "u64", "buffer", "u64"], result: "i64", nonblocking: nb },
   cn_journal_status: { parameters: ["pointer", "buffer"], result: "void" },
-  cn_journal_take_index: { parameters: ["pointer", "buffer"], result: "void" },
+  cn_journal_take_index: { parameters: ["pointer", "buffer", "buffer", "u32"], result: "u32" },
   cn_journal_volume_status: { parameters: ["pointer", "u32", "buffer"], result: "i32" },
   cn_journal_flush: { parameters: ["pointer"], result: "i32", nonblocking: nb },
   cn_journal_mirror_start: { parameters: ["pointer", "u64", "i32", "i32"], result: "i32" },
