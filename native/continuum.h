@@ -67,6 +67,8 @@ enum {
 #define CN_FL_JOURNAL 1u
 /** Appends wait for journal space (a reader may give way). */
 #define CN_FL_PRESSURE 2u
+/** A gateway session's queued frames were taken for sending: cn_gateway_queued fell. */
+#define CN_FL_SENT 4u
 enum { CN_VOL_OPENED = 1, CN_VOL_REFUSED = 2, CN_VOL_FATAL = 3 };
 enum { CN_SRC_JOURNAL = 1, CN_SRC_MIRROR = 2 };
 
@@ -288,7 +290,10 @@ int32_t cn_gateway_send(cn_gateway *g, uint32_t session, const uint8_t *frame, u
  */
 int32_t cn_gateway_copy(cn_gateway *g, uint32_t session, uint32_t order, int32_t fd, uint64_t size, uint64_t chunk,
                         const char *volume, const char *kind, const uint32_t *indexes, uint32_t count);
-/** Bytes queued for an agent's session and not yet written (a standby's stream paces itself by it). */
+/**
+ * Bytes queued for an agent's session behind the write in progress (a standby's stream paces
+ * itself by it); CN_FL_SENT says when they were taken for sending.
+ */
 int64_t cn_gateway_queued(cn_gateway *g, uint32_t session);
 /** An agent's writes are refused (its service runs elsewhere); NULL or "" lifts it. */
 void cn_gateway_fence(cn_gateway *g, const char *agent, const char *reason);

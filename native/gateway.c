@@ -318,6 +318,8 @@ static void *sender_main(void *arg) {
       }
     }
     pthread_mutex_unlock(&s->mu);
+    // a stream paced by the queue (a standby's feeder) waits for this, not on a clock
+    if (take) plane_flag(s->g->plane, CN_FL_SENT);
     while (take) {
       frame_node *f = take;
       take = f->next;

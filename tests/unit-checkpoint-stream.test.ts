@@ -53,7 +53,10 @@ class FakeJournal {
 /** What went on the wire, in order: "r<seq>" for a record, "cp:<name>@<seq>" for a checkpoint. */
 class Wire implements Channel {
   frames: string[] = [];
-  pending = 0;
+  pending = 0; // never over the window: drained() is not waited for
+  drained(signal: AbortSignal): Promise<void> {
+    return new Promise((r) => signal.addEventListener("abort", () => r()));
+  }
   send(frame: Uint8Array, body?: Uint8Array): void {
     const type = frame[4];
     if (type === FrameType.Record) {

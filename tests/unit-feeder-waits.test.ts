@@ -1,7 +1,8 @@
 // Waits on the feeders' events, not on polls (issue 18): a promotion's check that the standby is
 // level with the replica (StandbyFeeders.level) wakes on the feeder's acknowledgements, a
 // synchronisation whose local image has not applied what was sent yet (Sender's syncStep) wakes
-// when the image applies more, and a site's acknowledgements (Receiver) go out at the move that
+// when the image applies more, a stream whose channel holds more than its window wakes when the
+// channel's queue falls, and a site's acknowledgements (Receiver) go out at the move that
 // allows them (the journal, a standby's acknowledgement, the retention's sync). Each is counted by how often the condition is looked at while
 // nothing happens: a poll looks every few milliseconds, an event wait does not.
 import { suite } from "uvu";
@@ -74,10 +75,20 @@ class FakeJournal {
   }
 }
 
+/** A channel whose queue the test sets; `looks` counts the looks at it, `sent` tells it fell. */
 class Wire implements Channel {
   records = 0;
   hashRequests = 0;
-  pending = 0;
+  queued = 0;
+  looks = 0;
+  readonly sent = new Changes();
+  get pending(): number {
+    this.looks++;
+    return this.queued;
+  }
+  drained(signal: AbortSignal): Promise<void> {
+    return this.sent.next(undefined, signal);
+  }
   send(frame: Uint8Array): void {
     if (frame[4] === FrameType.Record) this.records++;
     if (frame[4] === FrameType.HashRequest) this.hashRequests++;
@@ -177,11 +188,41 @@ t("a synchronisation waits for the image to apply more, not on a poll", async ()
     // 16 chunks of zeros and the SyncEnd
     await settle(() => wire.records === 2 + 16 + 1);
     assert.ok(performance.now() - at < 80, "the chunks went as soon as the image applied");
-    assert.ok(idleLooks <= 8, `the image's position was looked at ${idleLooks} times in 300 ms`);
+    assert.ok(idleLooks <= 2, `the image's position was looked at ${idleLooks} times in 300 ms`);
     sender.detach(s);
   } finally {
     image.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+t("a stream held by the channel's queue goes on when the queue falls, not on a timer", async () => {
+  const j = new FakeJournal(testVolume());
+  const sender = await Sender.open({
+    name: "site:dr1",
+    journal: j as unknown as Journal,
+    store: storeOf("consistent"),
+    source: { imageFd: () => -1, appliedPos: () => j.durable, changed: () => j.changed() },
+    carries: () => true,
+    windowBytes: 1 << 20,
+  });
+  const wire = new Wire();
+  wire.queued = 2 << 20; // more than the window waits for the socket
+  const s = sender.attach(wire, new Map<number, PeerReport>([[1, { lastSeq: 0, state: "consistent" }]]));
+  try {
+    j.append(1);
+    await sleep(20);
+    wire.looks = 0;
+    await sleep(300);
+    assert.is(wire.records, 0, "nothing more is queued while the queue is over the window");
+    assert.ok(wire.looks <= 1, `the queue was looked at ${wire.looks} times in 300 ms`);
+    wire.queued = 0;
+    wire.sent.notify();
+    const at = performance.now();
+    await settle(() => wire.records === 1);
+    assert.ok(performance.now() - at < 50, "the record went as soon as the queue fell");
+  } finally {
+    sender.detach(s);
   }
 });
 

@@ -740,6 +740,11 @@ export class Cursor {
     return out;
   }
 
+  /** Whether next() would return at once (durable entries past the read position). */
+  get ready(): boolean {
+    return !this.closed && this.position < this.j.positions.durable;
+  }
+
   /** Marks everything before pos as consumed. */
   release(pos: number): void {
     if (pos <= this.released) return;

@@ -6,7 +6,8 @@
 // a remote site's stream to its standby agents.
 import { logger } from "../log.ts";
 import { cstr, fromCstr, native, NativeError } from "../native/ffi.ts";
-import { Ev, eventJson, type NativeEvent, Plane } from "../native/plane.ts";
+import { Ev, eventJson, FL_SENT, type NativeEvent, Plane } from "../native/plane.ts";
+import { Changes } from "../io/changes.ts";
 import { type Address, formatAddress } from "./address.ts";
 import {
   ChunkLink,
@@ -116,6 +117,8 @@ export class GatewayListener {
   readonly addresses: Address[] = [];
   /** Refused connections, by reason (for status and tests). */
   readonly refused = new Map<string, number>();
+  /** A session's queued frames were taken for sending, or a session ended: its queue may be shorter. */
+  private readonly sent = new Changes();
 
   private constructor(private o: GatewayListenerOptions) {
     this.plane = new Plane();
@@ -130,7 +133,10 @@ export class GatewayListener {
         this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
       })
       .on(Ev.Frame, (e) => this.onFrame(e))
-      .on(Ev.Copied, (e) => this.onCopied(e));
+      .on(Ev.Copied, (e) => this.onCopied(e))
+      .on(Ev.Flags, (e) => {
+        if (e.aux & FL_SENT) this.sent.notify();
+      });
   }
 
   static async listen(o: GatewayListenerOptions): Promise<GatewayListener> {
@@ -348,6 +354,7 @@ export class GatewayListener {
     const s = this.sessions.get(e.source);
     if (!s) return;
     this.sessions.delete(s.id);
+    this.sent.notify();
     if (m.reason) log.debug("agent session ended", { agent: s.agent, reason: m.reason });
     s.chunks.fail(new Error(`agent ${s.agent} disconnected`));
     this.failCopies(s);
@@ -390,6 +397,7 @@ export class GatewayListener {
             get pending() {
               return closed() ? 0 : Math.max(0, Number(native().cn_gateway_queued(ptr, id)));
             },
+            drained: (signal) => this.sent.next(undefined, signal),
           });
         } else {
           this.o.onControl?.(s.agent, m, (r) => this.send(s, jsonFrame(FrameType.Control, r)));
@@ -460,6 +468,7 @@ export class GatewayListener {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.sent.notify();
     await native().cn_gateway_close(this.ptr);
     await this.plane.close();
     native().cn_gateway_free(this.ptr);

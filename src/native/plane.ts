@@ -18,6 +18,7 @@ export const enum Ev {
 }
 export const FL_JOURNAL = 1;
 export const FL_PRESSURE = 2;
+export const FL_SENT = 4;
 
 export interface NativeEvent {
   type: Ev;

@@ -23,7 +23,7 @@ const log = logger("sender");
 export interface SyncSource {
   imageFd(volumeId: number): number;
   appliedPos(): number;
-  /** Resolves when appliedPos() may have moved (a wait re-checks it then; a session's stop resolves it too). */
+  /** Resolves when appliedPos() may have moved (a wait re-checks it then). */
   changed(): Promise<void>;
 }
 
@@ -81,6 +81,8 @@ export interface Channel {
   send(frame: Uint8Array, body?: Uint8Array): void;
   /** Bytes queued but not yet written to the socket. */
   readonly pending: number;
+  /** Resolves when `pending` may have fallen (a wait re-checks it) or `signal` aborts. */
+  drained(signal: AbortSignal): Promise<void>;
 }
 
 /**
@@ -687,6 +689,7 @@ export class Session {
   private tokens = 0;
   private refilled = performance.now();
   readonly done: Promise<void>;
+  private readonly stopping = Promise.withResolvers<void>();
 
   constructor(private readonly s: Sender, private readonly ch: Channel, reports: Map<number, PeerReport>) {
     this.frontier = s.theCursor.released;
@@ -697,6 +700,7 @@ export class Session {
 
   stop(): void {
     this.stopped = true;
+    this.stopping.resolve();
     this.s.pace();
     this.signal.aborted = true;
     this.s.journal.wakeAll();
@@ -888,15 +892,15 @@ export class Session {
   }
 
   private async windowOpen(): Promise<void> {
-    while (
-      !this.stopped &&
-      (this.inFlightBytes >= this.s.windowBytes ||
-        this.ch.pending > Math.min(this.s.windowBytes, QUEUE_BYTES))
-    ) {
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 100);
-      });
+    while (!this.stopped) {
+      const full = this.inFlightBytes >= this.s.windowBytes;
+      if (!full && this.ch.pending <= Math.min(this.s.windowBytes, QUEUE_BYTES)) break;
+      // an acknowledgement (or the stop) opens the window; the channel says when its queue fell
+      const ac = new AbortController();
+      const waits = [new Promise<void>((r) => this.wake = r)];
+      if (!full) waits.push(this.ch.drained(ac.signal));
+      await Promise.race(waits);
+      ac.abort();
       this.wake = undefined;
     }
     await this.tokensLeft();
@@ -920,9 +924,8 @@ export class Session {
     while (!this.stopped) {
       await this.windowOpen();
       if (this.stopped) return;
-      const entries = this.syncs.size > 0
-        ? await this.nextOrIdle(cursor)
-        : await cursor.next(4 << 20, this.signal);
+      // with a synchronisation running, records that are there go first; idle time copies chunks
+      const entries = this.syncs.size === 0 || cursor.ready ? await cursor.next(4 << 20, this.signal) : [];
       for (const e of entries) {
         // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)
         if (this.s.bandwidth) await this.tokensLeft();
@@ -931,19 +934,6 @@ export class Session {
       }
       if (this.syncs.size > 0) await this.syncStep(entries.length === 0);
     }
-  }
-
-  /** With a synchronisation running, waits for records only briefly: idle time goes to copying chunks. */
-  private async nextOrIdle(cursor: Cursor): Promise<JournalEntry[]> {
-    const abort = { aborted: false };
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const r = await Promise.race([
-      cursor.next(4 << 20, abort),
-      new Promise<JournalEntry[]>((res) => timer = setTimeout(() => res([]), 5)),
-    ]);
-    clearTimeout(timer);
-    abort.aborted = true;
-    return r;
   }
 
   private forward(e: JournalEntry): void {
@@ -1028,11 +1018,9 @@ export class Session {
     }
   }
 
-  /** Until the local image applied more (or a record came, or the session stops), at most 100 ms. */
+  /** Until the local image applied more (or a record came, or the session stops). */
   private async appliedMoved(): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([this.s.source.changed(), new Promise((r) => timer = setTimeout(r, 100))]);
-    clearTimeout(timer);
+    await Promise.race([this.s.source.changed(), this.stopping.promise]);
   }
 
   private async copyChunk(job: SyncJob): Promise<number> {

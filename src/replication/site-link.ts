@@ -236,6 +236,7 @@ export class SiteClient {
         get pending() {
           return writer.pending;
         },
+        drained: () => writer.drained(),
       }, reports);
       this.session = session;
       while (!this.closed) {

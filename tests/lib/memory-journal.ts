@@ -40,6 +40,9 @@ export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<
   const c = {
     released: from,
     required: true,
+    get ready() {
+      return entries().some((e) => e.pos >= position);
+    },
     next: async (_max: number, signal?: { aborted: boolean }) => {
       while (!signal?.aborted) {
         const out = entries().filter((e) => e.pos >= position);
