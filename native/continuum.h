@@ -230,8 +230,9 @@ void cn_journal_status(cn_journal *j, uint64_t *out);
 /**
  * For the index, one consistent snapshot: out[6] = durable position, records committed since
  * the previous call, the first and last capture time among them (0 if none), the tail, the
- * mirror's applied position; seqs[id] = each volume's durable sequence at that position (0 for
- * an unused id). Returns how many ids it filled (the journal's volume slots, at most cap).
+ * mirror's applied position; seqs[id] = each volume's durable sequence at that position
+ * (UINT64_MAX for an id the journal does not have yet). Returns how many ids it filled (the
+ * journal's volume slots, at most cap).
  */
 uint32_t cn_journal_take_index(cn_journal *j, uint64_t *out, uint64_t *seqs, uint32_t cap);
 /** out[6]: last seq, durable seq, bytes held, mirror seq, mirror capture time, bound. */

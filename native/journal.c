@@ -1117,7 +1117,7 @@ EXPORT uint32_t cn_journal_take_index(cn_journal *j, uint64_t *out, uint64_t *se
   j->indexed_records = j->records_total;
   j->since_first = j->since_last = 0;
   uint32_t n = MIN(cap, j->nvols);
-  for (uint32_t i = 0; i < n; i++) seqs[i] = j->vols[i] ? j->vols[i]->durable_seq : 0;
+  for (uint32_t i = 0; i < n; i++) seqs[i] = j->vols[i] ? j->vols[i]->durable_seq : UINT64_MAX;
   pthread_mutex_unlock(&j->mu);
   return n;
 }

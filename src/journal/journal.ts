@@ -512,10 +512,18 @@ export class Journal {
       const out = new BigUint64Array(6);
       const ids = Math.max(0, ...this.vols.keys()) + 1;
       const at = new BigUint64Array(ids);
-      native().cn_journal_take_index(this.ptr, new Uint8Array(out.buffer), new Uint8Array(at.buffer), ids);
+      const n = native().cn_journal_take_index(
+        this.ptr,
+        new Uint8Array(out.buffer),
+        new Uint8Array(at.buffer),
+        ids,
+      );
       const [durable, records, first, last, tail, applied] = [...out].map(Number);
-      // each volume's sequence as of `durable`, not of a commit that came after it
-      const seqs = [...this.vols.keys()].map((id) => ({ id, seq: Number(at[id]) }));
+      // each volume's sequence as of `durable`, not of a commit that came after it (a volume the
+      // data plane does not have yet keeps its row's)
+      const seqs = [...this.vols.keys()]
+        .filter((id) => id < n && at[id] !== 0xffff_ffff_ffff_ffffn)
+        .map((id) => ({ id, seq: Number(at[id]) }));
       try {
         await this.writeIndex({ records, first, last, durable, tail, applied, seqs });
       } catch (e) {
