@@ -109,6 +109,25 @@ t("a scan moves exactly the chunks that differ, and verifies only those", async 
   assert.is(src.hashed, CHUNKS, "the source is scanned once: the scan's hashes verify the moved chunks");
 });
 
+t("a recovery returns only once every chunk it queued is written, however fast the scan ends", async () => {
+  // the scan's last window is queued and the queue closed within the same turn the workers
+  // take its chunks: a chunk taken but not yet counted in flight must still hold the pool open
+  const good = randomVolume();
+  const src = new MemCopy(good), dst = new MemCopy(good);
+  const changed = [3, 4, 5, 6];
+  damage(dst, changed);
+  src.readDelayMs = 20;
+  const o = await recover({
+    sources: [{ name: "rgp@dr2", store: src }],
+    target: dst,
+    strategy: "fast",
+    chunkSize: CS,
+  });
+  assert.is(o.bytesMoved, changed.length * CS, "every differing chunk is counted");
+  assert.equal(sorted(dst.writes), changed, "and written before the recovery returned");
+  assert.ok(equal(dst.data, good), "the target equals the source when the recovery returns");
+});
+
 t("the scan hashes both ends at once and chunks move while it goes on", async () => {
   const good = randomVolume();
   const src = new MemCopy(good), dst = new MemCopy(good);

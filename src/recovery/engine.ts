@@ -194,8 +194,7 @@ class CopyPool {
     this.failed = rej;
   });
   inFlight = 0;
-  /** The chunks moved, and the XXH3-128 of what those from the reference carried. */
-  readonly moved: ChunkSet;
+  /** The XXH3-128 of what the chunks moved from the reference carried. */
   readonly fromReference: HashTable;
   readonly stats: SourceProgress[];
   private readonly started = performance.now();
@@ -211,7 +210,6 @@ class CopyPool {
     private readonly signal?: { aborted: boolean },
   ) {
     this.settled.catch(() => {}); // observed by the caller; never an unhandled rejection
-    this.moved = new ChunkSet(chunks);
     this.fromReference = new HashTable(chunks);
     this.stats = sources.map((s) => ({
       name: s.name,
@@ -271,11 +269,6 @@ class CopyPool {
     this.fail(e);
   }
 
-  /** The chunks moved, in order. */
-  movedList(): number[] {
-    return this.moved.list();
-  }
-
   private fail(e: Error): void {
     this.failure ??= e;
     this.failed(this.failure);
@@ -283,18 +276,28 @@ class CopyPool {
     this.progress.notify();
   }
 
-  /** The next chunks queued, up to max, without waiting (after one taken by `take`). */
+  /**
+   * The next chunks queued, up to max, without waiting (after one taken by `take`); counted in
+   * flight as they leave the queue, like `take`'s.
+   */
   private takeMore(list: number[], max: number): void {
     while (list.length < max && this.head < this.queue.length && !this.failure) {
       list.push(this.queue[this.head++]);
+      this.inFlight++;
     }
   }
 
+  /**
+   * The next chunk, counted in flight as it leaves the queue: counted only once the caller
+   * resumes, a chunk taken just before `close` would leave nothing pending, and the pool would
+   * settle before it is written.
+   */
   private async take(): Promise<number | undefined> {
     for (;;) {
       if (this.failure) return undefined;
       if (this.head < this.queue.length) {
         const j = this.queue[this.head++];
+        this.inFlight++;
         if (this.head > 4096 && this.head * 2 > this.queue.length) {
           this.queue = this.queue.slice(this.head);
           this.head = 0;
@@ -316,7 +319,6 @@ class CopyPool {
       if (stat.state === "failed") return;
       const j = await this.take();
       if (j === undefined) return;
-      this.inFlight++;
       if (this.signal?.aborted) {
         this.inFlight--;
         throw new Cancelled();
@@ -343,7 +345,6 @@ class CopyPool {
         return;
       }
       await this.target.write(this.cs, j, data);
-      this.moved.add(j);
       if (si === 0) this.fromReference.set(j, hash);
       stat.bytesMoved += data.length;
       stat.chunks++;
@@ -363,7 +364,6 @@ class CopyPool {
       if (j === undefined) return;
       const list = [j];
       this.takeMore(list, COPY_RUN);
-      this.inFlight += list.length;
       if (this.signal?.aborted) {
         this.inFlight -= list.length;
         throw new Cancelled();
@@ -373,7 +373,6 @@ class CopyPool {
         await this.target.copyFrom!(file, this.cs, list, (c, hash, bytes) => {
           if (done.has(c)) return;
           done.add(c);
-          this.moved.add(c);
           this.fromReference.set(c, hash);
           stat.bytesMoved += bytes;
           stat.chunks++;
@@ -504,10 +503,13 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
       advance(false);
       report("copying");
     }, o.signal);
+  // what verification checks: every chunk handed to a pool, whether or not it reported it moved
+  const queued = new ChunkSet(chunks);
   const queue = (u: Unit, list: number[]) => {
     u.pending = list.length;
     u.listed = true;
     for (const j of list) {
+      queued.add(j);
       unitOf.set(j, u);
       toMove += len(j);
     }
@@ -647,7 +649,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
     };
     let list: number[];
     if (verify === "full") list = Array.from({ length: chunks }, (_, j) => j);
-    else list = moving.movedList();
+    else list = queued.list();
     if (verify === "moved" && method === "tracked") {
       audited = sample.length;
       const misses = (await audit).flat();
@@ -660,8 +662,7 @@ export async function recover(o: EngineOptions): Promise<Outcome> {
         scanned = 0;
         settledTo = 0;
         await copyPhase(0);
-        const rescan = pool!.movedList();
-        list = [...new Set([...moving.movedList(), ...rescan])].sort((a, b) => a - b);
+        list = queued.list();
       }
     }
     for (let round = 0; round < 2 && !verified; round++) {
