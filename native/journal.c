@@ -571,9 +571,11 @@ static void advance_tail(cn_journal *j) {
   if (min <= j->tail) return;
   j->tail = min;
   release_held(j);
+  // the committer writes the new tail within the commit delay; it needs waking only to learn the
+  // state is dirty, or at once for an append waiting for the space
+  if (!j->state_dirty || j->waiting > 0) pthread_cond_broadcast(&j->commit_cv);
   if (!j->state_dirty) j->dirty_since_ns = mono_ns();
   j->state_dirty = true;
-  pthread_cond_broadcast(&j->commit_cv);
   plane_flag(j->plane, CN_FL_JOURNAL);
 }
 
@@ -633,6 +635,7 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
     // room in the reservation list, then as many records as fit now (waiting for the first)
     while (j->res_n == RES_CAP && !j->failure && !j->closing) pthread_cond_wait(&j->space_cv, &j->mu);
     uint32_t np = 0, nf = 0, k = done;
+    bool barrier = false;
     uint64_t start = j->head, pos = j->head;
     bool lagging = over_lag(j);
     while (k < n && np < 250 && nf < 4 && !j->failure && !j->closing) {
@@ -673,7 +676,10 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
         v->changed = true;
       }
       hold_bytes(v, at + lens[k], lens[k]);
-      if (h[k].kind == K_FLUSH || (h[k].flags & RF_FUA)) j->barrier_at = at + lens[k];
+      if (h[k].kind == K_FLUSH || (h[k].flags & RF_FUA)) {
+        j->barrier_at = at + lens[k];
+        barrier = true;
+      }
       if (!j->pending_first) j->pending_first = h[k].time;
       j->pending_last = h[k].time;
       j->pending_records++;
@@ -694,7 +700,8 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
     uint32_t slot = (j->res_first + j->res_n) % RES_CAP;
     j->res[slot] = (res_t){start, pos, false};
     j->res_n++;
-    if (j->written == j->durable && !j->first_unsynced_ns) j->first_unsynced_ns = mono_ns();
+    bool started = j->written == j->durable && !j->first_unsynced_ns;
+    if (started) j->first_unsynced_ns = mono_ns();
     j->head = pos;
     pthread_mutex_unlock(&j->mu);
     // the records go to the ring with as few system calls as their positions allow
@@ -770,7 +777,11 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
       j->res_n--;
     }
     pthread_cond_broadcast(&j->space_cv);
-    pthread_cond_broadcast(&j->commit_cv);
+    // the committer sleeps until its next deadline: it is woken only when these records move
+    // it (the first ones pending, a barrier, the size threshold) or a commit waits for them
+    // (a wake per append was a thread switch per batch under a steady load)
+    if (j->committing || started || barrier || j->head - j->durable >= j->commit_bytes || j->failure)
+      pthread_cond_broadcast(&j->commit_cv);
     int fail = j->failure;
     pthread_mutex_unlock(&j->mu);
     if (fail) return -fail;
