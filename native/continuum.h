@@ -185,11 +185,16 @@ void cn_agent_close(cn_agent *a);
  * to, firstTime, lastTime, volumes: {id: last sequence}); on failure NULL and {"error": …}.
  * A group commit happens at a barrier, once commit_bytes wait, commit_delay_ms after the first
  * uncommitted write, or once the appends paused for commit_idle_ms (-1: a pause alone does not).
+ * flags: CN_JOURNAL_WRITE_THROUGH writes a ring file created here through once (zeroes, synced)
+ * instead of only preallocating it: a preallocated block is an unwritten extent until its first
+ * write, which makes that write's sync commit the filesystem's journal too (a slower group commit
+ * during the ring's first lap).
  */
+#define CN_JOURNAL_WRITE_THROUGH 1
 cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size, uint64_t db_tail, uint64_t db_head,
                             uint64_t db_mirror, const uint8_t *vols, uint32_t nvols, int32_t commit_delay_ms,
-                            int32_t commit_idle_ms, uint64_t commit_bytes, uint64_t retain_bytes, char *info,
-                            uint64_t infocap);
+                            int32_t commit_idle_ms, uint64_t commit_bytes, uint64_t retain_bytes, int32_t flags,
+                            char *info, uint64_t infocap);
 /** Registers a volume (journal id, size, last sequence, the mirror image's fd or -1). */
 int32_t cn_journal_add_volume(cn_journal *j, uint32_t id, uint64_t size, uint64_t last_seq, int32_t image_fd);
 /** Most journal bytes the volume's records may hold (0: no bound); its appends wait beyond it. */

@@ -230,7 +230,29 @@ static void info_error(char *info, uint64_t cap, const char *fmt, ...) {
   json_end(&jj);
 }
 
-static int open_ring(cn_journal *j, const char *path, uint64_t size, char *info, uint64_t cap) {
+/**
+ * Writes a new ring file through once (zeroes, synced, then dropped from the page cache): its
+ * blocks are then written extents, and no group commit of the first lap converts one.
+ */
+static int write_through(int fd, uint64_t size) {
+  enum { PIECE = 4 << 20 };
+  uint8_t *zeroes = calloc(1, PIECE);
+  if (!zeroes) return -ENOMEM;
+  int r = 0;
+  for (uint64_t off = 0; off < size && r == 0; off += PIECE) {
+    uint64_t n = size - off < PIECE ? size - off : PIECE;
+    int64_t w = io_pwrite(fd, zeroes, n, off);
+    if (w < 0) r = (int)w;
+    // writeback starts piece by piece: the final sync does not find the whole file dirty
+    else sync_file_range(fd, (off_t)off, (off_t)n, SYNC_FILE_RANGE_WRITE);
+  }
+  free(zeroes);
+  if (r == 0 && fdatasync(fd) < 0) r = -errno;
+  if (r == 0) posix_fadvise(fd, 0, (off_t)size, POSIX_FADV_DONTNEED);
+  return r;
+}
+
+static int open_ring(cn_journal *j, const char *path, uint64_t size, int32_t flags, char *info, uint64_t cap) {
   bool created = false;
   j->fd = open(path, O_RDWR | O_CLOEXEC);
   if (j->fd < 0 && errno == ENOENT) {
@@ -263,6 +285,14 @@ static int open_ring(cn_journal *j, const char *path, uint64_t size, char *info,
       info_error(info, cap, "journal buffer %s: cannot reserve %llu bytes (%s)", path, (unsigned long long)size,
                  strerror(r));
       return -r;
+    }
+    if ((flags & CN_JOURNAL_WRITE_THROUGH) && (r = write_through(j->fd, size)) < 0) {
+      close(j->fd);
+      j->fd = -1;
+      unlink(path);
+      info_error(info, cap, "journal buffer %s: cannot write its %llu bytes through (%s)", path,
+                 (unsigned long long)size, strerror(-r));
+      return r;
     }
   }
   int64_t total = cn_size(j->fd);
@@ -339,8 +369,8 @@ static void discard(cn_journal *j) {
 
 EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size, uint64_t db_tail, uint64_t db_head,
                                    uint64_t db_mirror, const uint8_t *vols, uint32_t nvols, int32_t commit_delay_ms,
-                                   int32_t commit_idle_ms, uint64_t commit_bytes, uint64_t retain_bytes, char *info,
-                                   uint64_t infocap) {
+                                   int32_t commit_idle_ms, uint64_t commit_bytes, uint64_t retain_bytes,
+                                   int32_t flags, char *info, uint64_t infocap) {
   cn_journal *j = calloc(1, sizeof *j);
   if (!j) return NULL;
   j->fd = -1;
@@ -348,7 +378,7 @@ EXPORT cn_journal *cn_journal_open(cn_plane *p, const char *path, uint64_t size,
   snprintf(j->path, sizeof j->path, "%s", path);
   j->times = calloc(TIMES_CAP, sizeof *j->times);
   j->vols = calloc(1, sizeof(jvol_t *));
-  if (!j->times || !j->vols || open_ring(j, path, size, info, infocap) < 0) {
+  if (!j->times || !j->vols || open_ring(j, path, size, flags, info, infocap) < 0) {
     discard(j);
     return NULL;
   }

@@ -91,6 +91,8 @@ t("deno task compile builds an executable that runs every role", async () => {
     `127.0.0.1:${freePort()}`,
     "--buffer-size",
     "256M",
+    "--buffer-init",
+    "reserve",
     "--agent-secret",
     `a1=${secret}`,
   ], env);

@@ -254,6 +254,8 @@ t("misconfiguration: a remote gateway key that others can read, or that is garba
     `127.0.0.1:${freePort()}`,
     "--buffer-size",
     "256M",
+    "--buffer-init",
+    "reserve",
   ];
   Deno.chmodSync(`${keys}/key.pem`, 0o644);
   const open = await startExpectingExit("remote-open", dir, args);
@@ -294,6 +296,8 @@ t("misconfiguration: a port already in use", async () => {
       `127.0.0.1:${freePort()}`,
       "--buffer-size",
       "256M",
+      "--buffer-init",
+      "reserve",
       "--agent-secret",
       `a1=${secret}`,
     ]);
@@ -316,6 +320,8 @@ t("misconfiguration: a port already in use", async () => {
       `127.0.0.1:${first.httpPort}`,
       "--buffer-size",
       "256M",
+      "--buffer-init",
+      "reserve",
     ]);
     assert.is(third.code, 1, third.log);
     assert.is(
@@ -446,6 +452,8 @@ t("a database of a newer schema version is refused, by the gateway and by openDa
     `127.0.0.1:${freePort()}`,
     "--buffer-size",
     "256M",
+    "--buffer-init",
+    "reserve",
   ]);
   assert.is(r.code, 1, r.log);
   assert.is(r.message, `continuum: ${expected(`file:${path}`)}`);

@@ -537,6 +537,44 @@ basics("a replaced ring (another buffer file) is refused", async () => {
 // ---------------------------------------------------------------------------
 const ring = suite("ring");
 
+ring(
+  "a ring file created written through has no preallocated (unwritten) extent left; a reserved one has",
+  async () => {
+    // an unwritten extent makes the first sync of each of its blocks commit the filesystem's journal
+    // too: what writing the ring through at creation saves every group commit of the first lap
+    const dir = await tempDir();
+    const unwritten = async (path: string) => {
+      const out = await new Deno.Command("filefrag", { args: ["-v", path], stdout: "piped", stderr: "piped" })
+        .output();
+      assert.ok(out.success, `filefrag: ${new TextDecoder().decode(out.stderr)}`);
+      return (new TextDecoder().decode(out.stdout).match(/unwritten/g) ?? []).length;
+    };
+    try {
+      const o = await openDatabase(`${dir}/${DB_FILE}`);
+      const o2 = await openDatabase(`${dir}/other.db`);
+      try {
+        const size = RING_SIZE;
+        const through = await Journal.open(o.db, `${dir}/through`, size, { writeThrough: true });
+        const reserved = await Journal.open(o2.db, `${dir}/reserved`, size);
+        await through.close();
+        await reserved.close();
+        assert.ok(await unwritten(`${dir}/reserved`) > 0, "a reserved ring starts as unwritten extents");
+        assert.is(await unwritten(`${dir}/through`), 0, "a ring written through has none");
+        assert.is(Deno.statSync(`${dir}/through`).size, size);
+        // and it opens again as the same ring
+        const again = await Journal.open(o.db, `${dir}/through`, size, { writeThrough: true });
+        assert.is(again.ring.id, through.ring.id);
+        await again.close();
+      } finally {
+        o.close();
+        o2.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 ring("a buffer below the minimum and foreign content are refused; the ring keeps its id", async () => {
   const dir = await tempDir();
   try {

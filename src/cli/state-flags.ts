@@ -28,6 +28,16 @@ export const gatewayStateFlags: FlagSpec[] = [
     default: "1G",
   },
   {
+    name: "buffer-init",
+    type: "string",
+    choices: ["zeroes", "reserve"],
+    // a reserved (fallocated) block is an unwritten extent until its first write: that write's
+    // sync also commits the filesystem's journal, which slowed flushes until the ring's first lap
+    description: "how a journal buffer file created here is made: written through once with zeroes " +
+      "(syncs need no allocation from the start) or only reserved (quick to create)",
+    default: "zeroes",
+  },
+  {
     name: "commit-delay",
     type: "duration",
     description: "longest wait before an unforced group commit",

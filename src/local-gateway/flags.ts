@@ -245,6 +245,7 @@ export interface GatewayConfig {
     commitDelayMs: number;
     commitIdleMs: number;
     maxLagMs: number;
+    writeThrough: boolean;
   };
   remotes: RemoteFlags;
   detector: DetectorSettings;
@@ -314,6 +315,7 @@ export function gatewayConfig(p: Parsed): GatewayConfig {
       commitDelayMs: num(p, "commit-delay"),
       commitIdleMs: num(p, "commit-idle"),
       maxLagMs: num(p, "max-lag"),
+      writeThrough: str(p, "buffer-init") === "zeroes",
     },
     remotes,
     detector: {

@@ -73,6 +73,7 @@ export const symbols = {
       "i32",
       "u64",
       "u64",
+      "i32",
       "buffer",
       "u64",
     ],

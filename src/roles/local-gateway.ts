@@ -62,6 +62,7 @@ export async function runLocalGateway(p: Parsed): Promise<RoleHandle> {
       commitDelayMs: cfg.journal.commitDelayMs,
       commitIdleMs: cfg.journal.commitIdleMs,
       maxLagMs: cfg.journal.maxLagMs,
+      writeThrough: cfg.journal.writeThrough,
     });
     cleanups.push(() => journal.close());
     // the mirror is the journal applied, not a copy of its own: under writes it is synced to

@@ -80,6 +80,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         commitIdleMs: num(p, "commit-idle"),
         // the replica applies only durable records: small commits keep it (and the acks) moving
         commitBytes: 8 << 20,
+        writeThrough: str(p, "buffer-init") === "zeroes",
       },
     );
     cleanups.push(() => journal.close());

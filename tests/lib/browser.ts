@@ -51,6 +51,8 @@ export class WebGateway {
       "127.0.0.1:0",
       "--buffer-size",
       "80M",
+      "--buffer-init",
+      "reserve",
       ...(this.o.tls ? ["--tls-cert", this.o.tls.cert, "--tls-key", this.o.tls.key] : []),
       ...(this.o.extra ?? []),
     ];
