@@ -139,9 +139,8 @@ export class Journal {
     const rows = await db.select().from(volumes);
     const plane = new Plane();
     const info = new Uint8Array(16 * 1024);
-    // a path that cannot be looked at is reported by the open below
-    const missing = await Deno.lstat(ringPath).then(() => false, () => true);
-    if (opts.writeThrough && missing) {
+    // (a path that cannot be looked at is reported by the open below)
+    if (opts.writeThrough && await Deno.lstat(ringPath).then(() => false, () => true)) {
       log.info("writing the new journal buffer through once (its syncs then need no allocation)", {
         path: ringPath,
         bytes: ringSize,

@@ -288,9 +288,9 @@ class CopyPool {
   }
 
   /**
-   * The next chunk, counted in flight as it leaves the queue: counted only once the caller
-   * resumes, a chunk taken just before `close` would leave nothing pending, and the pool would
-   * settle before it is written.
+   * The next chunk, counted in flight as it leaves the queue, not when the caller resumes a turn
+   * later: a chunk taken just before `close` would then leave nothing pending, and the pool would
+   * settle before the chunk is written.
    */
   private async take(): Promise<number | undefined> {
     for (;;) {
