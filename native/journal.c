@@ -231,8 +231,10 @@ static void info_error(char *info, uint64_t cap, const char *fmt, ...) {
 }
 
 /**
- * Writes a new ring file through once (zeroes, synced, then dropped from the page cache): its
- * blocks are then written extents, and no group commit of the first lap converts one.
+ * Writes a new ring file through once (zeroes, synced): its blocks are then written extents, and
+ * no group commit of the first lap converts one. Its pages stay in the page cache, as they do once
+ * a ring has gone round: a record written into a page that is not there, and that it only partly
+ * fills, would first read the page from the disk.
  */
 static int write_through(int fd, uint64_t size) {
   enum { PIECE = 4 << 20 };
@@ -248,7 +250,6 @@ static int write_through(int fd, uint64_t size) {
   }
   free(zeroes);
   if (r == 0 && fdatasync(fd) < 0) r = -errno;
-  if (r == 0) posix_fadvise(fd, 0, (off_t)size, POSIX_FADV_DONTNEED);
   return r;
 }
 
