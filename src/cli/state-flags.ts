@@ -1,6 +1,7 @@
 // The flags of a gateway's durable state, the same for the local and the remote gateway: its
 // database and its journal buffer.
-import type { FlagSpec } from "./flags.ts";
+import { str } from "./common.ts";
+import type { FlagSpec, Parsed } from "./flags.ts";
 
 export const gatewayStateFlags: FlagSpec[] = [
   {
@@ -52,3 +53,8 @@ export const gatewayStateFlags: FlagSpec[] = [
     default: "2ms",
   },
 ];
+
+/** Whether a journal buffer file created here is written through once (`--buffer-init zeroes`). */
+export function writesRingThrough(p: Parsed): boolean {
+  return str(p, "buffer-init") === "zeroes";
+}

@@ -1,6 +1,6 @@
 // The local gateway's flags, and the configuration read from them: every flag is parsed and
 // checked here, before the role opens anything, so a usage error leaves nothing half-started.
-import { gatewayStateFlags } from "../cli/state-flags.ts";
+import { gatewayStateFlags, writesRingThrough } from "../cli/state-flags.ts";
 import type { FlagSpec, Parsed } from "../cli/flags.ts";
 import { parseSize, UsageError } from "../cli/flags.ts";
 import { list, num, optStr, pairs, str } from "../cli/common.ts";
@@ -315,7 +315,7 @@ export function gatewayConfig(p: Parsed): GatewayConfig {
       commitDelayMs: num(p, "commit-delay"),
       commitIdleMs: num(p, "commit-idle"),
       maxLagMs: num(p, "max-lag"),
-      writeThrough: str(p, "buffer-init") === "zeroes",
+      writeThrough: writesRingThrough(p),
     },
     remotes,
     detector: {

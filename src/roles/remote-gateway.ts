@@ -8,6 +8,7 @@
 import type { Parsed } from "../cli/flags.ts";
 import { UsageError } from "../cli/flags.ts";
 import { ensurePrivateDir, list, num, optStr, pairs, type RoleHandle, str } from "../cli/common.ts";
+import { writesRingThrough } from "../cli/state-flags.ts";
 import { logger } from "../log.ts";
 import { openDatabase } from "../db/db.ts";
 import { Journal } from "../journal/journal.ts";
@@ -80,7 +81,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
         commitIdleMs: num(p, "commit-idle"),
         // the replica applies only durable records: small commits keep it (and the acks) moving
         commitBytes: 8 << 20,
-        writeThrough: str(p, "buffer-init") === "zeroes",
+        writeThrough: writesRingThrough(p),
       },
     );
     cleanups.push(() => journal.close());
