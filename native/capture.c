@@ -218,10 +218,10 @@ int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flag
   }
   v->writes++;
   v->bytes_written += payload;
-  // alone in the queue and on its connection (queue depth one), the reader writes the operation
-  // itself after sending it: that saves waking the local writer, a thread hand-off on the latency
-  // of every write. With more in flight the reader goes back to reading and the writer writes.
-  v->inline_local = !v->local_busy && v->q_local == v->q_release && nbd_alone(c);
+  // with nothing else waiting for the local disk, the reader writes the operation itself after
+  // sending it: that saves waking the local writer, a thread hand-off per write (also at queue
+  // depth 16: with the inline replies, +8–10 % IOPS). Behind others, the writer writes it in order.
+  v->inline_local = !v->local_busy && v->q_local == v->q_release;
   cvol_pump(v);
   bool mine = v->inline_local && !v->local_busy && v->q_local + 1 == v->q_release && OP(v, v->q_local) == o &&
               inline_eligible(o);

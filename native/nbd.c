@@ -2,7 +2,7 @@
 // transmission phase with many requests in flight per connection. Each connection has a
 // reader thread (requests; payloads of captured writes go straight into the volume's ring;
 // reads are answered inline) and a writer thread (replies to writes as they complete,
-// coalesced). Exports are plain files (standby and test copies) or captured volumes.
+// coalesced, when the completing thread could not write its reply at once). Exports are plain files (standby and test copies) or captured volumes.
 #include "nbd.h"
 #include "listener.h"
 
@@ -408,12 +408,13 @@ static void reply_now(nbd_conn *c, uint64_t handle, uint32_t error) {
 }
 
 /**
- * The reply of a connection's only request in flight, written by the thread that completed it
- * when the socket takes it at once: at queue depth one this saves waking the reply thread. Never
- * blocks: with the socket busy or full it returns false and the reply thread writes it.
+ * A reply written by the thread that completed the request, when no reply waits for the reply
+ * thread and the socket takes it at once: waking the reply thread for it would cost a thread
+ * switch per write (at queue depth 16 this path gave +8–10 % IOPS). Never blocks: with the socket
+ * busy or full it returns false and the reply thread writes it, with those that pile up meanwhile.
  */
-static bool reply_alone(nbd_conn *c, uint64_t handle, uint32_t error) {
-  if (c->in_flight != 1 || c->nreplies != 0 || pthread_mutex_trylock(&c->wmu) != 0) return false;
+static bool reply_inline(nbd_conn *c, uint64_t handle, uint32_t error) {
+  if (c->nreplies != 0 || pthread_mutex_trylock(&c->wmu) != 0) return false;
   bool done = false;
   if (!c->write_failed) {
     uint8_t b[NBD_REPLY_SIZE];
@@ -440,16 +441,9 @@ static bool reply_alone(nbd_conn *c, uint64_t handle, uint32_t error) {
   return done;
 }
 
-bool nbd_alone(nbd_conn *c) {
-  pthread_mutex_lock(&c->mu);
-  bool alone = c->in_flight == 1;
-  pthread_mutex_unlock(&c->mu);
-  return alone;
-}
-
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error) {
   pthread_mutex_lock(&c->mu);
-  if (reply_alone(c, handle, error)) {
+  if (reply_inline(c, handle, error)) {
     pthread_mutex_unlock(&c->mu);
     return;
   }

@@ -20,9 +20,6 @@ typedef struct cvol cvol;
 /** Answers a request of a connection (from any thread); the connection's in-flight count drops. */
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error);
 
-/** Whether the connection has no request in flight but the one being submitted (queue depth one). */
-bool nbd_alone(nbd_conn *c);
-
 /**
  * Takes a WRITE / TRIM / WRITE_ZEROES / FLUSH for a captured volume. For WRITE the payload is
  * read from r into the volume's ring. Returns 0 when queued (answered later with nbd_reply),

@@ -11,8 +11,7 @@
 #include <sys/random.h>
 
 struct sealer {
-  EVP_CIPHER_CTX *ctx;
-  uint8_t key[32];
+  EVP_CIPHER_CTX *ctx; // holds the key schedule: each batch sets only its nonce
   uint64_t counter;
   bool encrypt;
 };
@@ -25,10 +24,9 @@ sealer_t *sealer_new(const uint8_t key[32], bool encrypt) {
     free(s);
     return NULL;
   }
-  memcpy(s->key, key, 32);
   s->encrypt = encrypt;
-  int ok = encrypt ? EVP_EncryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, NULL, NULL)
-                   : EVP_DecryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, NULL, NULL);
+  int ok = encrypt ? EVP_EncryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, key, NULL)
+                   : EVP_DecryptInit_ex(s->ctx, EVP_aes_256_gcm(), NULL, key, NULL);
   if (ok != 1) {
     sealer_free(s);
     return NULL;
@@ -38,8 +36,7 @@ sealer_t *sealer_new(const uint8_t key[32], bool encrypt) {
 
 void sealer_free(sealer_t *s) {
   if (!s) return;
-  EVP_CIPHER_CTX_free(s->ctx);
-  OPENSSL_cleanse(s->key, sizeof s->key);
+  EVP_CIPHER_CTX_free(s->ctx); // cleanses the key schedule
   free(s);
 }
 
@@ -53,7 +50,7 @@ int seal_begin(sealer_t *s, uint8_t *out, uint32_t plain_len) {
   nonce_of(s->counter++, iv);
   put32(out, plain_len);
   int n;
-  if (EVP_EncryptInit_ex(s->ctx, NULL, NULL, s->key, iv) != 1) return -EIO;
+  if (EVP_EncryptInit_ex(s->ctx, NULL, NULL, NULL, iv) != 1) return -EIO;
   // the length prefix travels in clear and is authenticated
   if (EVP_EncryptUpdate(s->ctx, NULL, &n, out, 4) != 1) return -EIO;
   return 0;
@@ -82,7 +79,7 @@ int unseal_begin(sealer_t *s, const uint8_t len_prefix[4]) {
   uint8_t iv[12];
   nonce_of(s->counter++, iv);
   int n;
-  if (EVP_DecryptInit_ex(s->ctx, NULL, NULL, s->key, iv) != 1) return -EIO;
+  if (EVP_DecryptInit_ex(s->ctx, NULL, NULL, NULL, iv) != 1) return -EIO;
   if (EVP_DecryptUpdate(s->ctx, NULL, &n, len_prefix, 4) != 1) return -EIO;
   return 0;
 }
