@@ -13,8 +13,8 @@ import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.t
 import type { MirrorApplier } from "../src/mirror/applier.ts";
 import { StandbyFeeders } from "../src/site/standby-feeders.ts";
 import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
-import { decodeSeqFrame, FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
-import { Receiver } from "../src/replication/receiver.ts";
+import { FRAME_HEADER, FrameType, seqFrame } from "../src/wire/frames.ts";
+import { testReceiver } from "./lib/test-receiver.ts";
 import { Changes } from "../src/io/changes.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
@@ -250,20 +250,11 @@ t("a site acknowledges at the move that allows it (standby, retention), not on a
   let retained = 0;
   const standbyMoves = new Changes();
   const retentionMoves = new Changes();
-  const acked: number[] = [];
-  const receiver = new Receiver({
-    journal: journal as unknown as Journal,
-    register: () => Promise.resolve(vol),
-    copyState: () => "consistent",
-    setState: () => {},
+  const { receiver, acked } = testReceiver(vol, journal, {
     replicaPos: () => durable,
     standbyPos: () => standby,
-    promoted: () => false,
     retain: () => 2, // the second mark: the retention syncs the first one first
     retained: () => retained,
-    send: (f) => {
-      if (f[4] === FrameType.Accepted) acked.push(decodeSeqFrame(f.subarray(FRAME_HEADER)).seq);
-    },
     moves: [(s) => standbyMoves.next(undefined, s), (s) => retentionMoves.next(undefined, s)],
   });
   try {

@@ -74,6 +74,7 @@ export interface ReceiverOptions {
 
 interface Pending {
   no: number;
+  /** The record's end in the journal: -1 for one skipped (nothing moves for it), Infinity until appended. */
   end: number;
   agent: string;
   ack?: AckPoint;
@@ -128,8 +129,12 @@ export class Receiver {
     return this.map.get(senderId);
   }
 
-  /** Verifies and journals one record; a corrupt or out-of-order record throws (the stream is reset). */
-  async record(body: Uint8Array): Promise<void> {
+  /**
+   * Verifies one record and starts journaling it: a corrupt or out-of-order record throws at once
+   * (the stream is reset); the promise resolves once the journal holds it. Records taken before
+   * that go to the journal in order, together (Journal.append batches a turn's appends).
+   */
+  record(body: Uint8Array): Promise<void> {
     const h = decodeHeader(body, MAX_PAYLOAD);
     if (!payloadIntact(body, h)) throw new RecordError(`record ${h.seq}: payload checksum mismatch`);
     const v = this.map.get(h.volume);
@@ -157,14 +162,18 @@ export class Receiver {
       this.duplicates++;
       this.pending.push({ no, end: -1, agent: v.agent, ack: this.acks.get(v.id), mark });
       this.ack(); // nothing may move for it
-      return;
+      return Promise.resolve();
     }
     if (h.kind === Kind.SyncBegin) this.o.setState(v, "inconsistent");
-    await this.o.journal.append(v.id, body, h);
-    if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
-      this.o.setState(v, "consistent");
-    }
-    this.pending.push({ no, end: h.pos + body.length, agent: v.agent, ack: this.acks.get(v.id), mark });
+    // in stream order now, whatever the appends' timing: acknowledgements count records in that order
+    const p: Pending = { no, end: Infinity, agent: v.agent, ack: this.acks.get(v.id), mark };
+    this.pending.push(p);
+    return this.o.journal.append(v.id, body, h).then(() => {
+      p.end = h.pos + body.length;
+      if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
+        this.o.setState(v, "consistent");
+      }
+    });
   }
 
   /** A checkpoint frame: names a record this stream brought before it (not counted: no acknowledgement). */

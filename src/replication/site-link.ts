@@ -56,8 +56,12 @@ import {
   siteWelcomeSchema,
 } from "../wire/site-frames.ts";
 import { inflateRecord } from "../record/deflate.ts";
+import { AppendWindow } from "./append-window.ts";
 
 const log = logger("site-link");
+
+/** Bytes of received records being journaled while a site's stream reads on (src/replication/append-window.ts). */
+const APPEND_WINDOW_BYTES = 4 << 20;
 
 export interface SiteClientOptions {
   /** The remote site's name and address. */
@@ -385,6 +389,11 @@ export class SiteServer {
       log,
       (_, id, error) => answer({ type: "refused", id, error }),
     );
+    // a failed append (the journal failed) ends the stream: it stops reading, and the site resends
+    const appends = new AppendWindow(APPEND_WINDOW_BYTES, (e) => {
+      log.warn("journaling a site's record failed", { site: c.peer, error: e.message });
+      conn.close();
+    });
     const old = this.sessions.get(c.peer);
     if (old) old.conn.close();
     this.sessions.set(c.peer, { conn, receiver });
@@ -398,13 +407,20 @@ export class SiteServer {
       while (!this.closed) {
         const f = await readFrame(reader);
         if (!f) break;
+        // what follows records (a checkpoint naming one, a hash of the copy, a chunk operation, a
+        // request) sees them journaled, as when each record was awaited
+        if (f.type !== FrameType.Record && f.type !== FrameType.RecordDeflated && f.type !== FrameType.Ping) {
+          await appends.drain();
+        }
         switch (f.type) {
           case FrameType.Record:
-            await receiver.record(f.body);
+            await appends.add(receiver.record(f.body), f.body.length);
             break;
-          case FrameType.RecordDeflated:
-            await receiver.record(inflateRecord(f.body, MAX_PAYLOAD));
+          case FrameType.RecordDeflated: {
+            const body = inflateRecord(f.body, MAX_PAYLOAD);
+            await appends.add(receiver.record(body), body.length);
             break;
+          }
           case FrameType.Checkpoint:
             await receiver.checkpoint(parseFrame(checkpointSchema, "checkpoint frame", decodeJson(f.body)));
             break;
@@ -450,6 +466,7 @@ export class SiteServer {
             throw new FrameError(`unexpected frame ${f.type} from site ${c.peer}`);
         }
       }
+      await appends.drain();
     } catch (e) {
       if (!this.closed) {
         const msg = (e as Error).message;
