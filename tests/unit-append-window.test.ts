@@ -1,7 +1,8 @@
 // A site's stream reads on while the records it took are journaled (src/replication/append-window.ts):
-// the window bounds the bytes in flight and reports the first failed append once; the receiver
-// acknowledges in stream order, so a record still being appended holds back the acknowledgement of
-// a duplicate that came after it.
+// the window bounds the bytes in flight, reports the first failed append once and lets a stream that
+// ends wait for what it took (tests/fuzz-replication.test.ts found a session ending first); the
+// receiver acknowledges in stream order, so a record still being appended holds back the
+// acknowledgement of a duplicate that came after it.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { AppendWindow } from "../src/replication/append-window.ts";
@@ -62,6 +63,21 @@ t("the first failed append is reported once, to the stream and to every later ad
   } catch (e) {
     assert.is((e as Error).message, "journal failed");
   }
+});
+
+t("a stream that ends waits for what it took, failed appends included, without throwing", async () => {
+  const w = new AppendWindow(1 << 20, () => {});
+  const a = deferred(), b = deferred();
+  await w.add(a.promise, 4096);
+  await w.add(b.promise, 4096);
+  let settled = false;
+  const settling = w.settle().then(() => settled = true);
+  a.reject(new Error("journal failed"));
+  await turn();
+  assert.not.ok(settled, "the second append is still in flight");
+  b.resolve();
+  await settling;
+  assert.ok(settled);
 });
 
 t("a record still being appended holds back the acknowledgement of a duplicate after it", async () => {

@@ -29,8 +29,16 @@ export class AppendWindow {
 
   /** Waits for every append in flight. Throws the first failure. */
   async drain(): Promise<void> {
-    while (this.inFlight.length > 0) await this.settleOldest();
+    await this.settle();
     if (this.failure) throw this.failure;
+  }
+
+  /**
+   * Waits for every append in flight, failed or not (a failure went to onFailure): a stream that
+   * ends, even on a bad record, ends with what it took before journaled.
+   */
+  async settle(): Promise<void> {
+    while (this.inFlight.length > 0) await this.settleOldest();
   }
 
   private async settleOldest(): Promise<void> {

@@ -476,6 +476,7 @@ export class SiteServer {
         }
       }
     } finally {
+      await appends.settle();
       await writer.drained();
       receiver.close();
       if (this.sessions.get(c.peer)?.conn === conn) this.sessions.delete(c.peer);
