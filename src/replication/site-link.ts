@@ -1,7 +1,8 @@
 // The connection between a local gateway and a remote site: TLS with both ends
 // pinned (src/transport/), then SiteHello / SiteWelcome and the record stream.
 // The local side reconnects with backoff; the remote side serves one session per
-// site at a time (a reconnecting site replaces its stale session).
+// site at a time (a reconnecting site replaces its stale session, once the records
+// the stale one took are journaled).
 import { logger } from "../log.ts";
 import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
 import { StreamConn } from "../link/stream-conn.ts";
@@ -344,7 +345,7 @@ export interface SiteServerOptions {
 /** The remote gateway's listener for site streams. */
 export class SiteServer {
   private listener!: SecureListener;
-  private sessions = new Map<string, { conn: StreamConn; receiver: Receiver }>();
+  private sessions = new Map<string, { conn: StreamConn; receiver: Receiver; ended: Promise<void> }>();
   private closed = false;
   port = 0;
 
@@ -394,10 +395,16 @@ export class SiteServer {
       log.warn("journaling a site's record failed", { site: c.peer, error: e.message });
       conn.close();
     });
+    let ended!: () => void;
+    const session = { conn, receiver, ended: new Promise<void>((r) => ended = r) };
     const old = this.sessions.get(c.peer);
-    if (old) old.conn.close();
-    this.sessions.set(c.peer, { conn, receiver });
+    this.sessions.set(c.peer, session);
     try {
+      if (old) {
+        // a stale session's records reach the journal before this one tells the site where the copy is
+        old.conn.close();
+        await old.ended;
+      }
       const hello = await readFrame(reader);
       if (!hello || hello.type !== FrameType.SiteHello) throw new FrameError("expected a site hello");
       const vols = helloVolumes(c.peer, decodeJson(hello.body));
@@ -479,8 +486,9 @@ export class SiteServer {
       await appends.settle();
       await writer.drained();
       receiver.close();
-      if (this.sessions.get(c.peer)?.conn === conn) this.sessions.delete(c.peer);
+      if (this.sessions.get(c.peer) === session) this.sessions.delete(c.peer);
       conn.close();
+      ended();
     }
   }
 
