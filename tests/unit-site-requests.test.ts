@@ -5,9 +5,10 @@
 // The record stream is not used: the sender and receiver are stand-ins that carry nothing.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { keygen, tempDir } from "./lib/cluster.ts";
+import { tempDir } from "./lib/cluster.ts";
+import { startSiteServer } from "./lib/site-server.ts";
 import { loadIdentity } from "../src/transport/identity.ts";
-import { SiteClient, SiteServer } from "../src/replication/site-link.ts";
+import { SiteClient, type SiteServer } from "../src/replication/site-link.ts";
 import type { Sender } from "../src/replication/sender.ts";
 import type { Receiver } from "../src/replication/receiver.ts";
 import type { Answerers, SiteAnswerBodies, SiteRequest } from "../src/wire/control.ts";
@@ -65,19 +66,12 @@ t("a refused request fails at the requester at once with the site's reason; the 
   let server: SiteServer | undefined;
   let client: SiteClient | undefined;
   try {
-    const localFp = await keygen(`${dir}/local`, "prod");
-    const remoteFp = await keygen(`${dir}/remote`, "dr");
-    server = new SiteServer({
-      hostname: "127.0.0.1",
-      port: 0,
-      identity: await loadIdentity(`${dir}/remote`),
-      trusted: new Map([[localFp, "prod"]]),
-      site: "dr",
+    const started = await startSiteServer(dir, {
       newReceiver: () => noRecords,
-      hashes: () => Promise.reject(new Error("no hashes here")),
       requests: answerEverything(seen),
     });
-    await server.start();
+    server = started.server;
+    const remoteFp = started.remoteFp;
     let linked!: () => void;
     const up = new Promise<void>((r) => linked = r);
     client = new SiteClient({
