@@ -23,6 +23,7 @@ import {
   fuzzRuns,
   mutationArb,
   readFrameProperty,
+  recordFrame,
 } from "./lib/fuzz.ts";
 import { Gateway, keygen, RemoteGateway, tempDir, waitFor, writeSecret } from "./lib/cluster.ts";
 import { connectSecure } from "../src/transport/secure.ts";
@@ -35,7 +36,6 @@ import {
   decodeMixed,
   decodeSeqFrame,
   decodeTime,
-  FRAME_HEADER,
   FrameError,
   FrameType,
   jsonFrame,
@@ -501,14 +501,6 @@ let gwDied = false;
 const model = fill(VOL, 99);
 let lastSeq = 0;
 const LIVE = { cases: 0, accepted: 0, refusedStreams: 0, bytes: 0 };
-
-function recordFrame(body: Uint8Array): Uint8Array {
-  const b = new Uint8Array(FRAME_HEADER + body.length);
-  new DataView(b.buffer).setUint32(0, 1 + body.length);
-  b[4] = FrameType.Record;
-  b.set(body, FRAME_HEADER);
-  return b;
-}
 
 /** Connects, authenticates as AGENT and opens v0 as link volume 1; returns the link and lastSeq. */
 async function session(): Promise<{ link: LinkClient; lastSeq: number }> {

@@ -18,6 +18,7 @@ import {
   dropBulk,
   joined,
   readToEnd,
+  recordFrame,
   RecordingProxy,
   sendDatagrams,
   UdpRelay,
@@ -37,14 +38,7 @@ import {
 } from "./lib/cluster.ts";
 import { NbdClient } from "./lib/nbd-client.ts";
 import { ConnReader, ConnWriter } from "../src/io/conn-reader.ts";
-import {
-  decodeJson,
-  decodeSeqFrame,
-  FRAME_HEADER,
-  FrameType,
-  jsonFrame,
-  readFrame,
-} from "../src/wire/frames.ts";
+import { decodeJson, decodeSeqFrame, FrameType, jsonFrame, readFrame } from "../src/wire/frames.ts";
 import { frame, helloFrame, LinkClient, linkSecrets, sealBatch } from "./lib/link-client.ts";
 import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
@@ -57,14 +51,6 @@ const dec = new TextDecoder();
 function pattern(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);
   for (let i = 0; i < n; i++) b[i] = (i * 131 + seed * 7 + (i >> 9)) & 0xff;
-  return b;
-}
-
-function recordFrame(body: Uint8Array): Uint8Array {
-  const b = new Uint8Array(FRAME_HEADER + body.length);
-  new DataView(b.buffer).setUint32(0, 1 + body.length);
-  b[4] = FrameType.Record;
-  b.set(body, FRAME_HEADER);
   return b;
 }
 

@@ -5,21 +5,15 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { tempDir, waitFor } from "./lib/cluster.ts";
-import { concat } from "./lib/fuzz.ts";
+import { concat, recordFrame } from "./lib/fuzz.ts";
 import { startSiteServer } from "./lib/site-server.ts";
 import { type AuthenticatedConn, connectSecure } from "../src/transport/secure.ts";
 import type { SiteServer } from "../src/replication/site-link.ts";
 import type { Receiver } from "../src/replication/receiver.ts";
-import { FRAME_HEADER, FrameType, jsonFrame, writeFrameHeader } from "../src/wire/frames.ts";
+import { FrameType, jsonFrame } from "../src/wire/frames.ts";
 import { setLogSink } from "../src/log.ts";
 
 const t = suite("site session replaced");
-
-function recordFrame(body: Uint8Array): Uint8Array {
-  const head = new Uint8Array(FRAME_HEADER);
-  writeFrameHeader(head, 0, FrameType.Record, body.length);
-  return concat(head, body);
-}
 
 async function send(c: AuthenticatedConn, bytes: Uint8Array): Promise<void> {
   const w = c.conn.writable.getWriter();

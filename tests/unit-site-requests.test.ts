@@ -7,7 +7,6 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { tempDir } from "./lib/cluster.ts";
 import { startSiteServer } from "./lib/site-server.ts";
-import { loadIdentity } from "../src/transport/identity.ts";
 import { SiteClient, type SiteServer } from "../src/replication/site-link.ts";
 import type { Sender } from "../src/replication/sender.ts";
 import type { Receiver } from "../src/replication/receiver.ts";
@@ -79,7 +78,7 @@ t("a refused request fails at the requester at once with the site's reason; the 
       hostname: "127.0.0.1",
       port: server.port,
       fingerprint: remoteFp,
-      identity: await loadIdentity(`${dir}/local`),
+      identity: started.local,
       localSite: "prod",
       sender: noStream,
       volumes: () => [],

@@ -64,6 +64,15 @@ export function fcParams<T = void>(numRuns: number, extra: fc.Parameters<T> = {}
 // ---------------------------------------------------------------------------
 // bytes
 
+/** A record frame of a site stream around a record's bytes. */
+export function recordFrame(body: Uint8Array): Uint8Array {
+  const b = new Uint8Array(FRAME_HEADER + body.length);
+  new DataView(b.buffer).setUint32(0, 1 + body.length);
+  b[4] = FrameType.Record;
+  b.set(body, FRAME_HEADER);
+  return b;
+}
+
 export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
