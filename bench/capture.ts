@@ -206,25 +206,28 @@ async function twoSites(gatewayExtra: string[]): Promise<Running> {
 const LAG_BOUND_MS = 500;
 const LAG_BOUND_TARGET = `Continuum, 2 sites, --max-lag ${LAG_BOUND_MS}ms`;
 
-const targets = ([
-  {
-    name: "Continuum",
-    async start() {
-      const pair = await startPair("bench-capture", { vol0: GiB }, [], undefined, AS_SHIPPED);
-      // measured in steady state: after the new volume's first full synchronisation
-      await pair.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
-      await waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
-      return {
-        uri: pair.agent.uri("vol0"),
-        pids: [pair.agent.proc.pid, pair.gw.proc.pid],
-        // each run's files go with it: three rounds of every job would otherwise fill the disk
-        stop: async () => {
-          await pair.stop();
-          await Deno.remove(pair.dir, { recursive: true });
-        },
-      };
+/** The agent and its local gateway alone, the agent's link over a Unix socket (in clear) or TCP (sealed). */
+async function pairOnly(link: "unix" | "tcp"): Promise<Running> {
+  const pair = await startPair("bench-capture", { vol0: GiB }, [], undefined, AS_SHIPPED, link);
+  // measured in steady state: after the new volume's first full synchronisation
+  await pair.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
+  await waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
+  return {
+    uri: pair.agent.uri("vol0"),
+    pids: [pair.agent.proc.pid, pair.gw.proc.pid],
+    // each run's files go with it: three rounds of every job would otherwise fill the disk
+    stop: async () => {
+      await pair.stop();
+      await Deno.remove(pair.dir, { recursive: true });
     },
-  },
+  };
+}
+
+const TCP_TARGET = "Continuum, TCP link";
+
+const targets = ([
+  { name: "Continuum", start: () => pairOnly("unix") },
+  { name: TCP_TARGET, start: () => pairOnly("tcp") },
   { name: "Continuum, 2 sites", start: () => twoSites([]) },
   { name: LAG_BOUND_TARGET, start: () => twoSites(["--max-lag", `${LAG_BOUND_MS}ms`]) },
   { name: "qemu active mirror", start: qemuActiveMirror },
@@ -356,7 +359,8 @@ const ratio = (a: number | undefined, b: number | undefined) =>
   a === undefined || b === undefined ? "–" : (a / b).toFixed(2);
 
 const rows = Object.keys(jobs).map((j) => {
-  const c = med("Continuum", j), s = med("Continuum, 2 sites", j), b = med(LAG_BOUND_TARGET, j);
+  const c = med("Continuum", j), tcp = med(TCP_TARGET, j);
+  const s = med("Continuum, 2 sites", j), b = med(LAG_BOUND_TARGET, j);
   const q = med("qemu active mirror", j), k = med("nbdkit file", j);
   const p99 = (target: string) => {
     const lags = (results.get(`${target}|${j}`) ?? []).flatMap((r) => r.lags ?? []);
@@ -365,12 +369,14 @@ const rows = Object.keys(jobs).map((j) => {
   return [
     j,
     fmt(j, c),
+    fmt(j, tcp),
     fmt(j, s),
     fmt(j, b),
     fmt(j, q),
     fmt(j, k),
     ratio(c, q),
     ratio(c, k),
+    ratio(tcp, q),
     ratio(s, q),
     p99("Continuum, 2 sites"),
     ratio(b, q),
@@ -380,12 +386,14 @@ const rows = Object.keys(jobs).map((j) => {
 const out = table([
   "fio job (nbd engine, 512 MiB region)",
   "Continuum",
+  "TCP link",
   "Continuum, 2 sites",
   "2 sites, lag bound",
   "qemu active mirror",
   "nbdkit file",
   "÷ qemu",
   "÷ nbdkit",
+  "TCP ÷ qemu",
   "2 sites ÷ qemu",
   "2 sites p99 lag (s)",
   "bound ÷ qemu",
@@ -418,8 +426,10 @@ if (!only && !onlyJobs) {
 ${await machine()}. ${rounds} rounds of ${seconds} s per job, jobs and targets interleaved, each run on
 fresh 1 GiB sparse files; medians. Every process (fio, the roles, the peers) shares the machine's cores.
 
-- **Continuum**: the agent and its local gateway: every write goes to the agent's disk and, sealed, to the
-  gateway's journal ring (group commit), then to its mirror: three copies by two processes.
+- **Continuum**: the agent and its local gateway: every write goes to the agent's disk and, over a Unix
+  socket (in clear after the handshake: docs/decisions.md), to the gateway's journal ring (group commit), then
+  to its mirror: three copies by two processes.
+- **TCP link**: the same with the agent's link over TCP on 127.0.0.1, sealed (AES-256-GCM) as over a network.
 - **Continuum, 2 sites**: the same plus two remote gateways, each with its standby agent (the demo's
   topology): five copies by six processes. Its lag column is the p99 of every site's replication lag sampled
   every 250 ms while fio ran.

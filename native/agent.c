@@ -167,9 +167,10 @@ static int handshake(cn_agent *a, int fd, char *why, size_t cap) {
   }
   uint8_t k[32];
   link_key(a->secret, a->secret_len, true, a->id, gw_nonce, mine, k);
-  a->tx = sealer_new(k, true);
+  bool plain = sock_is_unix(fd);
+  a->tx = sealer_new(k, true, plain);
   link_key(a->secret, a->secret_len, false, a->id, gw_nonce, mine, k);
-  a->rx = sealer_new(k, false);
+  a->rx = sealer_new(k, false, plain);
   memset(k, 0, sizeof k);
   if (!a->tx || !a->rx) {
     snprintf(why, cap, "cannot set up the link's encryption");
@@ -353,16 +354,17 @@ static void read_loop(cn_agent *a, int fd, uint64_t epoch, char *why, size_t cap
       snprintf(why, cap, "gateway sent a batch of %u bytes, over the limit", n);
       break;
     }
-    if (n + SEAL_TAG > bcap) {
-      uint8_t *b = realloc(buf, n + SEAL_TAG);
+    uint32_t tag = seal_tag(a->rx);
+    if (n + tag > bcap) {
+      uint8_t *b = realloc(buf, n + tag);
       if (!b) {
         snprintf(why, cap, "out of memory for a batch of %u bytes", n);
         break;
       }
       buf = b;
-      bcap = n + SEAL_TAG;
+      bcap = n + tag;
     }
-    r = read_full(fd, buf, n + SEAL_TAG);
+    r = read_full(fd, buf, n + tag);
     if (r <= 0) {
       snprintf(why, cap, "gateway closed the connection inside a batch");
       break;
@@ -454,6 +456,7 @@ static void *link_main(void *arg) {
         json_begin(&j, f, sizeof f);
         json_str(&j, "gateway", a->gateway_text);
         json_str(&j, "agent", a->id);
+        json_str(&j, "link", seal_tag(a->tx) ? "sealed (AES-256-GCM)" : "unix socket, not sealed");
         plane_log(a->plane, LOG_INFO, "link", "connected to gateway", json_end(&j));
       }
       plane_post(a->plane, CN_EV_LINK, 0, 1, a->gateway_text, strlen(a->gateway_text), NULL, 0, true);
@@ -580,7 +583,7 @@ static int send_round(cn_agent *a, round_t *rd, bool inline_try) {
       at += rd->lens[i];
     }
     if (r == 0) r = seal_end(tx, b + at);
-    if (r == 0) r = write_full(fd, b, at + SEAL_TAG);
+    if (r == 0) r = write_full(fd, b, at + seal_tag(tx));
     // a failed write ends the connection: the link thread sees it and the volumes resend
     if (r < 0) shutdown(fd, SHUT_RDWR);
     else a->batches++;

@@ -151,7 +151,7 @@ static int send_sealed(gsess *s, uint8_t *buf, uint32_t plain) {
   int r = seal_begin(s->tx, buf, plain);
   if (r == 0) r = seal_update(s->tx, buf + 4, buf + 4, plain);
   if (r == 0) r = seal_end(s->tx, buf + 4 + plain);
-  if (r == 0) r = write_full(s->fd, buf, 4 + (size_t)plain + SEAL_TAG);
+  if (r == 0) r = write_full(s->fd, buf, 4 + (size_t)plain + seal_tag(s->tx));
   return r;
 }
 
@@ -542,9 +542,10 @@ static bool authenticate(gsess *s) {
   frame_header(welcome, F_WELCOME, LINK_PROOF);
   link_proof(secret, slen, false, name, gw_nonce, agent_nonce, welcome + FRAME_HEADER);
   link_key(secret, slen, true, name, gw_nonce, agent_nonce, k);
-  s->rx = sealer_new(k, false);
+  bool plain = sock_is_unix(s->fd);
+  s->rx = sealer_new(k, false, plain);
   link_key(secret, slen, false, name, gw_nonce, agent_nonce, k);
-  s->tx = sealer_new(k, true);
+  s->tx = sealer_new(k, true, plain);
   memset(k, 0, sizeof k);
   memset(secret, 0, sizeof secret);
   if (!s->rx || !s->tx || write_full(s->fd, welcome, sizeof welcome) < 0) return false;
@@ -732,13 +733,14 @@ static void serve(gsess *s, char *why, size_t cap) {
       snprintf(why, cap, "a batch of %u bytes is over the limit", n);
       break;
     }
-    if (n + SEAL_TAG > s->rx_cap) {
-      uint8_t *nb = realloc(s->rx_buf, n + SEAL_TAG);
+    uint32_t tag = seal_tag(s->rx);
+    if (n + tag > s->rx_cap) {
+      uint8_t *nb = realloc(s->rx_buf, n + tag);
       if (!nb) break;
       s->rx_buf = nb;
-      s->rx_cap = n + SEAL_TAG;
+      s->rx_cap = n + tag;
     }
-    r = read_full(s->fd, s->rx_buf, n + SEAL_TAG);
+    r = read_full(s->fd, s->rx_buf, n + tag);
     if (r <= 0) {
       snprintf(why, cap, "the agent closed the connection inside a batch");
       break;

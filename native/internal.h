@@ -116,6 +116,8 @@ int write_full(int fd, const void *buf, size_t len);
 int read_full(int fd, void *buf, size_t len);
 /** Reads one plain frame of at most cap body bytes (the handshake's); 0, -EMSGSIZE, -EPIPE or -errno. */
 int read_small_frame(int fd, uint8_t *type, uint8_t *body, uint32_t cap, uint32_t *len);
+/** Whether fd is a Unix socket (its peer on this machine, the stream kept by the kernel). */
+bool sock_is_unix(int fd);
 /** "host:port" of a TCP peer, "unix" for a Unix socket peer (cap ≥ 64). */
 void sock_peer(int fd, char *out, size_t cap);
 /** Sets a receive timeout (0 clears it). */
@@ -219,7 +221,14 @@ static inline void frame_header(uint8_t *b, uint8_t type, uint32_t body_len) {
 #define LINK_VERSION 2
 
 typedef struct sealer sealer_t;
-sealer_t *sealer_new(const uint8_t key[32], bool encrypt);
+/**
+ * A sealer for one direction of a session. `plain`: the link is a Unix socket, so batches
+ * travel without encryption or tag (the kernel keeps the stream: nobody else can read it
+ * or write into it once both ends proved the secret); the calls below then only copy.
+ */
+sealer_t *sealer_new(const uint8_t key[32], bool encrypt, bool plain);
+/** The tag's length after each batch: SEAL_TAG, or 0 for a plain sealer. */
+uint32_t seal_tag(const sealer_t *s);
 void sealer_free(sealer_t *s);
 /** Starts a batch of `plain_len` bytes at out+4 (the length prefix is written). */
 int seal_begin(sealer_t *s, uint8_t *out, uint32_t plain_len);

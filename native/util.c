@@ -380,6 +380,12 @@ int read_full(int fd, void *buf, size_t len) {
   return 1;
 }
 
+bool sock_is_unix(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  return getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
+}
+
 void sock_peer(int fd, char *out, size_t cap) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;

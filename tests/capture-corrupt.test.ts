@@ -1,5 +1,5 @@
-// A flipped bit on the agent → gateway link fails the sealed batch's authentication; the
-// connection is reset, the agent resends what the gateway does not hold, and the copies
+// A flipped bit on the agent → gateway link (TCP, so sealed) fails the batch's authentication;
+// the connection is reset, the agent resends what the gateway does not hold, and the copies
 // converge. (A record whose own checksums fail inside a valid batch is the fuzzer's case:
 // tests/fuzz-replication.test.ts.)
 import { suite } from "uvu";
@@ -17,19 +17,20 @@ t(
     const dir = await tempDir("corrupt");
     const secret = `${dir}/agent.secret`;
     await writeSecret(secret);
-    const gw = await new Gateway({ dir, agents: { a1: secret } }).start();
-    const proxy = new Proxy({ path: gw.socket }, { path: `${dir}/proxy.sock` });
+    const gw = await new Gateway({ dir, agents: { a1: secret }, tcp: true }).start();
+    const proxy = new Proxy({ hostname: "127.0.0.1", port: gw.agentPort });
     const lsp = await sparseImage(`${dir}/lsp.img`, 32 * MiB);
     const agent = await new Agent({
       dir,
       id: "a1",
       secretFile: secret,
-      gatewaySocket: `${dir}/proxy.sock`,
+      gatewayPort: proxy.port,
       volumes: { vol0: lsp },
     })
       .start();
     try {
       await waitFor(() => gw.status().then((s) => s.agents.includes("a1")), 20_000, "agent to connect");
+      assert.match(agent.proc.log, /"link":"sealed \(AES-256-GCM\)"/);
       await waitFor(
         () => gw.status().then((s) => s.volumes[0]?.lastSeq >= 32),
         20_000,

@@ -1,5 +1,6 @@
 // A recovery's chunk writes at the agent, end to end, against a real agent process whose gateway
-// is this test (the link's gateway end written from its description: tests/lib/link-client.ts):
+// is this test over TCP, so the chunks arrive sealed and are opened straight into the writers'
+// buffers (the link's gateway end written from its description: tests/lib/link-client.ts):
 // - unfenced, a write is refused with a clear error and the volume is left unchanged (and no
 //   chunk writer starts for it);
 // - fenced, the data plane's chunk writers write them: many in one batch (more than their
@@ -147,13 +148,13 @@ t(
     const image = await sparseImage(`${dir}/vol0.img`, SIZE);
     const original = new Uint8Array(SIZE).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
     await Deno.writeFile(image, original);
-    const listener = Deno.listen({ transport: "unix", path: `${dir}/gateway.sock` });
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const accepted = TestGateway.accept(listener, "a1", readSecretFile(secretFile));
     const agent = new Agent({
       dir,
       id: "a1",
       secretFile,
-      gatewaySocket: `${dir}/gateway.sock`,
+      gatewayPort: (listener.addr as Deno.NetAddr).port,
       volumes: { vol0: image },
     });
     let gw: TestGateway | undefined;

@@ -1,8 +1,9 @@
 // Security checks, replay and impersonation, against running roles:
-// - agent link: a captured session (recorded by a proxy) replayed in a new connection
-//   is refused at the challenge (fresh nonce) and journals nothing; a record a man in
-//   the middle duplicates inside a session fails authentication; a wrong secret is
-//   refused before any record is read; an impostor gateway gets nothing past the hello;
+// - agent link (over TCP, where it is sealed): a captured session (recorded by a proxy)
+//   replayed in a new connection is refused at the challenge (fresh nonce) and journals
+//   nothing; a record a man in the middle duplicates inside a session fails authentication;
+//   a batch in clear, as over a Unix socket, fails it too; a wrong secret is refused before
+//   any record is read; an impostor gateway gets nothing past the hello;
 // - heartbeats: datagrams recorded from an agent and sent again later are dropped as
 //   replays, and after the agent restarts, as belonging to a retired boot;
 // - site link: the bytes of a recorded TLS session replayed in a new connection are
@@ -39,7 +40,7 @@ import {
 import { NbdClient } from "./lib/nbd-client.ts";
 import { ConnReader, ConnWriter } from "../src/io/conn-reader.ts";
 import { decodeJson, decodeSeqFrame, FrameType, jsonFrame, readFrame } from "../src/wire/frames.ts";
-import { frame, helloFrame, LinkClient, linkSecrets, sealBatch } from "./lib/link-client.ts";
+import { frame, helloFrame, LinkClient, linkSecrets, plainBatch, sealBatch } from "./lib/link-client.ts";
 import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
 import { generateIdentity, loadIdentity } from "../src/transport/identity.ts";
@@ -110,18 +111,20 @@ async function lastSeq(): Promise<number> {
 link.before(async () => {
   dir = await tempDir("secreplay");
   await writeSecret(`${dir}/agent.secret`);
-  gw = await new Gateway({ dir, agents: { a1: `${dir}/agent.secret` } }).start();
+  // a2: this suite's own sessions, which must not displace the agent's
+  const agents = { a1: `${dir}/agent.secret`, a2: `${dir}/agent.secret` };
+  gw = await new Gateway({ dir, agents, tcp: true }).start();
   const ready = await gw.proc.waitForLog("local gateway ready");
   const [host, port] = String(ready.heartbeats).split(":");
   hbTarget = { host, port: Number(port) };
   relay = await UdpRelay.start(hbTarget);
-  proxy = new RecordingProxy({ path: gw.socket }, { path: `${dir}/proxy.sock` });
+  proxy = new RecordingProxy({ hostname: "127.0.0.1", port: gw.agentPort }, { port: 0 });
   lsp = await sparseImage(`${dir}/vol0.img`, 4 * MiB);
   agent = await new Agent({
     dir,
     id: "a1",
     secretFile: `${dir}/agent.secret`,
-    gatewaySocket: `${dir}/proxy.sock`,
+    gatewayPort: proxy.port,
     volumes: { vol0: lsp },
     extra: ["--heartbeat-to", `127.0.0.1:${relay.port}`, "--heartbeat-interval", "50ms"],
   }).start();
@@ -147,7 +150,7 @@ link(
     const seqBefore = await lastSeq();
     const refusedBefore = (await gw.status()).refused["authentication failed"] ?? 0;
     const mirrorBefore = await sha256File(gw.mirrorPath("a1", "vol0"));
-    const conn = await Deno.connect({ transport: "unix", path: gw.socket });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: gw.agentPort });
     const reading = readToEnd(conn, 15_000);
     try {
       await writeAll(conn, up);
@@ -177,7 +180,7 @@ link(
 );
 
 link("a wrong secret is refused before any record is read (records sent right after the hello)", async () => {
-  const conn = await Deno.connect({ transport: "unix", path: gw.socket });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: gw.agentPort });
   const gwNonce = await LinkClient.challenge(new ConnReader(conn));
   const mine = crypto.getRandomValues(new Uint8Array(32));
   const wrong = linkSecrets(
@@ -212,6 +215,38 @@ link("a wrong secret is refused before any record is read (records sent right af
   assert.is(await lastSeq(), seqBefore);
   assert.ok(await alive(gw.proc));
 });
+
+link(
+  "the link is sealed over TCP and in clear over a Unix socket; a batch in clear over TCP is refused",
+  async () => {
+    assert.match(agent.proc.log, /"link":"sealed \(AES-256-GCM\)"/, "the agent's TCP link is sealed");
+    const secret = new TextEncoder().encode((await Deno.readTextFile(`${dir}/agent.secret`)).trim());
+    const open = jsonFrame(FrameType.Open, { id: 1, name: "clear", size: 64 * KiB });
+    const local = await LinkClient.connect(gw.socket, "a2", secret);
+    try {
+      assert.ok(local.plain);
+      await local.send(open);
+      const answer = await local.next();
+      assert.is(answer?.type, FrameType.Opened, "a batch in clear over the Unix socket is taken");
+      assert.is(decodeJson<{ error?: string }>(answer!.body).error, undefined);
+    } finally {
+      local.close();
+    }
+    const log0 = gw.proc.log.length;
+    const remote = await LinkClient.connect({ port: gw.agentPort }, "a2", secret);
+    try {
+      assert.not.ok(remote.plain);
+      // what a Unix-socket peer sends, with any 16 bytes where the tag goes
+      await writeAll(remote.conn, concat(plainBatch(open), new Uint8Array(16)));
+      const { frames, timedOut } = await remote.drain(10_000);
+      assert.not.ok(timedOut, "the gateway ended the session");
+      assert.not.ok(frames.some((f) => f.type === FrameType.Opened), "the open was never answered");
+      assert.match(gw.proc.log.slice(log0), /failed authentication/);
+    } finally {
+      remote.close();
+    }
+  },
+);
 
 link(
   "an impostor gateway that cannot prove the secret gets no data (it reflects the agent's own proof)",

@@ -1,6 +1,6 @@
 // The replication half of the fault runner: one topology of real processes (agent,
 // local gateway, remote gateway dr1 and its standby agent) on loopback, with
-//   - the agent's link to its gateway through a unix-socket proxy (corrupts a record frame),
+//   - the agent's link to its gateway through a TCP proxy (corrupts a sealed batch),
 //   - dr1's site link through a TCP proxy (cut, heal, delay with jitter, stalls, bit flips in TLS),
 //   - the local gateway's data directory (journal ring, database, mirror) on a small tmpfs,
 //   - dr1's replica directory on a small tmpfs,
@@ -101,6 +101,7 @@ export class ClusterPhase {
       size,
       sites: ["dr1"],
       proxied: ["dr1"],
+      agentTcp: true,
       gatewayExtra: ["--buffer-size", "96M", "--sync-chunk", "256K"],
       remoteExtra: ["--buffer-size", "96M"],
       prepare: async (dir) => {
@@ -131,11 +132,12 @@ export class ClusterPhase {
         this.mounts.push(this.replicaDir);
       },
     });
-    // the agent again, its gateway link through a proxy that can corrupt a record frame
+    // the agent again, its gateway link through a proxy that can corrupt it: over TCP, as a
+    // network between them would be, so sealed
     const t = this.topo;
     await this.stopRole(t.agent.proc);
-    this.agentProxy = new Proxy({ path: t.gw.socket }, { path: `${t.dir}/agent-proxy.sock` });
-    const agent = new Agent({ ...t.agent.o, gatewaySocket: `${t.dir}/agent-proxy.sock` });
+    this.agentProxy = new Proxy({ hostname: "127.0.0.1", port: t.gw.agentPort });
+    const agent = new Agent({ ...t.agent.o, gatewaySocket: undefined, gatewayPort: this.agentProxy.port });
     await agent.start();
     t.agent = agent;
     await waitFor(() => t.gw.status().then((s) => s.agents.includes("a1")), 20_000, "agent to connect");

@@ -206,16 +206,21 @@ export interface GatewayOptions {
   extra?: string[];
   /** Added to the process's environment (e.g. libfaketime's, tests/lib/faketime.ts). */
   env?: Record<string, string>;
+  /** Agents may also connect over TCP (127.0.0.1:agentPort), where the link is sealed. */
+  tcp?: boolean;
 }
 
 export class Gateway {
   proc!: RoleProcess;
   readonly socket: string;
+  /** The TCP port agents may connect to (0 unless `tcp`); kept across restarts. */
+  readonly agentPort: number;
   httpPort = 0;
   private tokenValue = "";
 
   constructor(readonly o: GatewayOptions) {
     this.socket = `${o.dir}/gw.sock`;
+    this.agentPort = o.tcp ? freePort() : 0;
   }
 
   async start(): Promise<this> {
@@ -227,6 +232,7 @@ export class Gateway {
       `${this.o.dir}/gateway`,
       "--agent-listen",
       `unix:${this.socket}`,
+      ...(this.agentPort ? ["--agent-listen", `127.0.0.1:${this.agentPort}`] : []),
       "--http-listen",
       `127.0.0.1:${this.httpPort}`,
       "--buffer-size",
@@ -275,7 +281,10 @@ export interface AgentOptions {
   dir: string;
   id: string;
   secretFile: string;
-  gatewaySocket: string;
+  /** The gateway's Unix socket (the link in clear after the handshake) ... */
+  gatewaySocket?: string;
+  /** ... or its TCP port on 127.0.0.1 (the link sealed). */
+  gatewayPort?: number;
   volumes: Record<string, string>;
   extra?: string[];
   /** Directory name under dir (default agent-ID). */
@@ -287,6 +296,7 @@ export class Agent {
   readonly socket: string;
 
   constructor(readonly o: AgentOptions) {
+    if (!o.gatewaySocket === !o.gatewayPort) throw new Error("an agent takes a gateway socket or a port");
     this.socket = `${this.home}/nbd.sock`;
   }
 
@@ -299,7 +309,7 @@ export class Agent {
       "--data-dir",
       this.home,
       "--gateway",
-      `unix:${this.o.gatewaySocket}`,
+      this.o.gatewayPort ? `127.0.0.1:${this.o.gatewayPort}` : `unix:${this.o.gatewaySocket}`,
       "--secret-file",
       this.o.secretFile,
       "--nbd-listen",
@@ -368,11 +378,14 @@ export async function startPair(
   /** Run on the volumes' images before the agent starts (fill them). */
   prepare?: (paths: Record<string, string>) => Promise<void>,
   gatewayExtra: string[] = [],
+  /** The agent's link over TCP (sealed) instead of the gateway's Unix socket. */
+  link: "unix" | "tcp" = "unix",
 ) {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
   await writeSecret(secret);
-  const gw = await new Gateway({ dir, agents: { a1: secret }, extra: gatewayExtra }).start();
+  const gw = await new Gateway({ dir, agents: { a1: secret }, extra: gatewayExtra, tcp: link === "tcp" })
+    .start();
   const paths: Record<string, string> = {};
   for (const [name, size] of Object.entries(volumes)) {
     paths[name] = await sparseImage(`${dir}/${name}.img`, size);
@@ -382,7 +395,7 @@ export async function startPair(
     dir,
     id: "a1",
     secretFile: secret,
-    gatewaySocket: gw.socket,
+    ...(link === "tcp" ? { gatewayPort: gw.agentPort } : { gatewaySocket: gw.socket }),
     volumes: paths,
     extra: agentExtra,
   })
@@ -524,6 +537,8 @@ export async function startTopology(prefix: string, opts: {
   prepare?: (dir: string, paths: { lsp: string; rsp: Record<string, string> }) => Promise<void>;
   /** Sites whose link from the local gateway goes through a test proxy (cut, heal, corrupt). */
   proxied?: string[];
+  /** The local gateway also takes agents over TCP (Gateway's `tcp`). */
+  agentTcp?: boolean;
 }) {
   const dir = await tempDir(prefix);
   const secret = `${dir}/agent.secret`;
@@ -578,6 +593,7 @@ export async function startTopology(prefix: string, opts: {
       ...(opts.gatewayExtra ?? []),
     ],
     env: opts.gatewayEnv,
+    tcp: opts.agentTcp,
   }).start();
   const agent = await new Agent({
     dir,

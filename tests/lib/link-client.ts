@@ -1,6 +1,7 @@
 // A test client of the agent ↔ gateway link, written from its description in
 // native/seal.c and native/continuum.h (not from the data plane's code): the binary
-// challenge-response, then AES-256-GCM sealed batches with per-direction counter nonces.
+// challenge-response, then AES-256-GCM sealed batches with per-direction counter nonces over
+// TCP, or the same batches in clear and without a tag over a Unix socket.
 // Tests use it to send exactly what they want (mutated records, wrong proofs, replays)
 // to a live gateway and to read what it answers.
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from "node:crypto";
@@ -64,6 +65,14 @@ export function sealBatch(key: Uint8Array, counter: bigint, plain: Uint8Array): 
   return out;
 }
 
+/** A batch as it travels over a Unix socket: the length prefix, then the frames in clear. */
+export function plainBatch(plain: Uint8Array): Uint8Array {
+  const out = new Uint8Array(4 + plain.length);
+  new DataView(out.buffer).setUint32(0, plain.length);
+  out.set(plain, 4);
+  return out;
+}
+
 /** Opens batch number `counter` sealed under `key` (lp: its length prefix; sealed: the rest, tag last); throws if not authentic. */
 export function unsealBatch(
   key: Uint8Array,
@@ -101,6 +110,8 @@ export class LinkClient {
     private readonly reader: ConnReader,
     private readonly txKey: Uint8Array,
     private readonly rxKey: Uint8Array,
+    /** Over a Unix socket: batches in clear, no tag. */
+    readonly plain: boolean,
   ) {}
 
   /** Reads the gateway's challenge: its nonce. */
@@ -114,9 +125,18 @@ export class LinkClient {
     return body.subarray(2);
   }
 
-  /** Connects and authenticates as `agent` with `secret`; throws with the gateway's answer if refused. */
-  static async connect(path: string, agent: string, secret: Uint8Array): Promise<LinkClient> {
-    const conn = await Deno.connect({ transport: "unix", path });
+  /**
+   * Connects (a Unix socket's path, or a TCP port on 127.0.0.1) and authenticates as `agent` with
+   * `secret`; throws with the gateway's answer if refused.
+   */
+  static async connect(
+    to: string | { port: number },
+    agent: string,
+    secret: Uint8Array,
+  ): Promise<LinkClient> {
+    const conn = typeof to === "string"
+      ? await Deno.connect({ transport: "unix", path: to })
+      : await Deno.connect({ hostname: "127.0.0.1", port: to.port });
     const reader = new ConnReader(conn);
     try {
       const gwNonce = await LinkClient.challenge(reader);
@@ -130,16 +150,16 @@ export class LinkClient {
       if (h[4] === FrameType.Denied) throw new Error(`denied: ${new TextDecoder().decode(body)}`);
       if (h[4] !== FrameType.Welcome) throw new Error(`unexpected answer ${h[4]}`);
       if (!body.every((b, i) => b === s.gatewayProof[i])) throw new Error("the gateway's proof is wrong");
-      return new LinkClient(conn, reader, s.agentKey, s.gatewayKey);
+      return new LinkClient(conn, reader, s.agentKey, s.gatewayKey, typeof to === "string");
     } catch (e) {
       conn.close();
       throw e;
     }
   }
 
-  /** Seals `plain` as the next batch. */
+  /** `plain` as the next batch: sealed, or in clear over a Unix socket. */
   seal(plain: Uint8Array): Uint8Array {
-    return sealBatch(this.txKey, this.txCounter++, plain);
+    return this.plain ? plainBatch(plain) : sealBatch(this.txKey, this.txCounter++, plain);
   }
 
   async send(...frames: Uint8Array[]): Promise<void> {
@@ -159,9 +179,11 @@ export class LinkClient {
       if (!await this.reader.fill(4)) return undefined;
       const lp = this.reader.take(4).slice();
       const n = new DataView(lp.buffer).getUint32(0);
-      const sealed = await this.reader.readExact(n + 16);
-      if (!sealed) return undefined;
-      this.pending.push(...batchFrames(unsealBatch(this.rxKey, this.rxCounter++, lp, sealed)));
+      const batch = await this.reader.readExact(n + (this.plain ? 0 : 16));
+      if (!batch) return undefined;
+      this.pending.push(
+        ...batchFrames(this.plain ? batch : unsealBatch(this.rxKey, this.rxCounter++, lp, batch)),
+      );
     }
     return this.pending.shift();
   }
