@@ -7,7 +7,16 @@
 // skipped: the one skip allowed under CI=true, since no registry ships denort.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { freePort, run, sparseImage, tempDir, waitEqual, waitFor, writeSecret } from "./lib/cluster.ts";
+import {
+  freePort,
+  run,
+  sparseImage,
+  tempDir,
+  testRing,
+  waitEqual,
+  waitFor,
+  writeSecret,
+} from "./lib/cluster.ts";
 import { NbdClient } from "./lib/nbd-client.ts";
 import { VERSION } from "../src/version.ts";
 
@@ -89,10 +98,7 @@ t("deno task compile builds an executable that runs every role", async () => {
     `unix:${dir}/gw.sock`,
     "--http-listen",
     `127.0.0.1:${freePort()}`,
-    "--buffer-size",
-    "256M",
-    "--buffer-init",
-    "reserve",
+    ...testRing("256M"),
     "--agent-secret",
     `a1=${secret}`,
   ], env);

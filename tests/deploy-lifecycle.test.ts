@@ -15,6 +15,7 @@ import {
   RoleProcess,
   startPair,
   tempDir,
+  testRing,
   waitEqual,
   waitFor,
   writeSecret,
@@ -252,10 +253,7 @@ t("misconfiguration: a remote gateway key that others can read, or that is garba
     `unix:${dir}/standby.sock`,
     "--http-listen",
     `127.0.0.1:${freePort()}`,
-    "--buffer-size",
-    "256M",
-    "--buffer-init",
-    "reserve",
+    ...testRing("256M"),
   ];
   Deno.chmodSync(`${keys}/key.pem`, 0o644);
   const open = await startExpectingExit("remote-open", dir, args);
@@ -294,10 +292,7 @@ t("misconfiguration: a port already in use", async () => {
       `127.0.0.1:${freePort()}`,
       "--http-listen",
       `127.0.0.1:${freePort()}`,
-      "--buffer-size",
-      "256M",
-      "--buffer-init",
-      "reserve",
+      ...testRing("256M"),
       "--agent-secret",
       `a1=${secret}`,
     ]);
@@ -318,10 +313,7 @@ t("misconfiguration: a port already in use", async () => {
       `127.0.0.1:${freePort()}`,
       "--http-listen",
       `127.0.0.1:${first.httpPort}`,
-      "--buffer-size",
-      "256M",
-      "--buffer-init",
-      "reserve",
+      ...testRing("256M"),
     ]);
     assert.is(third.code, 1, third.log);
     assert.is(
@@ -450,10 +442,7 @@ t("a database of a newer schema version is refused, by the gateway and by openDa
     `unix:${dir}/gw.sock`,
     "--http-listen",
     `127.0.0.1:${freePort()}`,
-    "--buffer-size",
-    "256M",
-    "--buffer-init",
-    "reserve",
+    ...testRing("256M"),
   ]);
   assert.is(r.code, 1, r.log);
   assert.is(r.message, `continuum: ${expected(`file:${path}`)}`);

@@ -2,7 +2,7 @@
 // so the JSON log on stderr can be scanned for secrets), an HTTP client with a cookie jar and
 // the session's CSRF token, a self-signed certificate, and headless Chromium through
 // playwright-core.
-import { freePort, mainTs, tempDir, terminate, waitFor } from "./cluster.ts";
+import { freePort, mainTs, tempDir, terminate, testRing, waitFor } from "./cluster.ts";
 import { inCI, which } from "./env.ts";
 import type { Page } from "playwright-core";
 
@@ -49,10 +49,7 @@ export class WebGateway {
       `127.0.0.1:${this.port}`,
       "--heartbeat-listen",
       "127.0.0.1:0",
-      "--buffer-size",
-      "80M",
-      "--buffer-init",
-      "reserve",
+      ...testRing("80M"),
       ...(this.o.tls ? ["--tls-cert", this.o.tls.cert, "--tls-key", this.o.tls.key] : []),
       ...(this.o.extra ?? []),
     ];

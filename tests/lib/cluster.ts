@@ -18,6 +18,14 @@ export async function tempDir(prefix: string): Promise<string> {
 const handedOut = new Set<number>();
 
 /**
+ * A gateway's ring as tests make them: `--buffer-size size`, reserved only, not written through as
+ * the default does (tests make hundreds of rings; the benchmarks measure the default).
+ */
+export function testRing(size: string): string[] {
+  return ["--buffer-size", size, "--buffer-init", "reserve"];
+}
+
+/**
  * A port free now for a role to listen on later. Not the kernel's choice: that comes from the
  * ephemeral range, where a role's own port-0 listeners and outgoing connections take theirs
  * meanwhile, and two calls in a row may get the same one (a remote gateway's site and HTTP
@@ -235,12 +243,7 @@ export class Gateway {
       ...(this.agentPort ? ["--agent-listen", `127.0.0.1:${this.agentPort}`] : []),
       "--http-listen",
       `127.0.0.1:${this.httpPort}`,
-      "--buffer-size",
-      this.o.bufferSize ?? "256M",
-      // tests make hundreds of rings: reserved only, not written through as the default does (the
-      // benchmarks measure the default)
-      "--buffer-init",
-      "reserve",
+      ...testRing(this.o.bufferSize ?? "256M"),
       // tests run several gateways on one machine: each takes a free heartbeat port
       "--heartbeat-listen",
       "127.0.0.1:0",
@@ -470,10 +473,7 @@ export class RemoteGateway {
       `unix:${this.agentSocket}`,
       "--http-listen",
       `127.0.0.1:${this.httpPort}`,
-      "--buffer-size",
-      "256M",
-      "--buffer-init",
-      "reserve",
+      ...testRing("256M"),
       "--ack-after",
       this.o.ackAfter ?? "rsp",
       ...Object.entries(this.o.trust).flatMap(([n, fp]) => ["--trust", `${n}=${fp}`]),

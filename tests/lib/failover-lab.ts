@@ -9,7 +9,7 @@
 // failover, sends it to the remote site instead.
 import { exec, inNs, mustExec, NetLab } from "./netns.ts";
 import type { FailbackReport } from "../../src/failover/failback.ts";
-import { keygen, RoleProcess, sparseImage, tempDir, waitFor, writeSecret } from "./cluster.ts";
+import { keygen, RoleProcess, sparseImage, tempDir, testRing, waitFor, writeSecret } from "./cluster.ts";
 import { faketimeEnv, setClockOffset } from "./faketime.ts";
 import { NbdClient } from "./nbd-client.ts";
 
@@ -274,10 +274,7 @@ export class FailoverLab {
         `app1=${d}/standby.secret`,
         "--http-listen",
         "127.0.0.1:7881",
-        "--buffer-size",
-        "128M",
-        "--buffer-init",
-        "reserve",
+        ...testRing("128M"),
         ...(o.remoteExtra ?? []),
       ],
       `${d}/remote.log`,
@@ -366,10 +363,7 @@ export class FailoverLab {
       "10.77.2.1:7810",
       "--http-listen",
       "10.77.9.1:7880",
-      "--buffer-size",
-      "128M",
-      "--buffer-init",
-      "reserve",
+      ...testRing("128M"),
       "--remote",
       `dr1=${siteAddress}`,
       "--remote-fingerprint",
