@@ -40,6 +40,28 @@ async function sample(topo: Awaited<ReturnType<typeof startTopology>>) {
   };
 }
 
+/** Runs `each` every `everyMs` until the fio process ends. */
+async function whileRunning(w: Deno.ChildProcess, everyMs: number, each: () => Promise<void>): Promise<void> {
+  while (
+    (await Promise.race([
+      w.status.then(() => true),
+      new Promise((r) => setTimeout(() => r(false), everyMs)),
+    ])) === false
+  ) await each();
+}
+
+/** Two sites under a 0.5 s lag bound, dr2 behind a 4 MiB/s link. */
+async function boundedTopology(prefix: string) {
+  const topo = await startTopology(prefix, {
+    size: 64 * MiB,
+    sites: ["dr1", "dr2"],
+    proxied: ["dr2"],
+    gatewayExtra: ["--buffer-size", "80M", "--max-lag", "500ms"],
+  });
+  topo.proxies.dr2.rateBps = 4 * MiB;
+  return topo;
+}
+
 t("block: the fast site keeps up while the journal holds records for the slow one", async () => {
   if (!need("slow site", { tools: ["fio"] })) return;
   const topo = await startTopology("rep-block", {
@@ -51,17 +73,12 @@ t("block: the fast site keeps up while the journal holds records for the slow on
     const w = fio(topo.agent.uri("vol0"), 8);
     let held = 0;
     const fastLags: number[] = [], slowLags: number[] = [];
-    while (
-      (await Promise.race([
-        w.status.then(() => true),
-        new Promise((r) => setTimeout(() => r(false), 500)),
-      ])) === false
-    ) {
+    await whileRunning(w, 500, async () => {
       const s = await sample(topo);
       held = Math.max(held, s.used);
       fastLags.push(s.fast.lagSeconds);
       slowLags.push(s.slow.lagSeconds);
-    }
+    });
     // the median: on a loaded machine a sample can catch the fast site's processes waiting for a core
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     const fastLag = median(fastLags), slowLag = median(slowLags);
@@ -92,15 +109,10 @@ t("pull-ahead: the slow site becomes degraded, later consistent with equal bytes
   try {
     const w = fio(topo.agent.uri("vol0"), 10);
     let degraded = false;
-    while (
-      (await Promise.race([
-        w.status.then(() => true),
-        new Promise((r) => setTimeout(() => r(false), 300)),
-      ])) === false
-    ) {
+    await whileRunning(w, 300, async () => {
       const s = await sample(topo);
       if (s.slow.volumes[0].state !== "consistent") degraded = true;
-    }
+    });
     assert.ok(degraded, "the slow site was degraded at some point");
     assert.match(topo.gw.proc.log, /pulling ahead/);
     await topo.caughtUp(180_000);
@@ -117,30 +129,19 @@ t(
   "max-lag: the writes slow to a slow site's pace, its lag stays near the bound; a silent site is not waited for",
   async () => {
     if (!need("slow site", { tools: ["fio", "qemu-io"] })) return;
-    const topo = await startTopology("rep-max-lag", {
-      size: 64 * MiB,
-      sites: ["dr1", "dr2"],
-      proxied: ["dr2"],
-      gatewayExtra: ["--buffer-size", "80M", "--max-lag", "500ms"],
-    });
+    const topo = await boundedTopology("rep-max-lag");
     try {
-      topo.proxies.dr2.rateBps = 4 * MiB;
       const w = fio(topo.agent.uri("vol0"), 8);
       const t0 = performance.now();
       let held = 0, slowLag = 0, paced = false;
-      while (
-        (await Promise.race([
-          w.status.then(() => true),
-          new Promise((r) => setTimeout(() => r(false), 250)),
-        ])) === false
-      ) {
+      await whileRunning(w, 250, async () => {
         const s = await sample(topo);
         paced ||= s.slow.paceBytes > 0;
         // the first second: the rate is being measured, the first allowance is a guess
-        if (performance.now() - t0 < 1000) continue;
+        if (performance.now() - t0 < 1000) return;
         held = Math.max(held, s.used);
         slowLag = Math.max(slowLag, s.slow.lagSeconds);
-      }
+      });
       console.log(
         `\n  journal held up to ${(held / MiB).toFixed(1)} MiB; slow site's lag at most ${
           slowLag.toFixed(2)
@@ -172,23 +173,14 @@ t(
   "max-lag: a slow site taking 1 MiB records one at a time is measured; its allowance is half the bound's worth",
   async () => {
     if (!need("slow site", { tools: ["fio"] })) return;
-    const topo = await startTopology("rep-max-lag-1m", {
-      size: 64 * MiB,
-      sites: ["dr1", "dr2"],
-      proxied: ["dr2"],
-      gatewayExtra: ["--buffer-size", "80M", "--max-lag", "500ms"],
-    });
+    // at 4 MiB/s a 1 MiB record takes 250 ms to cross, more than the 256 KiB floor lets out at once
+    const topo = await boundedTopology("rep-max-lag-1m");
     try {
-      // 4 MiB/s: a 1 MiB record takes 250 ms to cross, more than the 256 KiB floor lets out at once
-      topo.proxies.dr2.rateBps = 4 * MiB;
       const w = fio(topo.agent.uri("vol0"), 6, "1M", 1);
       const paces: number[] = [];
-      while (
-        (await Promise.race([
-          w.status.then(() => true),
-          new Promise((r) => setTimeout(() => r(false), 250)),
-        ])) === false
-      ) paces.push((await sample(topo)).slow.paceBytes);
+      await whileRunning(w, 250, async () => {
+        paces.push((await sample(topo)).slow.paceBytes);
+      });
       console.log(`\n  the slow site's allowance: ${paces.map((p) => (p / MiB).toFixed(2)).join(" ")} MiB`);
       // measured, its allowance is its rate × half the bound: under 1 MiB through this link (the floor
       // is 256 KiB; the whole bound's worth, 1.7–2.1 MiB here, let its lag run past the bound)
