@@ -434,7 +434,7 @@ fresh 1 GiB sparse files; medians. Every process (fio, the roles, the peers) sha
   topology): five copies by six processes. Its lag column is the p99 of every site's replication lag sampled
   every 250 ms while fio ran.
 - **2 sites, lag bound**: the same with \`--max-lag ${LAG_BOUND_MS}ms\` on the local gateway: the agent's writes
-  slow to the pace of the slowest site, whose lag stays near the bound.
+  slow to the pace of the slowest site, whose lag stays within the bound.
 - **qemu active mirror**: qemu-storage-daemon exporting a file with \`blockdev-mirror sync=full
   copy-mode=write-blocking\` to an nbdkit file target (waited until ready): two copies, each write
   synchronous on both.
