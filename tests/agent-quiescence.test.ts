@@ -6,6 +6,7 @@ import * as assert from "uvu/assert";
 import { Gateway, tempDir, writeSecret } from "./lib/cluster.ts";
 import { NativeAgent } from "../src/capture/native-agent.ts";
 import { Volume } from "../src/volume/volume.ts";
+import { readSecretFile } from "../src/wire/secret-file.ts";
 
 const t = suite("agent: a volume's quiescence");
 
@@ -14,7 +15,7 @@ t(
   async () => {
     const dir = await tempDir("agent-quiet");
     await writeSecret(`${dir}/a1.secret`);
-    const secret = new TextEncoder().encode((await Deno.readTextFile(`${dir}/a1.secret`)).trim());
+    const secret = readSecretFile(`${dir}/a1.secret`);
     const gw = await new Gateway({ dir, agents: { a1: `${dir}/a1.secret` } }).start();
     const agent = new NativeAgent({
       gateway: { transport: "unix", path: gw.socket },

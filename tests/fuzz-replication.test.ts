@@ -59,6 +59,7 @@ import { setLogLevel } from "../src/log.ts";
 import { Receiver } from "../src/replication/receiver.ts";
 import { deflateRecord, inflateRecord } from "../src/record/deflate.ts";
 import type { Journal, VolumeInfo } from "../src/journal/journal.ts";
+import { readSecretFile } from "../src/wire/secret-file.ts";
 
 setLogLevel("warn"); // the site sessions below would log each connection
 const PURE_RUNS = fuzzRuns(1500);
@@ -536,7 +537,7 @@ function applyToModel(h: RecordHeader, body: Uint8Array): void {
 live.before(async () => {
   dir = await tempDir("fuzzrepl");
   await writeSecret(`${dir}/fz.secret`);
-  secret = new TextEncoder().encode((await Deno.readTextFile(`${dir}/fz.secret`)).trim());
+  secret = readSecretFile(`${dir}/fz.secret`);
   gw = await new Gateway({ dir, agents: { [AGENT]: `${dir}/fz.secret` } }).start();
   gw.proc.exited.then(() => gwDied = true);
   // the base pattern, with valid records

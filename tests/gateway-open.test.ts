@@ -8,6 +8,7 @@ import { LinkClient } from "./lib/link-client.ts";
 import { decodeJson, FRAME_HEADER, FrameType, jsonFrame } from "../src/wire/frames.ts";
 import { openSchema } from "../src/link/gateway-listener.ts";
 import { parseFrame } from "../src/wire/site-frames.ts";
+import { readSecretFile } from "../src/wire/secret-file.ts";
 
 const t = suite("gateway: an agent's Open frame");
 
@@ -36,7 +37,7 @@ t("the Open frames the agents send parse; malformed ones are FrameErrors naming 
 t("a live gateway refuses a malformed Open by its id with the reason, and the session goes on", async () => {
   const dir = await tempDir("gateway-open");
   await writeSecret(`${dir}/a1.secret`);
-  const secret = new TextEncoder().encode((await Deno.readTextFile(`${dir}/a1.secret`)).trim());
+  const secret = readSecretFile(`${dir}/a1.secret`);
   const gw = await new Gateway({ dir, agents: { a1: `${dir}/a1.secret` } }).start();
   let link: LinkClient | undefined;
   try {

@@ -45,6 +45,7 @@ import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
 import { generateIdentity, loadIdentity } from "../src/transport/identity.ts";
 import { StreamConn } from "../src/link/stream-conn.ts";
+import { readSecretFile } from "../src/wire/secret-file.ts";
 
 const KiB = 1024, MiB = 1024 * KiB;
 const dec = new TextDecoder();
@@ -220,7 +221,7 @@ link(
   "the link is sealed over TCP and in clear over a Unix socket; a batch in clear over TCP is refused",
   async () => {
     assert.match(agent.proc.log, /"link":"sealed \(AES-256-GCM\)"/, "the agent's TCP link is sealed");
-    const secret = new TextEncoder().encode((await Deno.readTextFile(`${dir}/agent.secret`)).trim());
+    const secret = readSecretFile(`${dir}/agent.secret`);
     const open = jsonFrame(FrameType.Open, { id: 1, name: "clear", size: 64 * KiB });
     const local = await LinkClient.connect(gw.socket, "a2", secret);
     try {
