@@ -556,9 +556,8 @@ export function joined(chunks: Uint8Array[]): Uint8Array {
 
 /**
  * A proxy (unix socket or TCP) that records every byte of every connection in
- * both directions. With `duplicateRecord` armed, the next complete Record frame
- * (agent-link framing) going client → server is forwarded twice: an in-session
- * replay by a man in the middle.
+ * both directions. With `duplicateBatch` armed, the agent's next sealed batch going
+ * client → server is forwarded twice: an in-session replay by a man in the middle.
  */
 export class RecordingProxy {
   private listener: Deno.Listener;
@@ -654,13 +653,8 @@ export class RecordingProxy {
 }
 
 /**
- * Follows agent-link frame boundaries in a byte stream; returns each frame (header
- * included) as it completes. Only meaningful when a chunk ends on a frame boundary
- * for the duplicate to be inserted there, which `pendingBytes === 0` tells.
- */
-/**
- * Follows the agent link's units client → gateway: the hello (a frame: u32 length of type and
- * body), then sealed batches (u32 n, n bytes, a 16-byte tag).
+ * Follows the agent link's units client → gateway over TCP: the hello (a frame: u32 length of
+ * type and body), then sealed batches (u32 n, n bytes, a 16-byte tag).
  */
 class BatchTracker {
   private buf: Uint8Array = new Uint8Array(0);
