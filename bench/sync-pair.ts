@@ -1,7 +1,8 @@
 // `deno task bench sync-pair`: what a FLUSH costs on this machine's one disk, as the capture
 // benchmark's flushing jobs meet it. The qemu mirror makes one copy durable per guest flush (its
 // source file); Continuum makes two (the agent's disk and the gateway's journal, both synced at
-// once). Each round times a 4 KiB write into a sparse 1 GiB file with its fdatasync alone, then the
+// once). Each round times a 4 KiB write into a 1 GiB volume file that holds data (written once, as
+// the capture benchmark's volumes are) with its fdatasync alone, then the
 // same with a 4 KiB append to a 256 MiB journal file synced beside it (both syncs in parallel, as
 // the data plane runs them), the journal file once only preallocated (`--buffer-init reserve`) and
 // once written through (`zeroes`, the default), and the journal's append and sync alone (what the
@@ -23,12 +24,13 @@ const dir = await Deno.makeTempDir({
 });
 try {
   const volume = openSync(`${dir}/volume.img`, "w+");
-  await Deno.truncate(`${dir}/volume.img`, GiB);
+  const zeroes = new Uint8Array(MiB);
+  for (let off = 0; off < GiB; off += MiB) writeSync(volume, zeroes, 0, MiB, off);
+  fdatasyncSync(volume);
   const reserved = openSync(`${dir}/reserved.ring`, "w+");
   await native.allocate(reserved, 0, RING);
   await native.fdatasync(reserved);
   const written = openSync(`${dir}/written.ring`, "w+");
-  const zeroes = new Uint8Array(MiB);
   for (let off = 0; off < RING; off += MiB) writeSync(written, zeroes, 0, MiB, off);
   await native.fdatasync(written);
   const block = crypto.getRandomValues(new Uint8Array(BLOCK));
