@@ -22,19 +22,26 @@ async function link(lab: FailoverLab): Promise<LinkQos | undefined> {
   return ((await lab.api("/api/detector")) as LinkQos[]).find((l) => l.agent === "app1");
 }
 
-/** Until a setting derived for the link runs (the agent's heartbeats come at its period). */
-async function settled(lab: FailoverLab, what: string, differs?: LinkQos["running"]): Promise<LinkQos> {
+/** The detection budget α + 2η of a setting. */
+const budget = (x: LinkQos["running"]) => x.alphaMs + 2 * x.etaMs;
+
+/**
+ * Until a setting derived for the link runs (the agent's heartbeats come at its period), one that
+ * `wanted` accepts if given.
+ */
+async function settled(
+  lab: FailoverLab,
+  what: string,
+  wanted?: (derived: NonNullable<LinkQos["derived"]>) => boolean,
+): Promise<LinkQos> {
   let last: LinkQos | undefined;
   await waitFor(
     async () => {
       last = await link(lab);
       if (!last?.derived || last.state !== "met") return false;
       const runs = last.running.etaMs === last.derived.etaMs && last.running.alphaMs === last.derived.alphaMs;
-      const moved = !differs ||
-        Math.abs(last.derived.etaMs - differs.etaMs) > 0.2 * differs.etaMs ||
-        Math.abs(last.derived.alphaMs - differs.alphaMs) > 0.2 * (differs.alphaMs + differs.etaMs);
       // and measured again at that period
-      return runs && moved && last.link !== null && last.predicted !== null;
+      return runs && (!wanted || wanted(last.derived)) && last.link !== null && last.predicted !== null;
     },
     // a new link profile can take several derivations: while the loss estimate has seen no drop
     // the period moves a little, and each new period measures the link anew (about 25 s at ~0.5 s)
@@ -70,16 +77,20 @@ t(
       // what the running setting guarantees on the link as measured now: close to that
       assert.ok(calm.predicted && calm.predicted.detectionMs <= TD * 1.05, JSON.stringify(calm.predicted));
 
-      // the link gets slow and jittery, and loses heartbeats
+      // the link gets slow and jittery, and loses heartbeats: 38 ms more delay each way
+      const changed = Date.now();
       await Deno.writeTextFile(control, JSON.stringify({ delayMs: 40, jitterMs: 30, lossPct: 2 }));
-      const rough = await settled(lab, "a new setting for the rough link, and running", calm.running);
+      // Derived again, and the added delay came out of the detection budget α + 2η (by 39–52 ms in
+      // the runs logged so far). How far the period itself moves depends on the loss the run happens
+      // to see: η fell by 27–42 % in those, by 11 % in one that saw 0.7 % loss instead of 2 %.
+      const rough = await settled(
+        lab,
+        "a setting derived for the rough link, with a smaller budget, and running",
+        (d) => d.at > changed && budget(d) < budget(calm.running) - 38 / 2,
+      );
       console.log(`  rough link: η ${rough.running.etaMs} ms, α ${rough.running.alphaMs} ms`, rough.link);
       assert.ok(rough.link!.meanDelayMs > calm.link!.meanDelayMs + 20, "the delay was measured");
-      // the added delay comes out of the detection budget α + 2η, as the link was measured when the
-      // setting was derived (a margin within 5 % of the ideal one is kept while it meets the targets),
-      // and that setting promised detection within T_D^U
-      const budget = (x: LinkQos["running"]) => x.alphaMs + 2 * x.etaMs;
-      assert.ok(budget(rough.running) < budget(calm.running), "the margin gave way to the delay");
+      // that setting promised detection within T_D^U
       assert.ok(rough.derived!.predicted.detectionMs <= TD, JSON.stringify(rough.derived!.predicted));
 
       // no false detection over the run: fewer than (run length / T_MR^L), i.e. none here
