@@ -214,11 +214,12 @@ async function pairOnly(link: "unix" | "tcp"): Promise<Running> {
   const pair = await startPair("bench-capture", { vol0: GiB }, [], undefined, AS_SHIPPED, link);
   // measured in steady state: after the new volume's first full synchronisation
   await pair.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
-  await waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
+  const settled = () => waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
+  await settled();
   return {
     uri: pair.agent.uri("vol0"),
     pids: [pair.agent.proc.pid, pair.gw.proc.pid],
-    settled: () => waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000),
+    settled,
     // each run's files go with it: three rounds of every job would otherwise fill the disk
     stop: async () => {
       await pair.stop();
