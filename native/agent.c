@@ -203,8 +203,10 @@ static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len
     }
     cvol *v = vol_take(a, get32(body));
     if (!v) return 0; // a volume removed meanwhile
+    nbd_hold_replies();
     if (type == F_ACCEPTED) cvol_on_accepted(v, get64(body + 4));
     else cvol_on_durable(v, get64(body + 4));
+    nbd_release_replies();
     vol_release(a);
     return 0;
   }
@@ -338,35 +340,21 @@ static int unseal_batch(cn_agent *a, const uint8_t lp[4], uint8_t *buf, uint32_t
 
 /** Reads sealed batches until the connection ends (epoch: its number); the reason goes to why. */
 static void read_loop(cn_agent *a, int fd, uint64_t epoch, char *why, size_t cap) {
-  uint8_t *buf = NULL;
-  size_t bcap = 0;
+  batch_reader_t in;
   claim_t claims[CHUNK_WRITE_SLOTS];
+  if (batch_reader_init(&in, fd) < 0) {
+    snprintf(why, cap, "out of memory for the link");
+    return;
+  }
   for (;;) {
-    uint8_t lp[4];
-    int r = read_full(fd, lp, 4);
+    uint8_t lp[4], *buf;
+    uint32_t n;
+    int r = batch_next(&in, LINK_MAX_PLAIN, seal_tag(a->rx), lp, &buf, &n);
     if (r <= 0) {
       if (r == 0) snprintf(why, cap, "gateway closed the connection");
+      else if (r == -EMSGSIZE) snprintf(why, cap, "gateway sent a batch of %u bytes, over the limit", get32(lp));
+      else if (r == -EPIPE) snprintf(why, cap, "gateway closed the connection inside a batch");
       else snprintf(why, cap, "%s", strerror(-r));
-      break;
-    }
-    uint32_t n = get32(lp);
-    if (n > LINK_MAX_PLAIN) {
-      snprintf(why, cap, "gateway sent a batch of %u bytes, over the limit", n);
-      break;
-    }
-    uint32_t tag = seal_tag(a->rx);
-    if (n + tag > bcap) {
-      uint8_t *b = realloc(buf, n + tag);
-      if (!b) {
-        snprintf(why, cap, "out of memory for a batch of %u bytes", n);
-        break;
-      }
-      buf = b;
-      bcap = n + tag;
-    }
-    r = read_full(fd, buf, n + tag);
-    if (r <= 0) {
-      snprintf(why, cap, "gateway closed the connection inside a batch");
       break;
     }
     int nc = unseal_batch(a, lp, buf, n, claims, why, cap);
@@ -391,7 +379,7 @@ static void read_loop(cn_agent *a, int fd, uint64_t epoch, char *why, size_t cap
       break;
     }
   }
-  free(buf);
+  batch_reader_free(&in);
 }
 
 static void wait_backoff(cn_agent *a) {
@@ -643,10 +631,7 @@ static bool send_waiting(cn_agent *a) {
   return any;
 }
 
-void agent_defer_send(bool on) {
-  tl_defer_send = on;
-  if (on) tl_send_wanted = false;
-}
+void agent_defer_send(bool on) { tl_defer_send = on; }
 
 void agent_send_deferred(cn_agent *a) {
   if (!tl_send_wanted) return;

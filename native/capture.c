@@ -174,7 +174,14 @@ int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flag
   uint8_t rflags = (uint8_t)(((flags & CMD_FLAG_FUA) ? RF_FUA : 0) |
                              (kind == K_ZERO && !(flags & CMD_FLAG_NO_HOLE) ? RF_MAY_TRIM : 0));
   pthread_mutex_lock(&v->mu);
-  op_t *o = reserve(v, REC_FRAME + payload, true);
+  op_t *o = reserve(v, REC_FRAME + payload, false);
+  if (!o && !v->stop && !v->removing) {
+    // the ring is full: what this reader still owes the gateway must go before it waits for room
+    pthread_mutex_unlock(&v->mu);
+    agent_send_deferred(v->agent);
+    pthread_mutex_lock(&v->mu);
+    o = reserve(v, REC_FRAME + payload, true);
+  }
   if (!o) {
     pthread_mutex_unlock(&v->mu);
     if (payload && rbuf_skip(r, payload) < 0) return -EPIPE;
@@ -234,10 +241,14 @@ int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flag
   }
   pthread_mutex_unlock(&v->mu);
   agent_defer_send(false);
-  agent_send_deferred(v->agent);
+  // requests read in one go leave as one batch: the last of them sends it (one send, one
+  // append and one acknowledgement at the gateway for the burst instead of one per write)
+  if (!nbd_next_captured(r)) agent_send_deferred(v->agent);
   if (mine) write_inline(v, o);
   return 0;
 }
+
+void capture_send_owed(cvol *v) { agent_send_deferred(v->agent); }
 
 static void feed_resync(cvol *v);
 

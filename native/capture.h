@@ -202,8 +202,11 @@ void cvol_status(cvol *v, uint64_t *out);
 void agent_queue_open(cn_agent *a, cvol *v);
 /** The agent's sender has records to send. */
 void agent_wake_sender(cn_agent *a);
-/** On: this thread's agent_wake_sender calls only note that records wait (it holds locks). */
+/**
+ * On: this thread's agent_wake_sender calls only note that records wait (it holds locks, or the
+ * next request it has read will send them with its own). The note stays until sent.
+ */
 void agent_defer_send(bool on);
-/** Sends what this thread queued while deferring: on this thread if the sender is idle. */
+/** Sends what this thread queued while deferring, if anything: on this thread if the sender is idle. */
 void agent_send_deferred(cn_agent *a);
 #endif

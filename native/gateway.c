@@ -84,8 +84,9 @@ typedef struct gsess {
   uint64_t q_bytes;
   bool ending, sender_done;
   pthread_t reader, sender;
-  uint8_t *rx_buf, *tx_buf;
-  size_t rx_cap, tx_cap;
+  batch_reader_t in; // the agent's batches, read after the handshake
+  uint8_t *tx_buf;
+  size_t tx_cap;
   copy_t copies[COPY_SLOTS];
   uint32_t copy_serial;
 } gsess;
@@ -571,10 +572,10 @@ typedef struct {
   bool barrier; // a FLUSH or FUA record is in this sealed batch
 } batch_t;
 
-/** Bytes waiting on the session's socket (0 when none, or unknown). */
-static int pending_input(gsess *s) {
+/** Bytes waiting, read ahead or on the session's socket (0 when none, or unknown). */
+static size_t pending_input(gsess *s) {
   int n = 0;
-  return ioctl(s->fd, FIONREAD, &n) == 0 ? n : 0;
+  return batch_buffered(&s->in) + (ioctl(s->fd, FIONREAD, &n) == 0 ? (size_t)n : 0);
 }
 
 /**
@@ -720,32 +721,22 @@ static uint32_t frame_limit(uint8_t type) {
 static void serve(gsess *s, char *why, size_t cap) {
   cn_gateway *g = s->g;
   batch_t *b = calloc(1, sizeof *b);
-  if (!b) return;
+  if (!b || batch_reader_init(&s->in, s->fd) < 0) {
+    snprintf(why, cap, "out of memory for a session");
+    free(b);
+    return;
+  }
   for (;;) {
-    uint8_t lp[4];
-    int r = read_full(s->fd, lp, 4);
+    uint8_t lp[4], *data;
+    uint32_t n;
+    int r = batch_next(&s->in, LINK_MAX_PLAIN, seal_tag(s->rx), lp, &data, &n);
     if (r <= 0) {
-      if (r < 0) snprintf(why, cap, "%s", strerror(-r));
+      if (r == -EMSGSIZE) snprintf(why, cap, "a batch of %u bytes is over the limit", get32(lp));
+      else if (r == -EPIPE) snprintf(why, cap, "the agent closed the connection inside a batch");
+      else if (r < 0) snprintf(why, cap, "%s", strerror(-r));
       break;
     }
-    uint32_t n = get32(lp);
-    if (n > LINK_MAX_PLAIN) {
-      snprintf(why, cap, "a batch of %u bytes is over the limit", n);
-      break;
-    }
-    uint32_t tag = seal_tag(s->rx);
-    if (n + tag > s->rx_cap) {
-      uint8_t *nb = realloc(s->rx_buf, n + tag);
-      if (!nb) break;
-      s->rx_buf = nb;
-      s->rx_cap = n + tag;
-    }
-    r = read_full(s->fd, s->rx_buf, n + tag);
-    if (r <= 0) {
-      snprintf(why, cap, "the agent closed the connection inside a batch");
-      break;
-    }
-    if (unseal(s->rx, lp, s->rx_buf, n) < 0) {
+    if (unseal(s->rx, lp, data, n) < 0) {
       snprintf(why, cap, "a batch failed authentication (altered, replayed or reordered)");
       glog(g, LOG_WARN, "agent connection dropped", "agent", s->agent, "error", why);
       static const char m[] = "{\"message\":\"a batch failed authentication\"}";
@@ -758,7 +749,7 @@ static void serve(gsess *s, char *why, size_t cap) {
     size_t at = 0;
     int bad = 0;
     while (at < n && !bad) {
-      uint8_t *f = s->rx_buf + at;
+      uint8_t *f = data + at;
       if (n - at < FRAME_HEADER) {
         snprintf(why, cap, "stream ended inside a frame header");
         bad = 1;
@@ -888,7 +879,7 @@ static void *conn_main(void *arg) {
   }
   sealer_free(s->tx);
   sealer_free(s->rx);
-  free(s->rx_buf);
+  batch_reader_free(&s->in);
   free(s->tx_buf);
   pthread_mutex_destroy(&s->mu);
   pthread_mutex_destroy(&s->wmu);

@@ -143,6 +143,32 @@ int rbuf_read(rbuf_t *r, void *dst, size_t n);
 /** Drops n bytes. 1 ok, <0 error/EOF. */
 int rbuf_skip(rbuf_t *r, size_t n);
 
+/**
+ * Reads the link's sealed batches (a 4-byte length, then that many bytes and the tag): a batch
+ * that fits the buffer is read with whatever follows it in as few recv calls as the socket
+ * allows, and unsealed in place; a larger one is read into a buffer of its own.
+ */
+typedef struct {
+  rbuf_t r;
+  size_t taken; // bytes of the last batch, left in the buffer until the next call
+  uint8_t *big;
+  size_t big_cap;
+} batch_reader_t;
+
+#define BATCH_READ_BUFFER (64u * 1024)
+
+/** 0 or -ENOMEM; the reader reads fd from the first byte after the handshake on. */
+int batch_reader_init(batch_reader_t *b, int fd);
+void batch_reader_free(batch_reader_t *b);
+/**
+ * The next batch: its length prefix in lp, its n bytes and tag at *data (valid until the next
+ * call). 1 ok, 0 clean end before a batch, -EMSGSIZE over max, -EPIPE inside a batch, -ENOMEM,
+ * or -errno.
+ */
+int batch_next(batch_reader_t *b, uint32_t max, uint32_t tag, uint8_t lp[4], uint8_t **data, uint32_t *n);
+/** Bytes already read past the last batch: more is waiting even when the socket holds none. */
+static inline size_t batch_buffered(const batch_reader_t *b) { return b->r.end - b->r.start - b->taken; }
+
 // ---- records (src/record/record.ts describes the same format) ----
 
 #define REC_MAGIC 0x434e5231u /* "CNR1" */

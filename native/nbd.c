@@ -324,6 +324,7 @@ struct nbd_conn {
   uint8_t *replies, *sending;
   uint32_t nreplies;
   uint32_t in_flight;
+  uint32_t held; // threads holding replies of it (nbd_hold_replies): the connection stays until they let go
   bool reader_done, write_failed, withdrawn;
   uint8_t rmem[READ_BUFFER];
   uint8_t *readbuf;
@@ -443,8 +444,78 @@ static bool reply_inline(nbd_conn *c, uint64_t handle, uint32_t error) {
   return done;
 }
 
+// replies this thread holds back to write each connection's together (nbd_hold_replies)
+#define HOLD_CONNS 8
+static _Thread_local struct {
+  bool on;
+  int n;
+  nbd_conn *conns[HOLD_CONNS];
+} tl_hold;
+
+/** Whether this thread holds c's replies now (with c->mu held). */
+static bool holding(nbd_conn *c) {
+  if (!tl_hold.on) return false;
+  for (int i = 0; i < tl_hold.n; i++) {
+    if (tl_hold.conns[i] == c) return true;
+  }
+  if (tl_hold.n == HOLD_CONNS) return false;
+  tl_hold.conns[tl_hold.n++] = c;
+  c->held++;
+  return true;
+}
+
+void nbd_hold_replies(void) { tl_hold.on = true; }
+
+/** Writes c's queued replies in one send when the socket takes them at once, else leaves them to the reply thread. */
+static void write_held(nbd_conn *c) {
+  pthread_mutex_lock(&c->mu);
+  c->held--;
+  uint32_t n = c->nreplies, sent = 0;
+  if (n > 0 && pthread_mutex_trylock(&c->wmu) == 0) {
+    if (!c->write_failed) {
+      ssize_t w;
+      do {
+        w = send(c->fd, c->replies, (size_t)n * NBD_REPLY_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT);
+      } while (w < 0 && errno == EINTR);
+      if (w > 0) {
+        size_t part = (size_t)w % NBD_REPLY_SIZE;
+        if (part) {
+          // a reply is never torn: the socket took part of it, so it takes the rest
+          struct iovec rest = {c->replies + w, NBD_REPLY_SIZE - part};
+          conn_write_locked(c, &rest, 1);
+          w += (ssize_t)rest.iov_len;
+        }
+        sent = (uint32_t)((size_t)w / NBD_REPLY_SIZE);
+      } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        c->write_failed = true;
+      }
+    }
+    pthread_mutex_unlock(&c->wmu);
+  }
+  if (sent > 0) {
+    memmove(c->replies, c->replies + (size_t)sent * NBD_REPLY_SIZE, (size_t)(n - sent) * NBD_REPLY_SIZE);
+    c->nreplies -= sent;
+    c->in_flight -= sent;
+    pthread_cond_signal(&c->budget);
+  }
+  if (c->nreplies > 0 || (c->reader_done && c->in_flight == 0 && c->held == 0)) pthread_cond_signal(&c->wake);
+  pthread_mutex_unlock(&c->mu);
+}
+
+void nbd_release_replies(void) {
+  tl_hold.on = false;
+  for (int i = 0; i < tl_hold.n; i++) write_held(tl_hold.conns[i]);
+  tl_hold.n = 0;
+}
+
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error) {
   pthread_mutex_lock(&c->mu);
+  if (holding(c)) {
+    simple_reply(c->replies + (size_t)c->nreplies * NBD_REPLY_SIZE, error, handle);
+    c->nreplies++;
+    pthread_mutex_unlock(&c->mu);
+    return;
+  }
   if (reply_inline(c, handle, error)) {
     pthread_mutex_unlock(&c->mu);
     return;
@@ -460,7 +531,9 @@ static void *writer_main(void *arg) {
   nbd_conn *c = arg;
   pthread_mutex_lock(&c->mu);
   for (;;) {
-    while (c->nreplies == 0 && !(c->reader_done && c->in_flight == 0)) pthread_cond_wait(&c->wake, &c->mu);
+    while (c->nreplies == 0 && !(c->reader_done && c->in_flight == 0 && c->held == 0)) {
+      pthread_cond_wait(&c->wake, &c->mu);
+    }
     if (c->nreplies == 0) break;
     uint32_t n = c->nreplies;
     uint8_t *b = c->replies;
@@ -572,9 +645,28 @@ done:
   return chosen;
 }
 
+/** Sends what the reader's submissions still owe the gateway (before it may wait). */
+static void send_owed(nbd_conn *c) {
+  if (c->exp->vol) capture_send_owed(c->exp->vol);
+}
+
+bool nbd_next_captured(const rbuf_t *r) {
+  size_t have = r->end - r->start;
+  nbd_req q;
+  if (have < NBD_REQUEST_SIZE || !decode_request(r->buf + r->start, &q)) return false;
+  if (q.type == CMD_WRITE) return have - NBD_REQUEST_SIZE >= q.length;
+  return q.type == CMD_FLUSH || q.type == CMD_TRIM || q.type == CMD_WRITE_ZEROES;
+}
+
 /** Waits for room for one more request in flight (payload bytes are bounded by the volume's ring). */
 static void take_budget(nbd_conn *c) {
   pthread_mutex_lock(&c->mu);
+  if (c->in_flight >= MAX_IN_FLIGHT) {
+    // the replies that give room back may wait for what this reader has not sent yet
+    pthread_mutex_unlock(&c->mu);
+    send_owed(c);
+    pthread_mutex_lock(&c->mu);
+  }
   while (c->in_flight >= MAX_IN_FLIGHT) pthread_cond_wait(&c->budget, &c->mu);
   c->in_flight++;
   pthread_mutex_unlock(&c->mu);
@@ -647,6 +739,9 @@ static void transmission(nbd_conn *c, rbuf_t *r) {
   export_t *e = c->exp;
   int64_t grace_until = 0;
   for (;;) {
+    // a submission leaves its records for the next request when that one is read already
+    // (nbd_next_captured); anything else, a wait for the client above all, sends them first
+    if (!nbd_next_captured(r)) send_owed(c);
     int f = rbuf_fill(r, NBD_REQUEST_SIZE);
     if (f <= 0) {
       if (f < 0 && !c->withdrawn && !c->srv->closing && f != -ECONNRESET && f != -EPIPE) {
@@ -664,6 +759,9 @@ static void transmission(nbd_conn *c, rbuf_t *r) {
     pthread_mutex_lock(&c->mu);
     bool withdrawn = c->withdrawn;
     pthread_mutex_unlock(&c->mu);
+    bool ro = e->read_only || (e->vol && capture_readonly(e->vol));
+    uint32_t err = withdrawn ? 0 : nbd_validate(&q, e->size, ro);
+    if (withdrawn || err || q.type == CMD_READ) send_owed(c);
     if (withdrawn) {
       // the export is withdrawn: the spec's "server shutting down", so the client leaves cleanly
       if (!grace_until) grace_until = mono_ns() + (int64_t)WITHDRAW_GRACE_MS * 1000000;
@@ -672,8 +770,6 @@ static void transmission(nbd_conn *c, rbuf_t *r) {
       if (mono_ns() > grace_until) break;
       continue;
     }
-    bool ro = e->read_only || (e->vol && capture_readonly(e->vol));
-    uint32_t err = nbd_validate(&q, e->size, ro);
     if (err) {
       if (plane_logs(c->srv->plane, LOG_DEBUG)) {
         char fl[256];
@@ -729,6 +825,7 @@ static void *reader_main(void *arg) {
   if (c->exp && tr == 0) {
     if (c->exp->vol) capture_hold(c->exp->vol);
     transmission(c, &r);
+    send_owed(c);
     // NBD_CMD_DISC or end of stream: what is in flight is answered before closing
     pthread_mutex_lock(&c->mu);
     c->reader_done = true;

@@ -19,6 +19,13 @@ typedef struct cvol cvol;
 
 /** Answers a request of a connection (from any thread); the connection's in-flight count drops. */
 void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error);
+/**
+ * From now on this thread's nbd_reply calls queue the replies (of up to 8 connections) until
+ * nbd_release_replies writes each connection's in one send: an acknowledgement that completes
+ * many writes answers them with one system call, not one each. Nothing may wait in between.
+ */
+void nbd_hold_replies(void);
+void nbd_release_replies(void);
 
 /**
  * Takes a WRITE / TRIM / WRITE_ZEROES / FLUSH for a captured volume. For WRITE the payload is
@@ -28,6 +35,16 @@ void nbd_reply(nbd_conn *c, uint64_t handle, uint32_t error);
  */
 int capture_submit(cvol *v, nbd_conn *c, uint64_t handle, int cmd, uint16_t flags, uint64_t offset, uint32_t length,
                    rbuf_t *r);
+/**
+ * Sends what the connection's submissions left queued for the next one to send (see
+ * nbd_next_captured): its reader calls it before anything that may wait.
+ */
+void capture_send_owed(cvol *v);
+/**
+ * Whether the next request is read in whole (header and payload) and is one capture_submit
+ * takes: it cannot wait for the client, so the records before it may go in its batch.
+ */
+bool nbd_next_captured(const rbuf_t *r);
 /** Whether the volume is read-only now (the agent is fenced: its service runs at another site). */
 bool capture_readonly(cvol *v);
 /** Reads for a client (the volume's own disk). */

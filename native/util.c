@@ -445,6 +445,51 @@ int rbuf_read(rbuf_t *r, void *dst, size_t n) {
   return got == 1 ? 1 : got == 0 ? -EPIPE : got;
 }
 
+int batch_reader_init(batch_reader_t *b, int fd) {
+  memset(b, 0, sizeof *b);
+  uint8_t *buf = malloc(BATCH_READ_BUFFER);
+  if (!buf) return -ENOMEM;
+  rbuf_init(&b->r, fd, buf, BATCH_READ_BUFFER);
+  return 0;
+}
+
+void batch_reader_free(batch_reader_t *b) {
+  free(b->r.buf);
+  free(b->big);
+  memset(b, 0, sizeof *b);
+}
+
+int batch_next(batch_reader_t *b, uint32_t max, uint32_t tag, uint8_t lp[4], uint8_t **data, uint32_t *n) {
+  rbuf_take(&b->r, b->taken);
+  b->taken = 0;
+  int f = rbuf_fill(&b->r, 4);
+  if (f <= 0) return f;
+  memcpy(lp, rbuf_peek(&b->r), 4);
+  uint32_t len = get32(lp);
+  if (len > max) return -EMSGSIZE;
+  *n = len;
+  size_t whole = 4 + (size_t)len + tag;
+  if (whole <= b->r.cap) {
+    f = rbuf_fill(&b->r, whole);
+    if (f <= 0) return f == 0 ? -EPIPE : f;
+    *data = rbuf_peek(&b->r) + 4;
+    b->taken = whole;
+    return 1;
+  }
+  // larger than the buffer: only what was read ahead of it is copied
+  rbuf_take(&b->r, 4);
+  if (len + tag > b->big_cap) {
+    uint8_t *nb = realloc(b->big, len + tag);
+    if (!nb) return -ENOMEM;
+    b->big = nb;
+    b->big_cap = len + tag;
+  }
+  f = rbuf_read(&b->r, b->big, len + tag);
+  if (f < 0) return f;
+  *data = b->big;
+  return 1;
+}
+
 int rbuf_skip(rbuf_t *r, size_t n) {
   while (n > 0) {
     if (r->end == r->start) {

@@ -14,6 +14,7 @@ import * as assert from "uvu/assert";
 import { sha256File, startPair, waitEqual, waitMirrorCaughtUp } from "./lib/cluster.ts";
 import { NbdClient, NbdReplyError } from "./lib/nbd-client.ts";
 import { need } from "./lib/env.ts";
+import { within } from "./lib/within.ts";
 import { mustExec } from "./lib/netns.ts";
 
 const t = suite("capture: order");
@@ -170,11 +171,7 @@ t("writes one at a time during the volume's first full resynchronisation are all
     const writes = (async () => {
       for (; done < 600; done++) await c.write((done % (size / MiB)) * MiB, data);
     })();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const stalled = new Promise((_, reject) =>
-      timer = setTimeout(() => reject(new Error(`stalled after ${done} of 600 writes`)), 60_000)
-    );
-    await Promise.race([writes, stalled]).finally(() => clearTimeout(timer));
+    await within(writes, 60_000, () => `stalled after ${done} of 600 writes`);
     await c.flush();
     await c.disconnect();
     await agent.proc.waitForLog("every chunk that may differ was resent", 60_000);

@@ -269,9 +269,17 @@ export class NativeAgent {
     await native().cn_agent_reconnect(this.ptr);
   }
 
-  /** Why the last connection attempt failed, and what is queued. */
-  linkStatus(): { up: boolean; queuedBytes: number; connectedSince: number; lastError: string } {
-    if (this.closed) return { up: false, queuedBytes: 0, connectedSince: 0, lastError: "stopped" };
+  /** Why the last connection attempt failed, what is queued, and how many sealed batches were sent. */
+  linkStatus(): {
+    up: boolean;
+    queuedBytes: number;
+    connectedSince: number;
+    batches: number;
+    lastError: string;
+  } {
+    if (this.closed) {
+      return { up: false, queuedBytes: 0, connectedSince: 0, batches: 0, lastError: "stopped" };
+    }
     const out = new BigUint64Array(4);
     const err = new Uint8Array(512);
     native().cn_agent_link_status(this.ptr, new Uint8Array(out.buffer), err, BigInt(err.length));
@@ -279,6 +287,7 @@ export class NativeAgent {
       up: out[0] === 1n,
       queuedBytes: Number(out[1]),
       connectedSince: Number(out[2]),
+      batches: Number(out[3]),
       lastError: fromCstr(err),
     };
   }

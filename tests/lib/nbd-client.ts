@@ -179,6 +179,32 @@ export class NbdClient {
     return p;
   }
 
+  /**
+   * Sends requests in one socket write, so the server finds them read together (a burst); the
+   * last one's payload may be cut at `holdLast` bytes, its rest sent by the returned `rest`.
+   */
+  burst(
+    reqs: { type: number; offset: number; length: number; data?: Uint8Array; replyLen?: number }[],
+    holdLast?: number,
+  ): { replies: Promise<Uint8Array>[]; rest: () => Promise<void> } {
+    const parts: Uint8Array[] = [];
+    const replies = reqs.map((r) => {
+      const handle = this.nextHandle++;
+      parts.push(encodeRequest({ flags: 0, type: r.type, offset: r.offset, length: r.length, handle }));
+      if (r.data) parts.push(r.data);
+      return new Promise<Uint8Array>((resolve, reject) =>
+        this.waiting.set(handle, { len: r.replyLen ?? 0, resolve, reject })
+      );
+    });
+    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+    const cut = holdLast === undefined
+      ? all.length
+      : all.length - reqs[reqs.length - 1].data!.length + holdLast;
+    const sent = this.writeAll(all.subarray(0, cut));
+    return { replies, rest: async () => (await sent, await this.writeAll(all.subarray(cut))) };
+  }
+
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.request({ flags: 0, type: CMD_READ, offset, length }, undefined, length);
   }
