@@ -18,6 +18,8 @@ const only = Deno.env.get("BENCH_TARGETS")?.split(";");
 const onlyJobs = Deno.env.get("BENCH_JOBS")?.split(";");
 const GiB = 1024 ** 3;
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 const allJobs: Record<string, string[]> = {
   "4 KiB randwrite qd1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
   "4 KiB randwrite qd16": ["--rw=randwrite", "--bs=4k", "--iodepth=16"],
@@ -69,7 +71,7 @@ async function waitSocket(path: string): Promise<void> {
       (await Deno.connect({ transport: "unix", path })).close();
       return;
     } catch {
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   }
   throw new Error(`${path} never came up`);
@@ -163,7 +165,7 @@ async function qemuActiveMirror(dir: string): Promise<Running> {
         const jobs = await q.run("query-block-jobs") as { device: string; ready: boolean }[];
         if (jobs.find((j) => j.device === "m0")?.ready) break;
         if (Date.now() > until) throw new Error("the qemu mirror never became ready");
-        await new Promise((r) => setTimeout(r, 100));
+        await sleep(100);
       }
     } finally {
       q.close();
@@ -330,15 +332,20 @@ for (let round = 1; round <= rounds; round++) {
           ? (async () => {
             while (sampling) {
               lags.push(await s.lag!().catch(() => NaN));
-              await new Promise((r) => setTimeout(r, 250));
+              await sleep(250);
             }
           })()
           : undefined;
+        // both CPU samples are taken while fio runs: a connection's threads (the NBD reader and
+        // its reply thread) end with it, and their time with them
+        const running = fio(s.uri, args, seconds);
+        await sleep(500);
         const before = cpuSample(s.pids), t0 = performance.now();
-        const r = await fio(s.uri, args, seconds);
+        await sleep(Math.max(seconds - 1, 0.5) * 1000);
         const cpu = s.pids.length
           ? cpuDelta(before, cpuSample(s.pids), (performance.now() - t0) / 1000)
           : undefined;
+        const r = await running;
         sampling = false;
         await sampler;
         const run: Run = { fio: r, cpu, lags: s.lag ? lags.filter((x) => !Number.isNaN(x)) : undefined };
