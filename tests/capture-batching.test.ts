@@ -1,14 +1,14 @@
 // Requests an NBD client sends together leave the agent together (native/nbd.c, capture.c): a
 // submission whose next request is already read in whole leaves its record for that one to send,
 // so a burst crosses to the gateway in a few sealed batches, not one per write. Whatever may wait
-// for the client sends first: a burst cut inside its last payload, or a read after writes, gets
-// every earlier answer without more arriving. Checked through a real gateway and NBD client.
+// sends first: a burst cut inside its last payload, one longer than the requests a connection may
+// have in flight, or a read after writes, gets every earlier answer without more arriving. Checked through a real gateway and NBD client.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Gateway, tempDir, waitMirrorCaughtUp, writeSecret } from "./lib/cluster.ts";
 import { NbdClient } from "./lib/nbd-client.ts";
 import { within } from "./lib/within.ts";
-import { CMD_FLUSH, CMD_READ, CMD_WRITE } from "./lib/nbd-protocol.ts";
+import { CMD_FLUSH, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES } from "./lib/nbd-protocol.ts";
 import { NativeAgent } from "../src/capture/native-agent.ts";
 import { NbdServer } from "../src/nbd/server.ts";
 import { Volume } from "../src/volume/volume.ts";
@@ -110,6 +110,19 @@ t(
     });
   },
 );
+
+t("a burst longer than the connection's 128 requests in flight is all answered", async () => {
+  await withAgent("burst-budget", async (c) => {
+    // 200 zeroings fit the reader's buffer whole: the 129th waits for room, which the replies
+    // give back only once the records owed to the gateway are sent
+    const zeroes = Array.from(
+      { length: 200 },
+      (_, i) => ({ type: CMD_WRITE_ZEROES, offset: i * 4096, length: 512 }),
+    );
+    const { replies } = c.burst(zeroes);
+    await within(Promise.all(replies), 20_000, "the answers to 200 zeroings in flight at once");
+  });
+});
 
 t("writes followed by a read in one burst are all answered", async () => {
   await withAgent("burst-read", async (c) => {
