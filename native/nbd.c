@@ -761,7 +761,8 @@ static void transmission(nbd_conn *c, rbuf_t *r) {
     pthread_mutex_unlock(&c->mu);
     bool ro = e->read_only || (e->vol && capture_readonly(e->vol));
     uint32_t err = withdrawn ? 0 : nbd_validate(&q, e->size, ro);
-    if (withdrawn || err || q.type == CMD_READ) send_owed(c);
+    // records are still owed here only for a request of a kind capture_submit takes: refused, it sends none
+    if (withdrawn || err) send_owed(c);
     if (withdrawn) {
       // the export is withdrawn: the spec's "server shutting down", so the client leaves cleanly
       if (!grace_until) grace_until = mono_ns() + (int64_t)WITHDRAW_GRACE_MS * 1000000;
