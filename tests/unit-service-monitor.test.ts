@@ -8,16 +8,18 @@ import { ServiceMonitor } from "../src/health/service-check.ts";
 const t = suite("service monitor");
 
 /** A monitor whose check (taking `checkSeconds`) passes while `flag` exists. */
-async function monitor(intervalMs = 50, checkSeconds = 0) {
+async function monitor(intervalMs = 50, checkSeconds = 0, startGraceMs = 0) {
   const dir = await Deno.makeTempDir();
   const flag = `${dir}/up`;
   const m = new ServiceMonitor({
     spec: { kind: "exec", command: `sleep ${checkSeconds}; test -f ${flag}` },
     intervalMs,
     failures: 1,
+    startGraceMs,
   });
   return {
     m,
+    flag,
     up: () => Deno.writeTextFile(flag, ""),
     done: async () => {
       m.stop();
@@ -72,6 +74,32 @@ t("waitHealthy ends when the monitor stops, and refuses once stopped", async () 
     assert.match(after?.message ?? "", /stopped/);
   } finally {
     await x.done();
+  }
+});
+
+t("a service that has not come up yet fails only after the start grace; once up, at once", async () => {
+  const x = await monitor(50, 0, 600);
+  try {
+    x.m.start();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(x.m.healthy, "within the grace a failing check is a service still starting");
+    assert.match(x.m.detail, /^not up yet: /);
+    await new Promise((r) => setTimeout(r, 600));
+    assert.not.ok(x.m.healthy, "past the grace it counts as failed");
+    assert.match(x.m.detail, /^failed: exit code 1/);
+  } finally {
+    await x.done();
+  }
+  const y = await monitor(50, 0, 60_000);
+  try {
+    await y.up();
+    y.m.start();
+    await y.m.waitHealthy(5000);
+    await Deno.remove(`${y.flag}`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.not.ok(y.m.healthy, "after a first pass the grace no longer applies");
+  } finally {
+    await y.done();
   }
 });
 

@@ -73,6 +73,11 @@ export interface MonitorOptions {
   /** Failures in a row before the service counts as failed. */
   failures: number;
   timeoutMs?: number;
+  /**
+   * Until a check first passes, failures count only once this long has gone by since start:
+   * the service starts after the agent exports the volume it runs on.
+   */
+  startGraceMs?: number;
 }
 
 /** Someone waiting for a check to pass: only a check started after it began waiting counts. */
@@ -95,6 +100,8 @@ export class ServiceMonitor {
   /** Checks started so far, and whether one runs now. */
   private checks = 0;
   private checking = false;
+  private startedAt = 0;
+  private passedOnce = false;
   private readonly waiters = new Set<PassWaiter>();
   healthy = true;
 
@@ -103,6 +110,7 @@ export class ServiceMonitor {
   start(): void {
     if (this.started) return;
     this.started = true;
+    this.startedAt = performance.now();
     this.tick();
   }
 
@@ -116,12 +124,14 @@ export class ServiceMonitor {
       if (!this.healthy) log.info("service healthy again");
       this.consecutive = 0;
       this.healthy = true;
+      this.passedOnce = true;
       this.last = "ok";
       for (const w of this.waiters) if (w.after < check) w.pass();
     } else {
       this.consecutive++;
-      this.last = why;
-      if (this.healthy && this.consecutive >= this.o.failures) {
+      const starting = !this.passedOnce && performance.now() - this.startedAt < (this.o.startGraceMs ?? 0);
+      this.last = starting ? `not up yet: ${why}` : why;
+      if (this.healthy && this.consecutive >= this.o.failures && !starting) {
         this.healthy = false;
         log.warn("service failed", { checks: this.consecutive, reason: why });
       }

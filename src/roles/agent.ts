@@ -136,6 +136,13 @@ export const agentFlags: FlagSpec[] = [
     default: 3,
   },
   {
+    name: "service-check-grace",
+    type: "duration",
+    description:
+      "until the service check first passes, how long after the agent starts its failures do not count (the service starts once the volume is exported)",
+    default: "60s",
+  },
+  {
     name: "heartbeat-to",
     type: "string",
     description: "where heartbeats go (UDP HOST:PORT) [default: the gateway's host, port 7810]",
@@ -190,6 +197,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
       spec,
       intervalMs: num(p, "service-check-interval"),
       failures: num(p, "service-check-failures"),
+      startGraceMs: num(p, "service-check-grace"),
     })
     : undefined;
   const c: AgentContext = {

@@ -448,6 +448,16 @@ export class FailoverLab {
       { netns: this.ns.app, script: `${lib}volume-service.ts` },
     );
     await waitFor(() => this.appService!.log.includes("ready"), 15_000, "the app service");
+    // until the agent's check has seen the service up once, a stopped service is not a failure
+    await waitFor(
+      async () => {
+        const s = await this.api("/api/status") as { liveness: { agent: string; serviceDetail: string }[] };
+        return s.liveness.find((a) => a.agent === "app1")?.serviceDetail === "ok";
+      },
+      15_000,
+      "the agent's service check to pass",
+      100,
+    );
   }
 
   async api(path: string, method = "GET"): Promise<unknown> {
