@@ -8,7 +8,7 @@ import { ServiceMonitor } from "../src/health/service-check.ts";
 const t = suite("service monitor");
 
 /** A monitor whose check (taking `checkSeconds`) passes while `flag` exists. */
-async function monitor(intervalMs = 50, checkSeconds = 0, startGraceMs = 0) {
+async function monitor(intervalMs = 50, checkSeconds = 0, startGraceMs = 0, timeoutMs?: number) {
   const dir = await Deno.makeTempDir();
   const flag = `${dir}/up`;
   const m = new ServiceMonitor({
@@ -16,6 +16,7 @@ async function monitor(intervalMs = 50, checkSeconds = 0, startGraceMs = 0) {
     intervalMs,
     failures: 1,
     startGraceMs,
+    timeoutMs,
   });
   return {
     m,
@@ -100,6 +101,31 @@ t("a service that has not come up yet fails only after the start grace; once up,
     assert.not.ok(y.m.healthy, "after a first pass the grace no longer applies");
   } finally {
     await y.done();
+  }
+});
+
+t("a check slower than the interval passes within its timeout, and fails past it", async () => {
+  // each check takes 300 ms, every 50 ms
+  const slow = await monitor(50, 0.3, 0, 1000);
+  try {
+    await slow.up();
+    slow.m.start();
+    await slow.m.waitHealthy(5000);
+    await new Promise((r) => setTimeout(r, 700));
+    assert.ok(slow.m.healthy, "a busy service that answers within the timeout is healthy");
+    assert.is(slow.m.detail, "ok");
+  } finally {
+    await slow.done();
+  }
+  const hung = await monitor(50, 0.3, 0, 100);
+  try {
+    await hung.up();
+    hung.m.start();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.not.ok(hung.m.healthy, "past its timeout a check fails");
+    assert.match(hung.m.detail, /no answer within 100 ms/);
+  } finally {
+    await hung.done();
   }
 });
 

@@ -59,7 +59,9 @@ export async function runCheck(spec: CheckSpec, timeoutMs: number): Promise<stri
           signal,
         })
           .output();
-        return out.success ? undefined : `exit code ${out.code}`;
+        // a command killed at the timeout ends with a signal's exit code: say why it was killed
+        if (out.success) return undefined;
+        return signal.aborted ? `no answer within ${timeoutMs} ms` : `exit code ${out.code}`;
       }
     }
   } catch (e) {

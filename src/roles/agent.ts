@@ -136,6 +136,12 @@ export const agentFlags: FlagSpec[] = [
     default: 3,
   },
   {
+    name: "service-check-timeout",
+    type: "duration",
+    description: "how long one check may take before it counts as failed (a busy service answers slowly)",
+    default: "1s",
+  },
+  {
     name: "service-check-grace",
     type: "duration",
     description:
@@ -197,6 +203,7 @@ export async function runAgent(p: Parsed): Promise<RoleHandle> {
       spec,
       intervalMs: num(p, "service-check-interval"),
       failures: num(p, "service-check-failures"),
+      timeoutMs: num(p, "service-check-timeout"),
       startGraceMs: num(p, "service-check-grace"),
     })
     : undefined;
