@@ -104,6 +104,11 @@ export class Journal {
   }[] = [];
   /** The data plane is taking queued appends (flushed() waits for them). */
   private appending: Promise<void> | undefined;
+  /**
+   * Where a batch of appends is gathered for the data plane, kept from batch to batch: a fresh
+   * buffer each time was zeroed and faulted in by the kernel before the copy (a site's every record).
+   */
+  private stage = new Uint8Array(0);
   private lagBound = 0;
   /** Per volume, the durable sequence the listeners were last told. */
   private readonly heard = new Map<number, number>();
@@ -414,7 +419,10 @@ export class Journal {
       const batch = this.appendQueue;
       this.appendQueue = [];
       const total = batch.reduce((n, a) => n + a.bytes.length, 0);
-      const buf = new Uint8Array(total);
+      if (this.stage.length < total && total <= STAGE_MAX) {
+        this.stage = new Uint8Array(Math.min(STAGE_MAX, Math.max(total, 2 * this.stage.length)));
+      }
+      const buf = total <= this.stage.length ? this.stage : new Uint8Array(total);
       const ids = new Uint32Array(batch.length);
       let at = 0;
       batch.forEach((a, i) => {
@@ -634,7 +642,9 @@ export class Journal {
     }
     // an abandoned read must not hand out entries: its caller would never apply them
     if (signal?.aborted || this.closed) return [];
-    let cap = Math.ceil(maxBytes * 1.5) + 65536;
+    // room for what is there, not for maxBytes: a buffer is zeroed and faulted in as it is made,
+    // and a reader that keeps up finds a few records at a time
+    let cap = Math.ceil(Math.min(maxBytes, this.positions.durable - pos) * 1.5) + 65536;
     for (;;) {
       const buf = new Uint8Array(cap);
       const n = Number(
@@ -706,6 +716,9 @@ export class Journal {
 function check(op: string, r: number): void {
   if (r < 0) throw new NativeError(op, -r);
 }
+
+/** The most the append stage keeps between batches (a larger batch gets a buffer of its own). */
+const STAGE_MAX = 16 << 20;
 
 function wrapOf(pos: number): RecordHeader {
   return { kind: Kind.Wrap, flags: 0, volume: 0, length: 0, seq: 0, offset: 0, time: 0, pos };
