@@ -33,6 +33,24 @@ async function replicated(lab: FailoverLab): Promise<void> {
   );
 }
 
+/** What the gateway's detector says of the app server's agent and its service. */
+async function localSide(lab: FailoverLab) {
+  const s = await lab.api("/api/status") as {
+    liveness: { agent: string; serviceHealthy: boolean; state: string }[];
+  };
+  return s.liveness.find((x) => x.agent === "app1");
+}
+
+/** A failback of the traffic alone is refused while the local service is not healthy. */
+async function failbackRefused(lab: FailoverLab, why: string): Promise<void> {
+  const r = await fetch("http://10.77.9.1:7880/api/services/web/failback?traffic-only=1", {
+    method: "POST",
+    headers: { authorization: `Bearer ${lab.token}` },
+  });
+  assert.is(r.status, 409, why);
+  assert.match((await r.json()).error, /not healthy/);
+}
+
 async function audit(lab: FailoverLab) {
   return await lab.api("/api/audit?limit=1000") as {
     subject: string;
@@ -135,19 +153,11 @@ t(
       );
 
       // failback is refused while the local side is unhealthy, accepted once it is healthy again
-      const early = await fetch("http://10.77.9.1:7880/api/services/web/failback?traffic-only=1", {
-        method: "POST",
-        headers: { authorization: `Bearer ${lab.token}` },
-      });
-      assert.is(early.status, 409, "failback refused while the local service is down");
-      assert.match((await early.json()).error, /not healthy/);
+      await failbackRefused(lab, "failback refused while the local service is down");
       await lab.startAppService();
       await waitFor(
         async () => {
-          const s = await lab.api("/api/status") as {
-            liveness: { agent: string; serviceHealthy: boolean; state: string }[];
-          };
-          const a = s.liveness.find((x) => x.agent === "app1");
+          const a = await localSide(lab);
           return a?.serviceHealthy && a.state === "TRUST";
         },
         15_000,
@@ -197,6 +207,19 @@ t("a host failure (every process of the app namespace killed) moves the service 
       events.some((e) => e.kind === "detector" && e.toState === "FAILURE"),
       "FAILURE is in the audit log",
     );
+
+    // the host is back: its agent restarts fenced, with the service down; that service is failed,
+    // not one still starting (a fenced agent has no start grace), so a failback waits for it
+    await lab.startAgent();
+    await waitFor(
+      async () => {
+        const a = await localSide(lab);
+        return a?.state === "TRUST" && !a.serviceHealthy;
+      },
+      15_000,
+      "the restarted agent to report its service down",
+    );
+    await failbackRefused(lab, "no failback to a service that is not up");
   } finally {
     await poller.stop();
     await lab.stop();

@@ -1,6 +1,7 @@
 // The agent's service monitor: waitHealthy waits for the monitor's own next passing check (no
 // second loop polls beside it), counts only a check started after the wait began, and ends with
-// the monitor.
+// the monitor; a service not up yet is failed only after the start grace (a fence ends it), and a
+// check may take up to its timeout.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ServiceMonitor } from "../src/health/service-check.ts";
@@ -96,11 +97,28 @@ t("a service that has not come up yet fails only after the start grace; once up,
     await y.up();
     y.m.start();
     await y.m.waitHealthy(5000);
-    await Deno.remove(`${y.flag}`);
+    await Deno.remove(y.flag);
     await new Promise((r) => setTimeout(r, 300));
     assert.not.ok(y.m.healthy, "after a first pass the grace no longer applies");
   } finally {
     await y.done();
+  }
+});
+
+t("a fence ends the start grace: a restarted, fenced agent's service is failed until it passes", async () => {
+  const x = await monitor(50, 0, 60_000);
+  try {
+    x.m.start();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(x.m.healthy, "within the grace");
+    x.m.endGrace();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.not.ok(x.m.healthy, "after a fence the failures count");
+    await x.up();
+    await x.m.waitHealthy(5000);
+    assert.is(x.m.detail, "ok");
+  } finally {
+    await x.done();
   }
 });
 

@@ -53,6 +53,7 @@ export function startDataPlane(
   });
   // a fence survives restarts: writes stay refused until the gateway lifts it
   agent.fence(c.state.fenced);
+  if (c.state.fenced !== undefined) c.monitor?.endGrace();
   return agent;
 }
 

@@ -25,6 +25,7 @@ const log = logger("agent");
 /** The gateway fences this server (its writes refused): kept across restarts until lifted. */
 function fence(c: AgentContext, agent: NativeAgent, reason: string): void {
   agent.fence(reason);
+  c.monitor?.endGrace();
   c.state.fence(reason).catch((e) => log.error("cannot persist the fence", { error: e }));
 }
 

@@ -104,6 +104,7 @@ export class ServiceMonitor {
   private checking = false;
   private startedAt = 0;
   private passedOnce = false;
+  private graceOver = false;
   private readonly waiters = new Set<PassWaiter>();
   healthy = true;
 
@@ -131,7 +132,8 @@ export class ServiceMonitor {
       for (const w of this.waiters) if (w.after < check) w.pass();
     } else {
       this.consecutive++;
-      const starting = !this.passedOnce && performance.now() - this.startedAt < (this.o.startGraceMs ?? 0);
+      const starting = !this.passedOnce && !this.graceOver &&
+        performance.now() - this.startedAt < (this.o.startGraceMs ?? 0);
       this.last = starting ? `not up yet: ${why}` : why;
       if (this.healthy && this.consecutive >= this.o.failures && !starting) {
         this.healthy = false;
@@ -174,6 +176,14 @@ export class ServiceMonitor {
         this.tick();
       }
     });
+  }
+
+  /**
+   * Ends the start grace for good: a fenced agent's service is down on purpose, and after the
+   * fence is lifted a failback waits for the service's first passing check, not for the grace.
+   */
+  endGrace(): void {
+    this.graceOver = true;
   }
 
   get detail(): string {

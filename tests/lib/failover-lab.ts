@@ -106,6 +106,7 @@ export class FailoverLab {
   lsp = "";
   rsp = "";
   private gatewayArgs: string[] = [];
+  private agentArgs: string[] = [];
   private lock: Deno.FsFile | undefined;
   private faketime = false;
 
@@ -375,35 +376,39 @@ export class FailoverLab {
       ...(o.gatewayExtra ?? []),
     ];
     await this.startGateway();
-    this.agent = new RoleProcess(
+    this.agentArgs = [
+      "--role",
       "agent",
-      [
-        "--role",
-        "agent",
-        "--id",
-        "app1",
-        "--data-dir",
-        `${d}/agent`,
-        "--volume",
-        `vol0=${this.lsp}`,
-        "--gateway",
-        "10.77.2.1:7800",
-        "--secret-file",
-        `${d}/app.secret`,
-        "--nbd-listen",
-        "off",
-        "--heartbeat-to",
-        `10.77.2.1:${heartbeatPort}`,
-        "--service-check",
-        "http://10.77.2.2:8080/",
-        ...(o.serviceOnUnfence ? ["--on-unfence", `${d}/serve-local.sh`] : []),
-      ],
-      `${d}/agent.log`,
-      { netns: this.ns.app, env: this.roleEnv("agent") },
-    );
-    await this.agent.waitForLog("agent ready");
+      "--id",
+      "app1",
+      "--data-dir",
+      `${d}/agent`,
+      "--volume",
+      `vol0=${this.lsp}`,
+      "--gateway",
+      "10.77.2.1:7800",
+      "--secret-file",
+      `${d}/app.secret`,
+      "--nbd-listen",
+      "off",
+      "--heartbeat-to",
+      `10.77.2.1:${heartbeatPort}`,
+      "--service-check",
+      "http://10.77.2.2:8080/",
+      ...(o.serviceOnUnfence ? ["--on-unfence", `${d}/serve-local.sh`] : []),
+    ];
+    await this.startAgent();
     await this.startAppService();
     return this;
+  }
+
+  /** Starts the app server's agent (again, after a test killed it). */
+  async startAgent(): Promise<void> {
+    this.agent = new RoleProcess("agent", this.agentArgs, `${this.dir}/agent.log`, {
+      netns: this.ns.app,
+      env: this.roleEnv("agent"),
+    });
+    await this.agent.waitForLog("agent ready");
   }
 
   private get relayControl(): string {
