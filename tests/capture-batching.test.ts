@@ -2,7 +2,8 @@
 // submission whose next request is already read in whole leaves its record for that one to send,
 // so a burst crosses to the gateway in a few sealed batches, not one per write. Whatever may wait
 // sends first: a burst cut inside its last payload, one longer than the requests a connection may
-// have in flight, or a read after writes, gets every earlier answer without more arriving. Checked through a real gateway and NBD client.
+// have in flight, or a read after writes, gets every earlier answer without more arriving.
+// Checked through a real gateway and NBD client.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Gateway, tempDir, waitMirrorCaughtUp, writeSecret } from "./lib/cluster.ts";

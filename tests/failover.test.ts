@@ -33,14 +33,6 @@ async function replicated(lab: FailoverLab): Promise<void> {
   );
 }
 
-/** What the gateway's detector says of the app server's agent and its service. */
-async function localSide(lab: FailoverLab) {
-  const s = await lab.api("/api/status") as {
-    liveness: { agent: string; serviceHealthy: boolean; state: string }[];
-  };
-  return s.liveness.find((x) => x.agent === "app1");
-}
-
 /** A failback of the traffic alone is refused while the local service is not healthy. */
 async function failbackRefused(lab: FailoverLab, why: string): Promise<void> {
   const r = await fetch("http://10.77.9.1:7880/api/services/web/failback?traffic-only=1", {
@@ -157,7 +149,7 @@ t(
       await lab.startAppService();
       await waitFor(
         async () => {
-          const a = await localSide(lab);
+          const a = await lab.appLiveness();
           return a?.serviceHealthy && a.state === "TRUST";
         },
         15_000,
@@ -213,7 +205,7 @@ t("a host failure (every process of the app namespace killed) moves the service 
     await lab.startAgent();
     await waitFor(
       async () => {
-        const a = await localSide(lab);
+        const a = await lab.appLiveness();
         return a?.state === "TRUST" && !a.serviceHealthy;
       },
       15_000,

@@ -103,7 +103,7 @@ export class ServiceMonitor {
   private checks = 0;
   private checking = false;
   private startedAt = 0;
-  private passedOnce = false;
+  /** The start grace no longer applies: a check has passed, or the agent was fenced. */
   private graceOver = false;
   private readonly waiters = new Set<PassWaiter>();
   healthy = true;
@@ -127,13 +127,12 @@ export class ServiceMonitor {
       if (!this.healthy) log.info("service healthy again");
       this.consecutive = 0;
       this.healthy = true;
-      this.passedOnce = true;
+      this.graceOver = true;
       this.last = "ok";
       for (const w of this.waiters) if (w.after < check) w.pass();
     } else {
       this.consecutive++;
-      const starting = !this.passedOnce && !this.graceOver &&
-        performance.now() - this.startedAt < (this.o.startGraceMs ?? 0);
+      const starting = !this.graceOver && performance.now() - this.startedAt < (this.o.startGraceMs ?? 0);
       this.last = starting ? `not up yet: ${why}` : why;
       if (this.healthy && this.consecutive >= this.o.failures && !starting) {
         this.healthy = false;

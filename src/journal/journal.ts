@@ -635,7 +635,8 @@ export class Journal {
   /** Entries in [pos, durable), about maxBytes of them; waits for one when there is none. */
   async readFrom(pos: number, maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
     if (this.closed) return [];
-    while (pos >= this.positions.durable) {
+    let durable: number;
+    while (pos >= (durable = this.positions.durable)) {
       if (this.failure) throw this.failure;
       if (this.closed || signal?.aborted) return [];
       await new Promise<void>((r) => this.dataWaiters.push(r));
@@ -644,7 +645,7 @@ export class Journal {
     if (signal?.aborted || this.closed) return [];
     // room for what is there, not for maxBytes: a buffer is zeroed and faulted in as it is made,
     // and a reader that keeps up finds a few records at a time
-    let cap = Math.ceil(Math.min(maxBytes, this.positions.durable - pos) * 1.5) + 65536;
+    let cap = Math.ceil(Math.min(maxBytes, durable - pos) * 1.5) + 65536;
     for (;;) {
       const buf = new Uint8Array(cap);
       const n = Number(

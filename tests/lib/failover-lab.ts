@@ -455,14 +455,19 @@ export class FailoverLab {
     await waitFor(() => this.appService!.log.includes("ready"), 15_000, "the app service");
     // until the agent's check has seen the service up once, a stopped service is not a failure
     await waitFor(
-      async () => {
-        const s = await this.api("/api/status") as { liveness: { agent: string; serviceDetail: string }[] };
-        return s.liveness.find((a) => a.agent === "app1")?.serviceDetail === "ok";
-      },
+      async () => (await this.appLiveness())?.serviceDetail === "ok",
       15_000,
       "the agent's service check to pass",
       100,
     );
+  }
+
+  /** What the gateway's detector says of the app server's agent and its service. */
+  async appLiveness() {
+    const s = await this.api("/api/status") as {
+      liveness: { agent: string; state: string; serviceHealthy: boolean; serviceDetail: string }[];
+    };
+    return s.liveness.find((a) => a.agent === "app1");
   }
 
   async api(path: string, method = "GET"): Promise<unknown> {
