@@ -112,7 +112,7 @@ async function copies(
 }
 
 /** The chunks a source and a target may differ in since their common point, or why that is unknown. */
-async function divergence(
+export async function divergence(
   d: GatewayRecoveryDeps,
   relinked: (ms: number) => Promise<void>,
   v: VolumeInfo,
@@ -121,8 +121,9 @@ async function divergence(
   chunkSize: number,
 ): Promise<Divergence> {
   const key = `${v.agent}/${v.name}`;
+  // asked on the agent's next link when its link is down: the recovery's fence drops a link
+  // that was resending writes, and the agent connects again at once
   const agentMap = async (): Promise<Part> => {
-    if (!d.listener.chunks(v.agent)) throw new Error(`agent ${v.agent} is not connected`);
     const m = await relinking(() => d.listener.chunks(v.agent)?.store(key, "lsp"), relinked).divergence!();
     return { what: `the agent's dirty map (since ${m.since})`, chunkSize: m.chunkSize, chunks: m.chunks };
   };
