@@ -16,7 +16,7 @@ import {
   WebClient,
   WebGateway,
 } from "./lib/browser.ts";
-import { registerSitesAndHosts } from "./lib/inventory.ts";
+import { ensureVolume, registerSitesAndHosts } from "./lib/inventory.ts";
 
 const t = suite("web UI in a browser");
 const MiB = 1024 * 1024;
@@ -56,7 +56,7 @@ t(
       for (const [slot, [host, device, size]] of Object.entries(devices)) {
         // the LSP's volume is named as the agent names it (--volume vol0=…): that binds the task to it
         const name = slot === "lsp" ? "vol0" : slot.replace("@", "-");
-        await api.expect(201, "POST", "/api/volumes", { name, host, device, size });
+        await ensureVolume(api, name, host, device, size);
       }
 
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });

@@ -14,6 +14,24 @@ export async function ensureSite(c: WebClient, name: string, role: "local" | "re
   assert.is((await c.expect(200, "GET", `/api/sites/${name}`) as { role: string }).role, role);
 }
 
+/**
+ * Registers a device as a volume, or finds it registered: the gateway registers the copies it
+ * discovers by itself (a site's replica once the site announced it), under the name discovery
+ * gave it, and such a device is taken as it is.
+ */
+export async function ensureVolume(
+  c: WebClient,
+  name: string,
+  host: string,
+  device: string,
+  size: number,
+): Promise<void> {
+  const r = await c.req("POST", "/api/volumes", { name, host, device, size });
+  if (r.status === 201) return;
+  assert.is(r.status, 409, `POST /api/volumes ${name}: ${r.text}`);
+  assert.match((r.body as { error: string }).error, new RegExp(`^device: ${host}:.* is already volume "`));
+}
+
 export async function registerSitesAndHosts(c: WebClient): Promise<void> {
   await ensureSite(c, "prod", "local");
   await ensureSite(c, "dr1", "remote");
@@ -58,14 +76,7 @@ export async function registerDbTask(
       [`rsp${i}`, siteHosts(site).standby, files[`rsp-${site}`], size],
     ]),
   ];
-  for (const [name, host, device, sz] of volumes) {
-    // the gateway registers the copies it discovers by itself (a site's replica once the site
-    // announced it): such a device is taken as it is, under the name discovery gave it
-    const r = await c.req("POST", "/api/volumes", { name, host, device, size: sz });
-    if (r.status === 201) continue;
-    assert.is(r.status, 409, `POST /api/volumes ${name}: ${r.text}`);
-    assert.match((r.body as { error: string }).error, new RegExp(`^device: ${host}:.* is already volume "`));
-  }
+  for (const [name, host, device, sz] of volumes) await ensureVolume(c, name, host, device, sz);
   await c.expect(201, "POST", "/api/tasks", {
     name: "db",
     group: {
