@@ -190,7 +190,7 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
     linkId: i,
     name: s.name,
     size: s.volume.size,
-    openFields: () => ({ standby: true, lastSeq: s.seq.lastSeq, state: s.state }),
+    openFields: () => ({ standby: true, lastSeq: s.durableSeq, state: s.state }),
     onOpened: (info) => {
       applier.opened(s.name, info.journalId);
       // every volume is known to the gateway: it may start streaming

@@ -23,7 +23,10 @@ interface Persisted {
 }
 
 export class StandbyVolume {
+  /** What was admitted from the stream (applied, or queued to be). */
   seq: SeqState;
+  /** The position on stable storage with the data it describes: what a new link resumes after. */
+  durableSeq: number;
   state: StandbyState;
   /** The gateway's journal id of this volume (records name it). */
   journalId = -1;
@@ -37,6 +40,7 @@ export class StandbyVolume {
     private legacy: string | undefined,
   ) {
     this.seq = { lastSeq: p.lastSeq, rebase: false };
+    this.durableSeq = p.lastSeq;
     this.state = p.state;
   }
 
@@ -53,11 +57,13 @@ export class StandbyVolume {
     return new StandbyVolume(name, volume, file, p, value ? undefined : legacy);
   }
 
-  /** Writes position and state durably (after the data they describe is synced). */
-  async persist(): Promise<void> {
-    await this.file.save(
-      new TextEncoder().encode(JSON.stringify({ lastSeq: this.seq.lastSeq, state: this.state })),
-    );
+  /**
+   * Writes position and state durably, after the data they describe is synced: the position of
+   * the last record applied, which is behind what was admitted while records wait in the queue.
+   */
+  async persist(lastSeq = this.seq.lastSeq): Promise<void> {
+    await this.file.save(new TextEncoder().encode(JSON.stringify({ lastSeq, state: this.state })));
+    this.durableSeq = lastSeq;
     if (this.legacy) {
       await Deno.remove(this.legacy).catch((e) => {
         if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -77,11 +83,13 @@ function valid(raw: unknown): raw is Persisted {
 export class StandbyApplier {
   private byJournalId = new Map<number, StandbyVolume>();
   private received = 0;
-  private queued: { v: StandbyVolume; op?: BatchOp }[] = [];
+  /** Admitted records waiting to be applied, each with its volume's admitted position after it. */
+  private queued: { v: StandbyVolume; seq: number; op?: BatchOp }[] = [];
   private running = false;
   /** The applying loop in progress (settled once it stops). */
   private loopDone: Promise<void> = Promise.resolve();
-  private acked = 0;
+  /** Counts a link's records; acknowledgements of a batch taken before a new link go nowhere. */
+  private link = 0;
   private failed: Error | undefined;
   private frozen = false;
 
@@ -100,11 +108,14 @@ export class StandbyApplier {
     if (this.byJournalId.get(v.journalId) === v) this.byJournalId.delete(v.journalId);
   }
 
-  /** A new connection: counts start over. */
+  /**
+   * A new connection: counts start over. Records still queued were admitted (the position moved
+   * past them), so they are still applied; the new link resumes after the durable position and
+   * the records it resends up to the admitted one are skipped.
+   */
   reset(): void {
+    this.link++;
     this.received = 0;
-    this.acked = 0;
-    this.queued = [];
     this.failed = undefined;
   }
 
@@ -161,7 +172,7 @@ export class StandbyApplier {
 
   private enqueue(v: StandbyVolume, op?: BatchOp): void {
     this.received++;
-    this.queued.push({ v, op });
+    this.queued.push({ v, seq: v.seq.lastSeq, op });
     this.kick();
   }
 
@@ -179,17 +190,18 @@ export class StandbyApplier {
         const batch = this.queued;
         this.queued = [];
         const target = this.received;
+        const link = this.link;
         // each volume's operations in order with one call, then its fdatasync
-        const ops = new Map<StandbyVolume, BatchOp[]>();
+        const ops = new Map<StandbyVolume, { list: BatchOp[]; seq: number }>();
         for (const q of batch) {
-          const list = ops.get(q.v) ?? [];
-          if (q.op) list.push(q.op);
-          ops.set(q.v, list);
+          const o = ops.get(q.v) ?? { list: [], seq: q.seq };
+          if (q.op) o.list.push(q.op);
+          o.seq = q.seq;
+          ops.set(q.v, o);
         }
-        await Promise.all([...ops].map(([v, list]) => native.applyBatch(v.volume.fd, list, true)));
-        await Promise.all([...ops.keys()].map((v) => v.persist()));
-        this.acked = target;
-        this.send(seqFrame(FrameType.Accepted, 0, target));
+        await Promise.all([...ops].map(([v, o]) => native.applyBatch(v.volume.fd, o.list, true)));
+        await Promise.all([...ops].map(([v, o]) => v.persist(o.seq)));
+        if (link === this.link) this.send(seqFrame(FrameType.Accepted, 0, target));
       }
     } catch (e) {
       this.failed = e as Error;
