@@ -9,7 +9,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { type Channel, type PeerReport, Sender } from "../src/replication/sender.ts";
 import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication/cursor-store.ts";
-import type { Journal, JournalEntry, VolumeInfo } from "../src/journal/journal.ts";
+import type { Journal } from "../src/journal/journal.ts";
 import type { MirrorApplier } from "../src/mirror/applier.ts";
 import { StandbyFeeders } from "../src/site/standby-feeders.ts";
 import { encodeRecord, Kind, type RecordHeader } from "../src/record/record.ts";
@@ -18,62 +18,11 @@ import { testReceiver } from "./lib/test-receiver.ts";
 import { Changes } from "../src/io/changes.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
-import { entryAt, memoryCursor, testVolume } from "./lib/memory-journal.ts";
+import { MemoryJournal, testVolume } from "./lib/memory-journal.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
 const t = suite("feeders wait on events");
-
-/** A journal in memory; `durableReads` counts the looks at its durable position. */
-class FakeJournal {
-  entries: JournalEntry[] = [];
-  private waiters: (() => void)[] = [];
-  tail = 0;
-  durable = 0;
-  durableReads = 0;
-  maxLagMs = 0;
-  constructor(readonly vol: VolumeInfo) {}
-
-  get positions() {
-    const look = () => (this.durableReads++, this.durable);
-    return {
-      tail: this.tail,
-      get durable() {
-        return look();
-      },
-    };
-  }
-
-  append(seq: number): void {
-    const e = entryAt(this.vol, Kind.Write, seq, this.durable);
-    this.entries.push(e);
-    this.durable = e.end;
-    this.vol.lastSeq = this.vol.durableSeq = seq;
-    this.wakeAll();
-  }
-
-  volumes() {
-    return [this.vol];
-  }
-
-  volume(id: number) {
-    return id === this.vol.id ? this.vol : undefined;
-  }
-
-  wakeAll() {
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  changed(): Promise<void> {
-    return new Promise((r) => this.waiters.push(r));
-  }
-
-  dropCursor() {}
-
-  cursor(_name: string, from: number) {
-    return memoryCursor(() => this.entries, () => new Promise<void>((r) => this.waiters.push(r)), from);
-  }
-}
 
 /** A channel whose queue the test sets; `looks` counts the looks at it, `sent` tells it fell. */
 class Wire implements Channel {
@@ -114,7 +63,7 @@ async function settle(until: () => boolean): Promise<void> {
 }
 
 t("a promotion's level check wakes on the standby's acknowledgement, not on a poll", async () => {
-  const j = new FakeJournal(testVolume());
+  const j = new MemoryJournal(testVolume());
   for (let seq = 1; seq <= 3; seq++) j.append(seq);
   const applier = { caughtUp: () => Promise.resolve(), imageFd: () => -1, appliedPos: j.durable };
   const feeders = await StandbyFeeders.open({
@@ -154,7 +103,7 @@ t("a synchronisation waits for the image to apply more, not on a poll", async ()
   const dir = await Deno.makeTempDir();
   const image = Volume.createSparse(`${dir}/image`, 1 << 20);
   try {
-    const j = new FakeJournal(testVolume());
+    const j = new MemoryJournal(testVolume());
     j.append(1);
     let applied = 0;
     let looks = 0;
@@ -197,7 +146,7 @@ t("a synchronisation waits for the image to apply more, not on a poll", async ()
 });
 
 t("a stream held by the channel's queue goes on when the queue falls, not on a timer", async () => {
-  const j = new FakeJournal(testVolume());
+  const j = new MemoryJournal(testVolume());
   const sender = await Sender.open({
     name: "site:dr1",
     journal: j as unknown as Journal,

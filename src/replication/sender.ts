@@ -96,10 +96,18 @@ const SILENT_MS = 2000;
 
 export class Sender {
   private cursor!: Cursor;
+  /**
+   * Where the peer acknowledged through (or the stream passed records it is not sent): its lag
+   * counts from here. The journal reclaims up to here only once it is saved (see save).
+   */
+  private ackedPos = 0;
   private readonly vols = new Map<number, VolState>();
   private session: Session | undefined;
   private saving = false;
   private saveAgain = false;
+  /** A save due for a position moved without an acknowledgement (see saveSoon). */
+  private saveTimer: ReturnType<typeof setTimeout> | undefined;
+  private closed = false;
   readonly windowBytes: number;
   readonly syncChunk: number;
   /** Bytes acknowledged since start, for throughput. */
@@ -153,7 +161,17 @@ export class Sender {
     let from = stored?.pos ?? o.journal.positions.durable;
     // records this peer never acknowledged were freed (the journal was reset): everything must be synchronised
     const lost = from < o.journal.positions.tail;
-    if (lost) from = o.journal.positions.tail;
+    if (lost) {
+      log.warn(
+        "the journal no longer holds records this peer had not acknowledged: its copies are resynchronised",
+        {
+          peer: o.name,
+          position: from,
+          tail: o.journal.positions.tail,
+        },
+      );
+      from = o.journal.positions.tail;
+    }
     for (const v of o.journal.volumes()) {
       if (!o.carries(v)) continue;
       const sv = stored?.volumes.get(v.id);
@@ -169,6 +187,7 @@ export class Sender {
       });
     }
     s.cursor = o.journal.cursor(o.name, from, o.required ?? true);
+    s.ackedPos = s.cursor.released;
     if (o.stateDir) {
       for (const [id, v] of s.vols) {
         const path = s.missedPath(id);
@@ -180,7 +199,7 @@ export class Sender {
     if (o.congestion) {
       if (!o.stateDir) throw new Error("pull-ahead needs a state directory");
       o.journal.onPressure((tail) => {
-        if (s.cursor.released <= tail && !s.pulling && s.mayPullAhead()) s.pullAhead();
+        if (s.ackedPos <= tail && !s.pulling && s.mayPullAhead()) s.pullAhead();
       });
     }
     return s;
@@ -257,7 +276,7 @@ export class Sender {
     if (v.state === "syncing" && !p) throw new Error(`${this.o.name}'s copy was being synchronised`);
     const j = this.o.journal;
     const m = this.missed.get(volume);
-    if (this.cursor.released < j.positions.tail && v.state !== "degraded") {
+    if (this.ackedPos < j.positions.tail && v.state !== "degraded") {
       throw new Error(`${this.o.name} lost its place in the journal`);
     }
     const parts: Part[] = [];
@@ -273,7 +292,7 @@ export class Sender {
     }
     const records = new Set<number>();
     const to = j.positions.durable;
-    for (let pos = Math.max(this.cursor.released, j.positions.tail); pos < to;) {
+    for (let pos = Math.max(this.ackedPos, j.positions.tail); pos < to;) {
       const entries = await j.readFrom(pos, 16 << 20);
       if (entries.length === 0) break;
       const inside = entries.filter((e) => e.end <= to);
@@ -370,7 +389,7 @@ export class Sender {
     try {
       const j = this.o.journal;
       const to = j.positions.durable;
-      const from = this.cursor.released;
+      const from = this.ackedPos;
       let pos = from;
       let skipped = 0;
       scan: while (pos < to) {
@@ -400,8 +419,8 @@ export class Sender {
         }
       }
       if (skipped === 0) return; // the tail is a blocking volume's (or nothing to skip): wait
-      this.cursor.release(pos);
-      this.cursor.rewind(this.cursor.released);
+      this.ackedPos = pos;
+      this.cursor.rewind(pos);
       log.warn("a remote site is too slow for the journal: pulling ahead, its copy is degraded", {
         peer: this.o.name,
         skippedRecords: skipped,
@@ -431,15 +450,27 @@ export class Sender {
     return this.cursor;
   }
 
+  /** Where the peer acknowledged through: everything before it is held there, or not for it. */
+  get released(): number {
+    return this.ackedPos;
+  }
+
   /**
-   * Releases journal space at an acknowledgement. Whether appends waited just before counts as busy
-   * for the rate measured: right after it, the append it let go may not be in the journal yet, and a
-   * peer taking one record at a time (1 MiB records at the 256 KiB floor) looked idle at every
-   * acknowledgement and could stay at the floor for seconds (docs/benchmarks.md).
+   * Moves the position at an acknowledgement (the journal reclaims the space at the save that
+   * follows). Whether appends waited just before counts as busy for the rate measured: right after
+   * it, the append it let go may not be in the journal yet, and a peer taking one record at a time
+   * (1 MiB records at the 256 KiB floor) looked idle at every acknowledgement and could stay at the
+   * floor for seconds (docs/benchmarks.md).
    */
   acknowledged(pos: number): void {
     if (this.o.journal.maxLagMs > 0) this.heldAtAck ||= this.o.journal.waitingAppends > 0;
-    this.cursor.release(pos);
+    if (pos > this.ackedPos) this.ackedPos = pos;
+  }
+
+  /** @internal the stream passed records this peer is not sent (other volumes', or held) */
+  passed(pos: number): void {
+    if (pos > this.ackedPos) this.ackedPos = pos;
+    this.saveSoon();
   }
 
   /**
@@ -519,12 +550,13 @@ export class Sender {
   /** Starts a session over a fresh connection, replacing any previous one. */
   attach(channel: Channel, reports: Map<number, PeerReport>): Session {
     this.session?.stop();
-    if (this.cursor.released < this.o.journal.positions.tail) {
+    if (this.ackedPos < this.o.journal.positions.tail) {
       // an optional reader was overtaken: what it missed is gone, its copies are resynchronised
       for (const v of this.vols.values()) v.state = "degraded";
-      this.cursor.release(this.o.journal.positions.tail);
+      this.ackedPos = this.o.journal.positions.tail;
+      this.cursor.release(this.ackedPos);
     }
-    this.cursor.rewind(this.cursor.released);
+    this.cursor.rewind(this.ackedPos);
     const s = new Session(this, channel, reports);
     this.session = s;
     return s;
@@ -542,8 +574,8 @@ export class Sender {
    * acknowledgement instead showed a peer idle for a while as lagging that long at the next write.
    */
   lagSeconds(durable = this.o.journal.positions.durable): number {
-    if (this.cursor.released >= durable) return 0;
-    const oldest = this.session?.oldestUnackedMono() ?? this.o.journal.enteredMono(this.cursor.released) ??
+    if (this.ackedPos >= durable) return 0;
+    const oldest = this.session?.oldestUnackedMono() ?? this.o.journal.enteredMono(this.ackedPos) ??
       this.ackedMono;
     return Math.max(0, performance.now() - oldest) / 1000;
   }
@@ -563,7 +595,7 @@ export class Sender {
     if (bound <= 0) return;
     const s = this.session;
     const durable = this.o.journal.positions.durable; // read once: each read asks the data plane
-    const behind = this.cursor.released < durable;
+    const behind = this.ackedPos < durable;
     const silent = behind && performance.now() - this.ackedMono > Math.max(SILENT_MS, 4 * bound);
     const inStep = s !== undefined && !s.stopped && !silent &&
       [...this.vols.values()].every((v) => v.state === "consistent");
@@ -601,9 +633,13 @@ export class Sender {
     this.busy = { at: now, acked: this.ackedBytes };
   }
 
-  /** Persists the position and volume states (coalesced: one write at a time); re-paces the peer. */
+  /**
+   * Persists the position and volume states (coalesced: one write at a time), then lets the
+   * journal reclaim what the saved position covers; re-paces the peer.
+   */
   save(): void {
     this.pace();
+    if (this.closed) return;
     if (this.saving) {
       this.saveAgain = true;
       return;
@@ -612,18 +648,40 @@ export class Sender {
     const snapshot = new Map(
       [...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state, voidUpTo: v.voidUpTo }]),
     );
-    const pos = this.cursor.released;
-    // a promoted copy's marks of the records acknowledged are durable before the position passes them
-    const marked = Promise.all([...this.promoted.values()].map((m) => m.settle()));
-    marked.then(() => this.o.store.save(this.o.name, pos, snapshot)).catch((e) =>
-      log.error("cannot persist replication position", { peer: this.o.name, error: e })
-    ).finally(() => {
-      this.saving = false;
-      if (this.saveAgain) {
-        this.saveAgain = false;
-        this.save();
-      }
-    });
+    const pos = this.ackedPos;
+    (async () => {
+      // a promoted copy's marks of the records acknowledged are durable before the position passes them
+      await Promise.all([...this.promoted.values()].map((m) => m.settle()));
+      await this.o.store.save(this.o.name, pos, snapshot);
+      this.cursor.release(pos);
+    })().catch((e) => log.error("cannot persist replication position", { peer: this.o.name, error: e }))
+      .finally(() => {
+        this.saving = false;
+        if (this.saveAgain) {
+          this.saveAgain = false;
+          this.save();
+        }
+      });
+  }
+
+  /**
+   * A save within 100 ms: the position moved past records this peer is not sent (other volumes',
+   * or held), which no acknowledgement will save, and the journal reclaims them only once saved.
+   * Bounded so a stream of such records costs ten saves a second, not one each.
+   */
+  private saveSoon(): void {
+    if (this.saveTimer !== undefined || this.closed) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = undefined;
+      this.save();
+    }, 100);
+  }
+
+  /** No more saves (the reader is dropped): one due later would bring its stored position back. */
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.saveTimer);
+    this.saveTimer = undefined;
   }
 
   status() {
@@ -635,7 +693,7 @@ export class Sender {
       connected: s !== undefined && !s.stopped,
       /** Bytes it may be behind before the application's writes wait for it (0: not paced). */
       paceBytes: Math.round(this.cursor.pace),
-      lagBytes: Math.max(0, durable - this.cursor.released),
+      lagBytes: Math.max(0, durable - this.ackedPos),
       lagSeconds: this.lagSeconds(durable),
       inFlightBytes: s?.inFlightBytes ?? 0,
       rttMs: this.rttMs ?? null,
@@ -710,7 +768,7 @@ export class Session {
   private readonly stopping = Promise.withResolvers<void>();
 
   constructor(private readonly s: Sender, private readonly ch: Channel, reports: Map<number, PeerReport>) {
-    this.frontier = s.theCursor.released;
+    this.frontier = s.released;
     this.done = this.run(reports).catch((e) => {
       if (!this.stopped) log.warn("replication session failed", { peer: s.name, error: e });
     });
@@ -970,7 +1028,7 @@ export class Session {
       const last = this.fifo[this.fifo.length - 1];
       if (last) last.end = this.frontier;
       else {
-        this.s.theCursor.release(this.frontier);
+        this.s.passed(this.frontier);
         this.s.progressed();
       }
       return;

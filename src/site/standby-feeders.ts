@@ -61,7 +61,7 @@ export class StandbyFeeders {
 
   /** Where the standby of an agent applied through, if the acknowledgement of `ack` waits for it. */
   released(agent: string, ack: AckPoint | undefined): number | undefined {
-    return (ack ?? this.o.ackAfter) === "rsp" ? this.feeders.get(agent)?.theCursor.released : undefined;
+    return (ack ?? this.o.ackAfter) === "rsp" ? this.feeders.get(agent)?.released : undefined;
   }
 
   /** Resolves at any feeder's next progress, or when `signal` aborts. */
@@ -103,6 +103,7 @@ export class StandbyFeeders {
     if (!f) return;
     const s = this.sessions.get(agent);
     if (s) f.detach(s);
+    f.close();
     this.o.journal.dropCursor(f.name);
     await this.o.store.remove(f.name);
     this.feeders.delete(agent);
@@ -131,7 +132,7 @@ export class StandbyFeeders {
     await this.o.applier.caughtUp();
     const vols = this.o.journal.volumes().filter((v) => v.agent === agent);
     const level = () =>
-      f.theCursor.released >= this.o.journal.positions.durable &&
+      f.released >= this.o.journal.positions.durable &&
       vols.every((v) => f.volume(v.id)?.state === "consistent");
     // only the feeder's progress makes it level: each acknowledgement or release wakes this
     const deadline = performance.now() + ms;

@@ -1,6 +1,6 @@
 // The pieces of an in-memory journal the sender's unit tests fake: a volume, its records as
-// journal entries, and a cursor that reads them in order from a position and waits for more when
-// it has read them all.
+// journal entries, a cursor that reads them in order from a position and waits for more when it
+// has read them all, and a journal of one volume made of them.
 import type { JournalEntry, VolumeInfo } from "../../src/journal/journal.ts";
 import { encodeRecord, Kind, type RecordHeader } from "../../src/record/record.ts";
 
@@ -58,4 +58,55 @@ export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<
     rewind: (pos: number) => position = Math.max(pos, c.released),
   };
   return c;
+}
+
+/** A journal in memory; `durableReads` counts the looks at its durable position. */
+export class MemoryJournal {
+  entries: JournalEntry[] = [];
+  private waiters: (() => void)[] = [];
+  tail = 0;
+  durable = 0;
+  durableReads = 0;
+  maxLagMs = 0;
+  constructor(readonly vol: VolumeInfo) {}
+
+  get positions() {
+    const look = () => (this.durableReads++, this.durable);
+    return {
+      tail: this.tail,
+      get durable() {
+        return look();
+      },
+    };
+  }
+
+  append(seq: number): void {
+    const e = entryAt(this.vol, Kind.Write, seq, this.durable);
+    this.entries.push(e);
+    this.durable = e.end;
+    this.vol.lastSeq = this.vol.durableSeq = seq;
+    this.wakeAll();
+  }
+
+  volumes() {
+    return [this.vol];
+  }
+
+  volume(id: number) {
+    return id === this.vol.id ? this.vol : undefined;
+  }
+
+  wakeAll() {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  changed(): Promise<void> {
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  dropCursor() {}
+
+  cursor(_name: string, from: number) {
+    return memoryCursor(() => this.entries, () => new Promise<void>((r) => this.waiters.push(r)), from);
+  }
 }
