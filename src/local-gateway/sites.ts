@@ -146,7 +146,10 @@ export class RemoteSites {
 
   close(): void {
     clearInterval(this.sampler);
-    for (const r of this.remotes) r.client.close();
+    for (const r of this.remotes) {
+      r.client.close();
+      r.sender.close();
+    }
   }
 
   /** Registers a listener: told at once of each site connected now, then of every change. */

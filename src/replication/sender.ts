@@ -677,7 +677,10 @@ export class Sender {
     }, 100);
   }
 
-  /** No more saves (the reader is dropped): one due later would bring its stored position back. */
+  /**
+   * No more saves (the reader is dropped, or the gateway stops): one due later would bring back a
+   * dropped reader's stored position, or fail on the closed database.
+   */
   close(): void {
     this.closed = true;
     clearTimeout(this.saveTimer);

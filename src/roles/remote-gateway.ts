@@ -104,6 +104,7 @@ export async function runRemoteGateway(p: Parsed): Promise<RoleHandle> {
       syncChunk: num(p, "sync-chunk"),
       promoted: replicas.promoted,
     }, secrets.keys());
+    cleanups.push(() => feeders.close());
     applier.start();
     cleanups.push(() => applier.stop());
 

@@ -48,6 +48,11 @@ export class StandbyFeeders {
     return f;
   }
 
+  /** Shutting down: no feeder saves its position after the journal and the database close. */
+  close(): void {
+    for (const f of this.feeders.values()) f.close();
+  }
+
   /** A volume's acknowledgement point (its task's, else the site's). */
   ack(id: number): AckPoint {
     return this.ackOf.get(id) ?? this.o.ackAfter;
