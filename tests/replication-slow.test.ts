@@ -72,12 +72,13 @@ t("block: the fast site keeps up while the journal holds records for the slow on
   try {
     const w = fio(topo.agent.uri("vol0"), 8);
     let held = 0;
-    const fastLags: number[] = [], slowLags: number[] = [];
+    const fastLags: number[] = [], slowLags: number[] = [], usedMiB: number[] = [];
     await whileRunning(w, 500, async () => {
       const s = await sample(topo);
       held = Math.max(held, s.used);
       fastLags.push(s.fast.lagSeconds);
       slowLags.push(s.slow.lagSeconds);
+      usedMiB.push(s.used / MiB);
     });
     // the median: on a loaded machine a sample can catch the fast site's processes waiting for a core
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -87,6 +88,9 @@ t("block: the fast site keeps up while the journal holds records for the slow on
         fastLag.toFixed(2)
       } s (at most ${Math.max(...fastLags).toFixed(2)}), slow ${slowLag.toFixed(2)} s`,
     );
+    // each sample, to tell a slow catch-up after the ring filled from a site that fell behind later
+    const series = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(" ");
+    console.log(`  fast site's lag (s): ${series(fastLags)}\n  journal used (MiB): ${series(usedMiB)}`);
     assert.ok(held > 16 * MiB, "the journal held records for the slow site");
     assert.ok(fastLag < 1, `the fast site kept up (median lag ${fastLag}s)`);
     assert.ok(slowLag > 2 * fastLag, "the slow site lagged");
