@@ -10,6 +10,7 @@ import { type Channel, type PeerReport, Sender } from "../src/replication/sender
 import type { CursorStore, StoredCursor, StoredVolume } from "../src/replication/cursor-store.ts";
 import type { Journal } from "../src/journal/journal.ts";
 import { MemoryJournal, testVolume } from "./lib/memory-journal.ts";
+import { waitFor } from "./lib/cluster.ts";
 import { FrameType } from "../src/wire/frames.ts";
 import { setLogSink } from "../src/log.ts";
 
@@ -48,10 +49,7 @@ class Wire implements Channel {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function settle(until: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !until(); i++) await sleep(5);
-  assert.ok(until(), what);
-}
+const settle = (until: () => boolean, what: string) => waitFor(until, 1000, what, 5);
 
 /** A sender of a journal holding records 1 to 3 to a peer holding those up to `held`. */
 async function open(held: number) {
