@@ -332,8 +332,12 @@ int64_t cn_pwrite(int fd, const uint8_t *buf, uint64_t len, uint64_t off);
 int64_t cn_fdatasync(int fd);
 /** Reserves the blocks of a range (posix_fallocate). */
 int64_t cn_allocate(int fd, uint64_t off, uint64_t len);
-/** Drops the clean cached pages of a range read once. */
-int64_t cn_drop_cache(int fd, uint64_t off, uint64_t len);
+/**
+ * cn_pread of a range read once (a chunk a synchronisation copies to a peer): through a
+ * descriptor of its own without readahead, its pages dropped after, so that it leaves no large
+ * folios behind (small writes into them are slow). Returns bytes read or -errno.
+ */
+int64_t cn_pread_once(int fd, uint8_t *buf, uint64_t len, uint64_t off);
 /** Size of a regular file or block device. */
 int64_t cn_size(int fd);
 int32_t cn_is_blockdev(int fd);

@@ -12,6 +12,7 @@ import {
   isBlockDevice,
   NativeError,
   pread,
+  preadOnce,
   punchHole,
   pwrite,
   writeZeroes,
@@ -155,6 +156,35 @@ io("a subarray is read into and written from in place", async () => {
 });
 
 // ---------------------------------------------------------------------------
+/** Bytes of the file in the page cache (util-linux fincore). */
+function cachedBytes(path: string): number {
+  const out = new Deno.Command("fincore", { args: ["--bytes", "--noheadings", "--output", "RES", path] })
+    .outputSync();
+  return Number(new TextDecoder().decode(out.stdout).trim());
+}
+
+io("preadOnce reads like pread and leaves nothing of what it read in the page cache", async () => {
+  // a synchronisation's reads left cached (in large folios) made every later small write slow
+  await withFile(async (fd, path) => {
+    const data = pattern(8 << 20, 11);
+    // written 4 KiB at a time, as records are (small folios), then written back: clean, droppable
+    const ops: BatchOp[] = [];
+    for (let off = 0; off < data.length; off += 4096) {
+      ops.push({ op: "write", off, buf: data.subarray(off, off + 4096) });
+    }
+    await applyBatch(fd, ops, true);
+    assert.ok(cachedBytes(path) > 0, "what was written is cached");
+    const got = new Uint8Array(data.length);
+    for (let off = 0; off < data.length; off += 1 << 20) {
+      assert.is(await preadOnce(fd, got.subarray(off, off + (1 << 20)), off), 1 << 20);
+    }
+    assert.ok(got.every((b, i) => b === data[i]), "the bytes read");
+    assert.is(cachedBytes(path), 0, "nothing of the range stays cached");
+    assert.is(await preadOnce(fd, new Uint8Array(4096), data.length - 1024), 1024, "short at the end");
+  });
+  await nativeError(preadOnce(BAD_FD, new Uint8Array(16), 0), "EBADF");
+});
+
 const batch = suite("applyBatch");
 
 /** Applies ops to an in-memory model (reads return what the model holds then). */

@@ -16,7 +16,7 @@ export const symbols = {
   cn_write_zeroes: { parameters: ["i32", "u64", "u64", "u32"], result: "i64", nonblocking: nb },
   cn_hash_range: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "i64", nonblocking: nb },
   cn_allocate: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: nb },
-  cn_drop_cache: { parameters: ["i32", "u64", "u64"], result: "i64", nonblocking: nb },
+  cn_pread_once: { parameters: ["i32", "buffer", "u64", "u64"], result: "i64", nonblocking: nb },
   cn_size: { parameters: ["i32"], result: "i64" },
   cn_is_blockdev: { parameters: ["i32"], result: "i32" },
   cn_xxh3_128: { parameters: ["buffer", "u64", "buffer"], result: "void" },

@@ -77,9 +77,13 @@ export async function allocate(fd: number, off: number, len: number): Promise<vo
   check("allocate", await native().cn_allocate(fd, BigInt(off), BigInt(len)));
 }
 
-/** Drops the clean cached pages of a range read once. */
-export async function dropCache(fd: number, off: number, len: number): Promise<void> {
-  check("fadvise", await native().cn_drop_cache(fd, BigInt(off), BigInt(len)));
+/**
+ * Reads a range that is read once (a chunk a synchronisation copies) without readahead and drops
+ * its pages after: cached by readahead, it stayed in large folios, and in ext4 every 4 KiB write
+ * into one walks all of the folio's blocks (cn_pread_once, docs/benchmarks.md).
+ */
+export async function preadOnce(fd: number, buf: Uint8Array, off: number): Promise<number> {
+  return check("pread", await native().cn_pread_once(fd, buf, BigInt(buf.length), BigInt(off)));
 }
 
 /** Size in bytes of a regular file or block device. */

@@ -1110,7 +1110,7 @@ export class Session {
     const len = Math.min(job.chunkSize, info.size - off);
     // 8-aligned for the word-wise zero check
     const buf = new Uint8Array(len);
-    const got = await native.pread(this.s.source.imageFd(job.volume), buf, off);
+    const got = await native.preadOnce(this.s.source.imageFd(job.volume), buf, off);
     if (got < len) buf.fill(0, got);
     v.compared += len;
     if (job.hashes) {
