@@ -93,6 +93,8 @@ export interface Channel {
 const MIN_PACE_BYTES = 256 * 1024;
 /** A paced peer that acknowledged nothing this long (or 4 lag bounds) while behind is not waited for. */
 const SILENT_MS = 2000;
+/** A sender saves its position at most this often (see persist). */
+const SAVE_INTERVAL_MS = 100;
 
 export class Sender {
   private cursor!: Cursor;
@@ -105,8 +107,9 @@ export class Sender {
   private session: Session | undefined;
   private saving = false;
   private saveAgain = false;
-  /** A save due for a position moved without an acknowledgement (see saveSoon). */
+  /** The next save, due at the end of the interval since the last one began (see persist). */
   private saveTimer: ReturnType<typeof setTimeout> | undefined;
+  private savedAt = -Infinity;
   private closed = false;
   readonly windowBytes: number;
   readonly syncChunk: number;
@@ -470,7 +473,7 @@ export class Sender {
   /** @internal the stream passed records this peer is not sent (other volumes', or held) */
   passed(pos: number): void {
     if (pos > this.ackedPos) this.ackedPos = pos;
-    this.saveSoon();
+    this.persist();
   }
 
   /**
@@ -633,17 +636,36 @@ export class Sender {
     this.busy = { at: now, acked: this.ackedBytes };
   }
 
-  /**
-   * Persists the position and volume states (coalesced: one write at a time), then lets the
-   * journal reclaim what the saved position covers; re-paces the peer.
-   */
+  /** Re-paces the peer and persists its position and volume states (see persist). */
   save(): void {
     this.pace();
+    this.persist();
+  }
+
+  /**
+   * Persists the position and volume states, then lets the journal reclaim what the saved
+   * position covers. One save at a time and at most one per SAVE_INTERVAL_MS, each of the state
+   * as it is when it begins: a peer acknowledges hundreds of times a second, and a save each time
+   * kept a gateway's JavaScript thread in the database for about a tenth of its time (53 saves a
+   * second per gateway at 4 KiB qd16, docs/benchmarks.md). The journal reclaims a little later for
+   * it; a restart resends at most that much, which the peer skips as held.
+   */
+  private persist(): void {
     if (this.closed) return;
-    if (this.saving) {
-      this.saveAgain = true;
+    if (this.saving || this.saveTimer !== undefined) {
+      // the timer's save takes the state as it is then; a running one is followed by another
+      if (this.saving) this.saveAgain = true;
       return;
     }
+    const wait = this.savedAt + SAVE_INTERVAL_MS - performance.now();
+    if (wait > 0) {
+      this.saveTimer = setTimeout(() => {
+        this.saveTimer = undefined;
+        this.persist();
+      }, wait);
+      return;
+    }
+    this.savedAt = performance.now();
     this.saving = true;
     const snapshot = new Map(
       [...this.vols].map(([id, v]) => [id, { ackedSeq: v.ackedSeq, state: v.state, voidUpTo: v.voidUpTo }]),
@@ -659,22 +681,9 @@ export class Sender {
         this.saving = false;
         if (this.saveAgain) {
           this.saveAgain = false;
-          this.save();
+          this.persist();
         }
       });
-  }
-
-  /**
-   * A save within 100 ms: the position moved past records this peer is not sent (other volumes',
-   * or held), which no acknowledgement will save, and the journal reclaims them only once saved.
-   * Bounded so a stream of such records costs ten saves a second, not one each.
-   */
-  private saveSoon(): void {
-    if (this.saveTimer !== undefined || this.closed) return;
-    this.saveTimer = setTimeout(() => {
-      this.saveTimer = undefined;
-      this.save();
-    }, 100);
   }
 
   /**
