@@ -301,6 +301,14 @@ export class Journal {
     return v;
   }
 
+  /**
+   * A volume as registered, its counters as last refreshed: for what a caller looks up per record
+   * (volume() asks the data plane, under the lock its threads take for every write).
+   */
+  registered(id: number): VolumeInfo | undefined {
+    return this.vols.get(id);
+  }
+
   /** The journal's own counters of a volume: sequences, bytes held, the mirror's position. */
   private volumeStatus(id: number): number[] | undefined {
     if (this.final) return this.final.volumes.get(id);

@@ -78,7 +78,7 @@ export class RemoteSites {
         // a task's strategy for its volume, else --congestion
         congestion: (v) => strategies.of(v)?.congestion ?? o.congestion,
         compress: (id) => {
-          const v = journal.volume(id);
+          const v = journal.registered(id);
           return v !== undefined && strategies.of(v)?.compression === true;
         },
         stateDir: `${dataDir}/sites`,
