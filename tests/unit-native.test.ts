@@ -18,6 +18,7 @@ import {
   writeZeroes,
   xxh3,
 } from "../src/native/mod.ts";
+import { tempDir } from "./lib/cluster.ts";
 
 await (await import("../native/build.ts")).buildNative();
 
@@ -164,8 +165,12 @@ function cachedBytes(path: string): number {
 }
 
 io("preadOnce reads like pread and leaves nothing of what it read in the page cache", async () => {
-  // a synchronisation's reads left cached (in large folios) made every later small write slow
-  await withFile(async (fd, path) => {
+  // a synchronisation's reads left cached (in large folios) made every later small write slow;
+  // on the repository's disk, not /tmp: a tmpfs keeps every page it holds
+  const dir = await tempDir("native-read-once");
+  const path = `${dir}/f`;
+  const fd = openSync(path, "w+", 0o600);
+  try {
     const data = pattern(8 << 20, 11);
     // written 4 KiB at a time, as records are (small folios), then written back: clean, droppable
     const ops: BatchOp[] = [];
@@ -181,7 +186,10 @@ io("preadOnce reads like pread and leaves nothing of what it read in the page ca
     assert.ok(got.every((b, i) => b === data[i]), "the bytes read");
     assert.is(cachedBytes(path), 0, "nothing of the range stays cached");
     assert.is(await preadOnce(fd, new Uint8Array(4096), data.length - 1024), 1024, "short at the end");
-  });
+  } finally {
+    closeSync(fd);
+    await Deno.remove(dir, { recursive: true });
+  }
   await nativeError(preadOnce(BAD_FD, new Uint8Array(16), 0), "EBADF");
 });
 
