@@ -19,6 +19,7 @@ import { Changes } from "../src/io/changes.ts";
 import { Volume } from "../src/volume/volume.ts";
 import { setLogSink } from "../src/log.ts";
 import { MemoryJournal, testVolume } from "./lib/memory-journal.ts";
+import { waitFor } from "./lib/cluster.ts";
 
 await (await import("../native/build.ts")).buildNative();
 setLogSink(() => {});
@@ -57,10 +58,7 @@ const storeOf = (state: "consistent" | "degraded") =>
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function settle(until: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !until(); i++) await sleep(5);
-  assert.ok(until(), "the stream went on");
-}
+const settle = (until: () => boolean) => waitFor(until, 1000, "the stream went on", 5);
 
 t("a promotion's level check wakes on the standby's acknowledgement, not on a poll", async () => {
   const j = new MemoryJournal(testVolume());
