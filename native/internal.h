@@ -287,6 +287,8 @@ bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n);
 // ---- positional I/O (io.c) ----
 
 int64_t io_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off);
+/** A new read-only descriptor of fd's file without readahead (see io.c), or -errno. */
+int io_open_reader(int fd);
 int64_t io_pwrite(int fd, const uint8_t *buf, uint64_t len, uint64_t off);
 int64_t io_punch(int fd, uint64_t off, uint64_t len);
 int64_t io_zero(int fd, uint64_t off, uint64_t len, bool may_trim);
