@@ -6,6 +6,8 @@
 // - qemu active mirror: qemu-storage-daemon exporting a file with an active blockdev-mirror
 //   (copy-mode=write-blocking) to an nbdkit file target, what a user would pick instead;
 // - nbdkit file: a plain NBD server on a file, the ceiling.
+// The write + flush job also runs the pair with its gateway's ring on tmpfs, a diagnostic: it
+// says what the ring's own fdatasync costs on this machine, where every copy shares one disk.
 // For every Continuum run it also reads each process's CPU time per thread from /proc (the
 // data plane's threads are named cn-*), which says what bounds a job.
 import { fill, fio, type FioResult, machine, median, percentile, table, writeSection } from "./lib.ts";
@@ -20,12 +22,13 @@ const GiB = 1024 ** 3;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const WRITE_FLUSH = "4 KiB write + flush, one at a time";
 const allJobs: Record<string, string[]> = {
   "4 KiB randwrite qd1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
   "4 KiB randwrite qd16": ["--rw=randwrite", "--bs=4k", "--iodepth=16"],
   "1 MiB seq write qd4": ["--rw=write", "--bs=1M", "--iodepth=4"],
   "4 KiB randwrite qd16, fsync=32": ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--fsync=32"],
-  "4 KiB write + flush, one at a time": ["--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"],
+  [WRITE_FLUSH]: ["--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"],
 };
 
 const jobs = Object.fromEntries(Object.entries(allJobs).filter(([j]) => !onlyJobs || onlyJobs.includes(j)));
@@ -38,11 +41,15 @@ interface Running {
   lag?: () => Promise<number>;
   /** Waits until every copy holds what was written (Continuum only: the peers' copies are synchronous). */
   settled?: () => Promise<void>;
+  /** The flushes the second copy received, once stopped (the qemu mirror's target). */
+  targetFlushes?: () => Promise<number>;
   stop(): Promise<void>;
 }
 
 interface Target {
   name: string;
+  /** The jobs it runs, when not all. */
+  jobs?: string[];
   start(dir: string): Promise<Running>;
 }
 
@@ -126,8 +133,10 @@ async function qemuActiveMirror(dir: string): Promise<Running> {
   const src = await sparse(`${dir}/qsd-src.img`);
   const tgt = await sparse(`${dir}/qsd-tgt.img`);
   const tsock = `${dir}/qsd-tgt.sock`, qsock = `${dir}/qsd.sock`, qmp = `${dir}/qsd-qmp.sock`;
-  for (const s of [tsock, qsock, qmp]) await Deno.remove(s).catch(() => {});
-  const target = daemon("nbdkit", ["-f", "-U", tsock, "file", tgt]);
+  const stats = `${dir}/qsd-tgt.stats`;
+  for (const s of [tsock, qsock, qmp, stats]) await Deno.remove(s).catch(() => {});
+  // the stats filter counts the flushes that reach the mirror's target (written when nbdkit exits)
+  const target = daemon("nbdkit", ["-f", "-U", tsock, "--filter=stats", "file", tgt, `statsfile=${stats}`]);
   await waitSocket(tsock);
   const qsd = daemon("qemu-storage-daemon", [
     "--blockdev",
@@ -175,7 +184,9 @@ async function qemuActiveMirror(dir: string): Promise<Running> {
     await stop();
     throw e;
   }
-  return { uri: `nbd+unix:///vol0?socket=${qsock}`, pids: [], stop };
+  const targetFlushes = async () =>
+    Number(/^flush: (\d+) ops/m.exec(await Deno.readTextFile(stats))?.[1] ?? 0);
+  return { uri: `nbd+unix:///vol0?socket=${qsock}`, pids: [], targetFlushes, stop };
 }
 
 /** The gateways' journal rings as a user gets them: the test library's only reserve theirs. */
@@ -211,9 +222,13 @@ async function twoSites(gatewayExtra: string[]): Promise<Running> {
 const LAG_BOUND_MS = 500;
 const LAG_BOUND_TARGET = `Continuum, 2 sites, --max-lag ${LAG_BOUND_MS}ms`;
 
-/** The agent and its local gateway alone, the agent's link over a Unix socket (in clear) or TCP (sealed). */
-async function pairOnly(link: "unix" | "tcp"): Promise<Running> {
-  const pair = await startPair("bench-capture", { vol0: GiB }, [], undefined, AS_SHIPPED, link);
+/**
+ * The agent and its local gateway alone, the agent's link over a Unix socket (in clear) or TCP
+ * (sealed); `ring` puts the gateway's journal ring elsewhere than its data directory.
+ */
+async function pairOnly(link: "unix" | "tcp", ring?: string): Promise<Running> {
+  const gatewayExtra = [...AS_SHIPPED, ...(ring ? ["--buffer", ring] : [])];
+  const pair = await startPair("bench-capture", { vol0: GiB }, [], undefined, gatewayExtra, link);
   // measured in steady state: after the new volume's first full synchronisation
   await pair.agent.proc.waitForLog("every chunk that may differ was resent", 120_000);
   const settled = () => waitMirrorCaughtUp(pair.gw, "a1", "vol0", 120_000);
@@ -226,15 +241,23 @@ async function pairOnly(link: "unix" | "tcp"): Promise<Running> {
     stop: async () => {
       await pair.stop();
       await Deno.remove(pair.dir, { recursive: true });
+      if (ring) await Deno.remove(ring);
     },
   };
 }
 
 const TCP_TARGET = "Continuum, TCP link";
+const TMPFS_TARGET = "Continuum, ring on tmpfs";
 
 const targets = ([
   { name: "Continuum", start: () => pairOnly("unix") },
   { name: TCP_TARGET, start: () => pairOnly("tcp") },
+  // not durable: the ring on /dev/shm takes its fdatasync off the shared disk
+  {
+    name: TMPFS_TARGET,
+    jobs: [WRITE_FLUSH],
+    start: () => pairOnly("unix", `/dev/shm/continuum-bench-${Date.now()}.ring`),
+  },
   { name: "Continuum, 2 sites", start: () => twoSites([]) },
   { name: LAG_BOUND_TARGET, start: () => twoSites(["--max-lag", `${LAG_BOUND_MS}ms`]) },
   { name: "qemu active mirror", start: qemuActiveMirror },
@@ -313,6 +336,7 @@ interface Run {
   fio: FioResult;
   cpu?: Map<string, number>;
   lags?: number[];
+  targetFlushes?: number;
 }
 
 const results = new Map<string, Run[]>();
@@ -320,6 +344,7 @@ const dir = await tempDir("bench-capture");
 for (let round = 1; round <= rounds; round++) {
   for (const [job, args] of Object.entries(jobs)) {
     for (const t of targets) {
+      if (t.jobs && !t.jobs.includes(job)) continue;
       const s: Running = await t.start(dir);
       try {
         // Measured on a volume that holds data, as a user's does: the region is written once first,
@@ -360,6 +385,8 @@ for (let round = 1; round <= rounds; round++) {
       } finally {
         await s.stop();
       }
+      const runs = results.get(`${t.name}|${job}`);
+      if (s.targetFlushes && runs) runs[runs.length - 1].targetFlushes = await s.targetFlushes();
     }
   }
 }
@@ -417,6 +444,30 @@ const out = table([
 ], rows);
 console.log("\n" + out);
 
+/**
+ * What a flush makes durable: the flushes that reached qemu's mirror target against those fio
+ * sent, and the pair's write + flush with its ring's fdatasync off the shared disk.
+ */
+function flushNote(): string {
+  const q = results.get(`qemu active mirror|${WRITE_FLUSH}`) ?? [];
+  const tmpfs = med(TMPFS_TARGET, WRITE_FLUSH);
+  if (!q.length || tmpfs === undefined) return "";
+  const sent = q.reduce((n, r) => n + r.fio.flushes, 0);
+  const reached = q.reduce((n, r) => n + (r.targetFlushes ?? 0), 0);
+  const qemu = med("qemu active mirror", WRITE_FLUSH), pair = med("Continuum", WRITE_FLUSH);
+  return `**Write + flush.** In the ${q.length} run${
+    q.length === 1 ? "" : "s"
+  } of the job fio sent qemu's export ${sent} flushes and its
+mirror's target received ${reached} (filling the region included): qemu's flush makes its source durable, not
+the second copy. Continuum's makes both copies durable, the agent's disk and the gateway's ring: two fdatasyncs
+on this machine's one disk. With the ring on tmpfs (not durable: a diagnostic that takes its fdatasync off the
+disk) the pair made ${fmt(WRITE_FLUSH, tmpfs)}, ${ratio(tmpfs, qemu)} of qemu, against ${
+    ratio(pair, qemu)
+  } with the ring on the disk.`;
+}
+const flush = flushNote();
+if (flush) console.log("\n" + flush);
+
 /** CPU per process and thread (cores busy, median over rounds), the busiest first. */
 function cpuTable(target: string, job: string): string {
   const runs = results.get(`${target}|${job}`) ?? [];
@@ -428,7 +479,7 @@ function cpuTable(target: string, job: string): string {
   return `${job}: ${total.toFixed(2)} cores in all; ` +
     rows.slice(0, 8).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ");
 }
-const cpu = targets.filter((t) => t.name.startsWith("Continuum")).map((t) =>
+const cpu = targets.filter((t) => t.name.startsWith("Continuum") && !t.jobs).map((t) =>
   `**${t.name}** (cores busy per process/thread while fio ran, medians; fio itself not counted):\n\n` +
   Object.keys(jobs).map((j) => `- ${cpuTable(t.name, j)}`).join("\n")
 ).join("\n\n");
@@ -459,6 +510,8 @@ shares the machine's cores.
 - **nbdkit file**: one copy, the ceiling.
 
 ${out}
+
+${flush}
 
 ${cpu}`,
   );

@@ -37,12 +37,14 @@ export async function machine(): Promise<string> {
 export interface FioResult {
   iops: number;
   mbps: number;
+  /** The flushes fio sent (its fsync=N). */
+  flushes: number;
 }
 
 /** Runs fio's nbd engine against uri; returns write IOPS and MB/s. */
 export async function fio(uri: string, job: string[], seconds: number): Promise<FioResult> {
-  const w = JSON.parse(await runFio(uri, ["--time_based", `--runtime=${seconds}`, ...job])).jobs[0].write;
-  return { iops: w.iops, mbps: w.bw_bytes / 1e6 };
+  const j = JSON.parse(await runFio(uri, ["--time_based", `--runtime=${seconds}`, ...job])).jobs[0];
+  return { iops: j.write.iops, mbps: j.write.bw_bytes / 1e6, flushes: j.sync?.total_ios ?? 0 };
 }
 
 /**
