@@ -5,7 +5,14 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { need } from "./lib/env.ts";
-import { faketimeEnv, faketimeLoaded, LIBFAKETIME, offsetSpec, setClockOffset } from "./lib/faketime.ts";
+import {
+  faketimeEnv,
+  faketimeLoaded,
+  LIBFAKETIME,
+  offsetSpec,
+  removeFaketimeShm,
+  setClockOffset,
+} from "./lib/faketime.ts";
 import { startTopology } from "./lib/cluster.ts";
 
 const t = suite("fault runner: clock step with libfaketime");
@@ -94,6 +101,7 @@ t(
       child.kill("SIGKILL");
       await reader.cancel().catch(() => {});
       await child.status;
+      await removeFaketimeShm(child.pid);
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -1,5 +1,6 @@
 // Starts Continuum roles as real processes for integration tests, with their own
 // temporary directories, and helpers to wait on them and compare images.
+import { removeFaketimeShm } from "./faketime.ts";
 import { sanitizerPreload } from "./sanitizer.ts";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
@@ -84,9 +85,11 @@ export class RoleProcess {
       }
     };
     const done = Promise.all([pump(this.child.stdout), pump(this.child.stderr)]);
+    const pid = this.child.pid;
     this.exited = this.child.status.then(async (st) => {
       await done;
       file.close();
+      if (opts.env?.LD_PRELOAD?.includes("libfaketime")) await removeFaketimeShm(pid);
       return st;
     });
   }

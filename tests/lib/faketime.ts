@@ -37,3 +37,14 @@ export async function faketimeLoaded(pid: number): Promise<boolean> {
   const maps = await Deno.readTextFile(`/proc/${pid}/maps`).catch(() => "");
   return maps.includes("libfaketime");
 }
+
+/**
+ * libfaketime creates a shared-memory segment and a semaphore named by the pid of the first
+ * preloaded process, and removes them only when that process exits normally: a process killed
+ * leaves them in /dev/shm, one pair per test run, for good.
+ */
+export async function removeFaketimeShm(pid: number): Promise<void> {
+  for (const f of [`faketime_shm_${pid}`, `sem.faketime_sem_${pid}`]) {
+    await Deno.remove(`/dev/shm/${f}`).catch(() => {});
+  }
+}
