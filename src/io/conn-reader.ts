@@ -1,4 +1,5 @@
 import { setImmediate } from "node:timers";
+import { Fifo } from "./fifo.ts";
 
 // Buffered reading from a stream connection: small headers come out of one
 // buffer; large payloads are read straight into their own allocation.
@@ -83,7 +84,7 @@ export interface Writable {
  * coalesces small messages queued in the same turn into one system call.
  */
 export class ConnWriter {
-  private queue: Uint8Array[] = [];
+  private queue = new Fifo<Uint8Array>();
   private queuedBytes = 0;
   private pumping = false;
   private failed: Error | undefined;
@@ -123,7 +124,7 @@ export class ConnWriter {
         if (chunk.length < this.coalesceLimit && this.queue.length > 0) {
           const parts = [chunk];
           let size = chunk.length;
-          while (this.queue.length > 0 && size + this.queue[0].length <= this.coalesceLimit) {
+          while (this.queue.length > 0 && size + this.queue.first!.length <= this.coalesceLimit) {
             const next = this.queue.shift()!;
             parts.push(next);
             size += next.length;
@@ -143,7 +144,7 @@ export class ConnWriter {
       }
     } catch (e) {
       this.failed = e as Error;
-      this.queue = [];
+      this.queue.clear();
       this.queuedBytes = 0;
     } finally {
       this.pumping = false;

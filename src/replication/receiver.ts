@@ -15,6 +15,7 @@ import { admit, type SeqState } from "../record/sequence.ts";
 import type { Journal, VolumeInfo } from "../journal/journal.ts";
 import { FrameType, seqFrame } from "../wire/frames.ts";
 import type { CheckpointFrame } from "../wire/site-frames.ts";
+import { Fifo } from "../io/fifo.ts";
 
 /** Where the site acknowledges a volume's records: applied to the replica, or also by the standby. */
 export type AckPoint = "rgp" | "rsp";
@@ -88,7 +89,7 @@ export class Receiver {
   private seqs = new Map<number, SeqState>();
   private received = 0;
   private ackedNo = 0;
-  private pending: Pending[] = [];
+  private pending = new Fifo<Pending>();
   private readonly stop = new AbortController();
   /** Records dropped because the replica already held them (after a reconnect). */
   duplicates = 0;
@@ -191,7 +192,7 @@ export class Receiver {
     const retained = this.o.retained?.() ?? 0;
     let last = this.ackedNo;
     while (this.pending.length > 0) {
-      const p = this.pending[0];
+      const p = this.pending.first!;
       if (p.mark > retained) break;
       if (p.end >= 0) {
         const standby = this.o.standbyPos(p.agent, p.ack);

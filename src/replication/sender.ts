@@ -16,6 +16,7 @@ import { addRecordChunks, type Part, union } from "../recovery/divergence.ts";
 import { CheckpointMarks } from "./marks.ts";
 import type { CheckpointFrame, HashRequest } from "../wire/site-frames.ts";
 import { Changes } from "../io/changes.ts";
+import { Fifo } from "../io/fifo.ts";
 
 const log = logger("sender");
 
@@ -762,7 +763,7 @@ export class Session {
   inFlightBytes = 0;
   private sent = 0;
   private acked = 0;
-  private fifo: InFlight[] = [];
+  private fifo = new Fifo<InFlight>();
   /** Journal position through which entries have been read (sent or skipped). */
   private frontier: number;
   /** Sequence number of the last captured write sent per volume (undefined: none yet after a SyncBegin). */
@@ -825,7 +826,7 @@ export class Session {
     if (no <= this.acked || no > this.sent) return;
     this.acked = no;
     let release = -1;
-    while (this.fifo.length > 0 && this.fifo[0].no <= no) {
+    while (this.fifo.length > 0 && this.fifo.first!.no <= no) {
       const f = this.fifo.shift()!;
       this.inFlightBytes -= f.bytes;
       this.s.ackedBytes += f.bytes;
@@ -1037,7 +1038,7 @@ export class Session {
     );
     if (!carried || held) {
       // nothing to send; its space is freed with the record sent before it (or now)
-      const last = this.fifo[this.fifo.length - 1];
+      const last = this.fifo.last;
       if (last) last.end = this.frontier;
       else {
         this.s.passed(this.frontier);
