@@ -1,9 +1,11 @@
 // The records a site's stream has verified and handed to the journal, while the stream reads on.
 // Waiting for each record's append before reading the next made every record its own data-plane
 // call (a thread hand-off each); with a window, the records that arrive meanwhile go together.
+import { Fifo } from "../io/fifo.ts";
 
 export class AppendWindow {
-  private readonly inFlight: { done: Promise<void>; bytes: number }[] = [];
+  // a record without a payload (trim, zeroes, barrier) is 72 bytes: 4 MiB holds tens of thousands
+  private readonly inFlight = new Fifo<{ done: Promise<void>; bytes: number }>();
   private bytes = 0;
   private failure: Error | undefined;
 
