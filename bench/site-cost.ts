@@ -16,8 +16,12 @@ const seconds = Number(Deno.env.get("BENCH_SECONDS") ?? 12);
 const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? 2);
 const iops = Number(Deno.env.get("BENCH_IOPS") ?? 4000);
 const mbps = Number(Deno.env.get("BENCH_MBPS") ?? 40);
+// BENCH_TARGETS / BENCH_JOBS (names, or their beginnings, separated by ';') run a part only
+const only = Deno.env.get("BENCH_TARGETS")?.split(";");
+const onlyJobs = Deno.env.get("BENCH_JOBS")?.split(";");
+const chosen = (name: string, list: string[] | undefined) => !list || list.some((n) => name.startsWith(n));
 
-const jobs: Record<string, string[]> = {
+const allJobs: Record<string, string[]> = {
   [`4 KiB randwrite qd16 at ${iops} IOPS`]: [
     "--rw=randwrite",
     "--bs=4k",
@@ -27,11 +31,12 @@ const jobs: Record<string, string[]> = {
   [`1 MiB seq write qd4 at ${mbps} MB/s`]: ["--rw=write", "--bs=1M", "--iodepth=4", `--rate=${mbps}m`],
 };
 
-const targets: { name: string; start(dir: string): Promise<Running> }[] = [
+const jobs = Object.fromEntries(Object.entries(allJobs).filter(([name]) => chosen(name, onlyJobs)));
+const targets = ([
   { name: "Continuum", start: () => pairOnly("unix") },
   { name: "Continuum, 2 sites", start: () => twoSites([]) },
   { name: "qemu active mirror", start: qemuActiveMirror },
-];
+] as { name: string; start(dir: string): Promise<Running> }[]).filter((t) => chosen(t.name, only));
 
 /**
  * Bytes written to the machine's disks so far (whole disks in /proc/diskstats, 512-byte sectors),

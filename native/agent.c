@@ -253,6 +253,11 @@ static int on_frame(cn_agent *a, uint8_t type, const uint8_t *body, uint32_t len
     if (s) chunk_slot_drop(a, s);
     return 0;
   }
+  case F_RECORD: { // a standby's copies are written here (standby.c)
+    int r = standby_take(a->sb, body, len, epoch, why, cap);
+    if (r <= 0) return r;
+    break;
+  }
   case F_ERROR: {
     char msg[400] = "error";
     json_get_str((const char *)body, len, "message", msg, sizeof msg);
@@ -374,6 +379,7 @@ static void read_loop(cn_agent *a, int fd, uint64_t epoch, char *why, size_t cap
       }
       at += FRAME_HEADER + fl - 1;
     }
+    standby_kick(a->sb);
     if (bad) {
       drop_claims(a, claims, c, nc);
       break;
@@ -702,10 +708,12 @@ EXPORT cn_agent *cn_agent_new(cn_plane *p, const char *id, const uint8_t *secret
   a->vols = calloc(a->vols_cap, sizeof(cvol *));
   a->sbuf = malloc(4 + LINK_MAX_PLAIN + SEAL_TAG);
   a->cw = chunk_writers_new();
-  if (!a->vols || !a->sbuf || !a->cw) {
+  a->sb = standby_new(a);
+  if (!a->vols || !a->sbuf || !a->cw || !a->sb) {
     free(a->vols);
     free(a->sbuf);
     chunk_writers_free(a);
+    standby_free(a->sb);
     free(a);
     return NULL;
   }
@@ -912,6 +920,7 @@ EXPORT void cn_agent_close(cn_agent *a) {
   pthread_mutex_unlock(&a->mu);
   if (started) pthread_join(a->link_thr, NULL);
   chunk_writers_free(a); // their answers go nowhere now
+  standby_free(a->sb);    // after the link thread, its only feeder
   if (started) {
     agent_wake_sender(a);
     pthread_join(a->sender_thr, NULL);

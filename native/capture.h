@@ -113,6 +113,7 @@ struct cn_agent {
   bool fenced;
   bool chunk_writes; // under fence_mu: recovery writes are served in the data plane (chunks.c)
   struct chunk_writers *cw; // chunks.c: the threads and buffers that write them
+  struct standby *sb;       // standby.c: a standby server's copies, written from the link thread
   pthread_mutex_t wake_mu; // a leaf lock: the sender's wake-ups
   bool send_pending;
   // link
@@ -172,6 +173,18 @@ int agent_chunk_write(cn_agent *a, const uint8_t *head, uint32_t head_len, const
                       cw_slot *s, uint64_t epoch);
 /** agent.c: queues a frame on the link's connection `epoch` (0: the one up); -ENOTCONN when it is gone. */
 int agent_send_on(cn_agent *a, const uint8_t *frame, uint64_t len, uint64_t epoch);
+
+// standby.c, for agent.c: a standby server's copies, fed by the link thread.
+struct standby *standby_new(cn_agent *a);
+/** Stops its syncer (after the link thread ended) and frees it. */
+void standby_free(struct standby *s);
+/**
+ * Takes a record frame's body from link `link`: 1 when no standby copy is registered (the frame
+ * is TypeScript's), 0 taken (or ignored while frozen), -1 with why set (the link is dropped).
+ */
+int standby_take(struct standby *s, const uint8_t *b, uint64_t len, uint64_t link, char *why, size_t cap);
+/** After a batch: the syncer makes what was taken durable. */
+void standby_kick(struct standby *s);
 
 // capture.c, for agent.c. Lock order: the chunk writers', the agent's mu, then a volume's mu, then
 // the leaf locks (fence_mu, wake_mu, a dirty map's, an NBD connection's).

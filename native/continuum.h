@@ -384,4 +384,43 @@ int32_t cn_record_check(const uint8_t *b, uint64_t len, uint32_t max_length, uin
  */
 void cn_agent_serve_chunk_writes(cn_agent *a, int32_t on);
 
+// ---- agent: a standby server's copies (standby.c) ----
+
+/**
+ * Registers a standby copy: from the first on, the record frames the gateway sends are written to
+ * the copies here, off TypeScript. The link thread verifies each record (checksums, bounds, the
+ * replica's sequence rule of src/record/sequence.ts) and writes it at once, in stream order; a
+ * thread makes what was written durable (one fdatasync a copy), then saves each copy's position
+ * and state (0 empty, 1 consistent, 2 inconsistent) in its slot file at slot_path (the format of
+ * src/io/slot-file.ts: written here, and by TypeScript only while the copy is not registered),
+ * then sends an Accepted frame with the count of records taken on this link. A record that fails
+ * a check, or a write that fails, drops the link (the gateway resends from the saved position; a
+ * failure is tried again on the next link). A copy of that name already registered only takes the
+ * new journal id (a new link names it anew). fd stays the caller's.
+ */
+int32_t cn_agent_standby_add(cn_agent *a, const char *name, uint32_t journal_id, int32_t fd, uint64_t size,
+                             uint64_t last_seq, int32_t state, const char *slot_path, char *err, uint64_t errcap);
+/**
+ * A registered copy: out[0] its position (records written), out[1] its saved position, out[2] its
+ * state, out[3] the count last acknowledged on the current link, out[4] the records taken on it.
+ * -ENOENT when not registered.
+ */
+int32_t cn_agent_standby_status(cn_agent *a, const char *name, uint64_t *out);
+/**
+ * BLOCKING. Stops applying (records are then ignored, not acknowledged), waits until everything
+ * taken is durable with its position, and releases every copy (their slot files then hold their
+ * last state). -EIO with the reason in err when a write failed since the link began: the copies
+ * stay registered and frozen.
+ */
+int32_t cn_agent_standby_freeze(cn_agent *a, char *err, uint64_t errcap);
+/** Applies again: copies registered from now on take the stream, counted from 0 as on a new link. */
+void cn_agent_standby_thaw(cn_agent *a);
+/**
+ * What the link thread does with a record frame's body received on link number `link`, then the
+ * syncer is woken: exported to feed a copy without a gateway (tests). 0 taken, 1 no copy is
+ * registered, -1 refused with the reason in why.
+ */
+int32_t cn_agent_standby_take(cn_agent *a, const uint8_t *record, uint64_t len, uint64_t link, char *why,
+                              uint64_t cap);
+
 #endif

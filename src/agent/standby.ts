@@ -74,7 +74,6 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       log.error("cannot serve a remembered standby assignment", { volume: a.name, path: a.path, error: e });
     }
   }
-  const applier = new StandbyApplier(copies, (b) => agent.send(b));
   let announced = 0;
   /** Set while the link is restarted for a new set of copies: the old connection starts no stream. */
   let reconnecting = false;
@@ -150,7 +149,6 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
     onConnected: () => {
       announced = 0;
       reconnecting = false;
-      applier.reset();
       // the gateway reconciles the copies it is told of with what its local sites ask for
       agent.sendControl(
         { type: "assignments", names: file.all().map((a) => a.name) } satisfies StandbyReport,
@@ -169,10 +167,8 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
         }, rollingBack);
       }
       if (primary) return; // promoted: the stream to the standby copy is over
+      // records reach this only for a volume no copy here holds (the data plane applies the rest)
       switch (f.type) {
-        case FrameType.Record:
-          await applier.record(f.body);
-          break;
         case FrameType.HashRequest: {
           const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
           agent.send(await applier.hashes(q.volume, q.chunkSize));
@@ -186,11 +182,15 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       }
     },
   });
+  const applier = new StandbyApplier(copies, agent);
   const standbyLinkVolume = (s: StandbyVolume, i: number): LinkVolume => ({
     linkId: i,
     name: s.name,
     size: s.volume.size,
-    openFields: () => ({ standby: true, lastSeq: s.durableSeq, state: s.state }),
+    openFields: () => {
+      const at = applier.position(s);
+      return { standby: true, lastSeq: at.durableSeq, state: at.state };
+    },
     onOpened: (info) => {
       applier.opened(s.name, info.journalId);
       // every volume is known to the gateway: it may start streaming
@@ -272,7 +272,6 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       // what was received is applied before the copy is closed; the stream restarts below
       await applier.freeze();
       copies.splice(copies.indexOf(s), 1);
-      applier.forget(s);
       await nbd.server?.withdraw(name);
       await io.fdatasync(s.volume.fd);
       s.volume.close();

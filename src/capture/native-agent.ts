@@ -47,7 +47,7 @@ export interface NativeAgentOptions {
   handshakeTimeoutMs?: number;
   /** Control messages from the gateway (the control plane). */
   onControl?: (msg: unknown) => void;
-  /** Frames the data plane does not handle itself (a recovery's chunk operations, a standby's stream), in order. */
+  /** Frames the data plane does not handle itself (a recovery's chunk operations, a standby's hash requests), in order. */
   onFrame?: (f: Frame) => Promise<void> | void;
   /** After every (re)connection, once every volume is announced. */
   onConnected?: () => void;

@@ -147,6 +147,19 @@ export const symbols = {
   cn_record_check: { parameters: ["buffer", "u64", "u32", "buffer"], result: "i32" },
   // agent: recovery chunk writes in the data plane
   cn_agent_serve_chunk_writes: { parameters: ["pointer", "i32"], result: "void" },
+  // agent: a standby server's copies
+  cn_agent_standby_add: {
+    parameters: ["pointer", "buffer", "u32", "i32", "u64", "u64", "i32", "buffer", "buffer", "u64"],
+    result: "i32",
+  },
+  cn_agent_standby_status: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  cn_agent_standby_freeze: { parameters: ["pointer", "buffer", "u64"], result: "i32", nonblocking: nb },
+  cn_agent_standby_thaw: { parameters: ["pointer"], result: "void" },
+  cn_agent_standby_take: {
+    parameters: ["pointer", "buffer", "u64", "u64", "buffer", "u64"],
+    result: "i32",
+    nonblocking: nb,
+  },
 } as const;
 
 export type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];

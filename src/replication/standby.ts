@@ -1,19 +1,16 @@
-// A standby server's copy of a volume (the paper's RSP): while standby, the agent
-// applies the records its site's gateway streams to it, in order, and
-// acknowledges them once they are on stable storage. Its position and state are
-// kept in a slot file (overwritten in place, one sector write and fdatasync per
-// applied batch) so a restart resumes where the disk is.
-import { logger } from "../log.ts";
+// A standby server's copy of a volume (the paper's RSP): while standby, the agent's data plane
+// (native/standby.c) applies the records its site's gateway streams to it, in order, and
+// acknowledges them once they are on stable storage. Its position and state are kept in a slot
+// file (overwritten in place, one sector write and fdatasync per applied batch) so a restart
+// resumes where the disk is: written by the data plane while the copy is registered there, and
+// here while it is not (assigned, demoted).
 import * as native from "../native/mod.ts";
-import type { BatchOp } from "../native/mod.ts";
-import { decodeHeader, Kind, MAX_PAYLOAD, payloadIntact, RecordError, recordOp } from "../record/record.ts";
-import { admit, type SeqState } from "../record/sequence.ts";
+import { cstr, fromCstr, native as ffi, NativeError } from "../native/ffi.ts";
+import type { NativeAgent } from "../capture/native-agent.ts";
 import type { Volume } from "../volume/volume.ts";
 import { SlotFile } from "../io/slot-file.ts";
-import { FrameType, hashesFrame, seqFrame } from "../wire/frames.ts";
-import { setImmediate } from "node:timers";
-
-const log = logger("standby");
+import { hashesFrame } from "../wire/frames.ts";
+import type { SeqState } from "../record/sequence.ts";
 
 export type StandbyState = "empty" | "consistent" | "inconsistent";
 
@@ -34,7 +31,9 @@ export class StandbyVolume {
   private constructor(
     readonly name: string,
     readonly volume: Volume,
-    private readonly file: SlotFile,
+    /** The slot file's path: the data plane writes it while the copy is registered there. */
+    readonly slotPath: string,
+    private file: SlotFile,
     p: Persisted,
     /** The position file of older versions, removed once the slot file holds the position. */
     private legacy: string | undefined,
@@ -45,16 +44,19 @@ export class StandbyVolume {
   }
 
   static async open(name: string, volume: Volume, dataDir: string): Promise<StandbyVolume> {
-    const { file, value } = await SlotFile.open(`${dataDir}/${name}.standby.pos`);
+    const path = `${dataDir}/${name}.standby.pos`;
     const legacy = `${dataDir}/${name}.standby.json`;
-    let raw: unknown;
-    try {
-      raw = JSON.parse(value ? new TextDecoder().decode(value) : await Deno.readTextFile(legacy));
-    } catch {
-      // no position: a copy never replicated into, or whose progress is unknown (reported as is)
-    }
-    const p = valid(raw) ? raw : { lastSeq: 0, state: "empty" as const };
-    return new StandbyVolume(name, volume, file, p, value ? undefined : legacy);
+    const { file, p, fromSlot } = await readPosition(path, legacy);
+    return new StandbyVolume(name, volume, path, file, p, fromSlot ? undefined : legacy);
+  }
+
+  /** Reads the position the data plane saved last (it released the copy): saves go on from there. */
+  async reload(): Promise<void> {
+    const { file, p } = await readPosition(this.slotPath, this.legacy);
+    this.file = file;
+    this.seq = { lastSeq: p.lastSeq, rebase: false };
+    this.durableSeq = p.lastSeq;
+    this.state = p.state;
   }
 
   /**
@@ -73,160 +75,102 @@ export class StandbyVolume {
   }
 }
 
+async function readPosition(
+  path: string,
+  legacy: string | undefined,
+): Promise<{ file: SlotFile; p: Persisted; fromSlot: boolean }> {
+  const { file, value } = await SlotFile.open(path);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(value ? new TextDecoder().decode(value) : legacy ? await Deno.readTextFile(legacy) : "");
+  } catch {
+    // no position: a copy never replicated into, or whose progress is unknown (reported as is)
+  }
+  return { file, p: valid(raw) ? raw : { lastSeq: 0, state: "empty" }, fromSlot: value !== undefined };
+}
+
 function valid(raw: unknown): raw is Persisted {
   const p = raw as Persisted | undefined;
   return typeof p === "object" && p !== null && Number.isSafeInteger(p.lastSeq) &&
     ["empty", "consistent", "inconsistent"].includes(p.state);
 }
 
-/** Applies a gateway's stream to the standby volumes and answers its hash requests. */
+const STATES: StandbyState[] = ["empty", "consistent", "inconsistent"];
+
+/**
+ * The standby copies in the agent's data plane, which applies the gateway's stream to them
+ * (native/standby.c); this registers them, reports their positions and freezes them for a
+ * promotion, and answers the gateway's hash requests.
+ */
 export class StandbyApplier {
-  private byJournalId = new Map<number, StandbyVolume>();
-  private received = 0;
-  /** Admitted records waiting to be applied, each with its volume's admitted position after it. */
-  private queued: { v: StandbyVolume; seq: number; op?: BatchOp }[] = [];
-  private running = false;
-  /** The applying loop in progress (settled once it stops). */
-  private loopDone: Promise<void> = Promise.resolve();
-  /** Counts a link's records; acknowledgements of a batch taken before a new link go nowhere. */
-  private link = 0;
-  private failed: Error | undefined;
   private frozen = false;
 
-  constructor(readonly volumes: StandbyVolume[], private readonly send: (frame: Uint8Array) => void) {}
+  constructor(readonly volumes: StandbyVolume[], private readonly agent: NativeAgent) {}
 
-  /** The gateway named its journal id for one of our volumes. */
+  /** The gateway named its journal id for one of our volumes: the data plane applies its records from now on. */
   opened(name: string, journalId: number): void {
     const v = this.volumes.find((x) => x.name === name);
     if (!v) return;
     v.journalId = journalId;
-    this.byJournalId.set(journalId, v);
+    if (this.frozen || !this.agent.open) return;
+    const err = new Uint8Array(512);
+    const r = ffi().cn_agent_standby_add(
+      this.agent.ptr,
+      cstr(v.name),
+      journalId,
+      v.volume.fd,
+      BigInt(v.volume.size),
+      BigInt(v.seq.lastSeq),
+      STATES.indexOf(v.state),
+      cstr(v.slotPath),
+      err,
+      BigInt(err.length),
+    );
+    if (r < 0) throw new NativeError(`register standby copy ${v.name}`, -r, fromCstr(err));
   }
 
-  /** A copy is no longer held (unassigned): records naming it are refused from now on. */
-  forget(v: StandbyVolume): void {
-    if (this.byJournalId.get(v.journalId) === v) this.byJournalId.delete(v.journalId);
+  /** Where a copy is: the data plane's figures while it applies to it, else the copy's own. */
+  position(v: StandbyVolume): { lastSeq: number; durableSeq: number; state: StandbyState } {
+    const out = new BigUint64Array(5);
+    if (
+      this.agent.open &&
+      ffi().cn_agent_standby_status(this.agent.ptr, cstr(v.name), new Uint8Array(out.buffer)) === 0
+    ) {
+      return { lastSeq: Number(out[0]), durableSeq: Number(out[1]), state: STATES[Number(out[2])] };
+    }
+    return { lastSeq: v.seq.lastSeq, durableSeq: v.durableSeq, state: v.state };
   }
 
   /**
-   * A new connection: counts start over. Records still queued were admitted (the position moved
-   * past them), so they are still applied; the new link resumes after the durable position and
-   * the records it resends up to the admitted one are skipped.
-   */
-  reset(): void {
-    this.link++;
-    this.received = 0;
-    this.failed = undefined;
-  }
-
-  /**
-   * Stops applying (the copy is promoted): what was received is applied, later records are ignored.
-   * Throws when the copy could not apply what it received (a promotion must not take it silently).
+   * Stops applying (the copy is promoted, or the set of copies changes): what was received is
+   * applied and durable with its position, later records are ignored, and the copies' own figures
+   * are read back from their slot files. Throws when a copy could not apply what it received (a
+   * promotion must not take it silently).
    */
   async freeze(): Promise<void> {
     this.frozen = true;
-    await this.drain();
+    if (!this.agent.open) return;
+    const err = new Uint8Array(512);
+    const r = await ffi().cn_agent_standby_freeze(this.agent.ptr, err, BigInt(err.length));
+    if (r < 0) throw new NativeError("apply the standby copies", -r, fromCstr(err));
+    for (const v of this.volumes) await v.reload();
   }
 
-  /** Applies again (the copy is a standby again after a demotion). */
+  /** Applies again (a demotion, or the set of copies changed): copies register as the gateway opens them. */
   thaw(): void {
     this.frozen = false;
-    this.reset();
+    if (this.agent.open) ffi().cn_agent_standby_thaw(this.agent.ptr);
   }
 
-  async record(body: Uint8Array): Promise<void> {
-    if (this.frozen) return;
-    if (this.failed) throw this.failed;
-    const h = decodeHeader(body, MAX_PAYLOAD);
-    if (!payloadIntact(body, h)) throw new RecordError(`record ${h.seq}: payload checksum mismatch`);
-    const v = this.byJournalId.get(h.volume);
-    if (!v) throw new RecordError(`record for volume ${h.volume}, which this standby does not hold`);
-    if (
-      h.kind !== Kind.Flush && h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd &&
-      h.offset + h.length > v.volume.size
-    ) {
-      throw new RecordError(`record ${h.seq} reaches past the end of ${v.name}`);
-    }
-    const verdict = admit(v.seq, h);
-    if (verdict === "gap") {
-      throw new RecordError(`record ${h.seq} of ${v.name} out of sequence (have ${v.seq.lastSeq})`);
-    }
-    if (verdict === "skip") {
-      this.enqueue(v);
-    } else if (h.kind === Kind.SyncBegin) {
-      // inconsistent must be on disk before any chunk of the synchronisation lands
-      await this.drain();
-      v.state = "inconsistent";
-      await v.persist();
-      this.enqueue(v);
-    } else if (h.kind === Kind.SyncEnd) {
-      await this.drain();
-      v.state = "consistent";
-      await v.persist();
-      this.enqueue(v);
-    } else {
-      if (v.state === "empty") v.state = "consistent";
-      this.enqueue(v, recordOp(h, body));
-    }
-  }
-
-  private enqueue(v: StandbyVolume, op?: BatchOp): void {
-    this.received++;
-    this.queued.push({ v, seq: v.seq.lastSeq, op });
-    this.kick();
-  }
-
-  private kick(): void {
-    if (!this.running) {
-      this.running = true;
-      this.loopDone = new Promise<void>((r) => setImmediate(r)).then(() => this.loop());
-    }
-  }
-
-  /** Applies what is queued: one batch per volume, fdatasync, persist, then acknowledge by count. */
-  private async loop(): Promise<void> {
-    try {
-      while (this.queued.length > 0 && !this.failed) {
-        const batch = this.queued;
-        this.queued = [];
-        const target = this.received;
-        const link = this.link;
-        // each volume's operations in order with one call, then its fdatasync
-        const ops = new Map<StandbyVolume, { list: BatchOp[]; seq: number }>();
-        for (const q of batch) {
-          const o = ops.get(q.v) ?? { list: [], seq: q.seq };
-          if (q.op) o.list.push(q.op);
-          o.seq = q.seq;
-          ops.set(q.v, o);
-        }
-        await Promise.all([...ops].map(([v, o]) => native.applyBatch(v.volume.fd, o.list, true)));
-        await Promise.all([...ops].map(([v, o]) => v.persist(o.seq)));
-        if (link === this.link) this.send(seqFrame(FrameType.Accepted, 0, target));
-      }
-    } catch (e) {
-      this.failed = e as Error;
-      log.error("standby volume write failed", { error: e });
-    } finally {
-      this.running = false;
-    }
-  }
-
-  /** Waits until everything received is applied; throws what stopped the applying. */
-  private async drain(): Promise<void> {
-    while (this.running || this.queued.length > 0) {
-      if (this.failed) break;
-      this.kick();
-      await this.loopDone;
-    }
-    if (this.failed) throw this.failed;
-  }
-
-  /** Hashes a volume for a differential synchronisation, once everything received is applied. */
+  /**
+   * Hashes a volume for a differential synchronisation. Everything received before the request is
+   * written already (the data plane writes a record before it reads the next frame), and the
+   * gateway sends no record before it has the hashes.
+   */
   async hashes(journalId: number, chunkSize: number): Promise<Uint8Array> {
-    const v = this.byJournalId.get(journalId);
-    await this.drain();
+    const v = this.volumes.find((x) => x.journalId === journalId);
     if (!v || chunkSize < 4096) return hashesFrame(journalId, chunkSize, 0, new Uint8Array(0));
     const h = await native.hashRange(v.volume.fd, 0, v.volume.size, chunkSize);
-    return hashesFrame(journalId, chunkSize, v.seq.lastSeq, h);
+    return hashesFrame(journalId, chunkSize, this.position(v).lastSeq, h);
   }
 }
