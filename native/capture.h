@@ -179,8 +179,8 @@ struct standby *standby_new(cn_agent *a);
 /** Stops its syncer (after the link thread ended) and frees it. */
 void standby_free(struct standby *s);
 /**
- * Takes a record frame's body from link `link`: 1 when no standby copy is registered (the frame
- * is TypeScript's), 0 taken (or ignored while frozen), -1 with why set (the link is dropped).
+ * Takes a record frame's body from link `link`: 1 when the agent is no standby (the frame is
+ * TypeScript's), 0 taken (or ignored while frozen), -1 with why set (the link is dropped).
  */
 int standby_take(struct standby *s, const uint8_t *b, uint64_t len, uint64_t link, char *why, size_t cap);
 /** After a batch: the syncer makes what was taken durable. */

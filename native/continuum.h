@@ -387,8 +387,8 @@ void cn_agent_serve_chunk_writes(cn_agent *a, int32_t on);
 // ---- agent: a standby server's copies (standby.c) ----
 
 /**
- * Registers a standby copy: from the first on, the record frames the gateway sends are written to
- * the copies here, off TypeScript. The link thread verifies each record (checksums, bounds, the
+ * Registers a standby copy: once the agent is a standby (cn_agent_standby_thaw), the record frames
+ * the gateway sends are written to its copies here, off TypeScript. The link thread verifies each record (checksums, bounds, the
  * replica's sequence rule of src/record/sequence.ts) and writes it at once, in stream order; a
  * thread makes what was written durable (one fdatasync a copy), then saves each copy's position
  * and state (0 empty, 1 consistent, 2 inconsistent) in its slot file at slot_path (the format of
@@ -413,12 +413,15 @@ int32_t cn_agent_standby_status(cn_agent *a, const char *name, uint64_t *out);
  * stay registered and frozen.
  */
 int32_t cn_agent_standby_freeze(cn_agent *a, char *err, uint64_t errcap);
-/** Applies again: copies registered from now on take the stream, counted from 0 as on a new link. */
+/**
+ * Makes the agent a standby, or one again after a freeze: record frames are its copies' from now on
+ * (one for a copy not registered is refused), counted from 0 as on a new link.
+ */
 void cn_agent_standby_thaw(cn_agent *a);
 /**
  * What the link thread does with a record frame's body received on link number `link`, then the
- * syncer is woken: exported to feed a copy without a gateway (tests). 0 taken, 1 no copy is
- * registered, -1 refused with the reason in why.
+ * syncer is woken: exported to feed a copy without a gateway (tests). 0 taken, 1 not a standby
+ * (the frame goes to TypeScript), -1 refused with the reason in why.
  */
 int32_t cn_agent_standby_take(cn_agent *a, const uint8_t *record, uint64_t len, uint64_t link, char *why,
                               uint64_t cap);

@@ -50,7 +50,7 @@ struct standby {
   pthread_cond_t done; // a sync round ended, or the link thread left standby_take
   svol_t *vols[SB_VOLS];
   uint32_t n;
-  bool enabled; // a copy was registered: record frames are applied here
+  bool enabled; // a standby: record frames are the copies' (cn_agent_standby_thaw)
   bool frozen, stop, started, busy, taking;
   char failed[300]; // what stopped the applying (cleared by the next link)
   uint64_t taken, synced; // records taken since the agent started; of them, durable
@@ -385,7 +385,6 @@ EXPORT int32_t cn_agent_standby_add(cn_agent *a, const char *name, uint32_t jour
   v->state = v->durable_state = state;
   v->slot_gen = slot_generation(v->slot_fd);
   s->vols[s->n++] = v;
-  s->enabled = true;
   pthread_mutex_unlock(&s->mu);
   return 0;
 }
@@ -428,6 +427,7 @@ EXPORT void cn_agent_standby_thaw(cn_agent *a) {
   struct standby *s = a->sb;
   pthread_mutex_lock(&s->mu);
   // the gateway streams anew to the copies announced from now on: counts start over, as on a new link
+  s->enabled = true;
   s->frozen = false;
   s->base = s->taken;
   s->acked = 0;

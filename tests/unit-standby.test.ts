@@ -35,9 +35,10 @@ const record = (
       : new Uint8Array(4096).fill(fill),
   );
 
-async function standbyOn(dir: string) {
+async function standbyOn(dir: string, beforeOpened?: () => Promise<void>) {
   const vol = Volume.createSparse(`${dir}/rsp.img`, 1 << 20);
   const copy = await StandbyVolume.open("vol0", vol, dir);
+  await beforeOpened?.();
   // never started: nothing connects, the copies are fed as the link thread would feed them
   const agent = new NativeAgent({
     gateway: { transport: "unix", path: `${dir}/none.sock` },
@@ -168,6 +169,17 @@ t(
     }
   },
 );
+
+t("a copy that cannot be registered is reported, and its records are refused, not written", async () => {
+  const dir = await temp();
+  const s = await standbyOn(dir, () => Deno.remove(`${dir}/vol0.standby.pos`));
+  try {
+    assert.match(await s.take(record(1, 1)), /record for volume 7, which this standby does not hold/);
+    assert.is((await Deno.readFile(`${s.vol.path}`))[0], 0);
+  } finally {
+    await s.done();
+  }
+});
 
 t("a copy that could not apply what it received refuses the freeze with the error", async () => {
   const s = await standbyOn(await temp());

@@ -4,6 +4,7 @@
 // file (overwritten in place, one sector write and fdatasync per applied batch) so a restart
 // resumes where the disk is: written by the data plane while the copy is registered there, and
 // here while it is not (assigned, demoted).
+import { logger } from "../log.ts";
 import * as native from "../native/mod.ts";
 import { cstr, fromCstr, native as ffi, NativeError } from "../native/ffi.ts";
 import type { NativeAgent } from "../capture/native-agent.ts";
@@ -11,6 +12,8 @@ import type { Volume } from "../volume/volume.ts";
 import { SlotFile } from "../io/slot-file.ts";
 import { hashesFrame } from "../wire/frames.ts";
 import type { SeqState } from "../record/sequence.ts";
+
+const log = logger("standby");
 
 export type StandbyState = "empty" | "consistent" | "inconsistent";
 
@@ -105,9 +108,15 @@ const STATES: StandbyState[] = ["empty", "consistent", "inconsistent"];
 export class StandbyApplier {
   private frozen = false;
 
-  constructor(readonly volumes: StandbyVolume[], private readonly agent: NativeAgent) {}
+  /** Makes the agent's data plane a standby's: records are its copies' from now on. */
+  constructor(readonly volumes: StandbyVolume[], private readonly agent: NativeAgent) {
+    ffi().cn_agent_standby_thaw(agent.ptr);
+  }
 
-  /** The gateway named its journal id for one of our volumes: the data plane applies its records from now on. */
+  /**
+   * The gateway named its journal id for one of our volumes: the data plane applies its records
+   * from now on.
+   */
   opened(name: string, journalId: number): void {
     const v = this.volumes.find((x) => x.name === name);
     if (!v) return;
@@ -126,7 +135,10 @@ export class StandbyApplier {
       err,
       BigInt(err.length),
     );
-    if (r < 0) throw new NativeError(`register standby copy ${v.name}`, -r, fromCstr(err));
+    // its records are then refused (the link drops), and the next link's announcement tries again
+    if (r < 0) {
+      log.error("cannot apply the stream to a standby copy", { volume: v.name, error: fromCstr(err) });
+    }
   }
 
   /** Where a copy is: the data plane's figures while it applies to it, else the copy's own. */
