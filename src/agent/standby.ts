@@ -167,7 +167,7 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
         }, rollingBack);
       }
       if (primary) return; // promoted: the stream to the standby copy is over
-      // records reach this only for a volume no copy here holds (the data plane applies the rest)
+      // records never come here: the data plane applies them (native/standby.c)
       switch (f.type) {
         case FrameType.HashRequest: {
           const q = parseFrame(hashRequestSchema, "hash request", decodeJson(f.body));
