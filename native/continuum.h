@@ -387,16 +387,17 @@ void cn_agent_serve_chunk_writes(cn_agent *a, int32_t on);
 // ---- agent: a standby server's copies (standby.c) ----
 
 /**
- * Registers a standby copy: once the agent is a standby (cn_agent_standby_thaw), the record frames
- * the gateway sends are written to its copies here, off TypeScript. The link thread verifies each record (checksums, bounds, the
- * replica's sequence rule of src/record/sequence.ts) and writes it at once, in stream order; a
- * thread makes what was written durable (one fdatasync a copy), then saves each copy's position
- * and state (0 empty, 1 consistent, 2 inconsistent) in its slot file at slot_path (the format of
- * src/io/slot-file.ts: written here, and by TypeScript only while the copy is not registered),
- * then sends an Accepted frame with the count of records taken on this link. A record that fails
- * a check, or a write that fails, drops the link (the gateway resends from the saved position; a
- * failure is tried again on the next link). A copy of that name already registered only takes the
- * new journal id (a new link names it anew). fd stays the caller's.
+ * Registers a standby copy: once the agent is a standby (cn_agent_standby_thaw), the record
+ * frames the gateway sends are written to its copies here, off TypeScript. The link thread
+ * verifies each record (checksums, bounds, the replica's sequence rule of src/record/sequence.ts)
+ * and writes it at once, in stream order; a thread makes what was written durable (one fdatasync
+ * a copy), then saves each copy's position and state (0 empty, 1 consistent, 2 inconsistent) in
+ * its slot file at slot_path (the format of src/io/slot-file.ts: written here, and by TypeScript
+ * only while the copy is not registered), then sends an Accepted frame with the count of records
+ * taken on this link. A record that fails a check, or a write that fails, drops the link (the
+ * gateway resends from the saved position; a failure is tried again on the next link). A copy of
+ * that name already registered only takes the new journal id (a new link names it anew). fd stays
+ * the caller's.
  */
 int32_t cn_agent_standby_add(cn_agent *a, const char *name, uint32_t journal_id, int32_t fd, uint64_t size,
                              uint64_t last_seq, int32_t state, const char *slot_path, char *err, uint64_t errcap);
