@@ -207,9 +207,10 @@ const SITE_CASES = CASES.slice(4);
 const ALL_TYPES = [...new Set(CASES.flatMap((c) => Object.keys(c.spec)))];
 
 // names are also files' and directories' names: "." and ".." are not names
-const NAME_RE = /^(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/;
-const AGENT_RE = /^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$/;
-const VOLUME_RE = /^(?!\.\.?\/)[A-Za-z0-9._-]{1,128}\/(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/;
+const NAME_RE = /^(?!(?:\.\.?|__proto__)$)[A-Za-z0-9._-]{1,64}$/;
+const AGENT_RE = /^(?!(?:\.\.?|__proto__)$)[A-Za-z0-9._-]{1,128}$/;
+const VOLUME_RE =
+  /^(?!(?:\.\.?|__proto__)\/)[A-Za-z0-9._-]{1,128}\/(?!(?:\.\.?|__proto__)$)[A-Za-z0-9._-]{1,64}$/;
 type Json = unknown;
 
 function isObject(v: Json): v is Record<string, Json> {
@@ -282,7 +283,10 @@ function checkKind(kind: Kind, v: Json): { value: Json } | undefined {
     case "retentions":
       return list(v, (x) => checkKind("retention", x)?.value);
     case "held":
-      return ok(isObject(v) && Object.values(v).every((x) => typeof x === "number" && Number.isFinite(x)));
+      return ok(
+        isObject(v) &&
+          Object.entries(v).every(([k, x]) => NAME_RE.test(k) && typeof x === "number" && Number.isFinite(x)),
+      );
     case "plan": {
       if (!isObject(v)) return undefined;
       const out: Record<string, Json> = {};

@@ -39,14 +39,14 @@ const accepts = (name: string): Record<string, boolean> => {
   };
 };
 
-t('"." and ".." are refused at every gate', () => {
-  for (const name of [".", ".."]) {
+t('".", ".." and "__proto__" are refused at every gate', () => {
+  for (const name of [".", "..", "__proto__"]) {
     for (const [gate, ok] of Object.entries(accepts(name))) assert.not.ok(ok, `${gate} accepted "${name}"`);
   }
 });
 
 t("other names of letters, digits and . _ - are names at every gate", () => {
-  for (const name of ["...", ".hidden", "a..b", "db-1.vol_0", "x".repeat(64)]) {
+  for (const name of ["...", ".hidden", "a..b", "db-1.vol_0", "__proto", "proto__", "x".repeat(64)]) {
     for (const [gate, ok] of Object.entries(accepts(name))) assert.ok(ok, `${gate} refused "${name}"`);
   }
   assert.not.ok(NAME_RE.test("x".repeat(65)));

@@ -194,7 +194,7 @@ const siteInventory = {
 };
 const siteAnswerList = [
   answer("promote", { rolledBack: z.array(rolledBack).optional() }),
-  answer("demote", { note: z.string().optional(), held: z.record(z.string(), z.number()).optional() }),
+  answer("demote", { note: z.string().optional(), held: z.record(name64, z.number()).optional() }),
   answer("drill-up", { checkMs: z.number().nullable().optional() }),
   answer("drill-down", {}),
   doneOrNot("test-start", { test: testCopy }),
