@@ -127,9 +127,9 @@ await writeSection(
 ${stamp}. ${rounds} rounds, medians.
 
 Replication with retention on and off: ${backlogMiB} MiB of random data written through the agent
-(\`qemu-img convert\` to its NBD export) to one site (\`--ack-after rgp\`, TLS on loopback), timed from the
-start of the write until the site acknowledged everything; every role shares the machine. With retention the
-site also appends each record to its retention log and acknowledges only once that is durable. Lag: the
+(\`qemu-img convert\` to its NBD export) to one site (\`--ack-after rgp\`, the sealed site link on loopback),
+timed from the start of the write until the site acknowledged everything; every role shares the machine. With
+retention the site also appends each record to its retention log and acknowledges only once that is durable. Lag: the
 age of the oldest record the site has not acknowledged, sampled every 100 ms. Target: ≥ 0.9× throughput.
 
 ${

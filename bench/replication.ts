@@ -1,5 +1,5 @@
 // `deno task bench replication`: (1) catch-up of a 1 GiB backlog to one site over
-// loopback TLS, beside nbdcopy of the same bytes between two nbdkit exports in the
+// the sealed site link on loopback, beside nbdcopy of the same bytes between two nbdkit exports in the
 // same run; (2) replication lag to two sites under fio 4 KiB random writes at
 // iodepth 16.
 import { machine, median, percentile, table, writeSection } from "./lib.ts";
@@ -207,7 +207,7 @@ const catchTable = table(
   ["", "median MB/s", "rounds"],
   [
     [
-      "Continuum catch-up, 1 GiB backlog, one site, TLS",
+      "Continuum catch-up, 1 GiB backlog, one site",
       median(catchRates).toFixed(0),
       catchRates.map((x) => x.toFixed(0)).join(", "),
     ],
@@ -247,10 +247,10 @@ ${await machine()}.
 
 Catch-up: the local gateway's journal holds a 1 GiB backlog (random data written with nbdcopy through the
 agent) for a site that was stopped; the site is started and the time from its link's connection until it
-acknowledged everything is measured (site with \`--ack-after rgp\`, TLS on loopback; the local site's reconnect
-backoff before it, up to 5 s, is not counted). In the same run, nbdcopy copies the same bytes between two
-nbdkit file exports, once as it is (the copy ends in the page cache) and once with \`--flush\` (it ends durable,
-as an acknowledged replica is). ${rounds} rounds, medians.
+acknowledged everything is measured (site with \`--ack-after rgp\`, the sealed site link on loopback; the local
+site's reconnect backoff before it, up to 5 s, is not counted). In the same run, nbdcopy copies the same bytes
+between two nbdkit file exports, once as it is (the copy ends in the page cache) and once with \`--flush\` (it
+ends durable, as an acknowledged replica is). ${rounds} rounds, medians.
 
 ${catchTable}
 

@@ -354,6 +354,25 @@ void cn_xxh3_128(const uint8_t *buf, uint64_t len, uint8_t *out16);
 /** XXH3-128 of each `chunk` bytes of [off, off+len) into out (16 bytes a chunk); returns the count. */
 int64_t cn_hash_range(int fd, uint64_t off, uint64_t len, uint64_t chunk, uint8_t *out);
 
+// ---- sealed batches for the site links (TypeScript carries the bytes) ----
+typedef struct cn_sealer cn_sealer;
+/**
+ * One direction of a site link session: AES-256-GCM, the nonce a counter of the batches this
+ * direction carried, the batch's 4-byte big-endian length in clear and authenticated (as the
+ * agent link's batches). `encrypt`: 1 seals, 0 opens. NULL when out of memory.
+ */
+cn_sealer *cn_sealer_new(const uint8_t *key32, int32_t encrypt);
+/** Frees the sealer and cleanses its key schedule. */
+void cn_sealer_free(cn_sealer *s);
+/** Seals `len` bytes of `in` as the next batch into `out` (len + 20 bytes): 0, or -EIO. */
+int32_t cn_seal(cn_sealer *s, const uint8_t *in, uint32_t len, uint8_t *out);
+/**
+ * Opens the next batch in place: `buf` holds the batch as sealed (length, `len` bytes, tag);
+ * the plain bytes replace the sealed ones at buf + 4. 0; -EBADMSG: the batch was altered,
+ * replayed, reordered or sealed with another key; -EINVAL: `len` is not the batch's length.
+ */
+int32_t cn_unseal(cn_sealer *s, uint8_t *buf, uint32_t len);
+
 // ---- pure checks, exposed for the fuzzers ----
 
 /**

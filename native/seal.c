@@ -180,3 +180,37 @@ void link_key(const uint8_t *secret, size_t secret_len, bool agent_to_gateway, c
 }
 
 bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
+
+// ---- the site links' sealers (continuum.h) ----
+struct cn_sealer {
+  sealer_t *s;
+};
+
+EXPORT cn_sealer *cn_sealer_new(const uint8_t *key32, int32_t encrypt) {
+  cn_sealer *c = malloc(sizeof *c);
+  if (!c) return NULL;
+  c->s = sealer_new(key32, encrypt != 0, false);
+  if (!c->s) {
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+EXPORT void cn_sealer_free(cn_sealer *c) {
+  if (!c) return;
+  sealer_free(c->s);
+  free(c);
+}
+
+EXPORT int32_t cn_seal(cn_sealer *c, const uint8_t *in, uint32_t len, uint8_t *out) {
+  int r = seal_begin(c->s, out, len);
+  if (r == 0) r = seal_update(c->s, out + 4, in, len);
+  if (r == 0) r = seal_end(c->s, out + 4 + len);
+  return r;
+}
+
+EXPORT int32_t cn_unseal(cn_sealer *c, uint8_t *buf, uint32_t len) {
+  if (get32(buf) != len) return -EINVAL;
+  return unseal(c->s, buf, buf + 4, len);
+}

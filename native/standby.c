@@ -41,6 +41,7 @@ typedef struct {
   bool dirty;
   uint64_t seq;
   int state;
+  bool saved; // its slot file now says seq and state
 } snap_t;
 
 struct standby {
@@ -160,7 +161,7 @@ static void *sync_main(void *arg) {
     uint32_t n = s->n;
     for (uint32_t i = 0; i < n; i++) {
       svol_t *v = s->vols[i];
-      sn[i] = (snap_t){v, v->dirty, v->last_seq, v->state};
+      sn[i] = (snap_t){v, v->dirty, v->last_seq, v->state, false};
       v->dirty = false;
     }
     s->busy = true;
@@ -171,18 +172,17 @@ static void *sync_main(void *arg) {
         snprintf(err, sizeof err, "standby copy %s: fdatasync: %s", sn[i].v->name, strerror(errno));
       }
     }
-    bool saved[SB_VOLS] = {false};
     for (uint32_t i = 0; i < n && !err[0]; i++) {
       svol_t *v = sn[i].v;
       if (sn[i].seq == v->durable_seq && sn[i].state == v->durable_state) continue;
       int r = slot_save(v, sn[i].seq, sn[i].state);
       if (r < 0) snprintf(err, sizeof err, "standby copy %s: saving its position: %s", v->name, strerror(-r));
-      else saved[i] = true;
+      else sn[i].saved = true;
     }
     pthread_mutex_lock(&s->mu);
     s->busy = false;
     for (uint32_t i = 0; i < n; i++) {
-      if (saved[i]) {
+      if (sn[i].saved) {
         sn[i].v->durable_seq = sn[i].seq;
         sn[i].v->durable_state = sn[i].state;
       }

@@ -958,7 +958,7 @@ siteLive(
 );
 
 siteLive(
-  "mutated and hostile record frames over TLS: only valid records are journaled, duplicates are dropped; the remote lives",
+  "mutated and hostile record frames over the site link: only valid records are journaled, duplicates are dropped; the remote lives",
   async () => {
     await fc.assert(
       fc.asyncProperty(liveCaseArb, async ([pieces, noise]) => {
@@ -1092,7 +1092,7 @@ siteLive("after the fuzzing the remote is alive and its replica equals the model
   }
   assert.is(firstDiff, -1, `the replica differs from the model at byte ${firstDiff}`);
   console.log(
-    `  live site fuzz: ${SITE.cases} TLS sessions, ${SITE.applied} records applied, ` +
+    `  live site fuzz: ${SITE.cases} site sessions, ${SITE.applied} records applied, ` +
       `${SITE.duplicates} duplicates dropped, ${SITE.bytes} bytes sent`,
   );
 });

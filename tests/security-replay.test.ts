@@ -6,13 +6,12 @@
 //   any record is read; an impostor gateway gets nothing past the hello;
 // - heartbeats: datagrams recorded from an agent and sent again later are dropped as
 //   replays, and after the agent restarts, as belonging to a retired boot;
-// - site link: the bytes of a recorded TLS session replayed in a new connection are
+// - site link: the bytes of a recorded session replayed in a new connection are
 //   refused by the remote gateway (no session starts, nothing applied); records sent
 //   again inside an authenticated session are dropped as duplicates and never roll a
 //   replica back; a client with an unpinned certificate is dropped before any record.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import tls from "node:tls";
 import {
   alive,
   concat,
@@ -45,6 +44,7 @@ import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
 import { generateIdentity, loadIdentity } from "../src/transport/identity.ts";
 import { StreamConn } from "../src/link/stream-conn.ts";
+import { assertRefused, RawSide } from "./lib/site-handshake.ts";
 import { readSecretFile } from "../src/wire/secret-file.ts";
 
 const KiB = 1024, MiB = 1024 * KiB;
@@ -469,7 +469,7 @@ site.after(async () => {
 });
 
 site(
-  "a recorded TLS session replayed in a new connection is refused: no session starts, nothing is applied",
+  "a recorded site session replayed in a new connection is refused: no session starts, nothing is applied",
   async () => {
     const remote = topo.remotes.s1;
     const cap = tcpProxy.captures[0];
@@ -526,34 +526,19 @@ site("a client with an unpinned certificate is dropped before any record is read
     }),
     recordFrame(writeRecord(SITE_VOL, before.lastSeq + 1, 0, pattern(4096, 66))),
   );
-  const sock = tls.connect({
-    host: "127.0.0.1",
-    port: remote.port,
-    key: stranger.keyPem,
-    cert: stranger.certPem,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  });
-  sock.on("secureConnect", () => sock.write(stream));
-  sock.on("error", () => {});
-  await new Promise((r) => sock.once("close", r));
+  // it proves its own key and sends its stream straight away
+  const raw = await RawSide.client(remote.port);
+  await raw.proveAsClient(stranger, remote.fingerprint);
+  await raw.send(stream);
+  await raw.closed();
+  raw.close();
   await waitFor(() => count(remote.proc.log, "peer rejected") > rejectedBefore, 10_000, "the rejection log");
   const line = remote.proc.records().filter((r) => r.msg === "peer rejected").pop()!;
   assert.is(line.fingerprint, stranger.fingerprint);
   assert.is(count(remote.proc.log, "site stream started"), startedBefore);
   assert.equal(await replica(), before, "nothing journaled or applied");
   // and connectSecure, pinning the remote, cannot pass off the stranger either
-  try {
-    await connectSecure({
-      hostname: "127.0.0.1",
-      port: remote.port,
-      identity: stranger,
-      expectedFingerprint: remote.fingerprint,
-    });
-    assert.unreachable("a stranger connected");
-  } catch (e) {
-    assert.match((e as Error).message, /refused|closed/);
-  }
+  await assertRefused(remote.port, stranger, remote.fingerprint, /refused|closed/);
   assert.ok(await alive(remote.proc));
 });
 

@@ -1,7 +1,7 @@
 // A reconnecting site replaces its stale session on the remote gateway only once the records the
 // stale session took are journaled: the new session's hello, which reads where the copy is, waits
 // for them (src/replication/site-link.ts). The receivers are stand-ins whose journal append the
-// test holds; the frames go over a real pinned TLS connection.
+// test holds; the frames go over a real pinned site link.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { tempDir, waitFor } from "./lib/cluster.ts";

@@ -1,15 +1,14 @@
-// Regression (found by the fault runner, tests/faults/): a bit flipped in the TLS
-// stream of a site link made Deno's node:tls report "error" on the receiving socket
-// and never "close"; the remote gateway's reader waited forever, and replication
-// stalled until the local gateway's idle timeout (10 s). The transport now ends the
-// stream on a socket error: the link is dropped at once, reconnects, and the copies
-// converge within a couple of seconds.
+// Regression (found by the fault runner, tests/faults/): a bit flipped in the byte
+// stream of a site link must drop the link at once. Under node:tls, the receiving socket
+// reported "error" and never "close", and replication stalled until the local gateway's
+// idle timeout (10 s). Now the sealed batch fails its check, the stream ends with an
+// error, the link reconnects, and the copies converge within a couple of seconds.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { hashAll, startTopology, waitFor } from "./lib/cluster.ts";
 import { startOrdered } from "./lib/ordered-workload.ts";
 
-const t = suite("transport: a corrupted TLS record");
+const t = suite("transport: a corrupted sealed batch");
 
 t(
   "a flipped bit on the site link drops it at once; the copies converge well before the idle timeout",

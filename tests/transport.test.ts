@@ -32,6 +32,8 @@ import {
 } from "../src/transport/identity.ts";
 import { runKeygen } from "../src/transport/keygen-cli.ts";
 import { need } from "./lib/env.ts";
+import { assertRefused, RawSide } from "./lib/site-handshake.ts";
+import { BATCH_MAX, HELLO_BYTES, PROOF_MAX } from "../src/transport/handshake.ts";
 import {
   type AuthenticatedConn,
   connectSecure,
@@ -347,18 +349,12 @@ tr("mutually pinned sites exchange data both ways", async () => {
 tr("a client with an unknown key is dropped before the server reads anything from it", async () => {
   const server = await startServer(siteA, [siteB]);
   logLines.length = 0;
-  // a stranger that completes TLS and sends application bytes straight away
-  const sock = tls.connect({
-    host: "127.0.0.1",
-    port: server.port,
-    key: stranger.keyPem,
-    cert: stranger.certPem,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  });
-  sock.on("secureConnect", () => sock.write(enc.encode("WRITE block=0 len=4096 ...")));
-  sock.on("error", () => {});
-  await new Promise((r) => sock.once("close", r));
+  // a stranger that proves its own key and sends application bytes straight away
+  const raw = await RawSide.client(server.port);
+  await raw.proveAsClient(stranger, siteA.fingerprint);
+  await raw.send(enc.encode("WRITE block=0 len=4096 ..."));
+  await raw.closed();
+  raw.close();
   await sleep(50);
   assert.is(server.accepted.length, 0, "the application was handed a connection");
   assert.is(server.rejections.length, 1);
@@ -375,17 +371,7 @@ tr("a client with an unknown key is dropped before the server reads anything fro
   assert.not.match(logLines.join("\n"), keyBody);
 
   // the same stranger through connectSecure learns it was refused
-  try {
-    await connectSecure({
-      hostname: "127.0.0.1",
-      port: server.port,
-      identity: stranger,
-      expectedFingerprint: siteA.fingerprint,
-    });
-    assert.unreachable("connected as a stranger");
-  } catch (e) {
-    assert.match((e as Error).message, /refused us|closed during the TLS handshake/);
-  }
+  await assertRefused(server.port, stranger, siteA.fingerprint, /refused us/);
   assert.is(server.accepted.length, 0);
   server.listener.close();
 });
@@ -395,18 +381,9 @@ tr("an impostor presenting a trusted site's public key without its private key i
   const impostor = await createIdentity("impostor");
   const forged = forgeCertificate(siteB.certPem);
   assert.is(certificateFingerprint(forged), siteB.fingerprint); // the pin alone would let it in
-  const sock = tls.connect({
-    host: "127.0.0.1",
-    port: server.port,
-    key: impostor.keyPem,
-    cert: forged,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  });
-  // the best it can do: a proof made with its own key
-  sock.on("secureConnect", () => sock.write(new Uint8Array(64)));
-  sock.on("error", () => {});
-  await new Promise((r) => sock.once("close", r));
+  // the best it can do: the real client, signing with its own key
+  const posing = { name: "site-b", fingerprint: siteB.fingerprint, certPem: forged, keyPem: impostor.keyPem };
+  await assertRefused(server.port, posing, siteA.fingerprint, /refused us/);
   await sleep(50);
   assert.is(server.accepted.length, 0, "the impostor was accepted");
   assert.is(server.rejections.length, 1);
@@ -417,70 +394,35 @@ tr("an impostor presenting a trusted site's public key without its private key i
 
 tr("a client refuses a server that impersonates the pinned site", async () => {
   const impostor = await createIdentity("impostor");
-  const fake = tls.createServer({
-    key: impostor.keyPem,
-    cert: forgeCertificate(siteA.certPem),
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  }, (s) => {
-    s.on("error", () => {});
-    s.write(new Uint8Array(64)); // a "proof" it cannot really make
-  });
-  await new Promise<void>((r) => fake.listen(0, "127.0.0.1", r));
-  const port = (fake.address() as { port: number }).port;
+  const posing = { name: "site-a", fingerprint: siteA.fingerprint, certPem: forgeCertificate(siteA.certPem) };
+  Object.defineProperty(posing, "keyPem", { value: impostor.keyPem, enumerable: false });
+  const fake = await startServer(posing as Identity, [siteB]);
   try {
-    await connectSecure({
-      hostname: "127.0.0.1",
-      port,
-      identity: siteB,
-      expectedFingerprint: siteA.fingerprint,
-    });
-    assert.unreachable("trusted an impostor");
-  } catch (e) {
-    assert.match((e as Error).message, /could not prove it holds the key/);
+    await assertRefused(fake.port, siteB, siteA.fingerprint, /could not prove it holds the key/);
   } finally {
-    fake.close();
+    fake.listener.close();
   }
 });
 
 tr("a relaying man in the middle cannot pass one session's proofs off in another", async () => {
   const server = await startServer(siteA, [siteB]);
-  const mitm = await createIdentity("mitm");
-  // it shows each side a copy of the other's public key and relays every byte, proofs included
-  const relay = tls.createServer({
-    key: mitm.keyPem,
-    cert: forgeCertificate(siteA.certPem),
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  }, (front) => {
-    const back = tls.connect({
-      host: "127.0.0.1",
-      port: server.port,
-      key: mitm.keyPem,
-      cert: forgeCertificate(siteB.certPem),
-      rejectUnauthorized: false,
-      minVersion: "TLSv1.3",
-    });
-    for (const s of [front, back]) s.on("error", () => {});
-    front.pipe(back);
-    back.pipe(front);
-    back.on("close", () => front.destroy());
-  });
-  await new Promise<void>((r) => relay.listen(0, "127.0.0.1", r));
-  const port = (relay.address() as { port: number }).port;
+  // it runs a key exchange with each side and carries the client's proof from one session to the other
+  const relay = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const relayed = (async () => {
+    const front = await RawSide.server(await relay.accept());
+    await front.send(pemDecode(siteA.certPem, "CERTIFICATE")); // the site's certificate is no secret
+    const proof = await front.reader.next(PROOF_MAX);
+    const back = await RawSide.client(server.port);
+    await back.reader.next(PROOF_MAX);
+    await back.send(proof!);
+    await back.closed();
+    back.close();
+    front.close();
+  })();
   try {
-    await connectSecure({
-      hostname: "127.0.0.1",
-      port,
-      identity: siteB,
-      expectedFingerprint: siteA.fingerprint,
-    });
-    assert.unreachable("connected through a relay");
-  } catch (e) {
-    assert.match((e as Error).message, /refused us|closed/);
+    await assertRefused(relay.addr.port, siteB, siteA.fingerprint, /refused us/);
   } finally {
+    await relayed;
     relay.close();
   }
   assert.is(server.accepted.length, 0);
@@ -492,17 +434,12 @@ tr("a relaying man in the middle cannot pass one session's proofs off in another
 
 tr("a client pinning another fingerprint refuses to connect", async () => {
   const server = await startServer(siteA, [siteB]);
-  try {
-    await connectSecure({
-      hostname: "127.0.0.1",
-      port: server.port,
-      identity: siteB,
-      expectedFingerprint: stranger.fingerprint,
-    });
-    assert.unreachable("connected to the wrong server");
-  } catch (e) {
-    assert.match((e as Error).message, new RegExp(`presented fingerprint ${siteA.fingerprint}`));
-  }
+  await assertRefused(
+    server.port,
+    siteB,
+    stranger.fingerprint,
+    new RegExp(`presented fingerprint ${siteA.fingerprint}`),
+  );
   server.listener.close();
 });
 
@@ -517,17 +454,10 @@ tr("silent peers are dropped after the handshake timeout", async () => {
   assert.is(n, null, "the server did not close the connection");
   assert.ok(waited >= 250 && waited < 3000, `closed after ${waited} ms`);
 
-  // silent after the TLS handshake (a trusted certificate, but no proof)
-  const sock = tls.connect({
-    host: "127.0.0.1",
-    port: server.port,
-    key: siteB.keyPem,
-    cert: siteB.certPem,
-    rejectUnauthorized: false,
-    minVersion: "TLSv1.3",
-  });
-  sock.on("error", () => {});
-  await new Promise((r) => sock.once("close", r));
+  // silent after the key exchange (no proof)
+  const raw = await RawSide.client(server.port);
+  await raw.closed();
+  raw.close();
   await sleep(20);
   assert.is(server.rejections.length, 2);
   assert.match(server.rejections[0].reason, /timeout/i);
@@ -535,6 +465,108 @@ tr("silent peers are dropped after the handshake timeout", async () => {
   assert.is(server.accepted.length, 0);
   server.listener.close();
 });
+
+tr(
+  "what is not a site link's hello is refused at once: garbage, a TLS client of an older version",
+  async () => {
+    const server = await startServer(siteA, [siteB]);
+    const garbage = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    await garbage.write(new Uint8Array(HELLO_BYTES).fill(0x41));
+    assert.is(await garbage.read(new Uint8Array(16)).catch(() => null), null, "closed");
+    garbage.close();
+    const old = tls.connect({
+      host: "127.0.0.1",
+      port: server.port,
+      key: siteB.keyPem,
+      cert: siteB.certPem,
+      rejectUnauthorized: false,
+    });
+    old.on("error", () => {});
+    await new Promise((r) => old.once("close", r));
+    await sleep(20);
+    assert.is(server.rejections.length, 2);
+    for (const r of server.rejections) assert.is(r.reason, "not a Continuum site link (bad hello)");
+    assert.is(server.accepted.length, 0);
+    server.listener.close();
+  },
+);
+
+/** A session authenticated by hand as site-b, and the server's side of it. */
+async function rawSession(server: Server): Promise<{ raw: RawSide; side: AuthenticatedConn }> {
+  const accepted = server.next();
+  const raw = await RawSide.client(server.port);
+  await raw.proveAsClient(siteB, siteA.fingerprint);
+  assert.ok(await raw.reader.next(PROOF_MAX), "the server's proof");
+  return { raw, side: await accepted };
+}
+
+/** What the server's application reads: the text, and how the stream ended. */
+async function readOutcome(readable: ReadableStream<Uint8Array>): Promise<{ text: string; error?: string }> {
+  let text = "";
+  try {
+    for await (const c of readable) text += dec.decode(c);
+    return { text };
+  } catch (e) {
+    return { text, error: (e as Error).message };
+  }
+}
+
+tr(
+  "a sealed batch altered, replayed or cut short ends the stream with an error; a sealed end ends it cleanly",
+  async () => {
+    const server = await startServer(siteA, [siteB]);
+    // altered: one bit of the ciphertext
+    let { raw, side } = await rawSession(server);
+    await raw.send(enc.encode("first "));
+    const altered = raw.seal(enc.encode("second"));
+    altered[6] ^= 1;
+    await raw.sendRaw(altered);
+    let out = await readOutcome(side.conn.readable);
+    assert.is(out.text, "first ");
+    assert.match(out.error ?? "", /failed its check/);
+    raw.close();
+
+    // replayed: the same batch twice
+    ({ raw, side } = await rawSession(server));
+    const once = raw.seal(enc.encode("pay 1 "));
+    await raw.sendRaw(once);
+    await raw.sendRaw(once);
+    out = await readOutcome(side.conn.readable);
+    assert.is(out.text, "pay 1 ");
+    assert.match(out.error ?? "", /failed its check/);
+    raw.close();
+
+    // cut short: the connection ends without the sealed end of stream
+    ({ raw, side } = await rawSession(server));
+    await raw.send(enc.encode("partial"));
+    await raw.conn.closeWrite();
+    out = await readOutcome(side.conn.readable);
+    assert.is(out.text, "partial");
+    assert.match(out.error ?? "", /closed/);
+    raw.close();
+
+    // a batch longer than any side seals
+    ({ raw, side } = await rawSession(server));
+    const huge = new Uint8Array(4);
+    new DataView(huge.buffer).setUint32(0, BATCH_MAX + 1);
+    await raw.sendRaw(huge);
+    out = await readOutcome(side.conn.readable);
+    assert.match(out.error ?? "", /at most/);
+    raw.close();
+
+    // the sealed end of stream: a clean end, and the other direction still carries data
+    ({ raw, side } = await rawSession(server));
+    await raw.send(enc.encode("done"));
+    await raw.send(new Uint8Array(0));
+    out = await readOutcome(side.conn.readable);
+    assert.equal(out, { text: "done" });
+    await writeAndClose(side.conn.writable, "answer");
+    assert.equal(dec.decode((await raw.reader.next())!), "answer");
+    assert.is(await raw.reader.next(), null, "the server's sealed end");
+    raw.close();
+    server.listener.close();
+  },
+);
 
 tr("throughput: 256 MiB through one connection arrives intact", async () => {
   const total = 256 << 20, chunkSize = 256 << 10;
@@ -575,7 +607,7 @@ tr("throughput: 256 MiB through one connection arrives intact", async () => {
   const got = await received;
   const secs = (performance.now() - started) / 1000;
   console.log(
-    `throughput: ${(total / 1e6 / secs).toFixed(0)} MB/s (256 MiB, TLS 1.3 on loopback, one process)`,
+    `throughput: ${(total / 1e6 / secs).toFixed(0)} MB/s (256 MiB, sealed batches on loopback, one process)`,
   );
   assert.is(got.bytes, total);
   assert.is(got.digest, wantDigest);

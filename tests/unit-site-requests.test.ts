@@ -1,4 +1,4 @@
-// The site link's control requests over a real pinned TLS connection (src/replication/site-link.ts):
+// The site link's control requests over a real pinned site link (src/replication/site-link.ts):
 // a request the remote gateway answers comes back typed by its request's type; a request its
 // parser refuses (a field it cannot accept) fails at the requester at once, with the remote's
 // reason, instead of waiting for the request's timeout; the link stays up and serves the next.

@@ -87,14 +87,14 @@ t(
           JSON.stringify({ lastSeq: 42, state: "consistent" }),
         );
         const copy = await StandbyVolume.open("vol0", vol, dir);
-        assert.is(copy.seq.lastSeq, 42);
+        assert.is(copy.lastSeq, 42);
         assert.is(copy.state, "consistent");
-        copy.seq.lastSeq = 43;
+        copy.lastSeq = 43;
         await copy.persist();
         const old = await Deno.stat(`${dir}/vol0.standby.json`).then(() => "still there", (e) => e.name);
         assert.is(old, "NotFound", "the old file is gone once replaced");
         const reopened = await StandbyVolume.open("vol0", vol, dir);
-        assert.is(reopened.seq.lastSeq, 43);
+        assert.is(reopened.lastSeq, 43);
         assert.is(reopened.state, "consistent");
       } finally {
         vol.close();

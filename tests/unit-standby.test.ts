@@ -91,7 +91,7 @@ t(
       await until(() => s.status().acked === 3);
       assert.equal(s.status(), { last: 3, durable: 3, state: 1, acked: 3 }, "consistent once written");
       await s.applier.freeze();
-      assert.is(s.copy.seq.lastSeq, 3, "the copy's figures read back from its slot file");
+      assert.is(s.copy.lastSeq, 3, "the copy's figures read back from its slot file");
       assert.is(s.copy.state, "consistent");
       const bytes = await Deno.readFile(`${s.vol.path}`);
       assert.equal([bytes[0], bytes[4096], bytes[8192], bytes[12288]], [1, 2, 3, 0]);
@@ -137,7 +137,7 @@ t("a synchronisation is inconsistent on disk before its first chunk, consistent 
     assert.is(await s.take(record(7, 0, { kind: Kind.SyncEnd })), "");
     await s.applier.freeze();
     assert.is(s.copy.state, "consistent");
-    assert.is(s.copy.seq.lastSeq, 7);
+    assert.is(s.copy.lastSeq, 7);
   } finally {
     await s.done();
   }

@@ -54,7 +54,7 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
       }
       const s = await StandbyVolume.open(a.name, volume, c.dataDir);
       if (fresh) {
-        s.seq = { lastSeq: 0, rebase: false };
+        s.lastSeq = 0;
         s.state = "inconsistent";
         await s.persist();
       }
@@ -134,7 +134,7 @@ export async function runStandby(c: AgentContext): Promise<RoleHandle> {
     primary = undefined;
     await c.state.demote();
     for (const s of copies) {
-      s.seq = { lastSeq: 0, rebase: false };
+      s.lastSeq = 0;
       s.state = "inconsistent";
       await s.persist();
       exportCopy(s);

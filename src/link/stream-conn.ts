@@ -1,4 +1,4 @@
-// Adapts a web-stream duplex (the TLS transport's connections) to the read/write
+// Adapts a web-stream duplex (the site link's connections) to the read/write
 // interface ConnReader and ConnWriter use.
 import type { Readable, Writable } from "../io/conn-reader.ts";
 

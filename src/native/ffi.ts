@@ -20,6 +20,11 @@ export const symbols = {
   cn_size: { parameters: ["i32"], result: "i64" },
   cn_is_blockdev: { parameters: ["i32"], result: "i32" },
   cn_xxh3_128: { parameters: ["buffer", "u64", "buffer"], result: "void" },
+  // the site links' sealed batches
+  cn_sealer_new: { parameters: ["buffer", "i32"], result: "pointer" },
+  cn_sealer_free: { parameters: ["pointer"], result: "void" },
+  cn_seal: { parameters: ["pointer", "buffer", "u32", "buffer"], result: "i32" },
+  cn_unseal: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // the event plane
   cn_plane_new: { parameters: ["i32"], result: "pointer" },
   cn_plane_set_log_level: { parameters: ["pointer", "i32"], result: "void" },

@@ -1,4 +1,4 @@
-// The connection between a local gateway and a remote site: TLS with both ends
+// The connection between a local gateway and a remote site: a sealed link with both ends
 // pinned (src/transport/), then SiteHello / SiteWelcome and the record stream.
 // The local side reconnects with backoff; the remote side serves one session per
 // site at a time (a reconnecting site replaces its stale session, once the records

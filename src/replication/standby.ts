@@ -11,7 +11,6 @@ import type { NativeAgent } from "../capture/native-agent.ts";
 import type { Volume } from "../volume/volume.ts";
 import { SlotFile } from "../io/slot-file.ts";
 import { hashesFrame } from "../wire/frames.ts";
-import type { SeqState } from "../record/sequence.ts";
 
 const log = logger("standby");
 
@@ -23,8 +22,8 @@ interface Persisted {
 }
 
 export class StandbyVolume {
-  /** What was admitted from the stream (applied, or queued to be). */
-  seq: SeqState;
+  /** The last record the copy holds, as its slot file says (the data plane's while it applies). */
+  lastSeq: number;
   /** The position on stable storage with the data it describes: what a new link resumes after. */
   durableSeq: number;
   state: StandbyState;
@@ -41,7 +40,7 @@ export class StandbyVolume {
     /** The position file of older versions, removed once the slot file holds the position. */
     private legacy: string | undefined,
   ) {
-    this.seq = { lastSeq: p.lastSeq, rebase: false };
+    this.lastSeq = p.lastSeq;
     this.durableSeq = p.lastSeq;
     this.state = p.state;
   }
@@ -57,16 +56,14 @@ export class StandbyVolume {
   async reload(): Promise<void> {
     const { file, p } = await readPosition(this.slotPath, this.legacy);
     this.file = file;
-    this.seq = { lastSeq: p.lastSeq, rebase: false };
+    this.lastSeq = p.lastSeq;
     this.durableSeq = p.lastSeq;
     this.state = p.state;
   }
 
-  /**
-   * Writes position and state durably, after the data they describe is synced: the position of
-   * the last record applied, which is behind what was admitted while records wait in the queue.
-   */
-  async persist(lastSeq = this.seq.lastSeq): Promise<void> {
+  /** Writes position and state durably, after the data they describe is synced. */
+  async persist(): Promise<void> {
+    const lastSeq = this.lastSeq;
     await this.file.save(new TextEncoder().encode(JSON.stringify({ lastSeq, state: this.state })));
     this.durableSeq = lastSeq;
     if (this.legacy) {
@@ -129,7 +126,7 @@ export class StandbyApplier {
       journalId,
       v.volume.fd,
       BigInt(v.volume.size),
-      BigInt(v.seq.lastSeq),
+      BigInt(v.lastSeq),
       STATES.indexOf(v.state),
       cstr(v.slotPath),
       err,
@@ -150,7 +147,7 @@ export class StandbyApplier {
     ) {
       return { lastSeq: Number(out[0]), durableSeq: Number(out[1]), state: STATES[Number(out[2])] };
     }
-    return { lastSeq: v.seq.lastSeq, durableSeq: v.durableSeq, state: v.state };
+    return { lastSeq: v.lastSeq, durableSeq: v.durableSeq, state: v.state };
   }
 
   /**

@@ -1,5 +1,5 @@
 // The remote gateway role (a disaster-recovery site): receives site streams over
-// pinned TLS, journals them, replays them onto its replica images (the paper's
+// the pinned, sealed site link, journals them, replays them onto its replica images (the paper's
 // RGP) and onto the standby servers of this site (RSP), and acknowledges. What it
 // runs, in order: the journal and the replica states, the standby feeders (before
 // the replica applier starts, so that their positions hold the journal), the

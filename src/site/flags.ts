@@ -14,7 +14,7 @@ export const remoteGatewayFlags: FlagSpec[] = [
   {
     name: "listen",
     type: "string",
-    description: "where local gateways connect (TLS)",
+    description: "where local gateways connect (the sealed site link)",
     default: "127.0.0.1:7900",
     placeholder: "ADDR",
   },

@@ -1,53 +1,60 @@
-// Mutually authenticated connections between sites (design and threat model:
+// Mutually authenticated, encrypted connections between sites (design and threat model:
 // docs/transport-security.md).
 //
-// TLS 1.3 (node:tls) carries the bytes: confidentiality, integrity, no replay. Each
-// side presents its self-signed certificate; the client pins the server's
-// fingerprint, the server looks the client's up in trustedPeers. Proof that the peer
-// holds the pinned key is NOT left to the TLS layer: Deno 2.9's node:tls accepts a
-// version-1 or unparseable certificate without checking the handshake signature, so
-// anyone could present a copy of a peer's public key. Instead, right after the
-// handshake, each side sends an Ed25519 signature over the TLS session's exporter
-// value (getFinished/getPeerFinished in Deno are RFC 8446 exporters), which only
-// the key's holder can make and which is useless in any other session. The client
-// goes first; the server verifies it before answering with its own, and reads
-// nothing else from a client before that.
+// Over TCP, each side sends a hello with a fresh X25519 key; both derive the session's
+// keys, one per direction, from the exchange and the two hellos. Everything after the
+// hellos travels in sealed batches (AES-256-GCM through native/seal.c, as on the agent
+// link): confidentiality, integrity, no replay or reordering. The server shows its
+// certificate; a client whose pin it does not match goes no further. The client then
+// proves it holds its site's key: its certificate and an Ed25519 signature over the
+// session's transcript and both fingerprints. The server reads nothing else from a client
+// before it has checked that the certificate's fingerprint is a trusted peer and that the
+// signature holds; only then does it send its own signature, which the client checks with
+// the key it pinned. A proof is useless in any other session, so a relay in the middle
+// cannot pass one off.
 //
-// node:tls rather than Deno.listenTls/connectTls: only node:tls lets the server ask
-// for a client certificate and shows each side what its peer presented.
-import type { AddressInfo } from "node:net";
-import tls, { type TLSSocket } from "node:tls";
+// Not node:tls: Deno's node:tls accepted a certificate without checking the handshake's
+// signature (hence the proofs, kept), and reading it cost a site's remote gateway more CPU
+// per write than anything else it did (docs/decisions.md).
 import { logger } from "../log.ts";
 import type { Bytes } from "./der.ts";
+import {
+  BatchReader,
+  decodeProof,
+  encodeProof,
+  ephemeral,
+  HandshakeError,
+  HELLO_BYTES,
+  PROOF_MAX,
+  proofMessage,
+  proofValid,
+  Sealer,
+  type Session,
+  session,
+  sign,
+} from "./handshake.ts";
 import {
   certificateCommonName,
   certificateFingerprint,
   type Identity,
   importSigningKey,
   parseFingerprint,
+  pemDecode,
   subjectPublicKeyInfo,
 } from "./identity.ts";
 
 const log = logger("transport");
 
-const PROOF_CONTEXT = "continuum transport v1: key possession proof";
-const PROOF_BYTES = 64; // an Ed25519 signature
-/** SNI sent by clients: peers are found by address and authenticated by pin, never by name. */
-const SERVER_NAME = "continuum.invalid";
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
-/**
- * Received data queued per connection before the socket is paused. Large on purpose:
- * in Deno 2.9 a node:tls socket that is paused when its peer closes may never report
- * the close, so pausing is kept for a consumer that really falls behind.
- */
-const READ_QUEUE_BYTES = 32 << 20;
+/** Plain bytes read ahead of the application per connection (the socket's buffers hold more). */
+const READ_AHEAD_BYTES = 4 << 20;
 
 /** A byte stream to an authenticated peer. */
 export interface SecureConn {
   readonly readable: ReadableStream<Uint8Array>;
   /**
    * A chunk's buffer may be reused once its write has resolved. Closing the writer ends
-   * this direction cleanly (TLS close_notify, then FIN); the other direction stays
+   * this direction cleanly (a sealed end of stream, then FIN); the other direction stays
    * open until the peer ends it too.
    */
   readonly writable: WritableStream<Uint8Array>;
@@ -99,197 +106,101 @@ export interface ConnectSecureOptions {
   expectedFingerprint: string;
   /** Name to report for the peer (defaults to its certificate's common name). */
   peerName?: string;
-  /** Covers TCP connect, TLS handshake and both proofs. */
+  /** Covers TCP connect, the key exchange and both proofs. */
   handshakeTimeoutMs?: number;
 }
 
-// ---- authentication ----
+// ---- connections ----
 
-interface Presented {
-  fingerprint: string;
-  der: Bytes;
-  spki: Bytes;
+function remoteOf(conn: Deno.Conn): string {
+  const a = conn.remoteAddr as Deno.NetAddr;
+  return `${a.hostname.includes(":") ? `[${a.hostname}]` : a.hostname}:${a.port}`;
 }
 
-function presentedCertificate(sock: TLSSocket): Presented | undefined {
-  const raw = sock.getPeerCertificate(true)?.raw;
-  if (!raw || raw.length === 0) return undefined;
-  const der = new Uint8Array(raw);
-  return { fingerprint: certificateFingerprint(der), der, spki: subjectPublicKeyInfo(der) };
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
 }
 
-/** The TLS session's exporter value, identical on both ends of one session only. */
-function channelBinding(sock: TLSSocket, role: "client" | "server"): Bytes {
-  // the client's getFinished() is the server's getPeerFinished()
-  const value = role === "client" ? sock.getFinished() : sock.getPeerFinished();
-  if (!value || value.length < 32) throw new Error("the TLS layer offers no channel binding");
-  return new Uint8Array(value);
-}
-
-function proofMessage(
-  signer: "client" | "server",
-  binding: Bytes,
-  clientFp: string,
-  serverFp: string,
-): Bytes {
-  const text = new TextEncoder().encode(
-    `${PROOF_CONTEXT}\nsigner=${signer}\nclient=${clientFp}\nserver=${serverFp}\n`,
-  );
-  const out = new Uint8Array(text.length + binding.length);
-  out.set(text);
-  out.set(binding, text.length);
-  return out;
-}
-
-async function makeProof(key: CryptoKey, message: Bytes): Promise<Bytes> {
-  return new Uint8Array(await crypto.subtle.sign("Ed25519", key, message));
-}
-
-async function proofValid(spki: Bytes, proof: Bytes, message: Bytes): Promise<boolean> {
-  try {
-    const key = await crypto.subtle.importKey("spki", spki, { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify("Ed25519", key, proof, message);
-  } catch {
-    return false; // not an Ed25519 key
-  }
-}
-
-// ---- streams ----
-
-function remoteOf(sock: TLSSocket): string {
-  const host = sock.remoteAddress ?? "unknown";
-  return `${host.includes(":") ? `[${host}]` : host}:${sock.remotePort ?? 0}`;
-}
-
-/**
- * What a socket receives after its TLS handshake: first taken a few bytes at a time
- * by the authentication, then handed over as a ReadableStream. One "data" listener
- * from the start, so the socket never has to be paused while authenticating.
- */
-class Inbound {
-  #sock: TLSSocket;
-  #early: Uint8Array[] = [];
-  #earlyBytes = 0;
-  #ended = false;
+/** A TCP connection and its session's two sealers, until either side tears it down. */
+class Link {
   #closed = false;
-  #wake: (() => void) | undefined;
-  #controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  readonly out: Sealer;
+  readonly inbound: Sealer;
 
-  /** limit: bytes a peer may send before the application takes over; more closes the connection. */
-  constructor(sock: TLSSocket, limit: number) {
-    this.#sock = sock;
-    sock.on("data", (chunk: Uint8Array) => {
-      if (this.#controller) {
-        this.#controller.enqueue(chunk);
-        if ((this.#controller.desiredSize ?? 0) <= 0) sock.pause();
-        return;
-      }
-      this.#early.push(chunk);
-      this.#earlyBytes += chunk.length;
-      if (this.#earlyBytes > limit) sock.destroy();
-      this.#notify();
-    });
-    sock.once("end", () => {
-      this.#ended = true;
-      if (!this.#closed) this.#controller?.close();
-      this.#notify();
-    });
-    // Deno's node:tls reports a record that fails to decrypt (a corrupted or forged frame) with
-    // "error" and no "close": the stream then waited forever, and the link stalled until the
-    // peer's idle timeout (10 s). Found by the fault runner (tests/faults/); regression:
-    // tests/transport-corrupt.test.ts.
-    sock.once("error", (e: Error) => {
-      if (!this.#ended && !this.#closed) this.#controller?.error(e);
-      this.#closed = true;
-      this.#notify();
-      sock.destroy();
-    });
-    sock.once("close", () => {
-      this.#closed = true;
-      if (!this.#ended) this.#controller?.error(new Error(`connection to ${remoteOf(sock)} closed`));
-      this.#notify();
-    });
+  /** The session's keys go to the sealers (native memory) and are wiped here. */
+  constructor(readonly conn: Deno.Conn, readonly reader: BatchReader, s: Session, role: "client" | "server") {
+    const [out, inbound] = role === "client"
+      ? [s.clientToServer, s.serverToClient]
+      : [s.serverToClient, s.clientToServer];
+    this.out = new Sealer(out, true);
+    this.inbound = new Sealer(inbound, false);
+    out.fill(0);
+    inbound.fill(0);
+    reader.keyed(this.inbound);
   }
 
-  #notify() {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
+  async send(plain: Uint8Array): Promise<void> {
+    await writeAll(this.conn, this.out.seal(plain));
   }
 
-  /** Exactly n bytes, or an error once the peer has closed without sending them. */
-  async take(n: number): Promise<Bytes> {
-    while (this.#earlyBytes < n) {
-      if (this.#ended || this.#closed) throw new Error("connection closed");
-      await new Promise<void>((resolve) => this.#wake = resolve);
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch {
+      // already closed by the runtime
     }
-    const out = new Uint8Array(n);
-    for (let at = 0; at < n;) {
-      const head = this.#early[0];
-      const used = Math.min(head.length, n - at);
-      out.set(head.subarray(0, used), at);
-      at += used;
-      if (used === head.length) this.#early.shift();
-      else this.#early[0] = head.subarray(used);
-    }
-    this.#earlyBytes -= n;
-    return out;
-  }
-
-  /** The rest of the byte stream, starting with anything received early. */
-  stream(): ReadableStream<Uint8Array> {
-    const sock = this.#sock;
-    return new ReadableStream<Uint8Array>({
-      start: (controller) => {
-        for (const chunk of this.#early.splice(0)) controller.enqueue(chunk);
-        this.#earlyBytes = 0;
-        if (this.#ended) controller.close();
-        else if (this.#closed) controller.error(new Error(`connection to ${remoteOf(sock)} closed`));
-        else this.#controller = controller;
-      },
-      pull() {
-        if (sock.isPaused()) sock.resume();
-      },
-      cancel() {
-        sock.destroy();
-      },
-    }, new ByteLengthQueuingStrategy({ highWaterMark: READ_QUEUE_BYTES }));
+    this.out.free();
+    this.inbound.free();
   }
 }
 
-// Web streams over the socket. Node's Duplex.toWeb is not used: in Deno 2.9 closing
-// its writable while the readable is still open fails with an AbortError.
-function toConn(sock: TLSSocket, inbound: Inbound, remoteAddr: string): SecureConn {
+// Web streams over the link: each write is sealed (in batches of at most BATCH_MAX), each
+// batch read is unsealed and handed on as one chunk.
+function toConn(link: Link, remoteAddr: string): SecureConn {
   const closedEarly = () => new Error(`connection to ${remoteAddr} closed`);
-  sock.setNoDelay(true);
+  let writeEnded = false;
+  let readEnded = false;
+  const settled = () => {
+    if (writeEnded && readEnded) link.close();
+  };
+  const readable = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const chunk = await link.reader.next();
+        if (chunk) return controller.enqueue(chunk);
+        readEnded = true;
+        controller.close();
+        settled();
+      } catch (e) {
+        link.close();
+        controller.error(e instanceof HandshakeError ? e : closedEarly());
+      }
+    },
+    cancel() {
+      link.close();
+    },
+  }, new ByteLengthQueuingStrategy({ highWaterMark: READ_AHEAD_BYTES }));
   const writable = new WritableStream<Uint8Array>({
-    write(chunk) {
-      if (sock.destroyed) throw closedEarly();
-      // a copy: the socket may hold on to it after this write resolves, and callers reuse buffers
-      if (sock.write(chunk.slice())) return;
-      return new Promise<void>((resolve, reject) => {
-        const settle = (err?: Error) => {
-          sock.off("drain", onDrain);
-          sock.off("close", onClose);
-          if (err) reject(err);
-          else resolve();
-        };
-        const onDrain = () => settle();
-        const onClose = () => settle(closedEarly());
-        sock.on("drain", onDrain);
-        sock.on("close", onClose);
+    async write(chunk) {
+      if (chunk.length === 0) return; // an empty batch would end the stream
+      await link.send(chunk).catch(() => {
+        link.close();
+        throw closedEarly();
       });
     },
-    close() {
-      return new Promise<void>((resolve, reject) =>
-        sock.end((err?: Error | null) => err ? reject(err) : resolve())
-      );
+    async close() {
+      await link.send(new Uint8Array(0));
+      await link.conn.closeWrite();
+      writeEnded = true;
+      settled();
     },
     abort() {
-      sock.destroy();
+      link.close();
     },
   });
-  return { readable: inbound.stream(), writable, remoteAddr, close: () => sock.destroy() };
+  return { readable, writable, remoteAddr, close: () => link.close() };
 }
 
 // ---- server ----
@@ -306,14 +217,14 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     if (parseFingerprint(fp) !== fp) throw new Error(`trustedPeers key "${fp}" is not in canonical form`);
   }
   const ownFp = opts.identity.fingerprint;
+  const ownDer = pemDecode(opts.identity.certPem, "CERTIFICATE");
   const signingKey = await importSigningKey(opts.identity);
   const timeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const ready: AuthenticatedConn[] = [];
   let waiting: ((r: IteratorResult<AuthenticatedConn>) => void) | undefined;
   let closed = false;
 
-  const reject = (sock: TLSSocket, remote: string, fingerprint: string | undefined, reason: string) => {
-    sock.destroy();
+  const reject = (remote: string, fingerprint: string | undefined, reason: string) => {
     log.warn("peer rejected", { remote, fingerprint: fingerprint ?? "none", reason });
     opts.onPeerRejected?.({ remote, fingerprint, reason });
   };
@@ -326,58 +237,72 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     w({ value: item, done: false });
   };
 
-  // Runs once the TLS handshake is done; nothing the client sends is read but its proof.
+  // Nothing the client sends is read but its hello and its proof until the proof holds.
   const authenticate = async (
-    sock: TLSSocket,
+    conn: Deno.Conn,
     remote: string,
-    inbound: Inbound,
+    sealers: Sealer[],
   ): Promise<AuthenticatedConn> => {
-    let presented: Presented | undefined;
+    const reader = new BatchReader(conn);
+    const clientHello = await reader.take(HELLO_BYTES).catch(() => {
+      throw new Rejection(undefined, "closed before its hello");
+    });
+    const own = await ephemeral();
+    const s = await session(own.key, clientHello, own.hello, "server").catch((e) => {
+      throw new Rejection(undefined, (e as Error).message);
+    });
+    await writeAll(conn, own.hello);
+    const link = new Link(conn, reader, s, "server");
+    sealers.push(link.out, link.inbound);
+    await link.send(ownDer);
+    const batch = await reader.next(PROOF_MAX).catch((e) => {
+      throw new Rejection(
+        undefined,
+        e instanceof HandshakeError ? e.message : "closed before proving its key",
+      );
+    });
+    if (!batch) throw new Rejection(undefined, "closed before proving its key");
+    let presented: { der: Bytes; signature: Bytes; fingerprint: string; spki: Bytes };
     try {
-      presented = presentedCertificate(sock);
+      const p = decodeProof(batch);
+      presented = { ...p, fingerprint: certificateFingerprint(p.der), spki: subjectPublicKeyInfo(p.der) };
     } catch {
       throw new Rejection(undefined, "unreadable client certificate");
     }
-    if (!presented) throw new Rejection(undefined, "no client certificate");
     const fp = presented.fingerprint;
     const peer = opts.trustedPeers.get(fp);
     if (peer === undefined) throw new Rejection(fp, "fingerprint not trusted");
-    const binding = channelBinding(sock, "server");
-    const proof = await inbound.take(PROOF_BYTES).catch(() => {
-      throw new Rejection(fp, "closed before proving its key");
-    });
-    if (!await proofValid(presented.spki, proof, proofMessage("client", binding, fp, ownFp))) {
+    if (
+      !await proofValid(presented.spki, presented.signature, proofMessage("client", s.transcript, fp, ownFp))
+    ) {
       throw new Rejection(fp, "invalid key possession proof");
     }
-    sock.write(await makeProof(signingKey, proofMessage("server", binding, fp, ownFp)));
+    await link.send(await sign(signingKey, proofMessage("server", s.transcript, fp, ownFp)));
     log.info("peer authenticated", { remote, peer, fingerprint: fp });
-    return { conn: toConn(sock, inbound, remote), peer, fingerprint: fp };
+    return { conn: toConn(link, remote), peer, fingerprint: fp };
   };
 
-  const server = tls.createServer({
-    key: opts.identity.keyPem,
-    cert: opts.identity.certPem,
-    allowHalfOpen: true, // each direction ends on its own (see SecureConn)
-    requestCert: true,
-    rejectUnauthorized: false, // no CA: pins and proofs decide (see the top of this file)
-    minVersion: "TLSv1.3",
-    handshakeTimeout: timeoutMs,
-  });
-
-  server.on("tlsClientError", (err: Error, sock: TLSSocket) => {
-    reject(sock, remoteOf(sock), undefined, `TLS handshake failed: ${err.message}`);
-  });
-
-  server.on("secureConnection", (sock: TLSSocket) => {
-    const remote = remoteOf(sock);
-    sock.on("error", (e: Error) => log.debug("connection error", { remote, error: e }));
+  const handle = (conn: Deno.TcpConn) => {
+    const remote = remoteOf(conn);
+    conn.setNoDelay(true);
+    const sealers: Sealer[] = [];
     let settled = false;
-    const timer = setTimeout(() => {
+    const drop = (fingerprint: string | undefined, reason: string) => {
       settled = true;
-      reject(sock, remote, undefined, `no key possession proof within ${timeoutMs} ms`);
-    }, timeoutMs);
-    // the client's proof is all it may send before it has the server's
-    authenticate(sock, remote, new Inbound(sock, PROOF_BYTES)).then(
+      clearTimeout(timer);
+      try {
+        conn.close();
+      } catch {
+        // closed already
+      }
+      for (const s of sealers) s.free();
+      reject(remote, fingerprint, reason);
+    };
+    const timer = setTimeout(
+      () => drop(undefined, `handshake timeout: no key possession proof within ${timeoutMs} ms`),
+      timeoutMs,
+    );
+    authenticate(conn, remote, sealers).then(
       (item) => {
         if (settled) return item.conn.close();
         settled = true;
@@ -386,24 +311,26 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
       },
       (e: unknown) => {
         if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        if (e instanceof Rejection) reject(sock, remote, e.fingerprint, e.message);
-        else reject(sock, remote, undefined, (e as Error).message);
+        if (e instanceof Rejection) drop(e.fingerprint, e.message);
+        else drop(undefined, (e as Error).message);
       },
     );
-  });
+  };
 
-  await new Promise<void>((resolve, fail) => {
-    server.once("error", fail);
-    server.listen(opts.port, opts.hostname, () => {
-      server.off("error", fail);
-      resolve();
-    });
-  });
-  server.on("error", (e: Error) => log.error("listener error", { error: e }));
-  const { address, port } = server.address() as AddressInfo;
-  const addr = { hostname: address, port };
+  const listener = Deno.listen({ hostname: opts.hostname ?? "0.0.0.0", port: opts.port, transport: "tcp" });
+  const addr = { hostname: listener.addr.hostname, port: listener.addr.port };
+  (async () => {
+    while (!closed) {
+      try {
+        handle(await listener.accept());
+      } catch (e) {
+        if (closed) return;
+        // a failed accept (e.g. too many open files) is retried, not fatal
+        log.error("listener error", { error: e as Error });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  })();
   log.info("listening", { ...addr, fingerprint: ownFp });
 
   return {
@@ -411,7 +338,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     close() {
       if (closed) return;
       closed = true;
-      server.close();
+      listener.close();
       for (const item of ready.splice(0)) item.conn.close();
       waiting?.({ value: undefined, done: true });
       waiting = undefined;
@@ -436,46 +363,48 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
   const where = `${opts.hostname}:${opts.port}`;
   const timeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const ownFp = opts.identity.fingerprint;
+  const ownDer = pemDecode(opts.identity.certPem, "CERTIFICATE");
   const signingKey = await importSigningKey(opts.identity);
-  // allowHalfOpen is honoured by node:tls although its typings omit it
-  const options: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
-    host: opts.hostname,
-    port: opts.port,
-    key: opts.identity.keyPem,
-    cert: opts.identity.certPem,
-    servername: SERVER_NAME,
-    allowHalfOpen: true,
-    rejectUnauthorized: false, // no CA: pins and proofs decide (see the top of this file)
-    minVersion: "TLSv1.3",
-  };
-  const sock = tls.connect(options);
-  sock.on("error", (e: Error) => log.debug("connection error", { remote: where, error: e }));
-
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let conn: Deno.TcpConn | undefined;
+  let link: Link | undefined;
+  let abandoned = false;
   const fail = (message: string): never => {
-    sock.destroy();
+    if (link) link.close();
+    else {
+      try {
+        conn?.close();
+      } catch {
+        // closed already
+      }
+    }
     throw new Error(message);
   };
-  const handshake = async (): Promise<AuthenticatedConn> => {
-    const inbound = await new Promise<Inbound>((resolve, reject) => {
-      const onClose = () => reject(new Error("connection closed during the TLS handshake"));
-      sock.once("error", reject);
-      sock.once("close", onClose);
-      sock.once("secureConnect", () => {
-        sock.off("error", reject);
-        sock.off("close", onClose);
-        resolve(new Inbound(sock, READ_QUEUE_BYTES));
-      });
-    }).catch((e: Error) => fail(`cannot connect to ${where}: ${e.message}`));
 
-    let presented: Presented | undefined;
+  const handshake = async (): Promise<AuthenticatedConn> => {
+    conn = await Deno.connect({ hostname: opts.hostname, port: opts.port }).catch((e: Error) =>
+      fail(`cannot connect to ${where}: ${e.message}`)
+    );
+    if (abandoned) return fail("abandoned");
+    conn.setNoDelay(true);
+    const reader = new BatchReader(conn);
+    const own = await ephemeral();
+    await writeAll(conn, own.hello).catch((e: Error) => fail(`cannot connect to ${where}: ${e.message}`));
+    const serverHello = await reader.take(HELLO_BYTES).catch(() =>
+      fail(`server at ${where} closed the connection during the key exchange`)
+    );
+    const s = await session(own.key, own.hello, serverHello, "client").catch((e: Error) =>
+      fail(`server at ${where}: ${e.message}`)
+    );
+    link = new Link(conn, reader, s, "client");
+    if (abandoned) return fail("abandoned");
+    const der = await reader.next(PROOF_MAX).catch(() => null);
+    let got = "none";
     try {
-      presented = presentedCertificate(sock);
+      if (der) got = certificateFingerprint(der);
     } catch {
-      presented = undefined;
+      got = "none (an unreadable certificate)";
     }
-    if (!presented || presented.fingerprint !== expected) {
-      const got = presented?.fingerprint ?? "none";
+    if (got !== expected) {
       log.warn("peer rejected", {
         remote: where,
         fingerprint: got,
@@ -483,12 +412,14 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
       });
       return fail(`server at ${where} presented fingerprint ${got}, expected ${expected}`);
     }
-    const binding = channelBinding(sock, "client");
-    sock.write(await makeProof(signingKey, proofMessage("client", binding, ownFp, expected)));
-    const proof = await inbound.take(PROOF_BYTES).catch(() =>
-      fail(`server at ${where} refused us (is ${ownFp} among its trusted peers?)`)
-    );
-    if (!await proofValid(presented.spki, proof, proofMessage("server", binding, ownFp, expected))) {
+    await link.send(
+      encodeProof(ownDer, await sign(signingKey, proofMessage("client", s.transcript, ownFp, expected))),
+    )
+      .catch(() => fail(`server at ${where} refused us (is ${ownFp} among its trusted peers?)`));
+    const signature = await reader.next(PROOF_MAX).catch(() => null);
+    if (!signature) return fail(`server at ${where} refused us (is ${ownFp} among its trusted peers?)`);
+    const message = proofMessage("server", s.transcript, ownFp, expected);
+    if (!await proofValid(subjectPublicKeyInfo(der!), signature, message)) {
       log.warn("peer rejected", {
         remote: where,
         fingerprint: expected,
@@ -496,14 +427,23 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
       });
       return fail(`server at ${where} could not prove it holds the key of ${expected}`);
     }
-    const peer = opts.peerName ?? certificateCommonName(presented.der) ?? where;
+    const peer = opts.peerName ?? certificateCommonName(der!) ?? where;
     log.info("connected to peer", { remote: where, peer, fingerprint: expected });
-    return { conn: toConn(sock, inbound, remoteOf(sock)), peer, fingerprint: expected };
+    return { conn: toConn(link, remoteOf(conn)), peer, fingerprint: expected };
   };
 
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      sock.destroy();
+      abandoned = true;
+      if (link) link.close();
+      else {
+        try {
+          conn?.close();
+        } catch {
+          // closed already
+        }
+      }
       reject(new Error(`handshake with ${where} timed out after ${timeoutMs} ms`));
     }, timeoutMs);
   });

@@ -13,7 +13,7 @@ export class Proxy {
   corrupted = 0;
   /**
    * Flip one bit in each of the next N chunks going client → server, wherever the bytes are
-   * (for a TLS stream, whose framing the proxy cannot see).
+   * (for a sealed stream, whose framing the proxy cannot see).
    */
   flipChunks = 0;
   /** Delay added to every forwarded chunk (ms), plus a uniform random jitter; order is kept (TCP). */

@@ -1,7 +1,7 @@
 // A relay on a site link for tests, which can keep the local gateway's records from
 // the site: the site then never applies them and never acknowledges them, while the
 // link stays up (hello, pings, control requests such as a promotion, chunk
-// operations all pass). A byte proxy cannot pick frames out of TLS, so the relay
+// operations all pass). A byte proxy cannot pick frames out of sealed batches, so the relay
 // ends each side's session itself with that side's peer's key (a test has both).
 // Usage: deno run -A site-relay.ts LISTEN_HOST LISTEN_PORT SITE_HOST SITE_PORT
 //   LOCAL_KEY_DIR SITE_KEY_DIR CONTROL_FILE
