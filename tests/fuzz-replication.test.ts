@@ -29,7 +29,6 @@ import { Gateway, keygen, RemoteGateway, tempDir, waitFor, writeSecret } from ".
 import { connectSecure } from "../src/transport/secure.ts";
 import { type Identity, loadIdentity } from "../src/transport/identity.ts";
 import { ConnReader } from "../src/io/conn-reader.ts";
-import { StreamConn } from "../src/link/stream-conn.ts";
 import {
   decodeHashes,
   decodeJson,
@@ -829,31 +828,14 @@ async function siteCase(
     expectedFingerprint: remote.fingerprint,
     peerName: "s1",
   });
-  const rd = auth.conn.readable.getReader();
-  const wr = auth.conn.writable.getWriter();
-  let left: Uint8Array | undefined;
-  const reader = new ConnReader({
-    async read(p: Uint8Array): Promise<number | null> {
-      let c = left;
-      left = undefined;
-      if (!c) {
-        const r = await rd.read();
-        if (r.done) return null;
-        c = r.value;
-      }
-      const n = Math.min(p.length, c.length);
-      p.set(c.subarray(0, n));
-      if (n < c.length) left = c.subarray(n);
-      return n;
-    },
-  });
+  const reader = new ConnReader(auth.conn);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
     auth.conn.close();
   }, 15_000);
   try {
-    await wr.write(jsonFrame(FrameType.SiteHello, {
+    await auth.conn.write(jsonFrame(FrameType.SiteHello, {
       v: 1,
       site: "local",
       volumes: [{ id: SITE_VOL_ID, agent: "a1", name: "v0", size: VOL }],
@@ -863,8 +845,8 @@ async function siteCase(
     const welcome = decodeJson<{ volumes: { id: number; lastSeq: number }[] }>(w!.body);
     const lastSeq = welcome.volumes.find((v) => v.id === SITE_VOL_ID)!.lastSeq;
     try {
-      await wr.write(build(lastSeq));
-      await wr.close();
+      await auth.conn.write(build(lastSeq));
+      await auth.conn.closeWrite();
     } catch { /* the remote closed first */ }
     try {
       while (await readFrame(reader)) { /* acknowledgements, then an error or the end */ }
@@ -909,7 +891,7 @@ async function siteRequests(msgs: Record<string, unknown>[]): Promise<Record<str
     expectedFingerprint: remote.fingerprint,
     peerName: "s1",
   });
-  const conn = new StreamConn(auth.conn);
+  const conn = auth.conn;
   const reader = new ConnReader(conn);
   const timer = setTimeout(() => conn.close(), 15_000);
   try {

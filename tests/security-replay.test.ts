@@ -43,7 +43,6 @@ import { frame, helloFrame, LinkClient, linkSecrets, plainBatch, sealBatch } fro
 import { encodeRecord, Kind } from "../src/record/record.ts";
 import { connectSecure } from "../src/transport/secure.ts";
 import { generateIdentity, loadIdentity } from "../src/transport/identity.ts";
-import { StreamConn } from "../src/link/stream-conn.ts";
 import { assertRefused, RawSide } from "./lib/site-handshake.ts";
 import { readSecretFile } from "../src/wire/secret-file.ts";
 
@@ -408,7 +407,7 @@ async function siteSession(port: number) {
     expectedFingerprint: topo.remotes.s1.fingerprint,
     peerName: "s1",
   });
-  const conn = new StreamConn(auth.conn);
+  const conn = auth.conn;
   const reader = new ConnReader(conn, 1 << 20);
   const writer = new ConnWriter(conn);
   writer.send(jsonFrame(FrameType.SiteHello, {

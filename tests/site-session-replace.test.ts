@@ -16,9 +16,7 @@ import { setLogSink } from "../src/log.ts";
 const t = suite("site session replaced");
 
 async function send(c: AuthenticatedConn, bytes: Uint8Array): Promise<void> {
-  const w = c.conn.writable.getWriter();
-  await w.write(bytes);
-  w.releaseLock();
+  await c.conn.write(bytes);
 }
 
 t(

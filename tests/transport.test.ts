@@ -39,6 +39,7 @@ import {
   connectSecure,
   listenSecure,
   type PeerRejection,
+  type SecureConn,
   type SecureListener,
 } from "../src/transport/secure.ts";
 
@@ -56,16 +57,21 @@ const enc = new TextEncoder();
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function readAll(readable: ReadableStream<Uint8Array>): Promise<string> {
+/** Every chunk a connection reads until its peer's end (an error if it is cut). */
+async function* chunks(conn: SecureConn): AsyncGenerator<Uint8Array> {
+  const buf = new Uint8Array(1 << 20);
+  for (let n; (n = await conn.read(buf)) !== null;) yield buf.subarray(0, n);
+}
+
+async function readAll(conn: SecureConn): Promise<string> {
   let text = "";
-  for await (const chunk of readable) text += dec.decode(chunk, { stream: true });
+  for await (const chunk of chunks(conn)) text += dec.decode(chunk, { stream: true });
   return text;
 }
 
-async function writeAndClose(writable: WritableStream<Uint8Array>, text: string): Promise<void> {
-  const w = writable.getWriter();
-  await w.write(enc.encode(text));
-  await w.close();
+async function writeAndClose(conn: SecureConn, text: string): Promise<void> {
+  await conn.write(enc.encode(text));
+  await conn.closeWrite();
 }
 
 interface Server {
@@ -333,16 +339,15 @@ tr("mutually pinned sites exchange data both ways", async () => {
   assert.is(client.fingerprint, siteA.fingerprint);
 
   // one buffer, refilled after each write resolves, as a frame writer would
-  const w = client.conn.writable.getWriter();
   const buf = new Uint8Array(5);
   for (const word of ["write", "again"]) {
     enc.encodeInto(word, buf);
-    await w.write(buf);
+    await client.conn.write(buf);
   }
-  await w.close();
-  assert.is(await readAll(side.conn.readable), "writeagain");
-  await writeAndClose(side.conn.writable, "acks from a");
-  assert.is(await readAll(client.conn.readable), "acks from a");
+  await client.conn.closeWrite();
+  assert.is(await readAll(side.conn), "writeagain");
+  await writeAndClose(side.conn, "acks from a");
+  assert.is(await readAll(client.conn), "acks from a");
   server.listener.close();
 });
 
@@ -501,10 +506,10 @@ async function rawSession(server: Server): Promise<{ raw: RawSide; side: Authent
 }
 
 /** What the server's application reads: the text, and how the stream ended. */
-async function readOutcome(readable: ReadableStream<Uint8Array>): Promise<{ text: string; error?: string }> {
+async function readOutcome(conn: SecureConn): Promise<{ text: string; error?: string }> {
   let text = "";
   try {
-    for await (const c of readable) text += dec.decode(c);
+    for await (const c of chunks(conn)) text += dec.decode(c);
     return { text };
   } catch (e) {
     return { text, error: (e as Error).message };
@@ -521,7 +526,7 @@ tr(
     const altered = raw.seal(enc.encode("second"));
     altered[6] ^= 1;
     await raw.sendRaw(altered);
-    let out = await readOutcome(side.conn.readable);
+    let out = await readOutcome(side.conn);
     assert.is(out.text, "first ");
     assert.match(out.error ?? "", /failed its check/);
     raw.close();
@@ -531,7 +536,7 @@ tr(
     const once = raw.seal(enc.encode("pay 1 "));
     await raw.sendRaw(once);
     await raw.sendRaw(once);
-    out = await readOutcome(side.conn.readable);
+    out = await readOutcome(side.conn);
     assert.is(out.text, "pay 1 ");
     assert.match(out.error ?? "", /failed its check/);
     raw.close();
@@ -540,7 +545,7 @@ tr(
     ({ raw, side } = await rawSession(server));
     await raw.send(enc.encode("partial"));
     await raw.conn.closeWrite();
-    out = await readOutcome(side.conn.readable);
+    out = await readOutcome(side.conn);
     assert.is(out.text, "partial");
     assert.match(out.error ?? "", /closed/);
     raw.close();
@@ -550,7 +555,7 @@ tr(
     const huge = new Uint8Array(4);
     new DataView(huge.buffer).setUint32(0, BATCH_MAX + 1);
     await raw.sendRaw(huge);
-    out = await readOutcome(side.conn.readable);
+    out = await readOutcome(side.conn);
     assert.match(out.error ?? "", /at most/);
     raw.close();
 
@@ -558,9 +563,9 @@ tr(
     ({ raw, side } = await rawSession(server));
     await raw.send(enc.encode("done"));
     await raw.send(new Uint8Array(0));
-    out = await readOutcome(side.conn.readable);
+    out = await readOutcome(side.conn);
     assert.equal(out, { text: "done" });
-    await writeAndClose(side.conn.writable, "answer");
+    await writeAndClose(side.conn, "answer");
     assert.equal(dec.decode((await raw.reader.next())!), "answer");
     assert.is(await raw.reader.next(), null, "the server's sealed end");
     raw.close();
@@ -572,20 +577,20 @@ tr("throughput: 256 MiB through one connection arrives intact", async () => {
   const total = 256 << 20, chunkSize = 256 << 10;
   const pool = new Uint8Array(2 << 20);
   for (let i = 0; i < pool.length; i += 65536) crypto.getRandomValues(pool.subarray(i, i + 65536));
-  const chunks: Uint8Array[] = [];
-  for (let i = 0; chunks.length * chunkSize < total; i++) {
+  const pieces: Uint8Array[] = [];
+  for (let i = 0; pieces.length * chunkSize < total; i++) {
     const at = (i * 4099) % (pool.length - chunkSize); // every chunk differs
-    chunks.push(pool.subarray(at, at + chunkSize));
+    pieces.push(pool.subarray(at, at + chunkSize));
   }
   const want = createHash("sha256");
-  for (const c of chunks) want.update(c);
+  for (const c of pieces) want.update(c);
   const wantDigest = want.digest("hex");
 
   const server = await startServer(siteA, [siteB]);
   const received = server.next().then(async ({ conn }) => {
     const h = createHash("sha256");
     let bytes = 0;
-    for await (const c of conn.readable) {
+    for await (const c of chunks(conn)) {
       h.update(c);
       bytes += c.length;
     }
@@ -597,13 +602,9 @@ tr("throughput: 256 MiB through one connection arrives intact", async () => {
     identity: siteB,
     expectedFingerprint: siteA.fingerprint,
   });
-  const w = client.conn.writable.getWriter();
   const started = performance.now();
-  for (const c of chunks) {
-    await w.ready;
-    w.write(c);
-  }
-  await w.close();
+  for (const c of pieces) await client.conn.write(c);
+  await client.conn.closeWrite();
   const got = await received;
   const secs = (performance.now() - started) / 1000;
   console.log(

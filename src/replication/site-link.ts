@@ -5,12 +5,12 @@
 // the stale one took are journaled).
 import { logger } from "../log.ts";
 import { ConnReader, ConnWriter } from "../io/conn-reader.ts";
-import { StreamConn } from "../link/stream-conn.ts";
 import type { Identity } from "../transport/identity.ts";
 import {
   type AuthenticatedConn,
   connectSecure,
   listenSecure,
+  type SecureConn,
   type SecureListener,
 } from "../transport/secure.ts";
 import type { VolumeInfo } from "../journal/journal.ts";
@@ -88,7 +88,7 @@ export interface SiteClientOptions {
 /** The local gateway's connection to one remote site. */
 export class SiteClient {
   private closed = false;
-  private conn: StreamConn | undefined;
+  private conn: SecureConn | undefined;
   private session: Session | undefined;
   private backoffMs = 200;
   private wake: (() => void) | undefined;
@@ -193,7 +193,7 @@ export class SiteClient {
       expectedFingerprint: this.o.fingerprint,
       peerName: this.o.site,
     });
-    const conn = new StreamConn(auth.conn);
+    const conn = auth.conn;
     this.conn = conn;
     this.o.sender.onReset = () => conn.close();
     const reader = new ConnReader(conn, 1 << 20);
@@ -345,7 +345,7 @@ export interface SiteServerOptions {
 /** The remote gateway's listener for site streams. */
 export class SiteServer {
   private listener!: SecureListener;
-  private sessions = new Map<string, { conn: StreamConn; receiver: Receiver; ended: Promise<void> }>();
+  private sessions = new Map<string, { conn: SecureConn; receiver: Receiver; ended: Promise<void> }>();
   private closed = false;
   port = 0;
 
@@ -374,7 +374,7 @@ export class SiteServer {
   }
 
   private async serve(c: AuthenticatedConn): Promise<void> {
-    const conn = new StreamConn(c.conn);
+    const conn = c.conn;
     const reader = new ConnReader(conn, 1 << 20);
     const writer = new ConnWriter(conn);
     const receiver = this.o.newReceiver((b) => writer.send(b));

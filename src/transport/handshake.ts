@@ -205,6 +205,14 @@ export class BatchReader {
 
   /** The next batch's plain bytes (a copy of its own), or null at the peer's end of the stream. */
   async next(limit = BATCH_MAX): Promise<Bytes | null> {
+    return (await this.nextView(limit))?.slice() ?? null;
+  }
+
+  /**
+   * The next batch's plain bytes as a view of the reader's buffer, valid until the next call,
+   * or null at the peer's end of the stream.
+   */
+  async nextView(limit = BATCH_MAX): Promise<Bytes | null> {
     if (this.ended) return null;
     const sealer = this.#sealer!;
     while (true) {
@@ -220,7 +228,7 @@ export class BatchReader {
             this.ended = true;
             return null;
           }
-          return plain.slice();
+          return plain;
         }
         await this.#fill(size);
       } else await this.#fill(4);

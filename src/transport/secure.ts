@@ -17,6 +17,7 @@
 // signature (hence the proofs, kept), and reading it cost a site's remote gateway more CPU
 // per write than anything else it did (docs/decisions.md).
 import { logger } from "../log.ts";
+import type { Readable, Writable } from "../io/conn-reader.ts";
 import type { Bytes } from "./der.ts";
 import {
   BatchReader,
@@ -46,18 +47,18 @@ import {
 const log = logger("transport");
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
-/** Plain bytes read ahead of the application per connection (the socket's buffers hold more). */
-const READ_AHEAD_BYTES = 4 << 20;
 
-/** A byte stream to an authenticated peer. */
-export interface SecureConn {
-  readonly readable: ReadableStream<Uint8Array>;
+/** A byte stream to an authenticated peer, read and written as ConnReader and ConnWriter do. */
+export interface SecureConn extends Readable, Writable {
   /**
-   * A chunk's buffer may be reused once its write has resolved. Closing the writer ends
-   * this direction cleanly (a sealed end of stream, then FIN); the other direction stays
-   * open until the peer ends it too.
+   * Bytes of the peer's stream; null once the peer has ended it cleanly. Throws when the
+   * connection was cut, or a batch failed its check (altered, replayed, reordered).
    */
-  readonly writable: WritableStream<Uint8Array>;
+  read(p: Uint8Array): Promise<number | null>;
+  /** Sealed at once, in call order: the buffer may be reused as soon as this returns. */
+  write(p: Uint8Array): Promise<number>;
+  /** Ends this direction cleanly (a sealed end of stream, then FIN); the peer's stays open. */
+  closeWrite(): Promise<void>;
   /** "address:port" of the peer. */
   readonly remoteAddr: string;
   /** Tears the connection down at once. */
@@ -122,13 +123,25 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
 }
 
 /** A TCP connection and its session's two sealers, until either side tears it down. */
-class Link {
+class Link implements SecureConn {
   #closed = false;
+  #readEnded = false;
+  #writeEnded = false;
+  /** What the last batch read holds beyond what was taken (a view of the reader's buffer). */
+  #rest: Uint8Array | undefined;
+  /** The socket writes in call order: each waits for the one before. */
+  #writing: Promise<unknown> = Promise.resolve();
   readonly out: Sealer;
   readonly inbound: Sealer;
+  readonly remoteAddr: string;
 
   /** The session's keys go to the sealers (native memory) and are wiped here. */
-  constructor(readonly conn: Deno.Conn, readonly reader: BatchReader, s: Session, role: "client" | "server") {
+  constructor(
+    readonly conn: Deno.TcpConn,
+    readonly reader: BatchReader,
+    s: Session,
+    role: "client" | "server",
+  ) {
     const [out, inbound] = role === "client"
       ? [s.clientToServer, s.serverToClient]
       : [s.serverToClient, s.clientToServer];
@@ -137,10 +150,64 @@ class Link {
     out.fill(0);
     inbound.fill(0);
     reader.keyed(this.inbound);
+    this.remoteAddr = remoteOf(conn);
   }
 
-  async send(plain: Uint8Array): Promise<void> {
-    await writeAll(this.conn, this.out.seal(plain));
+  async read(p: Uint8Array): Promise<number | null> {
+    let rest = this.#rest;
+    if (!rest?.length) {
+      try {
+        rest = await this.reader.nextView() ?? undefined;
+      } catch (e) {
+        this.close();
+        throw e instanceof HandshakeError ? e : this.#closedEarly();
+      }
+      if (!rest) {
+        this.#readEnded = true;
+        this.#settled();
+        return null;
+      }
+    }
+    const n = Math.min(p.length, rest.length);
+    p.set(rest.subarray(0, n));
+    this.#rest = rest.subarray(n);
+    return n;
+  }
+
+  write(p: Uint8Array): Promise<number> {
+    // an empty batch would end the stream
+    return p.length === 0 ? Promise.resolve(0) : this.send(p).then(() => p.length);
+  }
+
+  async closeWrite(): Promise<void> {
+    await this.send(new Uint8Array(0));
+    await this.conn.closeWrite();
+    this.#writeEnded = true;
+    this.#settled();
+  }
+
+  /** Sends plain bytes sealed (the handshake's batches too). */
+  send(plain: Uint8Array): Promise<void> {
+    let sealed: Uint8Array;
+    try {
+      sealed = this.out.seal(plain);
+    } catch {
+      return Promise.reject(this.#closedEarly());
+    }
+    const done = this.#writing.then(() => writeAll(this.conn, sealed));
+    this.#writing = done.catch(() => {});
+    return done.catch(() => {
+      this.close();
+      throw this.#closedEarly();
+    });
+  }
+
+  #closedEarly(): Error {
+    return new Error(`connection to ${this.remoteAddr} closed`);
+  }
+
+  #settled(): void {
+    if (this.#readEnded && this.#writeEnded) this.close();
   }
 
   close(): void {
@@ -154,53 +221,6 @@ class Link {
     this.out.free();
     this.inbound.free();
   }
-}
-
-// Web streams over the link: each write is sealed (in batches of at most BATCH_MAX), each
-// batch read is unsealed and handed on as one chunk.
-function toConn(link: Link, remoteAddr: string): SecureConn {
-  const closedEarly = () => new Error(`connection to ${remoteAddr} closed`);
-  let writeEnded = false;
-  let readEnded = false;
-  const settled = () => {
-    if (writeEnded && readEnded) link.close();
-  };
-  const readable = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const chunk = await link.reader.next();
-        if (chunk) return controller.enqueue(chunk);
-        readEnded = true;
-        controller.close();
-        settled();
-      } catch (e) {
-        link.close();
-        controller.error(e instanceof HandshakeError ? e : closedEarly());
-      }
-    },
-    cancel() {
-      link.close();
-    },
-  }, new ByteLengthQueuingStrategy({ highWaterMark: READ_AHEAD_BYTES }));
-  const writable = new WritableStream<Uint8Array>({
-    async write(chunk) {
-      if (chunk.length === 0) return; // an empty batch would end the stream
-      await link.send(chunk).catch(() => {
-        link.close();
-        throw closedEarly();
-      });
-    },
-    async close() {
-      await link.send(new Uint8Array(0));
-      await link.conn.closeWrite();
-      writeEnded = true;
-      settled();
-    },
-    abort() {
-      link.close();
-    },
-  });
-  return { readable, writable, remoteAddr, close: () => link.close() };
 }
 
 // ---- server ----
@@ -239,7 +259,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
 
   // Nothing the client sends is read but its hello and its proof until the proof holds.
   const authenticate = async (
-    conn: Deno.Conn,
+    conn: Deno.TcpConn,
     remote: string,
     sealers: Sealer[],
   ): Promise<AuthenticatedConn> => {
@@ -279,7 +299,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
     }
     await link.send(await sign(signingKey, proofMessage("server", s.transcript, fp, ownFp)));
     log.info("peer authenticated", { remote, peer, fingerprint: fp });
-    return { conn: toConn(link, remote), peer, fingerprint: fp };
+    return { conn: link, peer, fingerprint: fp };
   };
 
   const handle = (conn: Deno.TcpConn) => {
@@ -429,7 +449,7 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
     }
     const peer = opts.peerName ?? certificateCommonName(der!) ?? where;
     log.info("connected to peer", { remote: where, peer, fingerprint: expected });
-    return { conn: toConn(link, remoteOf(conn)), peer, fingerprint: expected };
+    return { conn: link, peer, fingerprint: expected };
   };
 
   let timer: ReturnType<typeof setTimeout> | undefined;

@@ -10,7 +10,6 @@
 // that fails loses what was in flight. Prints "ready", then one JSON line per change.
 import { connectSecure, listenSecure, type SecureConn } from "../../src/transport/secure.ts";
 import { loadIdentity } from "../../src/transport/identity.ts";
-import { StreamConn } from "../../src/link/stream-conn.ts";
 import { ConnReader, ConnWriter } from "../../src/io/conn-reader.ts";
 import { FRAME_HEADER, FrameType, readFrame, writeFrameHeader } from "../../src/wire/frames.ts";
 
@@ -57,8 +56,8 @@ async function relay(downConn: SecureConn): Promise<void> {
     return;
   }
   say({ connection: no, open: true });
-  const fromLocal = new StreamConn(downConn), toLocal = new ConnWriter(fromLocal);
-  const fromSite = new StreamConn(up.conn), toSite = new ConnWriter(fromSite);
+  const fromLocal = downConn, toLocal = new ConnWriter(fromLocal);
+  const fromSite = up.conn, toSite = new ConnWriter(fromSite);
   const queued: Uint8Array[][] = [];
   const flush = () => {
     for (const [head, body] of queued.splice(0)) {
