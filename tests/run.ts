@@ -2,8 +2,8 @@
 // own process (a crash or a hung file cannot take the others down), its uvu summary
 // is read, and the run ends with the one line CI reads: `N passed, N failed`.
 // Arguments filter files by substring: `deno task test nbd journal`.
-// A second pass runs the capture tests, the standby copies' test and the NBD fuzzer against the
-// AddressSanitizer and UndefinedBehaviorSanitizer build of the native library (every run of the
+// A second pass runs the capture tests, the standby copies' test, the site link's transport test
+// (its sealed batches) and the NBD fuzzer against the AddressSanitizer and UndefinedBehaviorSanitizer build of the native library (every run of the
 // whole suite, and with TEST_SANITIZE=1): a report from any process fails the file.
 import { ensureSetup } from "./lib/setup.ts";
 import { buildNative, sanitizerEnv } from "../native/build.ts";
@@ -152,7 +152,9 @@ for (const f of files) {
   if (r.failed) failedFiles.push(f.slice(root.length));
 }
 const sanitize = filters.length === 0 || Deno.env.get("TEST_SANITIZE") === "1";
-const sanitized = files.filter((f) => /\/tests\/(capture-[^/]*|unit-standby|fuzz-nbd)\.test\.ts$/.test(f));
+const sanitized = files.filter((f) =>
+  /\/tests\/(capture-[^/]*|unit-standby|transport|fuzz-nbd)\.test\.ts$/.test(f)
+);
 if (sanitize && sanitized.length) {
   await buildNative(false, true);
   const env = await sanitizerEnv();

@@ -33,7 +33,7 @@ import {
 import { runKeygen } from "../src/transport/keygen-cli.ts";
 import { need } from "./lib/env.ts";
 import { assertRefused, RawSide } from "./lib/site-handshake.ts";
-import { BATCH_MAX, HELLO_BYTES, PROOF_MAX } from "../src/transport/handshake.ts";
+import { BATCH_MAX, encodeProof, HELLO_BYTES, PROOF_MAX } from "../src/transport/handshake.ts";
 import {
   type AuthenticatedConn,
   connectSecure,
@@ -491,6 +491,30 @@ tr(
     await sleep(20);
     assert.is(server.rejections.length, 2);
     for (const r of server.rejections) assert.is(r.reason, "not a Continuum site link (bad hello)");
+    assert.is(server.accepted.length, 0);
+    server.listener.close();
+  },
+);
+
+tr(
+  "a proof that is not one is refused: garbage, a certificate cut short, a batch past the proof limit",
+  async () => {
+    const server = await startServer(siteA, [siteB]);
+    const cert = pemDecode(siteB.certPem, "CERTIFICATE");
+    const cases: [Uint8Array, RegExp][] = [
+      [enc.encode("not a proof"), /unreadable client certificate/],
+      [encodeProof(cert.subarray(0, cert.length - 9), new Uint8Array(64)), /unreadable client certificate/],
+      [new Uint8Array(PROOF_MAX + 1), /at most/],
+    ];
+    for (const [i, [proof, why]] of cases.entries()) {
+      const raw = await RawSide.client(server.port);
+      await raw.reader.next(PROOF_MAX); // the server's certificate
+      await raw.send(proof);
+      await raw.closed(); // the server records the rejection as it closes
+      raw.close();
+      assert.is(server.rejections.length, i + 1);
+      assert.match(server.rejections[i].reason, why);
+    }
     assert.is(server.accepted.length, 0);
     server.listener.close();
   },
