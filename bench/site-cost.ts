@@ -6,7 +6,7 @@
 // between every role, so the two-site rate that keeps its lag low is about the cores over the CPU
 // per write; the cost says which process and thread that is. Prints medians; no section of its
 // own (docs/benchmarks.md quotes it under the capture benchmark).
-import { fill, fio, machine, median, percentile, table } from "./lib.ts";
+import { diskCounters, fill, fio, machine, median, percentile, table } from "./lib.ts";
 import { tempDir } from "../tests/lib/cluster.ts";
 import { qemuActiveMirror } from "./peers.ts";
 import { pairOnly, type Running, sampleLag, twoSites } from "./targets.ts";
@@ -39,21 +39,12 @@ const targets = ([
 ] as { name: string; start(dir: string): Promise<Running> }[]).filter((t) => chosen(t.name, only));
 
 /**
- * Bytes written to the machine's disks so far (whole disks in /proc/diskstats, 512-byte sectors),
- * after writing back what the page cache holds: qemu's copies, unflushed, would count later.
+ * Bytes written to the machine's disks so far, after writing back what the page cache holds:
+ * qemu's copies, unflushed, would count later.
  */
 async function diskBytes(): Promise<number> {
   await new Deno.Command("sync").output();
-  const disks = new Set<string>();
-  for await (const e of Deno.readDir("/sys/block")) {
-    if (!/^(loop|ram|zram|nbd|dm-|md)/.test(e.name)) disks.add(e.name);
-  }
-  let sectors = 0;
-  for (const line of (await Deno.readTextFile("/proc/diskstats")).split("\n")) {
-    const f = line.trim().split(/\s+/);
-    if (disks.has(f[2])) sectors += Number(f[9]);
-  }
-  return sectors * 512;
+  return (await diskCounters()).bytes;
 }
 
 interface Run {

@@ -640,6 +640,37 @@ tr("throughput: 256 MiB through one connection arrives intact", async () => {
   server.listener.close();
 });
 
+tr("writes in flight together, of many sizes, arrive intact and in order", async () => {
+  // a link seals into the buffer of a finished write: one still in flight must keep its own
+  const pool = new Uint8Array(1 << 20);
+  for (let i = 0; i < pool.length; i += 65536) crypto.getRandomValues(pool.subarray(i, i + 65536));
+  const pieces = Array.from({ length: 64 }, (_, i) => {
+    const len = [1, 700, 65536, 300_000, 4168][i % 5] + i;
+    const at = (i * 7919) % (pool.length - len);
+    return pool.subarray(at, at + len);
+  });
+  const server = await startServer(siteA, [siteB]);
+  const received = server.next().then(async ({ conn }) => {
+    const h = createHash("sha256");
+    for await (const c of chunks(conn)) h.update(c);
+    return h.digest("hex");
+  });
+  const client = await connectSecure({
+    hostname: "127.0.0.1",
+    port: server.port,
+    identity: siteB,
+    expectedFingerprint: siteA.fingerprint,
+  });
+  for (let round = 0; round < 4; round++) await Promise.all(pieces.map((c) => client.conn.write(c)));
+  for (const c of pieces) await client.conn.write(c); // one at a time: each reuses the last buffer
+  await client.conn.closeWrite();
+  const want = createHash("sha256");
+  for (let round = 0; round < 5; round++) for (const c of pieces) want.update(c);
+  assert.is(await received, want.digest("hex"));
+  client.conn.close();
+  server.listener.close();
+});
+
 tr.after(async () => {
   for (const d of tempDirs) await Deno.remove(d, { recursive: true }).catch(() => {});
 });

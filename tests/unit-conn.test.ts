@@ -331,6 +331,17 @@ writer(
   },
 );
 
+writer("chunks coalesced one after another, each written slowly in parts, arrive intact", async () => {
+  // every coalesced chunk goes through one buffer: the next may fill it only once the write is done
+  const w = new FakeWriter(10, 1);
+  const cw = new ConnWriter(w, 32);
+  const msgs = Array.from({ length: 40 }, (_, i) => bytes(8, i + 1));
+  for (const m of msgs) cw.send(m);
+  await cw.drained();
+  assert.equal(w.total, msgs.flatMap((m) => [...m]));
+  assert.ok(w.calls.length >= 40 * 8 / 10, "written in parts");
+});
+
 writer("drained resolves immediately on a fresh writer", async () => {
   const cw = new ConnWriter(new FakeWriter());
   const r = await Promise.race([

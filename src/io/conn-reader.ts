@@ -76,6 +76,7 @@ export class ConnReader {
 }
 
 export interface Writable {
+  /** Writes some of p; done with p once the promise settles (the caller reuses it). */
   write(p: Uint8Array): Promise<number>;
 }
 
@@ -89,6 +90,7 @@ export class ConnWriter {
   private pumping = false;
   private failed: Error | undefined;
   private drainWaiters: (() => void)[] = [];
+  private stage: Uint8Array | undefined;
 
   constructor(private readonly conn: Writable, private readonly coalesceLimit = 64 * 1024) {}
 
@@ -130,7 +132,9 @@ export class ConnWriter {
             size += next.length;
           }
           if (parts.length > 1) {
-            chunk = new Uint8Array(size);
+            // one buffer for every chunk: the write below is done with it before the next
+            this.stage ??= new Uint8Array(this.coalesceLimit);
+            chunk = this.stage.subarray(0, size);
             let at = 0;
             for (const p of parts) {
               chunk.set(p, at);

@@ -143,10 +143,14 @@ export class Sealer {
     if (this.#p === null) throw new Error("out of memory for a sealer");
   }
 
-  /** `plain` as one or more sealed batches (an empty one is the end of the stream). */
-  seal(plain: Uint8Array): Bytes {
+  /**
+   * `plain` as one or more sealed batches (an empty one is the end of the stream), in the
+   * beginning of `into` when it is large enough (a view of it), else in a new array.
+   */
+  seal(plain: Uint8Array, into?: Bytes): Bytes {
     const n = Math.max(1, Math.ceil(plain.length / BATCH_MAX));
-    const out = new Uint8Array(plain.length + n * BATCH_OVERHEAD);
+    const size = plain.length + n * BATCH_OVERHEAD;
+    const out = into && into.length >= size ? into.subarray(0, size) : new Uint8Array(size);
     for (let i = 0, at = 0; i < n; i++) {
       const part = plain.subarray(i * BATCH_MAX, Math.min(plain.length, (i + 1) * BATCH_MAX));
       if (native().cn_seal(this.#live(), part, part.length, out.subarray(at)) !== 0) {

@@ -118,6 +118,18 @@ function remoteOf(conn: Deno.Conn): string {
   return `${a.hostname.includes(":") ? `[${a.hostname}]` : a.hostname}:${a.port}`;
 }
 
+/** The largest buffer a link keeps for sealing into (a record's batch, with room). */
+const SPARE_MAX = 2 << 20;
+
+/** Closes a connection the runtime may have closed already. */
+function closeQuietly(conn: Deno.Conn | undefined): void {
+  try {
+    conn?.close();
+  } catch {
+    // closed already
+  }
+}
+
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
 }
@@ -131,9 +143,10 @@ class Link implements SecureConn {
   #rest: Uint8Array | undefined;
   /** The socket writes in call order: each waits for the one before. */
   #writing: Promise<unknown> = Promise.resolve();
-  readonly out: Sealer;
-  readonly inbound: Sealer;
-  readonly remoteAddr: string;
+  /** A written batch's buffer, for the next batch to be sealed into. */
+  #spare: Bytes | undefined;
+  private readonly out: Sealer;
+  private readonly inbound: Sealer;
 
   /** The session's keys go to the sealers (native memory) and are wiped here. */
   constructor(
@@ -141,6 +154,7 @@ class Link implements SecureConn {
     readonly reader: BatchReader,
     s: Session,
     role: "client" | "server",
+    readonly remoteAddr: string,
   ) {
     const [out, inbound] = role === "client"
       ? [s.clientToServer, s.serverToClient]
@@ -150,7 +164,6 @@ class Link implements SecureConn {
     out.fill(0);
     inbound.fill(0);
     reader.keyed(this.inbound);
-    this.remoteAddr = remoteOf(conn);
   }
 
   async read(p: Uint8Array): Promise<number | null> {
@@ -188,14 +201,21 @@ class Link implements SecureConn {
 
   /** Sends plain bytes sealed (the handshake's batches too). */
   send(plain: Uint8Array): Promise<void> {
-    let sealed: Uint8Array;
+    let sealed: Bytes;
+    // a stream's batches are sealed into the buffer the last finished write gave back: a new
+    // large array a batch cost more (its pages mapped, faulted in and zeroed) than sealing it
+    const spare = this.#spare;
+    this.#spare = undefined;
     try {
-      sealed = this.out.seal(plain);
+      sealed = this.out.seal(plain, spare);
     } catch {
       return Promise.reject(this.#closedEarly());
     }
     const done = this.#writing.then(() => writeAll(this.conn, sealed));
-    this.#writing = done.catch(() => {});
+    this.#writing = done.then(() => {
+      const buf = new Uint8Array(sealed.buffer);
+      if (buf.length <= SPARE_MAX && buf.length > (this.#spare?.length ?? 0)) this.#spare = buf;
+    }, () => {});
     return done.catch(() => {
       this.close();
       throw this.#closedEarly();
@@ -213,11 +233,7 @@ class Link implements SecureConn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      this.conn.close();
-    } catch {
-      // already closed by the runtime
-    }
+    closeQuietly(this.conn);
     this.out.free();
     this.inbound.free();
   }
@@ -261,7 +277,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
   const authenticate = async (
     conn: Deno.TcpConn,
     remote: string,
-    sealers: Sealer[],
+    held: { link?: Link },
   ): Promise<AuthenticatedConn> => {
     const reader = new BatchReader(conn);
     const clientHello = await reader.take(HELLO_BYTES).catch(() => {
@@ -272,8 +288,7 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
       throw new Rejection(undefined, (e as Error).message);
     });
     await writeAll(conn, own.hello);
-    const link = new Link(conn, reader, s, "server");
-    sealers.push(link.out, link.inbound);
+    const link = held.link = new Link(conn, reader, s, "server", remote);
     await link.send(ownDer);
     const batch = await reader.next(PROOF_MAX).catch((e) => {
       throw new Rejection(
@@ -305,24 +320,20 @@ export async function listenSecure(opts: ListenSecureOptions): Promise<SecureLis
   const handle = (conn: Deno.TcpConn) => {
     const remote = remoteOf(conn);
     conn.setNoDelay(true);
-    const sealers: Sealer[] = [];
+    const held: { link?: Link } = {};
     let settled = false;
     const drop = (fingerprint: string | undefined, reason: string) => {
       settled = true;
       clearTimeout(timer);
-      try {
-        conn.close();
-      } catch {
-        // closed already
-      }
-      for (const s of sealers) s.free();
+      if (held.link) held.link.close();
+      else closeQuietly(conn);
       reject(remote, fingerprint, reason);
     };
     const timer = setTimeout(
       () => drop(undefined, `handshake timeout: no key possession proof within ${timeoutMs} ms`),
       timeoutMs,
     );
-    authenticate(conn, remote, sealers).then(
+    authenticate(conn, remote, held).then(
       (item) => {
         if (settled) return item.conn.close();
         settled = true;
@@ -388,15 +399,9 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
   let conn: Deno.TcpConn | undefined;
   let link: Link | undefined;
   let abandoned = false;
+  const teardown = () => link ? link.close() : closeQuietly(conn);
   const fail = (message: string): never => {
-    if (link) link.close();
-    else {
-      try {
-        conn?.close();
-      } catch {
-        // closed already
-      }
-    }
+    teardown();
     throw new Error(message);
   };
 
@@ -415,7 +420,7 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
     const s = await session(own.key, own.hello, serverHello, "client").catch((e: Error) =>
       fail(`server at ${where}: ${e.message}`)
     );
-    link = new Link(conn, reader, s, "client");
+    link = new Link(conn, reader, s, "client", remoteOf(conn));
     if (abandoned) return fail("abandoned");
     const der = await reader.next(PROOF_MAX).catch(() => null);
     let got = "none";
@@ -456,14 +461,7 @@ export async function connectSecure(opts: ConnectSecureOptions): Promise<Authent
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       abandoned = true;
-      if (link) link.close();
-      else {
-        try {
-          conn?.close();
-        } catch {
-          // closed already
-        }
-      }
+      teardown();
       reject(new Error(`handshake with ${where} timed out after ${timeoutMs} ms`));
     }, timeoutMs);
   });

@@ -9,9 +9,9 @@ import { Proxy } from "./proxy.ts";
 const root = new URL("../../", import.meta.url).pathname;
 export const mainTs = `${root}main.ts`;
 
-export async function tempDir(prefix: string): Promise<string> {
+export async function tempDir(prefix: string, under?: string): Promise<string> {
   // TEST_OUTPUT_DIR: another base (the fault runner puts its roles on a tmpfs of its own)
-  const base = Deno.env.get("TEST_OUTPUT_DIR") ?? `${root}test-output`;
+  const base = under ?? Deno.env.get("TEST_OUTPUT_DIR") ?? `${root}test-output`;
   await Deno.mkdir(base, { recursive: true });
   return await Deno.makeTempDir({ dir: base, prefix: `${prefix}-` });
 }
@@ -542,8 +542,10 @@ export async function startTopology(prefix: string, opts: {
   proxied?: string[];
   /** The local gateway also takes agents over TCP (Gateway's `tcp`). */
   agentTcp?: boolean;
+  /** Where the topology's directory goes (default: tempDir's). */
+  under?: string;
 }) {
-  const dir = await tempDir(prefix);
+  const dir = await tempDir(prefix, opts.under);
   const secret = `${dir}/agent.secret`;
   await writeSecret(secret);
   const localKeys = `${dir}/local-keys`;
