@@ -3,8 +3,9 @@
 // is read, and the run ends with the one line CI reads: `N passed, N failed`.
 // Arguments filter files by substring: `deno task test nbd journal`.
 // A second pass runs the capture tests, the standby copies' test, the site link's transport test
-// (its sealed batches) and the NBD fuzzer against the AddressSanitizer and UndefinedBehaviorSanitizer build of the native library (every run of the
-// whole suite, and with TEST_SANITIZE=1): a report from any process fails the file.
+// (its sealed batches) and the NBD fuzzer against the AddressSanitizer and
+// UndefinedBehaviorSanitizer build of the native library (every run of the whole suite, and with
+// TEST_SANITIZE=1): a report from any process fails the file.
 import { ensureSetup } from "./lib/setup.ts";
 import { buildNative, sanitizerEnv } from "../native/build.ts";
 

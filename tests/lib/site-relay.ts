@@ -56,8 +56,7 @@ async function relay(downConn: SecureConn): Promise<void> {
     return;
   }
   say({ connection: no, open: true });
-  const fromLocal = downConn, toLocal = new ConnWriter(fromLocal);
-  const fromSite = up.conn, toSite = new ConnWriter(fromSite);
+  const toLocal = new ConnWriter(downConn), toSite = new ConnWriter(up.conn);
   const queued: Uint8Array[][] = [];
   const flush = () => {
     for (const [head, body] of queued.splice(0)) {
@@ -67,7 +66,7 @@ async function relay(downConn: SecureConn): Promise<void> {
   };
   flushers.add(flush);
   const toSiteFrames = async () => {
-    const r = new ConnReader(fromLocal, 1 << 20);
+    const r = new ConnReader(downConn, 1 << 20);
     for (let f = await readFrame(r); f; f = await readFrame(r)) {
       const head = new Uint8Array(FRAME_HEADER), body = f.body;
       writeFrameHeader(head, 0, f.type, body.length);
@@ -84,7 +83,7 @@ async function relay(downConn: SecureConn): Promise<void> {
   };
   const toLocalBytes = async () => {
     const buf = new Uint8Array(256 * 1024);
-    for (let n = await fromSite.read(buf); n !== null; n = await fromSite.read(buf)) {
+    for (let n = await up.conn.read(buf); n !== null; n = await up.conn.read(buf)) {
       toLocal.send(buf.slice(0, n));
     }
   };
