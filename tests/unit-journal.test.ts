@@ -8,7 +8,13 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { openDatabase, type OpenedDb } from "../src/db/db.ts";
 import { journalState, segments, volumes } from "../src/db/schema.ts";
-import { type Cursor, Journal, type JournalEntry, type JournalOptions } from "../src/journal/journal.ts";
+import {
+  type Cursor,
+  Journal,
+  type JournalEntry,
+  type JournalOptions,
+  type VolumeInfo,
+} from "../src/journal/journal.ts";
 import { CHECKPOINT_SLOTS, DATA_START, flipByte, place, writeAt } from "./lib/ring-file.ts";
 import { native } from "../src/native/ffi.ts";
 import {
@@ -784,7 +790,10 @@ async function fillRing(
   return { seq, recs };
 }
 
-pressure("a full ring makes the appender wait until a cursor releases space", async () => {
+/** A journal of one volume whose ring a required cursor keeps full (fillRing), handed to `body`. */
+async function withFullRing(
+  body: (r: { gw: Gw; v: VolumeInfo; c: Cursor; seq: number; sums: Map<number, string> }) => Promise<void>,
+): Promise<void> {
   const dir = await tempDir();
   const gw = await openGw(dir);
   const sums = new Map<number, string>();
@@ -793,6 +802,15 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
     const c = gw.j.cursor("site", 0);
     readersReady(gw.j);
     const { seq } = await fillRing(gw, v.id, sums);
+    await body({ gw, v, c, seq, sums });
+  } finally {
+    await gw.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+pressure("a full ring makes the appender wait until a cursor releases space", async () => {
+  await withFullRing(async ({ gw, v, c, seq, sums }) => {
     const D = gw.j.positions.capacity;
     const next = rec(seq + 1, 4 * MiB);
     sums.set(seq + 1, next.sum);
@@ -810,11 +828,41 @@ pressure("a full ring makes the appender wait until a cursor releases space", as
     assert.equal(entries.map((e) => e.header.seq), Array.from({ length: seq }, (_, i) => i + 2));
     assert.is(wraps, 1);
     for (const e of entries) checkEntry(e, v.id, sums);
-  } finally {
-    await gw.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
+
+pressure(
+  "an append copies its bytes at once: records from one reused buffer, some left waiting for space and some made meanwhile, arrive intact and in order",
+  async () => {
+    await withFullRing(async ({ gw, v, c, seq, sums }) => {
+      // one buffer for every record, overwritten once each is appended, as a site's stream reader does
+      const buf = new Uint8Array(HEADER_SIZE + 4 * MiB);
+      const appendFrom = (r: Rec) => {
+        sums.set(r.header.seq, r.sum);
+        buf.set(r.bytes);
+        const p = gw.j.append(v.id, buf.subarray(0, r.bytes.length), r.header);
+        buf.fill(0xee);
+        return p;
+      };
+      // one batch: the first fits in what is left of the lap, the second waits for space
+      const appended = [rec(seq + 1, 4096), rec(seq + 2, 4 * MiB), rec(seq + 3, 32 * 1024)].map(appendFrom);
+      // made while the data plane takes that batch (it starts a microtask after the first append)
+      await Promise.resolve();
+      appended.push(appendFrom(rec(seq + 4, 100_000)));
+      assert.not.ok(await settlesWithin(Promise.all(appended), 150), "they wait while the ring is full");
+      // and made while the rest waits for space
+      appended.push(appendFrom(rec(seq + 5, 4096)));
+      const read = await c.next(8 * MiB + 2 * HEADER_SIZE);
+      c.release(read[read.length - 1].end);
+      await within(Promise.all(appended), 5000, "the appends once space was released");
+      await gw.j.flushed();
+      const { entries } = await readUpToDurable(gw.j, c);
+      const mine = entries.filter((e) => e.header.seq > seq);
+      assert.equal(mine.map((e) => e.header.seq), [seq + 1, seq + 2, seq + 3, seq + 4, seq + 5]);
+      for (const e of mine) checkEntry(e, v.id, sums);
+    });
+  },
+);
 
 pressure(
   "an append waiting for space makes the mirror sync at once, however rarely it syncs else",

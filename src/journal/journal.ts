@@ -96,19 +96,23 @@ export class Journal {
   private indexedAt = -Infinity;
   private indexTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly clock = clockOffsets();
+  /** Appends not yet taken by the data plane, in order; their bytes are `filling`'s, in the same order. */
   private appendQueue: {
     v: VolumeInfo;
-    bytes: Uint8Array;
+    length: number;
     header: RecordHeader;
     done: (e?: Error) => void;
   }[] = [];
   /** The data plane is taking queued appends (flushed() waits for them). */
   private appending: Promise<void> | undefined;
   /**
-   * Where a batch of appends is gathered for the data plane, kept from batch to batch: a fresh
+   * Two stages, kept from batch to batch: appends are copied into `filling` as they come (the
+   * caller reuses its buffer), while the data plane takes the batch before from the other. A fresh
    * buffer each time was zeroed and faulted in by the kernel before the copy (a site's every record).
    */
-  private stage = new Uint8Array(0);
+  private filling = new Uint8Array(0);
+  private filled = 0;
+  private spare = new Uint8Array(0);
   private lagBound = 0;
   /** Per volume, the durable sequence the listeners were last told. */
   private readonly heard = new Map<number, number>();
@@ -407,43 +411,49 @@ export class Journal {
 
   /**
    * Appends a record whose bytes (header + payload) were verified by the caller (a remote
-   * site's stream). Resolves once it is in the ring; waits while the ring is full. The header's
-   * volume and position are restamped for the journal. Records appended in one turn of the
-   * event loop go to the data plane together.
+   * site's stream); the bytes are copied before this returns. Resolves once the record is in the
+   * ring; waits while the ring is full. The header's volume and position are restamped for the
+   * journal. Records appended in one turn of the event loop go to the data plane together.
    */
   append(volume: number, bytes: Uint8Array, header: RecordHeader): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new Error("journal closed"));
     const v = this.vols.get(volume);
     if (!v) return Promise.reject(new Error(`append to unknown volume ${volume}`));
+    this.stageBytes(bytes);
     return new Promise((resolve, reject) => {
-      this.appendQueue.push({ v, bytes, header, done: (e) => e ? reject(e) : resolve() });
+      this.appendQueue.push({ v, length: bytes.length, header, done: (e) => e ? reject(e) : resolve() });
       this.appending ??= Promise.resolve().then(() => this.appendBatch());
     });
+  }
+
+  /** Copies bytes after those of the queued appends (the stage grows to hold them). */
+  private stageBytes(bytes: Uint8Array): void {
+    const need = this.filled + bytes.length;
+    if (need > this.filling.length) {
+      const grown = new Uint8Array(Math.max(need, Math.min(STAGE_MAX, 2 * this.filling.length)));
+      grown.set(this.filling.subarray(0, this.filled));
+      this.filling = grown;
+    }
+    this.filling.set(bytes, this.filled);
+    this.filled = need;
   }
 
   private async appendBatch(): Promise<void> {
     while (this.appendQueue.length > 0) {
       const batch = this.appendQueue;
+      const buf = this.filling.subarray(0, this.filled);
+      // appends made while the data plane takes this batch go to the other stage
       this.appendQueue = [];
-      const total = batch.reduce((n, a) => n + a.bytes.length, 0);
-      if (this.stage.length < total && total <= STAGE_MAX) {
-        this.stage = new Uint8Array(Math.min(STAGE_MAX, Math.max(total, 2 * this.stage.length)));
-      }
-      const buf = total <= this.stage.length ? this.stage : new Uint8Array(total);
-      const ids = new Uint32Array(batch.length);
-      let at = 0;
-      batch.forEach((a, i) => {
-        buf.set(a.bytes, at);
-        at += a.bytes.length;
-        ids[i] = a.v.id;
-      });
+      [this.filling, this.spare] = [this.spare, this.filling];
+      this.filled = 0;
+      const ids = new Uint32Array(batch.map((a) => a.v.id));
       const positions = new BigUint64Array(batch.length);
       const r = Number(
         await native().cn_journal_append(
           this.ptr,
           buf,
-          BigInt(total),
+          BigInt(buf.length),
           new Uint8Array(ids.buffer),
           batch.length,
           new Uint8Array(positions.buffer),
@@ -451,19 +461,28 @@ export class Journal {
       );
       // the first r are in; the next would wait for space: they go again, ahead of later appends
       const done = Math.max(0, r);
+      let taken = 0;
       batch.slice(0, done).forEach((a, i) => {
         a.header.volume = a.v.id;
         a.header.pos = Number(positions[i]);
         if (!betweenSeqs(a.header)) a.v.lastSeq = a.header.seq;
+        taken += a.length;
         a.done();
       });
       if (r < 0) {
         const err = this.failure ?? new NativeError("journal append", -r);
         for (const a of batch.concat(this.appendQueue)) a.done(err);
         this.appendQueue = [];
-      } else {
+        this.filled = 0;
+      } else if (done < batch.length) {
+        const later = this.filling.slice(0, this.filled);
+        this.filled = 0;
+        this.stageBytes(buf.subarray(taken));
+        this.stageBytes(later);
         this.appendQueue = batch.slice(done).concat(this.appendQueue);
       }
+      // a stage grown for one large batch is not kept
+      if (this.spare.length > STAGE_MAX) this.spare = new Uint8Array(0);
     }
     this.appending = undefined;
   }
@@ -726,7 +745,7 @@ function check(op: string, r: number): void {
   if (r < 0) throw new NativeError(op, -r);
 }
 
-/** The most the append stage keeps between batches (a larger batch gets a buffer of its own). */
+/** The most an append stage keeps between batches (one grown beyond for a large batch is dropped). */
 const STAGE_MAX = 16 << 20;
 
 function wrapOf(pos: number): RecordHeader {

@@ -59,6 +59,7 @@ export interface ReceiverOptions {
   /**
    * The site's retention takes each verified record (its own duplicates dropped by the same
    * rule); returns the mark the record's acknowledgement waits for, undefined: not retained.
+   * It copies what it keeps of the body.
    */
   retain?: (v: VolumeInfo, body: Uint8Array, h: RecordHeader) => number | undefined;
   /** Every retention mark up to this one is durable. */
@@ -133,7 +134,8 @@ export class Receiver {
   /**
    * Verifies one record and starts journaling it: a corrupt or out-of-order record throws at once
    * (the stream is reset); the promise resolves once the journal holds it. Records taken before
-   * that go to the journal in order, together (Journal.append batches a turn's appends).
+   * that go to the journal in order, together (Journal.append batches a turn's appends). The
+   * body is not kept past this call: the journal and the retention copy it.
    */
   record(body: Uint8Array): Promise<void> {
     const h = decodeHeader(body, MAX_PAYLOAD);
@@ -169,8 +171,9 @@ export class Receiver {
     // in stream order now, whatever the appends' timing: acknowledgements count records in that order
     const p: Pending = { no, end: Infinity, agent: v.agent, ack: this.acks.get(v.id), mark };
     this.pending.push(p);
+    const size = body.length;
     return this.o.journal.append(v.id, body, h).then(() => {
-      p.end = h.pos + body.length;
+      p.end = h.pos + size;
       if (h.kind !== Kind.SyncBegin && h.kind !== Kind.SyncEnd && this.o.copyState(v) === "empty") {
         this.o.setState(v, "consistent");
       }

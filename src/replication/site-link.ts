@@ -25,6 +25,7 @@ import {
   FrameType,
   hashesFrame as hashesFrameFor,
   jsonFrame,
+  MAX_FRAME,
   mixedFrame,
   readFrame,
   timeFrame,
@@ -395,6 +396,12 @@ export class SiteServer {
       log.warn("journaling a site's record failed", { site: c.peer, error: e.message });
       conn.close();
     });
+    // every record is read into one buffer: the receiver copies what it keeps before the next is read
+    let records = new Uint8Array(0);
+    const recordBody = (n: number) => {
+      if (records.length < n) records = new Uint8Array(n);
+      return records.subarray(0, n);
+    };
     let ended!: () => void;
     const session = { conn, receiver, ended: new Promise<void>((r) => ended = r) };
     const old = this.sessions.get(c.peer);
@@ -412,7 +419,7 @@ export class SiteServer {
       writer.send(jsonFrame(FrameType.SiteWelcome, { site: this.o.site, volumes: welcome }));
       log.info("site stream started", { site: c.peer, volumes: vols.length });
       while (!this.closed) {
-        const f = await readFrame(reader);
+        const f = await readFrame(reader, MAX_FRAME, recordBody);
         if (!f) break;
         // what follows records (a checkpoint naming one, a hash of the copy, a chunk operation, a
         // request) sees them journaled, as when each record was awaited

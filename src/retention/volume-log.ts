@@ -170,7 +170,7 @@ export class VolumeLog {
     if (verdict === "gap") {
       throw new Error(`retention: record ${h.seq} out of sequence (have ${this.seq.lastSeq})`);
     }
-    this.pending.push(body);
+    this.pending.push(body.slice()); // the caller reuses its buffer
     this.pendingBytes += body.length;
     this.index.add(h, this.index.end + body.length);
     return true;

@@ -185,9 +185,14 @@ export function frameLimit(type: number, maxFrame: number): number {
 /**
  * Reads one frame. Returns undefined at a clean end of stream between frames;
  * throws FrameError on a malformed or oversized frame or a stream cut mid-frame.
- * Record bodies get their own buffer (the journal keeps them); others are copies too.
+ * Bodies get their own buffer, but a record's body goes where `recordBody` says (a buffer the
+ * caller reuses once it is done with the record).
  */
-export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Frame | undefined> {
+export async function readFrame(
+  r: ConnReader,
+  maxFrame = MAX_FRAME,
+  recordBody?: (n: number) => Uint8Array,
+): Promise<Frame | undefined> {
   if (!await r.fill(FRAME_HEADER)) {
     if (r.buffered > 0) throw new FrameError("stream ended inside a frame header");
     return undefined;
@@ -198,6 +203,11 @@ export async function readFrame(r: ConnReader, maxFrame = MAX_FRAME): Promise<Fr
   if (len < 1) throw new FrameError("empty frame");
   const limit = frameLimit(type, maxFrame);
   if (len > limit) throw new FrameError(`frame of ${len} bytes exceeds the ${limit}-byte limit`);
+  if (recordBody && type === FrameType.Record) {
+    const body = recordBody(len - 1);
+    if (!await r.readInto(body)) throw new FrameError("stream ended inside a frame");
+    return { type, body };
+  }
   const body = await r.readExact(len - 1);
   if (!body) throw new FrameError("stream ended inside a frame");
   return { type, body };
