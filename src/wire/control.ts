@@ -32,6 +32,18 @@ import { MAX_INTERVAL_MS, MIN_INTERVAL_MS } from "../heartbeat/channel.ts";
 export const name64 = z.string().regex(NAME_RE, NAME_HINT);
 /** An agent's name as the links carry it. */
 export const name128 = z.string().regex(AGENT_NAME_RE, AGENT_NAME_HINT);
+/**
+ * An object keyed by names. zod's record drops a "__proto__" key (JSON.parse makes it an own
+ * key) instead of checking it against the key's schema, which would take the message without it:
+ * it is refused, as the names refuse it (found by tests/fuzz-control.test.ts).
+ */
+function byName<V extends z.ZodType>(key: z.ZodString, value: V) {
+  return z.unknown()
+    .refine((o) => typeof o !== "object" || o === null || !Object.hasOwn(o, "__proto__"), {
+      message: `"__proto__" is not a name`,
+    })
+    .pipe(z.record(key, value));
+}
 /** A request's id, echoed by its answer (src/wire/requests.ts). */
 const requestId = z.number().int().nonnegative();
 const byteCount = z.number().int().positive();
@@ -124,7 +136,7 @@ const siteRequestList = [
   request("points", { volume: volumeKey, limit: z.number().int().positive().optional() }),
   request("copies", { volume: volumeKey }),
   // a local site's whole desired state of this site's standby copies, per standby agent
-  request("standbys", { agents: z.record(name128, z.array(assignmentSchema)) }),
+  request("standbys", { agents: byName(name128, z.array(assignmentSchema)) }),
   request("inventory", {}),
 ] as const;
 const answer = <T extends string, S extends z.ZodRawShape>(type: T, shape: S) => outcome(type).extend(shape);
@@ -194,7 +206,7 @@ const siteInventory = {
 };
 const siteAnswerList = [
   answer("promote", { rolledBack: z.array(rolledBack).optional() }),
-  answer("demote", { note: z.string().optional(), held: z.record(name64, z.number()).optional() }),
+  answer("demote", { note: z.string().optional(), held: byName(name64, z.number()).optional() }),
   answer("drill-up", { checkMs: z.number().nullable().optional() }),
   answer("drill-down", {}),
   doneOrNot("test-start", { test: testCopy }),
@@ -216,7 +228,7 @@ const siteAnswerList = [
   doneOrNot("copies", { rgp: copyInfo, rsp: copyInfo.nullable() }),
   // each desired copy's state, per standby agent
   doneOrNot("standbys", {
-    agents: z.record(
+    agents: byName(
       name128,
       z.array(z.object({
         name: z.string(),
