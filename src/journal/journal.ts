@@ -4,6 +4,7 @@
 // TypeScript's readers (one per remote site) their cursors. A record's space is reused only
 // when every reader has released it; a full ring makes appenders wait (backpressure), it
 // never drops a record.
+import { appendBytes } from "../io/append-bytes.ts";
 import { eq, lte } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { journalState, segments, volumes } from "../db/schema.ts";
@@ -429,14 +430,8 @@ export class Journal {
 
   /** Copies bytes after those of the queued appends (the stage grows to hold them). */
   private stageBytes(bytes: Uint8Array): void {
-    const need = this.filled + bytes.length;
-    if (need > this.filling.length) {
-      const grown = new Uint8Array(Math.max(need, Math.min(STAGE_MAX, 2 * this.filling.length)));
-      grown.set(this.filling.subarray(0, this.filled));
-      this.filling = grown;
-    }
-    this.filling.set(bytes, this.filled);
-    this.filled = need;
+    this.filling = appendBytes(this.filling, this.filled, bytes, STAGE_MAX);
+    this.filled += bytes.length;
   }
 
   private async appendBatch(): Promise<void> {

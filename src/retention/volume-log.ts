@@ -6,6 +6,7 @@
 //
 // Layout of DIR: base.img, base.json ({seq, time, logStart, consistent, folding?}),
 // names.json (checkpoint name → sequence), and 0000000000000000.seg … named by log offset.
+import { appendBytes } from "../io/append-bytes.ts";
 import { NAME_HINT, NAME_RE } from "../names.ts";
 import { logger } from "../log.ts";
 import * as native from "../native/mod.ts";
@@ -65,7 +66,8 @@ export interface RecordHeaderLite {
 }
 
 export class VolumeLog {
-  private pending: Uint8Array[] = [];
+  /** The records taken since the last flush, one after another (copied in: the caller reuses its buffers). */
+  private pending = new Uint8Array(0);
   private pendingBytes = 0;
   private active: Deno.FsFile | undefined;
   private activeSeg: SegmentFile | undefined;
@@ -170,7 +172,7 @@ export class VolumeLog {
     if (verdict === "gap") {
       throw new Error(`retention: record ${h.seq} out of sequence (have ${this.seq.lastSeq})`);
     }
-    this.pending.push(body.slice()); // the caller reuses its buffer
+    this.pending = appendBytes(this.pending, this.pendingBytes, body);
     this.pendingBytes += body.length;
     this.index.add(h, this.index.end + body.length);
     return true;
@@ -188,10 +190,10 @@ export class VolumeLog {
   }
 
   private async flushNow(): Promise<void> {
-    if (this.pending.length === 0) return;
-    const bufs = this.pending;
-    const n = this.pendingBytes;
-    this.pending = [];
+    if (this.pendingBytes === 0) return;
+    const all = this.pending.subarray(0, this.pendingBytes);
+    // what is taken while this one writes goes to a buffer of its own, as large as this flush's bytes
+    this.pending = new Uint8Array(this.pendingBytes);
     this.pendingBytes = 0;
     if (!this.active) {
       // always a new segment: the ones before are sealed, so a fold may take them meanwhile
@@ -204,16 +206,10 @@ export class VolumeLog {
       this.active = await Deno.open(path, { write: true, create: true, append: true, mode: 0o600 });
       await syncDir(this.dir);
     }
-    const all = new Uint8Array(n);
-    let o = 0;
-    for (const b of bufs) {
-      all.set(b, o);
-      o += b.length;
-    }
     for (let w = 0; w < all.length;) w += await this.active.write(all.subarray(w));
     await this.active.syncData();
     const seg = this.activeSeg!;
-    seg.end += n;
+    seg.end += all.length;
     seg.newestTime = this.index.newestTime;
     if (seg.end - seg.start >= this.segmentBytes) {
       this.active.close();
