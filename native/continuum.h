@@ -221,12 +221,16 @@ void cn_journal_cursor_drop(cn_journal *j, int32_t id);
 void cn_journal_cursor_pace(cn_journal *j, int32_t id, uint64_t bytes);
 /** When the record at pos entered the journal (cn_mono_ns), or 0 if unknown (not written, or too old). */
 int64_t cn_journal_entered(cn_journal *j, uint64_t pos);
+/** cn_journal_read: each record's header only (its payload is sent by reference: cn_gateway_send_stored). */
+#define CN_READ_HEADS 1
 /**
- * BLOCKING (disk). Copies durable records from pos (about max_bytes) into out:
+ * BLOCKING (disk). Copies durable records from pos (about max_bytes of them) into out:
  * [u64 pos][u64 end][i64 entered (cn_mono_ns, 0 if unknown)][u32 length][record], each
- * record verified. Returns the bytes written, or -EIO when the record at pos is unreadable.
+ * record verified; with CN_READ_HEADS only its 72-byte header follows `length` (the record's
+ * whole length), the header verified. A wrap has length 0 and nothing after it. Returns the
+ * bytes written, or -EIO when the record at pos is unreadable, -ENOBUFS when it does not fit.
  */
-int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, uint8_t *out, uint64_t cap);
+int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, uint8_t *out, uint64_t cap, int32_t flags);
 /**
  * out[10]: tail, durable, head, capacity, mirror applied, mirror synced, failure (errno),
  * records committed (total), appends waiting for space, commits.
@@ -283,6 +287,15 @@ int32_t cn_gateway_open_volume(cn_gateway *g, uint32_t session, uint32_t link_id
  */
 int32_t cn_gateway_send(cn_gateway *g, uint32_t session, const uint8_t *frame, uint64_t len, const uint8_t *body,
                         uint64_t blen);
+/**
+ * Queues a record's frame for an agent's session by reference (a standby's stream): the
+ * session's sender reads the record, len bytes at journal position pos (as a headers-only
+ * cn_journal_read gave them), from the journal straight into its sealed batch and verifies it
+ * there. A record no longer there (its reader was optional and the journal overwrote it since)
+ * ends the session instead, with a warning: nothing after it is sent. -ENOTCONN when the
+ * session is gone, -EINVAL for a length no record has.
+ */
+int32_t cn_gateway_send_stored(cn_gateway *g, uint32_t session, uint64_t pos, uint64_t len);
 /**
  * Copies chunks of a local file (a recovery's source: the mirror's image) to an agent's copy of
  * a volume, in the data plane: for each index, in order, the session's sender reads the chunk

@@ -3,7 +3,8 @@
 // sequence, bounds, the agent's fence), appends a batch of them to the journal with one
 // system call and acknowledges them accepted; a sender acknowledges them durable once the
 // group commit covering them is done and carries the frames TypeScript sends (Opened,
-// control, chunk operations, a standby's stream) and a recovery's chunk copies: chunks of a
+// control, chunk operations, a standby's stream: its records read from the journal by their
+// position, cn_gateway_send_stored) and a recovery's chunk copies: chunks of a
 // local file (the mirror) read straight into its sealed batch, hashed there, their agent's
 // answers taken by the reader (cn_gateway_copy). Frames the data plane does not handle
 // (Open, Control, other chunk replies, a standby's acknowledgements) go to TypeScript as events.
@@ -36,6 +37,8 @@
 #define COPY_HEAD_MAX 512
 #define COPY_CHUNK_MIN 4096u
 #define COPY_CHUNK_MAX (16u * 1024 * 1024)
+/** The queued frames a sender batch takes (at least one, whatever its size). */
+#define SEND_BATCH (16u * 1024 * 1024)
 
 enum { CHUNK_UNSENT = 0, CHUNK_SENT = 1, CHUNK_SETTLED = 2 };
 
@@ -56,7 +59,10 @@ typedef struct {
 
 typedef struct frame_node {
   struct frame_node *next;
-  uint64_t len;
+  uint64_t len; // the frame's whole length
+  /** A record sent by reference (cn_gateway_send_stored): its journal position; bytes hold its frame header. */
+  uint64_t stored_pos;
+  bool stored;
   uint8_t bytes[];
 } frame_node;
 
@@ -163,6 +169,23 @@ static void ack_frame(uint8_t *b, uint8_t type, uint32_t link_id, uint64_t seq) 
 }
 
 /**
+ * Lays at out the durable acknowledgements not sent yet (room for one a volume) and counts them
+ * sent; the caller holds s->mu. Returns the bytes laid.
+ */
+static size_t durable_acks(gsess *s, uint8_t *out) {
+  size_t at = 0;
+  for (uint32_t i = 0; i < s->nvols; i++) {
+    svol_t *v = &s->vols[i];
+    if (v->durable > v->acked_durable) {
+      ack_frame(out + at, F_DURABLE, v->link_id, v->durable);
+      v->acked_durable = v->durable;
+      at += FRAME_HEADER + 12;
+    }
+  }
+  return at;
+}
+
+/**
  * Asks the kernel to read an order's chunks ahead (POSIX_FADV_WILLNEED, one call a contiguous
  * run): a cold source is then read many requests deep while the sender seals and sends, as
  * parallel readers would have it read. Without s->mu (submitting may wait for the disk's queue);
@@ -207,6 +230,12 @@ static void copy_release(copy_t *c) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   c->used = false;
+}
+
+/** A chunk of an order settles (with s->mu held); the order's slot closes with its last. */
+static void copy_settle(copy_t *c, uint32_t k) {
+  c->state[k] = CHUNK_SETTLED;
+  if (++c->settled == c->n) copy_release(c);
 }
 
 /** A chunk's outcome to TypeScript: [u32 index][i32 0, 1 refused by the agent, or -errno][16 hash][reason]. */
@@ -275,9 +304,30 @@ static int64_t copy_frame(const copy_job *j, uint8_t *out, uint8_t hash[16]) {
   return (int64_t)(FRAME_HEADER + 4 + jl + j->len);
 }
 
+/**
+ * Lays the taken frames end to end at out; a record sent by reference is read from the journal
+ * there. Returns the bytes laid, or -ESTALE when such a record is gone (overwritten since its
+ * header was read: its reader was optional and fell behind), -EIO when unreadable.
+ */
+static int64_t lay_frames(gsess *s, const frame_node *f, uint8_t *out) {
+  uint64_t at = 0;
+  for (; f; f = f->next) {
+    if (!f->stored) {
+      memcpy(out + at, f->bytes, f->len);
+    } else {
+      memcpy(out + at, f->bytes, FRAME_HEADER);
+      int64_t r = journal_copy_record(s->g->j, f->stored_pos, f->len - FRAME_HEADER, out + at + FRAME_HEADER);
+      if (r < 0) return r;
+    }
+    at += f->len;
+  }
+  return (int64_t)at;
+}
+
 static void *sender_main(void *arg) {
   thread_name("cn-gw-ack");
   gsess *s = arg;
+  uint8_t acks[MAX_SESSION_VOLS * (FRAME_HEADER + 12)];
   pthread_mutex_lock(&s->mu);
   for (;;) {
     bool durable = false;
@@ -288,12 +338,26 @@ static void *sender_main(void *arg) {
       pthread_cond_wait(&s->cv, &s->mu);
       continue;
     }
-    // one batch: queued frames in order, the durable acknowledgements, then at most one copied chunk
-    frame_node *take = s->q_head;
-    s->q_head = s->q_tail = NULL;
-    s->q_bytes = 0;
-    size_t need = 4 + SEAL_TAG + (size_t)s->nvols * (FRAME_HEADER + 12);
-    for (frame_node *f = take; f; f = f->next) need += f->len;
+    // one batch: queued frames in order (up to SEND_BATCH), the durable acknowledgements, then
+    // at most one copied chunk; the frames are laid out of the lock (a stored record is read
+    // from the disk, and TypeScript queues more meanwhile)
+    frame_node *take = s->q_head, *last = NULL;
+    uint64_t plain = 0;
+    for (frame_node *f = take; f; f = f->next) {
+      if (last && plain + f->len > SEND_BATCH) break;
+      plain += f->len;
+      last = f;
+    }
+    if (last) {
+      s->q_head = last->next;
+      if (!s->q_head) s->q_tail = NULL;
+      last->next = NULL;
+      s->q_bytes -= plain;
+    }
+    size_t nacks = durable_acks(s, acks);
+    // a batch stays within what the agent reads (a large frame alone goes first)
+    if (copy && plain + nacks + COPY_HEAD_MAX + COPY_CHUNK_MAX > LINK_MAX_PLAIN) copy = NULL;
+    size_t need = 4 + SEAL_TAG + plain + nacks;
     copy_job job;
     if (copy) {
       copy_claim(s, copy, &job);
@@ -305,27 +369,29 @@ static void *sender_main(void *arg) {
       s->tx_buf = b;
       s->tx_cap = need;
     }
-    size_t at = 4;
-    for (frame_node *f = take; f; f = f->next) {
-      memcpy(s->tx_buf + at, f->bytes, f->len);
-      at += f->len;
-    }
-    for (uint32_t i = 0; i < s->nvols; i++) {
-      svol_t *v = &s->vols[i];
-      if (v->durable > v->acked_durable) {
-        ack_frame(s->tx_buf + at, F_DURABLE, v->link_id, v->durable);
-        v->acked_durable = v->durable;
-        at += FRAME_HEADER + 12;
-      }
-    }
     pthread_mutex_unlock(&s->mu);
     // a stream paced by the queue (a standby's feeder) waits for this, not on a clock
     if (take) plane_flag(s->g->plane, CN_FL_SENT);
+    int64_t laid = lay_frames(s, take, s->tx_buf + 4);
     while (take) {
       frame_node *f = take;
       take = f->next;
       free(f);
     }
+    if (laid < 0) {
+      // what follows a lost record may not be sent: the session ends, and the feeder finds its
+      // place lost when the agent is back (its copies are resynchronised)
+      glog(s->g, LOG_WARN, "a record of the stream is gone from the journal: the link restarts", "agent", s->agent,
+           "error", laid == -ESTALE ? "overwritten since its header was read, or corrupt" : strerror((int)-laid));
+      pthread_mutex_lock(&s->mu);
+      if (copy) copy_settle(copy, job.k); // not sent: the session's end says so
+      s->ending = true;
+      shutdown(s->fd, SHUT_RDWR);
+      break;
+    }
+    size_t at = 4 + (size_t)laid;
+    memcpy(s->tx_buf + at, acks, nacks);
+    at += nacks;
     if (copy) {
       for (int i = 0; i < 2; i++) {
         if (job.advise[i]) copy_advise(job.advise[i]);
@@ -335,8 +401,7 @@ static void *sender_main(void *arg) {
       pthread_mutex_lock(&s->mu);
       if (fl < 0) {
         // unreadable: the chunk settles failed and is not sent
-        copy->state[job.k] = CHUNK_SETTLED;
-        if (++copy->settled == copy->n) copy_release(copy);
+        copy_settle(copy, job.k);
       } else {
         memcpy(copy->hash[job.k], hash, 16); // before it is sent: the answer may come at once
         at += (size_t)fl;
@@ -390,11 +455,10 @@ static bool copy_reply(gsess *s, const uint8_t *body, uint32_t len) {
     copy_t *c = &s->copies[i];
     if (!c->used || c->serial != serial || k >= c->n || c->state[k] != CHUNK_SENT) continue;
     found = true;
-    c->state[k] = CHUNK_SETTLED;
     order = c->order;
     index = c->idx[k];
     memcpy(hash, c->hash[k], 16);
-    if (++c->settled == c->n) copy_release(c);
+    copy_settle(c, k);
   }
   pthread_mutex_unlock(&s->mu);
   // an answer to no chunk in flight (a duplicate) is dropped
@@ -415,6 +479,7 @@ static frame_node *new_frame(uint8_t type, const void *body, size_t len) {
   frame_node *f = malloc(sizeof *f + FRAME_HEADER + len);
   if (!f) return NULL;
   f->len = FRAME_HEADER + len;
+  f->stored = false;
   frame_header(f->bytes, type, (uint32_t)len);
   memcpy(f->bytes + FRAME_HEADER, body, len);
   return f;
@@ -607,14 +672,7 @@ static int flush_records(gsess *s, batch_t *b, bool last, char *why, size_t cap)
     if (durable) {
       // what the commit made durable for this session, unless the sender thread took it already
       pthread_mutex_lock(&s->mu);
-      for (uint32_t i = 0; i < s->nvols; i++) {
-        svol_t *v = &s->vols[i];
-        if (v->durable > v->acked_durable) {
-          ack_frame(buf + at, F_DURABLE, v->link_id, v->durable);
-          v->acked_durable = v->durable;
-          at += FRAME_HEADER + 12;
-        }
-      }
+      at += durable_acks(s, buf + at);
       pthread_mutex_unlock(&s->mu);
     }
     int r = send_sealed(s, buf, (uint32_t)(at - 4));
@@ -1056,15 +1114,8 @@ EXPORT int32_t cn_gateway_open_volume(cn_gateway *g, uint32_t sid, uint32_t link
   return r;
 }
 
-EXPORT int32_t cn_gateway_send(cn_gateway *g, uint32_t sid, const uint8_t *frame, uint64_t len, const uint8_t *body,
-                               uint64_t blen) {
-  uint64_t total = len + blen;
-  if (len < FRAME_HEADER || get32(frame) != total - 4 || total > LINK_MAX_PLAIN) return -EINVAL;
-  frame_node *f = malloc(sizeof *f + total);
-  if (!f) return -ENOMEM;
-  f->len = total;
-  memcpy(f->bytes, frame, len);
-  if (blen) memcpy(f->bytes + len, body, blen);
+/** Queues a frame for a session; -ENOTCONN (and the frame freed) when the session is gone. */
+static int32_t enqueue(cn_gateway *g, uint32_t sid, frame_node *f) {
   pthread_mutex_lock(&g->mu);
   gsess *s = session(g, sid);
   if (!s) {
@@ -1077,6 +1128,30 @@ EXPORT int32_t cn_gateway_send(cn_gateway *g, uint32_t sid, const uint8_t *frame
   pthread_mutex_unlock(&s->mu);
   pthread_mutex_unlock(&g->mu);
   return 0;
+}
+
+EXPORT int32_t cn_gateway_send(cn_gateway *g, uint32_t sid, const uint8_t *frame, uint64_t len, const uint8_t *body,
+                               uint64_t blen) {
+  uint64_t total = len + blen;
+  if (len < FRAME_HEADER || get32(frame) != total - 4 || total > LINK_MAX_PLAIN) return -EINVAL;
+  frame_node *f = malloc(sizeof *f + total);
+  if (!f) return -ENOMEM;
+  f->len = total;
+  f->stored = false;
+  memcpy(f->bytes, frame, len);
+  if (blen) memcpy(f->bytes + len, body, blen);
+  return enqueue(g, sid, f);
+}
+
+EXPORT int32_t cn_gateway_send_stored(cn_gateway *g, uint32_t sid, uint64_t pos, uint64_t len) {
+  if (len < REC_HEADER || len > REC_HEADER + MAX_PAYLOAD) return -EINVAL;
+  frame_node *f = malloc(sizeof *f + FRAME_HEADER);
+  if (!f) return -ENOMEM;
+  f->len = FRAME_HEADER + len;
+  f->stored = true;
+  f->stored_pos = pos;
+  frame_header(f->bytes, F_RECORD, (uint32_t)len);
+  return enqueue(g, sid, f);
 }
 
 EXPORT int32_t cn_gateway_copy(cn_gateway *g, uint32_t sid, uint32_t order, int32_t fd, uint64_t size,

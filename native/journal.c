@@ -1073,16 +1073,19 @@ EXPORT int64_t cn_journal_entered(cn_journal *j, uint64_t pos) {
   return t;
 }
 
-EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, uint8_t *out, uint64_t cap) {
+EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, uint8_t *out, uint64_t cap,
+                               int32_t flags) {
   pthread_mutex_lock(&j->mu);
   uint64_t durable = j->durable;
   bool closed = j->closing;
   pthread_mutex_unlock(&j->mu);
   if (closed) return -EBADF;
+  bool heads = (flags & CN_READ_HEADS) != 0;
   // an optional reader the tail passed may still find its records, until they are overwritten:
   // each is copied first, then verified in the copy (its position, its checksums). Copied with
   // pread, not from the mapping: faulting the pages in and giving them back after (unmap_read)
-  // cost each reader more than the copy, and every site's sender reads every record.
+  // cost each reader more than the copy, and every site's sender reads every record. Headers
+  // only: their payloads are read and verified where they are sent (journal_copy_record).
   uint64_t n = 0, bytes = 0;
   while (pos < durable && bytes < max_bytes) {
     uint64_t in_lap = pos % j->data_size;
@@ -1101,20 +1104,20 @@ EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, 
       }
       len = h.kind == K_WRAP ? j->data_size - in_lap : REC_HEADER + rec_payload_len(h.kind, h.length);
       if (h.kind != K_WRAP) {
-        if (in_lap + len > j->data_size || n + 28 + len > cap) {
+        if (in_lap + len > j->data_size || (!heads && n + 28 + len > cap)) {
           if (n == 0 && in_lap + len > j->data_size) return -EIO;
           break;
         }
-        if (io_pread(j->fd, dst + REC_HEADER, len - REC_HEADER, physical(j, pos) + REC_HEADER) !=
-                (int64_t)(len - REC_HEADER) ||
-            !rec_payload_ok(dst, len, &h)) {
+        if (!heads && (io_pread(j->fd, dst + REC_HEADER, len - REC_HEADER, physical(j, pos) + REC_HEADER) !=
+                           (int64_t)(len - REC_HEADER) ||
+                       !rec_payload_ok(dst, len, &h))) {
           if (n == 0) return -EIO;
           break;
         }
       }
     }
     end = next_pos(j, pos, &h, len);
-    uint64_t copy = h.kind == K_WRAP ? 0 : len;
+    uint64_t copy = h.kind == K_WRAP ? 0 : heads ? REC_HEADER : len;
     if (n + 28 + copy > cap) break;
     put64(out + n, pos);
     put64(out + n + 8, end);
@@ -1122,13 +1125,27 @@ EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, 
     int64_t t = entered_at(j, pos);
     pthread_mutex_unlock(&j->mu);
     put64(out + n + 16, (uint64_t)t);
-    put32(out + n + 24, (uint32_t)copy);
+    put32(out + n + 24, (uint32_t)(h.kind == K_WRAP ? 0 : len));
     n += 28 + copy;
-    bytes += copy;
+    bytes += h.kind == K_WRAP ? 0 : len;
     pos = end;
   }
   if (n == 0 && pos < durable) return -ENOBUFS;
   return (int64_t)n;
+}
+
+int64_t journal_copy_record(cn_journal *j, uint64_t pos, uint64_t len, uint8_t *out) {
+  uint64_t in_lap = pos % j->data_size;
+  if (len < REC_HEADER || len > REC_HEADER + MAX_PAYLOAD || in_lap + len > j->data_size) return -EINVAL;
+  if (io_pread(j->fd, out, len, physical(j, pos)) != (int64_t)len) return -EIO;
+  // verified in the copy, as cn_journal_read does: an optional reader's record may have been
+  // overwritten since its header was read
+  rec_t h;
+  if (rec_decode(out, REC_HEADER, MAX_PAYLOAD, &h) != NULL || h.pos != pos || h.kind == K_WRAP ||
+      REC_HEADER + rec_payload_len(h.kind, h.length) != len || !rec_payload_ok(out, len, &h)) {
+    return -ESTALE;
+  }
+  return (int64_t)len;
 }
 
 EXPORT void cn_journal_status(cn_journal *j, uint64_t *out) {

@@ -23,4 +23,10 @@ int journal_append(cn_journal *j, uint8_t *const *recs, const uint32_t *lens, co
 bool journal_commit_inline(cn_journal *j);
 /** The volume's size and last sequence number appended (false if unknown). */
 bool journal_volume(cn_journal *j, uint32_t id, uint64_t *size, uint64_t *last_seq, uint64_t *durable_seq);
+/**
+ * Copies the record of `len` bytes at position pos (as a headers-only cn_journal_read gave it)
+ * into out and verifies it there (position, length, checksums). Returns len, -ESTALE when the
+ * record there is no longer that one (overwritten since), -EIO or -EINVAL.
+ */
+int64_t journal_copy_record(cn_journal *j, uint64_t pos, uint64_t len, uint8_t *out);
 #endif

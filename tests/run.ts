@@ -3,7 +3,8 @@
 // is read, and the run ends with the one line CI reads: `N passed, N failed`.
 // Arguments filter files by substring: `deno task test nbd journal`.
 // A second pass runs the capture tests, the standby copies' test, the site link's transport test
-// (its sealed batches) and the NBD fuzzer against the AddressSanitizer and
+// (its sealed batches), the standby stream's session queue (records sent from the journal) and
+// the NBD fuzzer against the AddressSanitizer and
 // UndefinedBehaviorSanitizer build of the native library (every run of the whole suite, and with
 // TEST_SANITIZE=1): a report from any process fails the file.
 import { ensureSetup } from "./lib/setup.ts";
@@ -154,7 +155,7 @@ for (const f of files) {
 }
 const sanitize = filters.length === 0 || Deno.env.get("TEST_SANITIZE") === "1";
 const sanitized = files.filter((f) =>
-  /\/tests\/(capture-[^/]*|unit-standby|transport|fuzz-nbd)\.test\.ts$/.test(f)
+  /\/tests\/(capture-[^/]*|unit-standby|transport|gateway-standby-queue|fuzz-nbd)\.test\.ts$/.test(f)
 );
 if (sanitize && sanitized.length) {
   await buildNative(false, true);

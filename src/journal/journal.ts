@@ -11,14 +11,23 @@ import { journalState, segments, volumes } from "../db/schema.ts";
 import { logger } from "../log.ts";
 import { cstr, native, NativeError } from "../native/ffi.ts";
 import { Ev, FL_JOURNAL, FL_PRESSURE, Plane } from "../native/plane.ts";
-import { betweenSeqs, decodeHeader, Kind, MAX_PAYLOAD, type RecordHeader } from "../record/record.ts";
+import {
+  betweenSeqs,
+  decodeHeader,
+  HEADER_SIZE,
+  Kind,
+  MAX_PAYLOAD,
+  type RecordHeader,
+} from "../record/record.ts";
 
 const log = logger("journal");
 
 export interface JournalEntry {
   header: RecordHeader;
-  /** Header and payload as stored (72 + payload bytes); empty for a Wrap. */
+  /** Header and payload as stored (72 + payload bytes); empty for a Wrap; the header only when read so. */
   bytes: Uint8Array;
+  /** The record's stored length (header and payload; 0 for a Wrap), whether or not `bytes` holds it all. */
+  length: number;
   pos: number;
   /** Position right after this entry. */
   end: number;
@@ -654,8 +663,16 @@ export class Journal {
     this.cursors.delete(name);
   }
 
-  /** Entries in [pos, durable), about maxBytes of them; waits for one when there is none. */
-  async readFrom(pos: number, maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
+  /**
+   * Entries in [pos, durable), about maxBytes of them; waits for one when there is none. `heads`:
+   * each entry's bytes are its header only (its payload is sent from the journal by reference).
+   */
+  async readFrom(
+    pos: number,
+    maxBytes: number,
+    signal?: { aborted: boolean },
+    heads = false,
+  ): Promise<JournalEntry[]> {
     if (this.closed) return [];
     let durable: number;
     while (pos >= (durable = this.positions.durable)) {
@@ -666,40 +683,50 @@ export class Journal {
     // an abandoned read must not hand out entries: its caller would never apply them
     if (signal?.aborted || this.closed) return [];
     // room for what is there, not for maxBytes: a buffer is zeroed and faulted in as it is made,
-    // and a reader that keeps up finds a few records at a time
-    let cap = Math.ceil(Math.min(maxBytes, durable - pos) * 1.5) + 65536;
+    // and a reader that keeps up finds a few records at a time (headers: a read stops where the
+    // buffer is full, and the next goes on from there)
+    let cap = heads ? HEADS_READ : Math.ceil(Math.min(maxBytes, durable - pos) * 1.5) + 65536;
     for (;;) {
       const buf = new Uint8Array(cap);
       const n = Number(
-        await native().cn_journal_read(this.ptr, BigInt(pos), BigInt(maxBytes), buf, BigInt(cap)),
+        await native().cn_journal_read(
+          this.ptr,
+          BigInt(pos),
+          BigInt(maxBytes),
+          buf,
+          BigInt(cap),
+          heads ? 1 : 0,
+        ),
       );
       if (n === -105 /* ENOBUFS: a record larger than the buffer */) {
         cap = 28 + 72 + MAX_PAYLOAD + 65536;
         continue;
       }
       if (n < 0) throw new Error(`journal record at ${pos} is unreadable or corrupt (errno ${-n})`);
-      return this.entries(buf, n);
+      return this.entries(buf, n, heads);
     }
   }
 
-  private entries(buf: Uint8Array, n: number): JournalEntry[] {
+  private entries(buf: Uint8Array, n: number, heads: boolean): JournalEntry[] {
     const v = new DataView(buf.buffer, 0, n);
     const out: JournalEntry[] = [];
     for (let at = 0; at < n;) {
       const pos = Number(v.getBigUint64(at)), end = Number(v.getBigUint64(at + 8));
       const entered = Number(v.getBigUint64(at + 16)) / 1e6;
       const len = v.getUint32(at + 24);
-      const bytes = buf.subarray(at + 28, at + 28 + len);
+      const held = heads ? Math.min(len, HEADER_SIZE) : len;
+      const bytes = buf.subarray(at + 28, at + 28 + held);
       const header = len > 0 ? decodeHeader(bytes, MAX_PAYLOAD) : wrapOf(pos);
       out.push({
         header,
         bytes,
+        length: len,
         pos,
         end,
         at: entered ? entered + this.clock.wall : undefined,
         atMono: entered ? entered + this.clock.mono : undefined,
       });
-      at += 28 + len;
+      at += 28 + held;
     }
     return out;
   }
@@ -739,6 +766,9 @@ export class Journal {
 function check(op: string, r: number): void {
   if (r < 0) throw new NativeError(op, -r);
 }
+
+/** The buffer of a headers-only read: about 650 records' headers. */
+const HEADS_READ = 65536;
 
 /** The most an append stage keeps between batches (one grown beyond for a large batch is dropped). */
 const STAGE_MAX = 16 << 20;
@@ -792,9 +822,9 @@ export class Cursor {
     }
   }
 
-  /** The next entries (waits for at least one); advances the read position. */
-  async next(maxBytes: number, signal?: { aborted: boolean }): Promise<JournalEntry[]> {
-    const out = await this.j.readFrom(this.position, maxBytes, signal);
+  /** The next entries (waits for at least one); advances the read position. `heads`: see readFrom. */
+  async next(maxBytes: number, signal?: { aborted: boolean }, heads = false): Promise<JournalEntry[]> {
+    const out = await this.j.readFrom(this.position, maxBytes, signal, heads);
     if (signal?.aborted) return [];
     if (out.length > 0) this.position = out[out.length - 1].end;
     return out;

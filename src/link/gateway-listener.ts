@@ -322,6 +322,14 @@ export class GatewayListener {
     return r === 0;
   }
 
+  /** Queues a record of this listener's journal by reference (Channel.sendStored). */
+  private sendStored(s: Session, pos: number, length: number): boolean {
+    if (this.closed) return false;
+    const r = native().cn_gateway_send_stored(this.ptr, s.id, BigInt(pos), BigInt(length));
+    if (r === -22) throw new Error(`a record of length ${length} at ${pos} was queued for agent ${s.agent}`);
+    return r === 0;
+  }
+
   /** Sends a control message to a connected agent; false if it is not connected. */
   sendControl(agent: string, msg: AgentOrder | StandbyOrder): boolean {
     const s = this.byAgent.get(agent);
@@ -394,6 +402,7 @@ export class GatewayListener {
           const ptr = this.ptr, id = s.id, closed = () => this.closed;
           this.o.standby.ready(s.agent, {
             send: (b, body) => this.send(s, b, body),
+            sendStored: (pos, length) => this.sendStored(s, pos, length),
             get pending() {
               return closed() ? 0 : Math.max(0, Number(native().cn_gateway_queued(ptr, id)));
             },

@@ -98,7 +98,11 @@ export const symbols = {
   cn_journal_cursor_drop: { parameters: ["pointer", "i32"], result: "void" },
   cn_journal_cursor_pace: { parameters: ["pointer", "i32", "u64"], result: "void" },
   cn_journal_entered: { parameters: ["pointer", "u64"], result: "i64" },
-  cn_journal_read: { parameters: ["pointer", "u64", "u64", "buffer", "u64"], result: "i64", nonblocking: nb },
+  cn_journal_read: {
+    parameters: ["pointer", "u64", "u64", "buffer", "u64", "i32"],
+    result: "i64",
+    nonblocking: nb,
+  },
   cn_journal_status: { parameters: ["pointer", "buffer"], result: "void" },
   cn_journal_take_index: { parameters: ["pointer", "buffer", "buffer", "u32"], result: "u32" },
   cn_journal_volume_status: { parameters: ["pointer", "u32", "buffer"], result: "i32" },
@@ -122,6 +126,7 @@ export const symbols = {
     result: "i32",
   },
   cn_gateway_send: { parameters: ["pointer", "u32", "buffer", "u64", "buffer", "u64"], result: "i32" },
+  cn_gateway_send_stored: { parameters: ["pointer", "u32", "u64", "u64"], result: "i32" },
   cn_gateway_copy: {
     parameters: ["pointer", "u32", "u32", "i32", "u64", "u64", "buffer", "buffer", "buffer", "u32"],
     result: "i32",

@@ -80,6 +80,12 @@ export interface VolState extends StoredVolume {
 export interface Channel {
   /** Queues a frame; a record's frame comes as its 5-byte header and its body (no copy to join them). */
   send(frame: Uint8Array, body?: Uint8Array): void;
+  /**
+   * Queues a record's frame by reference: the channel reads the record (`length` bytes at journal
+   * position `pos`) from the journal itself as it sends it. A channel that can is read headers
+   * only; one whose record is gone by then (overwritten) ends the session.
+   */
+  sendStored?(pos: number, length: number): void;
   /** Bytes queued but not yet written to the socket. */
   readonly pending: number;
   /** Resolves when `pending` may have fallen (a wait re-checks it) or `signal` aborts. */
@@ -746,6 +752,9 @@ interface InFlight {
   syncEnd?: number[] | "all";
 }
 
+/** What a record sent says, besides its count, position and size. */
+type Sent = Omit<InFlight, "no" | "end" | "bytes">;
+
 interface SyncJob {
   volume: number;
   chunkSize: number;
@@ -951,33 +960,22 @@ export class Session {
     }
   }
 
-  private push(
-    bytes: Uint8Array,
-    volume: number,
-    seq: number,
-    time: number,
-    mono: number,
-    syncEnd?: number[] | "all",
-  ): void {
-    // window, bandwidth and throughput count the bytes on the wire
-    const deflated = this.s.o.compress?.(volume) ? deflateRecord(bytes) : undefined;
+  private push(bytes: Uint8Array, r: Sent): void {
+    const deflated = this.s.o.compress?.(r.volume) ? deflateRecord(bytes) : undefined;
     const body = deflated ?? bytes;
     const head = new Uint8Array(FRAME_HEADER);
     writeFrameHeader(head, 0, deflated ? FrameType.RecordDeflated : FrameType.Record, body.length);
     this.ch.send(head, body);
+    this.queued(body.length, r);
+  }
+
+  /** A record's frame was queued: `bytes` on the wire. */
+  private queued(bytes: number, r: Sent): void {
+    // window, bandwidth and throughput count the bytes on the wire
     this.sent++;
-    this.fifo.push({
-      no: this.sent,
-      end: this.frontier,
-      volume,
-      seq,
-      bytes: body.length,
-      time,
-      mono,
-      syncEnd,
-    });
-    this.inFlightBytes += body.length;
-    if (this.s.bandwidth) this.tokens -= body.length;
+    this.fifo.push({ no: this.sent, end: this.frontier, bytes, ...r });
+    this.inFlightBytes += bytes;
+    if (this.s.bandwidth) this.tokens -= bytes;
   }
 
   private async windowOpen(): Promise<void> {
@@ -1010,11 +1008,15 @@ export class Session {
 
   private async stream(): Promise<void> {
     const cursor = this.s.theCursor;
+    // a channel that reads the records from the journal itself needs their headers only
+    const heads = this.ch.sendStored !== undefined && !this.s.o.compress;
     while (!this.stopped) {
       await this.windowOpen();
       if (this.stopped) return;
       // with a synchronisation running, records that are there go first; idle time copies chunks
-      const entries = this.syncs.size === 0 || cursor.ready ? await cursor.next(4 << 20, this.signal) : [];
+      const entries = this.syncs.size === 0 || cursor.ready
+        ? await cursor.next(4 << 20, this.signal, heads)
+        : [];
       for (const e of entries) {
         // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)
         if (this.s.bandwidth) await this.tokensLeft();
@@ -1053,7 +1055,11 @@ export class Session {
     // lag is measured from when a record entered this journal (waiting before that is not this peer's lag)
     // (an entry read back from the ring after a restart: its age by the wall clocks when read)
     const mono = e.atMono ?? performance.now() - Math.max(0, Date.now() - h.time);
-    this.push(e.bytes, h.volume, between ? 0 : h.seq, e.at ?? h.time, mono);
+    const sent = { volume: h.volume, seq: between ? 0 : h.seq, time: e.at ?? h.time, mono };
+    if (e.bytes.length < e.length) {
+      this.ch.sendStored!(e.pos, e.length);
+      this.queued(e.length, sent);
+    } else this.push(e.bytes, sent);
     if (between) return;
     this.s.promotedMark(h);
     this.through.set(h.volume, h.seq);
@@ -1065,7 +1071,12 @@ export class Session {
   private beginSync(job: SyncJob): void {
     job.began = true;
     this.lastSent.set(job.volume, undefined);
-    this.push(syncRecord(Kind.SyncBegin, job.volume, 0, 0, 0), job.volume, 0, Date.now(), performance.now());
+    this.push(syncRecord(Kind.SyncBegin, job.volume, 0, 0, 0), {
+      volume: job.volume,
+      seq: 0,
+      time: Date.now(),
+      mono: performance.now(),
+    });
   }
 
   /**
@@ -1094,14 +1105,13 @@ export class Session {
         // once acknowledged, the copy holds every record up to the last one sent and, through
         // the chunks, every record the reset voided (never sent, so never acknowledged one by one)
         const covered = Math.max(seq, this.s.volume(job.volume)?.voidUpTo ?? 0);
-        this.push(
-          syncRecord(Kind.SyncEnd, job.volume, seq, 0, 0),
-          job.volume,
-          covered,
-          Date.now(),
-          performance.now(),
-          job.only ?? "all",
-        );
+        this.push(syncRecord(Kind.SyncEnd, job.volume, seq, 0, 0), {
+          volume: job.volume,
+          seq: covered,
+          time: Date.now(),
+          mono: performance.now(),
+          syncEnd: job.only ?? "all",
+        });
         this.syncs.delete(job.volume);
       }
     }
@@ -1130,13 +1140,12 @@ export class Session {
     }
     const zero = isZero(buf);
     const seq = this.lastSent.get(job.volume) ?? 0;
-    this.push(
-      syncRecord(zero ? Kind.Zero : Kind.Write, job.volume, seq, off, len, zero ? undefined : buf),
-      job.volume,
-      0,
-      Date.now(),
-      performance.now(),
-    );
+    this.push(syncRecord(zero ? Kind.Zero : Kind.Write, job.volume, seq, off, len, zero ? undefined : buf), {
+      volume: job.volume,
+      seq: 0,
+      time: Date.now(),
+      mono: performance.now(),
+    });
     v.moved += zero ? 0 : len;
     return len;
   }

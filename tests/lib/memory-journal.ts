@@ -32,7 +32,7 @@ export function entryAt(vol: VolumeInfo, kind: Kind, seq: number, pos: number): 
     pos,
   };
   const bytes = encodeRecord(header, write ? new Uint8Array(512).fill(seq) : undefined);
-  return { header, bytes, pos, end: pos + bytes.length };
+  return { header, bytes, length: bytes.length, pos, end: pos + bytes.length };
 }
 
 export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<void>, from: number) {
