@@ -1,8 +1,11 @@
 // Unit tests of the buffered connection reader and the coalescing writer
-// (src/io/conn-reader.ts) over fake streams that deliver data in awkward chunks.
+// (src/io/conn-reader.ts) over fake streams that deliver data in awkward chunks, and of the
+// journal read buffers a site sender uses again once its writer consumed them
+// (src/journal/read-buffers.ts).
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { ConnReader, ConnWriter, type Readable, type Writable } from "../src/io/conn-reader.ts";
+import { ReadBuffers } from "../src/journal/read-buffers.ts";
 
 /** Deterministic pseudo-random numbers (xorshift32). */
 function rng(seed: number): () => number {
@@ -375,5 +378,72 @@ writer("a failed write: error is kept, drained resolves, later sends are dropped
   assert.is(w.calls.length, calls, "nothing written after the failure");
 });
 
+writer(
+  "mark: true once everything queued before it is written, not before; a failure drops the rest",
+  async () => {
+    const w = new FakeWriter(Infinity, 20, 3);
+    const cw = new ConnWriter(w, 8);
+    assert.ok(cw.mark()(), "nothing queued: consumed");
+    cw.send(bytes(20, 1));
+    const first = cw.mark();
+    cw.send(bytes(20, 2));
+    const second = cw.mark();
+    assert.not.ok(first(), "queued, not written");
+    while (w.calls.length < 1) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 0));
+    assert.ok(first(), "written");
+    assert.not.ok(second(), "the second is still to write");
+    cw.send(bytes(20, 3));
+    cw.send(bytes(20, 4));
+    const third = cw.mark();
+    await cw.drained();
+    assert.ok(cw.error, "the fourth write failed");
+    assert.ok(second() && third(), "what a failed connection dropped is no longer held");
+  },
+);
+
+const buffers = suite("ReadBuffers");
+
+buffers(
+  "a buffer is taken again only once what was sent from it is written, and its bytes stay put until then",
+  async () => {
+    const w = new FakeWriter(Infinity, 10);
+    const cw = new ConnWriter(w, 8);
+    const rb = new ReadBuffers(2, () => cw.mark());
+    // as a sender does: a read into a buffer, frames sent as views of it, then the next read
+    const a = rb.take(1000);
+    a.set(bytes(1000, 1));
+    cw.send(a.subarray(0, 600));
+    cw.send(a.subarray(600, 1000));
+    const b = rb.take(1000);
+    assert.is.not(b.buffer, a.buffer, "the first buffer is still queued");
+    b.set(bytes(1000, 2));
+    cw.send(b);
+    const c = rb.take(500);
+    assert.ok(c.buffer !== a.buffer && c.buffer !== b.buffer, "both are queued: a buffer of its own");
+    c.fill(0xee); // not kept: nothing sent from it matters
+    await cw.drained();
+    assert.equal(
+      new Uint8Array(w.total),
+      new Uint8Array([...bytes(1000, 1), ...bytes(1000, 2)]),
+      "sent intact",
+    );
+    const again = rb.take(800);
+    assert.ok(again.buffer === a.buffer || again.buffer === b.buffer, "a written buffer is used again");
+  },
+);
+
+buffers("a buffer grows for a larger read; one beyond the kept size is not kept", () => {
+  const rb = new ReadBuffers(1, () => () => true);
+  const small = rb.take(100);
+  const larger = rb.take(5000);
+  assert.ok(larger.length >= 5000 && larger.buffer !== small.buffer);
+  assert.is(rb.take(10).buffer, larger.buffer, "the larger one is kept");
+  const huge = rb.take(64 << 20);
+  assert.is.not(huge.buffer, larger.buffer);
+  assert.is(rb.take(10).buffer, larger.buffer, "the huge one was not kept");
+});
+
 reader.run();
 writer.run();
+buffers.run();

@@ -87,6 +87,9 @@ export interface Writable {
 export class ConnWriter {
   private queue = new Fifo<Uint8Array>();
   private queuedBytes = 0;
+  /** Bytes ever queued, and of those the ones written (or dropped: the connection failed), in order. */
+  private queuedTotal = 0;
+  private doneTotal = 0;
   private pumping = false;
   private failed: Error | undefined;
   private drainWaiters: (() => void)[] = [];
@@ -106,11 +109,18 @@ export class ConnWriter {
     if (this.failed) return;
     this.queue.push(b);
     this.queuedBytes += b.length;
+    this.queuedTotal += b.length;
     if (!this.pumping) {
       // start after this turn of the event loop, so everything sent during it goes out together
       this.pumping = true;
       setImmediate(() => this.pump());
     }
+  }
+
+  /** A test of whether everything queued so far is written (or dropped): its buffers may change then. */
+  mark(): () => boolean {
+    const upTo = this.queuedTotal;
+    return () => this.doneTotal >= upTo;
   }
 
   /** Resolves when everything queued so far is written (or the connection failed). */
@@ -145,11 +155,13 @@ export class ConnWriter {
         let at = 0;
         while (at < chunk.length) at += await this.conn.write(chunk.subarray(at));
         this.queuedBytes -= chunk.length;
+        this.doneTotal += chunk.length;
       }
     } catch (e) {
       this.failed = e as Error;
       this.queue.clear();
       this.queuedBytes = 0;
+      this.doneTotal = this.queuedTotal;
     } finally {
       this.pumping = false;
       const waiters = this.drainWaiters;

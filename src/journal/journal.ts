@@ -9,6 +9,7 @@ import { eq, lte } from "drizzle-orm";
 import { type Db, serialized } from "../db/db.ts";
 import { journalState, segments, volumes } from "../db/schema.ts";
 import { logger } from "../log.ts";
+import type { ReadBuffers } from "./read-buffers.ts";
 import { cstr, native, NativeError } from "../native/ffi.ts";
 import { Ev, FL_JOURNAL, FL_PRESSURE, Plane } from "../native/plane.ts";
 import {
@@ -666,12 +667,14 @@ export class Journal {
   /**
    * Entries in [pos, durable), about maxBytes of them; waits for one when there is none. `heads`:
    * each entry's bytes are its header only (its payload is sent from the journal by reference).
+   * `buffers`: the entries' bytes are views of one of them (see ReadBuffers), else of a new one.
    */
   async readFrom(
     pos: number,
     maxBytes: number,
     signal?: { aborted: boolean },
     heads = false,
+    buffers?: ReadBuffers,
   ): Promise<JournalEntry[]> {
     if (this.closed) return [];
     let durable: number;
@@ -687,7 +690,7 @@ export class Journal {
     // buffer is full, and the next goes on from there)
     let cap = heads ? HEADS_READ : Math.ceil(Math.min(maxBytes, durable - pos) * 1.5) + 65536;
     for (;;) {
-      const buf = new Uint8Array(cap);
+      const buf = buffers?.take(cap) ?? new Uint8Array(cap);
       const n = Number(
         await native().cn_journal_read(
           this.ptr,
@@ -822,9 +825,14 @@ export class Cursor {
     }
   }
 
-  /** The next entries (waits for at least one); advances the read position. `heads`: see readFrom. */
-  async next(maxBytes: number, signal?: { aborted: boolean }, heads = false): Promise<JournalEntry[]> {
-    const out = await this.j.readFrom(this.position, maxBytes, signal, heads);
+  /** The next entries (waits for at least one); advances the read position. `heads`, `buffers`: see readFrom. */
+  async next(
+    maxBytes: number,
+    signal?: { aborted: boolean },
+    heads = false,
+    buffers?: ReadBuffers,
+  ): Promise<JournalEntry[]> {
+    const out = await this.j.readFrom(this.position, maxBytes, signal, heads, buffers);
     if (signal?.aborted) return [];
     if (out.length > 0) this.position = out[out.length - 1].end;
     return out;

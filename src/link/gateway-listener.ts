@@ -106,6 +106,8 @@ export const openSchema = z.object({
 });
 export type OpenMessage = z.infer<typeof openSchema>;
 
+const consumed = () => true;
+
 export class GatewayListener {
   private readonly plane: Plane;
   readonly ptr: Deno.PointerValue;
@@ -403,6 +405,8 @@ export class GatewayListener {
           this.o.standby.ready(s.agent, {
             send: (b, body) => this.send(s, b, body),
             sendStored: (pos, length) => this.sendStored(s, pos, length),
+            // the data plane copies a frame as it is queued
+            mark: () => consumed,
             get pending() {
               return closed() ? 0 : Math.max(0, Number(native().cn_gateway_queued(ptr, id)));
             },

@@ -17,6 +17,7 @@ import { CheckpointMarks } from "./marks.ts";
 import type { CheckpointFrame, HashRequest } from "../wire/site-frames.ts";
 import { Changes } from "../io/changes.ts";
 import { Fifo } from "../io/fifo.ts";
+import { ReadBuffers } from "../journal/read-buffers.ts";
 
 const log = logger("sender");
 
@@ -39,6 +40,8 @@ export interface PeerReport {
  * acknowledged (held by the journal, not by memory); this bounds what waits for the wire.
  */
 const QUEUE_BYTES = 16 << 20;
+/** A session's journal read buffers (ReadBuffers): a read while all are queued gets one of its own. */
+const READ_BUFFERS = 3;
 
 export interface SenderOptions {
   /** Journal cursor name, e.g. site:dr1 or standby:app1. */
@@ -86,6 +89,11 @@ export interface Channel {
    * only; one whose record is gone by then (overwritten) ends the session.
    */
   sendStored?(pos: number, length: number): void;
+  /**
+   * Marks what was queued so far: the test returned says when it is all consumed (written, or
+   * copied), after which the bytes given to send() may change. Without it they must not.
+   */
+  mark?(): () => boolean;
   /** Bytes queued but not yet written to the socket. */
   readonly pending: number;
   /** Resolves when `pending` may have fallen (a wait re-checks it) or `signal` aborts. */
@@ -1010,12 +1018,15 @@ export class Session {
     const cursor = this.s.theCursor;
     // a channel that reads the records from the journal itself needs their headers only
     const heads = this.ch.sendStored !== undefined && !this.s.o.compress;
+    // reads go into buffers used again once the channel consumed what was sent from them
+    const mark = this.ch.mark?.bind(this.ch);
+    const buffers = mark ? new ReadBuffers(READ_BUFFERS, mark) : undefined;
     while (!this.stopped) {
       await this.windowOpen();
       if (this.stopped) return;
       // with a synchronisation running, records that are there go first; idle time copies chunks
       const entries = this.syncs.size === 0 || cursor.ready
-        ? await cursor.next(4 << 20, this.signal, heads)
+        ? await cursor.next(4 << 20, this.signal, heads, buffers)
         : [];
       for (const e of entries) {
         // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)

@@ -239,6 +239,7 @@ export class SiteClient {
           writer.send(b);
           if (body) writer.send(body);
         },
+        mark: () => writer.mark(),
         get pending() {
           return writer.pending;
         },
