@@ -170,6 +170,11 @@ static int write_checkpoint(cn_journal *j, uint64_t gen, uint64_t tail, uint64_t
   return r < 0 ? (int)r : 0;
 }
 
+/** Whether the header bytes b decode into *h as the record at pos (a copy of the ring's bytes there). */
+static bool header_is(const uint8_t *b, uint64_t pos, rec_t *h) {
+  return rec_decode(b, REC_HEADER, MAX_PAYLOAD, h) == NULL && h->pos == pos;
+}
+
 /**
  * Reads and verifies the record at pos; returns its total length (Wrap: the rest of the lap), or 0.
  * The header is read with pread; only a payload check reads the ring's mapping.
@@ -182,7 +187,7 @@ static uint64_t record_at(cn_journal *j, uint64_t pos, rec_t *h, bool check_payl
   }
   uint8_t hb[REC_HEADER];
   if (io_pread(j->fd, hb, REC_HEADER, physical(j, pos)) != REC_HEADER) return 0;
-  if (rec_decode(hb, REC_HEADER, MAX_PAYLOAD, h) != NULL || h->pos != pos) return 0;
+  if (!header_is(hb, pos, h)) return 0;
   if (h->kind == K_WRAP) return j->data_size - in_lap;
   uint64_t len = REC_HEADER + rec_payload_len(h->kind, h->length);
   if (in_lap + len > j->data_size) return 0;
@@ -1097,8 +1102,7 @@ EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, 
     } else {
       if (n + 28 + REC_HEADER > cap) break;
       uint8_t *dst = out + n + 28;
-      if (io_pread(j->fd, dst, REC_HEADER, physical(j, pos)) != REC_HEADER ||
-          rec_decode(dst, REC_HEADER, MAX_PAYLOAD, &h) != NULL || h.pos != pos) {
+      if (io_pread(j->fd, dst, REC_HEADER, physical(j, pos)) != REC_HEADER || !header_is(dst, pos, &h)) {
         if (n == 0) return -EIO;
         break;
       }
@@ -1141,7 +1145,7 @@ int64_t journal_copy_record(cn_journal *j, uint64_t pos, uint64_t len, uint8_t *
   // verified in the copy, as cn_journal_read does: an optional reader's record may have been
   // overwritten since its header was read
   rec_t h;
-  if (rec_decode(out, REC_HEADER, MAX_PAYLOAD, &h) != NULL || h.pos != pos || h.kind == K_WRAP ||
+  if (!header_is(out, pos, &h) || h.kind == K_WRAP ||
       REC_HEADER + rec_payload_len(h.kind, h.length) != len || !rec_payload_ok(out, len, &h)) {
     return -ESTALE;
   }
