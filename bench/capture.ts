@@ -15,6 +15,7 @@ import { tempDir } from "../tests/lib/cluster.ts";
 import { daemon, qemuActiveMirror, sparse, waitSocket } from "./peers.ts";
 import { pairOnly, type Running, sampleLag, twoSites } from "./targets.ts";
 import { cpuDelta, cpuSample } from "./cpu.ts";
+import { CAPTURE_JOBS, WRITE_FLUSH } from "./jobs.ts";
 
 const seconds = Number(Deno.env.get("BENCH_SECONDS") ?? 8);
 const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
@@ -24,16 +25,9 @@ const onlyJobs = Deno.env.get("BENCH_JOBS")?.split(";");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const WRITE_FLUSH = "4 KiB write + flush, one at a time";
-const allJobs: Record<string, string[]> = {
-  "4 KiB randwrite qd1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
-  "4 KiB randwrite qd16": ["--rw=randwrite", "--bs=4k", "--iodepth=16"],
-  "1 MiB seq write qd4": ["--rw=write", "--bs=1M", "--iodepth=4"],
-  "4 KiB randwrite qd16, fsync=32": ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--fsync=32"],
-  [WRITE_FLUSH]: ["--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"],
-};
-
-const jobs = Object.fromEntries(Object.entries(allJobs).filter(([j]) => !onlyJobs || onlyJobs.includes(j)));
+const jobs = Object.fromEntries(
+  Object.entries(CAPTURE_JOBS).filter(([j]) => !onlyJobs || onlyJobs.includes(j)),
+);
 
 interface Target {
   name: string;

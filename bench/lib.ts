@@ -72,21 +72,25 @@ async function runFio(uri: string, job: string[]): Promise<string> {
 }
 
 /** Replaces the section `name` of docs/benchmarks.md (or `path`) between its markers, creating what is missing. */
-/** Counters of the machine's whole disks (/proc/diskstats): writes completed, bytes written. */
-export async function diskCounters(): Promise<{ writes: number; bytes: number }> {
+/**
+ * Counters of the machine's whole disks (/proc/diskstats): writes completed, bytes written, and
+ * milliseconds some request was in progress (summed over the disks).
+ */
+export async function diskCounters(): Promise<{ writes: number; bytes: number; busyMs: number }> {
   const disks = new Set<string>();
   for await (const e of Deno.readDir("/sys/block")) {
     if (!/^(loop|ram|zram|nbd|dm-|md)/.test(e.name)) disks.add(e.name);
   }
-  let writes = 0, sectors = 0;
+  let writes = 0, sectors = 0, busyMs = 0;
   for (const line of (await Deno.readTextFile("/proc/diskstats")).split("\n")) {
     const f = line.trim().split(/\s+/);
     if (disks.has(f[2])) {
       writes += Number(f[7]);
       sectors += Number(f[9]); // 512-byte sectors
+      busyMs += Number(f[12]);
     }
   }
-  return { writes, bytes: sectors * 512 };
+  return { writes, bytes: sectors * 512, busyMs };
 }
 
 export async function writeSection(name: string, markdown: string, path = docPath): Promise<void> {

@@ -5,8 +5,8 @@ import { ensureSetup } from "../tests/lib/setup.ts";
 const all = ["capture", "replication", "recovery", "switch", "detector-qos", "points"];
 // run only when named (no section of their own): the full-recovery rounds alone with CPU per
 // thread; a lone write's time to a site's acknowledgement; what one and two parallel syncs cost on
-// this disk; the CPU per write of each process at a fixed rate
-const extra = ["recovery-full", "lone-record", "sync-pair", "site-cost"];
+// this disk; the CPU per write of each process at a fixed rate; where the two-site lag builds up
+const extra = ["recovery-full", "lone-record", "sync-pair", "site-cost", "lag-trace"];
 const names = Deno.args.length > 0 ? Deno.args : all;
 await ensureSetup();
 for (const n of names) {

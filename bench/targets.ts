@@ -20,8 +20,10 @@ export interface Running {
 /** The gateways' journal rings as a user gets them: the test library's only reserve theirs. */
 export const AS_SHIPPED = ["--buffer-init", "zeroes"];
 
+export type Topology = Awaited<ReturnType<typeof startTopology>>;
+
 /** The demo's topology: the agent, the local gateway and two remote sites with their standbys. */
-export async function twoSites(gatewayExtra: string[]): Promise<Running> {
+export async function twoSites(gatewayExtra: string[]): Promise<Running & { topology: Topology }> {
   const t = await startTopology("bench-sites", {
     size: GiB,
     sites: ["s1", "s2"],
@@ -40,6 +42,7 @@ export async function twoSites(gatewayExtra: string[]): Promise<Running> {
     ],
     lag: async () => Math.max(0, ...(await t.sites()).map((s) => s.lagSeconds ?? 0)),
     settled: () => t.caughtUp(),
+    topology: t,
     stop: async () => {
       await t.stop();
       await Deno.remove(t.dir, { recursive: true });

@@ -507,6 +507,8 @@ export interface RemoteStatus {
   standbyAgents: string[];
   replicas: { agent: string; name: string; state: string; lastSeq: number; appliedSeq: number }[];
   journal: { used: number };
+  /** The feeds to the standby agents. */
+  standby: { peer: string; lagSeconds: number; lagBytes: number; inFlightBytes: number }[];
 }
 
 export interface SiteStatus {
@@ -514,6 +516,8 @@ export interface SiteStatus {
   connected: boolean;
   lagBytes: number;
   lagSeconds: number;
+  /** Sent and not yet acknowledged. */
+  inFlightBytes: number;
   volumes: {
     name: string;
     state: string;
