@@ -126,7 +126,7 @@ t(
     const s = await standbyLink();
     try {
       await s.append(4096, 1 << 20, 100_000, 0);
-      const heads = await s.journal.readFrom(0, 64 << 20, undefined, true);
+      const heads = await s.journal.readFrom(0, 64 << 20, { heads: true });
       const full = await s.journal.readFrom(0, 64 << 20);
       assert.is(heads.length, 4);
       assert.equal(heads.map((e) => e.bytes.length), [HEADER_SIZE, HEADER_SIZE, HEADER_SIZE, HEADER_SIZE]);
@@ -158,17 +158,14 @@ t(
     const s = await standbyLink();
     try {
       await s.append(1 << 20);
-      const [lost] = await s.journal.readFrom(0, 1 << 20, undefined, true);
+      const [lost] = await s.journal.readFrom(0, 1 << 20, { heads: true });
       // no reader holds it: the ring's next laps overwrite its place
       while (s.journal.positions.head < s.journal.positions.capacity + lost.length + 4096) {
         await s.append(1 << 20);
       }
-      const [recent] = await s.journal.readFrom(
-        s.journal.positions.durable - lost.length,
-        1 << 20,
-        undefined,
-        true,
-      );
+      const [recent] = await s.journal.readFrom(s.journal.positions.durable - lost.length, 1 << 20, {
+        heads: true,
+      });
       s.ch.sendStored!(recent.pos, recent.length);
       let first = await s.link.next();
       while (first && first.type !== FrameType.Record) first = await s.link.next();

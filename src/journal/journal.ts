@@ -23,6 +23,16 @@ import {
 
 const log = logger("journal");
 
+/** How a read waits and what it hands out. */
+export interface ReadOptions {
+  /** Ends a wait for entries: the read then returns none. */
+  signal?: { aborted: boolean };
+  /** Each entry's bytes are its header only (its payload is sent from the journal by reference). */
+  heads?: boolean;
+  /** The entries' bytes are views of one of these buffers (see ReadBuffers), else of a new one. */
+  buffers?: ReadBuffers;
+}
+
 export interface JournalEntry {
   header: RecordHeader;
   /** Header and payload as stored (72 + payload bytes); empty for a Wrap; the header only when read so. */
@@ -664,18 +674,9 @@ export class Journal {
     this.cursors.delete(name);
   }
 
-  /**
-   * Entries in [pos, durable), about maxBytes of them; waits for one when there is none. `heads`:
-   * each entry's bytes are its header only (its payload is sent from the journal by reference).
-   * `buffers`: the entries' bytes are views of one of them (see ReadBuffers), else of a new one.
-   */
-  async readFrom(
-    pos: number,
-    maxBytes: number,
-    signal?: { aborted: boolean },
-    heads = false,
-    buffers?: ReadBuffers,
-  ): Promise<JournalEntry[]> {
+  /** Entries in [pos, durable), about maxBytes of them; waits for one when there is none. */
+  async readFrom(pos: number, maxBytes: number, o: ReadOptions = {}): Promise<JournalEntry[]> {
+    const { signal, heads = false, buffers } = o;
     if (this.closed) return [];
     let durable: number;
     while (pos >= (durable = this.positions.durable)) {
@@ -825,15 +826,10 @@ export class Cursor {
     }
   }
 
-  /** The next entries (waits for at least one); advances the read position. `heads`, `buffers`: see readFrom. */
-  async next(
-    maxBytes: number,
-    signal?: { aborted: boolean },
-    heads = false,
-    buffers?: ReadBuffers,
-  ): Promise<JournalEntry[]> {
-    const out = await this.j.readFrom(this.position, maxBytes, signal, heads, buffers);
-    if (signal?.aborted) return [];
+  /** The next entries (waits for at least one); advances the read position. */
+  async next(maxBytes: number, o: ReadOptions = {}): Promise<JournalEntry[]> {
+    const out = await this.j.readFrom(this.position, maxBytes, o);
+    if (o.signal?.aborted) return [];
     if (out.length > 0) this.position = out[out.length - 1].end;
     return out;
   }

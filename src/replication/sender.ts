@@ -1026,7 +1026,7 @@ export class Session {
       if (this.stopped) return;
       // with a synchronisation running, records that are there go first; idle time copies chunks
       const entries = this.syncs.size === 0 || cursor.ready
-        ? await cursor.next(4 << 20, this.signal, heads, buffers)
+        ? await cursor.next(4 << 20, { signal: this.signal, heads, buffers })
         : [];
       for (const e of entries) {
         // a limited link is paced record by record, not batch by batch (a batch may be 4 MiB)
