@@ -176,22 +176,31 @@ static bool header_is(const uint8_t *b, uint64_t pos, rec_t *h) {
 }
 
 /**
- * Reads and verifies the record at pos; returns its total length (Wrap: the rest of the lap), or 0.
- * The header is read with pread; only a payload check reads the ring's mapping.
+ * Reads the header of the record at pos into hb (REC_HEADER bytes, with pread) and decodes it;
+ * returns the record's total length, or 0 when the bytes there are not that record or it would
+ * overrun its lap. A Wrap, or a lap's end too short for a header (hb not read, h->kind set to
+ * Wrap), is the rest of the lap.
  */
-static uint64_t record_at(cn_journal *j, uint64_t pos, rec_t *h, bool check_payload) {
+static uint64_t header_at(cn_journal *j, uint64_t pos, uint8_t *hb, rec_t *h) {
   uint64_t in_lap = pos % j->data_size;
   if (j->data_size - in_lap < REC_HEADER) {
     h->kind = K_WRAP;
     return j->data_size - in_lap;
   }
-  uint8_t hb[REC_HEADER];
-  if (io_pread(j->fd, hb, REC_HEADER, physical(j, pos)) != REC_HEADER) return 0;
-  if (!header_is(hb, pos, h)) return 0;
+  if (io_pread(j->fd, hb, REC_HEADER, physical(j, pos)) != REC_HEADER || !header_is(hb, pos, h)) return 0;
   if (h->kind == K_WRAP) return j->data_size - in_lap;
   uint64_t len = REC_HEADER + rec_payload_len(h->kind, h->length);
-  if (in_lap + len > j->data_size) return 0;
-  if (check_payload && !rec_payload_ok(j->map + physical(j, pos), len, h)) return 0;
+  return in_lap + len > j->data_size ? 0 : len;
+}
+
+/**
+ * Reads and verifies the record at pos; returns its total length (Wrap: the rest of the lap), or 0.
+ * Only a payload check reads the ring's mapping.
+ */
+static uint64_t record_at(cn_journal *j, uint64_t pos, rec_t *h, bool check_payload) {
+  uint8_t hb[REC_HEADER];
+  uint64_t len = header_at(j, pos, hb, h);
+  if (len && h->kind != K_WRAP && check_payload && !rec_payload_ok(j->map + physical(j, pos), len, h)) return 0;
   return len;
 }
 
@@ -1093,36 +1102,25 @@ EXPORT int64_t cn_journal_read(cn_journal *j, uint64_t pos, uint64_t max_bytes, 
   // only: their payloads are read and verified where they are sent (journal_copy_record).
   uint64_t n = 0, bytes = 0;
   while (pos < durable && bytes < max_bytes) {
-    uint64_t in_lap = pos % j->data_size;
+    if (n + 28 + REC_HEADER > cap) break;
+    uint8_t *dst = out + n + 28;
     rec_t h;
-    uint64_t len, end;
-    if (j->data_size - in_lap < REC_HEADER) {
-      h.kind = K_WRAP;
-      len = j->data_size - in_lap;
-    } else {
-      if (n + 28 + REC_HEADER > cap) break;
-      uint8_t *dst = out + n + 28;
-      if (io_pread(j->fd, dst, REC_HEADER, physical(j, pos)) != REC_HEADER || !header_is(dst, pos, &h)) {
+    uint64_t len = header_at(j, pos, dst, &h);
+    if (len == 0) {
+      if (n == 0) return -EIO;
+      break;
+    }
+    if (h.kind != K_WRAP && !heads) {
+      if (n + 28 + len > cap) break;
+      if (io_pread(j->fd, dst + REC_HEADER, len - REC_HEADER, physical(j, pos) + REC_HEADER) !=
+              (int64_t)(len - REC_HEADER) ||
+          !rec_payload_ok(dst, len, &h)) {
         if (n == 0) return -EIO;
         break;
       }
-      len = h.kind == K_WRAP ? j->data_size - in_lap : REC_HEADER + rec_payload_len(h.kind, h.length);
-      if (h.kind != K_WRAP) {
-        if (in_lap + len > j->data_size || (!heads && n + 28 + len > cap)) {
-          if (n == 0 && in_lap + len > j->data_size) return -EIO;
-          break;
-        }
-        if (!heads && (io_pread(j->fd, dst + REC_HEADER, len - REC_HEADER, physical(j, pos) + REC_HEADER) !=
-                           (int64_t)(len - REC_HEADER) ||
-                       !rec_payload_ok(dst, len, &h))) {
-          if (n == 0) return -EIO;
-          break;
-        }
-      }
     }
-    end = next_pos(j, pos, &h, len);
-    uint64_t copy = h.kind == K_WRAP ? 0 : heads ? REC_HEADER : len;
-    if (n + 28 + copy > cap) break;
+    uint64_t end = next_pos(j, pos, &h, len);
+    uint64_t copy = h.kind == K_WRAP ? 0 : heads ? REC_HEADER : len; // room checked above
     put64(out + n, pos);
     put64(out + n + 8, end);
     pthread_mutex_lock(&j->mu);
