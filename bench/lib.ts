@@ -71,7 +71,6 @@ async function runFio(uri: string, job: string[]): Promise<string> {
   return out.slice(out.indexOf("{"));
 }
 
-/** Replaces the section `name` of docs/benchmarks.md (or `path`) between its markers, creating what is missing. */
 /**
  * Counters of the machine's whole disks (/proc/diskstats): writes completed, bytes written, and
  * milliseconds some request was in progress (summed over the disks).
@@ -93,6 +92,7 @@ export async function diskCounters(): Promise<{ writes: number; bytes: number; b
   return { writes, bytes: sectors * 512, busyMs };
 }
 
+/** Replaces the section `name` of docs/benchmarks.md (or `path`) between its markers, creating what is missing. */
 export async function writeSection(name: string, markdown: string, path = docPath): Promise<void> {
   let doc: string;
   try {
