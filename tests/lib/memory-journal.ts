@@ -1,7 +1,7 @@
 // The pieces of an in-memory journal the sender's unit tests fake: a volume, its records as
 // journal entries, a cursor that reads them in order from a position and waits for more when it
 // has read them all, and a journal of one volume made of them.
-import type { JournalEntry, VolumeInfo } from "../../src/journal/journal.ts";
+import type { Cursor, JournalEntry, VolumeInfo } from "../../src/journal/journal.ts";
 import { encodeRecord, Kind, type RecordHeader } from "../../src/record/record.ts";
 
 /** A 1 MiB volume of agent a1 with nothing written yet. */
@@ -43,8 +43,9 @@ export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<
     get ready() {
       return entries().some((e) => e.pos >= position);
     },
-    next: async (_max: number, signal?: { aborted: boolean }) => {
-      while (!signal?.aborted) {
+    // typed as the journal's: the sender calls it as it calls a real cursor
+    next: (async (_max, o = {}) => {
+      while (!o.signal?.aborted) {
         const out = entries().filter((e) => e.pos >= position);
         if (out.length > 0) {
           position = out[out.length - 1].end;
@@ -53,7 +54,7 @@ export function memoryCursor(entries: () => JournalEntry[], more: () => Promise<
         await more();
       }
       return [];
-    },
+    }) satisfies Cursor["next"],
     release: (pos: number) => c.released = Math.max(c.released, pos),
     rewind: (pos: number) => position = Math.max(pos, c.released),
   };
